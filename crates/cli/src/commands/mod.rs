@@ -1,0 +1,48 @@
+//! Subcommand implementations. Each returns the process exit code.
+
+mod data;
+mod mock;
+mod run;
+mod worker;
+
+use crate::cli::{Cli, Command, DatasetCommand, LogFormatArg, RunCommand};
+use crate::telemetry;
+use anyhow::Context;
+use reasonrec_core::Settings;
+use reasonrec_core::settings::{LogFormat, redact_url};
+use reasonrec_store::Store;
+use std::process::ExitCode;
+
+pub async fn dispatch(args: Cli) -> anyhow::Result<ExitCode> {
+    let settings = Settings::load(args.config.as_deref())?;
+    let format = match args.log_format {
+        Some(LogFormatArg::Json) => LogFormat::Json,
+        Some(LogFormatArg::Human) => LogFormat::Human,
+        None => settings.log.format,
+    };
+    telemetry::init(format, &settings.log.filter);
+    match args.command {
+        Command::Migrate => data::migrate(&settings).await,
+        Command::Ingest(a) => data::ingest(&settings, a).await,
+        Command::Dataset(DatasetCommand::Generate(a)) => data::generate(a),
+        Command::Run(RunCommand::Create(a)) => run::create(&settings, a).await,
+        Command::Run(RunCommand::Status(a)) => run::status(&settings, a).await,
+        Command::Coordinator => run::coordinator(&settings).await,
+        Command::Worker(a) => worker::worker(settings, a).await,
+        Command::MockTeacher(a) => mock::serve(a).await,
+    }
+}
+
+/// Connects to Postgres, saying where (without the password) when it fails.
+pub(crate) async fn connect_store(settings: &Settings) -> anyhow::Result<Store> {
+    Store::connect(&settings.database)
+        .await
+        .with_context(|| format!("cannot connect to Postgres at {}", redact_url(&settings.database.url)))
+}
+
+/// Connects to RabbitMQ and declares the topology, saying where when it fails.
+pub(crate) async fn connect_broker(settings: &Settings, name: &str) -> anyhow::Result<reasonrec_queue::Broker> {
+    reasonrec_queue::Broker::connect(&settings.broker, name)
+        .await
+        .with_context(|| format!("cannot connect to RabbitMQ at {}", redact_url(&settings.broker.url)))
+}

@@ -1,0 +1,72 @@
+//! `run create`, `run status`, `coordinator`.
+
+use super::{connect_broker, connect_store};
+use crate::cli::{RunCreateArgs, RunStatusArgs};
+use reasonrec_coordinator::status::run_status;
+use reasonrec_coordinator::{Outbox, create_run};
+use reasonrec_core::Settings;
+use std::process::ExitCode;
+use std::time::Duration;
+
+pub async fn create(settings: &Settings, a: RunCreateArgs) -> anyhow::Result<ExitCode> {
+    let store = connect_store(settings).await?;
+    store.ensure_migrated().await?;
+    let plan = create_run(&store, settings, &a.dataset).await?;
+    if !a.json {
+        println!(
+            "run {} planned: {} tasks from dataset {:?} v{} ({} users, {} skipped for short history)",
+            plan.run_id, plan.tasks, plan.dataset, plan.dataset_version, plan.users_seen, plan.skipped_users
+        );
+    }
+    let mut published = 0;
+    let mut final_state = None;
+    if !a.no_publish {
+        let broker = connect_broker(settings, "reasonrec-coordinator").await?;
+        let outbox = Outbox::new(store.clone(), &broker).await?;
+        published = outbox.pump(plan.run_id).await?.published;
+        if !a.json {
+            println!("published {published} tasks");
+        }
+        if a.wait {
+            let poll = Duration::from_millis(settings.coordinator.poll_interval_ms);
+            final_state = Some(outbox.drive(plan.run_id, poll).await?);
+        }
+        broker.close().await;
+    }
+    let status = run_status(&store, plan.run_id).await?;
+    if a.json {
+        println!("{}", serde_json::json!({"plan": plan, "published": published, "status": status}));
+    } else if final_state.is_some() {
+        print!("{}", status.render());
+    }
+    Ok(if final_state.is_some() && status.failed > 0 { ExitCode::from(2) } else { ExitCode::SUCCESS })
+}
+
+pub async fn status(settings: &Settings, a: RunStatusArgs) -> anyhow::Result<ExitCode> {
+    let store = connect_store(settings).await?;
+    let run_id = match a.run {
+        Some(id) => id,
+        None => store.latest_run().await?,
+    };
+    let status = run_status(&store, run_id).await?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        print!("{}", status.render());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn coordinator(settings: &Settings) -> anyhow::Result<ExitCode> {
+    let store = connect_store(settings).await?;
+    store.migrate().await?;
+    let broker = connect_broker(settings, "reasonrec-coordinator").await?;
+    let outbox = Outbox::new(store, &broker).await?;
+    let stop = crate::signals::shutdown_token();
+    tracing::info!("coordinator serving running runs");
+    outbox
+        .serve(Duration::from_millis(settings.coordinator.poll_interval_ms), stop.cancelled_owned())
+        .await?;
+    broker.close().await;
+    Ok(ExitCode::SUCCESS)
+}

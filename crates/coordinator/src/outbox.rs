@@ -1,0 +1,99 @@
+//! The outbox: Postgres says which tasks are ready; the broker gets them; only confirmed
+//! publishes are marked `published`.
+//!
+//! A crash between publish and mark leaves the task `ready`, so it is published again on the
+//! next pass: a duplicate message, which the worker absorbs (idempotent completion). A task is
+//! never marked published without its confirm, so none is lost.
+
+use crate::error::CoordinatorError;
+use reasonrec_core::TaskMessage;
+use reasonrec_queue::{Broker, Publisher};
+use reasonrec_store::Store;
+use std::time::Duration;
+use uuid::Uuid;
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct PumpReport {
+    pub published: u64,
+    pub nacked: u64,
+    pub returned: u64,
+}
+
+impl PumpReport {
+    fn add(&mut self, other: PumpReport) {
+        self.published += other.published;
+        self.nacked += other.nacked;
+        self.returned += other.returned;
+    }
+}
+
+pub struct Outbox {
+    store: Store,
+    publisher: Publisher,
+    batch: usize,
+}
+
+impl Outbox {
+    pub async fn new(store: Store, broker: &Broker) -> Result<Self, CoordinatorError> {
+        let publisher = Publisher::new(broker).await?;
+        Ok(Self { store, publisher, batch: broker.settings().publish_batch.max(1) })
+    }
+
+    /// One pass over a run's ready tasks, in pages of `publish_batch`.
+    pub async fn pump(&self, run_id: Uuid) -> Result<PumpReport, CoordinatorError> {
+        let mut report = PumpReport::default();
+        let mut after = Uuid::nil();
+        loop {
+            let page = self.store.ready_tasks(run_id, after, self.batch as i64).await?;
+            let Some(&(last, _)) = page.last() else { break };
+            after = last;
+            let messages: Vec<TaskMessage> = page.iter().map(|&(id, stage)| TaskMessage::new(id, run_id, stage)).collect();
+            let r = self.publisher.publish_batch(&messages).await?;
+            let marked = self.store.mark_published(&r.confirmed).await?;
+            tracing::debug!(%run_id, batch = messages.len(), confirmed = r.confirmed.len(), marked, nacked = r.nacked, returned = r.returned, "outbox batch");
+            report.add(PumpReport { published: r.confirmed.len() as u64, nacked: r.nacked as u64, returned: r.returned as u64 });
+            if page.len() < self.batch {
+                break;
+            }
+        }
+        if report.nacked > 0 || report.returned > 0 {
+            tracing::warn!(%run_id, nacked = report.nacked, returned = report.returned, "broker refused some publishes; they stay ready and are retried");
+        }
+        Ok(report)
+    }
+
+    /// Publishes and watches `run_id` until it is completed (or cancelled). Returns its state.
+    pub async fn drive(&self, run_id: Uuid, poll: Duration) -> Result<String, CoordinatorError> {
+        loop {
+            let report = self.pump(run_id).await?;
+            let state = self.store.refresh_run_state(run_id).await?;
+            if state == "completed" || state == "cancelled" {
+                return Ok(state);
+            }
+            if report.published == 0 {
+                tokio::time::sleep(poll).await;
+            }
+        }
+    }
+
+    /// Serves every running run until `stop` resolves: the long-running coordinator.
+    pub async fn serve(&self, poll: Duration, stop: impl std::future::Future<Output = ()>) -> Result<(), CoordinatorError> {
+        let mut stop = std::pin::pin!(stop);
+        loop {
+            let mut busy = false;
+            for run_id in self.store.active_runs().await? {
+                busy |= self.pump(run_id).await?.published > 0;
+                let state = self.store.refresh_run_state(run_id).await?;
+                if state == "completed" {
+                    tracing::info!(%run_id, "run completed");
+                }
+            }
+            if !busy {
+                tokio::select! {
+                    _ = &mut stop => return Ok(()),
+                    _ = tokio::time::sleep(poll) => {}
+                }
+            }
+        }
+    }
+}

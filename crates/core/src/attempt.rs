@@ -1,0 +1,48 @@
+//! One teacher call, as recorded in the cost ledger (`attempts` table).
+
+use serde::Serialize;
+
+/// How a call ended. `None` in [`AttemptRecord::error_class`] means an accepted answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorClass {
+    RateLimited,
+    Server,
+    Timeout,
+    Connect,
+    Malformed,
+    ContextTooLong,
+    Auth,
+    BadRequest,
+    Rejected,
+}
+
+impl ErrorClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorClass::RateLimited => "rate_limited",
+            ErrorClass::Server => "server",
+            ErrorClass::Timeout => "timeout",
+            ErrorClass::Connect => "connect",
+            ErrorClass::Malformed => "malformed",
+            ErrorClass::ContextTooLong => "context_too_long",
+            ErrorClass::Auth => "auth",
+            ErrorClass::BadRequest => "bad_request",
+            ErrorClass::Rejected => "rejected",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AttemptRecord {
+    pub endpoint: String,
+    pub model: String,
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    pub duration_ms: i32,
+    pub http_status: Option<i32>,
+    pub error_class: Option<ErrorClass>,
+    pub error: Option<String>,
+    pub input_tokens: i32,
+    pub output_tokens: i32,
+    pub cost_usd: f64,
+}

@@ -1,0 +1,30 @@
+//! What a task's prompt is rendered from, as stored in `tasks.input` by the planner and read
+//! back by the worker. Ids only: item text is read from the current rows at render time.
+
+use serde::{Deserialize, Serialize};
+
+/// One history entry of a reasoning task.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    pub item: i32,
+    pub liked: bool,
+    pub rating: f32,
+}
+
+/// Input of a reasoning task: the user's recent history before the target, oldest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReasoningInput {
+    pub user: i32,
+    pub target: i32,
+    pub rating: f32,
+    pub history: Vec<HistoryEntry>,
+}
+
+impl ReasoningInput {
+    /// Every item the prompt mentions: history then target.
+    pub fn item_ids(&self) -> Vec<i32> {
+        let mut ids: Vec<i32> = self.history.iter().map(|h| h.item).collect();
+        ids.push(self.target);
+        ids
+    }
+}

@@ -1,0 +1,90 @@
+//! Content keys of the output ledger.
+//!
+//! An output is identified by the hash of everything that determines it: the stage, the template
+//! and its version, the rendered messages (which contain the inputs), the teacher model and the
+//! sampling parameters. The same key means the same question to the same teacher: its accepted
+//! answer is reused, across redeliveries and across runs, and written at most once.
+
+use crate::prompt::RenderedPrompt;
+use crate::settings::SamplingParams;
+use crate::stage::Stage;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use std::fmt;
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct OutputKey(pub [u8; 32]);
+
+#[derive(Serialize)]
+struct KeyMaterial<'a> {
+    stage: Stage,
+    template: &'a str,
+    template_version: &'a str,
+    messages: &'a [crate::prompt::ChatMessage],
+    model: &'a str,
+    params: &'a SamplingParams,
+}
+
+impl OutputKey {
+    pub fn compute(stage: Stage, prompt: &RenderedPrompt, model: &str, params: &SamplingParams) -> Self {
+        let material = KeyMaterial {
+            stage,
+            template: &prompt.template,
+            template_version: &prompt.version,
+            messages: &prompt.messages,
+            model,
+            params,
+        };
+        // Field order is fixed by the struct, so the JSON bytes are canonical.
+        let bytes = serde_json::to_vec(&material).unwrap_or_default();
+        OutputKey(Sha256::digest(&bytes).into())
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    pub fn from_slice(bytes: &[u8]) -> Option<Self> {
+        <[u8; 32]>::try_from(bytes).ok().map(OutputKey)
+    }
+}
+
+impl fmt::Debug for OutputKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "OutputKey({})", hex::encode(&self.0[..8]))
+    }
+}
+
+impl fmt::Display for OutputKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::prompt::ChatMessage;
+
+    fn prompt(text: &str, version: &str) -> RenderedPrompt {
+        RenderedPrompt {
+            template: "reasoning.movielens".into(),
+            version: version.into(),
+            messages: vec![ChatMessage { role: "user".into(), content: text.into() }],
+        }
+    }
+
+    #[test]
+    fn key_changes_with_every_input() {
+        let p = SamplingParams::default();
+        let base = OutputKey::compute(Stage::Reasoning, &prompt("a", "v1"), "m", &p);
+        assert_eq!(base, OutputKey::compute(Stage::Reasoning, &prompt("a", "v1"), "m", &p));
+        assert_ne!(base, OutputKey::compute(Stage::UserProfile, &prompt("a", "v1"), "m", &p));
+        assert_ne!(base, OutputKey::compute(Stage::Reasoning, &prompt("b", "v1"), "m", &p));
+        assert_ne!(base, OutputKey::compute(Stage::Reasoning, &prompt("a", "v2"), "m", &p));
+        assert_ne!(base, OutputKey::compute(Stage::Reasoning, &prompt("a", "v1"), "m2", &p));
+        let hot = SamplingParams { temperature: 0.7, ..p.clone() };
+        assert_ne!(base, OutputKey::compute(Stage::Reasoning, &prompt("a", "v1"), "m", &hot));
+        assert_eq!(OutputKey::from_slice(base.as_bytes()), Some(base));
+    }
+}

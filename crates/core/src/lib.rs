@@ -1,0 +1,31 @@
+//! Domain types shared by every reasonrec role.
+//!
+//! Layout:
+//! - [`attempt`]: one teacher call as recorded in the cost ledger.
+//! - [`data`]: users, items and interactions as loaded from a dataset.
+//! - [`error`]: the crate's error enum, with a retryable/permanent split.
+//! - [`inputs`]: what a task is rendered from, as stored in `tasks.input`.
+//! - [`settings`]: the configuration tree (TOML file + `REASONREC__SECTION__KEY` overrides).
+//! - [`stage`]: the three generation stages of the method and task states.
+//! - [`message`]: the RabbitMQ message contract between coordinator and workers.
+//! - [`prompt`]: versioned prompt templates (minijinja) and their rendering into chat messages.
+//! - [`key`]: content keys of the output ledger (what makes a write idempotent and reusable).
+//! - [`validate`]: checks applied to a teacher's answer before it is stored.
+
+pub mod attempt;
+pub mod data;
+pub mod error;
+pub mod inputs;
+pub mod key;
+pub mod message;
+pub mod prompt;
+pub mod settings;
+pub mod stage;
+pub mod validate;
+
+pub use error::CoreError;
+pub use key::OutputKey;
+pub use message::TaskMessage;
+pub use prompt::{ChatMessage, PromptLibrary, RenderedPrompt};
+pub use settings::Settings;
+pub use stage::{Stage, TaskState};

@@ -1,0 +1,378 @@
+//! Configuration: built-in defaults, then one TOML file, then environment overrides
+//! `REASONREC__SECTION__KEY=value` (double underscores, so keys like `max_connections` stay reachable).
+//!
+//! Secrets are never part of this tree: an endpoint names the environment variable that holds
+//! its API key (`api_key_env`), and the key is read at the moment a client is built.
+
+use crate::error::CoreError;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Prefix of environment overrides.
+pub const ENV_PREFIX: &str = "REASONREC";
+/// File read when no `--config` is given and it exists in the working directory.
+pub const DEFAULT_FILE: &str = "reasonrec.toml";
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    pub database: DatabaseSettings,
+    pub broker: BrokerSettings,
+    pub sampling: SamplingSettings,
+    pub teacher: TeacherSettings,
+    pub worker: WorkerSettings,
+    pub coordinator: CoordinatorSettings,
+    pub prompts: PromptSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseSettings {
+    /// Postgres URL. A password in it never reaches a log line (see [`redact_url`]).
+    pub url: String,
+    pub max_connections: u32,
+    pub acquire_timeout_secs: u64,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self {
+            url: "postgres://postgres@127.0.0.1:5432/reasonrec".into(),
+            max_connections: 16,
+            acquire_timeout_secs: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum QueueType {
+    /// Replicated, the kind RabbitMQ recommends for durable work queues.
+    Quorum,
+    Classic,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerSettings {
+    pub url: String,
+    /// Every exchange and queue name starts with this prefix (tests use a unique one).
+    pub prefix: String,
+    pub queue_type: QueueType,
+    /// Bound on the work queue's length; publishes beyond it are nacked by the broker
+    /// (`x-overflow=reject-publish`) and the outbox retries them later. 0 = unbounded.
+    pub max_length: u32,
+    /// Messages published before their confirms are awaited together.
+    pub publish_batch: usize,
+    pub confirm_timeout_secs: u64,
+}
+
+impl Default for BrokerSettings {
+    fn default() -> Self {
+        Self {
+            url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+            prefix: "reasonrec".into(),
+            queue_type: QueueType::Quorum,
+            max_length: 0,
+            publish_batch: 2000,
+            confirm_timeout_secs: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SamplingSettings {
+    /// An interaction is a like when `rating > like_threshold`.
+    pub like_threshold: f32,
+    /// k: interactions shown before the target.
+    pub history_len: usize,
+    /// Users with fewer history interactions before their target are skipped.
+    pub min_history: usize,
+    /// Cap on the number of users planned (0 = all), taken in user order.
+    pub max_users: usize,
+}
+
+impl Default for SamplingSettings {
+    fn default() -> Self {
+        Self { like_threshold: 3.0, history_len: 20, min_history: 1, max_users: 0 }
+    }
+}
+
+/// Parameters sent with every chat completion; they are part of an output's content key.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SamplingParams {
+    pub temperature: f32,
+    pub top_p: Option<f32>,
+    pub max_tokens: u32,
+    pub stop: Vec<String>,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        Self { temperature: 0.1, top_p: None, max_tokens: 256, stop: Vec::new() }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EndpointSettings {
+    pub name: String,
+    /// Base URL up to and including `/v1`.
+    pub base_url: String,
+    pub model: String,
+    /// Name of the environment variable holding the API key; none for local servers.
+    pub api_key_env: Option<String>,
+    pub weight: u32,
+    pub max_in_flight: usize,
+    /// 0 = unlimited.
+    pub requests_per_minute: u32,
+    pub input_tokens_per_minute: u32,
+    pub output_tokens_per_minute: u32,
+    pub timeout_secs: u64,
+    pub connect_timeout_secs: u64,
+    /// US dollars per million tokens.
+    pub price_input_per_mtok: f64,
+    pub price_output_per_mtok: f64,
+    pub params: SamplingParams,
+}
+
+impl Default for EndpointSettings {
+    fn default() -> Self {
+        Self {
+            name: "mock".into(),
+            base_url: "http://127.0.0.1:8089/v1".into(),
+            model: "mock-teacher".into(),
+            api_key_env: None,
+            weight: 1,
+            max_in_flight: 256,
+            requests_per_minute: 0,
+            input_tokens_per_minute: 0,
+            output_tokens_per_minute: 0,
+            timeout_secs: 60,
+            connect_timeout_secs: 5,
+            price_input_per_mtok: 0.0,
+            price_output_per_mtok: 0.0,
+            params: SamplingParams::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TeacherSettings {
+    pub endpoints: Vec<EndpointSettings>,
+    /// Attempts per task for transient errors (429, 5xx, timeouts, malformed bodies).
+    pub max_attempts: u32,
+    pub backoff_min_ms: u64,
+    pub backoff_max_ms: u64,
+}
+
+impl Default for TeacherSettings {
+    fn default() -> Self {
+        Self {
+            endpoints: vec![EndpointSettings::default()],
+            max_attempts: 6,
+            backoff_min_ms: 200,
+            backoff_max_ms: 30_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerSettings {
+    /// Tasks processed at once; also the consumer prefetch.
+    pub concurrency: u16,
+    /// On SIGTERM, time given to in-flight tasks before they are handed back unacked.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        Self { concurrency: 64, shutdown_grace_secs: 30 }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CoordinatorSettings {
+    /// How often the outbox looks for ready tasks and the run for completion.
+    pub poll_interval_ms: u64,
+    /// Tasks inserted per planning statement.
+    pub plan_batch: usize,
+}
+
+impl Default for CoordinatorSettings {
+    fn default() -> Self {
+        Self { poll_interval_ms: 250, plan_batch: 5000 }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PromptSettings {
+    pub dir: PathBuf,
+}
+
+impl Default for PromptSettings {
+    fn default() -> Self {
+        Self { dir: PathBuf::from("prompts") }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    /// `tracing_subscriber::EnvFilter` directive; `RUST_LOG` wins when set.
+    pub filter: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self { format: LogFormat::Human, filter: "info,sqlx=warn,lapin=warn".into() }
+    }
+}
+
+impl Settings {
+    /// Defaults, then `file` (must exist when given; otherwise `reasonrec.toml` if present),
+    /// then `REASONREC__*` environment variables.
+    pub fn load(file: Option<&Path>) -> Result<Self, CoreError> {
+        let defaults = config::Config::try_from(&Settings::default())
+            .map_err(|e| CoreError::Config(e.to_string()))?;
+        let mut builder = config::Config::builder().add_source(defaults);
+        match file {
+            Some(path) => {
+                if !path.exists() {
+                    return Err(CoreError::Config(format!(
+                        "config file {} does not exist",
+                        path.display()
+                    )));
+                }
+                builder = builder.add_source(config::File::from(path).required(true));
+            }
+            None => {
+                builder = builder.add_source(config::File::with_name(DEFAULT_FILE).required(false));
+            }
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix(ENV_PREFIX)
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true),
+        );
+        let settings: Settings = builder
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(|e| CoreError::Config(e.to_string()))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks that serde cannot express; each message names the key.
+    pub fn validate(&self) -> Result<(), CoreError> {
+        let bad = |key: &str, why: String| Err(CoreError::Config(format!("{key}: {why}")));
+        if !(self.database.url.starts_with("postgres://") || self.database.url.starts_with("postgresql://")) {
+            return bad("database.url", "must start with postgres://".into());
+        }
+        if !(self.broker.url.starts_with("amqp://") || self.broker.url.starts_with("amqps://")) {
+            return bad("broker.url", "must start with amqp:// or amqps://".into());
+        }
+        if self.broker.prefix.is_empty() || self.broker.prefix.len() > 100 {
+            return bad("broker.prefix", "must be 1 to 100 characters".into());
+        }
+        if self.broker.publish_batch == 0 {
+            return bad("broker.publish_batch", "must be at least 1".into());
+        }
+        if self.worker.concurrency == 0 {
+            return bad("worker.concurrency", "must be at least 1".into());
+        }
+        if self.teacher.endpoints.is_empty() {
+            return bad("teacher.endpoints", "at least one endpoint is needed".into());
+        }
+        if self.teacher.max_attempts == 0 {
+            return bad("teacher.max_attempts", "must be at least 1".into());
+        }
+        for (i, ep) in self.teacher.endpoints.iter().enumerate() {
+            let key = |k: &str| format!("teacher.endpoints[{i}].{k}");
+            if !(ep.base_url.starts_with("http://") || ep.base_url.starts_with("https://")) {
+                return bad(&key("base_url"), format!("{:?} is not an http(s) URL", ep.base_url));
+            }
+            if ep.model.is_empty() {
+                return bad(&key("model"), "must not be empty".into());
+            }
+            if ep.timeout_secs == 0 {
+                return bad(&key("timeout_secs"), "must be at least 1".into());
+            }
+            if ep.params.max_tokens == 0 {
+                return bad(&key("params.max_tokens"), "must be at least 1".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `scheme://user:secret@host/db` -> `scheme://user:***@host/db`, for log lines.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or("");
+            let masked = if userinfo.contains(':') { format!("{user}:***") } else { user.to_string() };
+            format!("{scheme}://{masked}@{host}{path}")
+        }
+        None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        assert!(Settings::default().validate().is_ok());
+    }
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(redact_url("amqp://guest:guest@127.0.0.1:5672/%2f"), "amqp://guest:***@127.0.0.1:5672/%2f");
+        assert_eq!(redact_url("postgres://postgres@h/db"), "postgres://postgres@h/db");
+        assert_eq!(redact_url("http://h:1/v1"), "http://h:1/v1");
+    }
+
+    #[test]
+    fn file_overrides_and_unknown_keys_are_named() {
+        let dir = std::env::temp_dir().join(format!("rr-settings-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let good = dir.join("good.toml");
+        let _ = std::fs::write(&good, "[worker]\nconcurrency = 7\n[sampling]\nhistory_len = 4\n");
+        let s = Settings::load(Some(&good));
+        assert!(matches!(&s, Ok(s) if s.worker.concurrency == 7 && s.sampling.history_len == 4), "{s:?}");
+
+        let bad = dir.join("bad.toml");
+        let _ = std::fs::write(&bad, "[worker]\nconcurency = 7\n");
+        let err = Settings::load(Some(&bad)).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("concurency"), "error should name the unknown key: {err}");
+
+        let url = dir.join("url.toml");
+        let _ = std::fs::write(&url, "[[teacher.endpoints]]\nbase_url = \"ftp://x\"\nmodel = \"m\"\n");
+        let err = Settings::load(Some(&url)).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("teacher.endpoints[0].base_url"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

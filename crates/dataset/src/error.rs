@@ -1,0 +1,22 @@
+//! Errors of the loaders.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatasetError {
+    #[error("cannot read {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}:{line}: field `{field}`: {message}")]
+    Parse { path: PathBuf, line: usize, field: &'static str, message: String },
+    #[error("unknown format {format:?} (known: {known})")]
+    UnknownFormat { format: String, known: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl DatasetError {
+    /// Bad input stays bad: nothing here is worth retrying.
+    pub fn is_retryable(&self) -> bool {
+        false
+    }
+}

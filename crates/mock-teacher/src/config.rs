@@ -1,0 +1,80 @@
+//! Knobs of the mock teacher.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum RetryAfterFormat {
+    /// `Retry-After: 2`
+    #[default]
+    Seconds,
+    /// `Retry-After: Thu, 26 Nov 2026 12:00:02 GMT`
+    HttpDate,
+}
+
+/// Rates are probabilities per request in [0, 1]; one draw decides which fault (if any) a request
+/// gets, in the order 429, 5xx, hang, malformed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MockConfig {
+    pub model: String,
+    /// Base latency of every answer.
+    pub latency_ms: u64,
+    /// Uniform extra latency in [0, latency_jitter_ms].
+    pub latency_jitter_ms: u64,
+    pub rate_429: f64,
+    pub retry_after_secs: u64,
+    pub retry_after_format: RetryAfterFormat,
+    pub rate_5xx: f64,
+    /// A hanging request sleeps this long before answering 504 (clients time out first).
+    pub rate_hang: f64,
+    pub hang_secs: u64,
+    pub rate_malformed: f64,
+    /// Own limits over a sliding minute; 0 = none. Requests over them get 429 + Retry-After and
+    /// are counted as `over_limit`.
+    pub requests_per_minute: u32,
+    /// Counts prompt + completion tokens of accepted requests.
+    pub tokens_per_minute: u32,
+    /// Seed of the fault draws (answers themselves depend only on the prompt).
+    pub seed: u64,
+}
+
+impl Default for MockConfig {
+    fn default() -> Self {
+        Self {
+            model: "mock-teacher".into(),
+            latency_ms: 0,
+            latency_jitter_ms: 0,
+            rate_429: 0.0,
+            retry_after_secs: 1,
+            retry_after_format: RetryAfterFormat::Seconds,
+            rate_5xx: 0.0,
+            rate_hang: 0.0,
+            hang_secs: 600,
+            rate_malformed: 0.0,
+            requests_per_minute: 0,
+            tokens_per_minute: 0,
+            seed: 42,
+        }
+    }
+}
+
+impl MockConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        for (name, r) in [
+            ("rate_429", self.rate_429),
+            ("rate_5xx", self.rate_5xx),
+            ("rate_hang", self.rate_hang),
+            ("rate_malformed", self.rate_malformed),
+        ] {
+            if !(0.0..=1.0).contains(&r) {
+                return Err(format!("{name} must be within [0, 1], got {r}"));
+            }
+        }
+        let sum = self.rate_429 + self.rate_5xx + self.rate_hang + self.rate_malformed;
+        if sum > 1.0 {
+            return Err(format!("fault rates add up to {sum}, more than 1"));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,32 @@
+//! A real HTTP server that speaks the OpenAI chat-completions protocol, standing in for a teacher
+//! LLM in tests, the demo and benchmarks.
+//!
+//! Layout:
+//! - [`config`]: the fault and limit knobs (latency, 429 with Retry-After, 5xx, hangs, malformed
+//!   bodies, its own requests/min and tokens/min limit), changeable at run time.
+//! - [`answer`]: deterministic, prompt-aware answers per stage (quotes the titles in the prompt;
+//!   a reasoning answer agrees with the outcome the prompt states).
+//! - [`limits`]: the sliding-minute window that enforces the mock's own limit.
+//! - [`server`]: routes (`/v1/chat/completions`, `/v1/models`, `/stats`, `/config`, `/healthz`)
+//!   and the handle tests use to start, inspect and stop it.
+
+pub mod answer;
+pub mod config;
+pub mod limits;
+pub mod server;
+
+pub use config::{MockConfig, RetryAfterFormat};
+pub use server::{MockHandle, MockStats, spawn};
+
+/// Errors of the mock server.
+#[derive(Debug, thiserror::Error)]
+pub enum MockError {
+    #[error("cannot bind {addr}: {source}")]
+    Bind { addr: String, source: std::io::Error },
+}
+
+impl MockError {
+    pub fn is_retryable(&self) -> bool {
+        false
+    }
+}

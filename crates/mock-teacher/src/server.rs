@@ -1,0 +1,312 @@
+//! Routes and the handle that starts, inspects and stops the mock.
+
+use crate::answer::{Kind, answer, parse};
+use crate::config::{MockConfig, RetryAfterFormat};
+use crate::limits::Window;
+use crate::MockError;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use rand::{Rng, SeedableRng};
+use reasonrec_teacher::protocol::{
+    AssistantMessage, ChatCompletionRequest, ChatCompletionResponse, Choice, Usage, estimate_prompt_tokens, estimate_tokens,
+};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+/// What the mock served since start (or the last reset).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MockStats {
+    pub requests: u64,
+    /// Answered 200 with a well-formed completion.
+    pub ok: u64,
+    /// Refused because the mock's own requests/min or tokens/min limit was reached.
+    pub over_limit: u64,
+    pub injected_429: u64,
+    pub injected_5xx: u64,
+    pub hangs: u64,
+    pub malformed: u64,
+    pub bad_requests: u64,
+    /// Tokens of `ok` answers.
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    /// `ok` answers per prompt kind (reasoning_like, reasoning_dislike, item_profile, ...).
+    pub by_kind: BTreeMap<String, u64>,
+    /// Milliseconds since the mock started of the first and last `ok` answer.
+    pub first_ok_ms: Option<u64>,
+    pub last_ok_ms: Option<u64>,
+}
+
+struct AppState {
+    config: RwLock<MockConfig>,
+    stats: Mutex<MockStats>,
+    window: Mutex<Window>,
+    rng: Mutex<rand::rngs::StdRng>,
+    started: Instant,
+}
+
+impl AppState {
+    fn stats(&self, f: impl FnOnce(&mut MockStats)) {
+        if let Ok(mut s) = self.stats.lock() {
+            f(&mut s);
+        }
+    }
+    fn config(&self) -> MockConfig {
+        self.config.read().map(|c| c.clone()).unwrap_or_default()
+    }
+}
+
+/// A running mock teacher. Dropping it stops the server (hanging requests are cut).
+pub struct MockHandle {
+    pub addr: SocketAddr,
+    state: Arc<AppState>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl MockHandle {
+    /// Base URL for an endpoint setting, ending in `/v1`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    pub fn stats(&self) -> MockStats {
+        self.state.stats.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    pub fn reset_stats(&self) {
+        self.state.stats(|s| *s = MockStats::default());
+    }
+
+    pub fn config(&self) -> MockConfig {
+        self.state.config()
+    }
+
+    pub fn set_config(&self, config: MockConfig) -> Result<(), String> {
+        config.validate()?;
+        apply_config(&self.state, config);
+        Ok(())
+    }
+
+}
+
+impl Drop for MockHandle {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn apply_config(state: &AppState, config: MockConfig) {
+    if let Ok(mut rng) = state.rng.lock() {
+        *rng = rand::rngs::StdRng::seed_from_u64(config.seed);
+    }
+    if let Ok(mut c) = state.config.write() {
+        *c = config;
+    }
+}
+
+/// Binds `addr` (port 0 picks a free one) and serves in a background task.
+pub async fn spawn(addr: SocketAddr, config: MockConfig) -> Result<MockHandle, MockError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| MockError::Bind { addr: addr.to_string(), source })?;
+    let addr = listener.local_addr().map_err(|source| MockError::Bind { addr: addr.to_string(), source })?;
+    let state = Arc::new(AppState {
+        rng: Mutex::new(rand::rngs::StdRng::seed_from_u64(config.seed)),
+        config: RwLock::new(config),
+        stats: Mutex::new(MockStats::default()),
+        window: Mutex::new(Window::default()),
+        started: Instant::now(),
+    });
+    let app = Router::new()
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/models", get(models))
+        .route("/stats", get(get_stats))
+        .route("/stats/reset", post(reset_stats))
+        .route("/config", get(get_config).put(put_config))
+        .route("/healthz", get(|| async { "ok" }))
+        .with_state(state.clone());
+    let task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "mock teacher stopped");
+        }
+    });
+    tracing::info!(%addr, "mock teacher listening");
+    Ok(MockHandle { addr, state, task })
+}
+
+fn error_json(status: StatusCode, kind: &str, message: &str) -> Response {
+    let body = serde_json::json!({"error": {"message": message, "type": kind, "code": status.as_u16()}});
+    (status, axum::Json(body)).into_response()
+}
+
+fn too_many(wait: Duration, format: RetryAfterFormat, message: &str) -> Response {
+    let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+    let value = match format {
+        RetryAfterFormat::Seconds => secs.to_string(),
+        RetryAfterFormat::HttpDate => (chrono::Utc::now() + chrono::Duration::seconds(secs as i64))
+            .format("%a, %d %b %Y %H:%M:%S GMT")
+            .to_string(),
+    };
+    let mut resp = error_json(StatusCode::TOO_MANY_REQUESTS, "rate_limit_exceeded", message);
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        resp.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    resp
+}
+
+/// Cuts `text` to at most `max_tokens` estimated tokens; returns whether it was cut.
+fn fit(text: String, max_tokens: Option<u32>) -> (String, bool) {
+    let Some(max) = max_tokens else { return (text, false) };
+    if estimate_tokens(&text) <= max {
+        return (text, false);
+    }
+    let cut: String = text.chars().take(max as usize * 4).collect();
+    (cut, true)
+}
+
+async fn chat(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+    state.stats(|s| s.requests += 1);
+    let req: ChatCompletionRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            state.stats(|s| s.bad_requests += 1);
+            return error_json(StatusCode::BAD_REQUEST, "invalid_request_error", &format!("invalid body: {e}"));
+        }
+    };
+    if req.messages.is_empty() {
+        state.stats(|s| s.bad_requests += 1);
+        return error_json(StatusCode::BAD_REQUEST, "invalid_request_error", "messages must not be empty");
+    }
+    let cfg = state.config();
+    let prompt: String = req.messages.iter().map(|m| m.content.as_str()).collect::<Vec<_>>().join("\n");
+    let (text, truncated) = fit(answer(&prompt), req.max_tokens);
+    let prompt_tokens = estimate_prompt_tokens(&req.messages);
+    let completion_tokens = estimate_tokens(&text);
+
+    let admitted = match state.window.lock() {
+        Ok(mut w) => w.admit(
+            Instant::now(),
+            u64::from(prompt_tokens + completion_tokens),
+            cfg.requests_per_minute,
+            cfg.tokens_per_minute,
+        ),
+        Err(_) => Ok(()),
+    };
+    if let Err(wait) = admitted {
+        state.stats(|s| s.over_limit += 1);
+        return too_many(wait, RetryAfterFormat::Seconds, "rate limit of the mock teacher reached");
+    }
+
+    let (draw, jitter) = match state.rng.lock() {
+        Ok(mut rng) => {
+            let d: f64 = rng.random();
+            let j = if cfg.latency_jitter_ms > 0 { rng.random_range(0..=cfg.latency_jitter_ms) } else { 0 };
+            (d, j)
+        }
+        Err(_) => (1.0, 0),
+    };
+    let latency = Duration::from_millis(cfg.latency_ms + jitter);
+    let mut edge = cfg.rate_429;
+    if draw < edge {
+        state.stats(|s| s.injected_429 += 1);
+        return too_many(Duration::from_secs(cfg.retry_after_secs), cfg.retry_after_format, "injected 429");
+    }
+    edge += cfg.rate_5xx;
+    if draw < edge {
+        state.stats(|s| s.injected_5xx += 1);
+        tokio::time::sleep(latency).await;
+        return if draw < edge - cfg.rate_5xx / 2.0 {
+            error_json(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "injected failure")
+        } else {
+            (StatusCode::BAD_GATEWAY, "<html><body>502 Bad Gateway</body></html>").into_response()
+        };
+    }
+    edge += cfg.rate_hang;
+    if draw < edge {
+        state.stats(|s| s.hangs += 1);
+        tokio::time::sleep(Duration::from_secs(cfg.hang_secs)).await;
+        return error_json(StatusCode::GATEWAY_TIMEOUT, "timeout", "injected hang");
+    }
+    edge += cfg.rate_malformed;
+    tokio::time::sleep(latency).await;
+    if draw < edge {
+        state.stats(|s| s.malformed += 1);
+        let body = if draw < edge - cfg.rate_malformed / 2.0 {
+            "{\"id\":\"chatcmpl-x\",\"choices\":[{\"message\":{\"content\":\"trunc".to_string()
+        } else {
+            "{\"id\":\"chatcmpl-x\",\"object\":\"chat.completion\",\"choices\":[]}".to_string()
+        };
+        return (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body).into_response();
+    }
+
+    let kind = match parse(&prompt).kind {
+        Kind::Reasoning { like: true } => "reasoning_like",
+        Kind::Reasoning { like: false } => "reasoning_dislike",
+        Kind::ItemProfile => "item_profile",
+        Kind::UserProfile => "user_profile",
+        Kind::Other => "other",
+    };
+    let elapsed = state.started.elapsed().as_millis() as u64;
+    state.stats(|s| {
+        s.ok += 1;
+        s.prompt_tokens += u64::from(prompt_tokens);
+        s.completion_tokens += u64::from(completion_tokens);
+        *s.by_kind.entry(kind.to_string()).or_default() += 1;
+        s.first_ok_ms.get_or_insert(elapsed);
+        s.last_ok_ms = Some(elapsed);
+    });
+    let resp = ChatCompletionResponse {
+        id: format!("chatcmpl-{:016x}", rand::random::<u64>()),
+        object: "chat.completion".into(),
+        created: chrono::Utc::now().timestamp(),
+        model: if req.model.is_empty() { cfg.model } else { req.model },
+        choices: vec![Choice {
+            index: 0,
+            message: AssistantMessage { role: "assistant".into(), content: Some(text) },
+            finish_reason: Some(if truncated { "length" } else { "stop" }.into()),
+        }],
+        usage: Some(Usage { prompt_tokens, completion_tokens, total_tokens: prompt_tokens + completion_tokens }),
+    };
+    axum::Json(resp).into_response()
+}
+
+async fn models(State(state): State<Arc<AppState>>) -> Response {
+    let model = state.config().model;
+    axum::Json(serde_json::json!({
+        "object": "list",
+        "data": [{"id": model, "object": "model", "created": 0, "owned_by": "reasonrec"}]
+    }))
+    .into_response()
+}
+
+async fn get_stats(State(state): State<Arc<AppState>>) -> Response {
+    let s = state.stats.lock().map(|s| s.clone()).unwrap_or_default();
+    axum::Json(s).into_response()
+}
+
+async fn reset_stats(State(state): State<Arc<AppState>>) -> Response {
+    state.stats(|s| *s = MockStats::default());
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn get_config(State(state): State<Arc<AppState>>) -> Response {
+    axum::Json(state.config()).into_response()
+}
+
+async fn put_config(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+    let cfg: MockConfig = match serde_json::from_slice(&body) {
+        Ok(c) => c,
+        Err(e) => return error_json(StatusCode::BAD_REQUEST, "invalid_config", &e.to_string()),
+    };
+    if let Err(e) = cfg.validate() {
+        return error_json(StatusCode::BAD_REQUEST, "invalid_config", &e);
+    }
+    apply_config(&state, cfg.clone());
+    axum::Json(cfg).into_response()
+}

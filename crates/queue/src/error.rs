@@ -1,0 +1,32 @@
+//! Errors of the queue crate.
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("broker: {0}")]
+    Amqp(#[from] lapin::Error),
+    #[error("broker did not answer {what} within {secs} s")]
+    Timeout { what: &'static str, secs: u64 },
+}
+
+impl QueueError {
+    /// Broker errors are connection or channel trouble: reconnecting and retrying may succeed.
+    /// A topology mismatch (PRECONDITION_FAILED) will not; it surfaces at declaration time.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            QueueError::Amqp(e) => !e.to_string().contains("PRECONDITION_FAILED"),
+            QueueError::Timeout { .. } => true,
+        }
+    }
+}
+
+/// Runs `fut` with a deadline: channel and consumer creation can hang on a half-dead socket.
+pub async fn deadline<T>(
+    what: &'static str,
+    secs: u64,
+    fut: impl std::future::Future<Output = Result<T, lapin::Error>>,
+) -> Result<T, QueueError> {
+    match tokio::time::timeout(std::time::Duration::from_secs(secs), fut).await {
+        Ok(r) => r.map_err(QueueError::from),
+        Err(_) => Err(QueueError::Timeout { what, secs }),
+    }
+}

@@ -1,0 +1,38 @@
+//! Errors of the store.
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("stored data is inconsistent: {0}")]
+    Corrupt(String),
+}
+
+impl StoreError {
+    /// True when the same statement may succeed later: lost connections, pool exhaustion,
+    /// serialization failures and deadlocks, a server shutting down.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            StoreError::Database(e) => match e {
+                sqlx::Error::Io(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed
+                | sqlx::Error::Protocol(_) => true,
+                sqlx::Error::Database(db) => db.code().is_some_and(|c| {
+                    c.starts_with("08") // connection exception
+                        || c.starts_with("40") // serialization failure, deadlock
+                        || c.starts_with("53") // insufficient resources
+                        || c == "57P01" // admin shutdown
+                        || c == "57P03" // cannot connect now
+                }),
+                _ => false,
+            },
+            StoreError::Migrate(_) | StoreError::NotFound(_) | StoreError::Corrupt(_) => false,
+        }
+    }
+}

@@ -1,0 +1,21 @@
+//! Postgres access for every role. Postgres is the source of truth: datasets, runs, tasks,
+//! the content-keyed output ledger and the per-attempt cost rows live here.
+//!
+//! Layout:
+//! - [`error`]: `StoreError`, with retryable (connection, serialization) vs permanent.
+//! - [`pool`]: connecting and the one migration entry point (`Store::migrate`).
+//! - [`datasets`]: all-or-nothing ingest by COPY, versions by content hash, interaction streams.
+//! - [`runs`]: run rows, bulk task planning (UNNEST), the outbox, status counts.
+//! - [`tasks`]: what a worker reads and the one transaction that completes or fails a task.
+//!
+//! Queries are checked at run time (`sqlx::query`), not with the compile-time macros: building
+//! needs no database and no committed `.sqlx/` cache. Integration tests cover every query.
+
+pub mod datasets;
+pub mod error;
+pub mod pool;
+pub mod runs;
+pub mod tasks;
+
+pub use error::StoreError;
+pub use pool::Store;

@@ -1,0 +1,265 @@
+//! Runs, task planning, the outbox and progress counts.
+
+use crate::error::StoreError;
+use crate::pool::Store;
+use reasonrec_core::stage::{Stage, TaskState};
+use sqlx::Row;
+use std::collections::BTreeMap;
+use uuid::Uuid;
+
+/// A task as the planner hands it to the store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewTask {
+    pub id: Uuid,
+    pub stage: Stage,
+    /// Natural key inside the run (e.g. `u12:i345:test`): planning twice never doubles a task.
+    pub subject: String,
+    pub user_id: Option<i32>,
+    pub item_id: Option<i32>,
+    pub split: Option<String>,
+    pub label: Option<bool>,
+    pub input: serde_json::Value,
+    pub pending_deps: i32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunRow {
+    pub id: Uuid,
+    pub dataset_id: i64,
+    pub state: String,
+    pub settings: serde_json::Value,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Progress of a run, from the task and attempt tables.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct RunCounts {
+    /// stage -> state -> count
+    pub by_stage: BTreeMap<String, BTreeMap<String, i64>>,
+    pub total: i64,
+    pub published_ever: i64,
+    pub done: i64,
+    pub failed: i64,
+    pub done_last_minute: i64,
+    /// Seconds between the run's creation and its last completed task.
+    pub elapsed_secs: f64,
+    pub teacher_calls: i64,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub cost_usd: f64,
+    /// error class -> attempts
+    pub errors: BTreeMap<String, i64>,
+}
+
+impl RunCounts {
+    pub fn state(&self, state: TaskState) -> i64 {
+        self.by_stage.values().filter_map(|m| m.get(state.as_str())).sum()
+    }
+}
+
+impl Store {
+    pub async fn create_run(&self, dataset_id: i64, settings: &serde_json::Value) -> Result<Uuid, StoreError> {
+        let id = Uuid::now_v7();
+        sqlx::query("INSERT INTO runs (id, dataset_id, state, settings) VALUES ($1, $2, 'planning', $3)")
+            .bind(id)
+            .bind(dataset_id)
+            .bind(settings)
+            .execute(self.pool())
+            .await?;
+        Ok(id)
+    }
+
+    /// Inserts planned tasks in one statement (one array per column, so no bind limit).
+    /// Returns how many were new.
+    pub async fn insert_tasks(&self, run_id: Uuid, tasks: &[NewTask]) -> Result<u64, StoreError> {
+        if tasks.is_empty() {
+            return Ok(0);
+        }
+        let mut ids = Vec::with_capacity(tasks.len());
+        let mut stages = Vec::with_capacity(tasks.len());
+        let mut subjects = Vec::with_capacity(tasks.len());
+        let mut users = Vec::with_capacity(tasks.len());
+        let mut items = Vec::with_capacity(tasks.len());
+        let mut splits = Vec::with_capacity(tasks.len());
+        let mut labels = Vec::with_capacity(tasks.len());
+        let mut inputs = Vec::with_capacity(tasks.len());
+        let mut deps = Vec::with_capacity(tasks.len());
+        for t in tasks {
+            ids.push(t.id);
+            stages.push(t.stage.as_str());
+            subjects.push(t.subject.as_str());
+            users.push(t.user_id);
+            items.push(t.item_id);
+            splits.push(t.split.as_deref());
+            labels.push(t.label);
+            inputs.push(t.input.to_string());
+            deps.push(t.pending_deps);
+        }
+        let res = sqlx::query(
+            "INSERT INTO tasks (id, run_id, stage, subject, user_id, item_id, split, label, input, pending_deps, state)
+             SELECT u.id, $1, u.stage, u.subject, u.user_id, u.item_id, u.split, u.label, u.input::jsonb, u.deps,
+                    CASE WHEN u.deps = 0 THEN 'ready' ELSE 'waiting' END
+             FROM UNNEST($2::uuid[], $3::text[], $4::text[], $5::int[], $6::int[], $7::text[], $8::bool[], $9::text[], $10::int[])
+                  AS u(id, stage, subject, user_id, item_id, split, label, input, deps)
+             ON CONFLICT (run_id, stage, subject) DO NOTHING",
+        )
+        .bind(run_id)
+        .bind(&ids)
+        .bind(&stages)
+        .bind(&subjects)
+        .bind(&users)
+        .bind(&items)
+        .bind(&splits)
+        .bind(&labels)
+        .bind(&inputs)
+        .bind(&deps)
+        .execute(self.pool())
+        .await?;
+        Ok(res.rows_affected())
+    }
+
+    /// Planning is over: the run's tasks may now be published and worked.
+    pub async fn start_run(&self, run_id: Uuid) -> Result<(), StoreError> {
+        sqlx::query("UPDATE runs SET state = 'running', planned_at = now() WHERE id = $1 AND state = 'planning'")
+            .bind(run_id)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    pub async fn get_run(&self, run_id: Uuid) -> Result<RunRow, StoreError> {
+        let r = sqlx::query("SELECT id, dataset_id, state, settings, created_at, finished_at FROM runs WHERE id = $1")
+            .bind(run_id)
+            .fetch_optional(self.pool())
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("run {run_id}")))?;
+        Ok(RunRow {
+            id: r.try_get("id")?,
+            dataset_id: r.try_get("dataset_id")?,
+            state: r.try_get("state")?,
+            settings: r.try_get("settings")?,
+            created_at: r.try_get("created_at")?,
+            finished_at: r.try_get("finished_at")?,
+        })
+    }
+
+    /// The most recently created run, for `run status` without an id.
+    pub async fn latest_run(&self) -> Result<Uuid, StoreError> {
+        sqlx::query_scalar("SELECT id FROM runs ORDER BY created_at DESC, id DESC LIMIT 1")
+            .fetch_optional(self.pool())
+            .await?
+            .ok_or_else(|| StoreError::NotFound("no run yet (run `reasonrec run create`)".into()))
+    }
+
+    /// Runs whose tasks may still need publishing or finishing.
+    pub async fn active_runs(&self) -> Result<Vec<Uuid>, StoreError> {
+        Ok(sqlx::query_scalar("SELECT id FROM runs WHERE state = 'running' ORDER BY priority DESC, created_at")
+            .fetch_all(self.pool())
+            .await?)
+    }
+
+    /// Outbox read: ready tasks of a run after `after` in id order (keyset pagination).
+    pub async fn ready_tasks(&self, run_id: Uuid, after: Uuid, limit: i64) -> Result<Vec<(Uuid, Stage)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, stage FROM tasks WHERE run_id = $1 AND state = 'ready' AND id > $2 ORDER BY id LIMIT $3",
+        )
+        .bind(run_id)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                let stage: String = r.try_get(1)?;
+                let stage = stage.parse::<Stage>().map_err(StoreError::Corrupt)?;
+                Ok((r.try_get(0)?, stage))
+            })
+            .collect()
+    }
+
+    /// Marks tasks published. Called only with ids whose publish the broker confirmed.
+    /// Only `ready` rows move: a task a worker already finished stays done.
+    pub async fn mark_published(&self, ids: &[Uuid]) -> Result<u64, StoreError> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let res = sqlx::query(
+            "UPDATE tasks SET state = 'published', published_at = now() WHERE id = ANY($1) AND state = 'ready'",
+        )
+        .bind(ids)
+        .execute(self.pool())
+        .await?;
+        // Tasks a worker finished before this update still record when they were published.
+        sqlx::query("UPDATE tasks SET published_at = now() WHERE id = ANY($1) AND published_at IS NULL")
+            .bind(ids)
+            .execute(self.pool())
+            .await?;
+        Ok(res.rows_affected())
+    }
+
+    /// Marks the run completed when no task is left to do. Returns the run's state.
+    pub async fn refresh_run_state(&self, run_id: Uuid) -> Result<String, StoreError> {
+        sqlx::query(
+            "UPDATE runs SET state = 'completed', finished_at = now()
+             WHERE id = $1 AND state = 'running'
+               AND NOT EXISTS (SELECT 1 FROM tasks WHERE run_id = $1 AND state IN ('waiting', 'ready', 'published'))",
+        )
+        .bind(run_id)
+        .execute(self.pool())
+        .await?;
+        Ok(self.get_run(run_id).await?.state)
+    }
+
+    pub async fn run_counts(&self, run_id: Uuid) -> Result<RunCounts, StoreError> {
+        let mut c = RunCounts::default();
+        let rows = sqlx::query("SELECT stage, state, count(*) FROM tasks WHERE run_id = $1 GROUP BY 1, 2")
+            .bind(run_id)
+            .fetch_all(self.pool())
+            .await?;
+        for r in rows {
+            let (stage, state, n): (String, String, i64) = (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
+            c.total += n;
+            match state.as_str() {
+                "done" => c.done += n,
+                "failed" => c.failed += n,
+                _ => {}
+            }
+            c.by_stage.entry(stage).or_default().insert(state, n);
+        }
+        let r = sqlx::query(
+            "SELECT count(*) FILTER (WHERE published_at IS NOT NULL),
+                    count(*) FILTER (WHERE done_at > now() - interval '60 seconds'),
+                    COALESCE(EXTRACT(EPOCH FROM (max(done_at) - (SELECT created_at FROM runs WHERE id = $1)))::float8, 0)
+             FROM tasks WHERE run_id = $1",
+        )
+        .bind(run_id)
+        .fetch_one(self.pool())
+        .await?;
+        c.published_ever = r.try_get(0)?;
+        c.done_last_minute = r.try_get(1)?;
+        c.elapsed_secs = r.try_get(2)?;
+        let r = sqlx::query(
+            "SELECT count(*), COALESCE(sum(input_tokens), 0)::int8, COALESCE(sum(output_tokens), 0)::int8,
+                    COALESCE(sum(cost_usd), 0)::float8
+             FROM attempts WHERE run_id = $1",
+        )
+        .bind(run_id)
+        .fetch_one(self.pool())
+        .await?;
+        c.teacher_calls = r.try_get(0)?;
+        c.input_tokens = r.try_get(1)?;
+        c.output_tokens = r.try_get(2)?;
+        c.cost_usd = r.try_get(3)?;
+        let rows = sqlx::query(
+            "SELECT error_class, count(*) FROM attempts WHERE run_id = $1 AND error_class IS NOT NULL GROUP BY 1 ORDER BY 2 DESC",
+        )
+        .bind(run_id)
+        .fetch_all(self.pool())
+        .await?;
+        for r in rows {
+            c.errors.insert(r.try_get(0)?, r.try_get(1)?);
+        }
+        Ok(c)
+    }
+}

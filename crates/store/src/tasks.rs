@@ -1,0 +1,258 @@
+//! What a worker reads, and the transactions that finish a task.
+//!
+//! Invariant: a task is completed by exactly one transaction that (1) inserts its output into the
+//! ledger unless the key is already there, (2) moves the task to `done` only if it is not done yet,
+//! (3) makes dependents ready, (4) records the attempts. The worker acks the message after commit.
+
+use crate::error::StoreError;
+use crate::pool::Store;
+use reasonrec_core::attempt::AttemptRecord;
+use reasonrec_core::data::Family;
+use reasonrec_core::key::OutputKey;
+use reasonrec_core::stage::{Stage, TaskState};
+use sqlx::Row;
+use std::collections::HashMap;
+use uuid::Uuid;
+
+/// A task with what its prompt is rendered from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskContext {
+    pub id: Uuid,
+    pub run_id: Uuid,
+    pub stage: Stage,
+    pub state: TaskState,
+    pub run_state: String,
+    pub dataset_id: i64,
+    pub family: Family,
+    pub user_id: Option<i32>,
+    pub item_id: Option<i32>,
+    pub split: Option<String>,
+    pub label: Option<bool>,
+    pub input: serde_json::Value,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ItemRow {
+    pub id: i32,
+    pub title: String,
+    pub attrs: serde_json::Value,
+}
+
+/// An accepted answer to store in the ledger.
+#[derive(Debug, Clone)]
+pub struct NewOutput {
+    pub key: OutputKey,
+    pub stage: Stage,
+    pub text: String,
+    pub template: String,
+    pub template_version: String,
+    pub model: String,
+    pub params: serde_json::Value,
+    pub input_tokens: i32,
+    pub output_tokens: i32,
+}
+
+/// What [`Store::complete_task`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Completion {
+    /// The task moved to done in this transaction (false: it already was).
+    pub newly_done: bool,
+    /// A new ledger row was written (false: the key existed and was reused).
+    pub output_inserted: bool,
+}
+
+impl Store {
+    pub async fn load_task(&self, task_id: Uuid) -> Result<TaskContext, StoreError> {
+        let r = sqlx::query(
+            "SELECT t.id, t.run_id, t.stage, t.state, r.state AS run_state, r.dataset_id, d.family,
+                    t.user_id, t.item_id, t.split, t.label, t.input
+             FROM tasks t JOIN runs r ON r.id = t.run_id JOIN datasets d ON d.id = r.dataset_id
+             WHERE t.id = $1",
+        )
+        .bind(task_id)
+        .fetch_optional(self.pool())
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("task {task_id}")))?;
+        let stage: String = r.try_get("stage")?;
+        let state: String = r.try_get("state")?;
+        let family: String = r.try_get("family")?;
+        Ok(TaskContext {
+            id: r.try_get("id")?,
+            run_id: r.try_get("run_id")?,
+            stage: stage.parse().map_err(StoreError::Corrupt)?,
+            state: state.parse().map_err(StoreError::Corrupt)?,
+            run_state: r.try_get("run_state")?,
+            dataset_id: r.try_get("dataset_id")?,
+            family: Store::parse_family(&family)?,
+            user_id: r.try_get("user_id")?,
+            item_id: r.try_get("item_id")?,
+            split: r.try_get("split")?,
+            label: r.try_get("label")?,
+            input: r.try_get("input")?,
+        })
+    }
+
+    pub async fn load_items(&self, dataset_id: i64, ids: &[i32]) -> Result<HashMap<i32, ItemRow>, StoreError> {
+        let rows = sqlx::query("SELECT id, title, attrs FROM items WHERE dataset_id = $1 AND id = ANY($2)")
+            .bind(dataset_id)
+            .bind(ids)
+            .fetch_all(self.pool())
+            .await?;
+        let mut out = HashMap::with_capacity(rows.len());
+        for r in rows {
+            let item = ItemRow { id: r.try_get(0)?, title: r.try_get(1)?, attrs: r.try_get(2)? };
+            out.insert(item.id, item);
+        }
+        Ok(out)
+    }
+
+    /// True when the ledger already holds an accepted answer for this key.
+    pub async fn output_exists(&self, key: &OutputKey) -> Result<bool, StoreError> {
+        Ok(sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM outputs WHERE key = $1)")
+            .bind(key.as_bytes())
+            .fetch_one(self.pool())
+            .await?)
+    }
+
+    /// The text stored for a key.
+    pub async fn output_text(&self, key: &OutputKey) -> Result<Option<String>, StoreError> {
+        Ok(sqlx::query_scalar("SELECT text FROM outputs WHERE key = $1")
+            .bind(key.as_bytes())
+            .fetch_optional(self.pool())
+            .await?)
+    }
+
+    /// Completes a task with `key`, inserting `output` into the ledger first when given.
+    /// Idempotent: a second call for the same task changes nothing but the attempt log.
+    pub async fn complete_task(
+        &self,
+        task: &TaskContext,
+        key: &OutputKey,
+        output: Option<&NewOutput>,
+        attempts: &[AttemptRecord],
+    ) -> Result<Completion, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        let mut output_inserted = false;
+        if let Some(o) = output {
+            let res = sqlx::query(
+                "INSERT INTO outputs (key, stage, text, template, template_version, model, params,
+                                      input_tokens, output_tokens, run_id, task_id)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                 ON CONFLICT (key) DO NOTHING",
+            )
+            .bind(o.key.as_bytes())
+            .bind(o.stage.as_str())
+            .bind(&o.text)
+            .bind(&o.template)
+            .bind(&o.template_version)
+            .bind(&o.model)
+            .bind(&o.params)
+            .bind(o.input_tokens)
+            .bind(o.output_tokens)
+            .bind(task.run_id)
+            .bind(task.id)
+            .execute(&mut *tx)
+            .await?;
+            output_inserted = res.rows_affected() == 1;
+        }
+        let res = sqlx::query(
+            "UPDATE tasks SET state = 'done', output_key = $2, done_at = now(), last_error = NULL,
+                              attempts = attempts + $3
+             WHERE id = $1 AND state IN ('ready', 'published', 'failed')",
+        )
+        .bind(task.id)
+        .bind(key.as_bytes())
+        .bind(attempts.len() as i32)
+        .execute(&mut *tx)
+        .await?;
+        let newly_done = res.rows_affected() == 1;
+        if newly_done {
+            sqlx::query(
+                "UPDATE tasks SET pending_deps = pending_deps - 1,
+                                  state = CASE WHEN pending_deps = 1 THEN 'ready' ELSE state END
+                 WHERE state = 'waiting' AND id IN (SELECT task_id FROM task_deps WHERE depends_on = $1)",
+            )
+            .bind(task.id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        insert_attempts(&mut tx, task, attempts).await?;
+        tx.commit().await?;
+        Ok(Completion { newly_done, output_inserted })
+    }
+
+    /// Records a permanent failure (or exhausted retries) with the last error. A task that is
+    /// already done stays done.
+    pub async fn fail_task(&self, task: &TaskContext, error: &str, attempts: &[AttemptRecord]) -> Result<bool, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        let res = sqlx::query(
+            "UPDATE tasks SET state = 'failed', last_error = $2, attempts = attempts + $3
+             WHERE id = $1 AND state IN ('ready', 'published')",
+        )
+        .bind(task.id)
+        .bind(error)
+        .bind(attempts.len() as i32)
+        .execute(&mut *tx)
+        .await?;
+        insert_attempts(&mut tx, task, attempts).await?;
+        tx.commit().await?;
+        Ok(res.rows_affected() == 1)
+    }
+
+    /// Marks a task of a cancelled run cancelled.
+    pub async fn cancel_task(&self, task_id: Uuid) -> Result<(), StoreError> {
+        sqlx::query("UPDATE tasks SET state = 'cancelled' WHERE id = $1 AND state IN ('waiting', 'ready', 'published')")
+            .bind(task_id)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+}
+
+async fn insert_attempts(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    task: &TaskContext,
+    attempts: &[AttemptRecord],
+) -> Result<(), StoreError> {
+    if attempts.is_empty() {
+        return Ok(());
+    }
+    let n = attempts.len();
+    let (mut endpoint, mut model, mut started, mut duration) =
+        (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut status, mut class, mut error) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut tin, mut tout, mut cost) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    for a in attempts {
+        endpoint.push(a.endpoint.as_str());
+        model.push(a.model.as_str());
+        started.push(a.started_at);
+        duration.push(a.duration_ms);
+        status.push(a.http_status);
+        class.push(a.error_class.map(|c| c.as_str()));
+        error.push(a.error.as_deref());
+        tin.push(a.input_tokens);
+        tout.push(a.output_tokens);
+        cost.push(a.cost_usd);
+    }
+    sqlx::query(
+        "INSERT INTO attempts (task_id, run_id, endpoint, model, started_at, duration_ms, http_status,
+                               error_class, error, input_tokens, output_tokens, cost_usd)
+         SELECT $1, $2, * FROM UNNEST($3::text[], $4::text[], $5::timestamptz[], $6::int[], $7::int[],
+                                      $8::text[], $9::text[], $10::int[], $11::int[], $12::float8[])",
+    )
+    .bind(task.id)
+    .bind(task.run_id)
+    .bind(&endpoint)
+    .bind(&model)
+    .bind(&started)
+    .bind(&duration)
+    .bind(&status)
+    .bind(&class)
+    .bind(&error)
+    .bind(&tin)
+    .bind(&tout)
+    .bind(&cost)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,156 @@
+//! The consumer loop.
+//!
+//! Invariants:
+//! - prefetch = `worker.concurrency`: the broker never hands this worker more unacked messages
+//!   than it processes at once;
+//! - a message is acked only after its task's transaction committed (or there was nothing to
+//!   commit: already done, cancelled, unknown task); a retryable store error nacks it back;
+//! - on broker loss the session is rebuilt with backoff; deliveries that could not be acked are
+//!   redelivered by the broker and absorbed by idempotent completion;
+//! - on stop: cancel the consumer (no new deliveries), give in-flight tasks `shutdown_grace_secs`,
+//!   then close the channel, which hands anything unfinished back to the queue.
+
+use crate::error::WorkerError;
+use crate::process::{Outcome, TaskProcessor};
+use futures::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicNackOptions, BasicRejectOptions};
+use reasonrec_core::TaskMessage;
+use reasonrec_core::settings::{BrokerSettings, WorkerSettings};
+use reasonrec_queue::{Broker, QueueError};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// What a worker did, readable while it runs.
+#[derive(Debug, Default)]
+pub struct WorkerCounters {
+    pub completed: AtomicU64,
+    pub reused: AtomicU64,
+    pub already_done: AtomicU64,
+    pub failed: AtomicU64,
+    pub skipped: AtomicU64,
+    pub requeued: AtomicU64,
+    pub bad_messages: AtomicU64,
+    pub reconnects: AtomicU64,
+}
+
+impl WorkerCounters {
+    pub fn snapshot(&self) -> serde_json::Value {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        serde_json::json!({
+            "completed": g(&self.completed), "reused": g(&self.reused), "already_done": g(&self.already_done),
+            "failed": g(&self.failed), "skipped": g(&self.skipped), "requeued": g(&self.requeued),
+            "bad_messages": g(&self.bad_messages), "reconnects": g(&self.reconnects),
+        })
+    }
+}
+
+async fn handle(processor: TaskProcessor, delivery: Delivery, counters: Arc<WorkerCounters>) {
+    let msg = match TaskMessage::decode(&delivery.data) {
+        Ok(m) => m,
+        Err(e) => {
+            counters.bad_messages.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(error = %e, bytes = delivery.data.len(), "undecodable message rejected");
+            let _ = delivery.acker.reject(BasicRejectOptions { requeue: false }).await;
+            return;
+        }
+    };
+    match processor.process(msg.task_id).await {
+        Ok(outcome) => {
+            let counter = match &outcome {
+                Outcome::Completed { reused: false } => &counters.completed,
+                Outcome::Completed { reused: true } => &counters.reused,
+                Outcome::AlreadyDone => &counters.already_done,
+                Outcome::Failed { .. } => &counters.failed,
+                Outcome::Skipped { .. } => &counters.skipped,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(task_id = %msg.task_id, run_id = %msg.run_id, stage = %msg.stage, ?outcome, "task processed");
+            if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
+                // Committed but not acked: the broker redelivers and the redelivery is a no-op.
+                tracing::warn!(task_id = %msg.task_id, error = %e, "ack failed after commit");
+            }
+        }
+        Err(e) => {
+            counters.requeued.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(task_id = %msg.task_id, error = %e, retryable = e.is_retryable(), "task not committed; handing it back");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let _ = delivery.acker.nack(BasicNackOptions { requeue: true, multiple: false }).await;
+        }
+    }
+}
+
+/// One connection's life: consume until stopped (Ok) or the broker fails (Err).
+async fn session(
+    processor: &TaskProcessor,
+    broker_settings: &BrokerSettings,
+    ws: &WorkerSettings,
+    name: &str,
+    stop: &CancellationToken,
+    counters: &Arc<WorkerCounters>,
+) -> Result<(), WorkerError> {
+    let broker = Broker::connect(broker_settings, name).await?;
+    let (channel, mut consumer) = broker.consume(ws.concurrency, name).await?;
+    tracing::info!(worker = name, queue = %broker.topology().work_queue, prefetch = ws.concurrency, "consuming");
+    let mut inflight = JoinSet::new();
+    let result = loop {
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => break Ok(()),
+            Some(_) = inflight.join_next(), if !inflight.is_empty() => {}
+            next = consumer.next() => match next {
+                Some(Ok(delivery)) => {
+                    inflight.spawn(handle(processor.clone(), delivery, counters.clone()));
+                }
+                Some(Err(e)) => break Err(WorkerError::Queue(QueueError::Amqp(e))),
+                None => break Err(WorkerError::Queue(QueueError::Timeout { what: "consumer stream (closed by broker)", secs: 0 })),
+            }
+        }
+    };
+    if result.is_ok() {
+        let _ = channel.basic_cancel(consumer.tag(), BasicCancelOptions::default()).await;
+        let grace = Duration::from_secs(ws.shutdown_grace_secs);
+        let drained = tokio::time::timeout(grace, async { while inflight.join_next().await.is_some() {} }).await;
+        if drained.is_err() {
+            tracing::warn!(worker = name, unfinished = inflight.len(), "grace period over; unfinished tasks go back to the queue");
+            inflight.abort_all();
+        }
+        let _ = channel.close(200, "worker stopping".into()).await;
+        broker.close().await;
+    }
+    result
+}
+
+/// Runs a worker until `stop` is cancelled, reconnecting to the broker with backoff.
+pub async fn run_worker(
+    processor: TaskProcessor,
+    broker_settings: BrokerSettings,
+    ws: WorkerSettings,
+    name: String,
+    stop: CancellationToken,
+    counters: Arc<WorkerCounters>,
+) -> Result<(), WorkerError> {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let started = Instant::now();
+        match session(&processor, &broker_settings, &ws, &name, &stop, &counters).await {
+            Ok(()) => return Ok(()),
+            Err(e) if !e.is_retryable() => return Err(e),
+            Err(e) => {
+                counters.reconnects.fetch_add(1, Ordering::Relaxed);
+                if started.elapsed() > Duration::from_secs(30) {
+                    backoff = Duration::from_millis(200);
+                }
+                tracing::warn!(worker = %name, error = %e, retry_in_ms = backoff.as_millis() as u64, "broker session ended; reconnecting");
+                tokio::select! {
+                    _ = stop.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}

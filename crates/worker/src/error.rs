@@ -1,0 +1,29 @@
+//! Errors of the worker.
+
+use reasonrec_core::CoreError;
+use reasonrec_queue::QueueError;
+use reasonrec_store::StoreError;
+use reasonrec_teacher::TeacherError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    #[error(transparent)]
+    Core(#[from] CoreError),
+    #[error(transparent)]
+    Teacher(#[from] TeacherError),
+}
+
+impl WorkerError {
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            WorkerError::Store(e) => e.is_retryable(),
+            WorkerError::Queue(e) => e.is_retryable(),
+            WorkerError::Core(e) => e.is_retryable(),
+            WorkerError::Teacher(e) => e.is_retryable(),
+        }
+    }
+}

@@ -1,0 +1,18 @@
+//! The worker: consumes task messages, asks a teacher, validates, stores, then acks.
+//!
+//! Layout:
+//! - [`error`]: `WorkerError`, retryable when the store or broker error is.
+//! - [`render`]: builds a task's prompt context from the store and renders its template.
+//! - [`process`]: one task from id to committed row: reuse by content key, or call the teacher
+//!   with retries, validate, and complete or fail the task in one transaction.
+//! - [`consume`]: the consumer loop: prefetch = concurrency, manual ack after commit,
+//!   reconnect on broker loss, graceful drain on shutdown.
+
+pub mod consume;
+pub mod error;
+pub mod process;
+pub mod render;
+
+pub use consume::{WorkerCounters, run_worker};
+pub use error::WorkerError;
+pub use process::{Outcome, TaskProcessor};

@@ -1,0 +1,119 @@
+//! One task, from its id to a committed row.
+
+use crate::error::WorkerError;
+use crate::render::render_task;
+use reasonrec_core::attempt::ErrorClass;
+use reasonrec_core::stage::TaskState;
+use reasonrec_core::validate::validate_answer;
+use reasonrec_core::{OutputKey, PromptLibrary};
+use reasonrec_store::Store;
+use reasonrec_store::tasks::NewOutput;
+use reasonrec_teacher::{RetryPolicy, TeacherPool, call_with_retries};
+use std::sync::Arc;
+use uuid::Uuid;
+
+/// How a task ended. Every variant means "committed (or nothing to commit): ack".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Stored a new answer (`reused: false`) or found one under the same key (`reused: true`).
+    Completed { reused: bool },
+    /// The task was already done (a redelivery): nothing called, nothing written.
+    AlreadyDone,
+    /// Permanent failure or retries spent; the task row holds the error.
+    Failed { error: String },
+    /// The run was cancelled or the task does not exist any more.
+    Skipped { reason: String },
+}
+
+#[derive(Clone)]
+pub struct TaskProcessor {
+    store: Store,
+    teacher: TeacherPool,
+    prompts: Arc<PromptLibrary>,
+    policy: RetryPolicy,
+}
+
+impl TaskProcessor {
+    pub fn new(store: Store, teacher: TeacherPool, prompts: Arc<PromptLibrary>, policy: RetryPolicy) -> Self {
+        Self { store, teacher, prompts, policy }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Processes one task. `Err` means nothing was committed and the message must go back to
+    /// the queue (a retryable store error); every `Ok` may be acked.
+    pub async fn process(&self, task_id: Uuid) -> Result<Outcome, WorkerError> {
+        let task = match self.store.load_task(task_id).await {
+            Ok(t) => t,
+            Err(reasonrec_store::StoreError::NotFound(what)) => {
+                return Ok(Outcome::Skipped { reason: format!("{what} does not exist") });
+            }
+            Err(e) => return Err(e.into()),
+        };
+        match task.state {
+            TaskState::Done => return Ok(Outcome::AlreadyDone),
+            TaskState::Cancelled => return Ok(Outcome::Skipped { reason: "task cancelled".into() }),
+            _ => {}
+        }
+        if task.run_state == "cancelled" {
+            self.store.cancel_task(task.id).await?;
+            return Ok(Outcome::Skipped { reason: "run cancelled".into() });
+        }
+
+        let prompt = match render_task(&self.store, &self.prompts, &task).await {
+            Ok(p) => p,
+            Err(e) if e.is_retryable() => return Err(e),
+            Err(e) => {
+                let error = format!("cannot render prompt: {e}");
+                self.store.fail_task(&task, &error, &[]).await?;
+                return Ok(Outcome::Failed { error });
+            }
+        };
+        let Some(client) = self.teacher.pick() else {
+            return Err(reasonrec_core::CoreError::Config("no teacher endpoint configured".into()).into());
+        };
+        let ep = client.endpoint();
+        let key = OutputKey::compute(task.stage, &prompt, &ep.model, &ep.params);
+
+        if self.store.output_exists(&key).await? {
+            let c = self.store.complete_task(&task, &key, None, &[]).await?;
+            return Ok(if c.newly_done { Outcome::Completed { reused: true } } else { Outcome::AlreadyDone });
+        }
+
+        let (result, mut attempts) = call_with_retries(client, &prompt.messages, &ep.params, self.policy).await;
+        let answer = match result {
+            Ok(a) => a,
+            Err(e) => {
+                let error = format!("teacher {}: {e}", ep.name);
+                tracing::warn!(task_id = %task.id, endpoint = %ep.name, error_class = e.class().as_str(), attempts = attempts.len(), "task failed");
+                self.store.fail_task(&task, &error, &attempts).await?;
+                return Ok(Outcome::Failed { error });
+            }
+        };
+        if let Err(rejection) = validate_answer(task.stage, &answer.text, answer.finish_reason.as_deref()) {
+            if let Some(last) = attempts.last_mut() {
+                last.error_class = Some(ErrorClass::Rejected);
+                last.error = Some(format!("{}: {}", rejection.code, rejection.message));
+            }
+            let raw: String = answer.text.chars().take(2000).collect();
+            let error = format!("answer rejected ({}): {}; raw answer: {raw}", rejection.code, rejection.message);
+            self.store.fail_task(&task, &error, &attempts).await?;
+            return Ok(Outcome::Failed { error });
+        }
+        let output = NewOutput {
+            key,
+            stage: task.stage,
+            text: answer.text,
+            template: prompt.template,
+            template_version: prompt.version,
+            model: ep.model.clone(),
+            params: serde_json::to_value(&ep.params).unwrap_or_default(),
+            input_tokens: answer.input_tokens as i32,
+            output_tokens: answer.output_tokens as i32,
+        };
+        let c = self.store.complete_task(&task, &key, Some(&output), &attempts).await?;
+        Ok(if c.newly_done { Outcome::Completed { reused: !c.output_inserted } } else { Outcome::AlreadyDone })
+    }
+}

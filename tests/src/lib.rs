@@ -1,1 +1,187 @@
-//! placeholder
+//! Test harness: every test gets its own Postgres database, its own broker names and its own
+//! mock teacher on a free port, all real; everything is removed when the [`TestEnv`] drops.
+//!
+//! Environment: `REASONREC_TEST_PG` (admin URL, default `postgres://postgres@127.0.0.1:5432/postgres`)
+//! and `REASONREC_TEST_AMQP` (default `amqp://guest:guest@127.0.0.1:5672/%2f`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use anyhow::Context;
+use reasonrec_core::settings::{EndpointSettings, QueueType, Settings};
+use reasonrec_core::PromptLibrary;
+use reasonrec_mock_teacher::{MockConfig, MockHandle};
+use reasonrec_queue::Broker;
+use reasonrec_store::Store;
+use reasonrec_teacher::{RetryPolicy, TeacherPool};
+use reasonrec_worker::{TaskProcessor, WorkerCounters, run_worker};
+use sqlx::Connection;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+pub fn sample_dir() -> PathBuf {
+    repo_root().join("data/sample/ml-1m")
+}
+
+fn admin_url() -> String {
+    std::env::var("REASONREC_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+fn amqp_url() -> String {
+    std::env::var("REASONREC_TEST_AMQP").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+fn init_once() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into());
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+    });
+}
+
+/// A private database, broker namespace and mock teacher.
+pub struct TestEnv {
+    pub settings: Settings,
+    pub store: Store,
+    pub mock: MockHandle,
+    db_name: String,
+    cleaned: bool,
+}
+
+impl TestEnv {
+    pub async fn new() -> anyhow::Result<Self> {
+        Self::with_mock(MockConfig::default()).await
+    }
+
+    pub async fn with_mock(mock_config: MockConfig) -> anyhow::Result<Self> {
+        init_once();
+        let id = Uuid::new_v4().simple().to_string();
+        let db_name = format!("rr_test_{}", &id[..16]);
+        let admin = admin_url();
+        let mut conn = sqlx::PgConnection::connect(&admin).await.context("admin connection to Postgres")?;
+        sqlx::query(&format!("CREATE DATABASE {db_name}")).execute(&mut conn).await?;
+        conn.close().await?;
+        let base = admin.rsplit_once('/').map(|(b, _)| b.to_string()).unwrap_or(admin.clone());
+
+        let mock = reasonrec_mock_teacher::spawn("127.0.0.1:0".parse()?, mock_config).await?;
+        let mut settings = Settings::default();
+        settings.database.url = format!("{base}/{db_name}");
+        settings.database.max_connections = 8;
+        settings.broker.url = amqp_url();
+        settings.broker.prefix = format!("rr-test-{}", &id[..16]);
+        settings.broker.queue_type = QueueType::Quorum;
+        settings.prompts.dir = repo_root().join("prompts");
+        settings.coordinator.poll_interval_ms = 50;
+        settings.worker.concurrency = 16;
+        settings.worker.shutdown_grace_secs = 5;
+        settings.teacher.endpoints = vec![EndpointSettings {
+            name: "mock".into(),
+            base_url: mock.base_url(),
+            timeout_secs: 5,
+            ..EndpointSettings::default()
+        }];
+        settings.teacher.backoff_min_ms = 10;
+        settings.teacher.backoff_max_ms = 200;
+        settings.sampling.history_len = 10;
+        let store = Store::connect(&settings.database).await?;
+        store.migrate().await?;
+        Ok(Self { settings, store, mock, db_name, cleaned: false })
+    }
+
+    /// Ingests the bundled sample dataset as `sample`; returns its dataset id.
+    pub async fn ingest_sample(&self) -> anyhow::Result<i64> {
+        let ds = reasonrec_dataset::load("ml-1m", &sample_dir(), "sample")?;
+        Ok(self.store.ingest_dataset(&ds).await?.dataset_id())
+    }
+
+    pub async fn broker(&self) -> anyhow::Result<Broker> {
+        Ok(Broker::connect(&self.settings.broker, "test").await?)
+    }
+
+    pub fn processor(&self) -> anyhow::Result<TaskProcessor> {
+        let prompts = PromptLibrary::load(&self.settings.prompts.dir)?;
+        let pool = TeacherPool::new(&self.settings.teacher)?;
+        Ok(TaskProcessor::new(
+            self.store.clone(),
+            pool,
+            Arc::new(prompts),
+            RetryPolicy::from_settings(&self.settings.teacher),
+        ))
+    }
+
+    /// Starts an in-process worker (its own broker connection).
+    pub fn spawn_worker(&self, name: &str) -> anyhow::Result<WorkerHandle> {
+        let processor = self.processor()?;
+        let stop = CancellationToken::new();
+        let counters = Arc::new(WorkerCounters::default());
+        let join = tokio::spawn(run_worker(
+            processor,
+            self.settings.broker.clone(),
+            self.settings.worker.clone(),
+            name.to_string(),
+            stop.clone(),
+            counters.clone(),
+        ));
+        Ok(WorkerHandle { stop, counters, join })
+    }
+
+    /// Drops the database and the broker objects now (Drop does it too, on a helper thread).
+    pub async fn cleanup(mut self) -> anyhow::Result<()> {
+        self.cleaned = true;
+        self.store.close().await;
+        cleanup(self.settings.clone(), self.db_name.clone()).await
+    }
+}
+
+async fn cleanup(settings: Settings, db_name: String) -> anyhow::Result<()> {
+    if let Ok(broker) = Broker::connect(&settings.broker, "test-cleanup").await {
+        if let Ok(ch) = broker.channel().await {
+            let _ = broker.topology().delete(&ch).await;
+        }
+        broker.close().await;
+    }
+    let mut conn = sqlx::PgConnection::connect(&admin_url()).await?;
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {db_name} WITH (FORCE)")).execute(&mut conn).await?;
+    Ok(())
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        if self.cleaned {
+            return;
+        }
+        let (settings, db) = (self.settings.clone(), self.db_name.clone());
+        // A failed test still removes what it made: run the async cleanup on its own runtime.
+        let _ = std::thread::spawn(move || {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                let _ = rt.block_on(cleanup(settings, db));
+            }
+        })
+        .join();
+    }
+}
+
+pub struct WorkerHandle {
+    pub stop: CancellationToken,
+    pub counters: Arc<WorkerCounters>,
+    pub join: tokio::task::JoinHandle<Result<(), reasonrec_worker::WorkerError>>,
+}
+
+impl WorkerHandle {
+    pub async fn shutdown(self) -> anyhow::Result<Arc<WorkerCounters>> {
+        self.stop.cancel();
+        self.join.await??;
+        Ok(self.counters)
+    }
+}
+
+/// Counts rows of a query returning one bigint.
+pub async fn count(store: &Store, sql: &str, run_id: Uuid) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar(sql).bind(run_id).fetch_one(store.pool()).await?)
+}

@@ -61,7 +61,8 @@ pub struct BrokerSettings {
     pub prefix: String,
     pub queue_type: QueueType,
     /// Bound on the work queue's length; publishes beyond it are nacked by the broker
-    /// (`x-overflow=reject-publish`) and the outbox retries them later. 0 = unbounded.
+    /// (`x-overflow=reject-publish`) and the outbox retries them later. 0 = unbounded. Exact on
+    /// classic queues; quorum queues (RabbitMQ 3.10) apply it loosely and may overshoot.
     pub max_length: u32,
     /// Messages published before their confirms are awaited together.
     pub publish_batch: usize,

@@ -1,0 +1,135 @@
+//! At-least-once delivery, exactly-once effect: redeliveries and duplicates never make a second
+//! rationale, and the outbox marks nothing published without the broker's confirm.
+
+use lapin::options::{BasicGetOptions, QueueDeleteOptions};
+use reasonrec_coordinator::{Outbox, create_run};
+use reasonrec_core::TaskMessage;
+use reasonrec_tests::{TestEnv, count};
+use reasonrec_worker::Outcome;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_committed_but_not_acked_is_redelivered_and_absorbed() -> anyhow::Result<()> {
+    let mut env = TestEnv::new().await?;
+    env.settings.sampling.max_users = 10;
+    env.ingest_sample().await?;
+    let plan = create_run(&env.store, &env.settings, "sample").await?;
+    let broker = env.broker().await?;
+    let outbox = Outbox::new(env.store.clone(), &broker).await?;
+    assert_eq!(outbox.pump(plan.run_id).await?.published, 10);
+
+    // A "worker" takes one message, commits its task, and dies before acking.
+    let ch = broker.channel().await?;
+    let got = ch
+        .basic_get(broker.topology().work_queue.as_str().into(), BasicGetOptions { no_ack: false })
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("queue is empty"))?;
+    let msg = TaskMessage::decode(&got.delivery.data)?;
+    let outcome = env.processor()?.process(msg.task_id).await?;
+    assert_eq!(outcome, Outcome::Completed { reused: false });
+    ch.close(200, "dying without ack".into()).await?;
+
+    // The real worker gets the message again and must not store or pay for it twice.
+    let w = env.spawn_worker("w")?;
+    let state = tokio::time::timeout(Duration::from_secs(60), outbox.drive(plan.run_id, Duration::from_millis(50))).await??;
+    assert_eq!(state, "completed");
+    let counters = w.shutdown().await?;
+    assert_eq!(counters.already_done.load(Ordering::Relaxed), 1, "the redelivery was recognised");
+    assert_eq!(counters.completed.load(Ordering::Relaxed), 9);
+    assert_eq!(env.mock.stats().ok, 10, "no second teacher call for the redelivered task");
+    let s = &env.store;
+    assert_eq!(count(s, "SELECT count(*) FROM outputs WHERE run_id = $1", plan.run_id).await?, 10);
+    assert_eq!(count(s, "SELECT count(*) FROM tasks WHERE run_id = $1 AND state = 'done'", plan.run_id).await?, 10);
+    broker.close().await;
+    env.cleanup().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_message_published_twice_still_yields_one_rationale_per_task() -> anyhow::Result<()> {
+    let mut env = TestEnv::new().await?;
+    env.settings.sampling.max_users = 40;
+    env.ingest_sample().await?;
+    let plan = create_run(&env.store, &env.settings, "sample").await?;
+    let broker = env.broker().await?;
+    let outbox = Outbox::new(env.store.clone(), &broker).await?;
+    assert_eq!(outbox.pump(plan.run_id).await?.published, 40);
+    // A coordinator that crashed after publishing but before marking publishes everything again.
+    sqlx::query("UPDATE tasks SET state = 'ready', published_at = NULL WHERE run_id = $1")
+        .bind(plan.run_id)
+        .execute(env.store.pool())
+        .await?;
+    assert_eq!(outbox.pump(plan.run_id).await?.published, 40);
+
+    let w1 = env.spawn_worker("w1")?;
+    let w2 = env.spawn_worker("w2")?;
+    let state = tokio::time::timeout(Duration::from_secs(60), outbox.drive(plan.run_id, Duration::from_millis(50))).await??;
+    assert_eq!(state, "completed");
+    // Wait for the duplicates still in the queue to be consumed before stopping.
+    let ch = broker.channel().await?;
+    for _ in 0..200 {
+        if broker.topology().ready_messages(&ch).await? == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let (c1, c2) = (w1.shutdown().await?, w2.shutdown().await?);
+    let sum = |f: fn(&reasonrec_worker::WorkerCounters) -> &std::sync::atomic::AtomicU64| {
+        f(&c1).load(Ordering::Relaxed) + f(&c2).load(Ordering::Relaxed)
+    };
+    assert_eq!(sum(|c| &c.completed) + sum(|c| &c.reused) + sum(|c| &c.already_done), 80, "80 deliveries handled");
+    assert_eq!(sum(|c| &c.completed), 40 - sum(|c| &c.reused));
+    let s = &env.store;
+    assert_eq!(count(s, "SELECT count(*) FROM outputs WHERE run_id = $1", plan.run_id).await?, 40, "one rationale per task");
+    assert_eq!(count(s, "SELECT count(*) FROM tasks WHERE run_id = $1 AND state = 'done'", plan.run_id).await?, 40);
+    broker.close().await;
+    env.cleanup().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_are_marked_published_only_after_the_broker_confirms() -> anyhow::Result<()> {
+    let mut env = TestEnv::new().await?;
+    env.settings.sampling.max_users = 30;
+    // The queue holds at most 5 messages; the broker nacks publishes beyond that. (A classic
+    // queue enforces the bound exactly; RabbitMQ 3.10's quorum queues overshoot it.)
+    env.settings.broker.max_length = 5;
+    env.settings.broker.queue_type = reasonrec_core::settings::QueueType::Classic;
+    env.ingest_sample().await?;
+    let plan = create_run(&env.store, &env.settings, "sample").await?;
+    let broker = env.broker().await?;
+    let outbox = Outbox::new(env.store.clone(), &broker).await?;
+    let report = outbox.pump(plan.run_id).await?;
+    assert_eq!((report.published, report.nacked, report.returned), (5, 25, 0));
+    let s = &env.store;
+    assert_eq!(count(s, "SELECT count(*) FROM tasks WHERE run_id = $1 AND state = 'published'", plan.run_id).await?, 5);
+    assert_eq!(count(s, "SELECT count(*) FROM tasks WHERE run_id = $1 AND state = 'ready'", plan.run_id).await?, 25);
+
+    // Nacked tasks stay ready and go out on later passes as the queue drains.
+    let w = env.spawn_worker("w")?;
+    let state = tokio::time::timeout(Duration::from_secs(60), outbox.drive(plan.run_id, Duration::from_millis(20))).await??;
+    assert_eq!(state, "completed");
+    w.shutdown().await?;
+    assert_eq!(count(s, "SELECT count(*) FROM outputs WHERE run_id = $1", plan.run_id).await?, 30);
+    assert_eq!(count(s, "SELECT count(*) FROM tasks WHERE run_id = $1 AND state = 'done'", plan.run_id).await?, 30);
+    broker.close().await;
+    env.cleanup().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unroutable_publishes_are_not_marked_published() -> anyhow::Result<()> {
+    let mut env = TestEnv::new().await?;
+    env.settings.sampling.max_users = 12;
+    env.ingest_sample().await?;
+    let plan = create_run(&env.store, &env.settings, "sample").await?;
+    let broker = env.broker().await?;
+    // The exchange exists but nothing is bound to it: the broker confirms and returns each message.
+    let ch = broker.channel().await?;
+    ch.queue_delete(broker.topology().work_queue.as_str().into(), QueueDeleteOptions::default()).await?;
+    let outbox = Outbox::new(env.store.clone(), &broker).await?;
+    let report = outbox.pump(plan.run_id).await?;
+    assert_eq!((report.published, report.nacked, report.returned), (0, 0, 12));
+    let s = &env.store;
+    assert_eq!(count(s, "SELECT count(*) FROM tasks WHERE run_id = $1 AND state = 'ready' AND published_at IS NULL", plan.run_id).await?, 12);
+    broker.close().await;
+    env.cleanup().await
+}

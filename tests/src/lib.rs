@@ -7,8 +7,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use anyhow::Context;
-use reasonrec_core::settings::{EndpointSettings, QueueType, Settings};
 use reasonrec_core::PromptLibrary;
+use reasonrec_core::settings::{EndpointSettings, QueueType, Settings};
 use reasonrec_mock_teacher::{MockConfig, MockHandle};
 use reasonrec_queue::Broker;
 use reasonrec_store::Store;

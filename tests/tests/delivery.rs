@@ -32,7 +32,8 @@ async fn a_task_committed_but_not_acked_is_redelivered_and_absorbed() -> anyhow:
 
     // The real worker gets the message again and must not store or pay for it twice.
     let w = env.spawn_worker("w")?;
-    let state = tokio::time::timeout(Duration::from_secs(60), outbox.drive(plan.run_id, Duration::from_millis(50))).await??;
+    let state =
+        tokio::time::timeout(Duration::from_secs(60), outbox.drive(plan.run_id, Duration::from_millis(50))).await??;
     assert_eq!(state, "completed");
     let counters = w.shutdown().await?;
     assert_eq!(counters.already_done.load(Ordering::Relaxed), 1, "the redelivery was recognised");
@@ -63,7 +64,8 @@ async fn every_message_published_twice_still_yields_one_rationale_per_task() -> 
 
     let w1 = env.spawn_worker("w1")?;
     let w2 = env.spawn_worker("w2")?;
-    let state = tokio::time::timeout(Duration::from_secs(60), outbox.drive(plan.run_id, Duration::from_millis(50))).await??;
+    let state =
+        tokio::time::timeout(Duration::from_secs(60), outbox.drive(plan.run_id, Duration::from_millis(50))).await??;
     assert_eq!(state, "completed");
     // Wait for the duplicates still in the queue to be consumed before stopping.
     let ch = broker.channel().await?;
@@ -80,7 +82,11 @@ async fn every_message_published_twice_still_yields_one_rationale_per_task() -> 
     assert_eq!(sum(|c| &c.completed) + sum(|c| &c.reused) + sum(|c| &c.already_done), 80, "80 deliveries handled");
     assert_eq!(sum(|c| &c.completed), 40 - sum(|c| &c.reused));
     let s = &env.store;
-    assert_eq!(count(s, "SELECT count(*) FROM outputs WHERE run_id = $1", plan.run_id).await?, 40, "one rationale per task");
+    assert_eq!(
+        count(s, "SELECT count(*) FROM outputs WHERE run_id = $1", plan.run_id).await?,
+        40,
+        "one rationale per task"
+    );
     assert_eq!(count(s, "SELECT count(*) FROM tasks WHERE run_id = $1 AND state = 'done'", plan.run_id).await?, 40);
     broker.close().await;
     env.cleanup().await
@@ -106,7 +112,8 @@ async fn tasks_are_marked_published_only_after_the_broker_confirms() -> anyhow::
 
     // Nacked tasks stay ready and go out on later passes as the queue drains.
     let w = env.spawn_worker("w")?;
-    let state = tokio::time::timeout(Duration::from_secs(60), outbox.drive(plan.run_id, Duration::from_millis(20))).await??;
+    let state =
+        tokio::time::timeout(Duration::from_secs(60), outbox.drive(plan.run_id, Duration::from_millis(20))).await??;
     assert_eq!(state, "completed");
     w.shutdown().await?;
     assert_eq!(count(s, "SELECT count(*) FROM outputs WHERE run_id = $1", plan.run_id).await?, 30);
@@ -129,7 +136,15 @@ async fn unroutable_publishes_are_not_marked_published() -> anyhow::Result<()> {
     let report = outbox.pump(plan.run_id).await?;
     assert_eq!((report.published, report.nacked, report.returned), (0, 0, 12));
     let s = &env.store;
-    assert_eq!(count(s, "SELECT count(*) FROM tasks WHERE run_id = $1 AND state = 'ready' AND published_at IS NULL", plan.run_id).await?, 12);
+    assert_eq!(
+        count(
+            s,
+            "SELECT count(*) FROM tasks WHERE run_id = $1 AND state = 'ready' AND published_at IS NULL",
+            plan.run_id
+        )
+        .await?,
+        12
+    );
     broker.close().await;
     env.cleanup().await
 }

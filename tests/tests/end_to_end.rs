@@ -15,7 +15,8 @@ async fn every_pair_gets_exactly_one_rationale() -> anyhow::Result<()> {
     let outbox = Outbox::new(env.store.clone(), &broker).await?;
     let w1 = env.spawn_worker("w1")?;
     let w2 = env.spawn_worker("w2")?;
-    let state = tokio::time::timeout(Duration::from_secs(120), outbox.drive(plan.run_id, Duration::from_millis(50))).await??;
+    let state =
+        tokio::time::timeout(Duration::from_secs(120), outbox.drive(plan.run_id, Duration::from_millis(50))).await??;
     assert_eq!(state, "completed");
     let c1 = w1.shutdown().await?;
     let c2 = w2.shutdown().await?;
@@ -82,13 +83,26 @@ async fn a_teacher_that_keeps_failing_fails_tasks_with_their_error_and_cost_rows
     let broker = env.broker().await?;
     let outbox = Outbox::new(env.store.clone(), &broker).await?;
     let w = env.spawn_worker("w")?;
-    let state = tokio::time::timeout(Duration::from_secs(60), outbox.drive(plan.run_id, Duration::from_millis(50))).await??;
+    let state =
+        tokio::time::timeout(Duration::from_secs(60), outbox.drive(plan.run_id, Duration::from_millis(50))).await??;
     assert_eq!(state, "completed", "a run whose tasks all failed is still finished");
     w.shutdown().await?;
     let run = plan.run_id;
     let s = &env.store;
-    assert_eq!(count(s, "SELECT count(*) FROM tasks WHERE run_id = $1 AND state = 'failed' AND last_error LIKE '%HTTP 50%'", run).await?, 20);
-    assert_eq!(count(s, "SELECT count(*) FROM attempts WHERE run_id = $1 AND error_class = 'server'", run).await?, 60, "3 attempts each");
+    assert_eq!(
+        count(
+            s,
+            "SELECT count(*) FROM tasks WHERE run_id = $1 AND state = 'failed' AND last_error LIKE '%HTTP 50%'",
+            run
+        )
+        .await?,
+        20
+    );
+    assert_eq!(
+        count(s, "SELECT count(*) FROM attempts WHERE run_id = $1 AND error_class = 'server'", run).await?,
+        60,
+        "3 attempts each"
+    );
     assert_eq!(count(s, "SELECT count(*) FROM tasks WHERE run_id = $1 AND attempts = 3", run).await?, 20);
     assert_eq!(count(s, "SELECT count(*) FROM outputs WHERE run_id = $1", run).await?, 0);
     assert_eq!(env.mock.stats().injected_5xx, 60);

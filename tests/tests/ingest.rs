@@ -27,7 +27,8 @@ async fn the_sample_loads_once_and_reingesting_is_a_no_op() -> anyhow::Result<()
     assert_eq!((row.n_users, row.n_items, row.n_interactions), (300, 400, ds.interactions.len() as i64));
     assert_eq!(datasets(&env).await?, (1, ds.interactions.len() as i64));
     // Latin-1 titles arrive as proper text.
-    let accented: i64 = sqlx::query_scalar("SELECT count(*) FROM items WHERE title ~ '[éüã]'").fetch_one(env.store.pool()).await?;
+    let accented: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM items WHERE title ~ '[éüã]'").fetch_one(env.store.pool()).await?;
     assert!(accented > 0, "the sample has accented titles, decoded from Latin-1");
     env.cleanup().await
 }

@@ -57,11 +57,18 @@ async fn injected_429_carries_retry_after_in_seconds_or_as_an_http_date() -> any
     let m = mock(MockConfig { rate_429: 1.0, retry_after_secs: 3, ..MockConfig::default() }).await?;
     let c = client(&m, 5)?;
     match c.chat(&messages(), &SamplingParams::default()).await {
-        Err(TeacherError::RateLimited { status: 429, retry_after }) => assert_eq!(retry_after, Some(Duration::from_secs(3))),
+        Err(TeacherError::RateLimited { status: 429, retry_after }) => {
+            assert_eq!(retry_after, Some(Duration::from_secs(3)))
+        }
         other => panic!("expected 429, got {other:?}"),
     }
-    m.set_config(MockConfig { rate_429: 1.0, retry_after_secs: 5, retry_after_format: RetryAfterFormat::HttpDate, ..MockConfig::default() })
-        .map_err(anyhow::Error::msg)?;
+    m.set_config(MockConfig {
+        rate_429: 1.0,
+        retry_after_secs: 5,
+        retry_after_format: RetryAfterFormat::HttpDate,
+        ..MockConfig::default()
+    })
+    .map_err(anyhow::Error::msg)?;
     match c.chat(&messages(), &SamplingParams::default()).await {
         Err(TeacherError::RateLimited { retry_after: Some(d), .. }) => {
             assert!(d >= Duration::from_secs(3) && d <= Duration::from_secs(5), "{d:?}")
@@ -83,7 +90,11 @@ async fn retry_after_is_honoured_by_the_retry_loop() -> anyhow::Result<()> {
     let limited = attempts.iter().filter(|a| a.error_class == Some(ErrorClass::RateLimited)).count();
     assert!(limited > 0, "seed 3 draws at least one 429");
     assert_eq!(limited as u64, m.stats().injected_429);
-    assert!(t0.elapsed() >= Duration::from_secs(limited as u64), "waited {:?} for {limited} Retry-After: 1", t0.elapsed());
+    assert!(
+        t0.elapsed() >= Duration::from_secs(limited as u64),
+        "waited {:?} for {limited} Retry-After: 1",
+        t0.elapsed()
+    );
     Ok(())
 }
 
@@ -96,9 +107,11 @@ async fn server_errors_and_malformed_bodies_are_retried_and_recorded() -> anyhow
         assert!(r.is_ok(), "{r:?}");
         let last = attempts.last().map(|a| a.error_class);
         assert_eq!(last, Some(None), "the last attempt is the accepted one");
-        assert!(attempts[..attempts.len() - 1]
-            .iter()
-            .all(|a| matches!(a.error_class, Some(ErrorClass::Server | ErrorClass::Malformed))));
+        assert!(
+            attempts[..attempts.len() - 1]
+                .iter()
+                .all(|a| matches!(a.error_class, Some(ErrorClass::Server | ErrorClass::Malformed)))
+        );
     }
     let s = m.stats();
     assert_eq!(s.ok, 10);

@@ -47,11 +47,16 @@ impl Outbox {
             let page = self.store.ready_tasks(run_id, after, self.batch as i64).await?;
             let Some(&(last, _)) = page.last() else { break };
             after = last;
-            let messages: Vec<TaskMessage> = page.iter().map(|&(id, stage)| TaskMessage::new(id, run_id, stage)).collect();
+            let messages: Vec<TaskMessage> =
+                page.iter().map(|&(id, stage)| TaskMessage::new(id, run_id, stage)).collect();
             let r = self.publisher.publish_batch(&messages).await?;
             let marked = self.store.mark_published(&r.confirmed).await?;
             tracing::debug!(%run_id, batch = messages.len(), confirmed = r.confirmed.len(), marked, nacked = r.nacked, returned = r.returned, "outbox batch");
-            report.add(PumpReport { published: r.confirmed.len() as u64, nacked: r.nacked as u64, returned: r.returned as u64 });
+            report.add(PumpReport {
+                published: r.confirmed.len() as u64,
+                nacked: r.nacked as u64,
+                returned: r.returned as u64,
+            });
             if page.len() < self.batch {
                 break;
             }
@@ -77,7 +82,11 @@ impl Outbox {
     }
 
     /// Serves every running run until `stop` resolves: the long-running coordinator.
-    pub async fn serve(&self, poll: Duration, stop: impl std::future::Future<Output = ()>) -> Result<(), CoordinatorError> {
+    pub async fn serve(
+        &self,
+        poll: Duration,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> Result<(), CoordinatorError> {
         let mut stop = std::pin::pin!(stop);
         loop {
             let mut busy = false;

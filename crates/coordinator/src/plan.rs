@@ -5,10 +5,10 @@
 //! `rating > like_threshold`. Pure functions: tested on hand-made histories.
 
 use reasonrec_core::data::Interaction;
+pub use reasonrec_core::inputs::{HistoryEntry, ReasoningInput};
 use reasonrec_core::settings::SamplingSettings;
 use reasonrec_core::stage::Stage;
 use reasonrec_store::runs::NewTask;
-pub use reasonrec_core::inputs::{HistoryEntry, ReasoningInput};
 use uuid::Uuid;
 
 /// The test split's reasoning task of one user, or None when the user has too little history.

@@ -32,8 +32,7 @@ impl TaskMessage {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, CoreError> {
-        let msg: TaskMessage =
-            serde_json::from_slice(bytes).map_err(|e| CoreError::BadMessage(e.to_string()))?;
+        let msg: TaskMessage = serde_json::from_slice(bytes).map_err(|e| CoreError::BadMessage(e.to_string()))?;
         if msg.v != MESSAGE_VERSION {
             return Err(CoreError::BadMessage(format!(
                 "unsupported message version {} (this worker speaks {MESSAGE_VERSION})",

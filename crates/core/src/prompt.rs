@@ -99,16 +99,12 @@ impl PromptLibrary {
             };
             let bytes = std::fs::read(&path).map_err(|source| CoreError::Io { path: path.clone(), source })?;
             let version = template_version(&bytes);
-            let source = String::from_utf8(bytes).map_err(|e| CoreError::Template {
-                path: path.clone(),
-                message: format!("not UTF-8: {e}"),
-            })?;
+            let source = String::from_utf8(bytes)
+                .map_err(|e| CoreError::Template { path: path.clone(), message: format!("not UTF-8: {e}") })?;
             // Fail at load time, not at the first task, on a syntax error.
             let mut env = Self::environment();
-            env.add_template_owned(name.clone(), source.clone()).map_err(|e| CoreError::Template {
-                path: path.clone(),
-                message: e.to_string(),
-            })?;
+            env.add_template_owned(name.clone(), source.clone())
+                .map_err(|e| CoreError::Template { path: path.clone(), message: e.to_string() })?;
             templates.insert(name, Template { path, source, version });
         }
         Ok(Self { dir: dir.to_path_buf(), templates })
@@ -133,11 +129,7 @@ impl PromptLibrary {
         if self.templates.contains_key(&fallback) {
             return Ok(fallback);
         }
-        Err(CoreError::TemplateMissing {
-            stage: stage.to_string(),
-            family: family.to_string(),
-            dir: self.dir.clone(),
-        })
+        Err(CoreError::TemplateMissing { stage: stage.to_string(), family: family.to_string(), dir: self.dir.clone() })
     }
 
     pub fn version_of(&self, name: &str) -> Option<&str> {
@@ -157,7 +149,8 @@ impl PromptLibrary {
         let env = Self::environment();
         let tmpl = env.template_from_named_str(&name, &t.source).map_err(terr)?;
         let text = tmpl.render(ctx).map_err(terr)?;
-        let messages = split_messages(&text).map_err(|message| CoreError::Template { path: t.path.clone(), message })?;
+        let messages =
+            split_messages(&text).map_err(|message| CoreError::Template { path: t.path.clone(), message })?;
         Ok(RenderedPrompt { template: name, version: t.version.clone(), messages })
     }
 }

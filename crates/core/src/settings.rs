@@ -249,16 +249,12 @@ impl Settings {
     /// Defaults, then `file` (must exist when given; otherwise `reasonrec.toml` if present),
     /// then `REASONREC__*` environment variables.
     pub fn load(file: Option<&Path>) -> Result<Self, CoreError> {
-        let defaults = config::Config::try_from(&Settings::default())
-            .map_err(|e| CoreError::Config(e.to_string()))?;
+        let defaults = config::Config::try_from(&Settings::default()).map_err(|e| CoreError::Config(e.to_string()))?;
         let mut builder = config::Config::builder().add_source(defaults);
         match file {
             Some(path) => {
                 if !path.exists() {
-                    return Err(CoreError::Config(format!(
-                        "config file {} does not exist",
-                        path.display()
-                    )));
+                    return Err(CoreError::Config(format!("config file {} does not exist", path.display())));
                 }
                 builder = builder.add_source(config::File::from(path).required(true));
             }
@@ -267,15 +263,10 @@ impl Settings {
             }
         }
         builder = builder.add_source(
-            config::Environment::with_prefix(ENV_PREFIX)
-                .prefix_separator("__")
-                .separator("__")
-                .try_parsing(true),
+            config::Environment::with_prefix(ENV_PREFIX).prefix_separator("__").separator("__").try_parsing(true),
         );
-        let settings: Settings = builder
-            .build()
-            .and_then(|c| c.try_deserialize())
-            .map_err(|e| CoreError::Config(e.to_string()))?;
+        let settings: Settings =
+            builder.build().and_then(|c| c.try_deserialize()).map_err(|e| CoreError::Config(e.to_string()))?;
         settings.validate()?;
         Ok(settings)
     }
@@ -325,7 +316,9 @@ impl Settings {
 
 /// `scheme://user:secret@host/db` -> `scheme://user:***@host/db`, for log lines.
 pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
     let (authority, path) = match rest.find('/') {
         Some(i) => rest.split_at(i),
         None => (rest, ""),
@@ -347,6 +340,15 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         assert!(Settings::default().validate().is_ok());
+    }
+
+    #[test]
+    fn the_example_file_documents_exactly_the_defaults() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../reasonrec.example.toml");
+        let loaded = Settings::load(Some(&path));
+        let Ok(loaded) = loaded else { panic!("{loaded:?}") };
+        let as_json = |s: &Settings| serde_json::to_value(s).unwrap_or_default();
+        assert_eq!(as_json(&loaded), as_json(&Settings::default()));
     }
 
     #[test]

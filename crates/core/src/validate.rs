@@ -19,13 +19,8 @@ pub fn word_bounds(stage: Stage) -> (usize, usize) {
     }
 }
 
-const REFUSALS: &[&str] = &[
-    "as an ai language model",
-    "i cannot help with",
-    "i can't help with",
-    "i'm sorry, but i can",
-    "i am unable to",
-];
+const REFUSALS: &[&str] =
+    &["as an ai language model", "i cannot help with", "i can't help with", "i'm sorry, but i can", "i am unable to"];
 
 const LEAKAGE: &[&str] = &["ground truth", "we know that the user will", "the label says", "we are told that"];
 

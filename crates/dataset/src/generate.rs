@@ -12,21 +12,90 @@ use std::io::Write;
 use std::path::Path;
 
 pub const GENRES: &[&str] = &[
-    "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama", "Fantasy",
-    "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western",
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children's",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
 ];
 
 const ADJECTIVES: &[&str] = &[
-    "Silent", "Broken", "Golden", "Midnight", "Last", "Hidden", "Crimson", "Electric", "Lonely", "Wild", "Distant",
-    "Secret", "Frozen", "Burning", "Forgotten", "Restless", "Bright", "Velvet", "Savage", "Gentle", "Iron", "Paper",
+    "Silent",
+    "Broken",
+    "Golden",
+    "Midnight",
+    "Last",
+    "Hidden",
+    "Crimson",
+    "Electric",
+    "Lonely",
+    "Wild",
+    "Distant",
+    "Secret",
+    "Frozen",
+    "Burning",
+    "Forgotten",
+    "Restless",
+    "Bright",
+    "Velvet",
+    "Savage",
+    "Gentle",
+    "Iron",
+    "Paper",
 ];
 const NOUNS: &[&str] = &[
-    "Harbor", "Promise", "Frontier", "Garden", "Empire", "Detective", "Summer", "River", "Machine", "Letter",
-    "Highway", "Kingdom", "Stranger", "Orchard", "Signal", "Horizon", "Island", "Mirror", "Parade", "Witness",
-    "Lantern", "Voyage", "Circus", "Heist", "Ballad", "Alibi",
+    "Harbor",
+    "Promise",
+    "Frontier",
+    "Garden",
+    "Empire",
+    "Detective",
+    "Summer",
+    "River",
+    "Machine",
+    "Letter",
+    "Highway",
+    "Kingdom",
+    "Stranger",
+    "Orchard",
+    "Signal",
+    "Horizon",
+    "Island",
+    "Mirror",
+    "Parade",
+    "Witness",
+    "Lantern",
+    "Voyage",
+    "Circus",
+    "Heist",
+    "Ballad",
+    "Alibi",
 ];
 const PLACES: &[&str] = &[
-    "Paris", "Montréal", "Brooklyn", "Tangier", "Vienna", "Reno", "São Paulo", "Kyoto", "Dublin", "Zürich", "Memphis",
+    "Paris",
+    "Montréal",
+    "Brooklyn",
+    "Tangier",
+    "Vienna",
+    "Reno",
+    "São Paulo",
+    "Kyoto",
+    "Dublin",
+    "Zürich",
+    "Memphis",
 ];
 
 /// Sizes and seed of a generated dataset.
@@ -81,7 +150,9 @@ fn io_err(path: &Path) -> impl Fn(std::io::Error) -> DatasetError + '_ {
 /// Writes `users.dat`, `movies.dat` and `ratings.dat` into `dir`.
 pub fn generate_ml1m(dir: &Path, spec: GenerateSpec) -> Result<Generated, DatasetError> {
     if spec.users == 0 || spec.items == 0 || spec.min_ratings == 0 || spec.max_ratings < spec.min_ratings {
-        return Err(DatasetError::Invalid("generate: users, items and ratings per user must be positive, min <= max".into()));
+        return Err(DatasetError::Invalid(
+            "generate: users, items and ratings per user must be positive, min <= max".into(),
+        ));
     }
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     let mut rng = StdRng::seed_from_u64(spec.seed);
@@ -115,8 +186,14 @@ pub fn generate_ml1m(dir: &Path, spec: GenerateSpec) -> Result<Generated, Datase
     for u in 0..spec.users {
         let gender = if rng.random_bool(0.5) { "F" } else { "M" };
         let age = ages[rng.random_range(0..ages.len())];
-        writeln!(users, "{}::{gender}::{age}::{}::{:05}", u + 1, rng.random_range(0..21), rng.random_range(1000..99999))
-            .map_err(io_err(&users_path))?;
+        writeln!(
+            users,
+            "{}::{gender}::{age}::{}::{:05}",
+            u + 1,
+            rng.random_range(0..21),
+            rng.random_range(1000..99999)
+        )
+        .map_err(io_err(&users_path))?;
         let mut favourites: Vec<usize> = (0..GENRES.len()).collect();
         favourites.shuffle(&mut rng);
         favourites.truncate(rng.random_range(2..=3));

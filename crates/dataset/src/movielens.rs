@@ -13,7 +13,10 @@ struct Lines<'a> {
 
 impl<'a> Lines<'a> {
     /// Non-blank lines as (1-based line number, fields), checking the field count.
-    fn records(&self, names: &'static [&'static str]) -> impl Iterator<Item = Result<(usize, Vec<&'a str>), DatasetError>> + '_ {
+    fn records(
+        &self,
+        names: &'static [&'static str],
+    ) -> impl Iterator<Item = Result<(usize, Vec<&'a str>), DatasetError>> + '_ {
         self.file.text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()).map(move |(i, l)| {
             let fields: Vec<&str> = l.trim_end_matches('\r').split("::").collect();
             if fields.len() != names.len() {
@@ -22,7 +25,12 @@ impl<'a> Lines<'a> {
                     path: self.path.clone(),
                     line: i + 1,
                     field,
-                    message: format!("expected {} `::`-separated fields ({}), found {}", names.len(), names.join("::"), fields.len()),
+                    message: format!(
+                        "expected {} `::`-separated fields ({}), found {}",
+                        names.len(),
+                        names.join("::"),
+                        fields.len()
+                    ),
                 });
             }
             Ok((i + 1, fields))
@@ -61,10 +69,8 @@ pub fn load_ml1m(dir: &Path, name: &str) -> Result<NewDataset, DatasetError> {
             return Err(src.err(line, "user_id", "empty id".into()));
         }
         let age: i32 = f[2].trim().parse().map_err(|_| src.err(line, "age", format!("not an integer: {:?}", f[2])))?;
-        let occupation: i32 = f[3]
-            .trim()
-            .parse()
-            .map_err(|_| src.err(line, "occupation", format!("not an integer: {:?}", f[3])))?;
+        let occupation: i32 =
+            f[3].trim().parse().map_err(|_| src.err(line, "occupation", format!("not an integer: {:?}", f[3])))?;
         let id = users.len() as i32;
         if user_ids.insert(ext.to_string(), id).is_some() {
             return Err(src.err(line, "user_id", format!("duplicate user id {ext:?}")));
@@ -163,7 +169,12 @@ mod tests {
         let dir = tmp("ok");
         // "Café Noir (1994)" in Latin-1: é = 0xE9
         let movies = b"1::Toy Story (1995)::Animation|Children's|Comedy\n\n2::Caf\xe9 Noir (1994)::Drama\n";
-        write(&dir, "1::F::1::10::48067\n2::M::56::16::70072\n", movies, "1::1::5::978300760\n1::2::3::978302109\n\n2::2::4::978300000\n");
+        write(
+            &dir,
+            "1::F::1::10::48067\n2::M::56::16::70072\n",
+            movies,
+            "1::1::5::978300760\n1::2::3::978302109\n\n2::2::4::978300000\n",
+        );
         let ds = load_ml1m(&dir, "t");
         let _ = std::fs::remove_dir_all(&dir);
         let Ok(ds) = ds else { panic!("{ds:?}") };

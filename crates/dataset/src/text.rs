@@ -44,9 +44,6 @@ pub fn content_hash(files: &[&SourceFile]) -> String {
 /// JSON description of the files for the dataset row.
 pub fn describe(files: &[&SourceFile]) -> serde_json::Value {
     serde_json::Value::Array(
-        files
-            .iter()
-            .map(|f| serde_json::json!({"file": f.name, "bytes": f.bytes, "latin1": f.latin1}))
-            .collect(),
+        files.iter().map(|f| serde_json::json!({"file": f.name, "bytes": f.bytes, "latin1": f.latin1})).collect(),
     )
 }

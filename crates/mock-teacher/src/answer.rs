@@ -104,31 +104,43 @@ pub fn answer(prompt: &str) -> String {
             let target = p.target.clone().unwrap_or_else(|| "the target".into());
             let liked = if p.liked.is_empty() { "few titles so far".to_string() } else { list(&p.liked, 3) };
             let disliked = if p.disliked.is_empty() { "hardly anything".to_string() } else { list(&p.disliked, 2) };
-            let taste = pick(&seed, 1, &[
-                "character-driven stories with a clear emotional arc",
-                "tightly plotted films that reward attention",
-                "warm, well-paced stories with memorable leads",
-            ]);
+            let taste = pick(
+                &seed,
+                1,
+                &[
+                    "character-driven stories with a clear emotional arc",
+                    "tightly plotted films that reward attention",
+                    "warm, well-paced stories with memorable leads",
+                ],
+            );
             let summary = format!(
                 "Summary: This viewer rated {liked} highly and was let down by {disliked}. \
                  Their choices point to a taste for {taste}, and a low tolerance for films that feel padded or derivative."
             );
             let reasoning = if like {
-                let why = pick(&seed, 2, &[
-                    "shares the tone and pacing of the titles they enjoyed",
-                    "offers the kind of story their favourites are built on",
-                    "sits close to the genres they keep coming back to",
-                ]);
+                let why = pick(
+                    &seed,
+                    2,
+                    &[
+                        "shares the tone and pacing of the titles they enjoyed",
+                        "offers the kind of story their favourites are built on",
+                        "sits close to the genres they keep coming back to",
+                    ],
+                );
                 format!(
                     "Reasoning: «{target}» {why}, and it avoids the weaknesses that sank {disliked}. \
                      Given how consistently they reward such films, «{target}» is a strong match for this viewer."
                 )
             } else {
-                let why = pick(&seed, 3, &[
-                    "leans on elements this viewer has rejected before",
-                    "has little in common with the films they rated highly",
-                    "resembles the titles that disappointed them",
-                ]);
+                let why = pick(
+                    &seed,
+                    3,
+                    &[
+                        "leans on elements this viewer has rejected before",
+                        "has little in common with the films they rated highly",
+                        "resembles the titles that disappointed them",
+                    ],
+                );
                 format!(
                     "Reasoning: «{target}» {why}, much like {disliked}, while offering little of what made {liked} work for them. \
                      It is therefore a poor match for this viewer's taste."
@@ -138,9 +150,13 @@ pub fn answer(prompt: &str) -> String {
         }
         Kind::ItemProfile => {
             let title = p.titles.first().cloned().unwrap_or_else(|| "This item".into());
-            let strong = pick(&seed, 4, &["a confident central performance", "brisk pacing", "a distinctive visual style"]);
-            let weak = pick(&seed, 5, &["a predictable final act", "thin supporting characters", "an uneven middle stretch"]);
-            format!("«{title}» is remembered for {strong}; its weak point is {weak}, which some viewers find hard to overlook.")
+            let strong =
+                pick(&seed, 4, &["a confident central performance", "brisk pacing", "a distinctive visual style"]);
+            let weak =
+                pick(&seed, 5, &["a predictable final act", "thin supporting characters", "an uneven middle stretch"]);
+            format!(
+                "«{title}» is remembered for {strong}; its weak point is {weak}, which some viewers find hard to overlook."
+            )
         }
         Kind::UserProfile => {
             let liked = if p.liked.is_empty() { "a handful of titles".to_string() } else { list(&p.liked, 4) };
@@ -152,7 +168,9 @@ pub fn answer(prompt: &str) -> String {
         }
         Kind::Other => {
             let titles = if p.titles.is_empty() { "the items mentioned".to_string() } else { list(&p.titles, 3) };
-            format!("Based on {titles}, the request can be answered from the information given; nothing further can be inferred from it.")
+            format!(
+                "Based on {titles}, the request can be answered from the information given; nothing further can be inferred from it."
+            )
         }
     }
 }

@@ -7,7 +7,7 @@
 //! - [`answer`]: deterministic, prompt-aware answers per stage (quotes the titles in the prompt;
 //!   a reasoning answer agrees with the outcome the prompt states).
 //! - [`limits`]: the sliding-minute window that enforces the mock's own limit.
-//! - [`server`]: routes (`/v1/chat/completions`, `/v1/models`, `/stats`, `/config`, `/healthz`)
+//! - [`server`] holds the routes (`/v1/chat/completions`, `/v1/models`, `/stats`, `/config`, `/healthz`)
 //!   and the handle tests use to start, inspect and stop it.
 
 pub mod answer;

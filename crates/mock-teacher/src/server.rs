@@ -1,9 +1,9 @@
 //! Routes and the handle that starts, inspects and stops the mock.
 
+use crate::MockError;
 use crate::answer::{Kind, answer, parse};
 use crate::config::{MockConfig, RetryAfterFormat};
 use crate::limits::Window;
-use crate::MockError;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -12,7 +12,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use rand::{Rng, SeedableRng};
 use reasonrec_teacher::protocol::{
-    AssistantMessage, ChatCompletionRequest, ChatCompletionResponse, Choice, Usage, estimate_prompt_tokens, estimate_tokens,
+    AssistantMessage, ChatCompletionRequest, ChatCompletionResponse, Choice, Usage, estimate_prompt_tokens,
+    estimate_tokens,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -92,7 +93,6 @@ impl MockHandle {
         apply_config(&self.state, config);
         Ok(())
     }
-
 }
 
 impl Drop for MockHandle {
@@ -162,7 +162,9 @@ fn too_many(wait: Duration, format: RetryAfterFormat, message: &str) -> Response
 
 /// Cuts `text` to at most `max_tokens` estimated tokens; returns whether it was cut.
 fn fit(text: String, max_tokens: Option<u32>) -> (String, bool) {
-    let Some(max) = max_tokens else { return (text, false) };
+    let Some(max) = max_tokens else {
+        return (text, false);
+    };
     if estimate_tokens(&text) <= max {
         return (text, false);
     }

@@ -62,12 +62,10 @@ impl Publisher {
         }
         let secs = self.confirm_timeout.as_secs();
         let ids: Vec<Uuid> = pending.iter().map(|(id, _)| *id).collect();
-        let confirms = tokio::time::timeout(
-            self.confirm_timeout,
-            futures::future::join_all(pending.into_iter().map(|(_, c)| c)),
-        )
-        .await
-        .map_err(|_| QueueError::Timeout { what: "publisher confirms", secs })?;
+        let confirms =
+            tokio::time::timeout(self.confirm_timeout, futures::future::join_all(pending.into_iter().map(|(_, c)| c)))
+                .await
+                .map_err(|_| QueueError::Timeout { what: "publisher confirms", secs })?;
         let mut report = PublishReport { confirmed: Vec::with_capacity(ids.len()), ..Default::default() };
         for (id, confirm) in ids.into_iter().zip(confirms) {
             match confirm? {

@@ -1,7 +1,9 @@
 //! Names and declaration of the exchange, work queue and binding.
 
 use crate::error::{QueueError, deadline};
-use lapin::options::{ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::options::{
+    ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, ExchangeKind};
 use reasonrec_core::settings::{BrokerSettings, QueueType};
@@ -48,7 +50,12 @@ impl Topology {
         deadline(
             "exchange.declare",
             30,
-            channel.exchange_declare(self.exchange.as_str().into(), ExchangeKind::Direct, durable, FieldTable::default()),
+            channel.exchange_declare(
+                self.exchange.as_str().into(),
+                ExchangeKind::Direct,
+                durable,
+                FieldTable::default(),
+            ),
         )
         .await?;
         let qopts = QueueDeclareOptions { durable: true, ..Default::default() };

@@ -204,21 +204,16 @@ async fn copy_rows<T>(
 ) -> Result<(), StoreError> {
     let mut copy = tx.copy_in_raw(statement).await?;
     let mut buf = String::with_capacity(COPY_CHUNK + 4096);
-    for row in rows {
+    let mut rows = rows.iter().peekable();
+    while let Some(row) = rows.next() {
         write_row(&mut buf, row);
         buf.push('\n');
-        if buf.len() >= COPY_CHUNK {
+        if buf.len() >= COPY_CHUNK || rows.peek().is_none() {
             if let Err(e) = copy.send(buf.as_bytes()).await {
                 let _ = copy.abort("reasonrec ingest failed").await;
                 return Err(e.into());
             }
             buf.clear();
-        }
-    }
-    if !buf.is_empty() {
-        if let Err(e) = copy.send(buf.as_bytes()).await {
-            let _ = copy.abort("reasonrec ingest failed").await;
-            return Err(e.into());
         }
     }
     copy.finish().await?;

@@ -2,8 +2,8 @@
 
 use crate::error::StoreError;
 use reasonrec_core::settings::DatabaseSettings;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -24,6 +24,21 @@ impl Store {
             .connect_with(options)
             .await?;
         Ok(Self { pool })
+    }
+
+    /// Creates the configured database when it does not exist yet (used by `reasonrec migrate`,
+    /// so a fresh server needs no manual `CREATE DATABASE`).
+    pub async fn create_database_if_missing(settings: &DatabaseSettings) -> Result<bool, StoreError> {
+        use sqlx::migrate::MigrateDatabase;
+        if sqlx::Postgres::database_exists(&settings.url).await? {
+            return Ok(false);
+        }
+        match sqlx::Postgres::create_database(&settings.url).await {
+            Ok(()) => Ok(true),
+            // Another process created it between the check and the create.
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 
     pub fn from_pool(pool: PgPool) -> Self {

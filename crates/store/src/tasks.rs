@@ -183,7 +183,12 @@ impl Store {
 
     /// Records a permanent failure (or exhausted retries) with the last error. A task that is
     /// already done stays done.
-    pub async fn fail_task(&self, task: &TaskContext, error: &str, attempts: &[AttemptRecord]) -> Result<bool, StoreError> {
+    pub async fn fail_task(
+        &self,
+        task: &TaskContext,
+        error: &str,
+        attempts: &[AttemptRecord],
+    ) -> Result<bool, StoreError> {
         let mut tx = self.pool().begin().await?;
         let res = sqlx::query(
             "UPDATE tasks SET state = 'failed', last_error = $2, attempts = attempts + $3
@@ -201,10 +206,12 @@ impl Store {
 
     /// Marks a task of a cancelled run cancelled.
     pub async fn cancel_task(&self, task_id: Uuid) -> Result<(), StoreError> {
-        sqlx::query("UPDATE tasks SET state = 'cancelled' WHERE id = $1 AND state IN ('waiting', 'ready', 'published')")
-            .bind(task_id)
-            .execute(self.pool())
-            .await?;
+        sqlx::query(
+            "UPDATE tasks SET state = 'cancelled' WHERE id = $1 AND state IN ('waiting', 'ready', 'published')",
+        )
+        .bind(task_id)
+        .execute(self.pool())
+        .await?;
         Ok(())
     }
 }

@@ -56,13 +56,12 @@ pub fn parse_retry_after(value: &str, now: chrono::DateTime<chrono::Utc>) -> Opt
 }
 
 fn retry_after_of(headers: &HeaderMap) -> Option<Duration> {
-    if let Some(ms) = headers.get("retry-after-ms").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok()) {
+    if let Some(ms) =
+        headers.get("retry-after-ms").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok())
+    {
         return Some(Duration::from_millis(ms));
     }
-    headers
-        .get(RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| parse_retry_after(v, chrono::Utc::now()))
+    headers.get(RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(|v| parse_retry_after(v, chrono::Utc::now()))
 }
 
 fn snippet(body: &str) -> String {
@@ -166,7 +165,14 @@ impl TeacherClient {
             Some(u) => (u.prompt_tokens, u.completion_tokens, false),
             None => (estimate_prompt_tokens(messages), estimate_tokens(&text), true),
         };
-        Ok(ChatAnswer { text, finish_reason: choice.finish_reason, input_tokens, output_tokens, usage_estimated, http_status: status })
+        Ok(ChatAnswer {
+            text,
+            finish_reason: choice.finish_reason,
+            input_tokens,
+            output_tokens,
+            usage_estimated,
+            http_status: status,
+        })
     }
 }
 
@@ -207,7 +213,9 @@ mod tests {
 
     #[test]
     fn context_overflow_is_recognised() {
-        assert!(looks_like_context_overflow(r#"{"error":{"message":"This model's maximum context length is 4096 tokens"}}"#));
+        assert!(looks_like_context_overflow(
+            r#"{"error":{"message":"This model's maximum context length is 4096 tokens"}}"#
+        ));
         assert!(!looks_like_context_overflow("bad temperature"));
     }
 

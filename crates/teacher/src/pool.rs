@@ -47,7 +47,8 @@ mod tests {
     #[test]
     fn picks_by_weight() {
         let ep = |name: &str, weight| EndpointSettings { name: name.into(), weight, ..EndpointSettings::default() };
-        let settings = TeacherSettings { endpoints: vec![ep("a", 3), ep("b", 1), ep("c", 0)], ..TeacherSettings::default() };
+        let settings =
+            TeacherSettings { endpoints: vec![ep("a", 3), ep("b", 1), ep("c", 0)], ..TeacherSettings::default() };
         let Ok(pool) = TeacherPool::new(&settings) else { panic!("pool") };
         let mut counts = std::collections::HashMap::new();
         for _ in 0..8000 {

@@ -34,7 +34,12 @@ impl RetryPolicy {
     }
 }
 
-fn record(client: &TeacherClient, started: chrono::DateTime<chrono::Utc>, t0: Instant, r: &Result<ChatAnswer, TeacherError>) -> AttemptRecord {
+fn record(
+    client: &TeacherClient,
+    started: chrono::DateTime<chrono::Utc>,
+    t0: Instant,
+    r: &Result<ChatAnswer, TeacherError>,
+) -> AttemptRecord {
     let ep = client.endpoint();
     let duration_ms = i32::try_from(t0.elapsed().as_millis()).unwrap_or(i32::MAX);
     match r {

@@ -115,7 +115,11 @@ async fn session(
         let grace = Duration::from_secs(ws.shutdown_grace_secs);
         let drained = tokio::time::timeout(grace, async { while inflight.join_next().await.is_some() {} }).await;
         if drained.is_err() {
-            tracing::warn!(worker = name, unfinished = inflight.len(), "grace period over; unfinished tasks go back to the queue");
+            tracing::warn!(
+                worker = name,
+                unfinished = inflight.len(),
+                "grace period over; unfinished tasks go back to the queue"
+            );
             inflight.abort_all();
         }
         let _ = channel.close(200, "worker stopping".into()).await;

@@ -54,7 +54,9 @@ impl TaskProcessor {
         };
         match task.state {
             TaskState::Done => return Ok(Outcome::AlreadyDone),
-            TaskState::Cancelled => return Ok(Outcome::Skipped { reason: "task cancelled".into() }),
+            TaskState::Cancelled => {
+                return Ok(Outcome::Skipped { reason: "task cancelled".into() });
+            }
             _ => {}
         }
         if task.run_state == "cancelled" {

@@ -36,19 +36,22 @@ struct ReasoningContext {
 }
 
 /// Renders `task`'s prompt, reading the items it mentions.
-pub async fn render_task(store: &Store, prompts: &PromptLibrary, task: &TaskContext) -> Result<RenderedPrompt, WorkerError> {
+pub async fn render_task(
+    store: &Store,
+    prompts: &PromptLibrary,
+    task: &TaskContext,
+) -> Result<RenderedPrompt, WorkerError> {
     match task.stage {
         Stage::Reasoning => {
             let input: ReasoningInput = serde_json::from_value(task.input.clone())
                 .map_err(|e| CoreError::BadMessage(format!("task {} has a malformed reasoning input: {e}", task.id)))?;
-            let label = task
-                .label
-                .ok_or_else(|| CoreError::BadMessage(format!("reasoning task {} has no label", task.id)))?;
+            let label =
+                task.label.ok_or_else(|| CoreError::BadMessage(format!("reasoning task {} has no label", task.id)))?;
             let items = store.load_items(task.dataset_id, &input.item_ids()).await?;
             let get = |id: i32| {
-                items
-                    .get(&id)
-                    .ok_or_else(|| CoreError::BadMessage(format!("task {} refers to item {id}, which is not in its dataset", task.id)))
+                items.get(&id).ok_or_else(|| {
+                    CoreError::BadMessage(format!("task {} refers to item {id}, which is not in its dataset", task.id))
+                })
             };
             let mut history = Vec::with_capacity(input.history.len());
             for h in &input.history {

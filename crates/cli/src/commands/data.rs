@@ -4,12 +4,19 @@ use super::connect_store;
 use crate::cli::{GenerateArgs, IngestArgs};
 use anyhow::{Context, bail};
 use reasonrec_core::Settings;
+use reasonrec_core::settings::redact_url;
 use reasonrec_dataset::generate::{GenerateSpec, generate_ml1m};
 use reasonrec_store::datasets::IngestOutcome;
 use std::process::ExitCode;
 use std::time::Instant;
 
 pub async fn migrate(settings: &Settings) -> anyhow::Result<ExitCode> {
+    let created = reasonrec_store::Store::create_database_if_missing(&settings.database)
+        .await
+        .with_context(|| format!("checking the database at {}", redact_url(&settings.database.url)))?;
+    if created {
+        println!("created database {}", redact_url(&settings.database.url));
+    }
     let store = connect_store(settings).await?;
     store.migrate().await.context("applying migrations")?;
     println!("migrations applied");
@@ -59,7 +66,13 @@ pub fn generate(a: GenerateArgs) -> anyhow::Result<ExitCode> {
     if a.format != "ml-1m" {
         bail!("dataset generate: format {:?} is not supported (supported: ml-1m)", a.format);
     }
-    let spec = GenerateSpec { users: a.users, items: a.items, min_ratings: a.min_ratings, max_ratings: a.max_ratings, seed: a.seed };
+    let spec = GenerateSpec {
+        users: a.users,
+        items: a.items,
+        min_ratings: a.min_ratings,
+        max_ratings: a.max_ratings,
+        seed: a.seed,
+    };
     let g = generate_ml1m(&a.out, spec)?;
     println!("wrote {} users, {} items, {} ratings to {}", g.users, g.items, g.ratings, a.out.display());
     Ok(ExitCode::SUCCESS)

@@ -13,7 +13,17 @@ pub async fn serve(a: MockTeacherArgs) -> anyhow::Result<ExitCode> {
     macro_rules! set {
         ($($f:ident),*) => { $(if let Some(v) = a.$f { cfg.$f = v; })* };
     }
-    set!(latency_ms, latency_jitter_ms, rate_429, rate_5xx, rate_hang, rate_malformed, requests_per_minute, tokens_per_minute, seed);
+    set!(
+        latency_ms,
+        latency_jitter_ms,
+        rate_429,
+        rate_5xx,
+        rate_hang,
+        rate_malformed,
+        requests_per_minute,
+        tokens_per_minute,
+        seed
+    );
     cfg.validate().map_err(anyhow::Error::msg)?;
     let handle = reasonrec_mock_teacher::spawn(a.bind, cfg).await?;
     println!("mock teacher listening on http://{}/v1", handle.addr);

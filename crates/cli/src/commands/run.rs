@@ -64,9 +64,7 @@ pub async fn coordinator(settings: &Settings) -> anyhow::Result<ExitCode> {
     let outbox = Outbox::new(store, &broker).await?;
     let stop = crate::signals::shutdown_token();
     tracing::info!("coordinator serving running runs");
-    outbox
-        .serve(Duration::from_millis(settings.coordinator.poll_interval_ms), stop.cancelled_owned())
-        .await?;
+    outbox.serve(Duration::from_millis(settings.coordinator.poll_interval_ms), stop.cancelled_owned()).await?;
     broker.close().await;
     Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,116 @@
+//! The `reasonrec` binary as operators run it: real processes, real services, kill -9.
+
+use reasonrec_coordinator::{Outbox, create_run};
+use reasonrec_mock_teacher::MockConfig;
+use reasonrec_tests::{TestEnv, count};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_reasonrec");
+
+/// Writes a config file pointing the binary at the test's private database, broker names and mock.
+fn write_config(env: &TestEnv, concurrency: u16) -> anyhow::Result<PathBuf> {
+    let s = &env.settings;
+    let ep = &s.teacher.endpoints[0];
+    let text = format!(
+        "[database]\nurl = {:?}\n[broker]\nurl = {:?}\nprefix = {:?}\n[prompts]\ndir = {:?}\n\
+         [worker]\nconcurrency = {concurrency}\nshutdown_grace_secs = 5\n\
+         [teacher]\nbackoff_min_ms = 10\nbackoff_max_ms = 200\n\
+         [[teacher.endpoints]]\nname = \"mock\"\nbase_url = {:?}\nmodel = \"mock-teacher\"\ntimeout_secs = 5\n",
+        s.database.url,
+        s.broker.url,
+        s.broker.prefix,
+        s.prompts.dir.display().to_string(),
+        ep.base_url,
+    );
+    let path = std::env::temp_dir().join(format!("rr-cli-{}.toml", uuid::Uuid::new_v4().simple()));
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
+fn worker(config: &std::path::Path, name: &str) -> anyhow::Result<Child> {
+    Ok(Command::new(BIN)
+        .args(["--config", &config.display().to_string(), "worker", "--name", name])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_run_loses_nothing_and_duplicates_nothing() -> anyhow::Result<()> {
+    let mut env = TestEnv::with_mock(MockConfig { latency_ms: 150, ..MockConfig::default() }).await?;
+    env.settings.sampling.max_users = 120;
+    env.ingest_sample().await?;
+    let config = write_config(&env, 20)?;
+    let plan = create_run(&env.store, &env.settings, "sample").await?;
+    let broker = env.broker().await?;
+    let outbox = Outbox::new(env.store.clone(), &broker).await?;
+    outbox.pump(plan.run_id).await?;
+
+    let mut first = worker(&config, "doomed")?;
+    let done_sql = "SELECT count(*) FROM tasks WHERE run_id = $1 AND state = 'done'";
+    let t0 = Instant::now();
+    while count(&env.store, done_sql, plan.run_id).await? < 30 {
+        anyhow::ensure!(t0.elapsed() < Duration::from_secs(60), "first worker made no progress");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    first.kill()?; // SIGKILL: no drain, no acks for what was in flight
+    first.wait()?;
+    let done_at_kill = count(&env.store, done_sql, plan.run_id).await?;
+    assert!(done_at_kill < 120, "killed before the end ({done_at_kill} done)");
+
+    let mut second = worker(&config, "survivor")?;
+    let state =
+        tokio::time::timeout(Duration::from_secs(90), outbox.drive(plan.run_id, Duration::from_millis(50))).await??;
+    assert_eq!(state, "completed");
+    // SIGTERM drains and exits 0.
+    let _ = Command::new("kill").args(["-TERM", &second.id().to_string()]).status()?;
+    let status = second.wait()?;
+    assert!(status.success(), "graceful stop exits 0, got {status}");
+
+    let s = &env.store;
+    assert_eq!(count(s, done_sql, plan.run_id).await?, 120);
+    assert_eq!(
+        count(s, "SELECT count(*) FROM outputs WHERE run_id = $1", plan.run_id).await?,
+        120,
+        "exactly one rationale per task"
+    );
+    let calls = env.mock.stats().ok;
+    // Calls in flight at the kill (at most the prefetch, 20) may be made again; nothing else is.
+    assert!((120..=140).contains(&calls), "teacher calls {calls}");
+    let _ = std::fs::remove_file(&config);
+    broker.close().await;
+    env.cleanup().await
+}
+
+#[test]
+fn configuration_errors_name_the_key() -> anyhow::Result<()> {
+    let out = Command::new(BIN).args(["run", "status"]).env("REASONREC__WORKER__CONCURENCY", "4").output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("concurency"), "{err}");
+
+    let out = Command::new(BIN).args(["run", "status"]).env("REASONREC__BROKER__URL", "http://nope").output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("broker.url"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn ingest_reports_a_bad_line_with_file_line_and_field() -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("rr-cli-bad-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("users.dat"), "1::F::1::10::48067\n")?;
+    std::fs::write(dir.join("movies.dat"), "1::Heat (1995)::Action\n")?;
+    std::fs::write(dir.join("ratings.dat"), "1::1::5::978300760\n1::1::4::yesterday\n")?;
+    // Parsing happens before any connection: this fails on the input, whatever the database.
+    let out = Command::new(BIN).args(["ingest", "--path", &dir.display().to_string(), "--dataset", "bad"]).output()?;
+    let _ = std::fs::remove_dir_all(&dir);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("ratings.dat:2: field `timestamp`"), "{err}");
+    Ok(())
+}

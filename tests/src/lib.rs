@@ -89,9 +89,21 @@ impl TestEnv {
         settings.teacher.backoff_min_ms = 10;
         settings.teacher.backoff_max_ms = 200;
         settings.sampling.history_len = 10;
+        // The spine's shape by default: one reasoning task (test split) per user, no profile
+        // stages. Tests of the three-stage graph switch them on (`TestEnv::full_method`).
+        settings.sampling.splits = vec!["test".into()];
+        settings.stages.item_profile = false;
+        settings.stages.user_profile = false;
         let store = Store::connect(&settings.database).await?;
         store.migrate().await?;
         Ok(Self { settings, store, mock, db_name, cleaned: false })
+    }
+
+    /// Switches on the whole method: three stages, all three splits.
+    pub fn full_method(&mut self) {
+        let defaults = Settings::default();
+        self.settings.sampling.splits = defaults.sampling.splits;
+        self.settings.stages = defaults.stages;
     }
 
     /// Ingests the bundled sample dataset as `sample`; returns its dataset id.
@@ -112,6 +124,7 @@ impl TestEnv {
             pool,
             Arc::new(prompts),
             RetryPolicy::from_settings(&self.settings.teacher),
+            self.settings.stages.max_reasks,
         ))
     }
 

@@ -169,6 +169,29 @@ async fn latency_is_applied() -> anyhow::Result<()> {
     Ok(())
 }
 
+#[tokio::test]
+async fn stats_and_config_are_served_over_http() -> anyhow::Result<()> {
+    let m = mock(MockConfig::default()).await?;
+    let root = format!("http://{}", m.addr);
+    let http = reqwest::Client::new();
+    let cfg = MockConfig { rate_5xx: 1.0, ..MockConfig::default() };
+    let put = http.put(format!("{root}/config")).json(&cfg).send().await?;
+    assert_eq!(put.status(), 200);
+    let bad = http.put(format!("{root}/config")).json(&serde_json::json!({"rate_5xx": 2.0})).send().await?;
+    assert_eq!(bad.status(), 400, "rates outside [0, 1] are refused");
+    let r = client(&m, 5)?.chat(&messages(), &SamplingParams::default()).await;
+    assert!(matches!(r, Err(TeacherError::Server { .. })), "{r:?}");
+    let stats: serde_json::Value = reqwest_get(&format!("{root}/stats")).await?;
+    assert_eq!(
+        (stats["requests"].as_u64(), stats["injected_5xx"].as_u64(), stats["ok"].as_u64()),
+        (Some(1), Some(1), Some(0))
+    );
+    assert_eq!(http.post(format!("{root}/stats/reset")).send().await?.status(), 204);
+    let stats: serde_json::Value = reqwest_get(&format!("{root}/stats")).await?;
+    assert_eq!(stats["requests"].as_u64(), Some(0));
+    Ok(())
+}
+
 async fn reqwest_get(url: &str) -> anyhow::Result<serde_json::Value> {
     Ok(reqwest::get(url).await?.json().await?)
 }

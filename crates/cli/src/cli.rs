@@ -47,7 +47,8 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct IngestArgs {
-    /// Source format.
+    /// Source format: ml-1m, ml-100k, ml-latest, amazon (reviews.jsonl + optional meta.jsonl)
+    /// or jsonl (items.jsonl, interactions.jsonl, optional users.jsonl).
     #[arg(long, default_value = "ml-1m")]
     pub format: String,
     /// Directory (or file) holding the dataset.
@@ -65,6 +66,18 @@ pub struct IngestArgs {
 pub enum DatasetCommand {
     /// Write a synthetic dataset (MovieLens-1M format) for samples and benchmarks.
     Generate(GenerateArgs),
+    /// Users, items, interactions, rating histogram, like share and k-core sizes of a dataset.
+    Stats(StatsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    /// Dataset name (its latest version).
+    pub dataset: String,
+    #[arg(long)]
+    pub version: Option<i32>,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -68,6 +68,10 @@ impl RunStatus {
             let parts: Vec<String> = states.iter().map(|(s, n)| format!("{s} {n}")).collect();
             out.push_str(&format!("  {stage}: {}\n", parts.join(", ")));
         }
+        for (stage, codes) in &c.rejections {
+            let parts: Vec<String> = codes.iter().map(|(k, n)| format!("{k} {n}")).collect();
+            out.push_str(&format!("  rejected {stage} answers: {}\n", parts.join(", ")));
+        }
         if !c.errors.is_empty() {
             let parts: Vec<String> = c.errors.iter().map(|(k, n)| format!("{k} {n}")).collect();
             out.push_str(&format!("  failed attempts by class: {}\n", parts.join(", ")));

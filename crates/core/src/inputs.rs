@@ -28,3 +28,16 @@ impl ReasoningInput {
         ids
     }
 }
+
+/// Input of a user-profile task: the user's earliest interactions, oldest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UserProfileInput {
+    pub user: i32,
+    pub window: Vec<HistoryEntry>,
+}
+
+/// Input of an item-profile task.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ItemProfileInput {
+    pub item: i32,
+}

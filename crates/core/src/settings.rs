@@ -19,6 +19,7 @@ pub struct Settings {
     pub database: DatabaseSettings,
     pub broker: BrokerSettings,
     pub sampling: SamplingSettings,
+    pub stages: StageSettings,
     pub teacher: TeacherSettings,
     pub worker: WorkerSettings,
     pub coordinator: CoordinatorSettings,
@@ -87,17 +88,67 @@ impl Default for BrokerSettings {
 pub struct SamplingSettings {
     /// An interaction is a like when `rating > like_threshold`.
     pub like_threshold: f32,
-    /// k: interactions shown before the target.
+    /// k: interactions shown before each target. 0 = the family's default (MovieLens 20,
+    /// Amazon 4, generic 10), the paper's values.
     pub history_len: usize,
-    /// Users with fewer history interactions before their target are skipped.
+    /// Users with fewer interactions are not planned (the user side of a k-core).
+    pub min_interactions: usize,
+    /// A target needs at least this many history interactions before it.
     pub min_history: usize,
+    /// The user profile is written from the earliest interactions, up to this many; history
+    /// windows never reach into them.
+    pub profile_window: usize,
+    /// Which leave-last-out splits get reasoning tasks: test = last interaction, validation =
+    /// second to last, train = the ones before.
+    pub splits: Vec<String>,
+    /// Train targets per user, latest first (0 = every eligible one).
+    pub train_targets_per_user: usize,
     /// Cap on the number of users planned (0 = all), taken in user order.
     pub max_users: usize,
 }
 
 impl Default for SamplingSettings {
     fn default() -> Self {
-        Self { like_threshold: 3.0, history_len: 20, min_history: 1, max_users: 0 }
+        Self {
+            like_threshold: 3.0,
+            history_len: 0,
+            min_interactions: 3,
+            min_history: 1,
+            profile_window: 15,
+            splits: vec!["train".into(), "validation".into(), "test".into()],
+            train_targets_per_user: 1,
+            max_users: 0,
+        }
+    }
+}
+
+impl SamplingSettings {
+    /// k for a dataset family, resolving 0 to the paper's default.
+    pub fn history_len_for(&self, family: crate::data::Family) -> usize {
+        use crate::data::Family;
+        match (self.history_len, family) {
+            (0, Family::Movielens) => 20,
+            (0, Family::Amazon) => 4,
+            (0, Family::Generic) => 10,
+            (k, _) => k,
+        }
+    }
+}
+
+/// Which teacher stages a run plans. Switching a profile stage off gives the paper's ablations:
+/// reasoning then sees raw item text, or no user profile.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StageSettings {
+    pub item_profile: bool,
+    pub user_profile: bool,
+    /// Re-asks after a rejected answer (the validator's reason is added to the conversation).
+    pub max_reasks: u32,
+}
+
+impl Default for StageSettings {
+    fn default() -> Self {
+        Self { item_profile: true, user_profile: true, max_reasks: 2 }
     }
 }
 
@@ -285,6 +336,11 @@ impl Settings {
         }
         if self.broker.publish_batch == 0 {
             return bad("broker.publish_batch", "must be at least 1".into());
+        }
+        for split in &self.sampling.splits {
+            if !matches!(split.as_str(), "train" | "validation" | "test") {
+                return bad("sampling.splits", format!("{split:?} is not one of train, validation, test"));
+            }
         }
         if self.worker.concurrency == 0 {
             return bad("worker.concurrency", "must be at least 1".into());

@@ -24,8 +24,81 @@ const REFUSALS: &[&str] =
 
 const LEAKAGE: &[&str] = &["ground truth", "we know that the user will", "the label says", "we are told that"];
 
-/// Validates an answer of `stage`. `finish_reason == "length"` means it was cut off.
-pub fn validate_answer(stage: Stage, text: &str, finish_reason: Option<&str>) -> Result<(), Rejection> {
+/// Phrases that conclude the user will not like the target. Checked first and blanked out, so
+/// "unlikely to enjoy" never counts as "likely to enjoy".
+const NEGATIVE_OUTCOME: &[&str] = &[
+    "will not like",
+    "won't like",
+    "will dislike",
+    "would dislike",
+    "will not enjoy",
+    "won't enjoy",
+    "would not enjoy",
+    "wouldn't enjoy",
+    "unlikely to enjoy",
+    "unlikely to like",
+    "unlikely to appeal",
+    "poor match",
+    "poor fit",
+    "not a good match",
+    "not a good fit",
+    "will not appeal",
+    "won't appeal",
+    "fail to appeal",
+    "fails to appeal",
+    "will be disappointed",
+    "not for this",
+];
+/// Phrases that conclude the user will like the target.
+const POSITIVE_OUTCOME: &[&str] = &[
+    "will like",
+    "will enjoy",
+    "would enjoy",
+    "will love",
+    "will appreciate",
+    "likely to enjoy",
+    "likely to like",
+    "strong match",
+    "good match",
+    "great match",
+    "good fit",
+    "great fit",
+    "will appeal",
+    "appeals to",
+];
+
+/// Which outcome the conclusion of a reasoning argues: Some(true) like, Some(false) dislike,
+/// None when it argues neither or both. A lexical check: it reads the part after the last
+/// "Reasoning:" (or the whole answer) and looks for outcome phrases.
+pub fn argued_outcome(text: &str) -> Option<bool> {
+    let lower = text.to_lowercase();
+    let conclusion = match lower.rfind("reasoning:") {
+        Some(i) => &lower[i..],
+        None => lower.as_str(),
+    };
+    let mut rest = conclusion.to_string();
+    let mut negative = 0;
+    for p in NEGATIVE_OUTCOME {
+        negative += rest.matches(p).count();
+        rest = rest.replace(p, " ");
+    }
+    let positive: usize = POSITIVE_OUTCOME.iter().map(|p| rest.matches(p).count()).sum();
+    match (positive > 0, negative > 0) {
+        (true, false) => Some(true),
+        (false, true) => Some(false),
+        _ => None,
+    }
+}
+
+/// Validates an answer of `stage`. `finish_reason == "length"` means it was cut off. For a
+/// reasoning, `label` is the outcome the prompt stated: an answer that argues the opposite is
+/// rejected.
+pub fn validate_answer(
+    stage: Stage,
+    text: &str,
+    finish_reason: Option<&str>,
+    label: Option<bool>,
+) -> Result<(), Rejection> {
     let reject = |code, message: String| Err(Rejection { code, message });
     let trimmed = text.trim();
     if trimmed.is_empty() {
@@ -49,6 +122,15 @@ pub fn validate_answer(stage: Stage, text: &str, finish_reason: Option<&str>) ->
     if let Some(p) = LEAKAGE.iter().find(|p| lower.contains(*p)) {
         return reject("leakage", format!("the answer refers to the given outcome ({p:?})"));
     }
+    if let (Stage::Reasoning, Some(label)) = (stage, label)
+        && argued_outcome(trimmed) == Some(!label)
+    {
+        let (said, argued) = if label { ("like", "dislike") } else { ("dislike", "like") };
+        return reject(
+            "label_contradiction",
+            format!("the user will {said} the target, but the answer argues they will {argued} it"),
+        );
+    }
     Ok(())
 }
 
@@ -61,17 +143,33 @@ mod tests {
 
     #[test]
     fn accepts_a_plain_answer() {
-        assert_eq!(validate_answer(Stage::Reasoning, GOOD, Some("stop")), Ok(()));
+        assert_eq!(validate_answer(Stage::Reasoning, GOOD, Some("stop"), None), Ok(()));
     }
 
     #[test]
     fn rejects_each_failure_with_its_code() {
-        let code = |t: &str, f: Option<&str>| validate_answer(Stage::Reasoning, t, f).err().map(|r| r.code);
+        let code = |t: &str, f: Option<&str>| validate_answer(Stage::Reasoning, t, f, None).err().map(|r| r.code);
         assert_eq!(code("   ", None), Some("empty"));
         assert_eq!(code(GOOD, Some("length")), Some("truncated"));
         assert_eq!(code("too short", None), Some("too_short"));
         assert_eq!(code(&"word ".repeat(500), None), Some("too_long"));
         assert_eq!(code(&format!("As an AI language model, {GOOD}"), None), Some("refusal"));
         assert_eq!(code(&format!("{GOOD} The ground truth says so."), None), Some("leakage"));
+    }
+
+    #[test]
+    fn a_reasoning_that_argues_the_opposite_label_is_rejected() {
+        let like = "Summary: The viewer enjoys heist films and sharp dialogue across many titles they rated.                     Reasoning: The target is a tense heist film, so it is a strong match and they will enjoy it.";
+        let dislike = "Summary: The viewer enjoys heist films and sharp dialogue across many titles they rated.                        Reasoning: The target is a slapstick comedy, so it is unlikely to enjoy success with them; a poor match.";
+        assert_eq!(argued_outcome(like), Some(true));
+        assert_eq!(argued_outcome(dislike), Some(false), "'unlikely to enjoy' is not 'likely to enjoy'");
+        assert_eq!(argued_outcome("Reasoning: it has elements of both."), None);
+        let code = |t: &str, l: bool| validate_answer(Stage::Reasoning, t, None, Some(l)).err().map(|r| r.code);
+        assert_eq!(code(like, true), None);
+        assert_eq!(code(like, false), Some("label_contradiction"));
+        assert_eq!(code(dislike, false), None);
+        assert_eq!(code(dislike, true), Some("label_contradiction"));
+        // Profiles are not checked for a label.
+        assert_eq!(validate_answer(Stage::UserProfile, like, None, Some(false)), Ok(()));
     }
 }

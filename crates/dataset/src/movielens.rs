@@ -1,14 +1,20 @@
-//! MovieLens-1M: `users.dat`, `movies.dat`, `ratings.dat`, fields separated by `::`.
+//! MovieLens in its two old text layouts:
+//! - ml-1m: `users.dat`, `movies.dat`, `ratings.dat`, fields separated by `::`;
+//! - ml-100k: `u.user`, `u.item` (`|`, 19 genre flags), `u.data` (tab-separated).
+//!
+//! Both may be Latin-1.
 
+use crate::builder::DatasetBuilder;
 use crate::error::DatasetError;
-use crate::text::{SourceFile, content_hash, describe, read_source};
-use reasonrec_core::data::{Family, Interaction, Item, NewDataset, User};
-use std::collections::HashMap;
+use crate::text::{SourceFile, read_source};
+use reasonrec_core::data::{Family, NewDataset};
 use std::path::{Path, PathBuf};
 
-struct Lines<'a> {
-    path: PathBuf,
-    file: &'a SourceFile,
+/// A delimited text file read whole, with errors that name file, line and field.
+pub(crate) struct Lines<'a> {
+    pub(crate) path: PathBuf,
+    pub(crate) file: &'a SourceFile,
+    pub(crate) sep: &'static str,
 }
 
 impl<'a> Lines<'a> {
@@ -18,7 +24,7 @@ impl<'a> Lines<'a> {
         names: &'static [&'static str],
     ) -> impl Iterator<Item = Result<(usize, Vec<&'a str>), DatasetError>> + '_ {
         self.file.text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()).map(move |(i, l)| {
-            let fields: Vec<&str> = l.trim_end_matches('\r').split("::").collect();
+            let fields: Vec<&str> = l.trim_end_matches('\r').split(self.sep).collect();
             if fields.len() != names.len() {
                 let field = names.get(fields.len().min(names.len() - 1)).copied().unwrap_or("line");
                 return Err(DatasetError::Parse {
@@ -37,7 +43,7 @@ impl<'a> Lines<'a> {
         })
     }
 
-    fn err(&self, line: usize, field: &'static str, message: String) -> DatasetError {
+    pub(crate) fn err(&self, line: usize, field: &'static str, message: String) -> DatasetError {
         DatasetError::Parse { path: self.path.clone(), line, field, message }
     }
 }
@@ -58,95 +64,182 @@ pub fn load_ml1m(dir: &Path, name: &str) -> Result<NewDataset, DatasetError> {
     let users_file = read_source(&users_path)?;
     let movies_file = read_source(&movies_path)?;
     let ratings_file = read_source(&ratings_path)?;
+    let mut b = DatasetBuilder::default();
 
-    let mut users = Vec::new();
-    let mut user_ids: HashMap<String, i32> = HashMap::new();
-    let src = Lines { path: users_path, file: &users_file };
+    let src = Lines { path: users_path, file: &users_file, sep: "::" };
     for rec in src.records(&["user_id", "gender", "age", "occupation", "zip"]) {
         let (line, f) = rec?;
-        let ext = f[0].trim();
-        if ext.is_empty() {
-            return Err(src.err(line, "user_id", "empty id".into()));
-        }
-        let age: i32 = f[2].trim().parse().map_err(|_| src.err(line, "age", format!("not an integer: {:?}", f[2])))?;
-        let occupation: i32 =
-            f[3].trim().parse().map_err(|_| src.err(line, "occupation", format!("not an integer: {:?}", f[3])))?;
-        let id = users.len() as i32;
-        if user_ids.insert(ext.to_string(), id).is_some() {
-            return Err(src.err(line, "user_id", format!("duplicate user id {ext:?}")));
-        }
-        users.push(User {
-            id,
-            ext_id: ext.to_string(),
-            attrs: serde_json::json!({"gender": f[1].trim(), "age": age, "occupation": occupation, "zip": f[4].trim()}),
-        });
+        let ext = non_empty(&src, line, "user_id", f[0])?;
+        let age = parse_int(&src, line, "age", f[2])?;
+        let occupation = parse_int(&src, line, "occupation", f[3])?;
+        let attrs =
+            serde_json::json!({"gender": f[1].trim(), "age": age, "occupation": occupation, "zip": f[4].trim()});
+        b.declare_user(ext, attrs).map_err(|m| src.err(line, "user_id", m))?;
     }
 
-    let mut items = Vec::new();
-    let mut item_ids: HashMap<String, i32> = HashMap::new();
-    let src = Lines { path: movies_path, file: &movies_file };
+    let src = Lines { path: movies_path, file: &movies_file, sep: "::" };
     for rec in src.records(&["movie_id", "title", "genres"]) {
         let (line, f) = rec?;
-        let ext = f[0].trim();
-        if ext.is_empty() {
-            return Err(src.err(line, "movie_id", "empty id".into()));
-        }
-        let title = f[1].trim();
-        if title.is_empty() {
-            return Err(src.err(line, "title", "empty title".into()));
-        }
+        let ext = non_empty(&src, line, "movie_id", f[0])?;
+        let title = non_empty(&src, line, "title", f[1])?;
         let genres: Vec<&str> = f[2].split('|').map(str::trim).filter(|g| !g.is_empty()).collect();
-        let id = items.len() as i32;
-        if item_ids.insert(ext.to_string(), id).is_some() {
-            return Err(src.err(line, "movie_id", format!("duplicate movie id {ext:?}")));
-        }
-        items.push(Item {
-            id,
-            ext_id: ext.to_string(),
-            title: title.to_string(),
-            attrs: serde_json::json!({"genres": genres, "year": year_of(title)}),
-        });
+        let attrs = serde_json::json!({"genres": genres, "year": year_of(title)});
+        b.declare_item(ext, title, attrs).map_err(|m| src.err(line, "movie_id", m))?;
     }
 
-    let mut interactions = Vec::new();
-    let src = Lines { path: ratings_path, file: &ratings_file };
+    let src = Lines { path: ratings_path, file: &ratings_file, sep: "::" };
     for rec in src.records(&["user_id", "movie_id", "rating", "timestamp"]) {
         let (line, f) = rec?;
-        let user_id = *user_ids
-            .get(f[0].trim())
-            .ok_or_else(|| src.err(line, "user_id", format!("user {:?} is not in users.dat", f[0])))?;
-        let item_id = *item_ids
-            .get(f[1].trim())
-            .ok_or_else(|| src.err(line, "movie_id", format!("movie {:?} is not in movies.dat", f[1])))?;
-        let rating: f32 = f[2]
-            .trim()
-            .parse()
-            .ok()
-            .filter(|r: &f32| (0.5..=5.0).contains(r))
-            .ok_or_else(|| src.err(line, "rating", format!("expected a number from 1 to 5, got {:?}", f[2])))?;
-        let ts: i64 = f[3]
-            .trim()
-            .parse()
-            .ok()
-            .filter(|t: &i64| *t >= 0)
-            .ok_or_else(|| src.err(line, "timestamp", format!("expected unix seconds, got {:?}", f[3])))?;
-        interactions.push(Interaction { user_id, item_id, rating, ts, review: None });
+        let (user, item, rating, ts) =
+            rating_fields(&src, line, &b, [f[0], f[1], f[2], f[3]], ("users.dat", "movies.dat"))?;
+        b.interaction(user, item, rating, ts, None);
     }
-    if interactions.is_empty() {
+    if b.interaction_count() == 0 {
         return Err(DatasetError::Invalid(format!("{}: no ratings", src.path.display())));
     }
+    Ok(b.finish(name, "ml-1m", Family::Movielens, &[&users_file, &movies_file, &ratings_file]))
+}
 
-    let files = [&users_file, &movies_file, &ratings_file];
-    Ok(NewDataset {
-        name: name.to_string(),
-        format: "ml-1m".into(),
-        family: Family::Movielens,
-        content_hash: content_hash(&files),
-        source: describe(&files),
-        users,
-        items,
-        interactions,
-    })
+/// The 19 genre flags of `u.item`, in file order.
+pub const ML100K_GENRES: [&str; 19] = [
+    "unknown",
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children's",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
+];
+
+pub fn load_ml100k(dir: &Path, name: &str) -> Result<NewDataset, DatasetError> {
+    let users_path = dir.join("u.user");
+    let items_path = dir.join("u.item");
+    let data_path = dir.join("u.data");
+    let users_file = read_source(&users_path)?;
+    let items_file = read_source(&items_path)?;
+    let data_file = read_source(&data_path)?;
+    let mut b = DatasetBuilder::default();
+
+    let src = Lines { path: users_path, file: &users_file, sep: "|" };
+    for rec in src.records(&["user_id", "age", "gender", "occupation", "zip"]) {
+        let (line, f) = rec?;
+        let ext = non_empty(&src, line, "user_id", f[0])?;
+        let age = parse_int(&src, line, "age", f[1])?;
+        let attrs =
+            serde_json::json!({"age": age, "gender": f[2].trim(), "occupation": f[3].trim(), "zip": f[4].trim()});
+        b.declare_user(ext, attrs).map_err(|m| src.err(line, "user_id", m))?;
+    }
+
+    const ITEM_FIELDS: [&str; 24] = [
+        "movie_id",
+        "title",
+        "release_date",
+        "video_release_date",
+        "imdb_url",
+        "genre_unknown",
+        "genre_action",
+        "genre_adventure",
+        "genre_animation",
+        "genre_childrens",
+        "genre_comedy",
+        "genre_crime",
+        "genre_documentary",
+        "genre_drama",
+        "genre_fantasy",
+        "genre_film_noir",
+        "genre_horror",
+        "genre_musical",
+        "genre_mystery",
+        "genre_romance",
+        "genre_sci_fi",
+        "genre_thriller",
+        "genre_war",
+        "genre_western",
+    ];
+    let src = Lines { path: items_path, file: &items_file, sep: "|" };
+    for rec in src.records(&ITEM_FIELDS) {
+        let (line, f) = rec?;
+        let ext = non_empty(&src, line, "movie_id", f[0])?;
+        let title = non_empty(&src, line, "title", f[1])?;
+        let mut genres = Vec::new();
+        for (i, flag) in f[5..].iter().enumerate() {
+            match flag.trim() {
+                "1" => genres.push(ML100K_GENRES[i]),
+                "0" => {}
+                other => {
+                    return Err(src.err(line, ITEM_FIELDS[5 + i], format!("genre flag must be 0 or 1, got {other:?}")));
+                }
+            }
+        }
+        let attrs = serde_json::json!({"genres": genres, "year": year_of(title), "release_date": f[2].trim()});
+        b.declare_item(ext, title, attrs).map_err(|m| src.err(line, "movie_id", m))?;
+    }
+
+    let src = Lines { path: data_path, file: &data_file, sep: "\t" };
+    for rec in src.records(&["user_id", "movie_id", "rating", "timestamp"]) {
+        let (line, f) = rec?;
+        let (user, item, rating, ts) = rating_fields(&src, line, &b, [f[0], f[1], f[2], f[3]], ("u.user", "u.item"))?;
+        b.interaction(user, item, rating, ts, None);
+    }
+    if b.interaction_count() == 0 {
+        return Err(DatasetError::Invalid(format!("{}: no ratings", src.path.display())));
+    }
+    Ok(b.finish(name, "ml-100k", Family::Movielens, &[&users_file, &items_file, &data_file]))
+}
+
+pub(crate) fn non_empty<'a>(
+    src: &Lines<'_>,
+    line: usize,
+    field: &'static str,
+    v: &'a str,
+) -> Result<&'a str, DatasetError> {
+    let v = v.trim();
+    if v.is_empty() { Err(src.err(line, field, "empty value".into())) } else { Ok(v) }
+}
+
+pub(crate) fn parse_int(src: &Lines<'_>, line: usize, field: &'static str, v: &str) -> Result<i64, DatasetError> {
+    v.trim().parse().map_err(|_| src.err(line, field, format!("not an integer: {v:?}")))
+}
+
+/// user, item, rating (0.5..=5), unix seconds; users and items must be declared already.
+pub(crate) fn rating_fields(
+    src: &Lines<'_>,
+    line: usize,
+    b: &DatasetBuilder,
+    f: [&str; 4],
+    (users_file, items_file): (&str, &str),
+) -> Result<(i32, i32, f32, i64), DatasetError> {
+    let user = b
+        .user_id(f[0].trim())
+        .ok_or_else(|| src.err(line, "user_id", format!("user {:?} is not in {users_file}", f[0])))?;
+    let item = b
+        .item_id(f[1].trim())
+        .ok_or_else(|| src.err(line, "movie_id", format!("movie {:?} is not in {items_file}", f[1])))?;
+    let rating = parse_rating(f[2])
+        .ok_or_else(|| src.err(line, "rating", format!("expected a number from 1 to 5, got {:?}", f[2])))?;
+    let ts =
+        parse_ts(f[3]).ok_or_else(|| src.err(line, "timestamp", format!("expected unix seconds, got {:?}", f[3])))?;
+    Ok((user, item, rating, ts))
+}
+
+pub(crate) fn parse_rating(v: &str) -> Option<f32> {
+    v.trim().parse().ok().filter(|r: &f32| (0.5..=5.0).contains(r))
+}
+
+pub(crate) fn parse_ts(v: &str) -> Option<i64> {
+    v.trim().parse().ok().filter(|t: &i64| *t >= 0)
 }
 
 #[cfg(test)]
@@ -184,7 +277,7 @@ mod tests {
         assert_eq!(ds.items[0].attrs["year"], 1995);
         assert_eq!(ds.interactions.len(), 3);
         assert_eq!(ds.interactions[2].user_id, 1);
-        assert_eq!(ds.source[1]["latin1"], true);
+        assert_eq!(ds.source["files"][1]["latin1"], true);
     }
 
     #[test]
@@ -201,6 +294,37 @@ mod tests {
         write(&dir, "1::F::1::10::48067\n", b"1::Heat (1995)\n", "1::1::5::978300760\n");
         let err = load_ml1m(&dir, "t").err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.contains("movies.dat:1: field `genres`"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn loads_ml100k_with_genre_flags_and_latin1() {
+        let dir = tmp("100k");
+        let _ = std::fs::create_dir_all(&dir);
+        let flags =
+            |set: &[usize]| (0..19).map(|i| if set.contains(&i) { "1" } else { "0" }).collect::<Vec<_>>().join("|");
+        let items = format!(
+            "1|Toy Story (1995)|01-Jan-1995||http://x|{}\n2|Cit\u{e9} (1996)|01-Jan-1996||http://y|{}\n",
+            flags(&[3, 4, 5]),
+            flags(&[8])
+        );
+        let (latin1, _, _) = encoding_rs::WINDOWS_1252.encode(&items);
+        let _ = std::fs::write(dir.join("u.item"), latin1.as_ref());
+        let _ = std::fs::write(dir.join("u.user"), "1|24|M|technician|85711\n2|53|F|other|94043\n");
+        let _ = std::fs::write(dir.join("u.data"), "1\t1\t5\t874965758\n2\t2\t3\t876893171\n1\t1\t5\t874965758\n");
+        let ds = load_ml100k(&dir, "t");
+        let Ok(ds) = ds else { panic!("{ds:?}") };
+        assert_eq!(ds.items[0].attrs["genres"], serde_json::json!(["Animation", "Children's", "Comedy"]));
+        assert_eq!(ds.items[1].title, "Cité (1996)");
+        assert_eq!(ds.interactions.len(), 2, "the exact duplicate row is dropped");
+        assert_eq!(ds.source["duplicates_dropped"], 1);
+
+        let _ = std::fs::write(
+            dir.join("u.item"),
+            format!("1|Toy Story (1995)|01-Jan-1995||http://x|{}\n", flags(&[3]).replacen('0', "x", 1)),
+        );
+        let err = load_ml100k(&dir, "t").err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("u.item:1: field `genre_unknown`"), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 

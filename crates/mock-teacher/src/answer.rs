@@ -75,6 +75,10 @@ pub fn parse(prompt: &str) -> Parsed {
             p.kind = Kind::UserProfile;
         }
     }
+    for list in [&mut p.liked, &mut p.disliked] {
+        let mut seen = std::collections::HashSet::new();
+        list.retain(|t| seen.insert(t.clone()));
+    }
     if let Some(like) = outcome {
         p.kind = Kind::Reasoning { like };
     }
@@ -97,10 +101,17 @@ fn list(titles: &[String], n: usize) -> String {
 
 /// The answer text for a prompt; same prompt, same text.
 pub fn answer(prompt: &str) -> String {
+    answer_with(prompt, false)
+}
+
+/// Like [`answer`]; with `contradict`, a reasoning argues the opposite of the stated outcome
+/// (what a careless teacher does), for testing the validator and re-asks.
+pub fn answer_with(prompt: &str, contradict: bool) -> String {
     let seed = Sha256::digest(prompt.as_bytes());
     let p = parse(prompt);
     match p.kind {
         Kind::Reasoning { like } => {
+            let like = like ^ contradict;
             let target = p.target.clone().unwrap_or_else(|| "the target".into());
             let liked = if p.liked.is_empty() { "few titles so far".to_string() } else { list(&p.liked, 3) };
             let disliked = if p.disliked.is_empty() { "hardly anything".to_string() } else { list(&p.disliked, 2) };
@@ -202,8 +213,22 @@ mod tests {
     fn answers_pass_the_reasoning_validator() {
         for p in [PROMPT.to_string(), PROMPT.replace("will DISLIKE", "will LIKE")] {
             let a = answer(&p);
-            let r = reasonrec_core::validate::validate_answer(reasonrec_core::Stage::Reasoning, &a, Some("stop"));
+            let label = parse(&p).kind == Kind::Reasoning { like: true };
+            let r = reasonrec_core::validate::validate_answer(
+                reasonrec_core::Stage::Reasoning,
+                &a,
+                Some("stop"),
+                Some(label),
+            );
             assert_eq!(r, Ok(()), "{a}");
+            let flipped = answer_with(&p, true);
+            let r = reasonrec_core::validate::validate_answer(
+                reasonrec_core::Stage::Reasoning,
+                &flipped,
+                None,
+                Some(label),
+            );
+            assert_eq!(r.map_err(|e| e.code), Err("label_contradiction"), "{flipped}");
         }
     }
 }

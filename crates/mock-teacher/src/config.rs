@@ -13,7 +13,7 @@ pub enum RetryAfterFormat {
 }
 
 /// Rates are probabilities per request in [0, 1]; one draw decides which fault (if any) a request
-/// gets, in the order 429, 5xx, hang, malformed.
+/// gets, in the order 429, 5xx, hang, malformed, contradicting answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MockConfig {
@@ -30,6 +30,8 @@ pub struct MockConfig {
     pub rate_hang: f64,
     pub hang_secs: u64,
     pub rate_malformed: f64,
+    /// A well-formed reasoning answer that argues the opposite of the stated outcome.
+    pub rate_contradict: f64,
     /// Own limits over a sliding minute; 0 = none. Requests over them get 429 + Retry-After and
     /// are counted as `over_limit`.
     pub requests_per_minute: u32,
@@ -52,6 +54,7 @@ impl Default for MockConfig {
             rate_hang: 0.0,
             hang_secs: 600,
             rate_malformed: 0.0,
+            rate_contradict: 0.0,
             requests_per_minute: 0,
             tokens_per_minute: 0,
             seed: 42,
@@ -66,12 +69,13 @@ impl MockConfig {
             ("rate_5xx", self.rate_5xx),
             ("rate_hang", self.rate_hang),
             ("rate_malformed", self.rate_malformed),
+            ("rate_contradict", self.rate_contradict),
         ] {
             if !(0.0..=1.0).contains(&r) {
                 return Err(format!("{name} must be within [0, 1], got {r}"));
             }
         }
-        let sum = self.rate_429 + self.rate_5xx + self.rate_hang + self.rate_malformed;
+        let sum = self.rate_429 + self.rate_5xx + self.rate_hang + self.rate_malformed + self.rate_contradict;
         if sum > 1.0 {
             return Err(format!("fault rates add up to {sum}, more than 1"));
         }

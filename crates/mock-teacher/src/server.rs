@@ -1,7 +1,7 @@
 //! Routes and the handle that starts, inspects and stops the mock.
 
 use crate::MockError;
-use crate::answer::{Kind, answer, parse};
+use crate::answer::{Kind, answer_with, parse};
 use crate::config::{MockConfig, RetryAfterFormat};
 use crate::limits::Window;
 use axum::Router;
@@ -33,6 +33,8 @@ pub struct MockStats {
     pub injected_5xx: u64,
     pub hangs: u64,
     pub malformed: u64,
+    /// Reasoning answers that argued the opposite of the stated outcome (`rate_contradict`).
+    pub contradictions: u64,
     pub bad_requests: u64,
     /// Tokens of `ok` answers.
     pub prompt_tokens: u64,
@@ -187,7 +189,17 @@ async fn chat(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
     }
     let cfg = state.config();
     let prompt: String = req.messages.iter().map(|m| m.content.as_str()).collect::<Vec<_>>().join("\n");
-    let (text, truncated) = fit(answer(&prompt), req.max_tokens);
+    let (draw, jitter) = match state.rng.lock() {
+        Ok(mut rng) => {
+            let d: f64 = rng.random();
+            let j = if cfg.latency_jitter_ms > 0 { rng.random_range(0..=cfg.latency_jitter_ms) } else { 0 };
+            (d, j)
+        }
+        Err(_) => (1.0, 0),
+    };
+    let faults = cfg.rate_429 + cfg.rate_5xx + cfg.rate_hang + cfg.rate_malformed;
+    let contradict = draw >= faults && draw < faults + cfg.rate_contradict;
+    let (text, truncated) = fit(answer_with(&prompt, contradict), req.max_tokens);
     let prompt_tokens = estimate_prompt_tokens(&req.messages);
     let completion_tokens = estimate_tokens(&text);
 
@@ -205,14 +217,6 @@ async fn chat(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
         return too_many(wait, RetryAfterFormat::Seconds, "rate limit of the mock teacher reached");
     }
 
-    let (draw, jitter) = match state.rng.lock() {
-        Ok(mut rng) => {
-            let d: f64 = rng.random();
-            let j = if cfg.latency_jitter_ms > 0 { rng.random_range(0..=cfg.latency_jitter_ms) } else { 0 };
-            (d, j)
-        }
-        Err(_) => (1.0, 0),
-    };
     let latency = Duration::from_millis(cfg.latency_ms + jitter);
     let mut edge = cfg.rate_429;
     if draw < edge {
@@ -257,6 +261,7 @@ async fn chat(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
     let elapsed = state.started.elapsed().as_millis() as u64;
     state.stats(|s| {
         s.ok += 1;
+        s.contradictions += u64::from(contradict);
         s.prompt_tokens += u64::from(prompt_tokens);
         s.completion_tokens += u64::from(completion_tokens);
         *s.by_kind.entry(kind.to_string()).or_default() += 1;

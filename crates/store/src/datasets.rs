@@ -185,6 +185,15 @@ impl Store {
         })
     }
 
+    /// (rating, count) over a dataset's interactions, ascending by rating.
+    pub async fn rating_histogram(&self, dataset_id: i64) -> Result<Vec<(f32, i64)>, StoreError> {
+        let rows = sqlx::query("SELECT rating, count(*) FROM interactions WHERE dataset_id = $1 GROUP BY 1 ORDER BY 1")
+            .bind(dataset_id)
+            .fetch_all(self.pool())
+            .await?;
+        rows.into_iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
+    }
+
     /// Family of a stored dataset, for template selection.
     pub fn parse_family(name: &str) -> Result<Family, StoreError> {
         match name {

@@ -19,7 +19,9 @@ pub struct NewTask {
     pub split: Option<String>,
     pub label: Option<bool>,
     pub input: serde_json::Value,
-    pub pending_deps: i32,
+    /// Tasks of the same run whose outputs this one's prompt needs; it is `waiting` until they
+    /// are done (or failed).
+    pub deps: Vec<Uuid>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -50,6 +52,8 @@ pub struct RunCounts {
     pub cost_usd: f64,
     /// error class -> attempts
     pub errors: BTreeMap<String, i64>,
+    /// stage -> rejection code -> rejected answers
+    pub rejections: BTreeMap<String, BTreeMap<String, i64>>,
 }
 
 impl RunCounts {
@@ -70,8 +74,9 @@ impl Store {
         Ok(id)
     }
 
-    /// Inserts planned tasks in one statement (one array per column, so no bind limit).
-    /// Returns how many were new.
+    /// Inserts planned tasks in one statement (one array per column, so no bind limit), then
+    /// their dependency edges. A task must come in the same or a later call than the tasks it
+    /// depends on. Returns how many tasks were new.
     pub async fn insert_tasks(&self, run_id: Uuid, tasks: &[NewTask]) -> Result<u64, StoreError> {
         if tasks.is_empty() {
             return Ok(0);
@@ -94,8 +99,9 @@ impl Store {
             splits.push(t.split.as_deref());
             labels.push(t.label);
             inputs.push(t.input.to_string());
-            deps.push(t.pending_deps);
+            deps.push(t.deps.len() as i32);
         }
+        let mut tx = self.pool().begin().await?;
         let res = sqlx::query(
             "INSERT INTO tasks (id, run_id, stage, subject, user_id, item_id, split, label, input, pending_deps, state)
              SELECT u.id, $1, u.stage, u.subject, u.user_id, u.item_id, u.split, u.label, u.input::jsonb, u.deps,
@@ -114,8 +120,21 @@ impl Store {
         .bind(&labels)
         .bind(&inputs)
         .bind(&deps)
-        .execute(self.pool())
+        .execute(&mut *tx)
         .await?;
+        let (edge_from, edge_to): (Vec<Uuid>, Vec<Uuid>) =
+            tasks.iter().flat_map(|t| t.deps.iter().map(move |d| (t.id, *d))).unzip();
+        if !edge_from.is_empty() {
+            sqlx::query(
+                "INSERT INTO task_deps (task_id, depends_on) SELECT * FROM UNNEST($1::uuid[], $2::uuid[])
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(&edge_from)
+            .bind(&edge_to)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
         Ok(res.rows_affected())
     }
 
@@ -259,6 +278,17 @@ impl Store {
         .await?;
         for r in rows {
             c.errors.insert(r.try_get(0)?, r.try_get(1)?);
+        }
+        let rows = sqlx::query(
+            "SELECT t.stage, split_part(a.error, ':', 1), count(*) FROM attempts a JOIN tasks t ON t.id = a.task_id
+             WHERE a.run_id = $1 AND a.error_class = 'rejected' GROUP BY 1, 2",
+        )
+        .bind(run_id)
+        .fetch_all(self.pool())
+        .await?;
+        for r in rows {
+            let (stage, code, n): (String, String, i64) = (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
+            c.rejections.entry(stage).or_default().insert(code, n);
         }
         Ok(c)
     }

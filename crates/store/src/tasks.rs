@@ -38,6 +38,15 @@ pub struct ItemRow {
     pub attrs: serde_json::Value,
 }
 
+/// The output of an upstream task, as a downstream prompt uses it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DependencyOutput {
+    pub stage: Stage,
+    pub user_id: Option<i32>,
+    pub item_id: Option<i32>,
+    pub text: Option<String>,
+}
+
 /// An accepted answer to store in the ledger.
 #[derive(Debug, Clone)]
 pub struct NewOutput {
@@ -167,14 +176,7 @@ impl Store {
         .await?;
         let newly_done = res.rows_affected() == 1;
         if newly_done {
-            sqlx::query(
-                "UPDATE tasks SET pending_deps = pending_deps - 1,
-                                  state = CASE WHEN pending_deps = 1 THEN 'ready' ELSE state END
-                 WHERE state = 'waiting' AND id IN (SELECT task_id FROM task_deps WHERE depends_on = $1)",
-            )
-            .bind(task.id)
-            .execute(&mut *tx)
-            .await?;
+            release_dependents(&mut tx, task.id).await?;
         }
         insert_attempts(&mut tx, task, attempts).await?;
         tx.commit().await?;
@@ -199,9 +201,55 @@ impl Store {
         .bind(attempts.len() as i32)
         .execute(&mut *tx)
         .await?;
+        let newly_failed = res.rows_affected() == 1;
+        if newly_failed {
+            // Dependents go ahead without this output (a reasoning prompt then shows the raw item
+            // text instead of a failed item profile) rather than waiting forever.
+            release_dependents(&mut tx, task.id).await?;
+        }
         insert_attempts(&mut tx, task, attempts).await?;
         tx.commit().await?;
-        Ok(res.rows_affected() == 1)
+        Ok(newly_failed)
+    }
+
+    /// Outputs of the tasks `task_id` depends on (text is None where the upstream task failed).
+    pub async fn dependency_outputs(&self, task_id: Uuid) -> Result<Vec<DependencyOutput>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT t.stage, t.user_id, t.item_id, o.text
+             FROM task_deps d JOIN tasks t ON t.id = d.depends_on LEFT JOIN outputs o ON o.key = t.output_key
+             WHERE d.task_id = $1",
+        )
+        .bind(task_id)
+        .fetch_all(self.pool())
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                let stage: String = r.try_get(0)?;
+                Ok(DependencyOutput {
+                    stage: stage.parse().map_err(StoreError::Corrupt)?,
+                    user_id: r.try_get(1)?,
+                    item_id: r.try_get(2)?,
+                    text: r.try_get(3)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Reviews of an item (rating and the stored review object), oldest first.
+    pub async fn item_reviews(
+        &self,
+        dataset_id: i64,
+        item_id: i32,
+    ) -> Result<Vec<(f32, serde_json::Value)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT rating, review FROM interactions
+             WHERE dataset_id = $1 AND item_id = $2 AND review IS NOT NULL ORDER BY ts, user_id",
+        )
+        .bind(dataset_id)
+        .bind(item_id)
+        .fetch_all(self.pool())
+        .await?;
+        rows.into_iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
     }
 
     /// Marks a task of a cancelled run cancelled.
@@ -214,6 +262,20 @@ impl Store {
         .await?;
         Ok(())
     }
+}
+
+/// One upstream task of each dependent is finished: count it down, and make the dependent ready
+/// when nothing is left.
+async fn release_dependents(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, task_id: Uuid) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE tasks SET pending_deps = pending_deps - 1,
+                          state = CASE WHEN pending_deps = 1 THEN 'ready' ELSE state END
+         WHERE state = 'waiting' AND id IN (SELECT task_id FROM task_deps WHERE depends_on = $1)",
+    )
+    .bind(task_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 async fn insert_attempts(

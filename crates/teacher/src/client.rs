@@ -72,6 +72,15 @@ fn snippet(body: &str) -> String {
     s
 }
 
+/// reqwest is built without a bundled crypto provider: install ring, the one provider of this
+/// build, before the first client exists (a no-op when the binary already did).
+fn ensure_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
 impl TeacherClient {
     /// Builds a client. The API key is read from the environment variable the endpoint names;
     /// a missing variable is an error here, at start-up, not at the first task.
@@ -85,6 +94,7 @@ impl TeacherClient {
             },
             None => None,
         };
+        ensure_crypto_provider();
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(endpoint.connect_timeout_secs))
             .timeout(Duration::from_secs(endpoint.timeout_secs))

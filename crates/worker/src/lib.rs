@@ -3,6 +3,7 @@
 //! Layout:
 //! - [`error`]: `WorkerError`, retryable when the store or broker error is.
 //! - [`render`]: builds a task's prompt context from the store and renders its template.
+//! - [`reviews`]: the reviews an item profile sees (verified, sampled by star share).
 //! - [`process`]: one task from id to committed row: reuse by content key, or call the teacher
 //!   with retries, validate, and complete or fail the task in one transaction.
 //! - [`consume`]: the consumer loop: prefetch = concurrency, manual ack after commit,
@@ -12,6 +13,7 @@ pub mod consume;
 pub mod error;
 pub mod process;
 pub mod render;
+pub mod reviews;
 
 pub use consume::{WorkerCounters, run_worker};
 pub use error::WorkerError;

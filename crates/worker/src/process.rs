@@ -5,7 +5,7 @@ use crate::render::render_task;
 use reasonrec_core::attempt::ErrorClass;
 use reasonrec_core::stage::TaskState;
 use reasonrec_core::validate::validate_answer;
-use reasonrec_core::{OutputKey, PromptLibrary};
+use reasonrec_core::{ChatMessage, OutputKey, PromptLibrary};
 use reasonrec_store::Store;
 use reasonrec_store::tasks::NewOutput;
 use reasonrec_teacher::{RetryPolicy, TeacherPool, call_with_retries};
@@ -31,11 +31,22 @@ pub struct TaskProcessor {
     teacher: TeacherPool,
     prompts: Arc<PromptLibrary>,
     policy: RetryPolicy,
+    max_reasks: u32,
 }
 
 impl TaskProcessor {
-    pub fn new(store: Store, teacher: TeacherPool, prompts: Arc<PromptLibrary>, policy: RetryPolicy) -> Self {
-        Self { store, teacher, prompts, policy }
+    pub fn new(
+        store: Store,
+        teacher: TeacherPool,
+        prompts: Arc<PromptLibrary>,
+        policy: RetryPolicy,
+        max_reasks: u32,
+    ) -> Self {
+        Self { store, teacher, prompts, policy, max_reasks }
+    }
+
+    pub fn prompts(&self) -> &PromptLibrary {
+        &self.prompts
     }
 
     pub fn store(&self) -> &Store {
@@ -84,26 +95,48 @@ impl TaskProcessor {
             return Ok(if c.newly_done { Outcome::Completed { reused: true } } else { Outcome::AlreadyDone });
         }
 
-        let (result, mut attempts) = call_with_retries(client, &prompt.messages, &ep.params, self.policy).await;
-        let answer = match result {
-            Ok(a) => a,
-            Err(e) => {
-                let error = format!("teacher {}: {e}", ep.name);
-                tracing::warn!(task_id = %task.id, endpoint = %ep.name, error_class = e.class().as_str(), attempts = attempts.len(), "task failed");
-                self.store.fail_task(&task, &error, &attempts).await?;
-                return Ok(Outcome::Failed { error });
-            }
-        };
-        if let Err(rejection) = validate_answer(task.stage, &answer.text, answer.finish_reason.as_deref()) {
+        // Ask, validate, and re-ask with the validator's reason, up to `max_reasks` times. The
+        // content key stays the one of the original prompt.
+        let mut messages = prompt.messages.clone();
+        let mut attempts = Vec::new();
+        let mut reasks = 0;
+        let answer = loop {
+            let (result, tries) = call_with_retries(client, &messages, &ep.params, self.policy).await;
+            attempts.extend(tries);
+            let answer = match result {
+                Ok(a) => a,
+                Err(e) => {
+                    let error = format!("teacher {}: {e}", ep.name);
+                    tracing::warn!(task_id = %task.id, endpoint = %ep.name, error_class = e.class().as_str(), attempts = attempts.len(), "task failed");
+                    self.store.fail_task(&task, &error, &attempts).await?;
+                    return Ok(Outcome::Failed { error });
+                }
+            };
+            let Err(rejection) = validate_answer(task.stage, &answer.text, answer.finish_reason.as_deref(), task.label)
+            else {
+                break answer;
+            };
             if let Some(last) = attempts.last_mut() {
                 last.error_class = Some(ErrorClass::Rejected);
                 last.error = Some(format!("{}: {}", rejection.code, rejection.message));
             }
-            let raw: String = answer.text.chars().take(2000).collect();
-            let error = format!("answer rejected ({}): {}; raw answer: {raw}", rejection.code, rejection.message);
-            self.store.fail_task(&task, &error, &attempts).await?;
-            return Ok(Outcome::Failed { error });
-        }
+            tracing::debug!(task_id = %task.id, code = rejection.code, reasks, "answer rejected");
+            if reasks >= self.max_reasks {
+                let raw: String = answer.text.chars().take(2000).collect();
+                let error = format!("answer rejected ({}): {}; raw answer: {raw}", rejection.code, rejection.message);
+                self.store.fail_task(&task, &error, &attempts).await?;
+                return Ok(Outcome::Failed { error });
+            }
+            reasks += 1;
+            messages.push(ChatMessage { role: "assistant".into(), content: answer.text });
+            messages.push(ChatMessage {
+                role: "user".into(),
+                content: format!(
+                    "Your answer was not accepted: {}. Answer again, following the instructions above.",
+                    rejection.message
+                ),
+            });
+        };
         let output = NewOutput {
             key,
             stage: task.stage,

@@ -1,12 +1,19 @@
-//! From a task row to a rendered prompt.
+//! From a task row to a rendered prompt, for each stage.
+//!
+//! Item text in prompts = title, year, genres (MovieLens) or title, brand, price, description
+//! (Amazon), plus the item's profile when the item-profile stage wrote one. The user profile is
+//! the user-profile task's output. Both are read through the task's dependency edges, so a
+//! reasoning prompt contains exactly the upstream outputs its task waited for.
 
 use crate::error::WorkerError;
-use reasonrec_core::inputs::ReasoningInput;
+use crate::reviews::{ReviewView, sample_reviews};
+use reasonrec_core::inputs::{HistoryEntry, ItemProfileInput, ReasoningInput, UserProfileInput};
 use reasonrec_core::stage::Stage;
 use reasonrec_core::{CoreError, PromptLibrary, RenderedPrompt};
 use reasonrec_store::Store;
 use reasonrec_store::tasks::{ItemRow, TaskContext};
 use serde::Serialize;
+use std::collections::HashMap;
 
 /// An item as templates see it.
 #[derive(Debug, Clone, Serialize)]
@@ -14,20 +21,58 @@ pub struct ItemView {
     pub title: String,
     pub genres: Vec<String>,
     pub year: Option<i64>,
+    pub tags: Vec<String>,
+    pub brand: Option<String>,
+    pub price: Option<String>,
+    pub description: Option<String>,
+    pub categories: Vec<String>,
+    /// The item's profile (item-profile stage output), when there is one.
+    pub profile: Option<String>,
     pub liked: Option<bool>,
 }
 
-impl ItemView {
-    fn from_row(row: &ItemRow, liked: Option<bool>) -> Self {
-        let genres = row.attrs["genres"]
-            .as_array()
-            .map(|a| a.iter().filter_map(|g| g.as_str().map(str::to_string)).collect())
-            .unwrap_or_default();
-        Self { title: row.title.clone(), genres, year: row.attrs["year"].as_i64(), liked }
+fn strings(v: &serde_json::Value) -> Vec<String> {
+    v.as_array().map(|a| a.iter().filter_map(|g| g.as_str().map(str::to_string)).collect()).unwrap_or_default()
+}
+
+fn text(v: &serde_json::Value) -> Option<String> {
+    match v {
+        serde_json::Value::String(s) if !s.trim().is_empty() => Some(s.trim().to_string()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => None,
     }
 }
 
-#[derive(Debug, Serialize)]
+impl ItemView {
+    fn new(row: &ItemRow, profile: Option<String>, liked: Option<bool>) -> Self {
+        let a = &row.attrs;
+        Self {
+            title: row.title.clone(),
+            genres: strings(&a["genres"]),
+            year: a["year"].as_i64(),
+            tags: strings(&a["tags"]),
+            brand: text(&a["brand"]),
+            price: text(&a["price"]),
+            description: text(&a["description"]),
+            categories: strings(&a["categories"]),
+            profile,
+            liked,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ItemProfileContext {
+    item: ItemView,
+    reviews: Vec<ReviewView>,
+}
+
+#[derive(Serialize)]
+struct UserProfileContext {
+    window: Vec<ItemView>,
+}
+
+#[derive(Serialize)]
 struct ReasoningContext {
     user_profile: Option<String>,
     history: Vec<ItemView>,
@@ -35,32 +80,80 @@ struct ReasoningContext {
     label: bool,
 }
 
-/// Renders `task`'s prompt, reading the items it mentions.
+fn bad_input(task: &TaskContext, e: impl std::fmt::Display) -> CoreError {
+    CoreError::BadMessage(format!("task {} ({}) has a malformed input: {e}", task.id, task.stage))
+}
+
+/// What the renderer needs from the store for one task.
+struct Inputs {
+    items: HashMap<i32, ItemRow>,
+    item_profiles: HashMap<i32, String>,
+    user_profile: Option<String>,
+}
+
+async fn load_inputs(store: &Store, task: &TaskContext, item_ids: &[i32]) -> Result<Inputs, WorkerError> {
+    let items = store.load_items(task.dataset_id, item_ids).await?;
+    let mut item_profiles = HashMap::new();
+    let mut user_profile = None;
+    for dep in store.dependency_outputs(task.id).await? {
+        match (dep.stage, dep.text) {
+            (Stage::ItemProfile, Some(t)) => {
+                if let Some(i) = dep.item_id {
+                    item_profiles.insert(i, t);
+                }
+            }
+            (Stage::UserProfile, Some(t)) => user_profile = Some(t),
+            _ => {}
+        }
+    }
+    Ok(Inputs { items, item_profiles, user_profile })
+}
+
+impl Inputs {
+    fn item(&self, task: &TaskContext, id: i32, liked: Option<bool>) -> Result<ItemView, CoreError> {
+        let row = self.items.get(&id).ok_or_else(|| bad_input(task, format!("item {id} is not in its dataset")))?;
+        Ok(ItemView::new(row, self.item_profiles.get(&id).cloned(), liked))
+    }
+
+    fn window(&self, task: &TaskContext, entries: &[HistoryEntry]) -> Result<Vec<ItemView>, CoreError> {
+        entries.iter().map(|h| self.item(task, h.item, Some(h.liked))).collect()
+    }
+}
+
+/// Renders `task`'s prompt, reading the items it mentions and its upstream outputs.
 pub async fn render_task(
     store: &Store,
     prompts: &PromptLibrary,
     task: &TaskContext,
 ) -> Result<RenderedPrompt, WorkerError> {
-    match task.stage {
-        Stage::Reasoning => {
-            let input: ReasoningInput = serde_json::from_value(task.input.clone())
-                .map_err(|e| CoreError::BadMessage(format!("task {} has a malformed reasoning input: {e}", task.id)))?;
-            let label =
-                task.label.ok_or_else(|| CoreError::BadMessage(format!("reasoning task {} has no label", task.id)))?;
-            let items = store.load_items(task.dataset_id, &input.item_ids()).await?;
-            let get = |id: i32| {
-                items.get(&id).ok_or_else(|| {
-                    CoreError::BadMessage(format!("task {} refers to item {id}, which is not in its dataset", task.id))
-                })
-            };
-            let mut history = Vec::with_capacity(input.history.len());
-            for h in &input.history {
-                history.push(ItemView::from_row(get(h.item)?, Some(h.liked)));
-            }
-            let target = ItemView::from_row(get(input.target)?, None);
-            let ctx = ReasoningContext { user_profile: None, history, target, label };
-            Ok(prompts.render(Stage::Reasoning, task.family.as_str(), &ctx)?)
+    let family = task.family.as_str();
+    let rendered = match task.stage {
+        Stage::ItemProfile => {
+            let input: ItemProfileInput = serde_json::from_value(task.input.clone()).map_err(|e| bad_input(task, e))?;
+            let inputs = load_inputs(store, task, &[input.item]).await?;
+            let reviews = sample_reviews(input.item, &store.item_reviews(task.dataset_id, input.item).await?);
+            let ctx = ItemProfileContext { item: inputs.item(task, input.item, None)?, reviews };
+            prompts.render(Stage::ItemProfile, family, &ctx)?
         }
-        other => Err(CoreError::BadMessage(format!("stage {other} is not generated by this version")).into()),
-    }
+        Stage::UserProfile => {
+            let input: UserProfileInput = serde_json::from_value(task.input.clone()).map_err(|e| bad_input(task, e))?;
+            let ids: Vec<i32> = input.window.iter().map(|h| h.item).collect();
+            let inputs = load_inputs(store, task, &ids).await?;
+            let ctx = UserProfileContext { window: inputs.window(task, &input.window)? };
+            prompts.render(Stage::UserProfile, family, &ctx)?
+        }
+        Stage::Reasoning => {
+            let input: ReasoningInput = serde_json::from_value(task.input.clone()).map_err(|e| bad_input(task, e))?;
+            let label = task.label.ok_or_else(|| bad_input(task, "no label"))?;
+            let inputs = load_inputs(store, task, &input.item_ids()).await?;
+            let ctx = ReasoningContext {
+                user_profile: inputs.user_profile.clone(),
+                history: inputs.window(task, &input.history)?,
+                target: inputs.item(task, input.target, None)?,
+                label,
+            };
+            prompts.render(Stage::Reasoning, family, &ctx)?
+        }
+    };
+    Ok(rendered)
 }

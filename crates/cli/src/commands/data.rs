@@ -1,8 +1,9 @@
 //! `migrate`, `ingest`, `dataset generate`.
 
 use super::connect_store;
-use crate::cli::{GenerateArgs, IngestArgs};
+use crate::cli::{GenerateArgs, IngestArgs, StatsArgs};
 use anyhow::{Context, bail};
+use futures::TryStreamExt;
 use reasonrec_core::Settings;
 use reasonrec_core::settings::redact_url;
 use reasonrec_dataset::generate::{GenerateSpec, generate_ml1m};
@@ -75,5 +76,39 @@ pub fn generate(a: GenerateArgs) -> anyhow::Result<ExitCode> {
     };
     let g = generate_ml1m(&a.out, spec)?;
     println!("wrote {} users, {} items, {} ratings to {}", g.users, g.items, g.ratings, a.out.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn stats(settings: &Settings, a: StatsArgs) -> anyhow::Result<ExitCode> {
+    let store = connect_store(settings).await?;
+    let ds = store.find_dataset(&a.dataset, a.version).await?;
+    let histogram = store.rating_histogram(ds.id).await?;
+    let threshold = settings.sampling.like_threshold;
+    let total: i64 = histogram.iter().map(|(_, n)| n).sum();
+    let likes: i64 = histogram.iter().filter(|(r, _)| *r > threshold).map(|(_, n)| n).sum();
+    let pairs: Vec<(i32, i32)> =
+        store.stream_interactions(ds.id).map_ok(|r| (r.user_id, r.item_id)).try_collect().await?;
+    let kcores: Vec<_> = [5, 10, 20].into_iter().map(|k| reasonrec_dataset::stats::kcore(&pairs, k)).collect();
+    let like_share = if total > 0 { likes as f64 / total as f64 } else { 0.0 };
+    if a.json {
+        let hist: Vec<_> = histogram.iter().map(|(r, n)| serde_json::json!({"rating": r, "count": n})).collect();
+        println!(
+            "{}",
+            serde_json::json!({
+                "dataset": ds.name, "version": ds.version, "format": ds.format, "family": ds.family,
+                "users": ds.n_users, "items": ds.n_items, "interactions": ds.n_interactions,
+                "rating_histogram": hist, "like_threshold": threshold, "like_share": like_share, "k_cores": kcores,
+            })
+        );
+    } else {
+        println!("dataset {:?} v{} ({}, {})", ds.name, ds.version, ds.format, ds.family);
+        println!("  users {}  items {}  interactions {}", ds.n_users, ds.n_items, ds.n_interactions);
+        let parts: Vec<String> = histogram.iter().map(|(r, n)| format!("{r}: {n}")).collect();
+        println!("  ratings  {}", parts.join("  "));
+        println!("  like share (rating > {threshold}) {:.1} %", like_share * 100.0);
+        for c in kcores {
+            println!("  {}-core: {} users, {} items, {} interactions", c.k, c.users, c.items, c.interactions);
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }

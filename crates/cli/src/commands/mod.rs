@@ -25,6 +25,7 @@ pub async fn dispatch(args: Cli) -> anyhow::Result<ExitCode> {
         Command::Migrate => data::migrate(&settings).await,
         Command::Ingest(a) => data::ingest(&settings, a).await,
         Command::Dataset(DatasetCommand::Generate(a)) => data::generate(a),
+        Command::Dataset(DatasetCommand::Stats(a)) => data::stats(&settings, a).await,
         Command::Run(RunCommand::Create(a)) => run::create(&settings, a).await,
         Command::Run(RunCommand::Status(a)) => run::status(&settings, a).await,
         Command::Coordinator => run::coordinator(&settings).await,

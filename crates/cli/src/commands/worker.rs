@@ -20,8 +20,13 @@ pub async fn worker(mut settings: Settings, a: WorkerArgs) -> anyhow::Result<Exi
     let store = connect_store(&settings).await?;
     // Workers never migrate; they refuse to start on an old schema.
     store.ensure_migrated().await?;
-    let processor =
-        TaskProcessor::new(store, teacher, Arc::new(prompts), RetryPolicy::from_settings(&settings.teacher));
+    let processor = TaskProcessor::new(
+        store,
+        teacher,
+        Arc::new(prompts),
+        RetryPolicy::from_settings(&settings.teacher),
+        settings.stages.max_reasks,
+    );
     let counters = Arc::new(WorkerCounters::default());
     let stop = crate::signals::shutdown_token();
     tracing::info!(worker = %name, concurrency = settings.worker.concurrency, "worker starting");

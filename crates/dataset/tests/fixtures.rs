@@ -1,0 +1,131 @@
+//! Every loader on its hand-written fixture (tests/fixtures/<format>), awkward cases included.
+
+use reasonrec_core::data::{Family, NewDataset};
+use std::path::PathBuf;
+
+fn fixture(format: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(format)
+}
+
+fn load(format: &str) -> NewDataset {
+    match reasonrec_dataset::load(format, &fixture(format), "fx") {
+        Ok(ds) => ds,
+        Err(e) => panic!("{format}: {e}"),
+    }
+}
+
+fn title_of(ds: &NewDataset, ext: &str) -> String {
+    ds.items.iter().find(|i| i.ext_id == ext).map(|i| i.title.clone()).unwrap_or_default()
+}
+
+#[test]
+fn ml_1m() {
+    let ds = load("ml-1m");
+    assert_eq!((ds.users.len(), ds.items.len(), ds.interactions.len()), (3, 3, 6));
+    assert_eq!(title_of(&ds, "2"), "Cité des enfants perdus, La (1995)", "Latin-1 decoded");
+    assert_eq!(ds.family, Family::Movielens);
+}
+
+#[test]
+fn ml_100k() {
+    let ds = load("ml-100k");
+    assert_eq!((ds.users.len(), ds.items.len(), ds.interactions.len()), (2, 2, 3));
+    assert_eq!(title_of(&ds, "2"), "Cité des enfants perdus, La (1995)");
+    assert_eq!(ds.items[1].attrs["genres"], serde_json::json!(["Adventure", "Sci-Fi"]));
+    assert_eq!(ds.source["duplicates_dropped"], 1);
+}
+
+#[test]
+fn ml_latest() {
+    let ds = load("ml-latest");
+    assert_eq!((ds.users.len(), ds.items.len(), ds.interactions.len()), (2, 3, 4));
+    assert_eq!(title_of(&ds, "2"), "American President, The (1995)", "quoted comma");
+    assert_eq!(title_of(&ds, "3"), "Film with \"quotes\" (2001)", "escaped quotes");
+    assert_eq!(ds.items[2].attrs["genres"], serde_json::json!([]), "(no genres listed) is no genre");
+    assert_eq!(ds.items[0].attrs["tags"], serde_json::json!(["pixar"]), "tags folded case-insensitively");
+    assert_eq!(ds.items[1].attrs["tags"], serde_json::json!(["politics, romance"]));
+    assert_eq!(ds.interactions.iter().find(|r| r.item_id == 2).map(|r| r.rating), Some(0.5));
+    assert_eq!(ds.source["duplicates_dropped"], 1);
+}
+
+#[test]
+fn amazon() {
+    let ds = load("amazon");
+    assert_eq!((ds.users.len(), ds.items.len(), ds.interactions.len()), (2, 3, 3));
+    assert_eq!(ds.family, Family::Amazon);
+    let boot = &ds.items[0];
+    assert_eq!(boot.attrs["description"], "Full-grain leather. Rubber sole.", "description list joined");
+    assert_eq!(boot.attrs["price"], "$49.99");
+    assert_eq!(boot.attrs["categories"], serde_json::json!(["Clothing, Shoes & Jewelry", "Women", "Shoes"]));
+    let scarf = &ds.items[1];
+    assert_eq!(scarf.title, "Silk Scarf – Floral");
+    assert_eq!(scarf.attrs["description"], "A light silk scarf with a floral print.");
+    assert_eq!(
+        scarf.attrs["categories"],
+        serde_json::json!(["Clothing, Shoes & Jewelry", "Accessories"]),
+        "nested categories"
+    );
+    assert_eq!(scarf.attrs["price"], serde_json::Value::Null, "empty price is no price");
+    let belt = &ds.items[2];
+    assert_eq!((belt.ext_id.as_str(), belt.title.as_str()), ("B003", "B003"), "no meta: the asin stands in");
+    assert_eq!(belt.attrs["meta"], false);
+    let first = &ds.interactions[0];
+    assert_eq!(first.review.as_ref().map(|r| r["summary"].clone()), Some(serde_json::json!("Great boots")));
+    assert_eq!(ds.source["duplicates_dropped"], 1);
+}
+
+#[test]
+fn generic_jsonl() {
+    let ds = load("jsonl");
+    assert_eq!((ds.users.len(), ds.items.len(), ds.interactions.len()), (2, 2, 2));
+    assert_eq!(ds.family, Family::Generic);
+    assert_eq!(ds.users[0].attrs["country"], "DE");
+    assert_eq!(ds.items[1].ext_id, "2", "integer ids become strings");
+    assert_eq!(ds.interactions[1].ts, 1_700_000_100, "string timestamps parse");
+}
+
+#[test]
+fn errors_name_file_line_and_field_in_every_format() {
+    let dir = std::env::temp_dir().join(format!("rr-fx-{}", std::process::id()));
+    let copy = |format: &str| {
+        let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::create_dir_all(&dir);
+        for e in std::fs::read_dir(fixture(format)).into_iter().flatten().flatten() {
+            let _ = std::fs::copy(e.path(), dir.join(e.file_name()));
+        }
+    };
+    let err =
+        |format: &str| reasonrec_dataset::load(format, &dir, "x").err().map(|e| e.to_string()).unwrap_or_default();
+
+    copy("ml-latest");
+    let _ = std::fs::write(
+        dir.join("ratings.csv"),
+        "userId,movieId,rating,timestamp\n1,1,4.0,964982703\n1,9,3.0,964982704\n",
+    );
+    assert!(
+        err("ml-latest").ends_with("ratings.csv:3: field `movieId`: movie \"9\" is not in movies.csv"),
+        "{}",
+        err("ml-latest")
+    );
+    let _ = std::fs::write(dir.join("ratings.csv"), "user,movie,rating,timestamp\n");
+    assert!(err("ml-latest").contains("ratings.csv:1: field `header`"), "{}", err("ml-latest"));
+
+    copy("amazon");
+    let _ = std::fs::write(
+        dir.join("reviews.jsonl"),
+        "{\"reviewerID\":\"A\",\"asin\":\"B001\",\"overall\":\"five\",\"unixReviewTime\":1}\n",
+    );
+    assert!(err("amazon").contains("reviews.jsonl:1: field `overall`"), "{}", err("amazon"));
+    let _ = std::fs::write(dir.join("reviews.jsonl"), "\n{\"reviewerID\": \"A\", \n");
+    assert!(err("amazon").contains("reviews.jsonl:2: field `json`"), "{}", err("amazon"));
+
+    copy("jsonl");
+    let _ = std::fs::write(dir.join("items.jsonl"), "{\"id\": \"p1\"}\n");
+    assert!(err("jsonl").contains("items.jsonl:1: field `title`"), "{}", err("jsonl"));
+
+    copy("ml-100k");
+    let _ = std::fs::write(dir.join("u.data"), "1\t1\t5\n");
+    assert!(err("ml-100k").contains("u.data:1: field `timestamp`"), "{}", err("ml-100k"));
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(reasonrec_dataset::load("csv", &dir, "x").is_err());
+}

@@ -31,20 +31,31 @@ pub struct Outbox {
     store: Store,
     publisher: Publisher,
     batch: usize,
+    max_outstanding: usize,
 }
 
 impl Outbox {
     pub async fn new(store: Store, broker: &Broker) -> Result<Self, CoordinatorError> {
         let publisher = Publisher::new(broker).await?;
-        Ok(Self { store, publisher, batch: broker.settings().publish_batch.max(1) })
+        let max_outstanding = reasonrec_core::settings::CoordinatorSettings::default().max_outstanding;
+        Ok(Self { store, publisher, batch: broker.settings().publish_batch.max(1), max_outstanding })
+    }
+
+    /// Caps published-but-unfinished tasks per run (`coordinator.max_outstanding`).
+    pub fn with_max_outstanding(mut self, n: usize) -> Self {
+        self.max_outstanding = n.max(1);
+        self
     }
 
     /// One pass over a run's ready tasks, in pages of `publish_batch`.
     pub async fn pump(&self, run_id: Uuid) -> Result<PumpReport, CoordinatorError> {
         let mut report = PumpReport::default();
+        let outstanding = self.store.outstanding_tasks(run_id).await?.max(0) as usize;
+        let mut room = self.max_outstanding.saturating_sub(outstanding);
         let mut after = Uuid::nil();
-        loop {
-            let page = self.store.ready_tasks(run_id, after, self.batch as i64).await?;
+        while room > 0 {
+            let want = self.batch.min(room);
+            let page = self.store.ready_tasks(run_id, after, want as i64).await?;
             let Some(&(last, _)) = page.last() else { break };
             after = last;
             let messages: Vec<TaskMessage> =
@@ -57,7 +68,9 @@ impl Outbox {
                 nacked: r.nacked as u64,
                 returned: r.returned as u64,
             });
-            if page.len() < self.batch {
+            room = room.saturating_sub(r.confirmed.len());
+            // Stop when no more are ready, or when the broker refused the whole batch.
+            if page.len() < want || r.confirmed.is_empty() {
                 break;
             }
         }

@@ -255,11 +255,15 @@ pub struct CoordinatorSettings {
     pub poll_interval_ms: u64,
     /// Tasks inserted per planning statement.
     pub plan_batch: usize,
+    /// At most this many tasks of a run are published and not yet finished. Ready tasks go out
+    /// in creation order (user by user), so downstream tasks that become ready are published
+    /// ahead of the rest of the backlog, and the broker never holds a whole large run.
+    pub max_outstanding: usize,
 }
 
 impl Default for CoordinatorSettings {
     fn default() -> Self {
-        Self { poll_interval_ms: 250, plan_batch: 5000 }
+        Self { poll_interval_ms: 250, plan_batch: 5000, max_outstanding: 20_000 }
     }
 }
 

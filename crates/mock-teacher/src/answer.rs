@@ -54,7 +54,9 @@ pub fn parse(prompt: &str) -> Parsed {
         if section.starts_with("target") && p.target.is_none() {
             p.target = q.first().cloned();
         }
-        if section.starts_with("known outcome") {
+        // The first outcome line counts: a re-ask appends the validator's message, which also
+        // says "will like" / "will dislike".
+        if section.starts_with("known outcome") && outcome.is_none() {
             let upper = t.to_uppercase();
             if upper.contains("WILL DISLIKE") {
                 outcome = Some(false);

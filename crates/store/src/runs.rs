@@ -197,6 +197,14 @@ impl Store {
             .collect()
     }
 
+    /// Tasks of a run that are published and not finished.
+    pub async fn outstanding_tasks(&self, run_id: Uuid) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar("SELECT count(*) FROM tasks WHERE run_id = $1 AND state = 'published'")
+            .bind(run_id)
+            .fetch_one(self.pool())
+            .await?)
+    }
+
     /// Marks tasks published. Called only with ids whose publish the broker confirmed.
     /// Only `ready` rows move: a task a worker already finished stays done.
     pub async fn mark_published(&self, ids: &[Uuid]) -> Result<u64, StoreError> {

@@ -22,7 +22,8 @@ pub async fn create(settings: &Settings, a: RunCreateArgs) -> anyhow::Result<Exi
     let mut final_state = None;
     if !a.no_publish {
         let broker = connect_broker(settings, "reasonrec-coordinator").await?;
-        let outbox = Outbox::new(store.clone(), &broker).await?;
+        let outbox =
+            Outbox::new(store.clone(), &broker).await?.with_max_outstanding(settings.coordinator.max_outstanding);
         published = outbox.pump(plan.run_id).await?.published;
         if !a.json {
             println!("published {published} tasks");
@@ -61,7 +62,7 @@ pub async fn coordinator(settings: &Settings) -> anyhow::Result<ExitCode> {
     let store = connect_store(settings).await?;
     store.migrate().await?;
     let broker = connect_broker(settings, "reasonrec-coordinator").await?;
-    let outbox = Outbox::new(store, &broker).await?;
+    let outbox = Outbox::new(store, &broker).await?.with_max_outstanding(settings.coordinator.max_outstanding);
     let stop = crate::signals::shutdown_token();
     tracing::info!("coordinator serving running runs");
     outbox.serve(Duration::from_millis(settings.coordinator.poll_interval_ms), stop.cancelled_owned()).await?;

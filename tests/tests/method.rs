@@ -1,0 +1,192 @@
+//! The ReasoningRec method end to end: item profiles -> user profiles -> reasoning, with the
+//! answers validated against the stated label and re-asked when they contradict it.
+
+use reasonrec_coordinator::{Outbox, create_run};
+use reasonrec_core::validate::argued_outcome;
+use reasonrec_core::{OutputKey, prompt::clean_data};
+use reasonrec_mock_teacher::MockConfig;
+use reasonrec_tests::{TestEnv, count};
+use sqlx::Row;
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_stages_every_reasoning_saw_its_user_profile_and_item_profiles() -> anyhow::Result<()> {
+    let mut env = TestEnv::with_mock(MockConfig { latency_ms: 30, ..MockConfig::default() }).await?;
+    env.full_method();
+    env.settings.sampling.max_users = 60;
+    env.ingest_sample().await?;
+    let plan = create_run(&env.store, &env.settings, "sample").await?;
+    assert_eq!(plan.by_stage.get("user_profile"), Some(&60));
+    assert_eq!(plan.by_stage.get("reasoning"), Some(&180), "train, validation and test per user");
+    let run = plan.run_id;
+    let s = &env.store;
+    // One item profile per distinct item in any window.
+    let windows_items: i64 = sqlx::query_scalar(
+        "SELECT count(DISTINCT i) FROM (
+            SELECT (h->>'item')::int AS i FROM tasks, jsonb_array_elements(input->'window') h WHERE run_id = $1 AND stage = 'user_profile'
+            UNION ALL SELECT (h->>'item')::int FROM tasks, jsonb_array_elements(input->'history') h WHERE run_id = $1 AND stage = 'reasoning'
+            UNION ALL SELECT item_id FROM tasks WHERE run_id = $1 AND stage = 'reasoning') x",
+    )
+    .bind(run)
+    .fetch_one(s.pool())
+    .await?;
+    assert_eq!(plan.by_stage.get("item_profile").copied(), Some(windows_items as u64));
+    assert_eq!(
+        count(s, "SELECT count(*) FROM tasks WHERE run_id = $1 AND state = 'ready' AND stage <> 'item_profile'", run)
+            .await?,
+        0
+    );
+
+    let broker = env.broker().await?;
+    // A small backlog cap so the run behaves like a large one: ready tasks go out user by user.
+    let outbox = Outbox::new(env.store.clone(), &broker).await?.with_max_outstanding(64);
+    let (w1, w2) = (env.spawn_worker("w1")?, env.spawn_worker("w2")?);
+    let state = tokio::time::timeout(Duration::from_secs(120), outbox.drive(run, Duration::from_millis(50))).await??;
+    assert_eq!(state, "completed");
+    w1.shutdown().await?;
+    w2.shutdown().await?;
+    assert_eq!(count(s, "SELECT count(*) FROM tasks WHERE run_id = $1 AND state <> 'done'", run).await?, 0);
+
+    // Dependencies were respected, and there was no barrier between stages: reasoning started
+    // while item profiles were still being written.
+    assert_eq!(
+        count(
+            s,
+            "SELECT count(*) FROM task_deps d JOIN tasks a ON a.id = d.task_id JOIN tasks b ON b.id = d.depends_on
+                  WHERE a.run_id = $1 AND a.published_at < b.done_at",
+            run
+        )
+        .await?,
+        0,
+        "no task was published before everything it depends on was done"
+    );
+    let overlap: bool = sqlx::query_scalar(
+        "SELECT (SELECT min(published_at) FROM tasks WHERE run_id = $1 AND stage = 'reasoning')
+              < (SELECT max(done_at) FROM tasks WHERE run_id = $1 AND stage = 'item_profile')",
+    )
+    .bind(run)
+    .fetch_one(s.pool())
+    .await?;
+    assert!(overlap, "the first reasoning tasks ran before the last item profile was written");
+
+    // Re-render every reasoning prompt: it contains the user's profile and the profile of every
+    // item it mentions, and its content key is the stored one (the answer was made from it).
+    let processor = env.processor()?;
+    let ep = &env.settings.teacher.endpoints[0];
+    let ids: Vec<uuid::Uuid> = sqlx::query_scalar("SELECT id FROM tasks WHERE run_id = $1 AND stage = 'reasoning'")
+        .bind(run)
+        .fetch_all(s.pool())
+        .await?;
+    for id in ids {
+        let task = s.load_task(id).await?;
+        let prompt = reasonrec_worker::render::render_task(s, processor.prompts(), &task).await?;
+        let key = OutputKey::compute(task.stage, &prompt, &ep.model, &ep.params);
+        let stored: Vec<u8> =
+            sqlx::query_scalar("SELECT output_key FROM tasks WHERE id = $1").bind(id).fetch_one(s.pool()).await?;
+        assert_eq!(key.as_bytes(), stored.as_slice(), "task {id}: stored answer was made from this prompt");
+        let text = prompt.messages.iter().map(|m| m.content.as_str()).collect::<Vec<_>>().join("\n");
+        let deps = sqlx::query(
+            "SELECT t.stage, o.text FROM task_deps d JOIN tasks t ON t.id = d.depends_on JOIN outputs o ON o.key = t.output_key
+             WHERE d.task_id = $1",
+        )
+        .bind(id)
+        .fetch_all(s.pool())
+        .await?;
+        let history_len = task.input["history"].as_array().map_or(0, Vec::len);
+        let mut items = 0;
+        for d in &deps {
+            let (stage, out): (String, String) = (d.try_get(0)?, d.try_get(1)?);
+            let cap = if stage == "user_profile" { 1500 } else { 400 };
+            assert!(text.contains(&clean_data(&out, cap)), "task {id}: {stage} output missing from the prompt");
+            items += usize::from(stage == "item_profile");
+        }
+        assert!(deps.iter().any(|d| d.try_get::<String, _>(0).is_ok_and(|s| s == "user_profile")));
+        assert!(items >= 1 && items <= history_len + 1);
+    }
+    assert_eq!(env.mock.stats().by_kind.get("user_profile"), Some(&60));
+    broker.close().await;
+    env.cleanup().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_that_contradict_the_label_are_re_asked_and_never_stored() -> anyhow::Result<()> {
+    let mut env = TestEnv::with_mock(MockConfig { rate_contradict: 0.3, seed: 5, ..MockConfig::default() }).await?;
+    env.settings.sampling.max_users = 40;
+    env.settings.stages.max_reasks = 3;
+    env.ingest_sample().await?;
+    let plan = create_run(&env.store, &env.settings, "sample").await?;
+    let broker = env.broker().await?;
+    let outbox = Outbox::new(env.store.clone(), &broker).await?;
+    let w = env.spawn_worker("w")?;
+    let state =
+        tokio::time::timeout(Duration::from_secs(60), outbox.drive(plan.run_id, Duration::from_millis(50))).await??;
+    assert_eq!(state, "completed");
+    w.shutdown().await?;
+    let s = &env.store;
+    let contradictions = env.mock.stats().contradictions;
+    assert!(contradictions > 0, "the mock contradicted some answers");
+    let status = reasonrec_coordinator::status::run_status(s, plan.run_id).await?;
+    let rejected = status.counts.rejections.get("reasoning").and_then(|m| m.get("label_contradiction")).copied();
+    assert_eq!(rejected, Some(contradictions as i64), "every contradiction was caught and counted");
+    // What was stored argues for the true label.
+    let rows =
+        sqlx::query("SELECT t.label, o.text FROM tasks t JOIN outputs o ON o.key = t.output_key WHERE t.run_id = $1")
+            .bind(plan.run_id)
+            .fetch_all(s.pool())
+            .await?;
+    assert!(!rows.is_empty());
+    for r in &rows {
+        let (label, text): (bool, String) = (r.try_get(0)?, r.try_get(1)?);
+        assert_eq!(argued_outcome(&text), Some(label), "{text}");
+    }
+    // A task fails only after 1 + 3 rejected answers, with the raw answer kept.
+    let failed = count(s, "SELECT count(*) FROM tasks WHERE run_id = $1 AND state = 'failed'", plan.run_id).await?;
+    assert_eq!(
+        count(
+            s,
+            "SELECT count(*) FROM tasks WHERE run_id = $1 AND state = 'failed' AND attempts = 4
+                  AND last_error LIKE 'answer rejected (label_contradiction)%raw answer: Summary:%'",
+            plan.run_id
+        )
+        .await?,
+        failed
+    );
+    assert_eq!(rows.len() as i64 + failed, 40);
+    broker.close().await;
+    env.cleanup().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_profile_stages_off_reasoning_sees_raw_item_text() -> anyhow::Result<()> {
+    let mut env = TestEnv::new().await?;
+    env.full_method();
+    env.settings.stages.item_profile = false;
+    env.settings.stages.user_profile = false;
+    env.settings.sampling.max_users = 10;
+    env.ingest_sample().await?;
+    let plan = create_run(&env.store, &env.settings, "sample").await?;
+    assert_eq!(plan.by_stage.keys().collect::<Vec<_>>(), vec!["reasoning"]);
+    assert_eq!(plan.tasks, 30);
+    assert_eq!(
+        count(
+            &env.store,
+            "SELECT count(*) FROM task_deps d JOIN tasks t ON t.id = d.task_id WHERE t.run_id = $1",
+            plan.run_id
+        )
+        .await?,
+        0
+    );
+    let broker = env.broker().await?;
+    let outbox = Outbox::new(env.store.clone(), &broker).await?;
+    let w = env.spawn_worker("w")?;
+    let state =
+        tokio::time::timeout(Duration::from_secs(60), outbox.drive(plan.run_id, Duration::from_millis(50))).await??;
+    assert_eq!(state, "completed");
+    w.shutdown().await?;
+    assert_eq!(
+        count(&env.store, "SELECT count(*) FROM tasks WHERE run_id = $1 AND state = 'done'", plan.run_id).await?,
+        30
+    );
+    broker.close().await;
+    env.cleanup().await
+}

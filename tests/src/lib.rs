@@ -12,8 +12,8 @@ use reasonrec_core::settings::{EndpointSettings, QueueType, Settings};
 use reasonrec_mock_teacher::{MockConfig, MockHandle};
 use reasonrec_queue::Broker;
 use reasonrec_store::Store;
-use reasonrec_teacher::{RetryPolicy, TeacherPool};
-use reasonrec_worker::{TaskProcessor, WorkerCounters, run_worker};
+use reasonrec_teacher::TeacherPool;
+use reasonrec_worker::{ProcessorOptions, TaskProcessor, WorkerCounters, run_worker};
 use sqlx::Connection;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -123,8 +123,7 @@ impl TestEnv {
             self.store.clone(),
             pool,
             Arc::new(prompts),
-            RetryPolicy::from_settings(&self.settings.teacher),
-            self.settings.stages.max_reasks,
+            ProcessorOptions::from_settings(&self.settings),
         ))
     }
 

@@ -76,3 +76,32 @@ async fn a_bad_line_names_file_line_and_field_and_writes_nothing() -> anyhow::Re
     assert_eq!(n, 300);
     env.cleanup().await
 }
+
+#[tokio::test]
+async fn deleting_a_version_removes_its_rows_and_is_refused_while_a_run_uses_it() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let id = env.ingest_sample().await?;
+    let dir = tmp_dir("del");
+    generate_ml1m(&dir, GenerateSpec { users: 10, items: 20, ..GenerateSpec::default() })?;
+    let other = env.store.ingest_dataset(&reasonrec_dataset::load("ml-1m", &dir, "other")?).await?.dataset_id();
+    let _ = std::fs::remove_dir_all(&dir);
+    env.store.delete_dataset(other).await?;
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM interactions WHERE dataset_id = $1")
+        .bind(other)
+        .fetch_one(env.store.pool())
+        .await?;
+    assert_eq!(left, 0);
+    let sample_rows: i64 = sqlx::query_scalar("SELECT count(*) FROM interactions WHERE dataset_id = $1")
+        .bind(id)
+        .fetch_one(env.store.pool())
+        .await?;
+    assert!(sample_rows > 0, "the other dataset is untouched");
+    reasonrec_coordinator::create_run(&env.store, &env.settings, "sample").await?;
+    assert!(env.store.delete_dataset(id).await.is_err(), "a run still refers to it");
+    let kept: i64 = sqlx::query_scalar("SELECT count(*) FROM interactions WHERE dataset_id = $1")
+        .bind(id)
+        .fetch_one(env.store.pool())
+        .await?;
+    assert_eq!(kept, sample_rows, "the refused delete rolled back whole");
+    env.cleanup().await
+}

@@ -190,3 +190,123 @@ async fn with_profile_stages_off_reasoning_sees_raw_item_text() -> anyhow::Resul
     broker.close().await;
     env.cleanup().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amazon_items_are_profiled_from_their_reviews_and_reasoning_uses_k_4() -> anyhow::Result<()> {
+    let mut env = TestEnv::new().await?;
+    env.full_method();
+    env.settings.sampling.history_len = 0; // the family default: 4 for Amazon
+    env.settings.sampling.profile_window = 5;
+    let dir = std::env::temp_dir().join(format!("rr-amz-{}", uuid::Uuid::new_v4().simple()));
+    let spec =
+        reasonrec_dataset::generate::GenerateSpec { users: 25, items: 60, min_ratings: 8, max_ratings: 14, seed: 9 };
+    reasonrec_dataset::generate::generate_amazon(&dir, spec)?;
+    let ds = reasonrec_dataset::load("amazon", &dir, "amz")?;
+    let _ = std::fs::remove_dir_all(&dir);
+    env.store.ingest_dataset(&ds).await?;
+    let plan = create_run(&env.store, &env.settings, "amz").await?;
+    let s = &env.store;
+    assert_eq!(
+        count(s, "SELECT max(jsonb_array_length(input->'history'))::int8 FROM tasks WHERE run_id = $1 AND stage = 'reasoning'", plan.run_id).await?,
+        4
+    );
+    let broker = env.broker().await?;
+    let outbox = Outbox::new(env.store.clone(), &broker).await?;
+    let w = env.spawn_worker("w")?;
+    let state =
+        tokio::time::timeout(Duration::from_secs(90), outbox.drive(plan.run_id, Duration::from_millis(50))).await??;
+    assert_eq!(state, "completed");
+    w.shutdown().await?;
+    assert_eq!(count(s, "SELECT count(*) FROM tasks WHERE run_id = $1 AND state <> 'done'", plan.run_id).await?, 0);
+    // An item profile prompt carries the item's sampled reviews.
+    let processor = env.processor()?;
+    let id: uuid::Uuid = sqlx::query_scalar(
+        "SELECT t.id FROM tasks t JOIN runs r ON r.id = t.run_id JOIN items i ON i.dataset_id = r.dataset_id AND i.id = t.item_id
+         WHERE t.run_id = $1 AND t.stage = 'item_profile' AND i.attrs->>'meta' = 'true' LIMIT 1",
+    )
+    .bind(plan.run_id)
+    .fetch_one(s.pool())
+    .await?;
+    let task = s.load_task(id).await?;
+    let prompt = reasonrec_worker::render::render_task(s, processor.prompts(), &task).await?;
+    assert_eq!(prompt.template, "item_profile.amazon");
+    let text = &prompt.messages[1].content;
+    assert!(text.contains("## Reviews") && text.contains("stars: «") && text.contains("Brand: "), "{text}");
+    broker.close().await;
+    env.cleanup().await
+}
+
+#[tokio::test]
+async fn balanced_labels_give_each_split_as_many_likes_as_dislikes() -> anyhow::Result<()> {
+    let mut env = TestEnv::new().await?;
+    env.full_method();
+    env.settings.stages.item_profile = false;
+    env.settings.stages.user_profile = false;
+    env.settings.sampling.balance_labels = true;
+    env.settings.sampling.seed = 3;
+    env.ingest_sample().await?;
+    let plan = create_run(&env.store, &env.settings, "sample").await?;
+    assert!(plan.dropped_for_balance > 0, "the sample is not balanced by itself");
+    for split in ["train", "validation", "test"] {
+        let (likes, dislikes) = plan.labels.get(split).copied().unwrap_or_default();
+        assert_eq!(likes, dislikes, "{split}");
+        assert!(likes > 50, "{split}: {likes}");
+        let db: i64 = sqlx::query_scalar(
+            "SELECT count(*) FILTER (WHERE label) - count(*) FILTER (WHERE NOT label) FROM tasks WHERE run_id = $1 AND split = $2",
+        )
+        .bind(plan.run_id)
+        .bind(split)
+        .fetch_one(env.store.pool())
+        .await?;
+        assert_eq!(db, 0, "{split} in the database");
+    }
+    // Same seed, same selection.
+    let again = create_run(&env.store, &env.settings, "sample").await?;
+    let subjects = |run: uuid::Uuid| {
+        sqlx::query_scalar::<_, String>("SELECT subject FROM tasks WHERE run_id = $1 ORDER BY subject")
+            .bind(run)
+            .fetch_all(env.store.pool())
+    };
+    assert_eq!(subjects(plan.run_id).await?, subjects(again.run_id).await?);
+    env.cleanup().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prompts_over_the_word_cap_are_truncated_or_dropped_and_counted() -> anyhow::Result<()> {
+    let mut env = TestEnv::new().await?;
+    env.settings.sampling.max_users = 20;
+    env.settings.sampling.max_prompt_words = 170;
+    env.ingest_sample().await?;
+    let plan = create_run(&env.store, &env.settings, "sample").await?;
+    let broker = env.broker().await?;
+    let outbox = Outbox::new(env.store.clone(), &broker).await?;
+    let w = env.spawn_worker("w")?;
+    let state =
+        tokio::time::timeout(Duration::from_secs(60), outbox.drive(plan.run_id, Duration::from_millis(50))).await??;
+    assert_eq!(state, "completed");
+    w.shutdown().await?;
+    let status = reasonrec_coordinator::status::run_status(&env.store, plan.run_id).await?;
+    assert_eq!(status.done, 20);
+    assert!(status.counts.truncated_prompts > 0, "10-item histories do not fit 170 words");
+    assert_eq!(
+        count(&env.store, "SELECT count(*) FROM tasks WHERE run_id = $1 AND history_truncated > 0", plan.run_id)
+            .await?,
+        status.counts.truncated_prompts
+    );
+
+    // Drop: a cap below the fixed instructions leaves nothing to send; no teacher call is made.
+    env.settings.sampling.max_prompt_words = 40;
+    env.settings.sampling.overlong = reasonrec_core::settings::Overlong::Drop;
+    let before = env.mock.stats().requests;
+    let plan = create_run(&env.store, &env.settings, "sample").await?;
+    let w = env.spawn_worker("w2")?;
+    let state =
+        tokio::time::timeout(Duration::from_secs(60), outbox.drive(plan.run_id, Duration::from_millis(50))).await??;
+    assert_eq!(state, "completed");
+    w.shutdown().await?;
+    let status = reasonrec_coordinator::status::run_status(&env.store, plan.run_id).await?;
+    assert_eq!((status.failed, status.counts.dropped_overlong), (20, 20));
+    assert_eq!(env.mock.stats().requests, before, "dropped prompts never reach the teacher");
+    broker.close().await;
+    env.cleanup().await
+}

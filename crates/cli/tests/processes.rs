@@ -114,3 +114,27 @@ fn ingest_reports_a_bad_line_with_file_line_and_field() -> anyhow::Result<()> {
     assert!(err.contains("ratings.dat:2: field `timestamp`"), "{err}");
     Ok(())
 }
+
+#[tokio::test]
+async fn dataset_stats_reports_counts_histogram_like_share_and_k_cores() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    env.ingest_sample().await?;
+    let config = write_config(&env, 4)?;
+    let out = Command::new(BIN)
+        .args(["--config", &config.display().to_string(), "dataset", "stats", "sample", "--json"])
+        .output()?;
+    let _ = std::fs::remove_file(&config);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!((v["users"].as_i64(), v["items"].as_i64()), (Some(300), Some(400)));
+    let n = v["interactions"].as_i64().unwrap_or(0);
+    let hist: i64 = v["rating_histogram"].as_array().map_or(0, |h| h.iter().filter_map(|b| b["count"].as_i64()).sum());
+    assert_eq!(hist, n, "the histogram covers every interaction");
+    let share = v["like_share"].as_f64().unwrap_or(-1.0);
+    assert!(share > 0.3 && share < 0.8, "{share}");
+    let cores = v["k_cores"].as_array().cloned().unwrap_or_default();
+    assert_eq!(cores.len(), 3);
+    assert_eq!(cores[0]["users"].as_i64(), Some(300), "every sample user has at least 20 ratings");
+    assert!(cores[2]["interactions"].as_i64().unwrap_or(0) <= n);
+    env.cleanup().await
+}

@@ -8,14 +8,17 @@
 
 use crate::error::CoordinatorError;
 use crate::plan::{PlanParams, Target, plan_user};
+use futures::Stream;
 use futures::TryStreamExt;
 use reasonrec_core::data::Interaction;
 use reasonrec_core::inputs::{ItemProfileInput, ReasoningInput, UserProfileInput};
 use reasonrec_core::settings::Settings;
 use reasonrec_core::stage::Stage;
 use reasonrec_store::Store;
+use reasonrec_store::StoreError;
 use reasonrec_store::runs::NewTask;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::pin::Pin;
 use uuid::Uuid;
 
 /// What `create_run` planned.
@@ -31,11 +34,15 @@ pub struct RunPlan {
     pub by_stage: BTreeMap<String, u64>,
     /// split -> (likes, dislikes) among reasoning tasks
     pub labels: BTreeMap<String, (u64, u64)>,
+    /// Reasoning targets left out to balance labels (`sampling.balance_labels`).
+    pub dropped_for_balance: u64,
 }
 
 struct Planner<'a> {
     params: PlanParams,
     settings: &'a Settings,
+    /// (user, split) targets left out by label balancing.
+    dropped: HashSet<(i32, &'static str)>,
     item_tasks: HashMap<i32, Uuid>,
     batch: Vec<NewTask>,
     plan: RunPlan,
@@ -74,10 +81,16 @@ impl Planner<'_> {
         let Some(first) = rows.first() else { return };
         let user = first.user_id;
         self.plan.users_seen += 1;
-        let Some(up) = plan_user(rows, &self.params) else {
+        let Some(mut up) = plan_user(rows, &self.params) else {
             self.plan.skipped_users += 1;
             return;
         };
+        if !self.dropped.is_empty() {
+            up.targets.retain(|t| !self.dropped.contains(&(user, t.split)));
+            if up.targets.is_empty() {
+                return;
+            }
+        }
         let mut profile_task = None;
         if self.settings.stages.user_profile && !up.profile_window.is_empty() {
             let mut deps: Vec<Uuid> = up.profile_window.iter().filter_map(|h| self.item_task(h.item)).collect();
@@ -129,6 +142,80 @@ impl Planner<'_> {
     }
 }
 
+/// A dataset's interactions, one user at a time (they stream ordered by user, time, item).
+struct UserGroups<'a> {
+    stream: Pin<Box<dyn Stream<Item = Result<Interaction, StoreError>> + Send + 'a>>,
+    pending: Option<Interaction>,
+    users: u64,
+    max_users: u64,
+}
+
+impl<'a> UserGroups<'a> {
+    fn new(store: &'a Store, dataset_id: i64, max_users: usize) -> Self {
+        Self {
+            stream: Box::pin(store.stream_interactions(dataset_id)),
+            pending: None,
+            users: 0,
+            max_users: max_users as u64,
+        }
+    }
+
+    async fn next_user(&mut self) -> Result<Option<Vec<Interaction>>, StoreError> {
+        if self.max_users > 0 && self.users >= self.max_users {
+            return Ok(None);
+        }
+        let mut rows: Vec<Interaction> = self.pending.take().into_iter().collect();
+        while let Some(r) = self.stream.try_next().await? {
+            if rows.first().is_some_and(|f| f.user_id != r.user_id) {
+                self.pending = Some(r);
+                break;
+            }
+            rows.push(r);
+        }
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        self.users += 1;
+        Ok(Some(rows))
+    }
+}
+
+/// Deterministic order for label balancing.
+fn mix(seed: u64, user: i32, split: &str) -> u64 {
+    let mut x = seed ^ (u64::from(user as u32) << 8) ^ split.len() as u64 ^ 0x9E37_79B9_7F4A_7C15;
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+/// First pass for `balance_labels`: which (user, split) targets of the majority label to leave
+/// out so each split has as many likes as dislikes.
+async fn balance(
+    store: &Store,
+    dataset_id: i64,
+    params: &PlanParams,
+    s: &Settings,
+) -> Result<HashSet<(i32, &'static str)>, CoordinatorError> {
+    let mut by_split: HashMap<&'static str, (Vec<i32>, Vec<i32>)> = HashMap::new();
+    let mut users = UserGroups::new(store, dataset_id, s.sampling.max_users);
+    while let Some(rows) = users.next_user().await? {
+        let user = rows[0].user_id;
+        for t in plan_user(&rows, params).map(|u| u.targets).unwrap_or_default() {
+            let e = by_split.entry(t.split).or_default();
+            if t.label { e.0.push(user) } else { e.1.push(user) }
+        }
+    }
+    let mut dropped = HashSet::new();
+    for (split, (likes, dislikes)) in by_split {
+        let keep = likes.len().min(dislikes.len());
+        for mut group in [likes, dislikes] {
+            group.sort_by_key(|&u| mix(s.sampling.seed, u, split));
+            dropped.extend(group.into_iter().skip(keep).map(|u| (u, split)));
+        }
+    }
+    Ok(dropped)
+}
+
 fn dedup(ids: &mut Vec<Uuid>) {
     let mut seen = std::collections::HashSet::with_capacity(ids.len());
     ids.retain(|id| seen.insert(*id));
@@ -152,11 +239,12 @@ pub async fn create_run(store: &Store, settings: &Settings, dataset: &str) -> Re
     });
     let run_id = store.create_run(ds.id, &snapshot).await?;
     let batch_size = settings.coordinator.plan_batch.max(1);
+    let params = PlanParams::new(&settings.sampling, history_len, settings.stages.user_profile);
+    let dropped =
+        if settings.sampling.balance_labels { balance(store, ds.id, &params, settings).await? } else { HashSet::new() };
     let mut planner = Planner {
-        params: PlanParams::new(&settings.sampling, history_len, settings.stages.user_profile),
+        params,
         settings,
-        item_tasks: HashMap::new(),
-        batch: Vec::with_capacity(batch_size + 64),
         plan: RunPlan {
             run_id,
             dataset: ds.name.clone(),
@@ -166,29 +254,19 @@ pub async fn create_run(store: &Store, settings: &Settings, dataset: &str) -> Re
             tasks: 0,
             by_stage: BTreeMap::new(),
             labels: BTreeMap::new(),
+            dropped_for_balance: dropped.len() as u64,
         },
+        dropped,
+        item_tasks: HashMap::new(),
+        batch: Vec::with_capacity(batch_size + 64),
     };
-    let max_users = settings.sampling.max_users as u64;
-    let mut current: Vec<Interaction> = Vec::new();
-    {
-        let mut stream = std::pin::pin!(store.stream_interactions(ds.id));
-        while let Some(row) = stream.try_next().await? {
-            if current.first().is_some_and(|f| f.user_id != row.user_id) {
-                planner.user(&current);
-                current.clear();
-                if planner.batch.len() >= batch_size {
-                    planner.plan.tasks += store.insert_tasks(run_id, &planner.batch).await?;
-                    planner.batch.clear();
-                }
-                if max_users > 0 && planner.plan.users_seen >= max_users {
-                    break;
-                }
-            }
-            current.push(row);
+    let mut users = UserGroups::new(store, ds.id, settings.sampling.max_users);
+    while let Some(rows) = users.next_user().await? {
+        planner.user(&rows);
+        if planner.batch.len() >= batch_size {
+            planner.plan.tasks += store.insert_tasks(run_id, &planner.batch).await?;
+            planner.batch.clear();
         }
-    }
-    if max_users == 0 || planner.plan.users_seen < max_users {
-        planner.user(&current);
     }
     planner.plan.tasks += store.insert_tasks(run_id, &planner.batch).await?;
     store.start_run(run_id).await?;

@@ -68,6 +68,12 @@ impl RunStatus {
             let parts: Vec<String> = states.iter().map(|(s, n)| format!("{s} {n}")).collect();
             out.push_str(&format!("  {stage}: {}\n", parts.join(", ")));
         }
+        if c.truncated_prompts > 0 || c.dropped_overlong > 0 {
+            out.push_str(&format!(
+                "  prompts over the word cap: {} truncated, {} dropped\n",
+                c.truncated_prompts, c.dropped_overlong
+            ));
+        }
         for (stage, codes) in &c.rejections {
             let parts: Vec<String> = codes.iter().map(|(k, n)| format!("{k} {n}")).collect();
             out.push_str(&format!("  rejected {stage} answers: {}\n", parts.join(", ")));

@@ -105,6 +105,24 @@ pub struct SamplingSettings {
     pub train_targets_per_user: usize,
     /// Cap on the number of users planned (0 = all), taken in user order.
     pub max_users: usize,
+    /// Keep, per split, as many like as dislike reasoning targets: the majority label is
+    /// subsampled (deterministically, by `seed`). Users left without targets are not planned.
+    pub balance_labels: bool,
+    pub seed: u64,
+    /// Cap on a rendered prompt's length in words (0 = none); see `overlong`.
+    pub max_prompt_words: usize,
+    /// What a worker does with a prompt over `max_prompt_words`.
+    pub overlong: Overlong,
+}
+
+/// Handling of prompts over the word cap.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Overlong {
+    /// Drop the oldest history entries until it fits (at least one stays); counted per task.
+    Truncate,
+    /// Fail the task without calling the teacher (the paper dropped such users); counted.
+    Drop,
 }
 
 impl Default for SamplingSettings {
@@ -118,6 +136,10 @@ impl Default for SamplingSettings {
             splits: vec!["train".into(), "validation".into(), "test".into()],
             train_targets_per_user: 1,
             max_users: 0,
+            balance_labels: false,
+            seed: 0,
+            max_prompt_words: 0,
+            overlong: Overlong::Truncate,
         }
     }
 }

@@ -1,4 +1,4 @@
-//! Seeded generator of synthetic datasets in MovieLens-1M format.
+//! Seeded generators of synthetic datasets in MovieLens-1M and Amazon 2018 formats.
 //!
 //! Users get two or three favourite genres and rate movies of those genres higher, so like shares
 //! and histories look like real ones (~55-65 % of ratings above 3). Same seed, same bytes.
@@ -221,6 +221,103 @@ pub fn generate_ml1m(dir: &Path, spec: GenerateSpec) -> Result<Generated, Datase
     Ok(Generated { users: spec.users, items: spec.items, ratings: total })
 }
 
+const PRODUCTS: &[&str] = &[
+    "Ankle Boot",
+    "Silk Scarf",
+    "Leather Belt",
+    "Wool Coat",
+    "Denim Jacket",
+    "Linen Shirt",
+    "Canvas Tote",
+    "Running Shoe",
+    "Rain Jacket",
+    "Knit Beanie",
+];
+const BRANDS: &[&str] = &["Northway", "Maison Lune", "Fieldcraft", "Urbane", "Kestrel & Co", "Tidewater", "Ondine"];
+const PRAISE: &[&str] = &[
+    "fits true to size",
+    "the material feels sturdy",
+    "looks even better in person",
+    "very comfortable for long days",
+    "great value for the price",
+];
+const COMPLAINTS: &[&str] = &[
+    "the stitching came loose quickly",
+    "runs small",
+    "colour faded after washing",
+    "feels cheaper than the photos",
+    "uncomfortable after an hour",
+];
+
+/// Writes `reviews.jsonl` and `meta.jsonl` (Amazon 2018 layout) into `dir`. About one item in
+/// ten has no meta line, descriptions alternate between a string and a list, a few reviews are
+/// unverified: the awkward cases of the real files.
+pub fn generate_amazon(dir: &Path, spec: GenerateSpec) -> Result<Generated, DatasetError> {
+    if spec.users == 0 || spec.items == 0 || spec.min_ratings == 0 || spec.max_ratings < spec.min_ratings {
+        return Err(DatasetError::Invalid(
+            "generate: users, items and ratings per user must be positive, min <= max".into(),
+        ));
+    }
+    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let mut rng = StdRng::seed_from_u64(spec.seed);
+    let meta_path = dir.join("meta.jsonl");
+    let reviews_path = dir.join("reviews.jsonl");
+    let mut meta = std::io::BufWriter::new(std::fs::File::create(&meta_path).map_err(io_err(&meta_path))?);
+    let mut quality = Vec::with_capacity(spec.items);
+    for i in 0..spec.items {
+        let q: f64 = rng.random_range(-1.0..1.0);
+        quality.push(q);
+        if i % 10 == 9 {
+            continue; // no meta for this one
+        }
+        let product = PRODUCTS.choose(&mut rng).copied().unwrap_or("Scarf");
+        let brand = BRANDS.choose(&mut rng).copied().unwrap_or("Northway");
+        let adj = ADJECTIVES.choose(&mut rng).copied().unwrap_or("Bright");
+        let desc = format!("A {} {} by {brand}.", adj.to_lowercase(), product.to_lowercase());
+        let description = if i % 2 == 0 { serde_json::json!(desc) } else { serde_json::json!([desc, "Imported."]) };
+        let line = serde_json::json!({
+            "asin": format!("B{:08}", i + 1),
+            "title": format!("{brand} {adj} {product}"),
+            "brand": brand,
+            "price": format!("${}.{:02}", rng.random_range(9..200), rng.random_range(0..100)),
+            "description": description,
+            "category": ["Clothing, Shoes & Jewelry", product.split(' ').next_back().unwrap_or("Shoe")],
+        });
+        writeln!(meta, "{line}").map_err(io_err(&meta_path))?;
+    }
+    meta.flush().map_err(io_err(&meta_path))?;
+    let mut reviews = std::io::BufWriter::new(std::fs::File::create(&reviews_path).map_err(io_err(&reviews_path))?);
+    let max_ratings = spec.max_ratings.min(spec.items);
+    let min_ratings = spec.min_ratings.min(max_ratings);
+    let mut order: Vec<usize> = (0..spec.items).collect();
+    let mut total = 0;
+    for u in 0..spec.users {
+        let n = rng.random_range(min_ratings..=max_ratings);
+        order.shuffle(&mut rng);
+        let mut ts: i64 = rng.random_range(1_400_000_000..1_500_000_000);
+        for &i in order.iter().take(n) {
+            let score: f64 = 3.9 + quality[i] + rng.random_range(-1.5..1.5);
+            let rating = (score.round() as i64).clamp(1, 5);
+            let text =
+                if rating > 3 { PRAISE.choose(&mut rng) } else { COMPLAINTS.choose(&mut rng) }.copied().unwrap_or("ok");
+            ts += rng.random_range(3_600..2_000_000);
+            let line = serde_json::json!({
+                "overall": rating as f64,
+                "verified": rng.random_bool(0.9),
+                "reviewerID": format!("A{:07}", u + 1),
+                "asin": format!("B{:08}", i + 1),
+                "reviewText": format!("{}; {}.", text, if rng.random_bool(0.5) { "would buy again" } else { "arrived on time" }),
+                "summary": text,
+                "unixReviewTime": ts,
+            });
+            writeln!(reviews, "{line}").map_err(io_err(&reviews_path))?;
+            total += 1;
+        }
+    }
+    reviews.flush().map_err(io_err(&reviews_path))?;
+    Ok(Generated { users: spec.users, items: spec.items, ratings: total })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -244,5 +341,18 @@ mod tests {
         let likes = ds.interactions.iter().filter(|r| r.rating > 3.0).count() as f64;
         let share = likes / ds.interactions.len() as f64;
         assert!((0.35..0.75).contains(&share), "like share {share}");
+    }
+
+    #[test]
+    fn generates_a_loadable_amazon_dataset() {
+        let dir = std::env::temp_dir().join(format!("rr-gen-amz-{}", std::process::id()));
+        let g = generate_amazon(&dir, GenerateSpec { users: 30, items: 40, min_ratings: 5, max_ratings: 10, seed: 3 });
+        let ds = crate::jsonlines::load_amazon(&dir, "amz");
+        let _ = std::fs::remove_dir_all(&dir);
+        let (Ok(g), Ok(ds)) = (g, ds) else { panic!("generate or load failed") };
+        assert_eq!(ds.interactions.len(), g.ratings);
+        assert_eq!(ds.items.iter().filter(|i| i.attrs["meta"] == false).count(), 4, "every tenth item has no meta");
+        let likes = ds.interactions.iter().filter(|r| r.rating > 3.0).count() as f64 / ds.interactions.len() as f64;
+        assert!((0.5..0.95).contains(&likes), "Amazon-like skew to positive ratings: {likes}");
     }
 }

@@ -55,6 +55,16 @@ const COPY_CHUNK: usize = 1 << 20;
 impl Store {
     /// Writes a dataset version in one transaction: either all of it is stored or nothing.
     pub async fn ingest_dataset(&self, ds: &NewDataset) -> Result<IngestOutcome, StoreError> {
+        self.ingest_dataset_with_progress(ds, &mut |_| {}).await
+    }
+
+    /// [`Store::ingest_dataset`], calling `progress` with the number of rows sent so far
+    /// (users, then items, then interactions).
+    pub async fn ingest_dataset_with_progress(
+        &self,
+        ds: &NewDataset,
+        progress: &mut (dyn FnMut(u64) + Send),
+    ) -> Result<IngestOutcome, StoreError> {
         let mut tx = self.pool().begin().await?;
         // Serialise concurrent ingests of one name so versions stay dense and hashes unique.
         sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 7701))")
@@ -91,32 +101,49 @@ impl Store {
         .await?;
         let id = dataset_id.to_string();
 
-        copy_rows(&mut tx, "COPY users (dataset_id, id, ext_id, attrs) FROM STDIN", &ds.users, |out, u| {
-            out.push_str(&id);
-            out.push('\t');
-            out.push_str(&u.id.to_string());
-            out.push('\t');
-            copy_field(out, &u.ext_id);
-            out.push('\t');
-            copy_field(out, &u.attrs.to_string());
-        })
+        let mut sent = 0u64;
+        copy_rows(
+            &mut tx,
+            "COPY users (dataset_id, id, ext_id, attrs) FROM STDIN",
+            &ds.users,
+            &mut sent,
+            progress,
+            |out, u| {
+                out.push_str(&id);
+                out.push('\t');
+                out.push_str(&u.id.to_string());
+                out.push('\t');
+                copy_field(out, &u.ext_id);
+                out.push('\t');
+                copy_field(out, &u.attrs.to_string());
+            },
+        )
         .await?;
-        copy_rows(&mut tx, "COPY items (dataset_id, id, ext_id, title, attrs) FROM STDIN", &ds.items, |out, i| {
-            out.push_str(&id);
-            out.push('\t');
-            out.push_str(&i.id.to_string());
-            out.push('\t');
-            copy_field(out, &i.ext_id);
-            out.push('\t');
-            copy_field(out, &i.title);
-            out.push('\t');
-            copy_field(out, &i.attrs.to_string());
-        })
+        copy_rows(
+            &mut tx,
+            "COPY items (dataset_id, id, ext_id, title, attrs) FROM STDIN",
+            &ds.items,
+            &mut sent,
+            progress,
+            |out, i| {
+                out.push_str(&id);
+                out.push('\t');
+                out.push_str(&i.id.to_string());
+                out.push('\t');
+                copy_field(out, &i.ext_id);
+                out.push('\t');
+                copy_field(out, &i.title);
+                out.push('\t');
+                copy_field(out, &i.attrs.to_string());
+            },
+        )
         .await?;
         copy_rows(
             &mut tx,
             "COPY interactions (dataset_id, user_id, item_id, rating, ts, review) FROM STDIN",
             &ds.interactions,
+            &mut sent,
+            progress,
             |out, r: &Interaction| {
                 use std::fmt::Write;
                 let _ = write!(out, "{id}\t{}\t{}\t{}\t{}\t", r.user_id, r.item_id, r.rating, r.ts);
@@ -185,6 +212,17 @@ impl Store {
         })
     }
 
+    /// Deletes a dataset version (users, items, interactions). Refused by the database while a run
+    /// refers to it.
+    pub async fn delete_dataset(&self, dataset_id: i64) -> Result<(), StoreError> {
+        let mut tx = self.pool().begin().await?;
+        // Interactions carry no foreign keys (bulk-load speed, sql/0003): delete them explicitly.
+        sqlx::query("DELETE FROM interactions WHERE dataset_id = $1").bind(dataset_id).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM datasets WHERE id = $1").bind(dataset_id).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// (rating, count) over a dataset's interactions, ascending by rating.
     pub async fn rating_histogram(&self, dataset_id: i64) -> Result<Vec<(f32, i64)>, StoreError> {
         let rows = sqlx::query("SELECT rating, count(*) FROM interactions WHERE dataset_id = $1 GROUP BY 1 ORDER BY 1")
@@ -209,6 +247,8 @@ async fn copy_rows<T>(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     statement: &str,
     rows: &[T],
+    sent: &mut u64,
+    progress: &mut (dyn FnMut(u64) + Send),
     mut write_row: impl FnMut(&mut String, &T),
 ) -> Result<(), StoreError> {
     let mut copy = tx.copy_in_raw(statement).await?;
@@ -217,12 +257,14 @@ async fn copy_rows<T>(
     while let Some(row) = rows.next() {
         write_row(&mut buf, row);
         buf.push('\n');
+        *sent += 1;
         if buf.len() >= COPY_CHUNK || rows.peek().is_none() {
             if let Err(e) = copy.send(buf.as_bytes()).await {
                 let _ = copy.abort("reasonrec ingest failed").await;
                 return Err(e.into());
             }
             buf.clear();
+            progress(*sent);
         }
     }
     copy.finish().await?;

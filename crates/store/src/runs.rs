@@ -54,6 +54,10 @@ pub struct RunCounts {
     pub errors: BTreeMap<String, i64>,
     /// stage -> rejection code -> rejected answers
     pub rejections: BTreeMap<String, BTreeMap<String, i64>>,
+    /// Tasks whose prompt had history cut to fit `sampling.max_prompt_words`.
+    pub truncated_prompts: i64,
+    /// Tasks failed without a teacher call because their prompt stayed over the cap.
+    pub dropped_overlong: i64,
 }
 
 impl RunCounts {
@@ -254,6 +258,16 @@ impl Store {
             }
             c.by_stage.entry(stage).or_default().insert(state, n);
         }
+        let r = sqlx::query(
+            "SELECT count(*) FILTER (WHERE history_truncated > 0),
+                    count(*) FILTER (WHERE state = 'failed' AND last_error LIKE 'prompt too long%')
+             FROM tasks WHERE run_id = $1",
+        )
+        .bind(run_id)
+        .fetch_one(self.pool())
+        .await?;
+        c.truncated_prompts = r.try_get(0)?;
+        c.dropped_overlong = r.try_get(1)?;
         let r = sqlx::query(
             "SELECT count(*) FILTER (WHERE published_at IS NOT NULL),
                     count(*) FILTER (WHERE done_at > now() - interval '60 seconds'),

@@ -139,6 +139,7 @@ impl Store {
         key: &OutputKey,
         output: Option<&NewOutput>,
         attempts: &[AttemptRecord],
+        history_truncated: i32,
     ) -> Result<Completion, StoreError> {
         let mut tx = self.pool().begin().await?;
         let mut output_inserted = false;
@@ -166,12 +167,13 @@ impl Store {
         }
         let res = sqlx::query(
             "UPDATE tasks SET state = 'done', output_key = $2, done_at = now(), last_error = NULL,
-                              attempts = attempts + $3
+                              attempts = attempts + $3, history_truncated = $4
              WHERE id = $1 AND state IN ('ready', 'published', 'failed')",
         )
         .bind(task.id)
         .bind(key.as_bytes())
         .bind(attempts.len() as i32)
+        .bind(history_truncated)
         .execute(&mut *tx)
         .await?;
         let newly_done = res.rows_affected() == 1;

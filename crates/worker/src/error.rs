@@ -15,6 +15,8 @@ pub enum WorkerError {
     Core(#[from] CoreError),
     #[error(transparent)]
     Teacher(#[from] TeacherError),
+    #[error("prompt too long: {words} words, over the cap of {cap} (sampling.max_prompt_words)")]
+    PromptTooLong { words: usize, cap: usize },
 }
 
 impl WorkerError {
@@ -24,6 +26,7 @@ impl WorkerError {
             WorkerError::Queue(e) => e.is_retryable(),
             WorkerError::Core(e) => e.is_retryable(),
             WorkerError::Teacher(e) => e.is_retryable(),
+            WorkerError::PromptTooLong { .. } => false,
         }
     }
 }

@@ -17,4 +17,4 @@ pub mod reviews;
 
 pub use consume::{WorkerCounters, run_worker};
 pub use error::WorkerError;
-pub use process::{Outcome, TaskProcessor};
+pub use process::{Outcome, ProcessorOptions, TaskProcessor};

@@ -1,7 +1,7 @@
 //! One task, from its id to a committed row.
 
 use crate::error::WorkerError;
-use crate::render::render_task;
+use crate::render::{PromptCap, render_capped};
 use reasonrec_core::attempt::ErrorClass;
 use reasonrec_core::stage::TaskState;
 use reasonrec_core::validate::validate_answer;
@@ -30,19 +30,31 @@ pub struct TaskProcessor {
     store: Store,
     teacher: TeacherPool,
     prompts: Arc<PromptLibrary>,
-    policy: RetryPolicy,
-    max_reasks: u32,
+    options: ProcessorOptions,
+}
+
+/// How a processor asks and what it accepts.
+#[derive(Debug, Clone, Copy)]
+pub struct ProcessorOptions {
+    pub retry: RetryPolicy,
+    /// Re-asks after a rejected answer.
+    pub max_reasks: u32,
+    pub prompt_cap: PromptCap,
+}
+
+impl ProcessorOptions {
+    pub fn from_settings(s: &reasonrec_core::Settings) -> Self {
+        Self {
+            retry: RetryPolicy::from_settings(&s.teacher),
+            max_reasks: s.stages.max_reasks,
+            prompt_cap: PromptCap::from_settings(&s.sampling),
+        }
+    }
 }
 
 impl TaskProcessor {
-    pub fn new(
-        store: Store,
-        teacher: TeacherPool,
-        prompts: Arc<PromptLibrary>,
-        policy: RetryPolicy,
-        max_reasks: u32,
-    ) -> Self {
-        Self { store, teacher, prompts, policy, max_reasks }
+    pub fn new(store: Store, teacher: TeacherPool, prompts: Arc<PromptLibrary>, options: ProcessorOptions) -> Self {
+        Self { store, teacher, prompts, options }
     }
 
     pub fn prompts(&self) -> &PromptLibrary {
@@ -75,11 +87,15 @@ impl TaskProcessor {
             return Ok(Outcome::Skipped { reason: "run cancelled".into() });
         }
 
-        let prompt = match render_task(&self.store, &self.prompts, &task).await {
-            Ok(p) => p,
+        let (prompt, truncated) = match render_capped(&self.store, &self.prompts, &task, self.options.prompt_cap).await
+        {
+            Ok(r) => (r.prompt, r.truncated),
             Err(e) if e.is_retryable() => return Err(e),
             Err(e) => {
-                let error = format!("cannot render prompt: {e}");
+                let error = match e {
+                    WorkerError::PromptTooLong { .. } => e.to_string(),
+                    other => format!("cannot render prompt: {other}"),
+                };
                 self.store.fail_task(&task, &error, &[]).await?;
                 return Ok(Outcome::Failed { error });
             }
@@ -91,7 +107,7 @@ impl TaskProcessor {
         let key = OutputKey::compute(task.stage, &prompt, &ep.model, &ep.params);
 
         if self.store.output_exists(&key).await? {
-            let c = self.store.complete_task(&task, &key, None, &[]).await?;
+            let c = self.store.complete_task(&task, &key, None, &[], truncated).await?;
             return Ok(if c.newly_done { Outcome::Completed { reused: true } } else { Outcome::AlreadyDone });
         }
 
@@ -101,7 +117,7 @@ impl TaskProcessor {
         let mut attempts = Vec::new();
         let mut reasks = 0;
         let answer = loop {
-            let (result, tries) = call_with_retries(client, &messages, &ep.params, self.policy).await;
+            let (result, tries) = call_with_retries(client, &messages, &ep.params, self.options.retry).await;
             attempts.extend(tries);
             let answer = match result {
                 Ok(a) => a,
@@ -121,7 +137,7 @@ impl TaskProcessor {
                 last.error = Some(format!("{}: {}", rejection.code, rejection.message));
             }
             tracing::debug!(task_id = %task.id, code = rejection.code, reasks, "answer rejected");
-            if reasks >= self.max_reasks {
+            if reasks >= self.options.max_reasks {
                 let raw: String = answer.text.chars().take(2000).collect();
                 let error = format!("answer rejected ({}): {}; raw answer: {raw}", rejection.code, rejection.message);
                 self.store.fail_task(&task, &error, &attempts).await?;
@@ -148,7 +164,7 @@ impl TaskProcessor {
             input_tokens: answer.input_tokens as i32,
             output_tokens: answer.output_tokens as i32,
         };
-        let c = self.store.complete_task(&task, &key, Some(&output), &attempts).await?;
+        let c = self.store.complete_task(&task, &key, Some(&output), &attempts, truncated).await?;
         Ok(if c.newly_done { Outcome::Completed { reused: !c.output_inserted } } else { Outcome::AlreadyDone })
     }
 }

@@ -8,6 +8,7 @@
 use crate::error::WorkerError;
 use crate::reviews::{ReviewView, sample_reviews};
 use reasonrec_core::inputs::{HistoryEntry, ItemProfileInput, ReasoningInput, UserProfileInput};
+use reasonrec_core::settings::{Overlong, SamplingSettings};
 use reasonrec_core::stage::Stage;
 use reasonrec_core::{CoreError, PromptLibrary, RenderedPrompt};
 use reasonrec_store::Store;
@@ -120,13 +121,54 @@ impl Inputs {
     }
 }
 
-/// Renders `task`'s prompt, reading the items it mentions and its upstream outputs.
+/// The word cap on rendered prompts (`sampling.max_prompt_words`, `sampling.overlong`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PromptCap {
+    pub max_words: usize,
+    pub overlong: Overlong,
+}
+
+impl PromptCap {
+    pub const NONE: PromptCap = PromptCap { max_words: 0, overlong: Overlong::Truncate };
+
+    pub fn from_settings(s: &SamplingSettings) -> Self {
+        Self { max_words: s.max_prompt_words, overlong: s.overlong }
+    }
+
+    fn over(&self, prompt: &RenderedPrompt) -> Option<usize> {
+        let words = prompt.messages.iter().map(|m| m.content.split_whitespace().count()).sum();
+        (self.max_words > 0 && words > self.max_words).then_some(words)
+    }
+}
+
+/// A rendered prompt and how many history (or profile-window) entries were cut to fit the cap.
+#[derive(Debug, Clone)]
+pub struct Rendered {
+    pub prompt: RenderedPrompt,
+    pub truncated: i32,
+}
+
+/// Renders `task`'s prompt without a length cap.
 pub async fn render_task(
     store: &Store,
     prompts: &PromptLibrary,
     task: &TaskContext,
 ) -> Result<RenderedPrompt, WorkerError> {
+    Ok(render_capped(store, prompts, task, PromptCap::NONE).await?.prompt)
+}
+
+/// Renders `task`'s prompt, reading the items it mentions and its upstream outputs. Over the
+/// cap, `truncate` drops the oldest entries of the history (reasoning) or window (user profile)
+/// until it fits, keeping at least one; what still does not fit is `PromptTooLong`.
+pub async fn render_capped(
+    store: &Store,
+    prompts: &PromptLibrary,
+    task: &TaskContext,
+    cap: PromptCap,
+) -> Result<Rendered, WorkerError> {
     let family = task.family.as_str();
+    let too_long = |words| WorkerError::PromptTooLong { words, cap: cap.max_words };
+    let mut truncated = 0;
     let rendered = match task.stage {
         Stage::ItemProfile => {
             let input: ItemProfileInput = serde_json::from_value(task.input.clone()).map_err(|e| bad_input(task, e))?;
@@ -139,21 +181,36 @@ pub async fn render_task(
             let input: UserProfileInput = serde_json::from_value(task.input.clone()).map_err(|e| bad_input(task, e))?;
             let ids: Vec<i32> = input.window.iter().map(|h| h.item).collect();
             let inputs = load_inputs(store, task, &ids).await?;
-            let ctx = UserProfileContext { window: inputs.window(task, &input.window)? };
-            prompts.render(Stage::UserProfile, family, &ctx)?
+            let mut ctx = UserProfileContext { window: inputs.window(task, &input.window)? };
+            let mut prompt = prompts.render(Stage::UserProfile, family, &ctx)?;
+            while cap.over(&prompt).is_some() && cap.overlong == Overlong::Truncate && ctx.window.len() > 1 {
+                ctx.window.remove(0);
+                truncated += 1;
+                prompt = prompts.render(Stage::UserProfile, family, &ctx)?;
+            }
+            prompt
         }
         Stage::Reasoning => {
             let input: ReasoningInput = serde_json::from_value(task.input.clone()).map_err(|e| bad_input(task, e))?;
             let label = task.label.ok_or_else(|| bad_input(task, "no label"))?;
             let inputs = load_inputs(store, task, &input.item_ids()).await?;
-            let ctx = ReasoningContext {
+            let mut ctx = ReasoningContext {
                 user_profile: inputs.user_profile.clone(),
                 history: inputs.window(task, &input.history)?,
                 target: inputs.item(task, input.target, None)?,
                 label,
             };
-            prompts.render(Stage::Reasoning, family, &ctx)?
+            let mut prompt = prompts.render(Stage::Reasoning, family, &ctx)?;
+            while cap.over(&prompt).is_some() && cap.overlong == Overlong::Truncate && ctx.history.len() > 1 {
+                ctx.history.remove(0);
+                truncated += 1;
+                prompt = prompts.render(Stage::Reasoning, family, &ctx)?;
+            }
+            prompt
         }
     };
-    Ok(rendered)
+    if let Some(words) = cap.over(&rendered) {
+        return Err(too_long(words));
+    }
+    Ok(Rendered { prompt: rendered, truncated })
 }

@@ -28,14 +28,27 @@ pub async fn ingest(settings: &Settings, a: IngestArgs) -> anyhow::Result<ExitCo
     let t0 = Instant::now();
     let path = a.path.clone();
     let (format, name) = (a.format.clone(), a.dataset.clone());
+    let spinner = indicatif::ProgressBar::new_spinner().with_message(format!("parsing {}", a.path.display()));
+    spinner.enable_steady_tick(std::time::Duration::from_millis(120));
     // Parsing is CPU work on whole files: keep it off the async threads.
     let ds = tokio::task::spawn_blocking(move || reasonrec_dataset::load(&format, &path, &name))
         .await
-        .context("loader task")??;
+        .context("loader task")?;
+    spinner.finish_and_clear();
+    let ds = ds?;
     let parsed = t0.elapsed();
     let store = connect_store(settings).await?;
     store.ensure_migrated().await?;
-    let outcome = store.ingest_dataset(&ds).await.context("writing the dataset")?;
+    let rows = (ds.users.len() + ds.items.len() + ds.interactions.len()) as u64;
+    let bar = indicatif::ProgressBar::new(rows).with_style(
+        indicatif::ProgressStyle::with_template("writing {bar:40} {pos}/{len} rows ({per_sec}, {eta})")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let outcome = store
+        .ingest_dataset_with_progress(&ds, &mut |n| bar.set_position(n))
+        .await
+        .context("writing the dataset (nothing of it was stored)")?;
+    bar.finish_and_clear();
     let (verb, id, version) = match outcome {
         IngestOutcome::Created { dataset_id, version } => ("ingested", dataset_id, version),
         IngestOutcome::Unchanged { dataset_id, version } => ("unchanged", dataset_id, version),
@@ -64,9 +77,6 @@ pub async fn ingest(settings: &Settings, a: IngestArgs) -> anyhow::Result<ExitCo
 }
 
 pub fn generate(a: GenerateArgs) -> anyhow::Result<ExitCode> {
-    if a.format != "ml-1m" {
-        bail!("dataset generate: format {:?} is not supported (supported: ml-1m)", a.format);
-    }
     let spec = GenerateSpec {
         users: a.users,
         items: a.items,
@@ -74,7 +84,11 @@ pub fn generate(a: GenerateArgs) -> anyhow::Result<ExitCode> {
         max_ratings: a.max_ratings,
         seed: a.seed,
     };
-    let g = generate_ml1m(&a.out, spec)?;
+    let g = match a.format.as_str() {
+        "ml-1m" => generate_ml1m(&a.out, spec)?,
+        "amazon" => reasonrec_dataset::generate::generate_amazon(&a.out, spec)?,
+        other => bail!("dataset generate: format {other:?} is not supported (supported: ml-1m, amazon)"),
+    };
     println!("wrote {} users, {} items, {} ratings to {}", g.users, g.items, g.ratings, a.out.display());
     Ok(ExitCode::SUCCESS)
 }

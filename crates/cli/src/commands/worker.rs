@@ -4,8 +4,8 @@ use super::connect_store;
 use crate::cli::WorkerArgs;
 use anyhow::Context;
 use reasonrec_core::{PromptLibrary, Settings};
-use reasonrec_teacher::{RetryPolicy, TeacherPool};
-use reasonrec_worker::{TaskProcessor, WorkerCounters, run_worker};
+use reasonrec_teacher::TeacherPool;
+use reasonrec_worker::{ProcessorOptions, TaskProcessor, WorkerCounters, run_worker};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -20,13 +20,7 @@ pub async fn worker(mut settings: Settings, a: WorkerArgs) -> anyhow::Result<Exi
     let store = connect_store(&settings).await?;
     // Workers never migrate; they refuse to start on an old schema.
     store.ensure_migrated().await?;
-    let processor = TaskProcessor::new(
-        store,
-        teacher,
-        Arc::new(prompts),
-        RetryPolicy::from_settings(&settings.teacher),
-        settings.stages.max_reasks,
-    );
+    let processor = TaskProcessor::new(store, teacher, Arc::new(prompts), ProcessorOptions::from_settings(&settings));
     let counters = Arc::new(WorkerCounters::default());
     let stop = crate::signals::shutdown_token();
     tracing::info!(worker = %name, concurrency = settings.worker.concurrency, "worker starting");

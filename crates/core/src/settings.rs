@@ -318,7 +318,7 @@ pub struct LogSettings {
 
 impl Default for LogSettings {
     fn default() -> Self {
-        Self { format: LogFormat::Human, filter: "info,sqlx=warn,lapin=warn".into() }
+        Self { format: LogFormat::Human, filter: "info,sqlx=error,lapin=warn".into() }
     }
 }
 

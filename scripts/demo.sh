@@ -25,9 +25,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-echo "==> starting the mock teacher (20-80 ms latency, 2% 429s, 1% 5xx, 1% malformed answers)"
+echo "==> starting the mock teacher (20-80 ms latency, 2% 429s, 1% 5xx, 1% malformed, 2% label-contradicting answers)"
 "$BIN" mock-teacher --bind 127.0.0.1:0 --latency-ms 20 --latency-jitter-ms 60 \
-  --rate-429 0.02 --rate-5xx 0.01 --rate-malformed 0.01 >"$WORK/mock.out" 2>"$WORK/mock.log" &
+  --rate-429 0.02 --rate-5xx 0.01 --rate-malformed 0.01 --rate-contradict 0.02 >"$WORK/mock.out" 2>"$WORK/mock.log" &
 PIDS+=($!)
 URL=""
 for _ in $(seq 1 100); do
@@ -87,13 +87,18 @@ c = s["counts"]
 print()
 print("==> summary")
 print(f"  run                 {s['run_id']} ({s['state']})")
-print(f"  reasoning tasks     {s['planned']} planned, {s['done']} done, {s['failed']} failed")
-print(f"  rationales stored   {s['done']} (teacher calls {c['teacher_calls']}; "
-      f"{'answers reused from the ledger of an earlier run' if c['teacher_calls'] == 0 else 'new answers'})")
+print(f"  tasks               {s['planned']} planned, {s['done']} done, {s['failed']} failed")
+for stage, states in c["by_stage"].items():
+    print(f"    {stage:<17} " + ", ".join(f"{k} {v}" for k, v in states.items()))
+reasoning_done = c["by_stage"].get("reasoning", {}).get("done", 0)
+print(f"  rationales stored   {reasoning_done} (teacher calls {c['teacher_calls']}; "
+      f"{'every answer reused from the ledger of an earlier run' if c['teacher_calls'] == 0 else 'new answers'})")
 print(f"  throughput          {s['rate_per_sec']:.1f} tasks/s over {c['elapsed_secs']:.1f} s")
 print(f"  tokens              in {c['input_tokens']}, out {c['output_tokens']}, cost ${c['cost_usd']:.4f} at the demo's prices")
 if c["errors"]:
     print("  retried attempts    " + ", ".join(f"{k} {v}" for k, v in c["errors"].items()))
+for stage, codes in c.get("rejections", {}).items():
+    print(f"  rejected {stage} answers (re-asked): " + ", ".join(f"{k} {v}" for k, v in codes.items()))
 PY
 cat <<MSG
 

@@ -43,9 +43,14 @@ async fn three_stages_every_reasoning_saw_its_user_profile_and_item_profiles() -
     let (w1, w2) = (env.spawn_worker("w1")?, env.spawn_worker("w2")?);
     let state = tokio::time::timeout(Duration::from_secs(120), outbox.drive(run, Duration::from_millis(50))).await??;
     assert_eq!(state, "completed");
-    w1.shutdown().await?;
-    w2.shutdown().await?;
+    let (c1, c2) = (w1.shutdown().await?, w2.shutdown().await?);
     assert_eq!(count(s, "SELECT count(*) FROM tasks WHERE run_id = $1 AND state <> 'done'", run).await?, 0);
+    // Item profiles finishing at once share dependents: no commit was lost to a deadlock and no
+    // answer was paid for twice.
+    let requeued =
+        c1.requeued.load(std::sync::atomic::Ordering::Relaxed) + c2.requeued.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(requeued, 0);
+    assert_eq!(env.mock.stats().ok as i64, count(s, "SELECT count(*) FROM tasks WHERE run_id = $1", run).await?);
 
     // Dependencies were respected, and there was no barrier between stages: reasoning started
     // while item profiles were still being written.

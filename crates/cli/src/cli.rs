@@ -156,6 +156,9 @@ pub struct MockTeacherArgs {
     pub rate_hang: Option<f64>,
     #[arg(long)]
     pub rate_malformed: Option<f64>,
+    /// Share of reasoning answers that argue the opposite of the stated outcome.
+    #[arg(long)]
+    pub rate_contradict: Option<f64>,
     #[arg(long)]
     pub requests_per_minute: Option<u32>,
     #[arg(long)]

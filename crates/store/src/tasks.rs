@@ -177,10 +177,11 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         let newly_done = res.rows_affected() == 1;
+        insert_attempts(&mut tx, task, attempts).await?;
         if newly_done {
+            // Last, so the dependents' row locks are held for as short a time as possible.
             release_dependents(&mut tx, task.id).await?;
         }
-        insert_attempts(&mut tx, task, attempts).await?;
         tx.commit().await?;
         Ok(Completion { newly_done, output_inserted })
     }
@@ -204,12 +205,12 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         let newly_failed = res.rows_affected() == 1;
+        insert_attempts(&mut tx, task, attempts).await?;
         if newly_failed {
             // Dependents go ahead without this output (a reasoning prompt then shows the raw item
             // text instead of a failed item profile) rather than waiting forever.
             release_dependents(&mut tx, task.id).await?;
         }
-        insert_attempts(&mut tx, task, attempts).await?;
         tx.commit().await?;
         Ok(newly_failed)
     }
@@ -269,10 +270,17 @@ impl Store {
 /// One upstream task of each dependent is finished: count it down, and make the dependent ready
 /// when nothing is left.
 async fn release_dependents(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, task_id: Uuid) -> Result<(), StoreError> {
+    // Lock the dependents in id order first: concurrent completions that share dependents
+    // (items appear in many histories) then queue instead of deadlocking.
     sqlx::query(
-        "UPDATE tasks SET pending_deps = pending_deps - 1,
-                          state = CASE WHEN pending_deps = 1 THEN 'ready' ELSE state END
-         WHERE state = 'waiting' AND id IN (SELECT task_id FROM task_deps WHERE depends_on = $1)",
+        "WITH deps AS (
+             SELECT t.id FROM tasks t JOIN task_deps d ON d.task_id = t.id
+             WHERE d.depends_on = $1 AND t.state = 'waiting'
+             ORDER BY t.id FOR UPDATE OF t
+         )
+         UPDATE tasks SET pending_deps = tasks.pending_deps - 1,
+                          state = CASE WHEN tasks.pending_deps = 1 THEN 'ready' ELSE tasks.state END
+         FROM deps WHERE tasks.id = deps.id AND tasks.state = 'waiting'",
     )
     .bind(task_id)
     .execute(&mut **tx)

@@ -2,15 +2,25 @@
 
 use crate::error::WorkerError;
 use crate::render::{PromptCap, render_capped};
+use backon::{ExponentialBuilder, Retryable};
 use reasonrec_core::attempt::ErrorClass;
 use reasonrec_core::stage::TaskState;
 use reasonrec_core::validate::validate_answer;
 use reasonrec_core::{ChatMessage, OutputKey, PromptLibrary};
-use reasonrec_store::Store;
 use reasonrec_store::tasks::NewOutput;
+use reasonrec_store::{Store, StoreError};
 use reasonrec_teacher::{RetryPolicy, TeacherPool, call_with_retries};
 use std::sync::Arc;
 use uuid::Uuid;
+
+/// Retries of a commit after a retryable store error (deadlock, serialization, lost connection).
+fn commit_backoff() -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(std::time::Duration::from_millis(20))
+        .with_max_delay(std::time::Duration::from_secs(2))
+        .with_max_times(4)
+        .with_jitter()
+}
 
 /// How a task ended. Every variant means "committed (or nothing to commit): ack".
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,7 +117,10 @@ impl TaskProcessor {
         let key = OutputKey::compute(task.stage, &prompt, &ep.model, &ep.params);
 
         if self.store.output_exists(&key).await? {
-            let c = self.store.complete_task(&task, &key, None, &[], truncated).await?;
+            let c = (|| self.store.complete_task(&task, &key, None, &[], truncated))
+                .retry(commit_backoff())
+                .when(StoreError::is_retryable)
+                .await?;
             return Ok(if c.newly_done { Outcome::Completed { reused: true } } else { Outcome::AlreadyDone });
         }
 
@@ -164,7 +177,12 @@ impl TaskProcessor {
             input_tokens: answer.input_tokens as i32,
             output_tokens: answer.output_tokens as i32,
         };
-        let c = self.store.complete_task(&task, &key, Some(&output), &attempts, truncated).await?;
+        // The answer is paid for: a deadlock or a dropped connection retries the commit here
+        // rather than sending the task back to be asked again.
+        let c = (|| self.store.complete_task(&task, &key, Some(&output), &attempts, truncated))
+            .retry(commit_backoff())
+            .when(StoreError::is_retryable)
+            .await?;
         Ok(if c.newly_done { Outcome::Completed { reused: !c.output_inserted } } else { Outcome::AlreadyDone })
     }
 }

@@ -20,6 +20,7 @@ pub async fn serve(a: MockTeacherArgs) -> anyhow::Result<ExitCode> {
         rate_5xx,
         rate_hang,
         rate_malformed,
+        rate_contradict,
         requests_per_minute,
         tokens_per_minute,
         seed

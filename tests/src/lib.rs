@@ -139,6 +139,7 @@ impl TestEnv {
             name.to_string(),
             stop.clone(),
             counters.clone(),
+            self.settings.teacher.lease_interval(),
         ));
         Ok(WorkerHandle { stop, counters, join })
     }

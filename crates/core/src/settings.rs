@@ -201,8 +201,10 @@ pub struct EndpointSettings {
     pub api_key_env: Option<String>,
     pub weight: u32,
     pub max_in_flight: usize,
-    /// 0 = unlimited.
+    /// Limits of the endpoint as a whole (shared by every worker process); 0 = unlimited.
     pub requests_per_minute: u32,
+    /// Prompt + completion tokens per minute (how most APIs count).
+    pub tokens_per_minute: u32,
     pub input_tokens_per_minute: u32,
     pub output_tokens_per_minute: u32,
     pub timeout_secs: u64,
@@ -223,6 +225,7 @@ impl Default for EndpointSettings {
             weight: 1,
             max_in_flight: 256,
             requests_per_minute: 0,
+            tokens_per_minute: 0,
             input_tokens_per_minute: 0,
             output_tokens_per_minute: 0,
             timeout_secs: 60,
@@ -242,6 +245,26 @@ pub struct TeacherSettings {
     pub max_attempts: u32,
     pub backoff_min_ms: u64,
     pub backoff_max_ms: u64,
+    /// Transient failures in a row that take an endpoint out (circuit breaker).
+    pub breaker_failures: u32,
+    /// How long it stays out before a probe (doubles while probes fail, up to 60 s).
+    pub breaker_cooldown_secs: u64,
+    /// Worker processes share each endpoint's limits through heartbeats in Postgres; a worker
+    /// renews its lease this often and holds 1 / (live workers) of every limit.
+    pub lease_interval_ms: u64,
+}
+
+impl TeacherSettings {
+    /// How often workers renew their endpoint leases, when any endpoint has a limit to share.
+    pub fn lease_interval(&self) -> Option<std::time::Duration> {
+        let limited = self.endpoints.iter().any(|e| {
+            e.requests_per_minute > 0
+                || e.tokens_per_minute > 0
+                || e.input_tokens_per_minute > 0
+                || e.output_tokens_per_minute > 0
+        });
+        limited.then(|| std::time::Duration::from_millis(self.lease_interval_ms))
+    }
 }
 
 impl Default for TeacherSettings {
@@ -251,6 +274,9 @@ impl Default for TeacherSettings {
             max_attempts: 6,
             backoff_min_ms: 200,
             backoff_max_ms: 30_000,
+            breaker_failures: 5,
+            breaker_cooldown_secs: 5,
+            lease_interval_ms: 2_000,
         }
     }
 }
@@ -373,6 +399,15 @@ impl Settings {
         }
         if self.teacher.endpoints.is_empty() {
             return bad("teacher.endpoints", "at least one endpoint is needed".into());
+        }
+        if self.teacher.lease_interval_ms < 100 {
+            return bad("teacher.lease_interval_ms", "must be at least 100".into());
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, ep) in self.teacher.endpoints.iter().enumerate() {
+            if !names.insert(ep.name.as_str()) {
+                return bad(&format!("teacher.endpoints[{i}].name"), format!("{:?} is used twice", ep.name));
+            }
         }
         if self.teacher.max_attempts == 0 {
             return bad("teacher.max_attempts", "must be at least 1".into());

@@ -39,6 +39,8 @@ pub struct MockConfig {
     pub tokens_per_minute: u32,
     /// Seed of the fault draws (answers themselves depend only on the prompt).
     pub seed: u64,
+    /// When set, requests must carry `Authorization: Bearer <api_key>`; others get 401.
+    pub api_key: Option<String>,
 }
 
 impl Default for MockConfig {
@@ -58,6 +60,7 @@ impl Default for MockConfig {
             requests_per_minute: 0,
             tokens_per_minute: 0,
             seed: 42,
+            api_key: None,
         }
     }
 }

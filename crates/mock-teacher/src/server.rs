@@ -36,6 +36,8 @@ pub struct MockStats {
     /// Reasoning answers that argued the opposite of the stated outcome (`rate_contradict`).
     pub contradictions: u64,
     pub bad_requests: u64,
+    /// Refused for a missing or wrong API key.
+    pub unauthorized: u64,
     /// Tokens of `ok` answers.
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
@@ -174,8 +176,16 @@ fn fit(text: String, max_tokens: Option<u32>) -> (String, bool) {
     (cut, true)
 }
 
-async fn chat(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+async fn chat(State(state): State<Arc<AppState>>, headers: axum::http::HeaderMap, body: Bytes) -> Response {
     state.stats(|s| s.requests += 1);
+    if let Some(key) = state.config().api_key {
+        let sent =
+            headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+        if sent != Some(key.as_str()) {
+            state.stats(|s| s.unauthorized += 1);
+            return error_json(StatusCode::UNAUTHORIZED, "invalid_api_key", "Incorrect API key provided");
+        }
+    }
     let req: ChatCompletionRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {

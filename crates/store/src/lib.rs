@@ -7,12 +7,14 @@
 //! - [`datasets`]: all-or-nothing ingest by COPY, versions by content hash, interaction streams.
 //! - [`runs`]: run rows, bulk task planning (UNNEST), the outbox, status counts.
 //! - [`tasks`]: what a worker reads and the one transaction that completes or fails a task.
+//! - [`leases`]: worker leases on teacher endpoints (fleet-shared rate limits).
 //!
 //! Queries are checked at run time (`sqlx::query`), not with the compile-time macros: building
 //! needs no database and no committed `.sqlx/` cache. Integration tests cover every query.
 
 pub mod datasets;
 pub mod error;
+pub mod leases;
 pub mod pool;
 pub mod runs;
 pub mod tasks;

@@ -123,6 +123,16 @@ impl Store {
             .await?)
     }
 
+    /// The first of `keys` (in order) that the ledger holds.
+    pub async fn first_existing_output(&self, keys: &[OutputKey]) -> Result<Option<OutputKey>, StoreError> {
+        let bytes: Vec<&[u8]> = keys.iter().map(|k| k.as_bytes()).collect();
+        let found: Vec<Vec<u8>> = sqlx::query_scalar("SELECT key FROM outputs WHERE key = ANY($1)")
+            .bind(&bytes)
+            .fetch_all(self.pool())
+            .await?;
+        Ok(keys.iter().find(|k| found.iter().any(|f| f.as_slice() == k.as_bytes())).copied())
+    }
+
     /// The text stored for a key.
     pub async fn output_text(&self, key: &OutputKey) -> Result<Option<String>, StoreError> {
         Ok(sqlx::query_scalar("SELECT text FROM outputs WHERE key = $1")

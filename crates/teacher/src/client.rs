@@ -1,15 +1,14 @@
 //! A client for one teacher endpoint.
 
 use crate::error::TeacherError;
+use crate::health::Breaker;
+use crate::limits::EndpointLimiter;
 use crate::protocol::{ChatCompletionRequest, ChatCompletionResponse, estimate_prompt_tokens, estimate_tokens};
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use reasonrec_core::ChatMessage;
 use reasonrec_core::settings::{EndpointSettings, SamplingParams};
 use reqwest::header::{HeaderMap, RETRY_AFTER};
-use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Semaphore;
 
 /// An accepted HTTP answer (not yet validated for content).
 #[derive(Debug, Clone, PartialEq)]
@@ -21,6 +20,8 @@ pub struct ChatAnswer {
     /// True when the server sent no `usage` and the counts are estimates.
     pub usage_estimated: bool,
     pub http_status: u16,
+    /// The server's `x-ratelimit-remaining-*` reached 0: wait this long before the next request.
+    pub pause: Option<Duration>,
 }
 
 #[derive(Clone)]
@@ -29,8 +30,8 @@ pub struct TeacherClient {
     endpoint: Arc<EndpointSettings>,
     url: String,
     api_key: Option<Arc<str>>,
-    in_flight: Arc<Semaphore>,
-    rpm: Option<Arc<DefaultDirectRateLimiter>>,
+    limiter: Arc<EndpointLimiter>,
+    breaker: Arc<Breaker>,
 }
 
 impl std::fmt::Debug for TeacherClient {
@@ -55,13 +56,64 @@ pub fn parse_retry_after(value: &str, now: chrono::DateTime<chrono::Utc>) -> Opt
     Some(delta.to_std().unwrap_or(Duration::ZERO).min(Duration::from_secs(3600)))
 }
 
+/// Durations of `x-ratelimit-reset-*` headers: `1s`, `6m0s`, `20ms`, `1h2m3.5s`, or seconds.
+pub fn parse_reset(value: &str) -> Option<Duration> {
+    let v = value.trim();
+    if let Ok(secs) = v.parse::<f64>() {
+        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(3600.0)));
+    }
+    let mut total = 0.0;
+    let mut number = String::new();
+    let mut chars = v.chars().peekable();
+    let mut any = false;
+    while let Some(c) = chars.next() {
+        if c.is_ascii_digit() || c == '.' {
+            number.push(c);
+            continue;
+        }
+        let n: f64 = number.parse().ok()?;
+        number.clear();
+        let unit = match (c, chars.peek()) {
+            ('m', Some('s')) => {
+                chars.next();
+                0.001
+            }
+            ('h', _) => 3600.0,
+            ('m', _) => 60.0,
+            ('s', _) => 1.0,
+            _ => return None,
+        };
+        total += n * unit;
+        any = true;
+    }
+    (any && number.is_empty()).then(|| Duration::from_secs_f64(total.min(3600.0)))
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim)
+}
+
+/// How long the server asked us to wait: Retry-After (ms, seconds or date), else the reset of
+/// whichever `x-ratelimit-*` budget is exhausted.
 fn retry_after_of(headers: &HeaderMap) -> Option<Duration> {
-    if let Some(ms) =
-        headers.get("retry-after-ms").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok())
-    {
+    if let Some(ms) = header(headers, "retry-after-ms").and_then(|v| v.parse::<u64>().ok()) {
         return Some(Duration::from_millis(ms));
     }
-    headers.get(RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(|v| parse_retry_after(v, chrono::Utc::now()))
+    if let Some(d) = header(headers, RETRY_AFTER.as_str()).and_then(|v| parse_retry_after(v, chrono::Utc::now())) {
+        return Some(d);
+    }
+    exhausted_budget_reset(headers)
+}
+
+/// `x-ratelimit-remaining-{requests,tokens}: 0` -> the matching `x-ratelimit-reset-*`.
+fn exhausted_budget_reset(headers: &HeaderMap) -> Option<Duration> {
+    ["requests", "tokens"]
+        .iter()
+        .filter(|kind| {
+            header(headers, &format!("x-ratelimit-remaining-{kind}")).and_then(|v| v.parse::<f64>().ok()) == Some(0.0)
+        })
+        .filter_map(|kind| header(headers, &format!("x-ratelimit-reset-{kind}")).and_then(parse_reset))
+        .max()
 }
 
 fn snippet(body: &str) -> String {
@@ -101,23 +153,39 @@ impl TeacherClient {
             .pool_max_idle_per_host(endpoint.max_in_flight.max(1))
             .build()
             .map_err(|e| TeacherError::Connect(e.to_string()))?;
-        let rpm = NonZeroU32::new(endpoint.requests_per_minute).and_then(|n| {
-            // Smooth: one request every 60/n s with no burst, never a minute's budget at once.
-            Quota::with_period(Duration::from_secs(60) / n.get())
-                .map(|q| Arc::new(RateLimiter::direct(q.allow_burst(NonZeroU32::MIN))))
-        });
         Ok(Self {
             http,
             url: format!("{}/chat/completions", endpoint.base_url.trim_end_matches('/')),
             endpoint: Arc::new(endpoint.clone()),
             api_key,
-            in_flight: Arc::new(Semaphore::new(endpoint.max_in_flight.max(1))),
-            rpm,
+            limiter: Arc::new(EndpointLimiter::new(endpoint)),
+            breaker: Arc::new(Breaker::new(5, Duration::from_secs(5))),
         })
+    }
+
+    /// Replaces the circuit breaker's thresholds (from `teacher.breaker_*`).
+    pub fn with_breaker(mut self, failures: u32, cooldown: Duration) -> Self {
+        self.breaker = Arc::new(Breaker::new(failures, cooldown));
+        self
+    }
+
+    pub fn limiter(&self) -> &EndpointLimiter {
+        &self.limiter
+    }
+
+    pub fn breaker(&self) -> &Breaker {
+        &self.breaker
     }
 
     pub fn endpoint(&self) -> &EndpointSettings {
         &self.endpoint
+    }
+
+    /// Replaces the sampling parameters sent with every request.
+    pub fn set_params(&mut self, params: SamplingParams) {
+        let mut ep = (*self.endpoint).clone();
+        ep.params = params;
+        self.endpoint = Arc::new(ep);
     }
 
     pub fn cost_usd(&self, input_tokens: u32, output_tokens: u32) -> f64 {
@@ -126,12 +194,25 @@ impl TeacherClient {
             / 1e6
     }
 
-    /// One call, no retry. Waits for an in-flight slot and the requests/min limiter first.
+    /// One call under the endpoint's limits, no retry: waits for a slot, the pause, the request
+    /// rate and the token budgets, then settles the token reservation with the real usage.
     pub async fn chat(&self, messages: &[ChatMessage], params: &SamplingParams) -> Result<ChatAnswer, TeacherError> {
-        let _slot = self.in_flight.acquire().await.map_err(|e| TeacherError::Connect(e.to_string()))?;
-        if let Some(rpm) = &self.rpm {
-            rpm.until_ready().await;
+        let admission = self.limiter.admit(estimate_prompt_tokens(messages), params.max_tokens).await;
+        let result = self.send(messages, params).await;
+        match &result {
+            Ok(a) => self.limiter.settle(admission, a.input_tokens, a.output_tokens),
+            // A refused request used nothing; any other failure may have been counted, keep the input.
+            Err(TeacherError::RateLimited { .. }) => self.limiter.settle(admission, 0, 0),
+            Err(_) => self.limiter.settle(admission, estimate_prompt_tokens(messages), 0),
         }
+        if let Some(p) = result.as_ref().ok().and_then(|a| a.pause) {
+            self.limiter.pause_for(p);
+        }
+        result
+    }
+
+    /// The HTTP exchange alone.
+    async fn send(&self, messages: &[ChatMessage], params: &SamplingParams) -> Result<ChatAnswer, TeacherError> {
         let body = ChatCompletionRequest {
             model: self.endpoint.model.clone(),
             messages: messages.to_vec(),
@@ -148,9 +229,10 @@ impl TeacherClient {
         let resp = req.send().await.map_err(|e| classify_transport(&e, timeout))?;
         let status = resp.status().as_u16();
         let retry_after = retry_after_of(resp.headers());
+        let pause = exhausted_budget_reset(resp.headers());
         let text = resp.text().await.map_err(|e| classify_transport(&e, timeout))?;
         match status {
-            200..=299 => self.parse_answer(status, &text, messages),
+            200..=299 => self.parse_answer(status, &text, messages).map(|a| ChatAnswer { pause, ..a }),
             429 => Err(TeacherError::RateLimited { status, retry_after }),
             401 | 403 => Err(TeacherError::Auth { status }),
             408 => Err(TeacherError::Timeout(timeout)),
@@ -182,6 +264,7 @@ impl TeacherClient {
             output_tokens,
             usage_estimated,
             http_status: status,
+            pause: None,
         })
     }
 }
@@ -219,6 +302,24 @@ mod tests {
         assert_eq!(parse_retry_after("Thu, 26 Nov 2026 11:00:00 GMT", now), Some(Duration::ZERO));
         assert_eq!(parse_retry_after("soon", now), None);
         assert_eq!(parse_retry_after("-3", now), None);
+    }
+
+    #[test]
+    fn rate_limit_reset_durations() {
+        assert_eq!(parse_reset("1s"), Some(Duration::from_secs(1)));
+        assert_eq!(parse_reset("6m0s"), Some(Duration::from_secs(360)));
+        assert_eq!(parse_reset("20ms"), Some(Duration::from_millis(20)));
+        assert_eq!(parse_reset("1m2.5s"), Some(Duration::from_secs_f64(62.5)));
+        assert_eq!(parse_reset("2h"), Some(Duration::from_secs(3600)), "capped at an hour");
+        assert_eq!(parse_reset("2"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_reset("soon"), None);
+        assert_eq!(parse_reset("5x"), None);
+        let mut h = HeaderMap::new();
+        h.insert("x-ratelimit-remaining-requests", "0".parse().unwrap_or_else(|_| unreachable!()));
+        h.insert("x-ratelimit-reset-requests", "1.5s".parse().unwrap_or_else(|_| unreachable!()));
+        h.insert("x-ratelimit-remaining-tokens", "9000".parse().unwrap_or_else(|_| unreachable!()));
+        h.insert("x-ratelimit-reset-tokens", "30s".parse().unwrap_or_else(|_| unreachable!()));
+        assert_eq!(retry_after_of(&h), Some(Duration::from_millis(1500)), "only the exhausted budget counts");
     }
 
     #[test]

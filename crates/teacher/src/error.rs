@@ -23,6 +23,8 @@ pub enum TeacherError {
     BadRequest { status: u16, body: String },
     #[error("environment variable {var} (API key of endpoint {endpoint}) is not set")]
     MissingApiKey { endpoint: String, var: String },
+    #[error("no teacher endpoint can take requests: {reason}")]
+    NoEndpoint { reason: String },
 }
 
 impl TeacherError {
@@ -35,6 +37,11 @@ impl TeacherError {
                 | TeacherError::Connect(_)
                 | TeacherError::Malformed { .. }
         )
+    }
+
+    /// The worker cannot go on (every endpoint disabled): stop consuming rather than fail tasks.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, TeacherError::NoEndpoint { .. } | TeacherError::MissingApiKey { .. })
     }
 
     /// What the server asked us to wait, if it said.
@@ -53,7 +60,9 @@ impl TeacherError {
             TeacherError::Connect(_) => ErrorClass::Connect,
             TeacherError::Malformed { .. } => ErrorClass::Malformed,
             TeacherError::ContextTooLong { .. } => ErrorClass::ContextTooLong,
-            TeacherError::Auth { .. } | TeacherError::MissingApiKey { .. } => ErrorClass::Auth,
+            TeacherError::Auth { .. } | TeacherError::MissingApiKey { .. } | TeacherError::NoEndpoint { .. } => {
+                ErrorClass::Auth
+            }
             TeacherError::BadRequest { .. } => ErrorClass::BadRequest,
         }
     }
@@ -66,7 +75,10 @@ impl TeacherError {
             | TeacherError::ContextTooLong { status, .. }
             | TeacherError::Auth { status }
             | TeacherError::BadRequest { status, .. } => Some(*status),
-            TeacherError::Timeout(_) | TeacherError::Connect(_) | TeacherError::MissingApiKey { .. } => None,
+            TeacherError::Timeout(_)
+            | TeacherError::Connect(_)
+            | TeacherError::MissingApiKey { .. }
+            | TeacherError::NoEndpoint { .. } => None,
         }
     }
 }

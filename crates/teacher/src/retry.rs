@@ -1,12 +1,12 @@
-//! Retries around one endpoint, with every attempt recorded.
+//! Retry policy and the attempt records of the cost ledger.
 
 use crate::client::{ChatAnswer, TeacherClient};
 use crate::error::TeacherError;
-use backon::{ExponentialBuilder, Retryable};
+use crate::pool::{CallOutcome, TeacherPool};
+use backon::{BackoffBuilder, ExponentialBuilder};
 use reasonrec_core::ChatMessage;
 use reasonrec_core::attempt::AttemptRecord;
 use reasonrec_core::settings::{SamplingParams, TeacherSettings};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Copy)]
@@ -25,16 +25,19 @@ impl RetryPolicy {
         }
     }
 
-    fn backoff(&self) -> ExponentialBuilder {
+    /// Delays between attempts: exponential with jitter, `max_attempts - 1` of them.
+    pub fn delays(&self) -> impl Iterator<Item = Duration> + use<> {
         ExponentialBuilder::default()
             .with_min_delay(self.min_delay)
             .with_max_delay(self.max_delay)
             .with_max_times(self.max_attempts.saturating_sub(1) as usize)
             .with_jitter()
+            .build()
     }
 }
 
-fn record(
+/// The ledger row of one HTTP attempt.
+pub fn record(
     client: &TeacherClient,
     started: chrono::DateTime<chrono::Utc>,
     t0: Instant,
@@ -70,32 +73,18 @@ fn record(
     }
 }
 
-/// Calls the endpoint until an answer comes back, a permanent error occurs, or the attempts are
-/// spent. Transient errors back off exponentially with jitter; a server's Retry-After replaces
-/// the computed delay. Returns the outcome and one record per HTTP attempt.
+/// Calls one endpoint until an answer comes back, a permanent error occurs, or the attempts are
+/// spent (see [`TeacherPool::call`], which this runs with a pool of one). `params` replaces the
+/// endpoint's own sampling parameters.
 pub async fn call_with_retries(
     client: &TeacherClient,
     messages: &[ChatMessage],
     params: &SamplingParams,
     policy: RetryPolicy,
 ) -> (Result<ChatAnswer, TeacherError>, Vec<AttemptRecord>) {
-    let attempts = Mutex::new(Vec::new());
-    let result = (|| async {
-        let started = chrono::Utc::now();
-        let t0 = Instant::now();
-        let r = client.chat(messages, params).await;
-        let rec = record(client, started, t0, &r);
-        if let Ok(mut v) = attempts.lock() {
-            v.push(rec);
-        }
-        r
-    })
-    .retry(policy.backoff())
-    .when(TeacherError::is_retryable)
-    .adjust(|e: &TeacherError, dur| dur.map(|d| e.retry_after().unwrap_or(d)))
-    .notify(|e: &TeacherError, wait| {
-        tracing::debug!(endpoint = %client.endpoint().name, error_class = e.class().as_str(), wait_ms = wait.as_millis() as u64, "teacher call failed, retrying");
-    })
-    .await;
-    (result, attempts.into_inner().unwrap_or_default())
+    let mut one = client.clone();
+    one.set_params(params.clone());
+    let pool = TeacherPool::from_clients(vec![one], policy);
+    let CallOutcome { result, attempts } = pool.call(messages).await;
+    (result.map(|(a, _)| a), attempts)
 }

@@ -11,6 +11,7 @@
 //!   then close the channel, which hands anything unfinished back to the queue.
 
 use crate::error::WorkerError;
+use crate::lease::Leases;
 use crate::process::{Outcome, TaskProcessor};
 use futures::StreamExt;
 use lapin::message::Delivery;
@@ -48,7 +49,27 @@ impl WorkerCounters {
     }
 }
 
-async fn handle(processor: TaskProcessor, delivery: Delivery, counters: Arc<WorkerCounters>) {
+/// Set when a task hits an error no task can get past (see [`WorkerError::is_fatal`]).
+#[derive(Clone, Default)]
+struct Fatal {
+    token: CancellationToken,
+    reason: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+impl Fatal {
+    fn raise(&self, reason: String) {
+        if let Ok(mut r) = self.reason.lock() {
+            r.get_or_insert(reason);
+        }
+        self.token.cancel();
+    }
+
+    fn reason(&self) -> String {
+        self.reason.lock().ok().and_then(|r| r.clone()).unwrap_or_default()
+    }
+}
+
+async fn handle(processor: TaskProcessor, delivery: Delivery, counters: Arc<WorkerCounters>, fatal: Fatal) {
     let msg = match TaskMessage::decode(&delivery.data) {
         Ok(m) => m,
         Err(e) => {
@@ -74,6 +95,12 @@ async fn handle(processor: TaskProcessor, delivery: Delivery, counters: Arc<Work
                 tracing::warn!(task_id = %msg.task_id, error = %e, "ack failed after commit");
             }
         }
+        Err(e) if e.is_fatal() => {
+            counters.requeued.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(task_id = %msg.task_id, error = %e, "worker cannot go on; handing the task back and stopping");
+            let _ = delivery.acker.nack(BasicNackOptions { requeue: true, multiple: false }).await;
+            fatal.raise(e.to_string());
+        }
         Err(e) => {
             counters.requeued.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(task_id = %msg.task_id, error = %e, retryable = e.is_retryable(), "task not committed; handing it back");
@@ -91,6 +118,7 @@ async fn session(
     name: &str,
     stop: &CancellationToken,
     counters: &Arc<WorkerCounters>,
+    fatal: &Fatal,
 ) -> Result<(), WorkerError> {
     let broker = Broker::connect(broker_settings, name).await?;
     let (channel, mut consumer) = broker.consume(ws.concurrency, name).await?;
@@ -100,10 +128,11 @@ async fn session(
         tokio::select! {
             biased;
             _ = stop.cancelled() => break Ok(()),
+            _ = fatal.token.cancelled() => break Ok(()),
             Some(_) = inflight.join_next(), if !inflight.is_empty() => {}
             next = consumer.next() => match next {
                 Some(Ok(delivery)) => {
-                    inflight.spawn(handle(processor.clone(), delivery, counters.clone()));
+                    inflight.spawn(handle(processor.clone(), delivery, counters.clone(), fatal.clone()));
                 }
                 Some(Err(e)) => break Err(WorkerError::Queue(QueueError::Amqp(e))),
                 None => break Err(WorkerError::Queue(QueueError::Timeout { what: "consumer stream (closed by broker)", secs: 0 })),
@@ -128,8 +157,36 @@ async fn session(
     result
 }
 
-/// Runs a worker until `stop` is cancelled, reconnecting to the broker with backoff.
+/// Runs a worker until `stop` is cancelled, reconnecting to the broker with backoff. With
+/// `lease_interval`, it first joins the fleet's endpoint leases (limits split between workers).
 pub async fn run_worker(
+    processor: TaskProcessor,
+    broker_settings: BrokerSettings,
+    ws: WorkerSettings,
+    name: String,
+    stop: CancellationToken,
+    counters: Arc<WorkerCounters>,
+    lease_interval: Option<Duration>,
+) -> Result<(), WorkerError> {
+    let lease_stop = CancellationToken::new();
+    let lease_task = match lease_interval {
+        Some(interval) => {
+            let id = format!("{name}-{}", uuid::Uuid::new_v4().simple());
+            let leases = Leases::new(processor.store().clone(), processor.teacher().clone(), id, interval);
+            leases.join().await;
+            Some(tokio::spawn(leases.run(lease_stop.clone())))
+        }
+        None => None,
+    };
+    let result = consume_loop(processor, broker_settings, ws, name, stop, counters).await;
+    lease_stop.cancel();
+    if let Some(t) = lease_task {
+        let _ = t.await;
+    }
+    result
+}
+
+async fn consume_loop(
     processor: TaskProcessor,
     broker_settings: BrokerSettings,
     ws: WorkerSettings,
@@ -138,9 +195,15 @@ pub async fn run_worker(
     counters: Arc<WorkerCounters>,
 ) -> Result<(), WorkerError> {
     let mut backoff = Duration::from_millis(200);
+    let fatal = Fatal::default();
     loop {
         let started = Instant::now();
-        match session(&processor, &broker_settings, &ws, &name, &stop, &counters).await {
+        match session(&processor, &broker_settings, &ws, &name, &stop, &counters, &fatal).await {
+            Ok(()) if fatal.token.is_cancelled() => {
+                return Err(WorkerError::Teacher(reasonrec_teacher::TeacherError::NoEndpoint {
+                    reason: fatal.reason(),
+                }));
+            }
             Ok(()) => return Ok(()),
             Err(e) if !e.is_retryable() => return Err(e),
             Err(e) => {

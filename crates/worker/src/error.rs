@@ -20,6 +20,12 @@ pub enum WorkerError {
 }
 
 impl WorkerError {
+    /// This worker cannot do any task (every teacher endpoint refused our credentials): it
+    /// stops consuming and exits with an error, leaving the queue untouched.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, WorkerError::Teacher(e) if e.is_fatal())
+    }
+
     pub fn is_retryable(&self) -> bool {
         match self {
             WorkerError::Store(e) => e.is_retryable(),

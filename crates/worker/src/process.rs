@@ -9,7 +9,7 @@ use reasonrec_core::validate::validate_answer;
 use reasonrec_core::{ChatMessage, OutputKey, PromptLibrary};
 use reasonrec_store::tasks::NewOutput;
 use reasonrec_store::{Store, StoreError};
-use reasonrec_teacher::{RetryPolicy, TeacherPool, call_with_retries};
+use reasonrec_teacher::TeacherPool;
 use std::sync::Arc;
 use uuid::Uuid;
 
@@ -46,7 +46,6 @@ pub struct TaskProcessor {
 /// How a processor asks and what it accepts.
 #[derive(Debug, Clone, Copy)]
 pub struct ProcessorOptions {
-    pub retry: RetryPolicy,
     /// Re-asks after a rejected answer.
     pub max_reasks: u32,
     pub prompt_cap: PromptCap,
@@ -54,17 +53,17 @@ pub struct ProcessorOptions {
 
 impl ProcessorOptions {
     pub fn from_settings(s: &reasonrec_core::Settings) -> Self {
-        Self {
-            retry: RetryPolicy::from_settings(&s.teacher),
-            max_reasks: s.stages.max_reasks,
-            prompt_cap: PromptCap::from_settings(&s.sampling),
-        }
+        Self { max_reasks: s.stages.max_reasks, prompt_cap: PromptCap::from_settings(&s.sampling) }
     }
 }
 
 impl TaskProcessor {
     pub fn new(store: Store, teacher: TeacherPool, prompts: Arc<PromptLibrary>, options: ProcessorOptions) -> Self {
         Self { store, teacher, prompts, options }
+    }
+
+    pub fn teacher(&self) -> &TeacherPool {
+        &self.teacher
     }
 
     pub fn prompts(&self) -> &PromptLibrary {
@@ -110,13 +109,15 @@ impl TaskProcessor {
                 return Ok(Outcome::Failed { error });
             }
         };
-        let Some(client) = self.teacher.pick() else {
-            return Err(reasonrec_core::CoreError::Config("no teacher endpoint configured".into()).into());
-        };
-        let ep = client.endpoint();
-        let key = OutputKey::compute(task.stage, &prompt, &ep.model, &ep.params);
-
-        if self.store.output_exists(&key).await? {
+        // An accepted answer to this prompt from any configured teacher (model + parameters) is
+        // reused: the content key names it.
+        let keys: Vec<OutputKey> = self
+            .teacher
+            .clients()
+            .iter()
+            .map(|c| OutputKey::compute(task.stage, &prompt, &c.endpoint().model, &c.endpoint().params))
+            .collect();
+        if let Some(key) = self.store.first_existing_output(&keys).await? {
             let c = (|| self.store.complete_task(&task, &key, None, &[], truncated))
                 .retry(commit_backoff())
                 .when(StoreError::is_retryable)
@@ -125,25 +126,32 @@ impl TaskProcessor {
         }
 
         // Ask, validate, and re-ask with the validator's reason, up to `max_reasks` times. The
-        // content key stays the one of the original prompt.
+        // content key is the one of the original prompt and the endpoint that answered.
         let mut messages = prompt.messages.clone();
         let mut attempts = Vec::new();
         let mut reasks = 0;
-        let answer = loop {
-            let (result, tries) = call_with_retries(client, &messages, &ep.params, self.options.retry).await;
-            attempts.extend(tries);
-            let answer = match result {
-                Ok(a) => a,
+        let (answer, ep) = loop {
+            let call = self.teacher.call(&messages).await;
+            attempts.extend(call.attempts);
+            let (answer, ep) = match call.result {
+                Ok(r) => r,
+                Err(e) if e.is_fatal() => {
+                    // Nothing is committed: the message goes back and this worker stops.
+                    return Err(WorkerError::Teacher(e));
+                }
                 Err(e) => {
-                    let error = format!("teacher {}: {e}", ep.name);
-                    tracing::warn!(task_id = %task.id, endpoint = %ep.name, error_class = e.class().as_str(), attempts = attempts.len(), "task failed");
-                    self.store.fail_task(&task, &error, &attempts).await?;
+                    let error = format!("teacher: {e}");
+                    tracing::warn!(task_id = %task.id, error_class = e.class().as_str(), attempts = attempts.len(), "task failed");
+                    (|| self.store.fail_task(&task, &error, &attempts))
+                        .retry(commit_backoff())
+                        .when(StoreError::is_retryable)
+                        .await?;
                     return Ok(Outcome::Failed { error });
                 }
             };
             let Err(rejection) = validate_answer(task.stage, &answer.text, answer.finish_reason.as_deref(), task.label)
             else {
-                break answer;
+                break (answer, ep);
             };
             if let Some(last) = attempts.last_mut() {
                 last.error_class = Some(ErrorClass::Rejected);
@@ -153,7 +161,10 @@ impl TaskProcessor {
             if reasks >= self.options.max_reasks {
                 let raw: String = answer.text.chars().take(2000).collect();
                 let error = format!("answer rejected ({}): {}; raw answer: {raw}", rejection.code, rejection.message);
-                self.store.fail_task(&task, &error, &attempts).await?;
+                (|| self.store.fail_task(&task, &error, &attempts))
+                    .retry(commit_backoff())
+                    .when(StoreError::is_retryable)
+                    .await?;
                 return Ok(Outcome::Failed { error });
             }
             reasks += 1;
@@ -166,6 +177,7 @@ impl TaskProcessor {
                 ),
             });
         };
+        let key = OutputKey::compute(task.stage, &prompt, &ep.model, &ep.params);
         let output = NewOutput {
             key,
             stage: task.stage,

@@ -24,8 +24,17 @@ pub async fn worker(mut settings: Settings, a: WorkerArgs) -> anyhow::Result<Exi
     let counters = Arc::new(WorkerCounters::default());
     let stop = crate::signals::shutdown_token();
     tracing::info!(worker = %name, concurrency = settings.worker.concurrency, "worker starting");
-    run_worker(processor, settings.broker.clone(), settings.worker.clone(), name.clone(), stop, counters.clone())
-        .await?;
+    let lease_interval = settings.teacher.lease_interval();
+    run_worker(
+        processor,
+        settings.broker.clone(),
+        settings.worker.clone(),
+        name.clone(),
+        stop,
+        counters.clone(),
+        lease_interval,
+    )
+    .await?;
     tracing::info!(worker = %name, counters = %counters.snapshot(), "worker stopped");
     Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,48 @@
+//! Leases through which worker processes share teacher endpoints' limits.
+
+use crate::error::StoreError;
+use crate::pool::Store;
+use sqlx::Row;
+use std::collections::HashMap;
+use std::time::Duration;
+
+impl Store {
+    /// Renews `worker`'s lease on each endpoint, drops leases older than `ttl`, and returns the
+    /// number of live leases per endpoint (this worker included).
+    pub async fn renew_leases(
+        &self,
+        worker: &str,
+        endpoints: &[String],
+        ttl: Duration,
+    ) -> Result<HashMap<String, i64>, StoreError> {
+        let ttl_ms = ttl.as_millis() as i64;
+        let mut tx = self.pool().begin().await?;
+        sqlx::query(
+            "INSERT INTO endpoint_leases (endpoint, worker, heartbeat_at)
+             SELECT e, $2, now() FROM UNNEST($1::text[]) e
+             ON CONFLICT (endpoint, worker) DO UPDATE SET heartbeat_at = now()",
+        )
+        .bind(endpoints)
+        .bind(worker)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "DELETE FROM endpoint_leases WHERE heartbeat_at < now() - make_interval(secs => $1::float8 / 1000)",
+        )
+        .bind(ttl_ms)
+        .execute(&mut *tx)
+        .await?;
+        let rows = sqlx::query("SELECT endpoint, count(*) FROM endpoint_leases WHERE endpoint = ANY($1) GROUP BY 1")
+            .bind(endpoints)
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        rows.into_iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
+    }
+
+    /// Gives up `worker`'s leases (graceful stop): the others take its share at their next renewal.
+    pub async fn release_leases(&self, worker: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM endpoint_leases WHERE worker = $1").bind(worker).execute(self.pool()).await?;
+        Ok(())
+    }
+}

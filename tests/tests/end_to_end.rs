@@ -76,6 +76,8 @@ async fn a_teacher_that_keeps_failing_fails_tasks_with_their_error_and_cost_rows
     let mock = reasonrec_mock_teacher::MockConfig { rate_5xx: 1.0, ..Default::default() };
     let mut env = TestEnv::with_mock(mock).await?;
     env.settings.teacher.max_attempts = 3;
+    // This test is about retries running out; keep the circuit breaker out of the way.
+    env.settings.teacher.breaker_failures = 1_000;
     env.settings.sampling.max_users = 20;
     env.ingest_sample().await?;
     let plan = create_run(&env.store, &env.settings, "sample").await?;

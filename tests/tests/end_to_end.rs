@@ -6,7 +6,9 @@ use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_pair_gets_exactly_one_rationale() -> anyhow::Result<()> {
-    let env = TestEnv::new().await?;
+    let mut env = TestEnv::new().await?;
+    env.settings.teacher.endpoints[0].price_input_per_mtok = 1.0;
+    env.settings.teacher.endpoints[0].price_output_per_mtok = 4.0;
     env.ingest_sample().await?;
     let plan = create_run(&env.store, &env.settings, "sample").await?;
     assert_eq!(plan.tasks, 300, "one test-split reasoning task per sample user");
@@ -67,6 +69,11 @@ async fn every_pair_gets_exactly_one_rationale() -> anyhow::Result<()> {
     let status = reasonrec_coordinator::status::run_status(s, run).await?;
     assert_eq!((status.planned, status.done, status.failed, status.published), (300, 300, 0, 300));
     assert_eq!(status.counts.teacher_calls, 300);
+    let c = &status.counts;
+    let expected = (c.input_tokens as f64 * 1.0 + c.output_tokens as f64 * 4.0) / 1e6;
+    assert!(c.cost_usd > 0.0 && (c.cost_usd - expected).abs() < 1e-9, "cost {} vs {expected}", c.cost_usd);
+    assert_eq!(status.projected_cost_usd, Some(c.cost_usd), "a finished run projects what it spent");
+    assert_eq!(status.projected_tokens, Some(c.input_tokens + c.output_tokens));
     broker.close().await;
     env.cleanup().await
 }

@@ -20,6 +20,9 @@ pub struct RunStatus {
     /// Completed tasks per second over the last minute (whole run when it is finished).
     pub rate_per_sec: f64,
     pub eta_secs: Option<f64>,
+    /// Spend so far scaled to every planned task (from the finished ones), None before any.
+    pub projected_cost_usd: Option<f64>,
+    pub projected_tokens: Option<i64>,
     pub counts: RunCounts,
 }
 
@@ -33,6 +36,10 @@ pub async fn run_status(store: &Store, run_id: Uuid) -> Result<RunStatus, Coordi
         c.done_last_minute as f64 / 60.0
     };
     let eta_secs = (remaining > 0 && rate > 0.0).then(|| remaining as f64 / rate);
+    let finished = c.done + c.failed;
+    let scale = (finished > 0).then(|| c.total as f64 / finished as f64);
+    let projected_cost_usd = scale.map(|k| c.cost_usd * k);
+    let projected_tokens = scale.map(|k| ((c.input_tokens + c.output_tokens) as f64 * k).round() as i64);
     Ok(RunStatus {
         run_id,
         state,
@@ -44,6 +51,8 @@ pub async fn run_status(store: &Store, run_id: Uuid) -> Result<RunStatus, Coordi
         failed: c.failed,
         rate_per_sec: rate,
         eta_secs,
+        projected_cost_usd,
+        projected_tokens,
         counts: c,
     })
 }
@@ -61,9 +70,15 @@ impl RunStatus {
         }
         let c = &self.counts;
         out.push_str(&format!(
-            "  teacher calls {}  tokens in {} out {}  cost ${:.4}\n",
+            "  teacher calls {}  tokens in {} out {}  cost ${:.4}",
             c.teacher_calls, c.input_tokens, c.output_tokens, c.cost_usd
         ));
+        match (self.projected_tokens, self.projected_cost_usd) {
+            (Some(t), Some(cost)) if self.done + self.failed < self.planned => {
+                out.push_str(&format!("  (projected at the end: {t} tokens, ${cost:.4})\n"))
+            }
+            _ => out.push('\n'),
+        }
         for (stage, states) in &c.by_stage {
             let parts: Vec<String> = states.iter().map(|(s, n)| format!("{s} {n}")).collect();
             out.push_str(&format!("  {stage}: {}\n", parts.join(", ")));

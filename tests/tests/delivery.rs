@@ -148,3 +148,90 @@ async fn unroutable_publishes_are_not_marked_published() -> anyhow::Result<()> {
     broker.close().await;
     env.cleanup().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_messages_are_published_again_and_failed_tasks_can_be_retried() -> anyhow::Result<()> {
+    let mut env =
+        TestEnv::with_mock(reasonrec_mock_teacher::MockConfig { rate_5xx: 1.0, ..Default::default() }).await?;
+    env.settings.sampling.max_users = 20;
+    env.settings.teacher.max_attempts = 2;
+    env.settings.teacher.breaker_failures = 1_000;
+    env.ingest_sample().await?;
+    let plan = create_run(&env.store, &env.settings, "sample").await?;
+    let broker = env.broker().await?;
+    let outbox = Outbox::new(env.store.clone(), &broker).await?.with_republish_after(Duration::from_secs(1));
+    assert_eq!(outbox.pump(plan.run_id).await?.published, 20);
+    // The queue loses every message (a purge, a broker that lost its disk).
+    let ch = broker.channel().await?;
+    ch.queue_purge(broker.topology().work_queue.as_str().into(), lapin::options::QueuePurgeOptions::default()).await?;
+    let w = env.spawn_worker("w")?;
+    let state =
+        tokio::time::timeout(Duration::from_secs(60), outbox.drive(plan.run_id, Duration::from_millis(50))).await??;
+    assert_eq!(state, "completed", "the outbox published the lost tasks again");
+    let s = &env.store;
+    assert_eq!(count(s, "SELECT count(*) FROM tasks WHERE run_id = $1 AND state = 'failed'", plan.run_id).await?, 20);
+
+    // The teacher recovers; the failed tasks are put back and done, their history kept.
+    env.mock.set_config(reasonrec_mock_teacher::MockConfig::default()).map_err(anyhow::Error::msg)?;
+    assert_eq!(s.retry_failed(plan.run_id).await?, 20);
+    assert_eq!(s.get_run(plan.run_id).await?.state, "running");
+    let state =
+        tokio::time::timeout(Duration::from_secs(60), outbox.drive(plan.run_id, Duration::from_millis(50))).await??;
+    assert_eq!(state, "completed");
+    w.shutdown().await?;
+    assert_eq!(count(s, "SELECT count(*) FROM tasks WHERE run_id = $1 AND state = 'done'", plan.run_id).await?, 20);
+    assert_eq!(count(s, "SELECT count(*) FROM outputs WHERE run_id = $1", plan.run_id).await?, 20);
+    assert_eq!(
+        count(s, "SELECT count(*) FROM attempts WHERE run_id = $1 AND error_class = 'server'", plan.run_id).await?,
+        40
+    );
+    assert_eq!(count(s, "SELECT count(*) FROM tasks WHERE run_id = $1 AND attempts = 3", plan.run_id).await?, 20);
+    broker.close().await;
+    env.cleanup().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecodable_message_is_dead_lettered_with_its_reason_and_work_goes_on() -> anyhow::Result<()> {
+    let mut env = TestEnv::new().await?;
+    env.settings.sampling.max_users = 5;
+    env.ingest_sample().await?;
+    let broker = env.broker().await?;
+    let ch = broker.channel().await?;
+    let garbage = b"{\"v\": 1, \"task\": \"not what a worker reads\"}".to_vec();
+    ch.basic_publish(
+        broker.topology().exchange.as_str().into(),
+        reasonrec_queue::topology::TASK_ROUTING_KEY.into(),
+        lapin::options::BasicPublishOptions::default(),
+        &garbage,
+        lapin::BasicProperties::default(),
+    )
+    .await?;
+    let plan = create_run(&env.store, &env.settings, "sample").await?;
+    let outbox = Outbox::new(env.store.clone(), &broker).await?;
+    let w = env.spawn_worker("w")?;
+    let state =
+        tokio::time::timeout(Duration::from_secs(60), outbox.drive(plan.run_id, Duration::from_millis(50))).await??;
+    assert_eq!(state, "completed", "the bad message did not stop the worker");
+    let counters = w.shutdown().await?;
+    assert_eq!(counters.bad_messages.load(Ordering::Relaxed), 1);
+    let dead = ch
+        .basic_get(broker.topology().dead_queue.as_str().into(), BasicGetOptions { no_ack: true })
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("the dead-letter queue is empty"))?;
+    assert_eq!(dead.delivery.data, garbage);
+    let reason = dead
+        .delivery
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get("x-reasonrec-error").cloned())
+        .and_then(|v| match v {
+            lapin::types::AMQPValue::LongString(s) => Some(s.to_string()),
+            _ => None,
+        })
+        .unwrap_or_default();
+    assert!(reason.contains("cannot decode task message"), "{reason}");
+    assert_eq!(broker.topology().ready_messages(&ch).await?, 0);
+    broker.close().await;
+    env.cleanup().await
+}

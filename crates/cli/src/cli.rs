@@ -43,6 +43,23 @@ pub enum Command {
     Coordinator,
     /// Serve the mock teacher (OpenAI chat-completions protocol) for tests, demo and benchmarks.
     MockTeacher(MockTeacherArgs),
+    /// Load an endpoint through the real teacher client (limits, retries) and report its
+    /// throughput: how much one worker's teacher path can push, without queue or database.
+    TeacherLoad(TeacherLoadArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TeacherLoadArgs {
+    /// Endpoint name from the configuration (default: the first).
+    #[arg(long)]
+    pub endpoint: Option<String>,
+    /// Requests in flight.
+    #[arg(long, default_value_t = 2000)]
+    pub concurrency: usize,
+    #[arg(long, default_value_t = 20)]
+    pub seconds: u64,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -104,6 +121,16 @@ pub enum RunCommand {
     Create(RunCreateArgs),
     /// Progress of a run (default: the latest).
     Status(RunStatusArgs),
+    /// Put a run's failed tasks back to be done again (attempt history is kept).
+    RetryFailed(RetryFailedArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RetryFailedArgs {
+    pub run: Uuid,
+    /// Publish them and wait until the run is done again (else a running coordinator publishes).
+    #[arg(long)]
+    pub wait: bool,
 }
 
 #[derive(Debug, Args)]

@@ -17,6 +17,8 @@ pub struct PumpReport {
     pub published: u64,
     pub nacked: u64,
     pub returned: u64,
+    /// Published tasks put back to ready because they stayed unfinished too long.
+    pub republished: u64,
 }
 
 impl PumpReport {
@@ -24,6 +26,7 @@ impl PumpReport {
         self.published += other.published;
         self.nacked += other.nacked;
         self.returned += other.returned;
+        self.republished += other.republished;
     }
 }
 
@@ -32,13 +35,22 @@ pub struct Outbox {
     publisher: Publisher,
     batch: usize,
     max_outstanding: usize,
+    republish_after: Duration,
 }
 
 impl Outbox {
     pub async fn new(store: Store, broker: &Broker) -> Result<Self, CoordinatorError> {
         let publisher = Publisher::new(broker).await?;
         let max_outstanding = reasonrec_core::settings::CoordinatorSettings::default().max_outstanding;
-        Ok(Self { store, publisher, batch: broker.settings().publish_batch.max(1), max_outstanding })
+        let republish_after =
+            Duration::from_secs(reasonrec_core::settings::CoordinatorSettings::default().republish_after_secs);
+        Ok(Self { store, publisher, batch: broker.settings().publish_batch.max(1), max_outstanding, republish_after })
+    }
+
+    /// A published task unfinished this long is published again (`coordinator.republish_after_secs`).
+    pub fn with_republish_after(mut self, after: Duration) -> Self {
+        self.republish_after = after;
+        self
     }
 
     /// Caps published-but-unfinished tasks per run (`coordinator.max_outstanding`).
@@ -47,9 +59,15 @@ impl Outbox {
         self
     }
 
-    /// One pass over a run's ready tasks, in pages of `publish_batch`.
+    /// One pass over a run's ready tasks, in pages of `publish_batch`, after putting back
+    /// tasks whose message went missing.
     pub async fn pump(&self, run_id: Uuid) -> Result<PumpReport, CoordinatorError> {
         let mut report = PumpReport::default();
+        let stale = self.store.requeue_stale_published(run_id, self.republish_after).await?;
+        if stale > 0 {
+            tracing::warn!(%run_id, tasks = stale, "published tasks unfinished for too long; publishing them again");
+            report.republished = stale;
+        }
         let outstanding = self.store.outstanding_tasks(run_id).await?.max(0) as usize;
         let mut room = self.max_outstanding.saturating_sub(outstanding);
         let mut after = Uuid::nil();
@@ -67,6 +85,7 @@ impl Outbox {
                 published: r.confirmed.len() as u64,
                 nacked: r.nacked as u64,
                 returned: r.returned as u64,
+                republished: 0,
             });
             room = room.saturating_sub(r.confirmed.len());
             // Stop when no more are ready, or when the broker refused the whole batch.

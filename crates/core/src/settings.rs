@@ -307,11 +307,15 @@ pub struct CoordinatorSettings {
     /// in creation order (user by user), so downstream tasks that become ready are published
     /// ahead of the rest of the backlog, and the broker never holds a whole large run.
     pub max_outstanding: usize,
+    /// A task published this long ago and not finished is published again (its message was
+    /// lost). Keep it above the broker's consumer timeout (30 min by default) and the longest
+    /// a task may legitimately take.
+    pub republish_after_secs: u64,
 }
 
 impl Default for CoordinatorSettings {
     fn default() -> Self {
-        Self { poll_interval_ms: 250, plan_batch: 5000, max_outstanding: 20_000 }
+        Self { poll_interval_ms: 250, plan_batch: 5000, max_outstanding: 20_000, republish_after_secs: 2_400 }
     }
 }
 

@@ -16,5 +16,5 @@ pub mod topology;
 
 pub use broker::Broker;
 pub use error::QueueError;
-pub use publisher::{PublishReport, Publisher};
+pub use publisher::{DeadLetters, PublishReport, Publisher};
 pub use topology::Topology;

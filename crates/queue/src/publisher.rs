@@ -80,3 +80,48 @@ impl Publisher {
         Ok(report)
     }
 }
+
+/// Parks messages a worker cannot decode in the dead-letter queue, with the reason in the
+/// `x-reasonrec-error` header, so they can be inspected instead of looping or vanishing.
+pub struct DeadLetters {
+    channel: Channel,
+    queue: String,
+    confirm_timeout: Duration,
+}
+
+impl DeadLetters {
+    pub async fn new(broker: &crate::Broker) -> Result<Self, QueueError> {
+        let channel = broker.channel().await?;
+        deadline("confirm.select", 30, channel.confirm_select(ConfirmSelectOptions::default())).await?;
+        Ok(Self {
+            channel,
+            queue: broker.topology().dead_queue.clone(),
+            confirm_timeout: Duration::from_secs(broker.settings().confirm_timeout_secs),
+        })
+    }
+
+    /// Publishes `payload` with `reason`; Ok only once the broker confirmed it.
+    pub async fn park(&self, payload: &[u8], reason: &str) -> Result<(), QueueError> {
+        let mut headers = lapin::types::FieldTable::default();
+        let reason: String = reason.chars().take(1000).collect();
+        headers.insert("x-reasonrec-error".into(), lapin::types::AMQPValue::LongString(reason.as_str().into()));
+        let props = BasicProperties::default().with_delivery_mode(2).with_headers(headers);
+        let confirm = self
+            .channel
+            .basic_publish(
+                "".into(),
+                self.queue.as_str().into(),
+                BasicPublishOptions { mandatory: true, ..Default::default() },
+                payload,
+                props,
+            )
+            .await?;
+        let secs = self.confirm_timeout.as_secs();
+        match tokio::time::timeout(self.confirm_timeout, confirm).await {
+            Ok(Ok(Confirmation::Ack(None))) => Ok(()),
+            Ok(Ok(_)) => Err(QueueError::Timeout { what: "dead-letter publish (refused by the broker)", secs: 0 }),
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => Err(QueueError::Timeout { what: "dead-letter confirm", secs }),
+        }
+    }
+}

@@ -15,6 +15,8 @@ pub const TASK_ROUTING_KEY: &str = "task";
 pub struct Topology {
     pub exchange: String,
     pub work_queue: String,
+    /// Messages a worker could not decode, with the reason in a header.
+    pub dead_queue: String,
     pub queue_type: QueueType,
     pub max_length: u32,
 }
@@ -24,6 +26,7 @@ impl Topology {
         Self {
             exchange: format!("{}.tasks", settings.prefix),
             work_queue: format!("{}.tasks", settings.prefix),
+            dead_queue: format!("{}.dead", settings.prefix),
             queue_type: settings.queue_type,
             max_length: settings.max_length,
         }
@@ -65,6 +68,9 @@ impl Topology {
             channel.queue_declare(self.work_queue.as_str().into(), qopts, self.queue_arguments()),
         )
         .await?;
+        let mut dead_args = FieldTable::default();
+        dead_args.insert("x-queue-type".into(), AMQPValue::LongString(LongString::from("quorum")));
+        deadline("queue.declare", 30, channel.queue_declare(self.dead_queue.as_str().into(), qopts, dead_args)).await?;
         deadline(
             "queue.bind",
             30,
@@ -94,6 +100,12 @@ impl Topology {
 
     /// Deletes what [`Topology::declare`] made (tests and teardown).
     pub async fn delete(&self, channel: &Channel) -> Result<(), QueueError> {
+        deadline(
+            "queue.delete",
+            30,
+            channel.queue_delete(self.dead_queue.as_str().into(), QueueDeleteOptions::default()),
+        )
+        .await?;
         deadline(
             "queue.delete",
             30,

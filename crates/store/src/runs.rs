@@ -234,6 +234,43 @@ impl Store {
         Ok(res.rows_affected())
     }
 
+    /// Puts a run's failed tasks back to `ready` (their attempt history stays) and reopens the
+    /// run. Returns how many tasks were put back.
+    pub async fn retry_failed(&self, run_id: Uuid) -> Result<u64, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        let res = sqlx::query(
+            "UPDATE tasks SET state = 'ready', last_error = NULL, published_at = NULL
+             WHERE run_id = $1 AND state = 'failed'",
+        )
+        .bind(run_id)
+        .execute(&mut *tx)
+        .await?;
+        if res.rows_affected() > 0 {
+            sqlx::query("UPDATE runs SET state = 'running', finished_at = NULL WHERE id = $1 AND state = 'completed'")
+                .bind(run_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(res.rows_affected())
+    }
+
+    /// Tasks published longer than `after` ago and still not finished go back to `ready`, so the
+    /// outbox publishes them again: their message was lost (purged queue, broker failure) or is
+    /// stuck. A duplicate delivery, if the old message still exists, is absorbed by the worker.
+    pub async fn requeue_stale_published(&self, run_id: Uuid, after: std::time::Duration) -> Result<u64, StoreError> {
+        let res = sqlx::query(
+            "UPDATE tasks SET state = 'ready'
+             WHERE run_id = $1 AND state = 'published'
+               AND published_at < now() - make_interval(secs => $2::float8)",
+        )
+        .bind(run_id)
+        .bind(after.as_secs_f64())
+        .execute(self.pool())
+        .await?;
+        Ok(res.rows_affected())
+    }
+
     /// Marks the run completed when no task is left to do. Returns the run's state.
     pub async fn refresh_run_state(&self, run_id: Uuid) -> Result<String, StoreError> {
         sqlx::query(

@@ -18,7 +18,7 @@ use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicNackOptions, BasicRejectOptions};
 use reasonrec_core::TaskMessage;
 use reasonrec_core::settings::{BrokerSettings, WorkerSettings};
-use reasonrec_queue::{Broker, QueueError};
+use reasonrec_queue::{Broker, DeadLetters, QueueError};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -69,13 +69,27 @@ impl Fatal {
     }
 }
 
-async fn handle(processor: TaskProcessor, delivery: Delivery, counters: Arc<WorkerCounters>, fatal: Fatal) {
+async fn handle(
+    processor: TaskProcessor,
+    delivery: Delivery,
+    counters: Arc<WorkerCounters>,
+    fatal: Fatal,
+    dead: Arc<DeadLetters>,
+) {
     let msg = match TaskMessage::decode(&delivery.data) {
         Ok(m) => m,
         Err(e) => {
             counters.bad_messages.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(error = %e, bytes = delivery.data.len(), "undecodable message rejected");
-            let _ = delivery.acker.reject(BasicRejectOptions { requeue: false }).await;
+            match dead.park(&delivery.data, &e.to_string()).await {
+                Ok(()) => {
+                    tracing::error!(error = %e, bytes = delivery.data.len(), "undecodable message moved to the dead-letter queue");
+                    let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+                }
+                Err(pe) => {
+                    tracing::error!(error = %e, park_error = %pe, "undecodable message dropped: the dead-letter queue refused it");
+                    let _ = delivery.acker.reject(BasicRejectOptions { requeue: false }).await;
+                }
+            }
             return;
         }
     };
@@ -121,6 +135,7 @@ async fn session(
     fatal: &Fatal,
 ) -> Result<(), WorkerError> {
     let broker = Broker::connect(broker_settings, name).await?;
+    let dead = Arc::new(DeadLetters::new(&broker).await?);
     let (channel, mut consumer) = broker.consume(ws.concurrency, name).await?;
     tracing::info!(worker = name, queue = %broker.topology().work_queue, prefetch = ws.concurrency, "consuming");
     let mut inflight = JoinSet::new();
@@ -132,7 +147,7 @@ async fn session(
             Some(_) = inflight.join_next(), if !inflight.is_empty() => {}
             next = consumer.next() => match next {
                 Some(Ok(delivery)) => {
-                    inflight.spawn(handle(processor.clone(), delivery, counters.clone(), fatal.clone()));
+                    inflight.spawn(handle(processor.clone(), delivery, counters.clone(), fatal.clone(), dead.clone()));
                 }
                 Some(Err(e)) => break Err(WorkerError::Queue(QueueError::Amqp(e))),
                 None => break Err(WorkerError::Queue(QueueError::Timeout { what: "consumer stream (closed by broker)", secs: 0 })),

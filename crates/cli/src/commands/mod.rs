@@ -1,6 +1,7 @@
 //! Subcommand implementations. Each returns the process exit code.
 
 mod data;
+mod load;
 mod mock;
 mod run;
 mod worker;
@@ -28,9 +29,11 @@ pub async fn dispatch(args: Cli) -> anyhow::Result<ExitCode> {
         Command::Dataset(DatasetCommand::Stats(a)) => data::stats(&settings, a).await,
         Command::Run(RunCommand::Create(a)) => run::create(&settings, a).await,
         Command::Run(RunCommand::Status(a)) => run::status(&settings, a).await,
+        Command::Run(RunCommand::RetryFailed(a)) => run::retry_failed(&settings, a).await,
         Command::Coordinator => run::coordinator(&settings).await,
         Command::Worker(a) => worker::worker(settings, a).await,
         Command::MockTeacher(a) => mock::serve(a).await,
+        Command::TeacherLoad(a) => load::teacher_load(&settings, a).await,
     }
 }
 

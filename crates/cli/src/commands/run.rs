@@ -1,7 +1,7 @@
 //! `run create`, `run status`, `coordinator`.
 
 use super::{connect_broker, connect_store};
-use crate::cli::{RunCreateArgs, RunStatusArgs};
+use crate::cli::{RetryFailedArgs, RunCreateArgs, RunStatusArgs};
 use reasonrec_coordinator::status::run_status;
 use reasonrec_coordinator::{Outbox, create_run};
 use reasonrec_core::Settings;
@@ -22,8 +22,7 @@ pub async fn create(settings: &Settings, a: RunCreateArgs) -> anyhow::Result<Exi
     let mut final_state = None;
     if !a.no_publish {
         let broker = connect_broker(settings, "reasonrec-coordinator").await?;
-        let outbox =
-            Outbox::new(store.clone(), &broker).await?.with_max_outstanding(settings.coordinator.max_outstanding);
+        let outbox = outbox(settings, store.clone(), &broker).await?;
         published = outbox.pump(plan.run_id).await?.published;
         if !a.json {
             println!("published {published} tasks");
@@ -62,10 +61,37 @@ pub async fn coordinator(settings: &Settings) -> anyhow::Result<ExitCode> {
     let store = connect_store(settings).await?;
     store.migrate().await?;
     let broker = connect_broker(settings, "reasonrec-coordinator").await?;
-    let outbox = Outbox::new(store, &broker).await?.with_max_outstanding(settings.coordinator.max_outstanding);
+    let outbox = outbox(settings, store, &broker).await?;
     let stop = crate::signals::shutdown_token();
     tracing::info!("coordinator serving running runs");
     outbox.serve(Duration::from_millis(settings.coordinator.poll_interval_ms), stop.cancelled_owned()).await?;
     broker.close().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn outbox(
+    settings: &Settings,
+    store: reasonrec_store::Store,
+    broker: &reasonrec_queue::Broker,
+) -> anyhow::Result<Outbox> {
+    Ok(Outbox::new(store, broker)
+        .await?
+        .with_max_outstanding(settings.coordinator.max_outstanding)
+        .with_republish_after(Duration::from_secs(settings.coordinator.republish_after_secs)))
+}
+
+pub async fn retry_failed(settings: &Settings, a: RetryFailedArgs) -> anyhow::Result<ExitCode> {
+    let store = connect_store(settings).await?;
+    let n = store.retry_failed(a.run).await?;
+    println!("run {}: {n} failed tasks put back", a.run);
+    if a.wait && n > 0 {
+        let broker = connect_broker(settings, "reasonrec-coordinator").await?;
+        let outbox = outbox(settings, store.clone(), &broker).await?;
+        outbox.drive(a.run, Duration::from_millis(settings.coordinator.poll_interval_ms)).await?;
+        broker.close().await;
+        let status = run_status(&store, a.run).await?;
+        print!("{}", status.render());
+        return Ok(if status.failed > 0 { ExitCode::from(2) } else { ExitCode::SUCCESS });
+    }
     Ok(ExitCode::SUCCESS)
 }

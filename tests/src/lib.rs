@@ -13,7 +13,7 @@ use reasonrec_mock_teacher::{MockConfig, MockHandle};
 use reasonrec_queue::Broker;
 use reasonrec_store::Store;
 use reasonrec_teacher::TeacherPool;
-use reasonrec_worker::{ProcessorOptions, TaskProcessor, WorkerCounters, run_worker};
+use reasonrec_worker::{ProcessorOptions, TaskProcessor, WorkerConfig, WorkerCounters, run_worker};
 use sqlx::Connection;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -132,15 +132,14 @@ impl TestEnv {
         let processor = self.processor()?;
         let stop = CancellationToken::new();
         let counters = Arc::new(WorkerCounters::default());
-        let join = tokio::spawn(run_worker(
+        let cfg = WorkerConfig {
             processor,
-            self.settings.broker.clone(),
-            self.settings.worker.clone(),
-            name.to_string(),
-            stop.clone(),
-            counters.clone(),
-            self.settings.teacher.lease_interval(),
-        ));
+            broker: self.settings.broker.clone(),
+            worker: self.settings.worker.clone(),
+            name: name.to_string(),
+            lease_interval: self.settings.teacher.lease_interval(),
+        };
+        let join = tokio::spawn(run_worker(cfg, stop.clone(), counters.clone()));
         Ok(WorkerHandle { stop, counters, join })
     }
 

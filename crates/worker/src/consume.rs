@@ -126,15 +126,13 @@ async fn handle(
 
 /// One connection's life: consume until stopped (Ok) or the broker fails (Err).
 async fn session(
-    processor: &TaskProcessor,
-    broker_settings: &BrokerSettings,
-    ws: &WorkerSettings,
-    name: &str,
+    cfg: &WorkerConfig,
     stop: &CancellationToken,
     counters: &Arc<WorkerCounters>,
     fatal: &Fatal,
 ) -> Result<(), WorkerError> {
-    let broker = Broker::connect(broker_settings, name).await?;
+    let (processor, ws, name) = (&cfg.processor, &cfg.worker, cfg.name.as_str());
+    let broker = Broker::connect(&cfg.broker, name).await?;
     let dead = Arc::new(DeadLetters::new(&broker).await?);
     let (channel, mut consumer) = broker.consume(ws.concurrency, name).await?;
     tracing::info!(worker = name, queue = %broker.topology().work_queue, prefetch = ws.concurrency, "consuming");
@@ -172,28 +170,34 @@ async fn session(
     result
 }
 
-/// Runs a worker until `stop` is cancelled, reconnecting to the broker with backoff. With
-/// `lease_interval`, it first joins the fleet's endpoint leases (limits split between workers).
+/// What a worker runs with.
+pub struct WorkerConfig {
+    pub processor: TaskProcessor,
+    pub broker: BrokerSettings,
+    pub worker: WorkerSettings,
+    /// Name in logs and on the broker.
+    pub name: String,
+    /// When set, the worker joins the fleet's endpoint leases (limits split between workers).
+    pub lease_interval: Option<Duration>,
+}
+
+/// Runs a worker until `stop` is cancelled, reconnecting to the broker with backoff.
 pub async fn run_worker(
-    processor: TaskProcessor,
-    broker_settings: BrokerSettings,
-    ws: WorkerSettings,
-    name: String,
+    cfg: WorkerConfig,
     stop: CancellationToken,
     counters: Arc<WorkerCounters>,
-    lease_interval: Option<Duration>,
 ) -> Result<(), WorkerError> {
     let lease_stop = CancellationToken::new();
-    let lease_task = match lease_interval {
+    let lease_task = match cfg.lease_interval {
         Some(interval) => {
-            let id = format!("{name}-{}", uuid::Uuid::new_v4().simple());
-            let leases = Leases::new(processor.store().clone(), processor.teacher().clone(), id, interval);
+            let id = format!("{}-{}", cfg.name, uuid::Uuid::new_v4().simple());
+            let leases = Leases::new(cfg.processor.store().clone(), cfg.processor.teacher().clone(), id, interval);
             leases.join().await;
             Some(tokio::spawn(leases.run(lease_stop.clone())))
         }
         None => None,
     };
-    let result = consume_loop(processor, broker_settings, ws, name, stop, counters).await;
+    let result = consume_loop(&cfg, &stop, &counters).await;
     lease_stop.cancel();
     if let Some(t) = lease_task {
         let _ = t.await;
@@ -202,18 +206,15 @@ pub async fn run_worker(
 }
 
 async fn consume_loop(
-    processor: TaskProcessor,
-    broker_settings: BrokerSettings,
-    ws: WorkerSettings,
-    name: String,
-    stop: CancellationToken,
-    counters: Arc<WorkerCounters>,
+    cfg: &WorkerConfig,
+    stop: &CancellationToken,
+    counters: &Arc<WorkerCounters>,
 ) -> Result<(), WorkerError> {
     let mut backoff = Duration::from_millis(200);
     let fatal = Fatal::default();
     loop {
         let started = Instant::now();
-        match session(&processor, &broker_settings, &ws, &name, &stop, &counters, &fatal).await {
+        match session(cfg, stop, counters, &fatal).await {
             Ok(()) if fatal.token.is_cancelled() => {
                 return Err(WorkerError::Teacher(reasonrec_teacher::TeacherError::NoEndpoint {
                     reason: fatal.reason(),
@@ -226,7 +227,7 @@ async fn consume_loop(
                 if started.elapsed() > Duration::from_secs(30) {
                     backoff = Duration::from_millis(200);
                 }
-                tracing::warn!(worker = %name, error = %e, retry_in_ms = backoff.as_millis() as u64, "broker session ended; reconnecting");
+                tracing::warn!(worker = %cfg.name, error = %e, retry_in_ms = backoff.as_millis() as u64, "broker session ended; reconnecting");
                 tokio::select! {
                     _ = stop.cancelled() => return Ok(()),
                     _ = tokio::time::sleep(backoff) => {}

@@ -17,6 +17,6 @@ pub mod process;
 pub mod render;
 pub mod reviews;
 
-pub use consume::{WorkerCounters, run_worker};
+pub use consume::{WorkerConfig, WorkerCounters, run_worker};
 pub use error::WorkerError;
 pub use process::{Outcome, ProcessorOptions, TaskProcessor};

@@ -5,7 +5,7 @@ use crate::cli::WorkerArgs;
 use anyhow::Context;
 use reasonrec_core::{PromptLibrary, Settings};
 use reasonrec_teacher::TeacherPool;
-use reasonrec_worker::{ProcessorOptions, TaskProcessor, WorkerCounters, run_worker};
+use reasonrec_worker::{ProcessorOptions, TaskProcessor, WorkerConfig, WorkerCounters, run_worker};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -24,17 +24,14 @@ pub async fn worker(mut settings: Settings, a: WorkerArgs) -> anyhow::Result<Exi
     let counters = Arc::new(WorkerCounters::default());
     let stop = crate::signals::shutdown_token();
     tracing::info!(worker = %name, concurrency = settings.worker.concurrency, "worker starting");
-    let lease_interval = settings.teacher.lease_interval();
-    run_worker(
+    let cfg = WorkerConfig {
         processor,
-        settings.broker.clone(),
-        settings.worker.clone(),
-        name.clone(),
-        stop,
-        counters.clone(),
-        lease_interval,
-    )
-    .await?;
+        broker: settings.broker.clone(),
+        worker: settings.worker.clone(),
+        name: name.clone(),
+        lease_interval: settings.teacher.lease_interval(),
+    };
+    run_worker(cfg, stop, counters.clone()).await?;
     tracing::info!(worker = %name, counters = %counters.snapshot(), "worker stopped");
     Ok(ExitCode::SUCCESS)
 }

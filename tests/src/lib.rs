@@ -6,6 +6,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod proxy;
+
 use anyhow::Context;
 use reasonrec_core::PromptLibrary;
 use reasonrec_core::settings::{EndpointSettings, QueueType, Settings};

@@ -235,3 +235,47 @@ async fn an_undecodable_message_is_dead_lettered_with_its_reason_and_work_goes_o
     broker.close().await;
     env.cleanup().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_whose_broker_connection_is_cut_reconnects_and_nothing_is_doubled() -> anyhow::Result<()> {
+    let mut env =
+        TestEnv::with_mock(reasonrec_mock_teacher::MockConfig { latency_ms: 40, ..Default::default() }).await?;
+    env.settings.sampling.max_users = 150;
+    env.ingest_sample().await?;
+    let plan = create_run(&env.store, &env.settings, "sample").await?;
+    let broker = env.broker().await?; // the outbox talks to the broker directly
+    let outbox = Outbox::new(env.store.clone(), &broker).await?;
+    outbox.pump(plan.run_id).await?;
+
+    // The worker reaches RabbitMQ only through a proxy this test owns.
+    let proxy = reasonrec_tests::proxy::TcpProxy::start("127.0.0.1:5672".parse()?).await?;
+    let direct = env.settings.broker.url.clone();
+    env.settings.broker.url = direct.replace("127.0.0.1:5672", &proxy.addr.to_string());
+    anyhow::ensure!(env.settings.broker.url != direct, "broker URL not routed through the proxy");
+    let w = env.spawn_worker("w")?;
+    let done_sql = "SELECT count(*) FROM tasks WHERE run_id = $1 AND state = 'done'";
+    for cut in 1..=3 {
+        let t0 = std::time::Instant::now();
+        while count(&env.store, done_sql, plan.run_id).await? < 30 * cut {
+            anyhow::ensure!(t0.elapsed() < Duration::from_secs(60), "no progress before cut {cut}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(proxy.cut_all() > 0, "a connection was open to cut");
+    }
+    let state =
+        tokio::time::timeout(Duration::from_secs(90), outbox.drive(plan.run_id, Duration::from_millis(50))).await??;
+    assert_eq!(state, "completed");
+    let counters = w.shutdown().await?;
+    assert!(counters.reconnects.load(Ordering::Relaxed) >= 3, "reconnected after each cut");
+    let s = &env.store;
+    assert_eq!(count(s, done_sql, plan.run_id).await?, 150);
+    assert_eq!(
+        count(s, "SELECT count(*) FROM outputs WHERE run_id = $1", plan.run_id).await?,
+        150,
+        "one rationale per task"
+    );
+    let calls = env.mock.stats().ok;
+    assert!((150..=150 + 3 * 16).contains(&calls), "at most the in-flight tasks of each cut are asked again: {calls}");
+    broker.close().await;
+    env.cleanup().await
+}

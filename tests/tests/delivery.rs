@@ -279,3 +279,45 @@ async fn a_worker_whose_broker_connection_is_cut_reconnects_and_nothing_is_doubl
     broker.close().await;
     env.cleanup().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_run_stops_costing_its_queued_messages_are_acked_and_skipped() -> anyhow::Result<()> {
+    let mut env =
+        TestEnv::with_mock(reasonrec_mock_teacher::MockConfig { latency_ms: 100, ..Default::default() }).await?;
+    env.settings.sampling.max_users = 100;
+    env.settings.worker.concurrency = 4;
+    env.ingest_sample().await?;
+    let plan = create_run(&env.store, &env.settings, "sample").await?;
+    let broker = env.broker().await?;
+    let outbox = Outbox::new(env.store.clone(), &broker).await?;
+    assert_eq!(outbox.pump(plan.run_id).await?.published, 100);
+    let w = env.spawn_worker("w")?;
+    let s = &env.store;
+    let done_sql = "SELECT count(*) FROM tasks WHERE run_id = $1 AND state = 'done'";
+    while count(s, done_sql, plan.run_id).await? < 8 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let cancelled = s.cancel_run(plan.run_id).await?;
+    assert!(cancelled > 50, "{cancelled}");
+    // The queue drains: every remaining message is acked without a teacher call.
+    let ch = broker.channel().await?;
+    for _ in 0..200 {
+        if broker.topology().ready_messages(&ch).await? == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let counters = w.shutdown().await?;
+    assert_eq!(broker.topology().ready_messages(&ch).await?, 0);
+    let done = count(s, done_sql, plan.run_id).await?;
+    assert!(counters.skipped.load(Ordering::Relaxed) > 50);
+    assert_eq!(
+        done + count(s, "SELECT count(*) FROM tasks WHERE run_id = $1 AND state = 'cancelled'", plan.run_id).await?,
+        100
+    );
+    assert!(env.mock.stats().ok <= done as u64 + 4, "at most the tasks in flight at the cancel were still asked");
+    assert_eq!(s.get_run(plan.run_id).await?.state, "cancelled");
+    assert!(s.cancel_run(uuid::Uuid::now_v7()).await.is_err(), "an unknown run is an error");
+    broker.close().await;
+    env.cleanup().await
+}

@@ -123,6 +123,13 @@ pub enum RunCommand {
     Status(RunStatusArgs),
     /// Put a run's failed tasks back to be done again (attempt history is kept).
     RetryFailed(RetryFailedArgs),
+    /// Cancel a run: unfinished tasks are cancelled, queued messages are skipped by workers.
+    Cancel(RunArg),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArg {
+    pub run: Uuid,
 }
 
 #[derive(Debug, Args)]

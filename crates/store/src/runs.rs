@@ -234,6 +234,35 @@ impl Store {
         Ok(res.rows_affected())
     }
 
+    /// Cancels a run: its unfinished tasks become `cancelled` (done ones stay). Messages still in
+    /// the queue are acked and skipped by the workers. Returns how many tasks were cancelled.
+    pub async fn cancel_run(&self, run_id: Uuid) -> Result<u64, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        let run = sqlx::query(
+            "UPDATE runs SET state = 'cancelled', finished_at = now() WHERE id = $1 AND state <> 'cancelled'",
+        )
+        .bind(run_id)
+        .execute(&mut *tx)
+        .await?;
+        if run.rows_affected() == 0 {
+            let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM runs WHERE id = $1)")
+                .bind(run_id)
+                .fetch_one(&mut *tx)
+                .await?;
+            if !exists {
+                return Err(StoreError::NotFound(format!("run {run_id}")));
+            }
+        }
+        let res = sqlx::query(
+            "UPDATE tasks SET state = 'cancelled' WHERE run_id = $1 AND state IN ('waiting', 'ready', 'published')",
+        )
+        .bind(run_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(res.rows_affected())
+    }
+
     /// Puts a run's failed tasks back to `ready` (their attempt history stays) and reopens the
     /// run. Returns how many tasks were put back.
     pub async fn retry_failed(&self, run_id: Uuid) -> Result<u64, StoreError> {

@@ -30,6 +30,7 @@ pub async fn dispatch(args: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(RunCommand::Create(a)) => run::create(&settings, a).await,
         Command::Run(RunCommand::Status(a)) => run::status(&settings, a).await,
         Command::Run(RunCommand::RetryFailed(a)) => run::retry_failed(&settings, a).await,
+        Command::Run(RunCommand::Cancel(a)) => run::cancel(&settings, a).await,
         Command::Coordinator => run::coordinator(&settings).await,
         Command::Worker(a) => worker::worker(settings, a).await,
         Command::MockTeacher(a) => mock::serve(a).await,

@@ -1,7 +1,7 @@
 //! `run create`, `run status`, `coordinator`.
 
 use super::{connect_broker, connect_store};
-use crate::cli::{RetryFailedArgs, RunCreateArgs, RunStatusArgs};
+use crate::cli::{RetryFailedArgs, RunArg, RunCreateArgs, RunStatusArgs};
 use reasonrec_coordinator::status::run_status;
 use reasonrec_coordinator::{Outbox, create_run};
 use reasonrec_core::Settings;
@@ -93,5 +93,12 @@ pub async fn retry_failed(settings: &Settings, a: RetryFailedArgs) -> anyhow::Re
         print!("{}", status.render());
         return Ok(if status.failed > 0 { ExitCode::from(2) } else { ExitCode::SUCCESS });
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn cancel(settings: &Settings, a: RunArg) -> anyhow::Result<ExitCode> {
+    let store = connect_store(settings).await?;
+    let n = store.cancel_run(a.run).await?;
+    println!("run {} cancelled: {n} unfinished tasks cancelled", a.run);
     Ok(ExitCode::SUCCESS)
 }

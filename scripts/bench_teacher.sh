@@ -7,7 +7,8 @@
 #     Postgres and all);
 #  4. teacher path: the same 2,000 in flight through the teacher client alone
 #     (`reasonrec teacher-load`), 3 runs of 20 s, median.
-# Each fidelity run lasts DURATION seconds (default 120) after the workers joined; the figures
+# Each scenario uses its own database and drops it (scenarios run in subshells, so the EXIT trap
+# cannot see their names). Each fidelity run lasts DURATION seconds (default 120) after the workers joined; the figures
 # (achieved / limit, the mock's over-limit count, throughput) are printed and appended to
 # BENCHMARKS.md.   scripts/bench_teacher.sh [DURATION] [requests] [tokens] [latency] [path]
 # (no scenario named = all three)
@@ -74,6 +75,7 @@ fidelity() { # name mock-json endpoint-toml kind(requests|tokens) limit
   sleep "$((DURATION + 3))"
   stats >"$WORK/$name-stats.json"
   stop_all
+  psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
   python3 - "$WORK/$name-stats.json" "$4" "$5" "$name" <<'PY'
 import json, sys
 s = json.load(open(sys.argv[1])); kind, limit, name = sys.argv[2], float(sys.argv[3]), sys.argv[4]
@@ -106,6 +108,7 @@ latency() {
   stats >"$WORK/$name-stats.json"
   local rss2; rss2=$(ps -o rss= -p "$wpid" | tr -d ' ')
   stop_all
+  psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
   python3 - "$WORK/$name-stats.json" "$rss" "$rss2" <<'PY'
 import json, sys
 s = json.load(open(sys.argv[1]))

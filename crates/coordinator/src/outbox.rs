@@ -36,6 +36,8 @@ pub struct Outbox {
     batch: usize,
     max_outstanding: usize,
     republish_after: Duration,
+    /// When the last look for lost messages ran (it runs at most every `republish_after / 10`).
+    last_stale_check: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl Outbox {
@@ -44,7 +46,14 @@ impl Outbox {
         let max_outstanding = reasonrec_core::settings::CoordinatorSettings::default().max_outstanding;
         let republish_after =
             Duration::from_secs(reasonrec_core::settings::CoordinatorSettings::default().republish_after_secs);
-        Ok(Self { store, publisher, batch: broker.settings().publish_batch.max(1), max_outstanding, republish_after })
+        Ok(Self {
+            store,
+            publisher,
+            batch: broker.settings().publish_batch.max(1),
+            max_outstanding,
+            republish_after,
+            last_stale_check: std::sync::Mutex::new(None),
+        })
     }
 
     /// A published task unfinished this long is published again (`coordinator.republish_after_secs`).
@@ -63,7 +72,11 @@ impl Outbox {
     /// tasks whose message went missing.
     pub async fn pump(&self, run_id: Uuid) -> Result<PumpReport, CoordinatorError> {
         let mut report = PumpReport::default();
-        let stale = self.store.requeue_stale_published(run_id, self.republish_after).await?;
+        let stale = if self.stale_check_due() {
+            self.store.requeue_stale_published(run_id, self.republish_after).await?
+        } else {
+            0
+        };
         if stale > 0 {
             tracing::warn!(%run_id, tasks = stale, "published tasks unfinished for too long; publishing them again");
             report.republished = stale;
@@ -97,6 +110,19 @@ impl Outbox {
             tracing::warn!(%run_id, nacked = report.nacked, returned = report.returned, "broker refused some publishes; they stay ready and are retried");
         }
         Ok(report)
+    }
+
+    fn stale_check_due(&self) -> bool {
+        let every = (self.republish_after / 10).clamp(Duration::from_millis(100), Duration::from_secs(60));
+        let now = std::time::Instant::now();
+        match self.last_stale_check.lock() {
+            Ok(mut last) if last.is_none_or(|t| now.duration_since(t) >= every) => {
+                *last = Some(now);
+                true
+            }
+            Ok(_) => false,
+            Err(_) => true,
+        }
     }
 
     /// Publishes and watches `run_id` until it is completed (or cancelled). Returns its state.

@@ -147,8 +147,12 @@ impl Store {
         Ok(res.rows_affected())
     }
 
-    /// Planning is over: the run's tasks may now be published and worked.
+    /// Planning is over: the run's tasks may now be published and worked. Refreshes the planner
+    /// statistics of the task tables first: a run can add millions of rows by bulk insert, and
+    /// with stale statistics Postgres picked parallel sequential scans of `task_deps` for the
+    /// per-task lookups (measured: 14 completions/s instead of hundreds).
     pub async fn start_run(&self, run_id: Uuid) -> Result<(), StoreError> {
+        sqlx::query("ANALYZE tasks, task_deps").execute(self.pool()).await?;
         sqlx::query("UPDATE runs SET state = 'running', planned_at = now() WHERE id = $1 AND state = 'planning'")
             .bind(run_id)
             .execute(self.pool())

@@ -119,19 +119,24 @@ impl TestEnv {
     }
 
     pub fn processor(&self) -> anyhow::Result<TaskProcessor> {
-        let prompts = PromptLibrary::load(&self.settings.prompts.dir)?;
-        let pool = TeacherPool::new(&self.settings.teacher)?;
-        Ok(TaskProcessor::new(
-            self.store.clone(),
-            pool,
-            Arc::new(prompts),
-            ProcessorOptions::from_settings(&self.settings),
-        ))
+        self.processor_on(self.store.clone())
     }
 
-    /// Starts an in-process worker (its own broker connection).
+    fn processor_on(&self, store: Store) -> anyhow::Result<TaskProcessor> {
+        let prompts = PromptLibrary::load(&self.settings.prompts.dir)?;
+        let pool = TeacherPool::new(&self.settings.teacher)?;
+        Ok(TaskProcessor::new(store, pool, Arc::new(prompts), ProcessorOptions::from_settings(&self.settings)))
+    }
+
+    /// Starts an in-process worker (its own broker connection, the test's database pool).
     pub fn spawn_worker(&self, name: &str) -> anyhow::Result<WorkerHandle> {
-        let processor = self.processor()?;
+        self.spawn_worker_on(name, self.store.clone())
+    }
+
+    /// Starts an in-process worker that reaches Postgres through `store` (e.g. a pool whose
+    /// connections go through a [`proxy::TcpProxy`]).
+    pub fn spawn_worker_on(&self, name: &str, store: Store) -> anyhow::Result<WorkerHandle> {
+        let processor = self.processor_on(store)?;
         let stop = CancellationToken::new();
         let counters = Arc::new(WorkerCounters::default());
         let cfg = WorkerConfig {

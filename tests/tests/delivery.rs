@@ -321,3 +321,56 @@ async fn a_cancelled_run_stops_costing_its_queued_messages_are_acked_and_skipped
     broker.close().await;
     env.cleanup().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_whose_database_connections_are_cut_commits_nothing_twice_and_finishes() -> anyhow::Result<()> {
+    let mut env =
+        TestEnv::with_mock(reasonrec_mock_teacher::MockConfig { latency_ms: 30, ..Default::default() }).await?;
+    env.settings.sampling.max_users = 150;
+    env.ingest_sample().await?;
+    let plan = create_run(&env.store, &env.settings, "sample").await?;
+    let broker = env.broker().await?;
+    let outbox = Outbox::new(env.store.clone(), &broker).await?;
+    outbox.pump(plan.run_id).await?;
+
+    // The worker's database pool goes through a proxy this test owns; the test's own pool does not.
+    let proxy = reasonrec_tests::proxy::TcpProxy::start("127.0.0.1:5432".parse()?).await?;
+    let mut db = env.settings.database.clone();
+    db.url = db.url.replace("127.0.0.1:5432", &proxy.addr.to_string());
+    anyhow::ensure!(db.url != env.settings.database.url, "database URL not routed through the proxy");
+    let worker_store = reasonrec_store::Store::connect(&db).await?;
+    let w = env.spawn_worker_on("w", worker_store.clone())?;
+    let done_sql = "SELECT count(*) FROM tasks WHERE run_id = $1 AND state = 'done'";
+    for cut in 1..=3 {
+        let t0 = std::time::Instant::now();
+        while count(&env.store, done_sql, plan.run_id).await? < 30 * cut {
+            anyhow::ensure!(t0.elapsed() < Duration::from_secs(60), "no progress before cut {cut}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(proxy.cut_all() > 0, "connections were open to cut");
+    }
+    let state =
+        tokio::time::timeout(Duration::from_secs(90), outbox.drive(plan.run_id, Duration::from_millis(50))).await??;
+    assert_eq!(state, "completed");
+    w.shutdown().await?;
+    worker_store.close().await;
+    let s = &env.store;
+    assert_eq!(count(s, done_sql, plan.run_id).await?, 150);
+    assert_eq!(
+        count(s, "SELECT count(*) FROM outputs WHERE run_id = $1", plan.run_id).await?,
+        150,
+        "one rationale per task"
+    );
+    assert_eq!(
+        count(s, "SELECT count(*) FROM attempts WHERE run_id = $1 AND error_class IS NULL", plan.run_id).await?,
+        count(
+            s,
+            "SELECT count(*) FROM (SELECT DISTINCT task_id FROM attempts WHERE run_id = $1 AND error_class IS NULL) x",
+            plan.run_id
+        )
+        .await?,
+        "no task has two committed successful attempts"
+    );
+    broker.close().await;
+    env.cleanup().await
+}

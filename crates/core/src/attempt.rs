@@ -35,6 +35,8 @@ impl ErrorClass {
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AttemptRecord {
+    /// Given when the attempt is made; makes writing the row idempotent.
+    pub id: uuid::Uuid,
     pub endpoint: String,
     pub model: String,
     pub started_at: chrono::DateTime<chrono::Utc>,

@@ -307,6 +307,7 @@ async fn insert_attempts(
         return Ok(());
     }
     let n = attempts.len();
+    let ids: Vec<Uuid> = attempts.iter().map(|a| a.id).collect();
     let (mut endpoint, mut model, mut started, mut duration) =
         (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
     let (mut status, mut class, mut error) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
@@ -324,10 +325,11 @@ async fn insert_attempts(
         cost.push(a.cost_usd);
     }
     sqlx::query(
-        "INSERT INTO attempts (task_id, run_id, endpoint, model, started_at, duration_ms, http_status,
+        "INSERT INTO attempts (task_id, run_id, attempt_id, endpoint, model, started_at, duration_ms, http_status,
                                error_class, error, input_tokens, output_tokens, cost_usd)
-         SELECT $1, $2, * FROM UNNEST($3::text[], $4::text[], $5::timestamptz[], $6::int[], $7::int[],
-                                      $8::text[], $9::text[], $10::int[], $11::int[], $12::float8[])",
+         SELECT $1, $2, * FROM UNNEST($13::uuid[], $3::text[], $4::text[], $5::timestamptz[], $6::int[], $7::int[],
+                                      $8::text[], $9::text[], $10::int[], $11::int[], $12::float8[])
+         ON CONFLICT (attempt_id) DO NOTHING",
     )
     .bind(task.id)
     .bind(task.run_id)
@@ -341,6 +343,7 @@ async fn insert_attempts(
     .bind(&tin)
     .bind(&tout)
     .bind(&cost)
+    .bind(&ids)
     .execute(&mut **tx)
     .await?;
     Ok(())

@@ -47,6 +47,7 @@ pub fn record(
     let duration_ms = i32::try_from(t0.elapsed().as_millis()).unwrap_or(i32::MAX);
     match r {
         Ok(a) => AttemptRecord {
+            id: uuid::Uuid::now_v7(),
             endpoint: ep.name.clone(),
             model: ep.model.clone(),
             started_at: started,
@@ -59,6 +60,7 @@ pub fn record(
             cost_usd: client.cost_usd(a.input_tokens, a.output_tokens),
         },
         Err(e) => AttemptRecord {
+            id: uuid::Uuid::now_v7(),
             endpoint: ep.name.clone(),
             model: ep.model.clone(),
             started_at: started,

@@ -200,6 +200,19 @@ impl WorkerHandle {
     }
 }
 
+/// Publishes and follows a run until it is completed; an error after `secs` seconds or if it
+/// ends in another state.
+pub async fn drive_to_completion(
+    outbox: &reasonrec_coordinator::Outbox,
+    run_id: Uuid,
+    secs: u64,
+) -> anyhow::Result<()> {
+    let poll = std::time::Duration::from_millis(50);
+    let state = tokio::time::timeout(std::time::Duration::from_secs(secs), outbox.drive(run_id, poll)).await??;
+    anyhow::ensure!(state == "completed", "run {run_id} ended {state}, not completed");
+    Ok(())
+}
+
 /// Counts rows of a query returning one bigint.
 pub async fn count(store: &Store, sql: &str, run_id: Uuid) -> anyhow::Result<i64> {
     Ok(sqlx::query_scalar(sql).bind(run_id).fetch_one(store.pool()).await?)

@@ -32,9 +32,7 @@ async fn a_task_committed_but_not_acked_is_redelivered_and_absorbed() -> anyhow:
 
     // The real worker gets the message again and must not store or pay for it twice.
     let w = env.spawn_worker("w")?;
-    let state =
-        tokio::time::timeout(Duration::from_secs(60), outbox.drive(plan.run_id, Duration::from_millis(50))).await??;
-    assert_eq!(state, "completed");
+    reasonrec_tests::drive_to_completion(&outbox, plan.run_id, 60).await?;
     let counters = w.shutdown().await?;
     assert_eq!(counters.already_done.load(Ordering::Relaxed), 1, "the redelivery was recognised");
     assert_eq!(counters.completed.load(Ordering::Relaxed), 9);
@@ -64,9 +62,7 @@ async fn every_message_published_twice_still_yields_one_rationale_per_task() -> 
 
     let w1 = env.spawn_worker("w1")?;
     let w2 = env.spawn_worker("w2")?;
-    let state =
-        tokio::time::timeout(Duration::from_secs(60), outbox.drive(plan.run_id, Duration::from_millis(50))).await??;
-    assert_eq!(state, "completed");
+    reasonrec_tests::drive_to_completion(&outbox, plan.run_id, 60).await?;
     // Wait for the duplicates still in the queue to be consumed before stopping.
     let ch = broker.channel().await?;
     for _ in 0..200 {
@@ -112,9 +108,7 @@ async fn tasks_are_marked_published_only_after_the_broker_confirms() -> anyhow::
 
     // Nacked tasks stay ready and go out on later passes as the queue drains.
     let w = env.spawn_worker("w")?;
-    let state =
-        tokio::time::timeout(Duration::from_secs(60), outbox.drive(plan.run_id, Duration::from_millis(20))).await??;
-    assert_eq!(state, "completed");
+    reasonrec_tests::drive_to_completion(&outbox, plan.run_id, 60).await?;
     w.shutdown().await?;
     assert_eq!(count(s, "SELECT count(*) FROM outputs WHERE run_id = $1", plan.run_id).await?, 30);
     assert_eq!(count(s, "SELECT count(*) FROM tasks WHERE run_id = $1 AND state = 'done'", plan.run_id).await?, 30);
@@ -165,9 +159,8 @@ async fn lost_messages_are_published_again_and_failed_tasks_can_be_retried() -> 
     let ch = broker.channel().await?;
     ch.queue_purge(broker.topology().work_queue.as_str().into(), lapin::options::QueuePurgeOptions::default()).await?;
     let w = env.spawn_worker("w")?;
-    let state =
-        tokio::time::timeout(Duration::from_secs(60), outbox.drive(plan.run_id, Duration::from_millis(50))).await??;
-    assert_eq!(state, "completed", "the outbox published the lost tasks again");
+    // the outbox published the lost tasks again
+    reasonrec_tests::drive_to_completion(&outbox, plan.run_id, 60).await?;
     let s = &env.store;
     assert_eq!(count(s, "SELECT count(*) FROM tasks WHERE run_id = $1 AND state = 'failed'", plan.run_id).await?, 20);
 
@@ -175,9 +168,7 @@ async fn lost_messages_are_published_again_and_failed_tasks_can_be_retried() -> 
     env.mock.set_config(reasonrec_mock_teacher::MockConfig::default()).map_err(anyhow::Error::msg)?;
     assert_eq!(s.retry_failed(plan.run_id).await?, 20);
     assert_eq!(s.get_run(plan.run_id).await?.state, "running");
-    let state =
-        tokio::time::timeout(Duration::from_secs(60), outbox.drive(plan.run_id, Duration::from_millis(50))).await??;
-    assert_eq!(state, "completed");
+    reasonrec_tests::drive_to_completion(&outbox, plan.run_id, 60).await?;
     w.shutdown().await?;
     assert_eq!(count(s, "SELECT count(*) FROM tasks WHERE run_id = $1 AND state = 'done'", plan.run_id).await?, 20);
     assert_eq!(count(s, "SELECT count(*) FROM outputs WHERE run_id = $1", plan.run_id).await?, 20);
@@ -209,9 +200,8 @@ async fn an_undecodable_message_is_dead_lettered_with_its_reason_and_work_goes_o
     let plan = create_run(&env.store, &env.settings, "sample").await?;
     let outbox = Outbox::new(env.store.clone(), &broker).await?;
     let w = env.spawn_worker("w")?;
-    let state =
-        tokio::time::timeout(Duration::from_secs(60), outbox.drive(plan.run_id, Duration::from_millis(50))).await??;
-    assert_eq!(state, "completed", "the bad message did not stop the worker");
+    // the bad message did not stop the worker
+    reasonrec_tests::drive_to_completion(&outbox, plan.run_id, 60).await?;
     let counters = w.shutdown().await?;
     assert_eq!(counters.bad_messages.load(Ordering::Relaxed), 1);
     let dead = ch
@@ -262,9 +252,7 @@ async fn a_worker_whose_broker_connection_is_cut_reconnects_and_nothing_is_doubl
         }
         assert!(proxy.cut_all() > 0, "a connection was open to cut");
     }
-    let state =
-        tokio::time::timeout(Duration::from_secs(90), outbox.drive(plan.run_id, Duration::from_millis(50))).await??;
-    assert_eq!(state, "completed");
+    reasonrec_tests::drive_to_completion(&outbox, plan.run_id, 90).await?;
     let counters = w.shutdown().await?;
     assert!(counters.reconnects.load(Ordering::Relaxed) >= 3, "reconnected after each cut");
     let s = &env.store;
@@ -349,9 +337,7 @@ async fn a_worker_whose_database_connections_are_cut_commits_nothing_twice_and_f
         }
         assert!(proxy.cut_all() > 0, "connections were open to cut");
     }
-    let state =
-        tokio::time::timeout(Duration::from_secs(90), outbox.drive(plan.run_id, Duration::from_millis(50))).await??;
-    assert_eq!(state, "completed");
+    reasonrec_tests::drive_to_completion(&outbox, plan.run_id, 90).await?;
     w.shutdown().await?;
     worker_store.close().await;
     let s = &env.store;

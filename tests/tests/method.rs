@@ -7,7 +7,6 @@ use reasonrec_core::{OutputKey, prompt::clean_data};
 use reasonrec_mock_teacher::MockConfig;
 use reasonrec_tests::{TestEnv, count};
 use sqlx::Row;
-use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_stages_every_reasoning_saw_its_user_profile_and_item_profiles() -> anyhow::Result<()> {
@@ -41,8 +40,7 @@ async fn three_stages_every_reasoning_saw_its_user_profile_and_item_profiles() -
     // A small backlog cap so the run behaves like a large one: ready tasks go out user by user.
     let outbox = Outbox::new(env.store.clone(), &broker).await?.with_max_outstanding(64);
     let (w1, w2) = (env.spawn_worker("w1")?, env.spawn_worker("w2")?);
-    let state = tokio::time::timeout(Duration::from_secs(120), outbox.drive(run, Duration::from_millis(50))).await??;
-    assert_eq!(state, "completed");
+    reasonrec_tests::drive_to_completion(&outbox, run, 120).await?;
     let (c1, c2) = (w1.shutdown().await?, w2.shutdown().await?);
     assert_eq!(count(s, "SELECT count(*) FROM tasks WHERE run_id = $1 AND state <> 'done'", run).await?, 0);
     // Item profiles finishing at once share dependents: no commit was lost to a deadlock and no
@@ -123,9 +121,7 @@ async fn answers_that_contradict_the_label_are_re_asked_and_never_stored() -> an
     let broker = env.broker().await?;
     let outbox = Outbox::new(env.store.clone(), &broker).await?;
     let w = env.spawn_worker("w")?;
-    let state =
-        tokio::time::timeout(Duration::from_secs(60), outbox.drive(plan.run_id, Duration::from_millis(50))).await??;
-    assert_eq!(state, "completed");
+    reasonrec_tests::drive_to_completion(&outbox, plan.run_id, 60).await?;
     w.shutdown().await?;
     let s = &env.store;
     let contradictions = env.mock.stats().contradictions;
@@ -184,9 +180,7 @@ async fn with_profile_stages_off_reasoning_sees_raw_item_text() -> anyhow::Resul
     let broker = env.broker().await?;
     let outbox = Outbox::new(env.store.clone(), &broker).await?;
     let w = env.spawn_worker("w")?;
-    let state =
-        tokio::time::timeout(Duration::from_secs(60), outbox.drive(plan.run_id, Duration::from_millis(50))).await??;
-    assert_eq!(state, "completed");
+    reasonrec_tests::drive_to_completion(&outbox, plan.run_id, 60).await?;
     w.shutdown().await?;
     assert_eq!(
         count(&env.store, "SELECT count(*) FROM tasks WHERE run_id = $1 AND state = 'done'", plan.run_id).await?,
@@ -218,9 +212,7 @@ async fn amazon_items_are_profiled_from_their_reviews_and_reasoning_uses_k_4() -
     let broker = env.broker().await?;
     let outbox = Outbox::new(env.store.clone(), &broker).await?;
     let w = env.spawn_worker("w")?;
-    let state =
-        tokio::time::timeout(Duration::from_secs(90), outbox.drive(plan.run_id, Duration::from_millis(50))).await??;
-    assert_eq!(state, "completed");
+    reasonrec_tests::drive_to_completion(&outbox, plan.run_id, 90).await?;
     w.shutdown().await?;
     assert_eq!(count(s, "SELECT count(*) FROM tasks WHERE run_id = $1 AND state <> 'done'", plan.run_id).await?, 0);
     // An item profile prompt carries the item's sampled reviews.
@@ -286,9 +278,7 @@ async fn prompts_over_the_word_cap_are_truncated_or_dropped_and_counted() -> any
     let broker = env.broker().await?;
     let outbox = Outbox::new(env.store.clone(), &broker).await?;
     let w = env.spawn_worker("w")?;
-    let state =
-        tokio::time::timeout(Duration::from_secs(60), outbox.drive(plan.run_id, Duration::from_millis(50))).await??;
-    assert_eq!(state, "completed");
+    reasonrec_tests::drive_to_completion(&outbox, plan.run_id, 60).await?;
     w.shutdown().await?;
     let status = reasonrec_coordinator::status::run_status(&env.store, plan.run_id).await?;
     assert_eq!(status.done, 20);
@@ -305,9 +295,7 @@ async fn prompts_over_the_word_cap_are_truncated_or_dropped_and_counted() -> any
     let before = env.mock.stats().requests;
     let plan = create_run(&env.store, &env.settings, "sample").await?;
     let w = env.spawn_worker("w2")?;
-    let state =
-        tokio::time::timeout(Duration::from_secs(60), outbox.drive(plan.run_id, Duration::from_millis(50))).await??;
-    assert_eq!(state, "completed");
+    reasonrec_tests::drive_to_completion(&outbox, plan.run_id, 60).await?;
     w.shutdown().await?;
     let status = reasonrec_coordinator::status::run_status(&env.store, plan.run_id).await?;
     assert_eq!((status.failed, status.counts.dropped_overlong), (20, 20));

@@ -41,9 +41,7 @@ async fn two_workers_together_stay_at_the_endpoint_limit() -> anyhow::Result<()>
     let broker = env.broker().await?;
     let outbox = Outbox::new(env.store.clone(), &broker).await?;
     let (w1, w2) = (env.spawn_worker("w1")?, env.spawn_worker("w2")?);
-    let state =
-        tokio::time::timeout(Duration::from_secs(60), outbox.drive(plan.run_id, Duration::from_millis(50))).await??;
-    assert_eq!(state, "completed");
+    reasonrec_tests::drive_to_completion(&outbox, plan.run_id, 60).await?;
     let (c1, c2) = (w1.shutdown().await?, w2.shutdown().await?);
     let done = |c: &reasonrec_worker::WorkerCounters| c.completed.load(std::sync::atomic::Ordering::Relaxed);
     assert!(done(&c1) > 0 && done(&c2) > 0, "both workers worked");

@@ -62,9 +62,7 @@ async fn a_worker_killed_mid_run_loses_nothing_and_duplicates_nothing() -> anyho
     assert!(done_at_kill < 120, "killed before the end ({done_at_kill} done)");
 
     let mut second = worker(&config, "survivor")?;
-    let state =
-        tokio::time::timeout(Duration::from_secs(90), outbox.drive(plan.run_id, Duration::from_millis(50))).await??;
-    assert_eq!(state, "completed");
+    reasonrec_tests::drive_to_completion(&outbox, plan.run_id, 90).await?;
     // SIGTERM drains and exits 0.
     let _ = Command::new("kill").args(["-TERM", &second.id().to_string()]).status()?;
     let status = second.wait()?;

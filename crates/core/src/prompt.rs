@@ -29,13 +29,6 @@ pub struct RenderedPrompt {
     pub messages: Vec<ChatMessage>,
 }
 
-impl RenderedPrompt {
-    /// Characters across all messages (for length caps and token estimates).
-    pub fn char_len(&self) -> usize {
-        self.messages.iter().map(|m| m.content.chars().count()).sum()
-    }
-}
-
 #[derive(Debug, Clone)]
 struct Template {
     path: PathBuf,
@@ -130,10 +123,6 @@ impl PromptLibrary {
             return Ok(fallback);
         }
         Err(CoreError::TemplateMissing { stage: stage.to_string(), family: family.to_string(), dir: self.dir.clone() })
-    }
-
-    pub fn version_of(&self, name: &str) -> Option<&str> {
-        self.templates.get(name).map(|t| t.version.as_str())
     }
 
     pub fn render<C: Serialize>(&self, stage: Stage, family: &str, ctx: &C) -> Result<RenderedPrompt, CoreError> {

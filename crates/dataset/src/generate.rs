@@ -11,26 +11,10 @@ use rand::{Rng, SeedableRng};
 use std::io::Write;
 use std::path::Path;
 
-pub const GENRES: &[&str] = &[
-    "Action",
-    "Adventure",
-    "Animation",
-    "Children's",
-    "Comedy",
-    "Crime",
-    "Documentary",
-    "Drama",
-    "Fantasy",
-    "Film-Noir",
-    "Horror",
-    "Musical",
-    "Mystery",
-    "Romance",
-    "Sci-Fi",
-    "Thriller",
-    "War",
-    "Western",
-];
+/// The 18 MovieLens genres (the ml-100k flags without "unknown").
+pub fn genres() -> &'static [&'static str] {
+    &crate::movielens::ML100K_GENRES[1..]
+}
 
 const ADJECTIVES: &[&str] = &[
     "Silent",
@@ -163,11 +147,11 @@ pub fn generate_ml1m(dir: &Path, spec: GenerateSpec) -> Result<Generated, Datase
     for m in 0..spec.items {
         let year = rng.random_range(1950..=2000);
         let n = rng.random_range(1..=3);
-        let mut g: Vec<usize> = (0..GENRES.len()).collect();
+        let mut g: Vec<usize> = (0..genres().len()).collect();
         g.shuffle(&mut rng);
         g.truncate(n);
         g.sort_unstable();
-        let names: Vec<&str> = g.iter().map(|&i| GENRES[i]).collect();
+        let names: Vec<&str> = g.iter().map(|&i| genres()[i]).collect();
         movies.push_str(&format!("{}::{}::{}\n", m + 1, title(&mut rng, year), names.join("|")));
         movie_genres.push(g);
     }
@@ -194,10 +178,10 @@ pub fn generate_ml1m(dir: &Path, spec: GenerateSpec) -> Result<Generated, Datase
             rng.random_range(1000..99999)
         )
         .map_err(io_err(&users_path))?;
-        let mut favourites: Vec<usize> = (0..GENRES.len()).collect();
+        let mut favourites: Vec<usize> = (0..genres().len()).collect();
         favourites.shuffle(&mut rng);
         favourites.truncate(rng.random_range(2..=3));
-        let disliked = favourites.pop().map(|_| rng.random_range(0..GENRES.len())).unwrap_or(0);
+        let disliked = favourites.pop().map(|_| rng.random_range(0..genres().len())).unwrap_or(0);
         let n = rng.random_range(min_ratings..=max_ratings);
         order.shuffle(&mut rng);
         let mut ts: i64 = rng.random_range(956_703_932..1_010_000_000);

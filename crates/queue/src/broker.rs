@@ -33,10 +33,6 @@ impl Broker {
         &self.settings
     }
 
-    pub fn is_connected(&self) -> bool {
-        self.connection.status().connected()
-    }
-
     pub async fn channel(&self) -> Result<Channel, QueueError> {
         deadline("channel.open", 30, self.connection.create_channel()).await
     }

@@ -115,14 +115,6 @@ impl Store {
         Ok(out)
     }
 
-    /// True when the ledger already holds an accepted answer for this key.
-    pub async fn output_exists(&self, key: &OutputKey) -> Result<bool, StoreError> {
-        Ok(sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM outputs WHERE key = $1)")
-            .bind(key.as_bytes())
-            .fetch_one(self.pool())
-            .await?)
-    }
-
     /// The first of `keys` (in order) that the ledger holds.
     pub async fn first_existing_output(&self, keys: &[OutputKey]) -> Result<Option<OutputKey>, StoreError> {
         let bytes: Vec<&[u8]> = keys.iter().map(|k| k.as_bytes()).collect();
@@ -131,14 +123,6 @@ impl Store {
             .fetch_all(self.pool())
             .await?;
         Ok(keys.iter().find(|k| found.iter().any(|f| f.as_slice() == k.as_bytes())).copied())
-    }
-
-    /// The text stored for a key.
-    pub async fn output_text(&self, key: &OutputKey) -> Result<Option<String>, StoreError> {
-        Ok(sqlx::query_scalar("SELECT text FROM outputs WHERE key = $1")
-            .bind(key.as_bytes())
-            .fetch_optional(self.pool())
-            .await?)
     }
 
     /// Completes a task with `key`, inserting `output` into the ledger first when given.

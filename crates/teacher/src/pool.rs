@@ -55,10 +55,6 @@ impl TeacherPool {
         &self.clients
     }
 
-    pub fn client(&self, name: &str) -> Option<&TeacherClient> {
-        self.clients.iter().find(|c| c.endpoint().name == name)
-    }
-
     /// An endpoint chosen at random in proportion to its weight among those that may take a
     /// request now (weight 0 = only when no weighted one may).
     fn pick(&self) -> Pick<'_> {

@@ -6,6 +6,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod chaos;
+pub mod pg;
 pub mod proxy;
 
 use anyhow::Context;
@@ -53,6 +55,7 @@ pub struct TestEnv {
     pub store: Store,
     pub mock: MockHandle,
     db_name: String,
+    admin_url: String,
     cleaned: bool,
 }
 
@@ -62,10 +65,15 @@ impl TestEnv {
     }
 
     pub async fn with_mock(mock_config: MockConfig) -> anyhow::Result<Self> {
+        Self::on_server(mock_config, admin_url()).await
+    }
+
+    /// Like [`TestEnv::with_mock`], with the database on the Postgres server of `admin` (e.g. a
+    /// [`pg::PrivatePostgres`] the test may stop and restart).
+    pub async fn on_server(mock_config: MockConfig, admin: String) -> anyhow::Result<Self> {
         init_once();
         let id = Uuid::new_v4().simple().to_string();
         let db_name = format!("rr_test_{}", &id[..16]);
-        let admin = admin_url();
         let mut conn = sqlx::PgConnection::connect(&admin).await.context("admin connection to Postgres")?;
         sqlx::query(&format!("CREATE DATABASE {db_name}")).execute(&mut conn).await?;
         conn.close().await?;
@@ -98,7 +106,7 @@ impl TestEnv {
         settings.stages.user_profile = false;
         let store = Store::connect(&settings.database).await?;
         store.migrate().await?;
-        Ok(Self { settings, store, mock, db_name, cleaned: false })
+        Ok(Self { settings, store, mock, db_name, admin_url: admin, cleaned: false })
     }
 
     /// Switches on the whole method: three stages, all three splits.
@@ -154,18 +162,18 @@ impl TestEnv {
     pub async fn cleanup(mut self) -> anyhow::Result<()> {
         self.cleaned = true;
         self.store.close().await;
-        cleanup(self.settings.clone(), self.db_name.clone()).await
+        cleanup(self.settings.clone(), self.db_name.clone(), self.admin_url.clone()).await
     }
 }
 
-async fn cleanup(settings: Settings, db_name: String) -> anyhow::Result<()> {
+async fn cleanup(settings: Settings, db_name: String, admin: String) -> anyhow::Result<()> {
     if let Ok(broker) = Broker::connect(&settings.broker, "test-cleanup").await {
         if let Ok(ch) = broker.channel().await {
             let _ = broker.topology().delete(&ch).await;
         }
         broker.close().await;
     }
-    let mut conn = sqlx::PgConnection::connect(&admin_url()).await?;
+    let mut conn = sqlx::PgConnection::connect(&admin).await?;
     sqlx::query(&format!("DROP DATABASE IF EXISTS {db_name} WITH (FORCE)")).execute(&mut conn).await?;
     Ok(())
 }
@@ -175,11 +183,11 @@ impl Drop for TestEnv {
         if self.cleaned {
             return;
         }
-        let (settings, db) = (self.settings.clone(), self.db_name.clone());
+        let (settings, db, admin) = (self.settings.clone(), self.db_name.clone(), self.admin_url.clone());
         // A failed test still removes what it made: run the async cleanup on its own runtime.
         let _ = std::thread::spawn(move || {
             if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                let _ = rt.block_on(cleanup(settings, db));
+                let _ = rt.block_on(cleanup(settings, db, admin));
             }
         })
         .join();

@@ -182,7 +182,7 @@ async fn lost_messages_are_published_again_and_failed_tasks_can_be_retried() -> 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_undecodable_message_is_dead_lettered_with_its_reason_and_work_goes_on() -> anyhow::Result<()> {
+async fn an_undecodable_message_is_parked_with_its_reason_and_work_goes_on() -> anyhow::Result<()> {
     let mut env = TestEnv::new().await?;
     env.settings.sampling.max_users = 5;
     env.ingest_sample().await?;
@@ -204,22 +204,13 @@ async fn an_undecodable_message_is_dead_lettered_with_its_reason_and_work_goes_o
     reasonrec_tests::drive_to_completion(&outbox, plan.run_id, 60).await?;
     let counters = w.shutdown().await?;
     assert_eq!(counters.bad_messages.load(Ordering::Relaxed), 1);
-    let dead = ch
-        .basic_get(broker.topology().dead_queue.as_str().into(), BasicGetOptions { no_ack: true })
+    let parked = ch
+        .basic_get(broker.topology().parked_queue.as_str().into(), BasicGetOptions { no_ack: true })
         .await?
-        .ok_or_else(|| anyhow::anyhow!("the dead-letter queue is empty"))?;
-    assert_eq!(dead.delivery.data, garbage);
-    let reason = dead
-        .delivery
-        .properties
-        .headers()
-        .as_ref()
-        .and_then(|h| h.inner().get("x-reasonrec-error").cloned())
-        .and_then(|v| match v {
-            lapin::types::AMQPValue::LongString(s) => Some(s.to_string()),
-            _ => None,
-        })
-        .unwrap_or_default();
+        .ok_or_else(|| anyhow::anyhow!("the parked queue is empty"))?;
+    assert_eq!(parked.delivery.data, garbage);
+    let reason =
+        reasonrec_queue::redirect::header_str(&parked.delivery.properties, "x-reasonrec-error").unwrap_or_default();
     assert!(reason.contains("cannot decode task message"), "{reason}");
     assert_eq!(broker.topology().ready_messages(&ch).await?, 0);
     broker.close().await;
@@ -357,6 +348,115 @@ async fn a_worker_whose_database_connections_are_cut_commits_nothing_twice_and_f
         .await?,
         "no task has two committed successful attempts"
     );
+    broker.close().await;
+    env.cleanup().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_delivered_too_often_is_dead_lettered_and_its_task_fails_with_the_reason() -> anyhow::Result<()> {
+    let mut env = TestEnv::new().await?;
+    env.settings.sampling.max_users = 3;
+    env.settings.broker.delivery_limit = 2;
+    env.ingest_sample().await?;
+    let plan = create_run(&env.store, &env.settings, "sample").await?;
+    let broker = env.broker().await?;
+    let outbox = Outbox::new(env.store.clone(), &broker).await?;
+    assert_eq!(outbox.pump(plan.run_id).await?.published, 3);
+
+    // A consumer that "crashes" on every delivery: takes it and hands it back, until the
+    // broker dead-letters all three.
+    let ch = broker.channel().await?;
+    let topo = broker.topology().clone();
+    let t0 = std::time::Instant::now();
+    while topo.queue_depth(&ch, &topo.dead_queue).await? < 3 {
+        anyhow::ensure!(t0.elapsed() < Duration::from_secs(20), "messages were not dead-lettered");
+        match ch.basic_get(topo.work_queue.as_str().into(), BasicGetOptions { no_ack: false }).await? {
+            Some(m) => {
+                m.delivery.acker.nack(lapin::options::BasicNackOptions { requeue: true, multiple: false }).await?;
+            }
+            None => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    assert_eq!(topo.ready_messages(&ch).await?, 0);
+    assert_eq!(outbox.record_dead_letters().await?, 3);
+    let failed = count(
+        &env.store,
+        "SELECT count(*) FROM tasks WHERE run_id = $1 AND state = 'failed'
+           AND last_error LIKE 'dead-lettered: delivery limit reached%'",
+        plan.run_id,
+    )
+    .await?;
+    assert_eq!(failed, 3, "each task failed with the dead-letter reason");
+    assert_eq!(topo.queue_depth(&ch, &topo.dead_queue).await?, 0, "recorded messages are acked");
+
+    // retry-failed puts them back and a worker finishes them.
+    assert_eq!(env.store.retry_failed(plan.run_id).await?, 3);
+    let w = env.spawn_worker("w")?;
+    reasonrec_tests::drive_to_completion(&outbox, plan.run_id, 60).await?;
+    w.shutdown().await?;
+    assert_eq!(count(&env.store, "SELECT count(*) FROM outputs WHERE run_id = $1", plan.run_id).await?, 3);
+    broker.close().await;
+    env.cleanup().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_postgres_down_tasks_wait_in_retry_tiers_then_are_dead_lettered_then_retried() -> anyhow::Result<()> {
+    let pg = reasonrec_tests::pg::PrivatePostgres::start()?;
+    let mut env = TestEnv::on_server(reasonrec_mock_teacher::MockConfig::default(), pg.admin_url()).await?;
+    env.settings.sampling.max_users = 20;
+    env.settings.broker.retry_delays_secs = vec![1, 2];
+    env.settings.broker.max_retries = 3;
+    env.settings.database.acquire_timeout_secs = 1;
+    env.ingest_sample().await?;
+    let plan = create_run(&env.store, &env.settings, "sample").await?;
+    let broker = env.broker().await?;
+    let outbox = Outbox::new(env.store.clone(), &broker).await?;
+    assert_eq!(outbox.pump(plan.run_id).await?.published, 20);
+
+    let worker_store = reasonrec_store::Store::connect(&env.settings.database).await?;
+    pg.stop()?;
+    let w = env.spawn_worker_on("w", worker_store)?;
+    let ch = broker.channel().await?;
+    let topo = broker.topology().clone();
+    let t0 = std::time::Instant::now();
+    // 1 + 3 tries per task, 1 s + 2 s + 2 s in the tiers between them.
+    while topo.queue_depth(&ch, &topo.dead_queue).await? < 20 {
+        anyhow::ensure!(t0.elapsed() < Duration::from_secs(60), "tasks did not reach the dead queue");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(t0.elapsed() >= Duration::from_secs(5), "the tiers delayed the retries");
+    let handed_back = w.counters.requeued.load(Ordering::Relaxed);
+    assert_eq!(handed_back, 80, "each of 20 tasks tried 4 times, never committed");
+    assert_eq!(env.mock.stats().requests, 0, "nothing was asked while tasks could not be loaded");
+
+    // Postgres is back: the coordinator records the dead letters with their reason.
+    pg.start_again()?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let target = reasonrec_coordinator::Target::Run(plan.run_id);
+    let first = reasonrec_coordinator::supervise(&env.store, &env.settings, target, stop.clone());
+    let state = tokio::time::timeout(Duration::from_secs(60), first).await??;
+    assert_eq!(state.as_deref(), Some("completed"));
+    let failed = count(
+        &env.store,
+        "SELECT count(*) FROM tasks WHERE run_id = $1 AND state = 'failed'
+           AND last_error LIKE 'dead-lettered: retries spent (3): %'",
+        plan.run_id,
+    )
+    .await?;
+    assert_eq!(failed, 20);
+
+    // retry-failed: the same worker (its pool reconnected) finishes them.
+    assert_eq!(env.store.retry_failed(plan.run_id).await?, 20);
+    let target = reasonrec_coordinator::Target::Run(plan.run_id);
+    let again = reasonrec_coordinator::supervise(&env.store, &env.settings, target, stop);
+    let state = tokio::time::timeout(Duration::from_secs(60), again).await??;
+    assert_eq!(state.as_deref(), Some("completed"));
+    assert_eq!(
+        count(&env.store, "SELECT count(*) FROM tasks WHERE run_id = $1 AND state = 'done'", plan.run_id).await?,
+        20
+    );
+    w.shutdown().await?;
+    assert_eq!(count(&env.store, "SELECT count(*) FROM outputs WHERE run_id = $1", plan.run_id).await?, 20);
     broker.close().await;
     env.cleanup().await
 }

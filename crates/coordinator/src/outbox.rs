@@ -6,10 +6,14 @@
 //! never marked published without its confirm, so none is lost.
 
 use crate::error::CoordinatorError;
+use lapin::Channel;
+use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions};
 use reasonrec_core::TaskMessage;
-use reasonrec_queue::{Broker, Publisher};
+use reasonrec_queue::error::deadline;
+use reasonrec_queue::redirect::dead_reason;
+use reasonrec_queue::{Broker, Publisher, Redirector};
 use reasonrec_store::Store;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -33,6 +37,11 @@ impl PumpReport {
 pub struct Outbox {
     store: Store,
     publisher: Publisher,
+    /// Reads the dead queue (basic.get) and parks what it cannot decode.
+    dead_channel: Channel,
+    dead_queue: String,
+    redirect: Redirector,
+    last_dead_check: std::sync::Mutex<Option<Instant>>,
     batch: usize,
     max_outstanding: usize,
     republish_after: Duration,
@@ -46,14 +55,31 @@ impl Outbox {
         let max_outstanding = reasonrec_core::settings::CoordinatorSettings::default().max_outstanding;
         let republish_after =
             Duration::from_secs(reasonrec_core::settings::CoordinatorSettings::default().republish_after_secs);
+        let dead_channel = broker.channel().await?;
         Ok(Self {
             store,
             publisher,
+            dead_channel,
+            dead_queue: broker.topology().dead_queue.clone(),
+            redirect: Redirector::new(broker).await?,
+            last_dead_check: std::sync::Mutex::new(None),
             batch: broker.settings().publish_batch.max(1),
             max_outstanding,
             republish_after,
             last_stale_check: std::sync::Mutex::new(None),
         })
+    }
+
+    /// An outbox with the `coordinator` section's backlog cap and republish timeout.
+    pub async fn configured(
+        store: Store,
+        broker: &Broker,
+        settings: &reasonrec_core::settings::CoordinatorSettings,
+    ) -> Result<Self, CoordinatorError> {
+        Ok(Self::new(store, broker)
+            .await?
+            .with_max_outstanding(settings.max_outstanding)
+            .with_republish_after(Duration::from_secs(settings.republish_after_secs)))
     }
 
     /// A published task unfinished this long is published again (`coordinator.republish_after_secs`).
@@ -114,20 +140,51 @@ impl Outbox {
 
     fn stale_check_due(&self) -> bool {
         let every = (self.republish_after / 10).clamp(Duration::from_millis(100), Duration::from_secs(60));
-        let now = std::time::Instant::now();
-        match self.last_stale_check.lock() {
-            Ok(mut last) if last.is_none_or(|t| now.duration_since(t) >= every) => {
-                *last = Some(now);
-                true
-            }
-            Ok(_) => false,
-            Err(_) => true,
+        due(&self.last_stale_check, every)
+    }
+
+    /// Moves dead-lettered task messages into Postgres: each task fails with the reason the
+    /// message carries (delivery limit, retries spent), then the message is acked. Messages
+    /// that do not decode are parked. Returns how many tasks changed. Runs at most once a
+    /// second from `drive`/`serve`.
+    pub async fn record_dead_letters(&self) -> Result<u64, CoordinatorError> {
+        if !due(&self.last_dead_check, Duration::from_secs(1)) {
+            return Ok(0);
         }
+        let mut failed = 0;
+        for _ in 0..1000 {
+            let get = self.dead_channel.basic_get(self.dead_queue.as_str().into(), BasicGetOptions { no_ack: false });
+            let Some(msg) = deadline("basic.get", 30, get).await? else { break };
+            let d = msg.delivery;
+            let reason = dead_reason(&d.properties);
+            let recorded = match TaskMessage::decode(&d.data) {
+                Ok(m) => match self.store.record_dead_letter(m.task_id, &reason).await {
+                    Ok(changed) => {
+                        tracing::warn!(task_id = %m.task_id, run_id = %m.run_id, stage = %m.stage, %reason, changed, "task dead-lettered");
+                        failed += u64::from(changed);
+                        Ok(())
+                    }
+                    Err(e) => Err(CoordinatorError::from(e)),
+                },
+                Err(e) => self.redirect.park(&d.data, &format!("{reason}; undecodable: {e}")).await.map_err(Into::into),
+            };
+            match recorded {
+                Ok(()) => {
+                    d.acker.ack(BasicAckOptions::default()).await.map_err(reasonrec_queue::QueueError::from)?;
+                }
+                Err(e) => {
+                    let _ = d.acker.nack(BasicNackOptions { requeue: true, multiple: false }).await;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(failed)
     }
 
     /// Publishes and watches `run_id` until it is completed (or cancelled). Returns its state.
     pub async fn drive(&self, run_id: Uuid, poll: Duration) -> Result<String, CoordinatorError> {
         loop {
+            self.record_dead_letters().await?;
             let report = self.pump(run_id).await?;
             let state = self.store.refresh_run_state(run_id).await?;
             if state == "completed" || state == "cancelled" {
@@ -148,6 +205,7 @@ impl Outbox {
         let mut stop = std::pin::pin!(stop);
         loop {
             let mut busy = false;
+            self.record_dead_letters().await?;
             for run_id in self.store.active_runs().await? {
                 busy |= self.pump(run_id).await?.published > 0;
                 let state = self.store.refresh_run_state(run_id).await?;
@@ -162,5 +220,18 @@ impl Outbox {
                 }
             }
         }
+    }
+}
+
+/// True (and remembers now) when `every` passed since the last true.
+fn due(last: &std::sync::Mutex<Option<Instant>>, every: Duration) -> bool {
+    let now = Instant::now();
+    match last.lock() {
+        Ok(mut last) if last.is_none_or(|t| now.duration_since(t) >= every) => {
+            *last = Some(now);
+            true
+        }
+        Ok(_) => false,
+        Err(_) => true,
     }
 }

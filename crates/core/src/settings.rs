@@ -68,6 +68,17 @@ pub struct BrokerSettings {
     /// Messages published before their confirms are awaited together.
     pub publish_batch: usize,
     pub confirm_timeout_secs: u64,
+    /// Quorum queues: a message delivered this many times without an ack (workers crashing on
+    /// it, or handing it back) is dead-lettered; the coordinator then marks its task failed with
+    /// the reason. 0 = no limit. Ignored on classic queues.
+    pub delivery_limit: u32,
+    /// Delays of the retry tiers: a task whose commit failed with a retryable error (Postgres
+    /// down, deadlock after in-process retries) waits in `<prefix>.retry.<secs>s` and comes back
+    /// to the work queue when its TTL runs out, instead of a hot requeue loop. The n-th retry
+    /// uses the n-th delay (the last one from then on).
+    pub retry_delays_secs: Vec<u64>,
+    /// Retries through the tiers before the task is dead-lettered with its last error.
+    pub max_retries: u32,
 }
 
 impl Default for BrokerSettings {
@@ -79,6 +90,9 @@ impl Default for BrokerSettings {
             max_length: 0,
             publish_batch: 2000,
             confirm_timeout_secs: 30,
+            delivery_limit: 10,
+            retry_delays_secs: vec![10, 60, 600],
+            max_retries: 8,
         }
     }
 }
@@ -392,6 +406,9 @@ impl Settings {
         }
         if self.broker.publish_batch == 0 {
             return bad("broker.publish_batch", "must be at least 1".into());
+        }
+        if self.broker.retry_delays_secs.is_empty() || self.broker.retry_delays_secs.contains(&0) {
+            return bad("broker.retry_delays_secs", "needs at least one delay, each at least 1 second".into());
         }
         for split in &self.sampling.splits {
             if !matches!(split.as_str(), "train" | "validation" | "test") {

@@ -6,6 +6,9 @@ pub enum QueueError {
     Amqp(#[from] lapin::Error),
     #[error("broker did not answer {what} within {secs} s")]
     Timeout { what: &'static str, secs: u64 },
+    /// The broker nacked a publish or returned it as unroutable.
+    #[error("broker refused {what}")]
+    Refused { what: &'static str },
 }
 
 impl QueueError {
@@ -14,7 +17,7 @@ impl QueueError {
     pub fn is_retryable(&self) -> bool {
         match self {
             QueueError::Amqp(e) => !e.to_string().contains("PRECONDITION_FAILED"),
-            QueueError::Timeout { .. } => true,
+            QueueError::Timeout { .. } | QueueError::Refused { .. } => true,
         }
     }
 }

@@ -2,19 +2,24 @@
 //!
 //! Layout:
 //! - [`error`]: `QueueError` (broker and connection errors are retryable).
-//! - [`topology`]: exchange, work queue and binding names under a prefix, and their declaration.
+//! - [`topology`]: exchanges, work queue, retry tiers, dead and parked queues under a prefix,
+//!   and their declaration (a diagram is in the module's doc).
 //! - [`broker`]: a connection with channels for publishing and consuming.
 //! - [`publisher`]: pipelined publishes whose confirms are awaited per batch; only confirmed,
 //!   routed messages count as published.
+//! - [`redirect`]: confirmed publishes of a delivery to a retry tier, the dead-letter exchange
+//!   or the parked queue, and the headers that say why.
 //!
 //! Messages carry [`reasonrec_core::TaskMessage`] as JSON, persistent, on a durable queue.
 
 pub mod broker;
 pub mod error;
 pub mod publisher;
+pub mod redirect;
 pub mod topology;
 
 pub use broker::Broker;
 pub use error::QueueError;
-pub use publisher::{DeadLetters, PublishReport, Publisher};
+pub use publisher::{PublishReport, Publisher};
+pub use redirect::{Redirected, Redirector};
 pub use topology::Topology;

@@ -209,6 +209,27 @@ impl Store {
         Ok(newly_failed)
     }
 
+    /// Records that a task's message was dead-lettered: the task fails with `reason` (so
+    /// `run retry-failed` can put it back) unless it finished meanwhile. Returns whether it
+    /// changed. Idempotent.
+    pub async fn record_dead_letter(&self, task_id: Uuid, reason: &str) -> Result<bool, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        let res = sqlx::query(
+            "UPDATE tasks SET state = 'failed', last_error = $2
+             WHERE id = $1 AND state IN ('ready', 'published')",
+        )
+        .bind(task_id)
+        .bind(format!("dead-lettered: {reason}"))
+        .execute(&mut *tx)
+        .await?;
+        let newly_failed = res.rows_affected() == 1;
+        if newly_failed {
+            release_dependents(&mut tx, task_id).await?;
+        }
+        tx.commit().await?;
+        Ok(newly_failed)
+    }
+
     /// Outputs of the tasks `task_id` depends on (text is None where the upstream task failed).
     pub async fn dependency_outputs(&self, task_id: Uuid) -> Result<Vec<DependencyOutput>, StoreError> {
         let rows = sqlx::query(

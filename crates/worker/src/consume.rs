@@ -4,7 +4,9 @@
 //! - prefetch = `worker.concurrency`: the broker never hands this worker more unacked messages
 //!   than it processes at once;
 //! - a message is acked only after its task's transaction committed (or there was nothing to
-//!   commit: already done, cancelled, unknown task); a retryable store error nacks it back;
+//!   commit: already done, cancelled, unknown task), or after a confirmed copy of it sits in a
+//!   retry tier (commit failed: Postgres down) or the dead-letter exchange (retries spent);
+//!   when even that publish fails it is nacked back to the queue;
 //! - on broker loss the session is rebuilt with backoff; deliveries that could not be acked are
 //!   redelivered by the broker and absorbed by idempotent completion;
 //! - on stop: cancel the consumer (no new deliveries), give in-flight tasks `shutdown_grace_secs`,
@@ -18,7 +20,8 @@ use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicNackOptions, BasicRejectOptions};
 use reasonrec_core::TaskMessage;
 use reasonrec_core::settings::{BrokerSettings, WorkerSettings};
-use reasonrec_queue::{Broker, DeadLetters, QueueError};
+use reasonrec_queue::redirect::{RETRIES_HEADER, header_u32};
+use reasonrec_queue::{Broker, QueueError, Redirected, Redirector};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -74,19 +77,20 @@ async fn handle(
     delivery: Delivery,
     counters: Arc<WorkerCounters>,
     fatal: Fatal,
-    dead: Arc<DeadLetters>,
+    redirect: Arc<Redirector>,
+    max_retries: u32,
 ) {
     let msg = match TaskMessage::decode(&delivery.data) {
         Ok(m) => m,
         Err(e) => {
             counters.bad_messages.fetch_add(1, Ordering::Relaxed);
-            match dead.park(&delivery.data, &e.to_string()).await {
+            match redirect.park(&delivery.data, &e.to_string()).await {
                 Ok(()) => {
-                    tracing::error!(error = %e, bytes = delivery.data.len(), "undecodable message moved to the dead-letter queue");
+                    tracing::error!(error = %e, bytes = delivery.data.len(), "undecodable message moved to the parked queue");
                     let _ = delivery.acker.ack(BasicAckOptions::default()).await;
                 }
                 Err(pe) => {
-                    tracing::error!(error = %e, park_error = %pe, "undecodable message dropped: the dead-letter queue refused it");
+                    tracing::error!(error = %e, park_error = %pe, "undecodable message dropped: the parked queue refused it");
                     let _ = delivery.acker.reject(BasicRejectOptions { requeue: false }).await;
                 }
             }
@@ -117,9 +121,29 @@ async fn handle(
         }
         Err(e) => {
             counters.requeued.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(task_id = %msg.task_id, error = %e, retryable = e.is_retryable(), "task not committed; handing it back");
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            let _ = delivery.acker.nack(BasicNackOptions { requeue: true, multiple: false }).await;
+            let retries = header_u32(&delivery.properties, RETRIES_HEADER).unwrap_or(0);
+            let reason = e.to_string();
+            match redirect.retry_or_dead(&delivery.data, retries, max_retries, &reason).await {
+                Ok(to) => {
+                    match to {
+                        Redirected::Retry { delay_secs } => {
+                            tracing::warn!(task_id = %msg.task_id, error = %e, retries, delay_secs, "task not committed; retrying after a delay")
+                        }
+                        Redirected::Dead => {
+                            tracing::error!(task_id = %msg.task_id, error = %e, retries, "task not committed and retries spent; dead-lettered")
+                        }
+                    }
+                    if let Err(ae) = delivery.acker.ack(BasicAckOptions::default()).await {
+                        // The copy is safe; a redelivery of the original is absorbed.
+                        tracing::warn!(task_id = %msg.task_id, error = %ae, "ack failed after redirect");
+                    }
+                }
+                Err(re) => {
+                    tracing::warn!(task_id = %msg.task_id, error = %e, redirect_error = %re, "task not committed and no retry tier reachable; handing it back");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    let _ = delivery.acker.nack(BasicNackOptions { requeue: true, multiple: false }).await;
+                }
+            }
         }
     }
 }
@@ -133,7 +157,7 @@ async fn session(
 ) -> Result<(), WorkerError> {
     let (processor, ws, name) = (&cfg.processor, &cfg.worker, cfg.name.as_str());
     let broker = Broker::connect(&cfg.broker, name).await?;
-    let dead = Arc::new(DeadLetters::new(&broker).await?);
+    let redirect = Arc::new(Redirector::new(&broker).await?);
     let (channel, mut consumer) = broker.consume(ws.concurrency, name).await?;
     tracing::info!(worker = name, queue = %broker.topology().work_queue, prefetch = ws.concurrency, "consuming");
     let mut inflight = JoinSet::new();
@@ -145,7 +169,7 @@ async fn session(
             Some(_) = inflight.join_next(), if !inflight.is_empty() => {}
             next = consumer.next() => match next {
                 Some(Ok(delivery)) => {
-                    inflight.spawn(handle(processor.clone(), delivery, counters.clone(), fatal.clone(), dead.clone()));
+                    inflight.spawn(handle(processor.clone(), delivery, counters.clone(), fatal.clone(), redirect.clone(), cfg.broker.max_retries));
                 }
                 Some(Err(e)) => break Err(WorkerError::Queue(QueueError::Amqp(e))),
                 None => break Err(WorkerError::Queue(QueueError::Timeout { what: "consumer stream (closed by broker)", secs: 0 })),

@@ -3,10 +3,9 @@
 use super::{connect_broker, connect_store};
 use crate::cli::{RetryFailedArgs, RunArg, RunCreateArgs, RunStatusArgs};
 use reasonrec_coordinator::status::run_status;
-use reasonrec_coordinator::{Outbox, create_run};
+use reasonrec_coordinator::{Outbox, Target, create_run, supervise};
 use reasonrec_core::Settings;
 use std::process::ExitCode;
-use std::time::Duration;
 
 pub async fn create(settings: &Settings, a: RunCreateArgs) -> anyhow::Result<ExitCode> {
     let store = connect_store(settings).await?;
@@ -22,16 +21,16 @@ pub async fn create(settings: &Settings, a: RunCreateArgs) -> anyhow::Result<Exi
     let mut final_state = None;
     if !a.no_publish {
         let broker = connect_broker(settings, "reasonrec-coordinator").await?;
-        let outbox = outbox(settings, store.clone(), &broker).await?;
+        let outbox = Outbox::configured(store.clone(), &broker, &settings.coordinator).await?;
         published = outbox.pump(plan.run_id).await?.published;
         if !a.json {
             println!("published {published} tasks");
         }
-        if a.wait {
-            let poll = Duration::from_millis(settings.coordinator.poll_interval_ms);
-            final_state = Some(outbox.drive(plan.run_id, poll).await?);
-        }
         broker.close().await;
+        if a.wait {
+            let stop = crate::signals::shutdown_token();
+            final_state = supervise(&store, settings, Target::Run(plan.run_id), stop).await?;
+        }
     }
     let status = run_status(&store, plan.run_id).await?;
     if a.json {
@@ -60,24 +59,10 @@ pub async fn status(settings: &Settings, a: RunStatusArgs) -> anyhow::Result<Exi
 pub async fn coordinator(settings: &Settings) -> anyhow::Result<ExitCode> {
     let store = connect_store(settings).await?;
     store.migrate().await?;
-    let broker = connect_broker(settings, "reasonrec-coordinator").await?;
-    let outbox = outbox(settings, store, &broker).await?;
     let stop = crate::signals::shutdown_token();
     tracing::info!("coordinator serving running runs");
-    outbox.serve(Duration::from_millis(settings.coordinator.poll_interval_ms), stop.cancelled_owned()).await?;
-    broker.close().await;
+    supervise(&store, settings, Target::AllRuns, stop).await?;
     Ok(ExitCode::SUCCESS)
-}
-
-async fn outbox(
-    settings: &Settings,
-    store: reasonrec_store::Store,
-    broker: &reasonrec_queue::Broker,
-) -> anyhow::Result<Outbox> {
-    Ok(Outbox::new(store, broker)
-        .await?
-        .with_max_outstanding(settings.coordinator.max_outstanding)
-        .with_republish_after(Duration::from_secs(settings.coordinator.republish_after_secs)))
 }
 
 pub async fn retry_failed(settings: &Settings, a: RetryFailedArgs) -> anyhow::Result<ExitCode> {
@@ -85,10 +70,8 @@ pub async fn retry_failed(settings: &Settings, a: RetryFailedArgs) -> anyhow::Re
     let n = store.retry_failed(a.run).await?;
     println!("run {}: {n} failed tasks put back", a.run);
     if a.wait && n > 0 {
-        let broker = connect_broker(settings, "reasonrec-coordinator").await?;
-        let outbox = outbox(settings, store.clone(), &broker).await?;
-        outbox.drive(a.run, Duration::from_millis(settings.coordinator.poll_interval_ms)).await?;
-        broker.close().await;
+        let stop = crate::signals::shutdown_token();
+        supervise(&store, settings, Target::Run(a.run), stop).await?;
         let status = run_status(&store, a.run).await?;
         print!("{}", status.render());
         return Ok(if status.failed > 0 { ExitCode::from(2) } else { ExitCode::SUCCESS });

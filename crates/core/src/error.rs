@@ -9,7 +9,7 @@ pub enum CoreError {
     Config(String),
     #[error("prompt template {path}: {message}")]
     Template { path: PathBuf, message: String },
-    #[error("no prompt template for stage {stage} and family {family} in {dir}")]
+    #[error("no prompt template for {stage} (family {family}) in {dir}")]
     TemplateMissing { stage: String, family: String, dir: PathBuf },
     #[error("cannot decode task message: {0}")]
     BadMessage(String),

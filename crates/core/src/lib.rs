@@ -11,6 +11,7 @@
 //! - [`prompt`]: versioned prompt templates (minijinja) and their rendering into chat messages.
 //! - [`key`]: content keys of the output ledger (what makes a write idempotent and reusable).
 //! - [`validate`]: checks applied to a teacher's answer before it is stored.
+//! - [`view`]: items as prompt templates see them (shared by teacher and student prompts).
 
 pub mod attempt;
 pub mod data;
@@ -22,6 +23,7 @@ pub mod prompt;
 pub mod settings;
 pub mod stage;
 pub mod validate;
+pub mod view;
 
 pub use error::CoreError;
 pub use key::OutputKey;

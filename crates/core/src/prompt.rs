@@ -32,15 +32,15 @@ pub struct RenderedPrompt {
 #[derive(Debug, Clone)]
 struct Template {
     path: PathBuf,
-    source: String,
     version: String,
 }
 
-/// All templates of a prompt directory, loaded once at start-up.
+/// All templates of a prompt directory, loaded and parsed once at start-up.
 #[derive(Debug, Clone)]
 pub struct PromptLibrary {
     dir: PathBuf,
     templates: BTreeMap<String, Template>,
+    env: minijinja::Environment<'static>,
 }
 
 /// Hex of the first 8 bytes of SHA-256 of the template bytes.
@@ -82,6 +82,7 @@ impl PromptLibrary {
     pub fn load(dir: &Path) -> Result<Self, CoreError> {
         let io = |source| CoreError::Io { path: dir.to_path_buf(), source };
         let mut templates = BTreeMap::new();
+        let mut env = Self::environment();
         for entry in std::fs::read_dir(dir).map_err(io)? {
             let path = entry.map_err(io)?.path();
             if path.extension().and_then(|e| e.to_str()) != Some("j2") {
@@ -95,12 +96,11 @@ impl PromptLibrary {
             let source = String::from_utf8(bytes)
                 .map_err(|e| CoreError::Template { path: path.clone(), message: format!("not UTF-8: {e}") })?;
             // Fail at load time, not at the first task, on a syntax error.
-            let mut env = Self::environment();
-            env.add_template_owned(name.clone(), source.clone())
+            env.add_template_owned(name.clone(), source)
                 .map_err(|e| CoreError::Template { path: path.clone(), message: e.to_string() })?;
-            templates.insert(name, Template { path, source, version });
+            templates.insert(name, Template { path, version });
         }
-        Ok(Self { dir: dir.to_path_buf(), templates })
+        Ok(Self { dir: dir.to_path_buf(), templates, env })
     }
 
     fn environment() -> minijinja::Environment<'static> {
@@ -114,29 +114,44 @@ impl PromptLibrary {
 
     /// Template name for a stage and dataset family, falling back to `<stage>.default`.
     pub fn template_name(&self, stage: Stage, family: &str) -> Result<String, CoreError> {
-        let specific = format!("{}.{}", stage.as_str(), family);
+        self.kind_template_name(stage.as_str(), family)
+    }
+
+    /// Template name for a kind of prompt (a stage, or `student`) and a dataset family, falling
+    /// back to `<kind>.default`.
+    pub fn kind_template_name(&self, kind: &str, family: &str) -> Result<String, CoreError> {
+        let specific = format!("{kind}.{family}");
         if self.templates.contains_key(&specific) {
             return Ok(specific);
         }
-        let fallback = format!("{}.default", stage.as_str());
+        let fallback = format!("{kind}.default");
         if self.templates.contains_key(&fallback) {
             return Ok(fallback);
         }
-        Err(CoreError::TemplateMissing { stage: stage.to_string(), family: family.to_string(), dir: self.dir.clone() })
+        Err(CoreError::TemplateMissing { stage: kind.to_string(), family: family.to_string(), dir: self.dir.clone() })
+    }
+
+    /// The version (content hash) of a template by name.
+    pub fn version_of(&self, name: &str) -> Option<&str> {
+        self.templates.get(name).map(|t| t.version.as_str())
     }
 
     pub fn render<C: Serialize>(&self, stage: Stage, family: &str, ctx: &C) -> Result<RenderedPrompt, CoreError> {
-        let name = self.template_name(stage, family)?;
+        self.render_kind(stage.as_str(), family, ctx)
+    }
+
+    /// Renders the template of `kind` (a stage name, or `student`) for `family`.
+    pub fn render_kind<C: Serialize>(&self, kind: &str, family: &str, ctx: &C) -> Result<RenderedPrompt, CoreError> {
+        let name = self.kind_template_name(kind, family)?;
         let Some(t) = self.templates.get(&name) else {
             return Err(CoreError::TemplateMissing {
-                stage: stage.to_string(),
+                stage: kind.to_string(),
                 family: family.to_string(),
                 dir: self.dir.clone(),
             });
         };
         let terr = |e: minijinja::Error| CoreError::Template { path: t.path.clone(), message: e.to_string() };
-        let env = Self::environment();
-        let tmpl = env.template_from_named_str(&name, &t.source).map_err(terr)?;
+        let tmpl = self.env.get_template(&name).map_err(terr)?;
         let text = tmpl.render(ctx).map_err(terr)?;
         let messages =
             split_messages(&text).map_err(|message| CoreError::Template { path: t.path.clone(), message })?;

@@ -10,57 +10,12 @@ use crate::reviews::{ReviewView, sample_reviews};
 use reasonrec_core::inputs::{HistoryEntry, ItemProfileInput, ReasoningInput, UserProfileInput};
 use reasonrec_core::settings::{Overlong, SamplingSettings};
 use reasonrec_core::stage::Stage;
+use reasonrec_core::view::ItemView;
 use reasonrec_core::{CoreError, PromptLibrary, RenderedPrompt};
 use reasonrec_store::Store;
 use reasonrec_store::tasks::{ItemRow, TaskContext};
 use serde::Serialize;
 use std::collections::HashMap;
-
-/// An item as templates see it.
-#[derive(Debug, Clone, Serialize)]
-pub struct ItemView {
-    pub title: String,
-    pub genres: Vec<String>,
-    pub year: Option<i64>,
-    pub tags: Vec<String>,
-    pub brand: Option<String>,
-    pub price: Option<String>,
-    pub description: Option<String>,
-    pub categories: Vec<String>,
-    /// The item's profile (item-profile stage output), when there is one.
-    pub profile: Option<String>,
-    pub liked: Option<bool>,
-}
-
-fn strings(v: &serde_json::Value) -> Vec<String> {
-    v.as_array().map(|a| a.iter().filter_map(|g| g.as_str().map(str::to_string)).collect()).unwrap_or_default()
-}
-
-fn text(v: &serde_json::Value) -> Option<String> {
-    match v {
-        serde_json::Value::String(s) if !s.trim().is_empty() => Some(s.trim().to_string()),
-        serde_json::Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    }
-}
-
-impl ItemView {
-    fn new(row: &ItemRow, profile: Option<String>, liked: Option<bool>) -> Self {
-        let a = &row.attrs;
-        Self {
-            title: row.title.clone(),
-            genres: strings(&a["genres"]),
-            year: a["year"].as_i64(),
-            tags: strings(&a["tags"]),
-            brand: text(&a["brand"]),
-            price: text(&a["price"]),
-            description: text(&a["description"]),
-            categories: strings(&a["categories"]),
-            profile,
-            liked,
-        }
-    }
-}
 
 #[derive(Serialize)]
 struct ItemProfileContext {
@@ -113,7 +68,7 @@ async fn load_inputs(store: &Store, task: &TaskContext, item_ids: &[i32]) -> Res
 impl Inputs {
     fn item(&self, task: &TaskContext, id: i32, liked: Option<bool>) -> Result<ItemView, CoreError> {
         let row = self.items.get(&id).ok_or_else(|| bad_input(task, format!("item {id} is not in its dataset")))?;
-        Ok(ItemView::new(row, self.item_profiles.get(&id).cloned(), liked))
+        Ok(ItemView::new(&row.title, &row.attrs, self.item_profiles.get(&id).cloned(), liked))
     }
 
     fn window(&self, task: &TaskContext, entries: &[HistoryEntry]) -> Result<Vec<ItemView>, CoreError> {

@@ -302,11 +302,14 @@ pub struct WorkerSettings {
     pub concurrency: u16,
     /// On SIGTERM, time given to in-flight tasks before they are handed back unacked.
     pub shutdown_grace_secs: u64,
+    /// Finished tasks committed in one transaction at most; a batch takes what is waiting
+    /// when the previous commit ends (no timer). 1 = a transaction per task.
+    pub commit_batch: usize,
 }
 
 impl Default for WorkerSettings {
     fn default() -> Self {
-        Self { concurrency: 64, shutdown_grace_secs: 30 }
+        Self { concurrency: 64, shutdown_grace_secs: 30, commit_batch: 256 }
     }
 }
 

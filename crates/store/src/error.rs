@@ -10,6 +10,10 @@ pub enum StoreError {
     NotFound(String),
     #[error("stored data is inconsistent: {0}")]
     Corrupt(String),
+    /// A commit batch this write was part of failed (the batch's error is in the message);
+    /// nothing of it was committed.
+    #[error("commit batch failed: {0}")]
+    Batch(String),
 }
 
 impl StoreError {
@@ -32,6 +36,7 @@ impl StoreError {
                 }),
                 _ => false,
             },
+            StoreError::Batch(_) => true,
             StoreError::Migrate(_) | StoreError::NotFound(_) | StoreError::Corrupt(_) => false,
         }
     }

@@ -7,6 +7,7 @@
 //! - [`datasets`]: all-or-nothing ingest by COPY, versions by content hash, interaction streams.
 //! - [`runs`]: run rows, bulk task planning (UNNEST), the outbox, status counts.
 //! - [`tasks`]: what a worker reads and the one transaction that completes or fails a task.
+//! - [`finish`]: the worker's commit batches: many tasks finished in one transaction.
 //! - [`leases`]: worker leases on teacher endpoints (fleet-shared rate limits).
 //!
 //! Queries are checked at run time (`sqlx::query`), not with the compile-time macros: building
@@ -14,6 +15,7 @@
 
 pub mod datasets;
 pub mod error;
+pub mod finish;
 pub mod leases;
 pub mod pool;
 pub mod runs;

@@ -1,4 +1,4 @@
-//! What a worker reads, and the transactions that finish a task.
+//! What a worker reads about a task. Finishing tasks is in [`crate::finish`].
 //!
 //! Invariant: a task is completed by exactly one transaction that (1) inserts its output into the
 //! ledger unless the key is already there, (2) moves the task to `done` only if it is not done yet,
@@ -6,7 +6,6 @@
 
 use crate::error::StoreError;
 use crate::pool::Store;
-use reasonrec_core::attempt::AttemptRecord;
 use reasonrec_core::data::Family;
 use reasonrec_core::key::OutputKey;
 use reasonrec_core::stage::{Stage, TaskState};
@@ -61,7 +60,7 @@ pub struct NewOutput {
     pub output_tokens: i32,
 }
 
-/// What [`Store::complete_task`] did.
+/// What finishing a task did ([`Store::finish_tasks`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Completion {
     /// The task moved to done in this transaction (false: it already was).
@@ -123,90 +122,6 @@ impl Store {
             .fetch_all(self.pool())
             .await?;
         Ok(keys.iter().find(|k| found.iter().any(|f| f.as_slice() == k.as_bytes())).copied())
-    }
-
-    /// Completes a task with `key`, inserting `output` into the ledger first when given.
-    /// Idempotent: a second call for the same task changes nothing but the attempt log.
-    pub async fn complete_task(
-        &self,
-        task: &TaskContext,
-        key: &OutputKey,
-        output: Option<&NewOutput>,
-        attempts: &[AttemptRecord],
-        history_truncated: i32,
-    ) -> Result<Completion, StoreError> {
-        let mut tx = self.pool().begin().await?;
-        let mut output_inserted = false;
-        if let Some(o) = output {
-            let res = sqlx::query(
-                "INSERT INTO outputs (key, stage, text, template, template_version, model, params,
-                                      input_tokens, output_tokens, run_id, task_id)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-                 ON CONFLICT (key) DO NOTHING",
-            )
-            .bind(o.key.as_bytes())
-            .bind(o.stage.as_str())
-            .bind(&o.text)
-            .bind(&o.template)
-            .bind(&o.template_version)
-            .bind(&o.model)
-            .bind(&o.params)
-            .bind(o.input_tokens)
-            .bind(o.output_tokens)
-            .bind(task.run_id)
-            .bind(task.id)
-            .execute(&mut *tx)
-            .await?;
-            output_inserted = res.rows_affected() == 1;
-        }
-        let res = sqlx::query(
-            "UPDATE tasks SET state = 'done', output_key = $2, done_at = now(), last_error = NULL,
-                              attempts = attempts + $3, history_truncated = $4
-             WHERE id = $1 AND state IN ('ready', 'published', 'failed')",
-        )
-        .bind(task.id)
-        .bind(key.as_bytes())
-        .bind(attempts.len() as i32)
-        .bind(history_truncated)
-        .execute(&mut *tx)
-        .await?;
-        let newly_done = res.rows_affected() == 1;
-        insert_attempts(&mut tx, task, attempts).await?;
-        if newly_done {
-            // Last, so the dependents' row locks are held for as short a time as possible.
-            release_dependents(&mut tx, task.id).await?;
-        }
-        tx.commit().await?;
-        Ok(Completion { newly_done, output_inserted })
-    }
-
-    /// Records a permanent failure (or exhausted retries) with the last error. A task that is
-    /// already done stays done.
-    pub async fn fail_task(
-        &self,
-        task: &TaskContext,
-        error: &str,
-        attempts: &[AttemptRecord],
-    ) -> Result<bool, StoreError> {
-        let mut tx = self.pool().begin().await?;
-        let res = sqlx::query(
-            "UPDATE tasks SET state = 'failed', last_error = $2, attempts = attempts + $3
-             WHERE id = $1 AND state IN ('ready', 'published')",
-        )
-        .bind(task.id)
-        .bind(error)
-        .bind(attempts.len() as i32)
-        .execute(&mut *tx)
-        .await?;
-        let newly_failed = res.rows_affected() == 1;
-        insert_attempts(&mut tx, task, attempts).await?;
-        if newly_failed {
-            // Dependents go ahead without this output (a reasoning prompt then shows the raw item
-            // text instead of a failed item profile) rather than waiting forever.
-            release_dependents(&mut tx, task.id).await?;
-        }
-        tx.commit().await?;
-        Ok(newly_failed)
     }
 
     /// Records that a task's message was dead-lettered: the task fails with `reason` (so
@@ -298,57 +213,6 @@ async fn release_dependents(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, task
          FROM deps WHERE tasks.id = deps.id AND tasks.state = 'waiting'",
     )
     .bind(task_id)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
-async fn insert_attempts(
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    task: &TaskContext,
-    attempts: &[AttemptRecord],
-) -> Result<(), StoreError> {
-    if attempts.is_empty() {
-        return Ok(());
-    }
-    let n = attempts.len();
-    let ids: Vec<Uuid> = attempts.iter().map(|a| a.id).collect();
-    let (mut endpoint, mut model, mut started, mut duration) =
-        (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
-    let (mut status, mut class, mut error) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
-    let (mut tin, mut tout, mut cost) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
-    for a in attempts {
-        endpoint.push(a.endpoint.as_str());
-        model.push(a.model.as_str());
-        started.push(a.started_at);
-        duration.push(a.duration_ms);
-        status.push(a.http_status);
-        class.push(a.error_class.map(|c| c.as_str()));
-        error.push(a.error.as_deref());
-        tin.push(a.input_tokens);
-        tout.push(a.output_tokens);
-        cost.push(a.cost_usd);
-    }
-    sqlx::query(
-        "INSERT INTO attempts (task_id, run_id, attempt_id, endpoint, model, started_at, duration_ms, http_status,
-                               error_class, error, input_tokens, output_tokens, cost_usd)
-         SELECT $1, $2, * FROM UNNEST($13::uuid[], $3::text[], $4::text[], $5::timestamptz[], $6::int[], $7::int[],
-                                      $8::text[], $9::text[], $10::int[], $11::int[], $12::float8[])
-         ON CONFLICT (attempt_id) DO NOTHING",
-    )
-    .bind(task.id)
-    .bind(task.run_id)
-    .bind(&endpoint)
-    .bind(&model)
-    .bind(&started)
-    .bind(&duration)
-    .bind(&status)
-    .bind(&class)
-    .bind(&error)
-    .bind(&tin)
-    .bind(&tout)
-    .bind(&cost)
-    .bind(&ids)
     .execute(&mut **tx)
     .await?;
     Ok(())

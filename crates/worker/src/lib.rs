@@ -6,10 +6,13 @@
 //! - [`reviews`]: the reviews an item profile sees (verified, sampled by star share).
 //! - [`process`]: one task from id to committed row: reuse by content key, or call the teacher
 //!   with retries, validate, and complete or fail the task in one transaction.
+//! - [`commit`]: the commit batcher: tasks finished together share one transaction; each
+//!   message is still acked only after its own task's commit.
 //! - [`lease`]: leases in Postgres through which workers split each endpoint's limits.
 //! - [`consume`]: the consumer loop: prefetch = concurrency, manual ack after commit,
 //!   reconnect on broker loss, graceful drain on shutdown.
 
+pub mod commit;
 pub mod consume;
 pub mod error;
 pub mod lease;

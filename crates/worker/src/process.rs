@@ -1,26 +1,18 @@
 //! One task, from its id to a committed row.
 
+use crate::commit::Committer;
 use crate::error::WorkerError;
 use crate::render::{PromptCap, render_capped};
-use backon::{ExponentialBuilder, Retryable};
-use reasonrec_core::attempt::ErrorClass;
+use reasonrec_core::attempt::{AttemptRecord, ErrorClass};
 use reasonrec_core::stage::TaskState;
 use reasonrec_core::validate::validate_answer;
 use reasonrec_core::{ChatMessage, OutputKey, PromptLibrary};
-use reasonrec_store::tasks::NewOutput;
-use reasonrec_store::{Store, StoreError};
+use reasonrec_store::Store;
+use reasonrec_store::finish::{Finish, FinishKind};
+use reasonrec_store::tasks::{NewOutput, TaskContext};
 use reasonrec_teacher::TeacherPool;
 use std::sync::Arc;
 use uuid::Uuid;
-
-/// Retries of a commit after a retryable store error (deadlock, serialization, lost connection).
-fn commit_backoff() -> ExponentialBuilder {
-    ExponentialBuilder::default()
-        .with_min_delay(std::time::Duration::from_millis(20))
-        .with_max_delay(std::time::Duration::from_secs(2))
-        .with_max_times(4)
-        .with_jitter()
-}
 
 /// How a task ended. Every variant means "committed (or nothing to commit): ack".
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +33,7 @@ pub struct TaskProcessor {
     teacher: TeacherPool,
     prompts: Arc<PromptLibrary>,
     options: ProcessorOptions,
+    committer: Committer,
 }
 
 /// How a processor asks and what it accepts.
@@ -49,17 +42,31 @@ pub struct ProcessorOptions {
     /// Re-asks after a rejected answer.
     pub max_reasks: u32,
     pub prompt_cap: PromptCap,
+    /// Tasks committed together at most (`worker.commit_batch`); 1 = one transaction each.
+    pub commit_batch: usize,
 }
 
 impl ProcessorOptions {
     pub fn from_settings(s: &reasonrec_core::Settings) -> Self {
-        Self { max_reasks: s.stages.max_reasks, prompt_cap: PromptCap::from_settings(&s.sampling) }
+        Self {
+            max_reasks: s.stages.max_reasks,
+            prompt_cap: PromptCap::from_settings(&s.sampling),
+            commit_batch: s.worker.commit_batch,
+        }
     }
 }
 
 impl TaskProcessor {
+    /// Starts the processor's commit batcher, so this must run inside a tokio runtime.
     pub fn new(store: Store, teacher: TeacherPool, prompts: Arc<PromptLibrary>, options: ProcessorOptions) -> Self {
-        Self { store, teacher, prompts, options }
+        let committer = Committer::start(store.clone(), options.commit_batch);
+        Self { store, teacher, prompts, options, committer }
+    }
+
+    async fn fail(&self, task: &TaskContext, error: &str, attempts: Vec<AttemptRecord>) -> Result<(), WorkerError> {
+        let kind = FinishKind::Fail { error: error.to_string() };
+        self.committer.commit(Finish { task_id: task.id, run_id: task.run_id, kind, attempts }).await?;
+        Ok(())
     }
 
     pub fn teacher(&self) -> &TeacherPool {
@@ -105,7 +112,7 @@ impl TaskProcessor {
                     WorkerError::PromptTooLong { .. } => e.to_string(),
                     other => format!("cannot render prompt: {other}"),
                 };
-                self.store.fail_task(&task, &error, &[]).await?;
+                self.fail(&task, &error, Vec::new()).await?;
                 return Ok(Outcome::Failed { error });
             }
         };
@@ -118,10 +125,9 @@ impl TaskProcessor {
             .map(|c| OutputKey::compute(task.stage, &prompt, &c.endpoint().model, &c.endpoint().params))
             .collect();
         if let Some(key) = self.store.first_existing_output(&keys).await? {
-            let c = (|| self.store.complete_task(&task, &key, None, &[], truncated))
-                .retry(commit_backoff())
-                .when(StoreError::is_retryable)
-                .await?;
+            let kind = FinishKind::Complete { key, output: None, history_truncated: truncated };
+            let finish = Finish { task_id: task.id, run_id: task.run_id, kind, attempts: Vec::new() };
+            let c = self.committer.commit(finish).await?;
             return Ok(if c.newly_done { Outcome::Completed { reused: true } } else { Outcome::AlreadyDone });
         }
 
@@ -142,10 +148,7 @@ impl TaskProcessor {
                 Err(e) => {
                     let error = format!("teacher: {e}");
                     tracing::warn!(task_id = %task.id, error_class = e.class().as_str(), attempts = attempts.len(), "task failed");
-                    (|| self.store.fail_task(&task, &error, &attempts))
-                        .retry(commit_backoff())
-                        .when(StoreError::is_retryable)
-                        .await?;
+                    self.fail(&task, &error, attempts).await?;
                     return Ok(Outcome::Failed { error });
                 }
             };
@@ -161,10 +164,7 @@ impl TaskProcessor {
             if reasks >= self.options.max_reasks {
                 let raw: String = answer.text.chars().take(2000).collect();
                 let error = format!("answer rejected ({}): {}; raw answer: {raw}", rejection.code, rejection.message);
-                (|| self.store.fail_task(&task, &error, &attempts))
-                    .retry(commit_backoff())
-                    .when(StoreError::is_retryable)
-                    .await?;
+                self.fail(&task, &error, attempts).await?;
                 return Ok(Outcome::Failed { error });
             }
             reasks += 1;
@@ -189,12 +189,10 @@ impl TaskProcessor {
             input_tokens: answer.input_tokens as i32,
             output_tokens: answer.output_tokens as i32,
         };
-        // The answer is paid for: a deadlock or a dropped connection retries the commit here
-        // rather than sending the task back to be asked again.
-        let c = (|| self.store.complete_task(&task, &key, Some(&output), &attempts, truncated))
-            .retry(commit_backoff())
-            .when(StoreError::is_retryable)
-            .await?;
+        // The answer is paid for: a deadlock or a dropped connection retries the commit (in the
+        // batcher) rather than sending the task back to be asked again.
+        let kind = FinishKind::Complete { key, output: Some(Box::new(output)), history_truncated: truncated };
+        let c = self.committer.commit(Finish { task_id: task.id, run_id: task.run_id, kind, attempts }).await?;
         Ok(if c.newly_done { Outcome::Completed { reused: !c.output_inserted } } else { Outcome::AlreadyDone })
     }
 }

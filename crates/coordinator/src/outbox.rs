@@ -42,6 +42,8 @@ pub struct Outbox {
     dead_queue: String,
     redirect: Redirector,
     last_dead_check: std::sync::Mutex<Option<Instant>>,
+    /// When `tasks` statistics were last refreshed (every 20 s while runs are served).
+    last_analyze: std::sync::Mutex<Option<Instant>>,
     batch: usize,
     max_outstanding: usize,
     republish_after: Duration,
@@ -63,6 +65,7 @@ impl Outbox {
             dead_queue: broker.topology().dead_queue.clone(),
             redirect: Redirector::new(broker).await?,
             last_dead_check: std::sync::Mutex::new(None),
+            last_analyze: std::sync::Mutex::new(Some(Instant::now())),
             batch: broker.settings().publish_batch.max(1),
             max_outstanding,
             republish_after,
@@ -98,6 +101,9 @@ impl Outbox {
     /// tasks whose message went missing.
     pub async fn pump(&self, run_id: Uuid) -> Result<PumpReport, CoordinatorError> {
         let mut report = PumpReport::default();
+        if due(&self.last_analyze, Duration::from_secs(20)) {
+            self.store.analyze_tasks().await?;
+        }
         let stale = if self.stale_check_due() {
             self.store.requeue_stale_published(run_id, self.republish_after).await?
         } else {

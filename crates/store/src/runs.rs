@@ -304,6 +304,15 @@ impl Store {
         Ok(res.rows_affected())
     }
 
+    /// Refreshes the planner's statistics of `tasks`. A run starts with every task `ready`; as
+    /// they move on, statistics taken at the start make the planner walk the primary key past
+    /// every finished task to find ready ones (measured: 4 ms -> 1.2 s per outbox page on a
+    /// 100k-task run) instead of using the partial outbox index.
+    pub async fn analyze_tasks(&self) -> Result<(), StoreError> {
+        sqlx::query("ANALYZE tasks").execute(self.pool()).await?;
+        Ok(())
+    }
+
     /// Marks the run completed when no task is left to do. Returns the run's state.
     pub async fn refresh_run_state(&self, run_id: Uuid) -> Result<String, StoreError> {
         sqlx::query(

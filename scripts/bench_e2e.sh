@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# Benchmark scenario 1 (issue 6): end-to-end rationales/s. N reasoning tasks (default 100,002:
+# 16,667 generated users x 6 targets), mock teacher at 0 ms, W workers (default 2), everything
+# persisted in Postgres and acked; timed from `run create` to the last commit. Also CPU seconds
+# per 1,000 rationales of each process: workers, coordinator (`run create --wait`), mock,
+# RabbitMQ (beam.smp) and Postgres (every postgres process alive at the end: the pools keep
+# their backends open for the whole run).
+#   scripts/bench_e2e.sh [RUNS] [USERS] [WORKERS]      e.g. scripts/bench_e2e.sh 3
+# Prints a markdown table; APPEND=1 also appends it to BENCHMARKS.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS=${1:-1}; USERS=${2:-16667}; WORKERS=${3:-2}
+scripts/services.sh >/dev/null
+cargo build --release -p reasonrec-cli
+BIN="$PWD/target/release/reasonrec"
+OUT="$PWD/target/bench"; mkdir -p "$OUT"
+DATA="$OUT/e2e-ml1m-$USERS"
+[ -f "$DATA/ratings.dat" ] || "$BIN" dataset generate --format ml-1m --out "$DATA" --users "$USERS" --items 3700 --min-ratings 20 --max-ratings 60 --seed 3 >/dev/null
+PREFIX="rr-bench-e2e-$$"
+export REASONREC__LOG__FILTER=warn
+PIDS=(); DB=""
+drop_db() { [ -n "$DB" ] && psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1 || true; }
+cleanup() {
+  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  drop_db
+  for q in tasks dead parked retry.10s retry.60s retry.600s; do
+    rabbitmqctl -q delete_queue "$PREFIX.$q" >/dev/null 2>&1 || true
+  done
+}
+trap cleanup EXIT
+
+cpu() { # pids... -> summed utime+stime in seconds
+  python3 - "$@" <<'PY'
+import os, sys
+hz = os.sysconf("SC_CLK_TCK"); t = 0
+for p in sys.argv[1:]:
+    try:
+        f = open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()
+        t += int(f[11]) + int(f[12])
+    except (OSError, IndexError): pass
+print(t / hz)
+PY
+}
+pg_pids() { pgrep -x postgres | tr '\n' ' '; }
+rmq_pid() { pgrep -f beam.smp | head -1; }
+
+rows=()
+for run in $(seq 1 "$RUNS"); do
+  # A fresh database per run: the ledger of an earlier run would answer every task.
+  drop_db; DB="rr_bench_e2e_$$_$run"
+  export REASONREC__DATABASE__URL="postgres://postgres@127.0.0.1:5432/$DB"
+  "$BIN" migrate >/dev/null
+  "$BIN" ingest --format ml-1m --path "$DATA" --dataset e2e >/dev/null
+  "$BIN" mock-teacher --bind 127.0.0.1:0 >"$OUT/e2e-mock.out" 2>/dev/null & MOCK=$!; PIDS+=("$MOCK")
+  for _ in $(seq 1 50); do grep -q listening "$OUT/e2e-mock.out" && break; sleep 0.1; done
+  MOCK_URL=$(sed -n 's/^mock teacher listening on \(http.*\)$/\1/p' "$OUT/e2e-mock.out")
+  CFG="$OUT/e2e.toml"
+  cat >"$CFG" <<TOML
+[broker]
+prefix = "$PREFIX"
+[log]
+filter = "warn"
+[sampling]
+splits = ["train", "validation", "test"]
+train_targets_per_user = 4
+[stages]
+item_profile = false
+user_profile = false
+[worker]
+concurrency = 256
+[coordinator]
+poll_interval_ms = 100
+[[teacher.endpoints]]
+name = "mock"
+base_url = "$MOCK_URL"
+model = "mock-teacher"
+max_in_flight = 512
+TOML
+  WP=()
+  for w in $(seq 1 "$WORKERS"); do "$BIN" --config "$CFG" worker --name "e2e-$w" 2>/dev/null & WP+=($!); PIDS+=($!); done
+  sleep 1
+  PG0=$(cpu $(pg_pids)); RMQ0=$(cpu "$(rmq_pid)"); W0=$(cpu "${WP[@]}"); M0=$(cpu "$MOCK")
+  t0=$(date +%s.%N)
+  /usr/bin/time -f "%U %S %M" -o "$OUT/e2e-coord.time" "$BIN" --config "$CFG" run create --dataset e2e --wait --json >"$OUT/e2e-run.json" || true
+  t1=$(date +%s.%N)
+  PG1=$(cpu $(pg_pids)); RMQ1=$(cpu "$(rmq_pid)"); W1=$(cpu "${WP[@]}"); M1=$(cpu "$MOCK")
+  RSS=$(for p in "${WP[@]}"; do ps -o rss= -p "$p"; done | sort -n | tail -1)
+  kill -TERM "${WP[@]}" "$MOCK" 2>/dev/null || true; wait "${WP[@]}" "$MOCK" 2>/dev/null || true
+  rows+=("$(python3 - "$OUT/e2e-run.json" "$t0" "$t1" "$OUT/e2e-coord.time" "$PG0" "$PG1" "$RMQ0" "$RMQ1" "$W0" "$W1" "$M0" "$M1" "$RSS" <<'PY'
+import json, sys
+a = sys.argv
+s = json.load(open(a[1]))["status"]
+secs = float(a[3]) - float(a[2]); done = s["done"]
+u, sy, _ = open(a[4]).read().split()
+k = 1000 / max(done, 1)
+coord = (float(u) + float(sy)) * k
+pg, rmq, w, m = [(float(a[i + 1]) - float(a[i])) * k for i in (5, 7, 9, 11)]
+print(f"{done} {s['failed']} {secs:.2f} {done / secs:.0f} {w:.3f} {coord:.3f} {m:.3f} {rmq:.3f} {pg:.3f} {int(a[13]) // 1024}")
+PY
+)")
+  echo "run $run: ${rows[-1]}" >&2
+done
+python3 - "$(git rev-parse --short HEAD)" "$WORKERS" "${rows[@]}" <<'PY'
+import statistics, sys
+commit, workers, rows = sys.argv[1], sys.argv[2], [r.split() for r in sys.argv[3:]]
+col = lambda i: [float(r[i]) for r in rows]
+med = lambda i: statistics.median(col(i))
+rate = col(3)
+print(f"| commit | runs | rationales | median time | rationales/s (median, min-max) | CPU s per 1,000: workers / coordinator / mock / RabbitMQ / Postgres | worker RSS |")
+print("|---|---|---|---|---|---|---|")
+print(f"| {commit} ({workers} workers) | {len(rows)} | {int(med(0)):,} ({int(med(1))} failed) | {med(2):.1f} s | {med(3):,.0f} ({min(rate):,.0f}-{max(rate):,.0f}) | "
+      f"{med(4):.2f} / {med(5):.2f} / {med(6):.2f} / {med(7):.2f} / {med(8):.2f} | {int(med(9))} MiB |")
+PY

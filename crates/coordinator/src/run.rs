@@ -5,26 +5,49 @@
 //! target); one user-profile task per user with a profile window (depends on its items'
 //! profiles); one reasoning task per (user, split, target) (depends on the user's profile and the
 //! profiles of its history and target items). Switched-off stages plan no tasks and no edges.
+//!
+//! Every task gets a fingerprint ([`crate::fingerprint`]). An incremental run
+//! ([`PlanOptions::incremental`]) plans the same full graph and carries over, done and without a
+//! message, every task whose previous version is still good ([`crate::regenerate`]): the run is a
+//! complete corpus and only stale tasks reach the queue. A dry run plans in memory only.
 
 use crate::error::CoordinatorError;
+use crate::estimate::{Estimate, StaleStage, estimate};
+use crate::fingerprint::{Digest32, Entry, Fingerprinter, item_digest};
 use crate::plan::{PlanParams, Target, plan_user};
+use crate::regenerate::{Decision, Previous, Reason, Regeneration, TaskKey};
 use futures::Stream;
 use futures::TryStreamExt;
+use reasonrec_core::PromptLibrary;
 use reasonrec_core::data::Interaction;
-use reasonrec_core::inputs::{ItemProfileInput, ReasoningInput, UserProfileInput};
+use reasonrec_core::inputs::{HistoryEntry, ItemProfileInput, ReasoningInput, UserProfileInput};
+use reasonrec_core::key::KEY_SALT_FIELD;
 use reasonrec_core::settings::Settings;
 use reasonrec_core::stage::Stage;
 use reasonrec_store::Store;
 use reasonrec_store::StoreError;
-use reasonrec_store::runs::NewTask;
+use reasonrec_store::datasets::DatasetRow;
+use reasonrec_store::runs::{Carried, NewTask};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::pin::Pin;
 use uuid::Uuid;
 
-/// What `create_run` planned.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+/// How `plan_run` plans.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PlanOptions {
+    /// Compare with the dataset name's previous completed run (any version) and carry over the
+    /// tasks that are not stale.
+    pub incremental: bool,
+    /// Plan in memory and report; write nothing (no run, no task).
+    pub dry_run: bool,
+}
+
+/// What `create_run` / `plan_run` planned.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct RunPlan {
+    /// Nil for a dry run.
     pub run_id: Uuid,
+    pub dry_run: bool,
     pub dataset: String,
     pub dataset_version: i32,
     pub users_seen: u64,
@@ -36,6 +59,98 @@ pub struct RunPlan {
     pub labels: BTreeMap<String, (u64, u64)>,
     /// Reasoning targets left out to balance labels (`sampling.balance_labels`).
     pub dropped_for_balance: u64,
+    /// Incremental and dry runs: what is carried over and why the rest is stale.
+    pub regeneration: Option<Regeneration>,
+    /// Incremental and dry runs: calls, tokens and dollars of the stale tasks.
+    pub estimate: Option<Estimate>,
+}
+
+impl RunPlan {
+    /// Tasks that go through the queue: the stale ones of an incremental run, else all.
+    pub fn to_work(&self) -> u64 {
+        self.regeneration.as_ref().map_or(self.tasks, Regeneration::stale_total)
+    }
+}
+
+/// What fingerprints are computed from: the run's templates and the dataset's content digests.
+struct Content {
+    fp: Fingerprinter,
+    /// By dense item id.
+    items: Vec<Option<Digest32>>,
+    /// Items with reviews (Amazon): digest of their reviews.
+    reviews: HashMap<i32, Digest32>,
+}
+
+impl Content {
+    async fn load(store: &Store, ds: &DatasetRow, fp: Fingerprinter, reviews: bool) -> Result<Self, CoordinatorError> {
+        let mut items: Vec<Option<Digest32>> = vec![None; ds.n_items.max(0) as usize];
+        let mut rows = std::pin::pin!(store.stream_item_contents(ds.id));
+        while let Some((id, title, attrs)) = rows.try_next().await? {
+            let Ok(i) = usize::try_from(id) else { continue };
+            if i >= items.len() {
+                items.resize(i + 1, None);
+            }
+            items[i] = Some(item_digest(&title, &attrs));
+        }
+        let reviews = if reviews {
+            store
+                .review_digests(ds.id)
+                .await?
+                .into_iter()
+                .filter_map(|(id, d)| Some((id, <[u8; 32]>::try_from(d.as_slice()).ok()?)))
+                .collect()
+        } else {
+            HashMap::new()
+        };
+        Ok(Self { fp, items, reviews })
+    }
+
+    fn item(&self, id: i32) -> Option<&Digest32> {
+        self.items.get(usize::try_from(id).ok()?)?.as_ref()
+    }
+
+    fn item_profile(&self, item: i32) -> Option<Digest32> {
+        Some(self.fp.item_profile(self.item(item)?, self.reviews.get(&item).map(|r| (item, r))))
+    }
+
+    /// Fingerprint entries of (item, like flag) with the item-profile tasks of `refs` (same
+    /// order); None when a digest is missing.
+    fn entries<'a>(&'a self, items: &[(i32, Option<bool>)], refs: &'a [Option<TaskRef>]) -> Option<Vec<Entry<'a>>> {
+        items
+            .iter()
+            .zip(refs)
+            .map(|(&(item, liked), r)| {
+                let profile = match r {
+                    Some(r) => Some(r.fingerprint.as_ref()?),
+                    None => None,
+                };
+                Some(Entry { item: self.item(item)?, liked, profile })
+            })
+            .collect()
+    }
+}
+
+/// A planned task others may depend on.
+#[derive(Debug, Clone, Copy)]
+struct TaskRef {
+    id: Uuid,
+    fingerprint: Option<Digest32>,
+    /// Goes through the queue in this run (not carried over).
+    redone: bool,
+}
+
+/// Edges to the distinct tasks of `refs`, and how many of them are redone (not finished yet).
+fn edges(refs: &[Option<TaskRef>]) -> (Vec<Uuid>, i32) {
+    let mut seen = HashSet::with_capacity(refs.len());
+    let mut deps = Vec::with_capacity(refs.len());
+    let mut pending = 0;
+    for r in refs.iter().flatten() {
+        if seen.insert(r.id) {
+            deps.push(r.id);
+            pending += i32::from(r.redone);
+        }
+    }
+    (deps, pending)
 }
 
 struct Planner<'a> {
@@ -43,33 +158,87 @@ struct Planner<'a> {
     settings: &'a Settings,
     /// (user, split) targets left out by label balancing.
     dropped: HashSet<(i32, &'static str)>,
-    item_tasks: HashMap<i32, Uuid>,
+    item_tasks: HashMap<i32, TaskRef>,
     batch: Vec<NewTask>,
     plan: RunPlan,
+    content: Option<Content>,
+    previous: Option<Previous>,
+    regen: Regeneration,
+    stale: BTreeMap<Stage, StaleStage>,
+    /// The previous run (carried tasks name it), and the error of a failure kept from it.
+    from: Uuid,
+    failed_note: String,
 }
 
 impl Planner<'_> {
-    fn item_task(&mut self, item: i32) -> Option<Uuid> {
+    /// Carry over or redo, counted for the report. `items`: items the prompt mentions.
+    fn decide(
+        &mut self,
+        stage: Stage,
+        key: TaskKey,
+        fp: Option<&Digest32>,
+        upstream_redone: bool,
+        items: usize,
+    ) -> Decision {
+        let d = match &self.previous {
+            Some(p) => p.decide(&key, fp, upstream_redone),
+            None => Decision::Redo(Reason::New),
+        };
+        self.regen.count(stage, &d);
+        if matches!(d, Decision::Redo(_)) {
+            let s = self.stale.entry(stage).or_default();
+            s.tasks += 1;
+            s.items += items as u64;
+        }
+        d
+    }
+
+    fn carried(&self, d: &Decision) -> Option<Carried> {
+        match d {
+            Decision::Redo(_) => None,
+            Decision::Reuse { output_key, .. } => Some(Carried::Done { from: self.from, output_key: *output_key }),
+            Decision::KeepFailed => Some(Carried::Failed { from: self.from, error: self.failed_note.clone() }),
+        }
+    }
+
+    /// A task redone because its output expired gets a key salt (the new run's id): the same
+    /// prompt to the same teacher would otherwise find the expired answer in the ledger.
+    fn input(&self, d: &Decision, mut input: serde_json::Value) -> serde_json::Value {
+        if *d == Decision::Redo(Reason::Expired)
+            && let Some(o) = input.as_object_mut()
+        {
+            o.insert(KEY_SALT_FIELD.into(), self.plan.run_id.to_string().into());
+        }
+        input
+    }
+
+    fn item_task(&mut self, item: i32) -> Option<TaskRef> {
         if !self.settings.stages.item_profile {
             return None;
         }
-        if let Some(&id) = self.item_tasks.get(&item) {
-            return Some(id);
+        if let Some(&r) = self.item_tasks.get(&item) {
+            return Some(r);
         }
-        let id = Uuid::now_v7();
-        self.item_tasks.insert(item, id);
+        let fingerprint = self.content.as_ref().and_then(|c| c.item_profile(item));
+        let d = self.decide(Stage::ItemProfile, TaskKey::item_profile(item), fingerprint.as_ref(), false, 1);
+        let r = TaskRef { id: Uuid::now_v7(), fingerprint, redone: matches!(d, Decision::Redo(_)) };
+        self.item_tasks.insert(item, r);
+        let carried = self.carried(&d);
         self.push(NewTask {
-            id,
+            id: r.id,
             stage: Stage::ItemProfile,
             subject: format!("i{item}"),
             user_id: None,
             item_id: Some(item),
             split: None,
             label: None,
-            input: serde_json::to_value(ItemProfileInput { item }).unwrap_or_default(),
+            input: self.input(&d, serde_json::to_value(ItemProfileInput { item }).unwrap_or_default()),
             deps: Vec::new(),
+            pending_deps: 0,
+            fingerprint,
+            carried,
         });
-        Some(id)
+        Some(r)
     }
 
     fn push(&mut self, task: NewTask) {
@@ -93,21 +262,35 @@ impl Planner<'_> {
         }
         let mut profile_task = None;
         if self.settings.stages.user_profile && !up.profile_window.is_empty() {
-            let mut deps: Vec<Uuid> = up.profile_window.iter().filter_map(|h| self.item_task(h.item)).collect();
-            dedup(&mut deps);
-            let id = Uuid::now_v7();
-            profile_task = Some(id);
+            let refs: Vec<Option<TaskRef>> = up.profile_window.iter().map(|h| self.item_task(h.item)).collect();
+            let items: Vec<(i32, Option<bool>)> = up.profile_window.iter().map(|h| (h.item, Some(h.liked))).collect();
+            let fingerprint = self.content.as_ref().and_then(|c| Some(c.fp.user_profile(&c.entries(&items, &refs)?)));
+            let (deps, pending) = edges(&refs);
+            let d = self.decide(
+                Stage::UserProfile,
+                TaskKey::user_profile(user),
+                fingerprint.as_ref(),
+                pending > 0,
+                items.len(),
+            );
+            let r = TaskRef { id: Uuid::now_v7(), fingerprint, redone: matches!(d, Decision::Redo(_)) };
+            profile_task = Some(r);
             let input = UserProfileInput { user, window: up.profile_window.clone() };
+            let input = self.input(&d, serde_json::to_value(input).unwrap_or_default());
+            let carried = self.carried(&d);
             self.push(NewTask {
-                id,
+                id: r.id,
                 stage: Stage::UserProfile,
                 subject: format!("u{user}"),
                 user_id: Some(user),
                 item_id: None,
                 split: None,
                 label: None,
-                input: serde_json::to_value(input).unwrap_or_default(),
+                input,
                 deps,
+                pending_deps: if carried.is_some() { 0 } else { pending },
+                fingerprint,
+                carried,
             });
         }
         for t in up.targets {
@@ -115,19 +298,35 @@ impl Planner<'_> {
         }
     }
 
-    fn reasoning(&mut self, user: i32, t: Target, profile_task: Option<Uuid>) {
-        let mut deps: Vec<Uuid> = profile_task.into_iter().collect();
-        for item in t.history.iter().map(|h| h.item).chain(std::iter::once(t.item)) {
-            deps.extend(self.item_task(item));
-        }
-        dedup(&mut deps);
+    fn reasoning(&mut self, user: i32, t: Target, profile_task: Option<TaskRef>) {
+        let mut items: Vec<(i32, Option<bool>)> =
+            t.history.iter().map(|h: &HistoryEntry| (h.item, Some(h.liked))).collect();
+        items.push((t.item, None));
+        let refs: Vec<Option<TaskRef>> = items.iter().map(|&(item, _)| self.item_task(item)).collect();
+        let fingerprint = self.content.as_ref().and_then(|c| {
+            let entries = c.entries(&items, &refs)?;
+            let (target, history) = entries.split_last()?;
+            let profile = match &profile_task {
+                Some(p) => Some(p.fingerprint.as_ref()?),
+                None => None,
+            };
+            Some(c.fp.reasoning(t.label, profile, history, target))
+        });
+        let mut all = Vec::with_capacity(refs.len() + 1);
+        all.push(profile_task);
+        all.extend(refs);
+        let (deps, pending) = edges(&all);
+        let key = TaskKey::reasoning(user, t.item, t.split);
+        let d = self.decide(Stage::Reasoning, key, fingerprint.as_ref(), pending > 0, items.len());
         let counts = self.plan.labels.entry(t.split.to_string()).or_default();
         if t.label {
             counts.0 += 1;
         } else {
             counts.1 += 1;
         }
+        let carried = self.carried(&d);
         let input = ReasoningInput { user, target: t.item, rating: t.rating, history: t.history };
+        let input = self.input(&d, serde_json::to_value(input).unwrap_or_default());
         self.push(NewTask {
             id: Uuid::now_v7(),
             stage: Stage::Reasoning,
@@ -136,8 +335,11 @@ impl Planner<'_> {
             item_id: Some(t.item),
             split: Some(t.split.to_string()),
             label: Some(t.label),
-            input: serde_json::to_value(input).unwrap_or_default(),
+            input,
             deps,
+            pending_deps: if carried.is_some() { 0 } else { pending },
+            fingerprint,
+            carried,
         });
     }
 }
@@ -216,19 +418,58 @@ async fn balance(
     Ok(dropped)
 }
 
-fn dedup(ids: &mut Vec<Uuid>) {
-    let mut seen = std::collections::HashSet::with_capacity(ids.len());
-    ids.retain(|id| seen.insert(*id));
-}
-
 /// Plans a run of `dataset` (latest version). Tasks are written in batches as users stream in;
 /// nothing is published here (see [`crate::Outbox`]): the run opens for publishing only once
 /// every task and edge is written.
 pub async fn create_run(store: &Store, settings: &Settings, dataset: &str) -> Result<RunPlan, CoordinatorError> {
+    plan_run(store, settings, dataset, PlanOptions::default()).await
+}
+
+/// [`create_run`] with options: incremental (compare with the previous completed run of the
+/// dataset name and carry over what is not stale) and dry run (write nothing, report).
+pub async fn plan_run(
+    store: &Store,
+    settings: &Settings,
+    dataset: &str,
+    opts: PlanOptions,
+) -> Result<RunPlan, CoordinatorError> {
     let ds = store.find_dataset(dataset, None).await?;
     let family = Store::parse_family(&ds.family)?;
     let history_len = settings.sampling.history_len_for(family);
-    let snapshot = serde_json::json!({
+    let stages: Vec<Stage> = [
+        (Stage::ItemProfile, settings.stages.item_profile),
+        (Stage::UserProfile, settings.stages.user_profile),
+        (Stage::Reasoning, true),
+    ]
+    .into_iter()
+    .filter_map(|(s, on)| on.then_some(s))
+    .collect();
+    let fingerprinter = PromptLibrary::load(&settings.prompts.dir)
+        .and_then(|p| Fingerprinter::new(&p, family.as_str(), &stages, &settings.sampling));
+    let fingerprinter = match fingerprinter {
+        Ok(f) => Some(f),
+        Err(e) if opts.incremental => {
+            return Err(CoordinatorError::Plan(format!(
+                "incremental planning compares prompts, so it needs the templates (prompts.dir): {e}"
+            )));
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "no prompt templates: tasks get no fingerprint, so no later incremental run can reuse this run");
+            None
+        }
+    };
+    let previous_run =
+        if opts.incremental || opts.dry_run { store.previous_completed_run(&ds.name).await? } else { None };
+    let previous = match (&previous_run, &fingerprinter) {
+        (Some(p), Some(f)) if opts.incremental => Some(Previous::load(store, p, &ds, f.templates(), settings).await?),
+        _ => None,
+    };
+    let templates = fingerprinter.as_ref().map(|f| f.templates().clone()).unwrap_or_default();
+    let content = match fingerprinter {
+        Some(fp) => Some(Content::load(store, &ds, fp, settings.stages.item_profile).await?),
+        None => None,
+    };
+    let mut snapshot = serde_json::json!({
         "sampling": settings.sampling,
         "history_len": history_len,
         "stages": settings.stages,
@@ -237,16 +478,38 @@ pub async fn create_run(store: &Store, settings: &Settings, dataset: &str) -> Re
         })).collect::<Vec<_>>(),
         "dataset": {"name": ds.name, "version": ds.version, "content_hash": ds.content_hash, "family": ds.family},
     });
-    let run_id = store.create_run(ds.id, &snapshot).await?;
+    if !templates.is_empty() {
+        let t: BTreeMap<&str, _> = templates.iter().map(|(s, t)| (s.as_str(), t)).collect();
+        snapshot["templates"] = serde_json::json!(t);
+    }
+    if opts.incremental {
+        snapshot["incremental"] = serde_json::json!({
+            "previous_run": previous.as_ref().map(|p| p.run_id),
+            "regenerate": settings.regenerate,
+        });
+    }
+    let run_id = if opts.dry_run { Uuid::nil() } else { store.create_run(ds.id, &snapshot).await? };
     let batch_size = settings.coordinator.plan_batch.max(1);
     let params = PlanParams::new(&settings.sampling, history_len, settings.stages.user_profile);
     let dropped =
         if settings.sampling.balance_labels { balance(store, ds.id, &params, settings).await? } else { HashSet::new() };
+    let regen = Regeneration {
+        incremental: opts.incremental,
+        previous_run: previous.as_ref().map(|p| p.run_id),
+        previous_dataset_version: previous.as_ref().map(|p| p.dataset_version),
+        ..Regeneration::default()
+    };
+    let regen_from = previous.as_ref().map_or(Uuid::nil(), |p| p.run_id);
+    let failed_note = match &previous {
+        Some(p) => format!("failed in run {}; not tried again (regenerate.redo_failed = false)", p.run_id),
+        None => String::new(),
+    };
     let mut planner = Planner {
         params,
         settings,
         plan: RunPlan {
             run_id,
+            dry_run: opts.dry_run,
             dataset: ds.name.clone(),
             dataset_version: ds.version,
             users_seen: 0,
@@ -255,22 +518,52 @@ pub async fn create_run(store: &Store, settings: &Settings, dataset: &str) -> Re
             by_stage: BTreeMap::new(),
             labels: BTreeMap::new(),
             dropped_for_balance: dropped.len() as u64,
+            regeneration: None,
+            estimate: None,
         },
         dropped,
         item_tasks: HashMap::new(),
         batch: Vec::with_capacity(batch_size + 64),
+        content,
+        previous,
+        regen,
+        stale: BTreeMap::new(),
+        from: regen_from,
+        failed_note,
     };
     let mut users = UserGroups::new(store, ds.id, settings.sampling.max_users);
     while let Some(rows) = users.next_user().await? {
         planner.user(&rows);
         if planner.batch.len() >= batch_size {
-            planner.plan.tasks += store.insert_tasks(run_id, &planner.batch).await?;
+            planner.plan.tasks += flush(store, run_id, &planner.batch, opts.dry_run).await?;
             planner.batch.clear();
         }
     }
-    planner.plan.tasks += store.insert_tasks(run_id, &planner.batch).await?;
-    store.start_run(run_id).await?;
-    let plan = planner.plan;
-    tracing::info!(%run_id, dataset = %ds.name, version = ds.version, tasks = plan.tasks, skipped_users = plan.skipped_users, "run planned");
+    planner.plan.tasks += flush(store, run_id, &planner.batch, opts.dry_run).await?;
+    if !opts.dry_run {
+        store.start_run(run_id).await?;
+        if opts.incremental {
+            // Nothing stale: every task is carried over and the run is complete already.
+            store.refresh_run_state(run_id).await?;
+        }
+    }
+    let mut plan = planner.plan;
+    if opts.incremental || opts.dry_run {
+        let tokens = match &previous_run {
+            Some(p) => store.stage_tokens(p.id).await?,
+            None => Vec::new(),
+        };
+        let prev = previous_run.as_ref().map(|p| (p.id, tokens.as_slice()));
+        plan.estimate = Some(estimate(&planner.stale, prev, &templates, settings));
+        plan.regeneration = Some(planner.regen);
+    }
+    tracing::info!(%run_id, dataset = %ds.name, version = ds.version, tasks = plan.tasks, to_work = plan.to_work(), dry_run = opts.dry_run, skipped_users = plan.skipped_users, "run planned");
     Ok(plan)
+}
+
+async fn flush(store: &Store, run_id: Uuid, batch: &[NewTask], dry_run: bool) -> Result<u64, CoordinatorError> {
+    if dry_run {
+        return Ok(batch.len() as u64);
+    }
+    Ok(store.insert_tasks(run_id, batch).await?)
 }

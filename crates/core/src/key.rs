@@ -15,6 +15,11 @@ use std::fmt;
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct OutputKey(pub [u8; 32]);
 
+/// Field of `tasks.input` that salts a task's content key. An incremental run sets it on tasks
+/// whose output expired (`regenerate.ttl_days`): the same prompt to the same teacher then has
+/// another key, so the ledger does not hand back the expired answer and the teacher is asked.
+pub const KEY_SALT_FIELD: &str = "key_salt";
+
 #[derive(Serialize)]
 struct KeyMaterial<'a> {
     stage: Stage,
@@ -23,10 +28,29 @@ struct KeyMaterial<'a> {
     messages: &'a [crate::prompt::ChatMessage],
     model: &'a str,
     params: &'a SamplingParams,
+    /// Absent unless salted, so unsalted keys are the ones computed before salts existed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    salt: Option<&'a str>,
 }
 
 impl OutputKey {
     pub fn compute(stage: Stage, prompt: &RenderedPrompt, model: &str, params: &SamplingParams) -> Self {
+        Self::compute_salted(stage, prompt, model, params, None)
+    }
+
+    /// The salt of a task's input ([`KEY_SALT_FIELD`]), if it has one.
+    pub fn salt_of(input: &serde_json::Value) -> Option<&str> {
+        input.get(KEY_SALT_FIELD).and_then(|v| v.as_str())
+    }
+
+    /// [`OutputKey::compute`] with a salt (see [`KEY_SALT_FIELD`]); `None` gives the same key.
+    pub fn compute_salted(
+        stage: Stage,
+        prompt: &RenderedPrompt,
+        model: &str,
+        params: &SamplingParams,
+        salt: Option<&str>,
+    ) -> Self {
         let material = KeyMaterial {
             stage,
             template: &prompt.template,
@@ -34,6 +58,7 @@ impl OutputKey {
             messages: &prompt.messages,
             model,
             params,
+            salt,
         };
         // Field order is fixed by the struct, so the JSON bytes are canonical.
         let bytes = serde_json::to_vec(&material).unwrap_or_default();
@@ -86,5 +111,20 @@ mod tests {
         let hot = SamplingParams { temperature: 0.7, ..p.clone() };
         assert_ne!(base, OutputKey::compute(Stage::Reasoning, &prompt("a", "v1"), "m", &hot));
         assert_eq!(OutputKey::from_slice(base.as_bytes()), Some(base));
+        assert_eq!(base, OutputKey::compute_salted(Stage::Reasoning, &prompt("a", "v1"), "m", &p, None));
+        let salted = OutputKey::compute_salted(Stage::Reasoning, &prompt("a", "v1"), "m", &p, Some("r2"));
+        assert_ne!(base, salted);
+        assert_ne!(salted, OutputKey::compute_salted(Stage::Reasoning, &prompt("a", "v1"), "m", &p, Some("r3")));
+        assert_eq!(OutputKey::salt_of(&serde_json::json!({"user": 1, "key_salt": "r2"})), Some("r2"));
+    }
+
+    #[test]
+    fn unsalted_keys_did_not_change() {
+        // The key of this prompt before salts existed: ledger rows written then stay reachable.
+        let k = OutputKey::compute(Stage::Reasoning, &prompt("a", "v1"), "m", &SamplingParams::default());
+        // sha256 of {"stage":"reasoning","template":"reasoning.movielens","template_version":"v1",
+        // "messages":[{"role":"user","content":"a"}],"model":"m","params":{"temperature":0.1,
+        // "top_p":null,"max_tokens":256,"stop":[]}}: no salt field.
+        assert_eq!(k.to_string(), "c300197de0263222837b5b882e5f417111c58b95770bb55e1ee737be780887e8");
     }
 }

@@ -22,6 +22,24 @@ pub struct NewTask {
     /// Tasks of the same run whose outputs this one's prompt needs; it is `waiting` until they
     /// are done (or failed).
     pub deps: Vec<Uuid>,
+    /// How many of `deps` are not finished at planning time: all of them, except in an
+    /// incremental run, which carries some over already done. 0 = `ready`.
+    pub pending_deps: i32,
+    /// SHA-256 over what determines the prompt (`coordinator::fingerprint`); None when the
+    /// planner could not compute it (such a task is never carried over later).
+    pub fingerprint: Option<[u8; 32]>,
+    /// Carried over from a previous run instead of being worked (incremental runs).
+    pub carried: Option<Carried>,
+}
+
+/// A task an incremental run takes over finished from the previous run (`from`): no message,
+/// no call, no `done_at` of its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Carried {
+    /// Done with this ledger output (its key).
+    Done { from: Uuid, output_key: [u8; 32] },
+    /// Failed before and not tried again (`regenerate.redo_failed = false`).
+    Failed { from: Uuid, error: String },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -58,6 +76,9 @@ pub struct RunCounts {
     pub truncated_prompts: i64,
     /// Tasks failed without a teacher call because their prompt stayed over the cap.
     pub dropped_overlong: i64,
+    /// Tasks an incremental run took over from an earlier run, done or failed (no call).
+    pub carried_done: i64,
+    pub carried_failed: i64,
 }
 
 impl RunCounts {
@@ -80,7 +101,8 @@ impl Store {
 
     /// Inserts planned tasks in one statement (one array per column, so no bind limit), then
     /// their dependency edges. A task must come in the same or a later call than the tasks it
-    /// depends on. Returns how many tasks were new.
+    /// depends on. A carried task is written `done` (or `failed`) as it is; the others `ready`
+    /// when `pending_deps` is 0, else `waiting`. Returns how many tasks were new.
     pub async fn insert_tasks(&self, run_id: Uuid, tasks: &[NewTask]) -> Result<u64, StoreError> {
         if tasks.is_empty() {
             return Ok(0);
@@ -94,6 +116,11 @@ impl Store {
         let mut labels = Vec::with_capacity(tasks.len());
         let mut inputs = Vec::with_capacity(tasks.len());
         let mut deps = Vec::with_capacity(tasks.len());
+        let mut fingerprints: Vec<Option<&[u8]>> = Vec::with_capacity(tasks.len());
+        let mut states: Vec<Option<&str>> = Vec::with_capacity(tasks.len());
+        let mut output_keys: Vec<Option<&[u8]>> = Vec::with_capacity(tasks.len());
+        let mut errors: Vec<Option<&str>> = Vec::with_capacity(tasks.len());
+        let mut carried_from: Vec<Option<Uuid>> = Vec::with_capacity(tasks.len());
         for t in tasks {
             ids.push(t.id);
             stages.push(t.stage.as_str());
@@ -103,15 +130,40 @@ impl Store {
             splits.push(t.split.as_deref());
             labels.push(t.label);
             inputs.push(t.input.to_string());
-            deps.push(t.deps.len() as i32);
+            deps.push(t.pending_deps);
+            fingerprints.push(t.fingerprint.as_ref().map(|f| f.as_slice()));
+            match &t.carried {
+                None => {
+                    states.push(None);
+                    output_keys.push(None);
+                    errors.push(None);
+                    carried_from.push(None);
+                }
+                Some(Carried::Done { from, output_key }) => {
+                    states.push(Some("done"));
+                    output_keys.push(Some(output_key.as_slice()));
+                    errors.push(None);
+                    carried_from.push(Some(*from));
+                }
+                Some(Carried::Failed { from, error }) => {
+                    states.push(Some("failed"));
+                    output_keys.push(None);
+                    errors.push(Some(error.as_str()));
+                    carried_from.push(Some(*from));
+                }
+            }
         }
         let mut tx = self.pool().begin().await?;
         let res = sqlx::query(
-            "INSERT INTO tasks (id, run_id, stage, subject, user_id, item_id, split, label, input, pending_deps, state)
+            "INSERT INTO tasks (id, run_id, stage, subject, user_id, item_id, split, label, input, pending_deps, state,
+                                fingerprint, output_key, last_error, carried_from)
              SELECT u.id, $1, u.stage, u.subject, u.user_id, u.item_id, u.split, u.label, u.input::jsonb, u.deps,
-                    CASE WHEN u.deps = 0 THEN 'ready' ELSE 'waiting' END
-             FROM UNNEST($2::uuid[], $3::text[], $4::text[], $5::int[], $6::int[], $7::text[], $8::bool[], $9::text[], $10::int[])
-                  AS u(id, stage, subject, user_id, item_id, split, label, input, deps)
+                    COALESCE(u.state, CASE WHEN u.deps = 0 THEN 'ready' ELSE 'waiting' END),
+                    u.fingerprint, u.output_key, u.last_error, u.carried_from
+             FROM UNNEST($2::uuid[], $3::text[], $4::text[], $5::int[], $6::int[], $7::text[], $8::bool[], $9::text[],
+                         $10::int[], $11::bytea[], $12::text[], $13::bytea[], $14::text[], $15::uuid[])
+                  AS u(id, stage, subject, user_id, item_id, split, label, input, deps, fingerprint, state, output_key,
+                       last_error, carried_from)
              ON CONFLICT (run_id, stage, subject) DO NOTHING",
         )
         .bind(run_id)
@@ -124,6 +176,11 @@ impl Store {
         .bind(&labels)
         .bind(&inputs)
         .bind(&deps)
+        .bind(&fingerprints)
+        .bind(&states)
+        .bind(&output_keys)
+        .bind(&errors)
+        .bind(&carried_from)
         .execute(&mut *tx)
         .await?;
         // Edges by COPY: the planner never repeats an edge, and COPY is the cheapest bulk path.
@@ -272,7 +329,7 @@ impl Store {
     pub async fn retry_failed(&self, run_id: Uuid) -> Result<u64, StoreError> {
         let mut tx = self.pool().begin().await?;
         let res = sqlx::query(
-            "UPDATE tasks SET state = 'ready', last_error = NULL, published_at = NULL
+            "UPDATE tasks SET state = 'ready', last_error = NULL, published_at = NULL, carried_from = NULL
              WHERE run_id = $1 AND state = 'failed'",
         )
         .bind(run_id)
@@ -344,7 +401,9 @@ impl Store {
         }
         let r = sqlx::query(
             "SELECT count(*) FILTER (WHERE history_truncated > 0),
-                    count(*) FILTER (WHERE state = 'failed' AND last_error LIKE 'prompt too long%')
+                    count(*) FILTER (WHERE state = 'failed' AND last_error LIKE 'prompt too long%'),
+                    count(*) FILTER (WHERE carried_from IS NOT NULL AND state = 'done'),
+                    count(*) FILTER (WHERE carried_from IS NOT NULL AND state = 'failed')
              FROM tasks WHERE run_id = $1",
         )
         .bind(run_id)
@@ -352,6 +411,8 @@ impl Store {
         .await?;
         c.truncated_prompts = r.try_get(0)?;
         c.dropped_overlong = r.try_get(1)?;
+        c.carried_done = r.try_get(2)?;
+        c.carried_failed = r.try_get(3)?;
         let r = sqlx::query(
             "SELECT count(*) FILTER (WHERE published_at IS NOT NULL),
                     count(*) FILTER (WHERE done_at > now() - interval '60 seconds'),

@@ -1,0 +1,161 @@
+//! `run list | pause | resume`, `run create --priority --budget-usd`, `corpus snapshot | snapshots
+//! | diff` and `train export --snapshot` as operators run them: the real binary against the
+//! test's private database.
+
+use reasonrec_coordinator::Outbox;
+use reasonrec_tests::TestEnv;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use uuid::Uuid;
+
+const BIN: &str = env!("CARGO_BIN_EXE_reasonrec");
+const USERS: i64 = 6;
+
+/// A config file for the test's database and broker names: one reasoning task per user.
+fn write_config(env: &TestEnv, dir: &Path) -> anyhow::Result<PathBuf> {
+    let s = &env.settings;
+    let text = format!(
+        "[database]\nurl = {:?}\n[broker]\nurl = {:?}\nprefix = {:?}\n[prompts]\ndir = {:?}\n[log]\nfilter = \"warn\"\n\
+         [sampling]\nmax_users = {USERS}\nhistory_len = 10\nsplits = [\"test\"]\n\
+         [stages]\nitem_profile = false\nuser_profile = false\n\
+         [[teacher.endpoints]]\nname = \"mock\"\nbase_url = {:?}\n",
+        s.database.url,
+        s.broker.url,
+        s.broker.prefix,
+        s.prompts.dir.display().to_string(),
+        s.teacher.endpoints[0].base_url,
+    );
+    let path = dir.join("reasonrec.toml");
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
+fn reasonrec(config: &Path, args: &[&str]) -> anyhow::Result<Output> {
+    let mut all = vec!["--config", config.to_str().unwrap_or_default()];
+    all.extend_from_slice(args);
+    Ok(Command::new(BIN).args(&all).output()?)
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "exit {}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Fails, and says `what` on stderr.
+fn refused(out: &Output, what: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "expected a refusal, got exit 0: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(err.contains(what), "stderr lacks {what:?}:\n{err}");
+}
+
+fn json(out: &Output) -> anyhow::Result<Value> {
+    Ok(serde_json::from_str(&ok(out))?)
+}
+
+fn listed(list: &Value, run: Uuid) -> Value {
+    list["runs"].as_array().and_then(|r| r.iter().find(|x| x["run_id"] == run.to_string()).cloned()).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_are_listed_paused_resumed_snapshotted_and_diffed_through_the_binary() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    env.ingest_sample().await?;
+    let dir = tempfile::tempdir()?;
+    let config = write_config(&env, dir.path())?;
+
+    let created = json(&reasonrec(
+        &config,
+        &["run", "create", "--dataset", "sample", "--no-publish", "--priority", "5", "--budget-usd", "2.5", "--json"],
+    )?)?;
+    let run: Uuid = serde_json::from_value(created["plan"]["run_id"].clone())?;
+    let row = listed(&json(&reasonrec(&config, &["run", "list", "--json"])?)?, run);
+    assert_eq!(row["state"], "running");
+    assert_eq!(row["priority"], 5);
+    assert_eq!(row["budget"], serde_json::json!({"usd": 2.5, "tokens": null}));
+    assert_eq!((row["total"].as_i64(), row["done"].as_i64()), (Some(USERS), Some(0)));
+    assert_eq!((row["dataset"].as_str(), row["dataset_version"].as_i64()), (Some("sample"), Some(1)));
+
+    ok(&reasonrec(&config, &["run", "pause", &run.to_string(), "--reason", "maintenance"])?);
+    let text = ok(&reasonrec(&config, &["run", "list"])?);
+    assert!(text.contains("paused: maintenance") && text.contains("sample v1"), "{text}");
+    let status = ok(&reasonrec(&config, &["run", "status", &run.to_string()])?);
+    assert!(status.contains("state: paused") && status.contains("paused: maintenance"), "{status}");
+    assert!(status.contains("budget $2.5000"), "{status}");
+    ok(&reasonrec(&config, &["run", "resume", &run.to_string()])?);
+    refused(&reasonrec(&config, &["run", "resume", &run.to_string()])?, "is running, not paused");
+
+    let broker = env.broker().await?;
+    let outbox = Outbox::new(env.store.clone(), &broker).await?;
+    let w = env.spawn_worker("w")?;
+    reasonrec_tests::drive_to_completion(&outbox, run, 60).await?;
+    w.shutdown().await?;
+    broker.close().await;
+
+    ok(&reasonrec(&config, &["corpus", "snapshot", &run.to_string(), "--name", "base", "--note", "first"])?);
+    refused(&reasonrec(&config, &["corpus", "snapshot", &run.to_string(), "--name", "base"])?, "already exists");
+    let snaps = json(&reasonrec(&config, &["corpus", "snapshots", "--json"])?)?;
+    assert_eq!(snaps["snapshots"][0]["name"], "base");
+    assert_eq!(snaps["snapshots"][0]["done"]["reasoning"].as_i64(), Some(USERS));
+
+    // An incremental run: everything carried over; regeneration runs at priority -10.
+    let again = json(&reasonrec(
+        &config,
+        &["run", "create", "--dataset", "sample", "--incremental", "--no-publish", "--json"],
+    )?)?;
+    let run2: Uuid = serde_json::from_value(again["plan"]["run_id"].clone())?;
+    let row = listed(&json(&reasonrec(&config, &["run", "list", "--json", "--limit", "5"])?)?, run2);
+    assert_eq!((row["priority"].as_i64(), row["state"].as_str()), (Some(-10), Some("completed")));
+
+    let diff = json(&reasonrec(&config, &["corpus", "diff", "base", &run2.to_string(), "--json"])?)?;
+    assert_eq!(diff["a"]["snapshot"], "base");
+    assert_eq!(diff["a"]["run_id"], run.to_string());
+    let t = &diff["diff"]["total"];
+    assert_eq!(
+        (t["added"].as_i64(), t["removed"].as_i64(), t["changed"].as_i64(), t["unchanged"].as_i64()),
+        (Some(0), Some(0), Some(0), Some(USERS)),
+        "{diff}"
+    );
+    let text = ok(&reasonrec(&config, &["corpus", "diff", "base", &run2.to_string()])?);
+    assert!(text.contains("reasoning") && text.contains(&format!("{USERS:>10}")), "{text}");
+
+    // The snapshotted run stays completed.
+    refused(
+        &reasonrec(&config, &["run", "cancel", &run.to_string()])?,
+        "is snapshotted (base): its corpus is frozen, so it cannot be cancelled",
+    );
+
+    let out = dir.path().join("export");
+    let manifest = json(&reasonrec(
+        &config,
+        &[
+            "train",
+            "export",
+            "--snapshot",
+            "base",
+            "--out",
+            out.to_str().unwrap_or_default(),
+            "--format",
+            "jsonl",
+            "--few-shot",
+            "0",
+            "--json",
+        ],
+    )?)?;
+    assert_eq!(
+        (manifest["run"]["id"].as_str(), manifest["run"]["snapshot"].as_str()),
+        (Some(run.to_string().as_str()), Some("base"))
+    );
+    assert_eq!(manifest["tasks"]["exported"].as_i64(), Some(USERS));
+    refused(
+        &reasonrec(&config, &["train", "export", "--snapshot", "nope", "--out", out.to_str().unwrap_or_default()])?,
+        "snapshot \"nope\"",
+    );
+    env.cleanup().await
+}

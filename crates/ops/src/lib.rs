@@ -1,0 +1,74 @@
+//! The operational HTTP endpoint every long-running role serves:
+//! - `GET /metrics`: Prometheus text (`reasonrec_core::metrics`);
+//! - `GET /healthz`: the process is alive (200 always);
+//! - `GET /readyz`: 200 when the role's dependencies answer (Postgres, RabbitMQ), else 503
+//!   with the reason; the role passes the check in.
+//!
+//! A role can merge its own routes (the coordinator's status page). Bind failures are reported
+//! to the caller, which decides whether running without the endpoint is acceptable.
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+/// A readiness check: Ok when the role can work, Err with the reason otherwise.
+pub type ReadyCheck = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
+
+async fn metrics() -> impl IntoResponse {
+    ([("content-type", "text/plain; version=0.0.4; charset=utf-8")], reasonrec_core::metrics::render())
+}
+
+/// The router with `/metrics`, `/healthz` and `/readyz`.
+pub fn router(ready: ReadyCheck) -> Router {
+    Router::new().route("/metrics", get(metrics)).route("/healthz", get(|| async { "ok\n" })).route(
+        "/readyz",
+        get(move || {
+            let ready = ready.clone();
+            async move {
+                match tokio::time::timeout(std::time::Duration::from_secs(3), ready()).await {
+                    Ok(Ok(())) => (StatusCode::OK, "ready\n".to_string()),
+                    Ok(Err(why)) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
+                    Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "not ready: check timed out\n".to_string()),
+                }
+            }
+        }),
+    )
+}
+
+/// Binds `bind` and serves `app` until `stop` is cancelled. Returns the bound address.
+pub async fn serve(bind: &str, app: Router, stop: CancellationToken) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(bind).await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        let result = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await;
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "ops endpoint stopped");
+        }
+    });
+    Ok(addr)
+}
+
+/// True when `bind` listens on loopback only (then no token is needed for the status page).
+pub fn is_loopback(bind: &str) -> bool {
+    bind.parse::<SocketAddr>().map(|a| a.ip().is_loopback()).unwrap_or_else(|_| bind.starts_with("localhost:"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_binds() {
+        assert!(is_loopback("127.0.0.1:9464"));
+        assert!(is_loopback("[::1]:9464"));
+        assert!(is_loopback("localhost:9464"));
+        assert!(!is_loopback("0.0.0.0:9464"));
+        assert!(!is_loopback("10.0.0.5:80"));
+    }
+}

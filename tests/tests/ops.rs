@@ -1,0 +1,127 @@
+//! Operating it: the coordinator's status page and API (in a real headless browser), the ops
+//! endpoints, metrics after a real run, and coordinator leadership by advisory lock.
+
+use reasonrec_coordinator::leader::acquire;
+use reasonrec_coordinator::{Outbox, create_run};
+use reasonrec_tests::TestEnv;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Debian's chromium, headless, on `url` with a throwaway profile.
+fn headless(browser: &str, profile: &std::path::Path, extra: &str, url: &str) -> std::io::Result<std::process::Output> {
+    std::process::Command::new(browser)
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--window-size=1280,900", "--virtual-time-budget=4000"])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(extra)
+        .arg(url)
+        .output()
+}
+
+fn ready_ok() -> reasonrec_ops::ReadyCheck {
+    Arc::new(|| Box::pin(async { Ok(()) }))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_shows_runs_in_a_real_browser_and_needs_its_token() -> anyhow::Result<()> {
+    let mut env = TestEnv::new().await?;
+    env.settings.sampling.max_users = 40;
+    env.ingest_sample().await?;
+    let plan = create_run(&env.store, &env.settings, "sample").await?;
+    let broker = env.broker().await?;
+    let outbox = Outbox::new(env.store.clone(), &broker).await?;
+    let w = env.spawn_worker("w")?;
+    reasonrec_tests::drive_to_completion(&outbox, plan.run_id, 60).await?;
+    w.shutdown().await?;
+
+    let stop = CancellationToken::new();
+    let app = reasonrec_coordinator::web::router(
+        env.store.clone(),
+        Some("s3cret".into()),
+        ready_ok(),
+        Arc::new(AtomicBool::new(true)),
+    );
+    let addr = reasonrec_ops::serve("127.0.0.1:0", app, stop.clone()).await?;
+    let base = format!("http://{addr}");
+    let http = reqwest::Client::new();
+    assert_eq!(http.get(format!("{base}/api/runs")).send().await?.status(), 401);
+    assert_eq!(http.get(format!("{base}/?token=wrong")).send().await?.status(), 401);
+    let api: serde_json::Value =
+        http.get(format!("{base}/api/runs")).bearer_auth("s3cret").send().await?.error_for_status()?.json().await?;
+    assert_eq!(api["leading"], true);
+    assert_eq!(api["runs"][0]["run_id"], plan.run_id.to_string());
+    assert_eq!(api["runs"][0]["status"]["done"], 40);
+    assert_eq!(api["runs"][0]["status"]["state"], "completed");
+    let per_minute = api["runs"][0]["per_minute"].as_array().cloned().unwrap_or_default();
+    let charted: i64 = per_minute.iter().map(|p| p[1].as_i64().unwrap_or(0)).sum();
+    assert_eq!(charted, 40, "the chart's data counts every completion");
+    assert_eq!(http.get(format!("{base}/healthz")).send().await?.status(), 200);
+    assert_eq!(http.get(format!("{base}/readyz")).send().await?.status(), 200);
+    let metrics = http.get(format!("{base}/metrics")).send().await?.text().await?;
+    assert!(metrics.contains("reasonrec_tasks_total{stage=\"reasoning\",outcome=\"completed\"}"), "{metrics}");
+    assert!(metrics.contains("reasonrec_teacher_request_duration_seconds_bucket"), "{metrics}");
+
+    // The page as a browser renders it: the script fetched the API and drew the run.
+    let browser = std::env::var("REASONREC_BROWSER").unwrap_or_else(|_| "chromium".into());
+    let dir = tempfile::tempdir()?;
+    let shot = dir.path().join("status.png");
+    let url = format!("{base}/?token=s3cret");
+    let run_browser = |profile: &str, extra: String| {
+        let (browser, url, profile) = (browser.clone(), url.clone(), dir.path().join(profile));
+        tokio::task::spawn_blocking(move || headless(&browser, &profile, &extra, &url))
+    };
+    let dom = run_browser("p1", "--dump-dom".into()).await??;
+    let dom_text = String::from_utf8_lossy(&dom.stdout);
+    assert!(dom_text.contains(&format!("data-run=\"{}\"", plan.run_id)), "run not rendered:\n{dom_text}");
+    assert!(dom_text.contains("<svg") && dom_text.contains("tasks finished per minute"), "chart not drawn");
+    assert!(dom_text.contains("This coordinator leads."));
+    let out = run_browser("p2", format!("--screenshot={}", shot.display())).await??;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let png = std::fs::read(&shot)?;
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "a PNG screenshot");
+    // A rendered page with tables, bars and a chart is far from a blank 1280x900 image.
+    assert!(png.len() > 20_000, "screenshot only {} bytes: page looks blank", png.len());
+    if let Ok(keep) = std::env::var("REASONREC_KEEP_SCREENSHOT") {
+        std::fs::copy(&shot, keep)?;
+    }
+    stop.cancel();
+    broker.close().await;
+    env.cleanup().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_coordinator_leads_and_a_standby_takes_over_when_it_goes() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let url = env.settings.database.url.clone();
+    let key = 0x7465_7374;
+    let never = CancellationToken::new();
+    let first = acquire(&url, key, Duration::from_millis(100), &never).await?;
+    let Some(first) = first else { anyhow::bail!("the first coordinator must lead") };
+
+    // A second one stands by while the first holds the lock.
+    let give_up = CancellationToken::new();
+    let stop_soon = give_up.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        stop_soon.cancel();
+    });
+    assert!(acquire(&url, key, Duration::from_millis(100), &give_up).await?.is_none(), "a standby does not lead");
+
+    // The leader steps down (its connection closes): the standby takes over.
+    let (lost, stop) = (CancellationToken::new(), CancellationToken::new());
+    let hold = tokio::spawn(first.hold(Duration::from_millis(100), lost.clone(), stop.clone()));
+    let standby = tokio::spawn({
+        let url = url.clone();
+        async move { acquire(&url, key, Duration::from_millis(100), &CancellationToken::new()).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!standby.is_finished(), "no takeover while the leader holds");
+    stop.cancel();
+    hold.await?;
+    assert!(lost.is_cancelled());
+    let second = tokio::time::timeout(Duration::from_secs(5), standby).await???;
+    assert!(second.is_some(), "the standby leads after the leader left");
+    drop(second);
+    env.cleanup().await
+}

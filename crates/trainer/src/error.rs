@@ -2,6 +2,10 @@
 
 use std::path::PathBuf;
 
+use reasonrec_core::CoreError;
+use reasonrec_store::StoreError;
+use uuid::Uuid;
+
 #[derive(Debug, thiserror::Error)]
 pub enum TrainerError {
     #[error("{path}: {source}")]
@@ -15,11 +19,27 @@ pub enum TrainerError {
     Input { path: PathBuf, line: u64, message: String },
     #[error("{0}")]
     Invalid(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Core(#[from] CoreError),
+    #[error("parquet {path}: {message}")]
+    Parquet { path: PathBuf, message: String },
+    /// The run was cancelled before it completed; `--partial` exports what it finished.
+    #[error("run {0} was cancelled before it completed (export what it finished with --partial)")]
+    RunCancelled(Uuid),
+    /// A stored row the export cannot turn into an example (bad input JSON, missing item).
+    #[error("task {task}: {message}")]
+    BadTask { task: Uuid, message: String },
 }
 
 impl TrainerError {
+    /// Only database errors can go away on retry (a lost connection, a restarting server).
     pub fn is_retryable(&self) -> bool {
-        false
+        match self {
+            TrainerError::Store(e) => e.is_retryable(),
+            _ => false,
+        }
     }
 
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {

@@ -1,0 +1,220 @@
+//! Reads for the student export (`reasonrec train export`): the done reasoning tasks of a run with
+//! their ledger output, in keyset pages by task id, and per page the items and profile outputs
+//! they mention. Every read is one statement per page, never one per row, so an export of a
+//! million rows is a few thousand round trips and holds one page in memory.
+
+use crate::error::StoreError;
+use crate::pool::Store;
+use crate::tasks::ItemRow;
+use sqlx::Row;
+use std::collections::HashMap;
+use uuid::Uuid;
+
+/// A done reasoning task with the answer the ledger holds for it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExportTask {
+    pub id: Uuid,
+    pub split: String,
+    pub label: bool,
+    /// The task's input (`core::inputs::ReasoningInput`).
+    pub input: serde_json::Value,
+    /// Oldest history entries the worker cut from the prompt (the teacher did not see them).
+    pub history_truncated: i32,
+    pub user_id: i32,
+    pub item_id: i32,
+    /// The dataset's own ids of the user and the target item.
+    pub user_ext_id: String,
+    pub item_ext_id: String,
+    pub text: String,
+    pub template: String,
+    pub template_version: String,
+    pub model: String,
+    pub params: serde_json::Value,
+}
+
+/// Task counts of a run, for the export manifest.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ExportCounts {
+    pub tasks: i64,
+    pub done: i64,
+    pub reasoning: i64,
+    pub reasoning_done: i64,
+    pub reasoning_failed: i64,
+}
+
+const TASK_COLUMNS: &str = "t.id, t.split, t.label, t.input, t.history_truncated, t.user_id, t.item_id,
+       u.ext_id AS user_ext, i.ext_id AS item_ext,
+       o.text, o.template, o.template_version, o.model, o.params
+FROM tasks t
+JOIN outputs o ON o.key = t.output_key
+JOIN users u ON u.dataset_id = $2 AND u.id = t.user_id
+JOIN items i ON i.dataset_id = $2 AND i.id = t.item_id";
+
+fn export_task(r: &sqlx::postgres::PgRow) -> Result<ExportTask, StoreError> {
+    let id: Uuid = r.try_get("id")?;
+    let missing = |what: &str| StoreError::Corrupt(format!("reasoning task {id} has no {what}"));
+    Ok(ExportTask {
+        id,
+        split: r.try_get::<Option<String>, _>("split")?.ok_or_else(|| missing("split"))?,
+        label: r.try_get::<Option<bool>, _>("label")?.ok_or_else(|| missing("label"))?,
+        input: r.try_get("input")?,
+        history_truncated: r.try_get("history_truncated")?,
+        user_id: r.try_get::<Option<i32>, _>("user_id")?.ok_or_else(|| missing("user"))?,
+        item_id: r.try_get::<Option<i32>, _>("item_id")?.ok_or_else(|| missing("item"))?,
+        user_ext_id: r.try_get("user_ext")?,
+        item_ext_id: r.try_get("item_ext")?,
+        text: r.try_get("text")?,
+        template: r.try_get("template")?,
+        template_version: r.try_get("template_version")?,
+        model: r.try_get("model")?,
+        params: r.try_get("params")?,
+    })
+}
+
+impl Store {
+    /// The next page of a run's done reasoning tasks after `after` in id order (keyset
+    /// pagination; start with `Uuid::nil()`). `dataset_id` is the run's dataset.
+    pub async fn export_page(
+        &self,
+        run_id: Uuid,
+        dataset_id: i64,
+        after: Uuid,
+        limit: i64,
+    ) -> Result<Vec<ExportTask>, StoreError> {
+        let sql = format!(
+            "SELECT {TASK_COLUMNS}
+             WHERE t.run_id = $1 AND t.id > $3 AND t.stage = 'reasoning' AND t.state = 'done'
+             ORDER BY t.id LIMIT $4"
+        );
+        let rows =
+            sqlx::query(&sql).bind(run_id).bind(dataset_id).bind(after).bind(limit).fetch_all(self.pool()).await?;
+        rows.iter().map(export_task).collect()
+    }
+
+    /// The done reasoning tasks of a run among `ids`, in id order (the few-shot re-read).
+    pub async fn export_tasks_by_id(
+        &self,
+        run_id: Uuid,
+        dataset_id: i64,
+        ids: &[Uuid],
+    ) -> Result<Vec<ExportTask>, StoreError> {
+        let sql = format!(
+            "SELECT {TASK_COLUMNS}
+             WHERE t.run_id = $1 AND t.id = ANY($3) AND t.stage = 'reasoning' AND t.state = 'done'
+             ORDER BY t.id"
+        );
+        let rows = sqlx::query(&sql).bind(run_id).bind(dataset_id).bind(ids).fetch_all(self.pool()).await?;
+        rows.iter().map(export_task).collect()
+    }
+
+    /// Title and attributes of the items `ids` of a dataset.
+    pub async fn export_items(&self, dataset_id: i64, ids: &[i32]) -> Result<HashMap<i32, ItemRow>, StoreError> {
+        let rows = sqlx::query("SELECT id, title, attrs FROM items WHERE dataset_id = $1 AND id = ANY($2)")
+            .bind(dataset_id)
+            .bind(ids)
+            .fetch_all(self.pool())
+            .await?;
+        let mut out = HashMap::with_capacity(rows.len());
+        for r in rows {
+            let item = ItemRow { id: r.try_get(0)?, title: r.try_get(1)?, attrs: r.try_get(2)? };
+            out.insert(item.id, item);
+        }
+        Ok(out)
+    }
+
+    /// The outputs of the run's done user-profile tasks of `users`, by user id. Found through the
+    /// unique index on (run, stage, subject), subject `u<user>`.
+    pub async fn export_user_profiles(&self, run_id: Uuid, users: &[i32]) -> Result<HashMap<i32, String>, StoreError> {
+        let subjects: Vec<String> = users.iter().map(|u| format!("u{u}")).collect();
+        self.profile_outputs(run_id, "user_profile", &subjects, "user_id").await
+    }
+
+    /// The outputs of the run's done item-profile tasks of `items`, by item id (subject `i<item>`).
+    pub async fn export_item_profiles(&self, run_id: Uuid, items: &[i32]) -> Result<HashMap<i32, String>, StoreError> {
+        let subjects: Vec<String> = items.iter().map(|i| format!("i{i}")).collect();
+        self.profile_outputs(run_id, "item_profile", &subjects, "item_id").await
+    }
+
+    async fn profile_outputs(
+        &self,
+        run_id: Uuid,
+        stage: &str,
+        subjects: &[String],
+        id_column: &str,
+    ) -> Result<HashMap<i32, String>, StoreError> {
+        if subjects.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let sql = format!(
+            "SELECT t.{id_column}, o.text FROM tasks t JOIN outputs o ON o.key = t.output_key
+             WHERE t.run_id = $1 AND t.stage = $2 AND t.subject = ANY($3) AND t.state = 'done'"
+        );
+        let rows = sqlx::query(&sql).bind(run_id).bind(stage).bind(subjects).fetch_all(self.pool()).await?;
+        let mut out = HashMap::with_capacity(rows.len());
+        for r in rows {
+            let id: Option<i32> = r.try_get(0)?;
+            if let Some(id) = id {
+                out.insert(id, r.try_get(1)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// How many tasks of a run there are and how many are done, overall and for reasoning.
+    pub async fn export_counts(&self, run_id: Uuid) -> Result<ExportCounts, StoreError> {
+        let r = sqlx::query(
+            "SELECT count(*),
+                    count(*) FILTER (WHERE state = 'done'),
+                    count(*) FILTER (WHERE stage = 'reasoning'),
+                    count(*) FILTER (WHERE stage = 'reasoning' AND state = 'done'),
+                    count(*) FILTER (WHERE stage = 'reasoning' AND state = 'failed')
+             FROM tasks WHERE run_id = $1",
+        )
+        .bind(run_id)
+        .fetch_one(self.pool())
+        .await?;
+        Ok(ExportCounts {
+            tasks: r.try_get(0)?,
+            done: r.try_get(1)?,
+            reasoning: r.try_get(2)?,
+            reasoning_done: r.try_get(3)?,
+            reasoning_failed: r.try_get(4)?,
+        })
+    }
+
+    /// The latest completed run of a dataset (any version of that name).
+    pub async fn latest_completed_run(&self, dataset: &str) -> Result<Uuid, StoreError> {
+        sqlx::query_scalar(
+            "SELECT r.id FROM runs r JOIN datasets d ON d.id = r.dataset_id
+             WHERE d.name = $1 AND r.state = 'completed'
+             ORDER BY r.finished_at DESC NULLS LAST, r.created_at DESC, r.id DESC LIMIT 1",
+        )
+        .bind(dataset)
+        .fetch_optional(self.pool())
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("no completed run of dataset {dataset:?}")))
+    }
+
+    /// The dataset row of a dataset version by id.
+    pub async fn dataset_by_id(&self, dataset_id: i64) -> Result<crate::datasets::DatasetRow, StoreError> {
+        let r = sqlx::query(
+            "SELECT id, name, version, format, family, content_hash, n_users, n_items, n_interactions
+             FROM datasets WHERE id = $1",
+        )
+        .bind(dataset_id)
+        .fetch_optional(self.pool())
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("dataset id {dataset_id}")))?;
+        Ok(crate::datasets::DatasetRow {
+            id: r.try_get("id")?,
+            name: r.try_get("name")?,
+            version: r.try_get("version")?,
+            format: r.try_get("format")?,
+            family: r.try_get("family")?,
+            content_hash: r.try_get("content_hash")?,
+            n_users: r.try_get("n_users")?,
+            n_items: r.try_get("n_items")?,
+            n_interactions: r.try_get("n_interactions")?,
+        })
+    }
+}

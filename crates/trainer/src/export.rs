@@ -1,0 +1,363 @@
+//! `reasonrec train export`: a run's finished corpus as a student fine-tuning set.
+//!
+//! One pass over the run's done reasoning tasks in keyset pages of task ids: one query per page
+//! for the tasks with their ledger output, one each for the page's user profiles, items and item
+//! profiles (items already read are kept between pages, up to [`ITEM_CACHE`]). Each task's
+//! reasoning goes through the filters; a kept one becomes a [`StudentExample`] written at once to
+//! its split's files (`train`, `validation`, `test`; JSONL and/or Parquet). Only (id, label) of
+//! kept training rows is collected; after the pass the few-shot sets are drawn from them and their
+//! rows read again by id (`fewshot_<n>.*`). Memory holds one page, the item cache, one Parquet row
+//! group per open file, the (id, label) list (17 bytes per train row) and the dedup set (16 bytes
+//! per row) — flat in the corpus size but for those last two. Files list rows in task id order;
+//! nothing depends on the clock, so the same run exported twice gives byte-identical files.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use reasonrec_core::PromptLibrary;
+use reasonrec_core::inputs::ReasoningInput;
+use reasonrec_store::Store;
+use reasonrec_store::export::{ExportCounts, ExportTask};
+use uuid::Uuid;
+
+use crate::TrainerError;
+use crate::example::{PageData, STUDENT_KIND, StudentExample, build_example, extract_reasoning, task_input};
+use crate::fewshot;
+use crate::files::{ExampleSink, FileEntry, Format};
+use crate::filters::{FilterOptions, Filters};
+use crate::manifest::{
+    DatasetInfo, ExportOptionsInfo, LabelCounts, MANIFEST_VERSION, Manifest, Provenance, RunInfo, Splits, TaskCounts,
+    TemplateInfo, Templates,
+};
+
+/// Tasks read per page.
+pub const PAGE_SIZE: usize = 2_000;
+/// The manifest's file name.
+pub const MANIFEST_FILE: &str = "manifest.json";
+/// The splits, in file order.
+pub const SPLITS: [&str; 3] = ["train", "validation", "test"];
+
+/// What to export.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    Run(Uuid),
+    /// The latest completed run of a dataset (by name, any version).
+    Dataset(String),
+    /// The run a snapshot names (`reasonrec corpus snapshot`).
+    Snapshot(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct ExportOptions {
+    pub out: PathBuf,
+    pub format: Format,
+    /// Export what is done now instead of waiting for the run to complete.
+    pub partial: bool,
+    pub filters: FilterOptions,
+    /// Few-shot set sizes (none: no few-shot files).
+    pub few_shot: Vec<usize>,
+    pub seed: u64,
+    pub page_size: usize,
+    /// How often to look at the run while waiting for it.
+    pub poll: Duration,
+    /// The snapshot the run was chosen by, recorded in the manifest.
+    pub snapshot: Option<String>,
+}
+
+impl ExportOptions {
+    pub fn new(out: impl Into<PathBuf>) -> Self {
+        Self {
+            out: out.into(),
+            format: Format::Both,
+            partial: false,
+            filters: FilterOptions::default(),
+            few_shot: Vec::new(),
+            seed: 0,
+            page_size: PAGE_SIZE,
+            poll: Duration::from_secs(2),
+            snapshot: None,
+        }
+    }
+}
+
+/// What the export reports while it works.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Progress {
+    /// Waiting for the run to complete: its state and task counts.
+    Waiting { state: String, counts: ExportCounts },
+    /// Rows read and kept so far.
+    Exported { read: u64, kept: u64 },
+}
+
+/// The run a source names.
+pub async fn resolve(store: &Store, source: &Source) -> Result<Uuid, TrainerError> {
+    match source {
+        Source::Run(id) => Ok(*id),
+        Source::Dataset(name) => Ok(store.latest_completed_run(name).await?),
+        Source::Snapshot(name) => Ok(store.snapshot_run(name).await?),
+    }
+}
+
+/// Waits until the run is completed (marking it so once no task is left to do, as the
+/// coordinator would) and returns its state; an error if it was cancelled.
+pub async fn wait_for_run(
+    store: &Store,
+    run_id: Uuid,
+    poll: Duration,
+    progress: &mut impl FnMut(Progress),
+) -> Result<String, TrainerError> {
+    loop {
+        let state = store.refresh_run_state(run_id).await?;
+        match state.as_str() {
+            "completed" => return Ok(state),
+            "cancelled" => return Err(TrainerError::RunCancelled(run_id)),
+            _ => {
+                let counts = store.export_counts(run_id).await?;
+                progress(Progress::Waiting { state, counts });
+                tokio::time::sleep(poll).await;
+            }
+        }
+    }
+}
+
+/// One task ready to become an example.
+struct Pending {
+    task: ExportTask,
+    input: ReasoningInput,
+    reasoning: String,
+}
+
+/// Items kept between pages, at most: popular items recur on every page, and a catalogue of this
+/// size is read once instead of once per page. Past it the cache starts over.
+pub const ITEM_CACHE: usize = 20_000;
+
+/// What the examples are rendered from: items and their profiles (cached across pages, bounded
+/// by [`ITEM_CACHE`]) and the user profiles of the current page.
+struct Lookups {
+    run_id: Uuid,
+    dataset_id: i64,
+    data: PageData,
+}
+
+impl Lookups {
+    fn new(run_id: Uuid, dataset_id: i64) -> Self {
+        Self { run_id, dataset_id, data: PageData::default() }
+    }
+
+    /// Reads what the page's tasks mention and the cache lacks: three queries at most.
+    async fn load(&mut self, store: &Store, page: &[Pending]) -> Result<&PageData, TrainerError> {
+        let mut users: Vec<i32> = page.iter().map(|p| p.task.user_id).collect();
+        users.sort_unstable();
+        users.dedup();
+        let mut items: Vec<i32> =
+            page.iter().flat_map(|p| p.input.history.iter().map(|h| h.item).chain([p.input.target])).collect();
+        items.sort_unstable();
+        items.dedup();
+        let mut missing: Vec<i32> = items.iter().copied().filter(|i| !self.data.items.contains_key(i)).collect();
+        if self.data.items.len() + missing.len() > ITEM_CACHE {
+            self.data.items.clear();
+            self.data.item_profiles.clear();
+            missing = items;
+        }
+        self.data.user_profiles = store.export_user_profiles(self.run_id, &users).await?;
+        if !missing.is_empty() {
+            self.data.items.extend(store.export_items(self.dataset_id, &missing).await?);
+            self.data.item_profiles.extend(store.export_item_profiles(self.run_id, &missing).await?);
+        }
+        Ok(&self.data)
+    }
+}
+
+fn examples(
+    prompts: &PromptLibrary,
+    family: &str,
+    page: &[Pending],
+    data: &PageData,
+) -> Result<Vec<StudentExample>, TrainerError> {
+    page.iter().map(|p| build_example(prompts, family, &p.task, &p.input, &p.reasoning, data)).collect()
+}
+
+fn split_index(task: &ExportTask) -> Result<usize, TrainerError> {
+    SPLITS.iter().position(|s| *s == task.split).ok_or_else(|| TrainerError::BadTask {
+        task: task.id,
+        message: format!("split {:?} is not one of train, validation, test", task.split),
+    })
+}
+
+/// Exports the run's done reasoning tasks to `opts.out` and writes the manifest (see the module
+/// doc). Without `opts.partial` it first waits for the run to complete.
+pub async fn export_run(
+    store: &Store,
+    prompts: &PromptLibrary,
+    run_id: Uuid,
+    opts: &ExportOptions,
+    progress: &mut impl FnMut(Progress),
+) -> Result<Manifest, TrainerError> {
+    let run = store.get_run(run_id).await?;
+    let dataset = store.dataset_by_id(run.dataset_id).await?;
+    let state = match opts.partial {
+        true => store.refresh_run_state(run_id).await?,
+        false => wait_for_run(store, run_id, opts.poll, progress).await?,
+    };
+    let family = dataset.family.as_str();
+    let student_name = prompts.kind_template_name(STUDENT_KIND, family)?;
+    let student_version = prompts.version_of(&student_name).unwrap_or_default().to_string();
+
+    std::fs::create_dir_all(&opts.out).map_err(|e| TrainerError::io(&opts.out, e))?;
+    // A manifest left by an earlier export must never describe the files being rewritten.
+    let manifest_path = opts.out.join(MANIFEST_FILE);
+    match std::fs::remove_file(&manifest_path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(TrainerError::io(&manifest_path, e)),
+    }
+
+    let mut sinks =
+        SPLITS.iter().map(|s| ExampleSink::create(&opts.out, s, opts.format)).collect::<Result<Vec<_>, _>>()?;
+    let mut filters = Filters::new(opts.filters.clone());
+    let mut provenance = Provenance::default();
+    let mut counts = [LabelCounts::default(); 3];
+    let mut train_rows: Vec<(Uuid, bool)> = Vec::new();
+    let page_size = opts.page_size.max(1);
+    let mut lookups = Lookups::new(run_id, dataset.id);
+    let mut after = Uuid::nil();
+    loop {
+        let tasks = store.export_page(run_id, dataset.id, after, page_size as i64).await?;
+        let Some(last) = tasks.last() else { break };
+        after = last.id;
+        let mut page = Vec::with_capacity(tasks.len());
+        for task in tasks {
+            let reasoning = extract_reasoning(&task.text).to_string();
+            if !filters.keep(&reasoning, task.label) {
+                continue;
+            }
+            let input = task_input(&task)?;
+            page.push(Pending { task, input, reasoning });
+        }
+        let data = lookups.load(store, &page).await?;
+        let rows = examples(prompts, family, &page, data)?;
+        let mut by_split: [Vec<&StudentExample>; 3] = Default::default();
+        for (p, row) in page.iter().zip(&rows) {
+            let split = split_index(&p.task)?;
+            by_split[split].push(row);
+            counts[split].add(p.task.label);
+            if split == 0 {
+                train_rows.push((p.task.id, p.task.label));
+            }
+            provenance.add(&p.task.template, &p.task.template_version, &p.task.model, &p.task.params);
+        }
+        for (sink, rows) in sinks.iter_mut().zip(&by_split) {
+            sink.write(rows)?;
+        }
+        let report = filters.report();
+        progress(Progress::Exported { read: report.rows_read, kept: report.rows_kept });
+    }
+    let mut files: Vec<FileEntry> = Vec::new();
+    for sink in sinks {
+        files.extend(sink.finish()?);
+    }
+
+    let draw = fewshot::draw(&train_rows, &opts.few_shot, opts.seed);
+    drop(train_rows);
+    files.extend(write_few_shot(store, prompts, run_id, dataset.id, family, &draw, opts).await?);
+
+    let c = store.export_counts(run_id).await?;
+    let report = filters.report();
+    let manifest = Manifest {
+        manifest_version: MANIFEST_VERSION,
+        run: RunInfo { id: run_id.to_string(), complete: state == "completed", state, snapshot: opts.snapshot.clone() },
+        dataset: DatasetInfo {
+            name: dataset.name.clone(),
+            version: dataset.version,
+            family: dataset.family.clone(),
+            content_hash: dataset.content_hash.clone(),
+        },
+        tasks: TaskCounts {
+            total: c.tasks,
+            done: c.done,
+            reasoning: c.reasoning,
+            reasoning_done: c.reasoning_done,
+            reasoning_failed: c.reasoning_failed,
+            exported: report.rows_kept,
+        },
+        templates: Templates {
+            teacher: provenance.templates(),
+            student: TemplateInfo { name: student_name, version: student_version },
+        },
+        teachers: provenance.teachers(),
+        splits: Splits { train: counts[0], validation: counts[1], test: counts[2] },
+        few_shot: draw.sets.clone(),
+        filters: report,
+        options: ExportOptionsInfo {
+            format: opts.format,
+            partial: opts.partial,
+            seed: opts.seed,
+            filters: opts.filters.clone(),
+        },
+        files,
+    };
+    write_manifest(&opts.out, &manifest)?;
+    Ok(manifest)
+}
+
+/// Reads the drawn rows again by id (in id order, a page at a time) and writes each into every
+/// few-shot set that holds it.
+async fn write_few_shot(
+    store: &Store,
+    prompts: &PromptLibrary,
+    run_id: Uuid,
+    dataset_id: i64,
+    family: &str,
+    draw: &fewshot::FewShotDraw,
+    opts: &ExportOptions,
+) -> Result<Vec<FileEntry>, TrainerError> {
+    let mut sinks = draw
+        .sets
+        .iter()
+        .map(|s| ExampleSink::create(&opts.out, &format!("fewshot_{}", s.requested), opts.format))
+        .collect::<Result<Vec<_>, _>>()?;
+    let ids = draw.ids();
+    let mut lookups = Lookups::new(run_id, dataset_id);
+    for chunk in ids.chunks(opts.page_size.max(1)) {
+        let tasks = store.export_tasks_by_id(run_id, dataset_id, chunk).await?;
+        if tasks.len() != chunk.len() {
+            return Err(TrainerError::Invalid(format!(
+                "few-shot rows changed during the export: {} of {} found again",
+                tasks.len(),
+                chunk.len()
+            )));
+        }
+        let mut page = Vec::with_capacity(tasks.len());
+        for task in tasks {
+            let reasoning = extract_reasoning(&task.text).to_string();
+            let input = task_input(&task)?;
+            page.push(Pending { task, input, reasoning });
+        }
+        let data = lookups.load(store, &page).await?;
+        let rows = examples(prompts, family, &page, data)?;
+        for (set, sink) in sinks.iter_mut().enumerate() {
+            let members: Vec<&StudentExample> = page
+                .iter()
+                .zip(&rows)
+                .filter(|(p, _)| draw.first_set.get(&p.task.id).is_some_and(|&first| first <= set))
+                .map(|(_, row)| row)
+                .collect();
+            sink.write(&members)?;
+        }
+    }
+    let mut files = Vec::new();
+    for sink in sinks {
+        files.extend(sink.finish()?);
+    }
+    Ok(files)
+}
+
+fn write_manifest(dir: &Path, manifest: &Manifest) -> Result<(), TrainerError> {
+    let mut text = serde_json::to_string_pretty(manifest)
+        .map_err(|e| TrainerError::Invalid(format!("cannot serialise the manifest: {e}")))?;
+    text.push('\n');
+    let tmp = dir.join(format!("{MANIFEST_FILE}.tmp"));
+    let path = dir.join(MANIFEST_FILE);
+    std::fs::write(&tmp, text).map_err(|e| TrainerError::io(&tmp, e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| TrainerError::io(&path, e))
+}

@@ -1,0 +1,162 @@
+//! `manifest.json`, written beside the exported files: where the examples came from (run,
+//! dataset version, templates, teacher models), what is in them (counts per split and label,
+//! few-shot sets), what the filters removed, and each file's size and SHA-256. It holds no
+//! timestamp and no absolute path, so exporting the same run twice gives the same manifest.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::fewshot::FewShotSet;
+use crate::files::{FileEntry, Format};
+use crate::filters::{FilterOptions, FilterReport};
+
+/// Version of this manifest's layout.
+pub const MANIFEST_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Manifest {
+    pub manifest_version: u32,
+    pub run: RunInfo,
+    pub dataset: DatasetInfo,
+    pub tasks: TaskCounts,
+    pub templates: Templates,
+    /// Teacher model and sampling parameters of the exported answers, by model then parameters.
+    pub teachers: Vec<TeacherCount>,
+    pub splits: Splits,
+    pub few_shot: Vec<FewShotSet>,
+    pub filters: FilterReport,
+    pub options: ExportOptionsInfo,
+    /// Every file written, with its rows, size and SHA-256 (the manifest itself excepted).
+    pub files: Vec<FileEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RunInfo {
+    pub id: String,
+    /// The run's state when the export read it.
+    pub state: String,
+    /// True when the run was completed: every task is done or failed. False for a `--partial`
+    /// export of a run still going (or cancelled): only what was done is in the files.
+    pub complete: bool,
+    /// The snapshot name the export was asked for (`train export --snapshot`), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DatasetInfo {
+    pub name: String,
+    pub version: i32,
+    pub family: String,
+    pub content_hash: String,
+}
+
+/// Task counts of the run, read after the export's pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct TaskCounts {
+    pub total: i64,
+    pub done: i64,
+    pub reasoning: i64,
+    pub reasoning_done: i64,
+    pub reasoning_failed: i64,
+    /// Rows in the split files (done reasoning tasks the filters kept).
+    pub exported: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TemplateCount {
+    pub name: String,
+    pub version: String,
+    /// Exported rows whose teacher answer came from this template version.
+    pub rows: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TemplateInfo {
+    pub name: String,
+    pub version: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Templates {
+    /// The teacher's reasoning templates seen in the exported answers, by name and version.
+    pub teacher: Vec<TemplateCount>,
+    /// The student prompt template the examples were rendered with.
+    pub student: TemplateInfo,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TeacherCount {
+    pub model: String,
+    pub params: serde_json::Value,
+    pub rows: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct LabelCounts {
+    pub rows: u64,
+    pub liked: u64,
+    pub disliked: u64,
+}
+
+impl LabelCounts {
+    pub fn add(&mut self, liked: bool) {
+        self.rows += 1;
+        if liked {
+            self.liked += 1;
+        } else {
+            self.disliked += 1;
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Splits {
+    pub train: LabelCounts,
+    pub validation: LabelCounts,
+    pub test: LabelCounts,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ExportOptionsInfo {
+    pub format: Format,
+    /// `--partial` was given (export without waiting for the run to complete).
+    pub partial: bool,
+    /// Seed of the few-shot draw.
+    pub seed: u64,
+    pub filters: FilterOptions,
+}
+
+/// Running tallies of the templates and teachers seen, for the manifest.
+#[derive(Debug, Default)]
+pub struct Provenance {
+    templates: BTreeMap<(String, String), u64>,
+    teachers: BTreeMap<(String, String), (serde_json::Value, u64)>,
+}
+
+impl Provenance {
+    pub fn add(&mut self, template: &str, version: &str, model: &str, params: &serde_json::Value) {
+        *self.templates.entry((template.to_string(), version.to_string())).or_default() += 1;
+        let key = (model.to_string(), params.to_string());
+        self.teachers.entry(key).or_insert_with(|| (params.clone(), 0)).1 += 1;
+    }
+
+    pub fn templates(&self) -> Vec<TemplateCount> {
+        self.templates
+            .iter()
+            .map(|((name, version), rows)| TemplateCount { name: name.clone(), version: version.clone(), rows: *rows })
+            .collect()
+    }
+
+    pub fn teachers(&self) -> Vec<TeacherCount> {
+        self.teachers
+            .iter()
+            .map(|((model, _), (params, rows))| TeacherCount {
+                model: model.clone(),
+                params: params.clone(),
+                rows: *rows,
+            })
+            .collect()
+    }
+}

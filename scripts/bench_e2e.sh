@@ -6,10 +6,13 @@
 # RabbitMQ (beam.smp) and Postgres (every postgres process alive at the end: the pools keep
 # their backends open for the whole run).
 #   scripts/bench_e2e.sh [RUNS] [USERS] [WORKERS]      e.g. scripts/bench_e2e.sh 3
-# Prints a markdown table; APPEND=1 also appends it to BENCHMARKS.md.
+# Scenario 2 (latency-bound) is the same with LATENCY_MS=200 CONCURRENCY=2000 and one worker:
+#   LATENCY_MS=200 CONCURRENCY=2000 scripts/bench_e2e.sh 1 16667 1
+# Prints a markdown table.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-1}; USERS=${2:-16667}; WORKERS=${3:-2}
+LATENCY_MS=${LATENCY_MS:-0}; CONCURRENCY=${CONCURRENCY:-256}
 scripts/services.sh >/dev/null
 cargo build --release -p reasonrec-cli
 BIN="$PWD/target/release/reasonrec"
@@ -52,7 +55,7 @@ for run in $(seq 1 "$RUNS"); do
   export REASONREC__DATABASE__URL="postgres://postgres@127.0.0.1:5432/$DB"
   "$BIN" migrate >/dev/null
   "$BIN" ingest --format ml-1m --path "$DATA" --dataset e2e >/dev/null
-  "$BIN" mock-teacher --bind 127.0.0.1:0 >"$OUT/e2e-mock.out" 2>/dev/null & MOCK=$!; PIDS+=("$MOCK")
+  "$BIN" mock-teacher --bind 127.0.0.1:0 --latency-ms "$LATENCY_MS" >"$OUT/e2e-mock.out" 2>/dev/null & MOCK=$!; PIDS+=("$MOCK")
   for _ in $(seq 1 50); do grep -q listening "$OUT/e2e-mock.out" && break; sleep 0.1; done
   MOCK_URL=$(sed -n 's/^mock teacher listening on \(http.*\)$/\1/p' "$OUT/e2e-mock.out")
   CFG="$OUT/e2e.toml"
@@ -68,14 +71,14 @@ train_targets_per_user = 4
 item_profile = false
 user_profile = false
 [worker]
-concurrency = 256
+concurrency = $CONCURRENCY
 [coordinator]
 poll_interval_ms = 100
 [[teacher.endpoints]]
 name = "mock"
 base_url = "$MOCK_URL"
 model = "mock-teacher"
-max_in_flight = 512
+max_in_flight = $((CONCURRENCY * 2))
 TOML
   WP=()
   for w in $(seq 1 "$WORKERS"); do "$BIN" --config "$CFG" worker --name "e2e-$w" 2>/dev/null & WP+=($!); PIDS+=($!); done
@@ -101,7 +104,7 @@ PY
 )")
   echo "run $run: ${rows[-1]}" >&2
 done
-python3 - "$(git rev-parse --short HEAD)" "$WORKERS" "${rows[@]}" <<'PY'
+python3 - "$(git rev-parse --short HEAD)" "$WORKERS x $CONCURRENCY in flight, mock $LATENCY_MS ms" "${rows[@]}" <<'PY'
 import statistics, sys
 commit, workers, rows = sys.argv[1], sys.argv[2], [r.split() for r in sys.argv[3:]]
 col = lambda i: [float(r[i]) for r in rows]
@@ -109,6 +112,6 @@ med = lambda i: statistics.median(col(i))
 rate = col(3)
 print(f"| commit | runs | rationales | median time | rationales/s (median, min-max) | CPU s per 1,000: workers / coordinator / mock / RabbitMQ / Postgres | worker RSS |")
 print("|---|---|---|---|---|---|---|")
-print(f"| {commit} ({workers} workers) | {len(rows)} | {int(med(0)):,} ({int(med(1))} failed) | {med(2):.1f} s | {med(3):,.0f} ({min(rate):,.0f}-{max(rate):,.0f}) | "
+print(f"| {commit} ({workers}) | {len(rows)} | {int(med(0)):,} ({int(med(1))} failed) | {med(2):.1f} s | {med(3):,.0f} ({min(rate):,.0f}-{max(rate):,.0f}) | "
       f"{med(4):.2f} / {med(5):.2f} / {med(6):.2f} / {med(7):.2f} / {med(8):.2f} | {int(med(9))} MiB |")
 PY

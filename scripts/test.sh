@@ -4,4 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/services.sh
+# The status-page test drives a real headless browser.
+REASONREC_BROWSER=$(scripts/browser.sh)
+export REASONREC_BROWSER
 cargo test --workspace --locked "$@"

@@ -87,7 +87,12 @@ async fn one_batch_completes_fails_reuses_and_releases_dependents_once() -> anyh
             kind: FinishKind::Complete { key, output: output(key, "profile A"), history_truncated: 0 },
             attempts: vec![attempt()],
         },
-        Finish { task_id: b, run_id: run, kind: FinishKind::Fail { error: "teacher: gave up".into() }, attempts: vec![] },
+        Finish {
+            task_id: b,
+            run_id: run,
+            kind: FinishKind::Fail { error: "teacher: gave up".into() },
+            attempts: vec![],
+        },
         // Another task reusing A's answer by key.
         Finish {
             task_id: c,
@@ -105,7 +110,11 @@ async fn one_batch_completes_fails_reuses_and_releases_dependents_once() -> anyh
     };
     assert_eq!((state(a).await?, state(b).await?, state(c).await?), ("done".into(), "failed".into(), "done".into()));
     assert_eq!(count(s, "SELECT count(*) FROM outputs WHERE run_id = $1", run).await?, 1);
-    assert_eq!(count(s, "SELECT count(*) FROM attempts WHERE run_id = $1", run).await?, 1, "the duplicate's attempt is not written");
+    assert_eq!(
+        count(s, "SELECT count(*) FROM attempts WHERE run_id = $1", run).await?,
+        1,
+        "the duplicate's attempt is not written"
+    );
     let pending_after: i32 =
         sqlx::query_scalar("SELECT pending_deps FROM tasks WHERE id = $1").bind(dependent).fetch_one(s.pool()).await?;
     assert_eq!(pending_after, pending_before - 2, "done A and failed B each count the dependent down once");

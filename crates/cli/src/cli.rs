@@ -46,6 +46,102 @@ pub enum Command {
     /// Load an endpoint through the real teacher client (limits, retries) and report its
     /// throughput: how much one worker's teacher path can push, without queue or database.
     TeacherLoad(TeacherLoadArgs),
+    /// The student: export the corpus as a fine-tuning set, launch a LoRA run, evaluate.
+    #[command(subcommand)]
+    Train(TrainCommand),
+    /// Name a completed run's corpus (snapshot), list snapshots, compare two corpora.
+    #[command(subcommand)]
+    Corpus(CorpusCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TrainCommand {
+    /// Write a run's finished rationales as student examples (train/validation/test and
+    /// few-shot sets; JSONL and Parquet) with a manifest.
+    Export(TrainExportArgs),
+    /// Write the LoRA fine-tuning spec for an export and run the configured training command.
+    Launch(TrainLaunchArgs),
+    /// Score a student's predictions against exported examples (AUC, F1, ROUGE-L, BLEU-4).
+    Eval(TrainEvalArgs),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ExportFormatArg {
+    Jsonl,
+    Parquet,
+    Both,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["run", "dataset", "snapshot"])))]
+pub struct TrainExportArgs {
+    /// The run to export.
+    #[arg(long)]
+    pub run: Option<Uuid>,
+    /// Export the latest completed run of this dataset.
+    #[arg(long)]
+    pub dataset: Option<String>,
+    /// Export the run a snapshot names (`reasonrec corpus snapshot`); the manifest records it.
+    #[arg(long)]
+    pub snapshot: Option<String>,
+    /// Output folder (created if missing; files of the same names are replaced).
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, value_enum, default_value = "both")]
+    pub format: ExportFormatArg,
+    /// Export what is done now instead of waiting for the run to complete.
+    #[arg(long)]
+    pub partial: bool,
+    /// Drop rationales with fewer words.
+    #[arg(long)]
+    pub min_words: Option<usize>,
+    /// Drop rationales with more words.
+    #[arg(long)]
+    pub max_words: Option<usize>,
+    /// Keep only rationales whose conclusion argues the example's label.
+    #[arg(long)]
+    pub label_consistent: bool,
+    /// Drop rationales whose normalised text repeats an earlier one.
+    #[arg(long)]
+    pub dedup: bool,
+    /// Few-shot set sizes, comma-separated (default: trainer.few_shot; 0 for none).
+    #[arg(long, value_delimiter = ',')]
+    pub few_shot: Option<Vec<usize>>,
+    /// Seconds between looks at the run while waiting for it to complete.
+    #[arg(long, default_value_t = 2.0)]
+    pub poll_secs: f64,
+    /// Print the manifest as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TrainLaunchArgs {
+    /// A folder written by `reasonrec train export`.
+    #[arg(long)]
+    pub export: PathBuf,
+    /// Where the spec (train_spec.json) and the training outputs go.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Pass --dry-run to the command (check and tokenise the data; no GPU).
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Write the spec and print the command without running it.
+    #[arg(long)]
+    pub print_only: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TrainEvalArgs {
+    /// Exported examples files (JSONL), e.g. test.jsonl.
+    #[arg(long, num_args = 1.., required = true)]
+    pub examples: Vec<PathBuf>,
+    /// The student's predictions (JSONL: id, p_yes and/or prediction, optional reasoning).
+    #[arg(long)]
+    pub predictions: PathBuf,
+    /// Where eval.json and eval.md go.
+    #[arg(long)]
+    pub out: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -125,6 +221,14 @@ pub enum RunCommand {
     RetryFailed(RetryFailedArgs),
     /// Cancel a run: unfinished tasks are cancelled, queued messages are skipped by workers.
     Cancel(RunArg),
+    /// Recent runs: dataset, state (and why paused), priority, progress, cost and budget.
+    List(RunListArgs),
+    /// Stop publishing a run's tasks (messages already queued are still worked).
+    Pause(RunPauseArgs),
+    /// Publish a paused run's tasks again (refused while its spend is over its budget).
+    Resume(RunArg),
+    /// Set a run's budget; a run pauses itself when its spend reaches it.
+    Budget(RunBudgetArgs),
 }
 
 #[derive(Debug, Args)]
@@ -150,6 +254,25 @@ pub struct RunCreateArgs {
     /// Plan only; a running `reasonrec coordinator` publishes.
     #[arg(long, conflicts_with = "wait")]
     pub no_publish: bool,
+    /// Compare with the previous completed run of this dataset name (any version): tasks whose
+    /// inputs, template and teacher are unchanged are carried over done (no message, no teacher
+    /// call); only stale ones are worked. See the [regenerate] settings.
+    #[arg(long)]
+    pub incremental: bool,
+    /// Print what would be planned, by stage and staleness reason, with a token and cost
+    /// estimate; write nothing.
+    #[arg(long, conflicts_with_all = ["wait", "no_publish"])]
+    pub dry_run: bool,
+    /// Publishing order among running runs, higher first (default 0; -10 for --incremental:
+    /// new data before regeneration).
+    #[arg(long, allow_negative_numbers = true)]
+    pub priority: Option<i32>,
+    /// Pause the run when its teacher spend reaches this many dollars.
+    #[arg(long, value_parser = dollars)]
+    pub budget_usd: Option<f64>,
+    /// Pause the run when its teacher attempts reach this many tokens (input + output).
+    #[arg(long, value_parser = clap::value_parser!(i64).range(0..))]
+    pub budget_tokens: Option<i64>,
     #[arg(long)]
     pub json: bool,
 }
@@ -159,6 +282,10 @@ pub struct RunStatusArgs {
     pub run: Option<Uuid>,
     #[arg(long)]
     pub json: bool,
+    /// Redraw progress bars per stage every 2 s until the run is finished (exit 2 if any task
+    /// failed).
+    #[arg(long, conflicts_with = "json")]
+    pub watch: bool,
 }
 
 #[derive(Debug, Args)]
@@ -199,4 +326,85 @@ pub struct MockTeacherArgs {
     pub tokens_per_minute: Option<u32>,
     #[arg(long)]
     pub seed: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunListArgs {
+    /// How many runs, newest first.
+    #[arg(long, default_value_t = 20)]
+    pub limit: i64,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RunPauseArgs {
+    pub run: Uuid,
+    /// Why (shown by `run status` and `run list`).
+    #[arg(long, default_value = "paused by hand")]
+    pub reason: String,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("limit").required(true).multiple(true).args(["usd", "tokens", "clear"])))]
+pub struct RunBudgetArgs {
+    pub run: Uuid,
+    /// Dollars of teacher spend (replaces the dollar limit; the token limit stays).
+    #[arg(long, value_parser = dollars)]
+    pub usd: Option<f64>,
+    /// Input + output tokens (replaces the token limit; the dollar limit stays).
+    #[arg(long, value_parser = clap::value_parser!(i64).range(0..))]
+    pub tokens: Option<i64>,
+    /// Remove both limits.
+    #[arg(long, conflicts_with_all = ["usd", "tokens"])]
+    pub clear: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CorpusCommand {
+    /// Name a completed run's corpus; the run then stays completed (no retry-failed, no cancel).
+    Snapshot(SnapshotArgs),
+    /// List the snapshots.
+    Snapshots(SnapshotsArgs),
+    /// What changed between two corpora (run ids or snapshot names): tasks added, removed,
+    /// changed (another output) and unchanged, per stage, with examples.
+    Diff(CorpusDiffArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SnapshotArgs {
+    /// A completed run.
+    pub run: Uuid,
+    /// The snapshot's name (never reused; not a UUID).
+    #[arg(long)]
+    pub name: String,
+    #[arg(long)]
+    pub note: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct SnapshotsArgs {
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CorpusDiffArgs {
+    /// The older corpus: a run id or a snapshot name.
+    pub a: String,
+    /// The newer corpus: a run id or a snapshot name.
+    pub b: String,
+    /// Example subjects listed per category.
+    #[arg(long, default_value_t = 10)]
+    pub examples: i64,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A budget in dollars: a finite, non-negative number.
+fn dollars(s: &str) -> Result<f64, String> {
+    match s.trim_start_matches('$').parse::<f64>() {
+        Ok(x) if x.is_finite() && x >= 0.0 => Ok(x),
+        _ => Err(format!("expected a non-negative amount of dollars, got {s:?}")),
+    }
 }

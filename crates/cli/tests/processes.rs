@@ -68,6 +68,14 @@ async fn a_worker_killed_mid_run_loses_nothing_and_duplicates_nothing() -> anyho
     let status = second.wait()?;
     assert!(status.success(), "graceful stop exits 0, got {status}");
 
+    // `run status --watch` on the finished run draws its bars once and exits 0.
+    let watch = Command::new(BIN)
+        .args(["--config", &config.display().to_string(), "run", "status", &plan.run_id.to_string(), "--watch"])
+        .output()?;
+    assert!(watch.status.success(), "{}", String::from_utf8_lossy(&watch.stderr));
+    let drawn = String::from_utf8_lossy(&watch.stdout);
+    assert!(drawn.contains(&format!("reasoning     {} 100%  120 done, 0 failed of 120", "█".repeat(40))), "{drawn}");
+
     let s = &env.store;
     assert_eq!(count(s, done_sql, plan.run_id).await?, 120);
     assert_eq!(

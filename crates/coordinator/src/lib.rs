@@ -3,21 +3,39 @@
 //! Layout:
 //! - [`error`]: `CoordinatorError`, retryable when the store or broker error is.
 //! - [`plan`]: the sampler (pure): per user, target, history window and label.
-//! - [`run`]: `create_run` streams a dataset's interactions and writes the run's tasks in batches.
+//! - [`run`]: `create_run` / `plan_run` stream a dataset's interactions and write the run's tasks
+//!   in batches, each with its fingerprint; incremental runs carry unchanged tasks over.
+//! - [`fingerprint`]: what determines a task's prompt, hashed at planning time (pure).
+//! - [`regenerate`]: the previous completed run, indexed; why a task is stale or carried over.
+//! - [`estimate`]: calls, tokens and dollars of the stale tasks (dry run and plan report).
+//! - [`report`]: the plan report for people (stages, carried over, stale by reason, estimate).
 //! - [`outbox`]: publishes ready tasks with confirms and marks only confirmed ones published;
 //!   `drive` loops outbox and completion until a run (or every run) is done; dead-lettered
 //!   task messages are recorded as failed tasks.
+//! - [`schedule`]: cron jobs that create incremental runs (run by the leader only).
 //! - [`service`]: `supervise` wraps the outbox in reconnection (broker or Postgres lost).
+//! - [`leader`]: one acting coordinator: a Postgres advisory lock on a dedicated connection.
+//! - [`lifecycle`]: what the outbox may publish: paused runs, budgets (a run pauses itself),
+//!   priorities.
+//! - [`web`]: the status page and its JSON, merged with `/metrics`, `/healthz`, `/readyz`.
 //! - [`status`]: progress, rate and ETA of a run, for people and for machines.
 
 pub mod error;
+pub mod estimate;
+pub mod fingerprint;
+pub mod leader;
+pub mod lifecycle;
 pub mod outbox;
 pub mod plan;
+pub mod regenerate;
+pub mod report;
 pub mod run;
+pub mod schedule;
 pub mod service;
 pub mod status;
+pub mod web;
 
 pub use error::CoordinatorError;
 pub use outbox::{Outbox, PumpReport};
-pub use run::{RunPlan, create_run};
+pub use run::{PlanOptions, RunPlan, create_run, plan_run};
 pub use service::{Target, supervise};

@@ -9,6 +9,7 @@ use crate::error::CoordinatorError;
 use lapin::Channel;
 use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions};
 use reasonrec_core::TaskMessage;
+use reasonrec_core::metrics::metrics;
 use reasonrec_queue::error::deadline;
 use reasonrec_queue::redirect::dead_reason;
 use reasonrec_queue::{Broker, Publisher, Redirector};
@@ -44,6 +45,9 @@ pub struct Outbox {
     last_dead_check: std::sync::Mutex<Option<Instant>>,
     /// When `tasks` statistics were last refreshed (every 20 s while runs are served).
     last_analyze: std::sync::Mutex<Option<Instant>>,
+    topology: reasonrec_queue::Topology,
+    /// When the queue and run gauges were last updated (every 10 s).
+    last_gauges: std::sync::Mutex<Option<Instant>>,
     batch: usize,
     max_outstanding: usize,
     republish_after: Duration,
@@ -66,6 +70,8 @@ impl Outbox {
             redirect: Redirector::new(broker).await?,
             last_dead_check: std::sync::Mutex::new(None),
             last_analyze: std::sync::Mutex::new(Some(Instant::now())),
+            topology: broker.topology().clone(),
+            last_gauges: std::sync::Mutex::new(None),
             batch: broker.settings().publish_batch.max(1),
             max_outstanding,
             republish_after,
@@ -98,9 +104,13 @@ impl Outbox {
     }
 
     /// One pass over a run's ready tasks, in pages of `publish_batch`, after putting back
-    /// tasks whose message went missing.
+    /// tasks whose message went missing. Publishes nothing unless the run is `running` and under
+    /// its budget (a run whose spend reached it is paused here: [`crate::lifecycle`]).
     pub async fn pump(&self, run_id: Uuid) -> Result<PumpReport, CoordinatorError> {
         let mut report = PumpReport::default();
+        if !crate::lifecycle::may_publish(&self.store, run_id).await? {
+            return Ok(report);
+        }
         if due(&self.last_analyze, Duration::from_secs(20)) {
             self.store.analyze_tasks().await?;
         }
@@ -125,6 +135,7 @@ impl Outbox {
                 page.iter().map(|&(id, stage)| TaskMessage::new(id, run_id, stage)).collect();
             let r = self.publisher.publish_batch(&messages).await?;
             let marked = self.store.mark_published(&r.confirmed).await?;
+            metrics().published.inc_by(r.confirmed.len() as u64);
             tracing::debug!(%run_id, batch = messages.len(), confirmed = r.confirmed.len(), marked, nacked = r.nacked, returned = r.returned, "outbox batch");
             report.add(PumpReport {
                 published: r.confirmed.len() as u64,
@@ -167,6 +178,10 @@ impl Outbox {
                 Ok(m) => match self.store.record_dead_letter(m.task_id, &reason).await {
                     Ok(changed) => {
                         tracing::warn!(task_id = %m.task_id, run_id = %m.run_id, stage = %m.stage, %reason, changed, "task dead-lettered");
+                        metrics().dead_letters_recorded.inc();
+                        if changed {
+                            metrics().task(m.stage.as_str(), "dead_lettered");
+                        }
                         failed += u64::from(changed);
                         Ok(())
                     }
@@ -187,10 +202,44 @@ impl Outbox {
         Ok(failed)
     }
 
+    /// Updates the queue-depth and run gauges (at most every 10 s): messages waiting in each
+    /// queue, tasks of `runs` by state, and their cost so far.
+    pub async fn update_gauges(&self, runs: &[Uuid]) -> Result<(), CoordinatorError> {
+        if !due(&self.last_gauges, Duration::from_secs(10)) {
+            return Ok(());
+        }
+        let m = metrics();
+        let t = &self.topology;
+        let mut queues = vec![("tasks", t.work_queue.as_str()), ("dead", &t.dead_queue), ("parked", &t.parked_queue)];
+        let tiers: Vec<(String, &str)> =
+            t.retry_queues.iter().map(|(secs, name)| (format!("retry.{secs}s"), name.as_str())).collect();
+        queues.extend(tiers.iter().map(|(label, name)| (label.as_str(), *name)));
+        for (label, name) in queues {
+            let depth = t.queue_depth(&self.dead_channel, name).await?;
+            m.queue_messages.get_or_create(&vec![("queue", label.to_string())]).set(i64::from(depth));
+        }
+        for run in runs {
+            let counts = self.store.run_counts(*run).await?;
+            let mut by_state: std::collections::BTreeMap<&str, i64> = std::collections::BTreeMap::new();
+            for states in counts.by_stage.values() {
+                for (state, n) in states {
+                    *by_state.entry(state.as_str()).or_default() += n;
+                }
+            }
+            for state in ["waiting", "ready", "published", "done", "failed", "cancelled"] {
+                let n = by_state.get(state).copied().unwrap_or(0);
+                m.run_tasks.get_or_create(&vec![("run_id", run.to_string()), ("state", state.to_string())]).set(n);
+            }
+            m.run_cost.get_or_create(&vec![("run_id", run.to_string())]).set(counts.cost_usd);
+        }
+        Ok(())
+    }
+
     /// Publishes and watches `run_id` until it is completed (or cancelled). Returns its state.
     pub async fn drive(&self, run_id: Uuid, poll: Duration) -> Result<String, CoordinatorError> {
         loop {
             self.record_dead_letters().await?;
+            self.update_gauges(&[run_id]).await?;
             let report = self.pump(run_id).await?;
             let state = self.store.refresh_run_state(run_id).await?;
             if state == "completed" || state == "cancelled" {
@@ -212,7 +261,9 @@ impl Outbox {
         loop {
             let mut busy = false;
             self.record_dead_letters().await?;
-            for run_id in self.store.active_runs().await? {
+            let runs = self.store.active_runs().await?;
+            self.update_gauges(&runs).await?;
+            for run_id in runs {
                 busy |= self.pump(run_id).await?.published > 0;
                 let state = self.store.refresh_run_state(run_id).await?;
                 if state == "completed" {

@@ -3,6 +3,7 @@
 use crate::error::CoordinatorError;
 use reasonrec_core::stage::TaskState;
 use reasonrec_store::Store;
+use reasonrec_store::lifecycle::{Budget, dollars};
 use reasonrec_store::runs::RunCounts;
 use serde::Serialize;
 use uuid::Uuid;
@@ -11,6 +12,10 @@ use uuid::Uuid;
 pub struct RunStatus {
     pub run_id: Uuid,
     pub state: String,
+    /// Why the run is paused (by hand, or its budget was reached); None unless paused.
+    pub paused_reason: Option<String>,
+    pub priority: i32,
+    pub budget: Budget,
     pub planned: i64,
     pub waiting: i64,
     pub ready: i64,
@@ -29,20 +34,27 @@ pub struct RunStatus {
 pub async fn run_status(store: &Store, run_id: Uuid) -> Result<RunStatus, CoordinatorError> {
     let state = store.refresh_run_state(run_id).await?;
     let c = store.run_counts(run_id).await?;
+    let lifecycle = store.run_lifecycle(run_id).await?;
     let remaining = c.total - c.done - c.failed - c.state(TaskState::Cancelled);
     let rate = if state == "completed" || c.done_last_minute == 0 {
-        if c.elapsed_secs > 0.0 { c.done as f64 / c.elapsed_secs } else { 0.0 }
+        // Tasks carried over from an earlier run were not done by this one.
+        if c.elapsed_secs > 0.0 { (c.done - c.carried_done) as f64 / c.elapsed_secs } else { 0.0 }
     } else {
         c.done_last_minute as f64 / 60.0
     };
     let eta_secs = (remaining > 0 && rate > 0.0).then(|| remaining as f64 / rate);
-    let finished = c.done + c.failed;
-    let scale = (finished > 0).then(|| c.total as f64 / finished as f64);
+    // Spend so far scaled to the tasks this run works (carried-over ones cost nothing).
+    let carried = c.carried_done + c.carried_failed;
+    let finished = c.done + c.failed - carried;
+    let scale = (finished > 0).then(|| (c.total - carried) as f64 / finished as f64);
     let projected_cost_usd = scale.map(|k| c.cost_usd * k);
     let projected_tokens = scale.map(|k| ((c.input_tokens + c.output_tokens) as f64 * k).round() as i64);
     Ok(RunStatus {
         run_id,
         state,
+        paused_reason: lifecycle.paused_reason,
+        priority: lifecycle.priority,
+        budget: lifecycle.budget,
         planned: c.total,
         waiting: c.state(TaskState::Waiting),
         ready: c.state(TaskState::Ready),
@@ -58,11 +70,50 @@ pub async fn run_status(store: &Store, run_id: Uuid) -> Result<RunStatus, Coordi
 }
 
 impl RunStatus {
+    /// One progress bar per stage (`width` cells), then the summary of [`RunStatus::render`].
+    pub fn render_bars(&self, width: usize) -> String {
+        let mut out = String::new();
+        for (stage, states) in &self.counts.by_stage {
+            let total: i64 = states.values().sum();
+            let get = |k: &str| states.get(k).copied().unwrap_or(0);
+            let (done, failed) = (get("done"), get("failed"));
+            let cells = |n: i64| if total > 0 { (n as usize * width).div_ceil(total as usize).min(width) } else { 0 };
+            let (d, f) = (cells(done), cells(failed));
+            let f = f.min(width - d.min(width));
+            let bar = format!("{}{}{}", "█".repeat(d), "▒".repeat(f), "·".repeat(width.saturating_sub(d + f)));
+            let pct = if total > 0 { 100 * (done + failed) / total } else { 0 };
+            out.push_str(&format!("{stage:<13} {bar} {pct:>3}%  {done} done, {failed} failed of {total}\n"));
+        }
+        out.push_str(&self.render());
+        out
+    }
+
     pub fn render(&self) -> String {
         let mut out = format!(
             "run {}  state: {}\n  planned {}  published {}  done {}  failed {}  (waiting {}, ready {})\n",
             self.run_id, self.state, self.planned, self.published, self.done, self.failed, self.waiting, self.ready
         );
+        if let Some(reason) = &self.paused_reason {
+            out.push_str(&format!("  paused: {reason} (`reasonrec run resume {}` reopens it)\n", self.run_id));
+        }
+        if self.priority != 0 {
+            out.push_str(&format!("  priority {}\n", self.priority));
+        }
+        if self.budget.is_set() {
+            let c = &self.counts;
+            out.push_str(&format!(
+                "  budget {}: spent {}, {} tokens\n",
+                self.budget.render(),
+                dollars(c.cost_usd),
+                c.input_tokens + c.output_tokens
+            ));
+        }
+        if self.counts.carried_done + self.counts.carried_failed > 0 {
+            out.push_str(&format!(
+                "  carried over from an earlier run (no teacher call): {} done, {} failed\n",
+                self.counts.carried_done, self.counts.carried_failed
+            ));
+        }
         out.push_str(&format!("  rate {:.1} tasks/s", self.rate_per_sec));
         match self.eta_secs {
             Some(eta) => out.push_str(&format!("  ETA {:.0} s\n", eta)),

@@ -41,3 +41,17 @@ pub struct UserProfileInput {
 pub struct ItemProfileInput {
     pub item: i32,
 }
+
+/// Every item a task's prompt mentions, read from its stored input (empty when the input does
+/// not parse: the worker reports that when it renders).
+pub fn item_ids(stage: crate::stage::Stage, input: &serde_json::Value) -> Vec<i32> {
+    use crate::stage::Stage;
+    match stage {
+        Stage::ItemProfile => serde_json::from_value::<ItemProfileInput>(input.clone()).map(|i| vec![i.item]),
+        Stage::UserProfile => {
+            serde_json::from_value::<UserProfileInput>(input.clone()).map(|i| i.window.iter().map(|h| h.item).collect())
+        }
+        Stage::Reasoning => serde_json::from_value::<ReasoningInput>(input.clone()).map(|i| i.item_ids()),
+    }
+    .unwrap_or_default()
+}

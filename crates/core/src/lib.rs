@@ -7,6 +7,7 @@
 //! - [`inputs`]: what a task is rendered from, as stored in `tasks.input`.
 //! - [`settings`]: the configuration tree (TOML file + `REASONREC__SECTION__KEY` overrides).
 //! - [`stage`]: the three generation stages of the method and task states.
+//! - [`metrics`]: the process-wide Prometheus registry and the metric names dashboards use.
 //! - [`message`]: the RabbitMQ message contract between coordinator and workers.
 //! - [`prompt`]: versioned prompt templates (minijinja) and their rendering into chat messages.
 //! - [`key`]: content keys of the output ledger (what makes a write idempotent and reusable).
@@ -19,6 +20,7 @@ pub mod error;
 pub mod inputs;
 pub mod key;
 pub mod message;
+pub mod metrics;
 pub mod prompt;
 pub mod settings;
 pub mod stage;

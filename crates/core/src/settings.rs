@@ -23,8 +23,45 @@ pub struct Settings {
     pub teacher: TeacherSettings,
     pub worker: WorkerSettings,
     pub coordinator: CoordinatorSettings,
+    pub regenerate: RegenerateSettings,
     pub prompts: PromptSettings,
     pub log: LogSettings,
+    pub trainer: TrainerSettings,
+    pub metrics: MetricsSettings,
+    pub schedule: ScheduleSettings,
+}
+
+/// Scheduled incremental runs, fired by the leading coordinator.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScheduleSettings {
+    pub jobs: Vec<ScheduleJob>,
+}
+
+/// One job: at each time `cron` matches (UTC; 5 fields, or 6 with seconds first), an
+/// incremental run of `dataset` is created, unless a run of that dataset is still unfinished.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleJob {
+    pub name: String,
+    pub cron: String,
+    pub dataset: String,
+}
+
+/// The worker's operational HTTP endpoint (`/metrics`, `/healthz`, `/readyz`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSettings {
+    /// Address the worker serves on; empty = off. Loopback by default; containers set
+    /// `0.0.0.0:9464`. When the port is taken (several workers on one machine) the worker logs
+    /// it and runs without the endpoint.
+    pub bind: String,
+}
+
+impl Default for MetricsSettings {
+    fn default() -> Self {
+        Self { bind: "127.0.0.1:9464".into() }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -328,11 +365,46 @@ pub struct CoordinatorSettings {
     /// lost). Keep it above the broker's consumer timeout (30 min by default) and the longest
     /// a task may legitimately take.
     pub republish_after_secs: u64,
+    /// The coordinator's HTTP endpoint: status page (`/`), `/api/runs`, `/metrics`, `/healthz`,
+    /// `/readyz`; empty = off.
+    pub http_bind: String,
+    /// Environment variable holding the status page's token. Bound beyond loopback, the page
+    /// and its API need `Authorization: Bearer <token>` (or `?token=`), and the coordinator
+    /// refuses to start without the variable set.
+    pub status_token_env: String,
 }
 
 impl Default for CoordinatorSettings {
     fn default() -> Self {
-        Self { poll_interval_ms: 250, plan_batch: 5000, max_outstanding: 20_000, republish_after_secs: 2_400 }
+        Self {
+            poll_interval_ms: 250,
+            plan_batch: 5000,
+            max_outstanding: 20_000,
+            republish_after_secs: 2_400,
+            http_bind: "127.0.0.1:9465".into(),
+            status_token_env: "REASONREC_STATUS_TOKEN".into(),
+        }
+    }
+}
+
+/// Incremental regeneration (`run create --incremental`): a task of the dataset's previous
+/// completed run is carried over (done, no teacher call) when its fingerprint is unchanged,
+/// unless one of these says it is stale anyway.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegenerateSettings {
+    /// Outputs older than this many days are made again (`expired`); 0 = they never expire.
+    pub ttl_days: u32,
+    /// Tasks that failed in the previous run are tried again (`failed`); false: they stay failed.
+    pub redo_failed: bool,
+    /// Outputs made by a model or sampling parameters that no configured endpoint has are made
+    /// again (`teacher_changed`); false: they are kept.
+    pub redo_other_teacher: bool,
+}
+
+impl Default for RegenerateSettings {
+    fn default() -> Self {
+        Self { ttl_days: 0, redo_failed: true, redo_other_teacher: true }
     }
 }
 
@@ -345,6 +417,58 @@ pub struct PromptSettings {
 impl Default for PromptSettings {
     fn default() -> Self {
         Self { dir: PathBuf::from("prompts") }
+    }
+}
+
+/// The student: its export (`reasonrec train export`) and its LoRA fine-tuning spec
+/// (`reasonrec train launch`). Defaults follow the paper (Llama-2-7b-chat, LoRA r 8, alpha 16,
+/// dropout 0.05 on q_proj and v_proj, cut-off 2,048 tokens, few-shot sets of 64/128/256).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainerSettings {
+    /// Hugging Face name (or local folder) of the student's base model.
+    pub base_model: String,
+    pub lora_r: u32,
+    pub lora_alpha: u32,
+    pub lora_dropout: f64,
+    pub lora_target_modules: Vec<String>,
+    /// The paper used 1e-4 (Amazon) and 4e-5 (MovieLens-1M); 1e-4 is the default.
+    pub learning_rate: f64,
+    pub epochs: u32,
+    /// Per-device batch size; the effective batch is `batch_size * gradient_accumulation_steps`.
+    pub batch_size: u32,
+    pub gradient_accumulation_steps: u32,
+    /// Tokens per example (prompt + answer); longer prompts lose their oldest history.
+    pub max_seq_length: u32,
+    /// Epochs without a better validation AUC before training stops.
+    pub early_stopping_patience: u32,
+    /// Seed of training and of the export's few-shot draw.
+    pub seed: u64,
+    /// Sizes of the few-shot training sets written by the export (half like, half dislike,
+    /// each set inside the next).
+    pub few_shot: Vec<usize>,
+    /// What `train launch` runs; `{spec}` is replaced by the spec file's path.
+    pub command: Vec<String>,
+}
+
+impl Default for TrainerSettings {
+    fn default() -> Self {
+        Self {
+            base_model: "meta-llama/Llama-2-7b-chat-hf".into(),
+            lora_r: 8,
+            lora_alpha: 16,
+            lora_dropout: 0.05,
+            lora_target_modules: vec!["q_proj".into(), "v_proj".into()],
+            learning_rate: 1e-4,
+            epochs: 3,
+            batch_size: 4,
+            gradient_accumulation_steps: 4,
+            max_seq_length: 2048,
+            early_stopping_patience: 2,
+            seed: 42,
+            few_shot: vec![64, 128, 256],
+            command: ["python3", "scripts/train_student.py", "--spec", "{spec}"].map(String::from).to_vec(),
+        }
     }
 }
 
@@ -432,6 +556,37 @@ impl Settings {
             if !names.insert(ep.name.as_str()) {
                 return bad(&format!("teacher.endpoints[{i}].name"), format!("{:?} is used twice", ep.name));
             }
+        }
+        let t = &self.trainer;
+        if t.base_model.is_empty() {
+            return bad("trainer.base_model", "must not be empty".into());
+        }
+        if t.lora_r == 0 || t.lora_alpha == 0 {
+            return bad("trainer.lora_r", "lora_r and lora_alpha must be at least 1".into());
+        }
+        if !(0.0..1.0).contains(&t.lora_dropout) {
+            return bad("trainer.lora_dropout", format!("{} is not in [0, 1)", t.lora_dropout));
+        }
+        if t.lora_target_modules.is_empty() || t.lora_target_modules.iter().any(String::is_empty) {
+            return bad("trainer.lora_target_modules", "needs at least one module name".into());
+        }
+        if !(t.learning_rate.is_finite() && t.learning_rate > 0.0) {
+            return bad("trainer.learning_rate", "must be a positive number".into());
+        }
+        if t.epochs == 0 || t.batch_size == 0 || t.gradient_accumulation_steps == 0 {
+            return bad(
+                "trainer.epochs",
+                "epochs, batch_size and gradient_accumulation_steps must be at least 1".into(),
+            );
+        }
+        if t.max_seq_length < 16 {
+            return bad("trainer.max_seq_length", "must be at least 16".into());
+        }
+        if t.few_shot.contains(&0) {
+            return bad("trainer.few_shot", "sizes must be at least 1".into());
+        }
+        if t.command.is_empty() {
+            return bad("trainer.command", "needs at least the program to run".into());
         }
         if self.teacher.max_attempts == 0 {
             return bad("teacher.max_attempts", "must be at least 1".into());

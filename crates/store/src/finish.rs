@@ -132,7 +132,7 @@ impl Store {
         }
         if !fail_ids.is_empty() {
             let rows: Vec<Uuid> = sqlx::query_scalar(
-                "UPDATE tasks t SET state = 'failed', last_error = u.err, attempts = t.attempts + u.n
+                "UPDATE tasks t SET state = 'failed', last_error = u.err, attempts = t.attempts + u.n, done_at = now()
                  FROM UNNEST($1::uuid[], $2::text[], $3::int[]) AS u(id, err, n)
                  WHERE t.id = u.id AND t.state IN ('ready', 'published')
                  RETURNING t.id",
@@ -146,8 +146,12 @@ impl Store {
         }
 
         // 3. Attempt rows (idempotent by attempt id).
-        let all: Vec<(&Finish, &AttemptRecord)> =
-            batch.iter().zip(&first).filter(|(_, first)| **first).flat_map(|(f, _)| f.attempts.iter().map(move |a| (f, a))).collect();
+        let all: Vec<(&Finish, &AttemptRecord)> = batch
+            .iter()
+            .zip(&first)
+            .filter(|(_, first)| **first)
+            .flat_map(|(f, _)| f.attempts.iter().map(move |a| (f, a)))
+            .collect();
         if !all.is_empty() {
             insert_attempt_rows(&mut tx, &all).await?;
         }

@@ -8,15 +8,25 @@
 //! - [`runs`]: run rows, bulk task planning (UNNEST), the outbox, status counts.
 //! - [`tasks`]: what a worker reads and the one transaction that completes or fails a task.
 //! - [`finish`]: the worker's commit batches: many tasks finished in one transaction.
+//! - [`monitor`]: recent runs and completions per minute, for the status page.
 //! - [`leases`]: worker leases on teacher endpoints (fleet-shared rate limits).
+//! - [`lifecycle`]: pause and resume, budgets, priorities, the run list, snapshots, corpus diffs.
+//! - [`incremental`]: reads for incremental planning: the dataset's previous completed run and
+//!   its tasks in one stream, item and review content for fingerprints, token averages.
+//! - [`export`]: the student export's reads: done reasoning tasks in keyset pages, with the items
+//!   and profile outputs of each page.
 //!
 //! Queries are checked at run time (`sqlx::query`), not with the compile-time macros: building
 //! needs no database and no committed `.sqlx/` cache. Integration tests cover every query.
 
 pub mod datasets;
 pub mod error;
+pub mod export;
 pub mod finish;
+pub mod incremental;
 pub mod leases;
+pub mod lifecycle;
+pub mod monitor;
 pub mod pool;
 pub mod runs;
 pub mod tasks;

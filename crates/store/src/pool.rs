@@ -69,6 +69,12 @@ impl Store {
         Ok(())
     }
 
+    /// One round trip (`SELECT 1`): for readiness checks.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(self.pool()).await?;
+        Ok(())
+    }
+
     pub async fn close(&self) {
         self.pool.close().await;
     }

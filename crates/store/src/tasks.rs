@@ -60,6 +60,17 @@ pub struct NewOutput {
     pub output_tokens: i32,
 }
 
+/// What rendering one task needs, read for many tasks at once ([`Store::load_bundles`]).
+#[derive(Debug, Clone)]
+pub struct TaskBundle {
+    pub task: TaskContext,
+    /// Items of the task's dataset mentioned by any task of the same load (a superset of this
+    /// task's).
+    pub items: std::sync::Arc<HashMap<i32, ItemRow>>,
+    /// Outputs of the tasks this one depends on.
+    pub deps: Vec<DependencyOutput>,
+}
+
 /// What finishing a task did ([`Store::finish_tasks`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Completion {
@@ -71,33 +82,72 @@ pub struct Completion {
 
 impl Store {
     pub async fn load_task(&self, task_id: Uuid) -> Result<TaskContext, StoreError> {
-        let r = sqlx::query(
+        let mut tasks = self.load_tasks(&[task_id]).await?;
+        tasks.pop().ok_or_else(|| StoreError::NotFound(format!("task {task_id}")))
+    }
+
+    /// The tasks of `ids` that exist, with their run's state and dataset (one query).
+    pub async fn load_tasks(&self, ids: &[Uuid]) -> Result<Vec<TaskContext>, StoreError> {
+        let rows = sqlx::query(
             "SELECT t.id, t.run_id, t.stage, t.state, r.state AS run_state, r.dataset_id, d.family,
                     t.user_id, t.item_id, t.split, t.label, t.input
              FROM tasks t JOIN runs r ON r.id = t.run_id JOIN datasets d ON d.id = r.dataset_id
-             WHERE t.id = $1",
+             WHERE t.id = ANY($1)",
         )
-        .bind(task_id)
-        .fetch_optional(self.pool())
-        .await?
-        .ok_or_else(|| StoreError::NotFound(format!("task {task_id}")))?;
-        let stage: String = r.try_get("stage")?;
-        let state: String = r.try_get("state")?;
-        let family: String = r.try_get("family")?;
-        Ok(TaskContext {
-            id: r.try_get("id")?,
-            run_id: r.try_get("run_id")?,
-            stage: stage.parse().map_err(StoreError::Corrupt)?,
-            state: state.parse().map_err(StoreError::Corrupt)?,
-            run_state: r.try_get("run_state")?,
-            dataset_id: r.try_get("dataset_id")?,
-            family: Store::parse_family(&family)?,
-            user_id: r.try_get("user_id")?,
-            item_id: r.try_get("item_id")?,
-            split: r.try_get("split")?,
-            label: r.try_get("label")?,
-            input: r.try_get("input")?,
-        })
+        .bind(ids)
+        .fetch_all(self.pool())
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                let stage: String = r.try_get("stage")?;
+                let state: String = r.try_get("state")?;
+                let family: String = r.try_get("family")?;
+                Ok(TaskContext {
+                    id: r.try_get("id")?,
+                    run_id: r.try_get("run_id")?,
+                    stage: stage.parse().map_err(StoreError::Corrupt)?,
+                    state: state.parse().map_err(StoreError::Corrupt)?,
+                    run_state: r.try_get("run_state")?,
+                    dataset_id: r.try_get("dataset_id")?,
+                    family: Store::parse_family(&family)?,
+                    user_id: r.try_get("user_id")?,
+                    item_id: r.try_get("item_id")?,
+                    split: r.try_get("split")?,
+                    label: r.try_get("label")?,
+                    input: r.try_get("input")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Tasks with the items their prompts mention and their dependencies' outputs, for many
+    /// tasks in three queries (tasks, dependency outputs, items per dataset). Missing ids are
+    /// absent from the map.
+    pub async fn load_bundles(&self, ids: &[Uuid]) -> Result<HashMap<Uuid, TaskBundle>, StoreError> {
+        let tasks = self.load_tasks(ids).await?;
+        if tasks.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let found: Vec<Uuid> = tasks.iter().map(|t| t.id).collect();
+        let mut deps = self.dependency_outputs_of(&found).await?;
+        let mut wanted: HashMap<i64, Vec<i32>> = HashMap::new();
+        for t in &tasks {
+            wanted.entry(t.dataset_id).or_default().extend(reasonrec_core::inputs::item_ids(t.stage, &t.input));
+        }
+        let mut items = HashMap::new();
+        for (dataset, mut ids) in wanted {
+            ids.sort_unstable();
+            ids.dedup();
+            items.insert(dataset, std::sync::Arc::new(self.load_items(dataset, &ids).await?));
+        }
+        Ok(tasks
+            .into_iter()
+            .map(|task| {
+                let items = items.get(&task.dataset_id).cloned().unwrap_or_default();
+                let deps = deps.remove(&task.id).unwrap_or_default();
+                (task.id, TaskBundle { task, items, deps })
+            })
+            .collect())
     }
 
     pub async fn load_items(&self, dataset_id: i64, ids: &[i32]) -> Result<HashMap<i32, ItemRow>, StoreError> {
@@ -130,7 +180,7 @@ impl Store {
     pub async fn record_dead_letter(&self, task_id: Uuid, reason: &str) -> Result<bool, StoreError> {
         let mut tx = self.pool().begin().await?;
         let res = sqlx::query(
-            "UPDATE tasks SET state = 'failed', last_error = $2
+            "UPDATE tasks SET state = 'failed', last_error = $2, done_at = now()
              WHERE id = $1 AND state IN ('ready', 'published')",
         )
         .bind(task_id)
@@ -145,27 +195,31 @@ impl Store {
         Ok(newly_failed)
     }
 
-    /// Outputs of the tasks `task_id` depends on (text is None where the upstream task failed).
-    pub async fn dependency_outputs(&self, task_id: Uuid) -> Result<Vec<DependencyOutput>, StoreError> {
+    /// Outputs of the tasks each of `task_ids` depends on (text is None where the upstream task
+    /// failed), by dependent task.
+    pub async fn dependency_outputs_of(
+        &self,
+        task_ids: &[Uuid],
+    ) -> Result<HashMap<Uuid, Vec<DependencyOutput>>, StoreError> {
         let rows = sqlx::query(
-            "SELECT t.stage, t.user_id, t.item_id, o.text
+            "SELECT d.task_id, t.stage, t.user_id, t.item_id, o.text
              FROM task_deps d JOIN tasks t ON t.id = d.depends_on LEFT JOIN outputs o ON o.key = t.output_key
-             WHERE d.task_id = $1",
+             WHERE d.task_id = ANY($1)",
         )
-        .bind(task_id)
+        .bind(task_ids)
         .fetch_all(self.pool())
         .await?;
-        rows.into_iter()
-            .map(|r| {
-                let stage: String = r.try_get(0)?;
-                Ok(DependencyOutput {
-                    stage: stage.parse().map_err(StoreError::Corrupt)?,
-                    user_id: r.try_get(1)?,
-                    item_id: r.try_get(2)?,
-                    text: r.try_get(3)?,
-                })
-            })
-            .collect()
+        let mut out: HashMap<Uuid, Vec<DependencyOutput>> = HashMap::new();
+        for r in rows {
+            let stage: String = r.try_get(1)?;
+            out.entry(r.try_get(0)?).or_default().push(DependencyOutput {
+                stage: stage.parse().map_err(StoreError::Corrupt)?,
+                user_id: r.try_get(2)?,
+                item_id: r.try_get(3)?,
+                text: r.try_get(4)?,
+            });
+        }
+        Ok(out)
     }
 
     /// Reviews of an item (rating and the stored review object), oldest first.

@@ -197,7 +197,9 @@ impl TeacherClient {
     /// One call under the endpoint's limits, no retry: waits for a slot, the pause, the request
     /// rate and the token budgets, then settles the token reservation with the real usage.
     pub async fn chat(&self, messages: &[ChatMessage], params: &SamplingParams) -> Result<ChatAnswer, TeacherError> {
+        let waited = std::time::Instant::now();
         let admission = self.limiter.admit(estimate_prompt_tokens(messages), params.max_tokens).await;
+        reasonrec_core::metrics::metrics().limit_wait(&self.endpoint.name, waited.elapsed().as_secs_f64());
         let result = self.send(messages, params).await;
         match &result {
             Ok(a) => self.limiter.settle(admission, a.input_tokens, a.output_tokens),

@@ -156,6 +156,7 @@ impl TeacherPool {
             };
             let wait = e.retry_after().unwrap_or(delay);
             tracing::debug!(endpoint = %ep.name, error_class = e.class().as_str(), wait_ms = wait.as_millis() as u64, "teacher call failed, retrying");
+            reasonrec_core::metrics::metrics().retry(&ep.name);
             tokio::time::sleep(wait).await;
         }
     }

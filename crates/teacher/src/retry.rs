@@ -36,7 +36,7 @@ impl RetryPolicy {
     }
 }
 
-/// The ledger row of one HTTP attempt.
+/// The ledger row of one HTTP attempt (also counted in the process's metrics).
 pub fn record(
     client: &TeacherClient,
     started: chrono::DateTime<chrono::Utc>,
@@ -45,7 +45,7 @@ pub fn record(
 ) -> AttemptRecord {
     let ep = client.endpoint();
     let duration_ms = i32::try_from(t0.elapsed().as_millis()).unwrap_or(i32::MAX);
-    match r {
+    let rec = match r {
         Ok(a) => AttemptRecord {
             id: uuid::Uuid::now_v7(),
             endpoint: ep.name.clone(),
@@ -72,7 +72,9 @@ pub fn record(
             output_tokens: 0,
             cost_usd: 0.0,
         },
-    }
+    };
+    reasonrec_core::metrics::metrics().attempt(&rec);
+    rec
 }
 
 /// Calls one endpoint until an answer comes back, a permanent error occurs, or the attempts are

@@ -77,6 +77,7 @@ async fn run(store: Store, mut rx: mpsc::Receiver<(Finish, Reply)>, max_batch: u
             }
         }
         let (batch, replies): (Vec<Finish>, Vec<Reply>) = entries.drain(..).unzip();
+        reasonrec_core::metrics::metrics().commit_batch.observe(batch.len() as f64);
         let result = (|| store.finish_tasks(&batch)).retry(commit_backoff()).when(StoreError::is_retryable).await;
         tracing::debug!(batch = batch.len(), ok = result.is_ok(), "commit batch");
         match result {

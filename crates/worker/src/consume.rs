@@ -39,6 +39,8 @@ pub struct WorkerCounters {
     pub requeued: AtomicU64,
     pub bad_messages: AtomicU64,
     pub reconnects: AtomicU64,
+    /// Consuming right now (a broker session is up): what `/readyz` reports.
+    pub connected: std::sync::atomic::AtomicBool,
 }
 
 impl WorkerCounters {
@@ -97,16 +99,21 @@ async fn handle(
             return;
         }
     };
-    match processor.process(msg.task_id).await {
+    let metrics = reasonrec_core::metrics::metrics();
+    metrics.in_flight.inc();
+    let result = processor.process(msg.task_id).await;
+    metrics.in_flight.dec();
+    match result {
         Ok(outcome) => {
-            let counter = match &outcome {
-                Outcome::Completed { reused: false } => &counters.completed,
-                Outcome::Completed { reused: true } => &counters.reused,
-                Outcome::AlreadyDone => &counters.already_done,
-                Outcome::Failed { .. } => &counters.failed,
-                Outcome::Skipped { .. } => &counters.skipped,
+            let (counter, name) = match &outcome {
+                Outcome::Completed { reused: false } => (&counters.completed, "completed"),
+                Outcome::Completed { reused: true } => (&counters.reused, "reused"),
+                Outcome::AlreadyDone => (&counters.already_done, "already_done"),
+                Outcome::Failed { .. } => (&counters.failed, "failed"),
+                Outcome::Skipped { .. } => (&counters.skipped, "skipped"),
             };
             counter.fetch_add(1, Ordering::Relaxed);
+            metrics.task(msg.stage.as_str(), name);
             tracing::debug!(task_id = %msg.task_id, run_id = %msg.run_id, stage = %msg.stage, ?outcome, "task processed");
             if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
                 // Committed but not acked: the broker redelivers and the redelivery is a no-op.
@@ -121,6 +128,7 @@ async fn handle(
         }
         Err(e) => {
             counters.requeued.fetch_add(1, Ordering::Relaxed);
+            metrics.task(msg.stage.as_str(), "retried");
             let retries = header_u32(&delivery.properties, RETRIES_HEADER).unwrap_or(0);
             let reason = e.to_string();
             match redirect.retry_or_dead(&delivery.data, retries, max_retries, &reason).await {
@@ -160,6 +168,7 @@ async fn session(
     let redirect = Arc::new(Redirector::new(&broker).await?);
     let (channel, mut consumer) = broker.consume(ws.concurrency, name).await?;
     tracing::info!(worker = name, queue = %broker.topology().work_queue, prefetch = ws.concurrency, "consuming");
+    counters.connected.store(true, Ordering::Relaxed);
     let mut inflight = JoinSet::new();
     let result = loop {
         tokio::select! {
@@ -176,6 +185,7 @@ async fn session(
             }
         }
     };
+    counters.connected.store(false, Ordering::Relaxed);
     if result.is_ok() {
         let _ = channel.basic_cancel(consumer.tag(), BasicCancelOptions::default()).await;
         let grace = Duration::from_secs(ws.shutdown_grace_secs);

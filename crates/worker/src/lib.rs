@@ -8,6 +8,7 @@
 //!   with retries, validate, and complete or fail the task in one transaction.
 //! - [`commit`]: the commit batcher: tasks finished together share one transaction; each
 //!   message is still acked only after its own task's commit.
+//! - [`load`]: the read batcher: deliveries in flight are read in a few statements.
 //! - [`lease`]: leases in Postgres through which workers split each endpoint's limits.
 //! - [`consume`]: the consumer loop: prefetch = concurrency, manual ack after commit,
 //!   reconnect on broker loss, graceful drain on shutdown.
@@ -16,6 +17,7 @@ pub mod commit;
 pub mod consume;
 pub mod error;
 pub mod lease;
+pub mod load;
 pub mod process;
 pub mod render;
 pub mod reviews;

@@ -2,6 +2,7 @@
 
 use crate::commit::Committer;
 use crate::error::WorkerError;
+use crate::load::Loader;
 use crate::render::{PromptCap, render_capped};
 use reasonrec_core::attempt::{AttemptRecord, ErrorClass};
 use reasonrec_core::stage::TaskState;
@@ -34,6 +35,7 @@ pub struct TaskProcessor {
     prompts: Arc<PromptLibrary>,
     options: ProcessorOptions,
     committer: Committer,
+    loader: Loader,
 }
 
 /// How a processor asks and what it accepts.
@@ -60,7 +62,9 @@ impl TaskProcessor {
     /// Starts the processor's commit batcher, so this must run inside a tokio runtime.
     pub fn new(store: Store, teacher: TeacherPool, prompts: Arc<PromptLibrary>, options: ProcessorOptions) -> Self {
         let committer = Committer::start(store.clone(), options.commit_batch);
-        Self { store, teacher, prompts, options, committer }
+        // Reads are batched like commits (same bound): both follow the deliveries in flight.
+        let loader = Loader::start(store.clone(), options.commit_batch);
+        Self { store, teacher, prompts, options, committer, loader }
     }
 
     async fn fail(&self, task: &TaskContext, error: &str, attempts: Vec<AttemptRecord>) -> Result<(), WorkerError> {
@@ -84,13 +88,10 @@ impl TaskProcessor {
     /// Processes one task. `Err` means nothing was committed and the message must go back to
     /// the queue (a retryable store error); every `Ok` may be acked.
     pub async fn process(&self, task_id: Uuid) -> Result<Outcome, WorkerError> {
-        let task = match self.store.load_task(task_id).await {
-            Ok(t) => t,
-            Err(reasonrec_store::StoreError::NotFound(what)) => {
-                return Ok(Outcome::Skipped { reason: format!("{what} does not exist") });
-            }
-            Err(e) => return Err(e.into()),
+        let Some(bundle) = self.loader.load(task_id).await? else {
+            return Ok(Outcome::Skipped { reason: format!("task {task_id} does not exist") });
         };
+        let task = &bundle.task;
         match task.state {
             TaskState::Done => return Ok(Outcome::AlreadyDone),
             TaskState::Cancelled => {
@@ -103,26 +104,28 @@ impl TaskProcessor {
             return Ok(Outcome::Skipped { reason: "run cancelled".into() });
         }
 
-        let (prompt, truncated) = match render_capped(&self.store, &self.prompts, &task, self.options.prompt_cap).await
-        {
-            Ok(r) => (r.prompt, r.truncated),
-            Err(e) if e.is_retryable() => return Err(e),
-            Err(e) => {
-                let error = match e {
-                    WorkerError::PromptTooLong { .. } => e.to_string(),
-                    other => format!("cannot render prompt: {other}"),
-                };
-                self.fail(&task, &error, Vec::new()).await?;
-                return Ok(Outcome::Failed { error });
-            }
-        };
+        let (prompt, truncated) =
+            match render_capped(&self.store, &self.prompts, &bundle, self.options.prompt_cap).await {
+                Ok(r) => (r.prompt, r.truncated),
+                Err(e) if e.is_retryable() => return Err(e),
+                Err(e) => {
+                    let error = match e {
+                        WorkerError::PromptTooLong { .. } => e.to_string(),
+                        other => format!("cannot render prompt: {other}"),
+                    };
+                    self.fail(task, &error, Vec::new()).await?;
+                    return Ok(Outcome::Failed { error });
+                }
+            };
         // An accepted answer to this prompt from any configured teacher (model + parameters) is
-        // reused: the content key names it.
+        // reused: the content key names it. An incremental run salts the key of a task whose
+        // answer expired (`regenerate.ttl_days`), so the same prompt is asked again.
+        let salt = OutputKey::salt_of(&task.input);
         let keys: Vec<OutputKey> = self
             .teacher
             .clients()
             .iter()
-            .map(|c| OutputKey::compute(task.stage, &prompt, &c.endpoint().model, &c.endpoint().params))
+            .map(|c| OutputKey::compute_salted(task.stage, &prompt, &c.endpoint().model, &c.endpoint().params, salt))
             .collect();
         if let Some(key) = self.store.first_existing_output(&keys).await? {
             let kind = FinishKind::Complete { key, output: None, history_truncated: truncated };
@@ -148,7 +151,7 @@ impl TaskProcessor {
                 Err(e) => {
                     let error = format!("teacher: {e}");
                     tracing::warn!(task_id = %task.id, error_class = e.class().as_str(), attempts = attempts.len(), "task failed");
-                    self.fail(&task, &error, attempts).await?;
+                    self.fail(task, &error, attempts).await?;
                     return Ok(Outcome::Failed { error });
                 }
             };
@@ -164,7 +167,7 @@ impl TaskProcessor {
             if reasks >= self.options.max_reasks {
                 let raw: String = answer.text.chars().take(2000).collect();
                 let error = format!("answer rejected ({}): {}; raw answer: {raw}", rejection.code, rejection.message);
-                self.fail(&task, &error, attempts).await?;
+                self.fail(task, &error, attempts).await?;
                 return Ok(Outcome::Failed { error });
             }
             reasks += 1;
@@ -177,7 +180,7 @@ impl TaskProcessor {
                 ),
             });
         };
-        let key = OutputKey::compute(task.stage, &prompt, &ep.model, &ep.params);
+        let key = OutputKey::compute_salted(task.stage, &prompt, &ep.model, &ep.params, salt);
         let output = NewOutput {
             key,
             stage: task.stage,

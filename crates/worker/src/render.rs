@@ -13,7 +13,7 @@ use reasonrec_core::stage::Stage;
 use reasonrec_core::view::ItemView;
 use reasonrec_core::{CoreError, PromptLibrary, RenderedPrompt};
 use reasonrec_store::Store;
-use reasonrec_store::tasks::{ItemRow, TaskContext};
+use reasonrec_store::tasks::{ItemRow, TaskBundle, TaskContext};
 use serde::Serialize;
 use std::collections::HashMap;
 
@@ -41,31 +41,30 @@ fn bad_input(task: &TaskContext, e: impl std::fmt::Display) -> CoreError {
 }
 
 /// What the renderer needs from the store for one task.
-struct Inputs {
-    items: HashMap<i32, ItemRow>,
+struct Inputs<'a> {
+    items: &'a HashMap<i32, ItemRow>,
     item_profiles: HashMap<i32, String>,
     user_profile: Option<String>,
 }
 
-async fn load_inputs(store: &Store, task: &TaskContext, item_ids: &[i32]) -> Result<Inputs, WorkerError> {
-    let items = store.load_items(task.dataset_id, item_ids).await?;
+fn inputs(bundle: &TaskBundle) -> Inputs<'_> {
     let mut item_profiles = HashMap::new();
     let mut user_profile = None;
-    for dep in store.dependency_outputs(task.id).await? {
-        match (dep.stage, dep.text) {
+    for dep in &bundle.deps {
+        match (dep.stage, &dep.text) {
             (Stage::ItemProfile, Some(t)) => {
                 if let Some(i) = dep.item_id {
-                    item_profiles.insert(i, t);
+                    item_profiles.insert(i, t.clone());
                 }
             }
-            (Stage::UserProfile, Some(t)) => user_profile = Some(t),
+            (Stage::UserProfile, Some(t)) => user_profile = Some(t.clone()),
             _ => {}
         }
     }
-    Ok(Inputs { items, item_profiles, user_profile })
+    Inputs { items: &bundle.items, item_profiles, user_profile }
 }
 
-impl Inputs {
+impl Inputs<'_> {
     fn item(&self, task: &TaskContext, id: i32, liked: Option<bool>) -> Result<ItemView, CoreError> {
         let row = self.items.get(&id).ok_or_else(|| bad_input(task, format!("item {id} is not in its dataset")))?;
         Ok(ItemView::new(&row.title, &row.attrs, self.item_profiles.get(&id).cloned(), liked))
@@ -103,13 +102,18 @@ pub struct Rendered {
     pub truncated: i32,
 }
 
-/// Renders `task`'s prompt without a length cap.
+/// Renders `task`'s prompt without a length cap, reading what it needs.
 pub async fn render_task(
     store: &Store,
     prompts: &PromptLibrary,
     task: &TaskContext,
 ) -> Result<RenderedPrompt, WorkerError> {
-    Ok(render_capped(store, prompts, task, PromptCap::NONE).await?.prompt)
+    let bundle = store
+        .load_bundles(&[task.id])
+        .await?
+        .remove(&task.id)
+        .ok_or_else(|| reasonrec_store::StoreError::NotFound(format!("task {}", task.id)))?;
+    Ok(render_capped(store, prompts, &bundle, PromptCap::NONE).await?.prompt)
 }
 
 /// Renders `task`'s prompt, reading the items it mentions and its upstream outputs. Over the
@@ -118,24 +122,24 @@ pub async fn render_task(
 pub async fn render_capped(
     store: &Store,
     prompts: &PromptLibrary,
-    task: &TaskContext,
+    bundle: &TaskBundle,
     cap: PromptCap,
 ) -> Result<Rendered, WorkerError> {
+    let task = &bundle.task;
     let family = task.family.as_str();
     let too_long = |words| WorkerError::PromptTooLong { words, cap: cap.max_words };
     let mut truncated = 0;
     let rendered = match task.stage {
         Stage::ItemProfile => {
             let input: ItemProfileInput = serde_json::from_value(task.input.clone()).map_err(|e| bad_input(task, e))?;
-            let inputs = load_inputs(store, task, &[input.item]).await?;
+            let inputs = inputs(bundle);
             let reviews = sample_reviews(input.item, &store.item_reviews(task.dataset_id, input.item).await?);
             let ctx = ItemProfileContext { item: inputs.item(task, input.item, None)?, reviews };
             prompts.render(Stage::ItemProfile, family, &ctx)?
         }
         Stage::UserProfile => {
             let input: UserProfileInput = serde_json::from_value(task.input.clone()).map_err(|e| bad_input(task, e))?;
-            let ids: Vec<i32> = input.window.iter().map(|h| h.item).collect();
-            let inputs = load_inputs(store, task, &ids).await?;
+            let inputs = inputs(bundle);
             let mut ctx = UserProfileContext { window: inputs.window(task, &input.window)? };
             let mut prompt = prompts.render(Stage::UserProfile, family, &ctx)?;
             while cap.over(&prompt).is_some() && cap.overlong == Overlong::Truncate && ctx.window.len() > 1 {
@@ -148,7 +152,7 @@ pub async fn render_capped(
         Stage::Reasoning => {
             let input: ReasoningInput = serde_json::from_value(task.input.clone()).map_err(|e| bad_input(task, e))?;
             let label = task.label.ok_or_else(|| bad_input(task, "no label"))?;
-            let inputs = load_inputs(store, task, &input.item_ids()).await?;
+            let inputs = inputs(bundle);
             let mut ctx = ReasoningContext {
                 user_profile: inputs.user_profile.clone(),
                 history: inputs.window(task, &input.history)?,

@@ -1,12 +1,16 @@
 //! Subcommand implementations. Each returns the process exit code.
 
+mod coordinator;
+mod corpus;
 mod data;
+mod lifecycle;
 mod load;
 mod mock;
 mod run;
+mod train;
 mod worker;
 
-use crate::cli::{Cli, Command, DatasetCommand, LogFormatArg, RunCommand};
+use crate::cli::{Cli, Command, CorpusCommand, DatasetCommand, LogFormatArg, RunCommand, TrainCommand};
 use crate::telemetry;
 use anyhow::Context;
 use reasonrec_core::Settings;
@@ -31,10 +35,20 @@ pub async fn dispatch(args: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(RunCommand::Status(a)) => run::status(&settings, a).await,
         Command::Run(RunCommand::RetryFailed(a)) => run::retry_failed(&settings, a).await,
         Command::Run(RunCommand::Cancel(a)) => run::cancel(&settings, a).await,
-        Command::Coordinator => run::coordinator(&settings).await,
+        Command::Run(RunCommand::List(a)) => lifecycle::list(&settings, a).await,
+        Command::Run(RunCommand::Pause(a)) => lifecycle::pause(&settings, a).await,
+        Command::Run(RunCommand::Resume(a)) => lifecycle::resume(&settings, a).await,
+        Command::Run(RunCommand::Budget(a)) => lifecycle::budget(&settings, a).await,
+        Command::Coordinator => coordinator::coordinator(&settings).await,
         Command::Worker(a) => worker::worker(settings, a).await,
         Command::MockTeacher(a) => mock::serve(a).await,
         Command::TeacherLoad(a) => load::teacher_load(&settings, a).await,
+        Command::Train(TrainCommand::Export(a)) => train::export(&settings, a).await,
+        Command::Train(TrainCommand::Launch(a)) => train::launch(&settings, a).await,
+        Command::Train(TrainCommand::Eval(a)) => train::eval(a),
+        Command::Corpus(CorpusCommand::Snapshot(a)) => corpus::snapshot(&settings, a).await,
+        Command::Corpus(CorpusCommand::Snapshots(a)) => corpus::snapshots(&settings, a).await,
+        Command::Corpus(CorpusCommand::Diff(a)) => corpus::diff(&settings, a).await,
     }
 }
 

@@ -1,25 +1,55 @@
-//! `run create`, `run status`, `coordinator`.
+//! `run create` (plain, `--incremental`, `--dry-run`), `run status`, `run retry-failed`, `run cancel`.
+//!
+//! Exit codes of `run create --wait`: 0 = completed (also: nothing to redo), 2 = completed with
+//! failed tasks (not counting failures an incremental run carried over by configuration).
 
 use super::{connect_broker, connect_store};
 use crate::cli::{RetryFailedArgs, RunArg, RunCreateArgs, RunStatusArgs};
 use reasonrec_coordinator::status::run_status;
-use reasonrec_coordinator::{Outbox, Target, create_run, supervise};
+use reasonrec_coordinator::{Outbox, PlanOptions, Target, plan_run, supervise};
 use reasonrec_core::Settings;
 use std::process::ExitCode;
 
 pub async fn create(settings: &Settings, a: RunCreateArgs) -> anyhow::Result<ExitCode> {
     let store = connect_store(settings).await?;
     store.ensure_migrated().await?;
-    let plan = create_run(&store, settings, &a.dataset).await?;
+    let opts = PlanOptions { incremental: a.incremental, dry_run: a.dry_run };
+    let plan = plan_run(&store, settings, &a.dataset, opts).await?;
+    super::lifecycle::apply_create_options(&store, &plan, &a).await?;
+    if a.dry_run {
+        if a.json {
+            println!("{}", serde_json::json!({ "plan": plan }));
+        } else {
+            println!(
+                "would plan {} tasks from dataset {:?} v{} ({} users, {} skipped for short history), {} of them to work",
+                plan.tasks,
+                plan.dataset,
+                plan.dataset_version,
+                plan.users_seen,
+                plan.skipped_users,
+                plan.to_work()
+            );
+            print!("{}", plan.render_regeneration());
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     if !a.json {
         println!(
             "run {} planned: {} tasks from dataset {:?} v{} ({} users, {} skipped for short history)",
             plan.run_id, plan.tasks, plan.dataset, plan.dataset_version, plan.users_seen, plan.skipped_users
         );
+        print!("{}", plan.render_regeneration());
+    }
+    // Carried-over failures (`regenerate.redo_failed = false`) were decided, not suffered: they
+    // do not make the exit code 2.
+    let kept_failed = plan.regeneration.as_ref().map_or(0, |r| r.kept_failed.values().sum::<u64>()) as i64;
+    let nothing_to_do = a.incremental && plan.to_work() == 0;
+    if nothing_to_do && !a.json {
+        println!("nothing to redo: every task was carried over; run {} is completed", plan.run_id);
     }
     let mut published = 0;
     let mut final_state = None;
-    if !a.no_publish {
+    if !a.no_publish && !nothing_to_do {
         let broker = connect_broker(settings, "reasonrec-coordinator").await?;
         let outbox = Outbox::configured(store.clone(), &broker, &settings.coordinator).await?;
         published = outbox.pump(plan.run_id).await?.published;
@@ -38,7 +68,7 @@ pub async fn create(settings: &Settings, a: RunCreateArgs) -> anyhow::Result<Exi
     } else if final_state.is_some() {
         print!("{}", status.render());
     }
-    Ok(if final_state.is_some() && status.failed > 0 { ExitCode::from(2) } else { ExitCode::SUCCESS })
+    Ok(if final_state.is_some() && status.failed > kept_failed { ExitCode::from(2) } else { ExitCode::SUCCESS })
 }
 
 pub async fn status(settings: &Settings, a: RunStatusArgs) -> anyhow::Result<ExitCode> {
@@ -47,6 +77,9 @@ pub async fn status(settings: &Settings, a: RunStatusArgs) -> anyhow::Result<Exi
         Some(id) => id,
         None => store.latest_run().await?,
     };
+    if a.watch {
+        return watch(&store, run_id).await;
+    }
     let status = run_status(&store, run_id).await?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&status)?);
@@ -56,17 +89,29 @@ pub async fn status(settings: &Settings, a: RunStatusArgs) -> anyhow::Result<Exi
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn coordinator(settings: &Settings) -> anyhow::Result<ExitCode> {
-    let store = connect_store(settings).await?;
-    store.migrate().await?;
+/// `run status --watch`: redraws progress bars per stage every 2 s until the run is finished
+/// (or Ctrl-C).
+async fn watch(store: &reasonrec_store::Store, run_id: uuid::Uuid) -> anyhow::Result<ExitCode> {
     let stop = crate::signals::shutdown_token();
-    tracing::info!("coordinator serving running runs");
-    supervise(&store, settings, Target::AllRuns, stop).await?;
-    Ok(ExitCode::SUCCESS)
+    loop {
+        let status = run_status(store, run_id).await?;
+        // Clear the screen and go home, then draw.
+        print!("\x1b[2J\x1b[H{}", status.render_bars(40));
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        if matches!(status.state.as_str(), "completed" | "cancelled") {
+            return Ok(if status.failed > 0 { ExitCode::from(2) } else { ExitCode::SUCCESS });
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(ExitCode::SUCCESS),
+            _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+        }
+    }
 }
 
 pub async fn retry_failed(settings: &Settings, a: RetryFailedArgs) -> anyhow::Result<ExitCode> {
     let store = connect_store(settings).await?;
+    super::lifecycle::refuse_if_snapshotted(&store, a.run, "reopened to retry failed tasks").await?;
     let n = store.retry_failed(a.run).await?;
     println!("run {}: {n} failed tasks put back", a.run);
     if a.wait && n > 0 {
@@ -81,6 +126,7 @@ pub async fn retry_failed(settings: &Settings, a: RetryFailedArgs) -> anyhow::Re
 
 pub async fn cancel(settings: &Settings, a: RunArg) -> anyhow::Result<ExitCode> {
     let store = connect_store(settings).await?;
+    super::lifecycle::refuse_if_snapshotted(&store, a.run, "cancelled").await?;
     let n = store.cancel_run(a.run).await?;
     println!("run {} cancelled: {n} unfinished tasks cancelled", a.run);
     Ok(ExitCode::SUCCESS)

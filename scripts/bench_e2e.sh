@@ -8,7 +8,9 @@
 #   scripts/bench_e2e.sh [RUNS] [USERS] [WORKERS]      e.g. scripts/bench_e2e.sh 3
 # Scenario 2 (latency-bound) is the same with LATENCY_MS=200 CONCURRENCY=2000 and one worker:
 #   LATENCY_MS=200 CONCURRENCY=2000 scripts/bench_e2e.sh 1 16667 1
-# Prints a markdown table.
+# Scenario 6 (export) runs on the corpus the last run made, with EXPORT=1: `train export` of its
+# rationales to JSONL, then to JSONL + Parquet, timed, with peak RSS.
+# Prints markdown tables.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-1}; USERS=${2:-16667}; WORKERS=${3:-2}
@@ -104,6 +106,19 @@ PY
 )")
   echo "run $run: ${rows[-1]}" >&2
 done
+export_rows=()
+if [ "${EXPORT:-0}" = 1 ]; then
+  RUN_ID=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["plan"]["run_id"])' "$OUT/e2e-run.json")
+  for fmt in jsonl both; do
+    rm -rf "$OUT/export-$fmt"
+    /usr/bin/time -f "%e %M" -o "$OUT/export.time" "$BIN" --config "$CFG" train export --run "$RUN_ID" --out "$OUT/export-$fmt" --format "$fmt" --json >"$OUT/export.json"
+    read -r secs kb < "$OUT/export.time"
+    n=$(python3 -c 'import json,sys; m=json.load(open(sys.argv[1])); print(sum(f["rows"] for f in m["files"] if f["name"] in ("train.jsonl","validation.jsonl","test.jsonl")))' "$OUT/export-$fmt/manifest.json")
+    bytes=$(du -sb "$OUT/export-$fmt" | cut -f1)
+    export_rows+=("| export $fmt | $n rows | $secs s | $(python3 -c "print(f'{$n/$secs:,.0f}')") rows/s | $((bytes / 1048576)) MiB written | peak RSS $((kb / 1024)) MiB |")
+    rm -rf "$OUT/export-$fmt"
+  done
+fi
 python3 - "$(git rev-parse --short HEAD)" "$WORKERS x $CONCURRENCY in flight, mock $LATENCY_MS ms" "${rows[@]}" <<'PY'
 import statistics, sys
 commit, workers, rows = sys.argv[1], sys.argv[2], [r.split() for r in sys.argv[3:]]
@@ -115,3 +130,4 @@ print("|---|---|---|---|---|---|---|")
 print(f"| {commit} ({workers}) | {len(rows)} | {int(med(0)):,} ({int(med(1))} failed) | {med(2):.1f} s | {med(3):,.0f} ({min(rate):,.0f}-{max(rate):,.0f}) | "
       f"{med(4):.2f} / {med(5):.2f} / {med(6):.2f} / {med(7):.2f} / {med(8):.2f} | {int(med(9))} MiB |")
 PY
+for r in "${export_rows[@]}"; do echo "$r"; done

@@ -24,7 +24,7 @@ DATA="$OUT/e2e-ml1m-$USERS"
 PREFIX="rr-bench-e2e-$$"
 export REASONREC__LOG__FILTER=warn
 PIDS=(); DB=""
-drop_db() { [ -n "$DB" ] && psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1 || true; }
+drop_db() { [ -n "$DB" ] && [ "${KEEP_DB:-0}" != 1 ] && psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1 || true; }
 cleanup() {
   for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true

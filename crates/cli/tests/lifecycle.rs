@@ -104,6 +104,16 @@ async fn runs_are_listed_paused_resumed_snapshotted_and_diffed_through_the_binar
     assert_eq!(snaps["snapshots"][0]["name"], "base");
     assert_eq!(snaps["snapshots"][0]["done"]["reasoning"].as_i64(), Some(USERS));
 
+    // An incremental run is refused while the dataset has an unfinished run (here: a fresh plain
+    // run left unpublished), so a retried nightly job never doubles a run.
+    let pending = json(&reasonrec(&config, &["run", "create", "--dataset", "sample", "--no-publish", "--json"])?)?;
+    let pending: Uuid = serde_json::from_value(pending["plan"]["run_id"].clone())?;
+    refused(
+        &reasonrec(&config, &["run", "create", "--dataset", "sample", "--incremental", "--no-publish"])?,
+        "is not finished",
+    );
+    ok(&reasonrec(&config, &["run", "cancel", &pending.to_string()])?);
+
     // An incremental run: everything carried over; regeneration runs at priority -10.
     let again = json(&reasonrec(
         &config,

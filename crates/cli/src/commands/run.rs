@@ -13,6 +13,18 @@ use std::process::ExitCode;
 pub async fn create(settings: &Settings, a: RunCreateArgs) -> anyhow::Result<ExitCode> {
     let store = connect_store(settings).await?;
     store.ensure_migrated().await?;
+    // A nightly job retried by its scheduler (or two overlapping crons) must not double a run
+    // that is still going: refuse, like the coordinator's scheduler skips its tick.
+    if a.incremental
+        && !a.dry_run
+        && let Some(unfinished) = store.unfinished_run_of(&a.dataset).await?
+    {
+        anyhow::bail!(
+            "run {unfinished} of dataset {:?} is not finished; an incremental run now would double it \
+             (wait for it, or cancel it with `reasonrec run cancel {unfinished}`)",
+            a.dataset
+        );
+    }
     let opts = PlanOptions { incremental: a.incremental, dry_run: a.dry_run };
     let plan = plan_run(&store, settings, &a.dataset, opts).await?;
     super::lifecycle::apply_create_options(&store, &plan, &a).await?;

@@ -10,7 +10,8 @@
 #   LATENCY_MS=200 CONCURRENCY=2000 scripts/bench_e2e.sh 1 16667 1
 # Scenario 6 (export) runs on the corpus the last run made, with EXPORT=1: `train export` of its
 # rationales to JSONL, then to JSONL + Parquet, timed, with peak RSS.
-# Prints markdown tables.
+# Prints markdown tables; APPEND=1 also appends them to BENCHMARKS.md with the commit, machine
+# facts and date.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-1}; USERS=${2:-16667}; WORKERS=${3:-2}
@@ -119,6 +120,7 @@ if [ "${EXPORT:-0}" = 1 ]; then
     rm -rf "$OUT/export-$fmt"
   done
 fi
+table=$(
 python3 - "$(git rev-parse --short HEAD)" "$WORKERS x $CONCURRENCY in flight, mock $LATENCY_MS ms" "${rows[@]}" <<'PY'
 import statistics, sys
 commit, workers, rows = sys.argv[1], sys.argv[2], [r.split() for r in sys.argv[3:]]
@@ -131,3 +133,15 @@ print(f"| {commit} ({workers}) | {len(rows)} | {int(med(0)):,} ({int(med(1))} fa
       f"{med(4):.2f} / {med(5):.2f} / {med(6):.2f} / {med(7):.2f} / {med(8):.2f} | {int(med(9))} MiB |")
 PY
 for r in "${export_rows[@]}"; do echo "$r"; done
+)
+echo "$table"
+if [ "${APPEND:-0}" = 1 ]; then
+  {
+    echo
+    echo "## $(date -u +%Y-%m-%d) — commit $(git rev-parse --short HEAD), $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB"
+    echo
+    echo "Command: \`LATENCY_MS=$LATENCY_MS CONCURRENCY=$CONCURRENCY EXPORT=${EXPORT:-0} scripts/bench_e2e.sh $*\` (release build; Postgres and RabbitMQ on the same machine)."
+    echo
+    echo "$table"
+  } >> BENCHMARKS.md
+fi

@@ -3,7 +3,7 @@
 # ml-1m dataset (166,667 users x 6 targets; profile stages off) and publish every task:
 # seconds from `run create` to the last confirmed publish, and the coordinator's peak RSS.
 # No workers run; the backlog cap is lifted so everything is published at once.
-#   scripts/bench_plan.sh [RUNS] [USERS]
+#   scripts/bench_plan.sh [RUNS] [USERS]      (APPEND=1 appends the table to BENCHMARKS.md)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-1}; USERS=${2:-166667}
@@ -38,6 +38,7 @@ print(r["plan"]["tasks"], r["published"], secs, int(rss) // 1024)
 PY
 )")
 done
+table=$(
 python3 - "$(git rev-parse --short HEAD)" "${rows[@]}" <<'PY'
 import statistics, sys
 rows = [r.split() for r in sys.argv[2:]]
@@ -47,3 +48,15 @@ print("| commit | runs | tasks planned | published | median (min-max) | tasks/s 
 print("|---|---|---|---|---|---|---|")
 print(f"| {sys.argv[1]} | {len(rows)} | {int(rows[0][0]):,} | {int(rows[0][1]):,} | {med:.1f} s ({min(secs):.1f}-{max(secs):.1f}) | {int(rows[0][0]) / med:,.0f} | {statistics.median(int(r[3]) for r in rows)} MiB |")
 PY
+)
+echo "$table"
+if [ "${APPEND:-0}" = 1 ]; then
+  {
+    echo
+    echo "## $(date -u +%Y-%m-%d) — commit $(git rev-parse --short HEAD), $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB"
+    echo
+    echo "Command: \`scripts/bench_plan.sh $*\` (release build; Postgres and RabbitMQ on the same machine)."
+    echo
+    echo "$table"
+  } >> BENCHMARKS.md
+fi

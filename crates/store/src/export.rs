@@ -5,7 +5,6 @@
 
 use crate::error::StoreError;
 use crate::pool::Store;
-use crate::tasks::ItemRow;
 use sqlx::Row;
 use std::collections::HashMap;
 use uuid::Uuid;
@@ -105,21 +104,6 @@ impl Store {
         );
         let rows = sqlx::query(&sql).bind(run_id).bind(dataset_id).bind(ids).fetch_all(self.pool()).await?;
         rows.iter().map(export_task).collect()
-    }
-
-    /// Title and attributes of the items `ids` of a dataset.
-    pub async fn export_items(&self, dataset_id: i64, ids: &[i32]) -> Result<HashMap<i32, ItemRow>, StoreError> {
-        let rows = sqlx::query("SELECT id, title, attrs FROM items WHERE dataset_id = $1 AND id = ANY($2)")
-            .bind(dataset_id)
-            .bind(ids)
-            .fetch_all(self.pool())
-            .await?;
-        let mut out = HashMap::with_capacity(rows.len());
-        for r in rows {
-            let item = ItemRow { id: r.try_get(0)?, title: r.try_get(1)?, attrs: r.try_get(2)? };
-            out.insert(item.id, item);
-        }
-        Ok(out)
     }
 
     /// The outputs of the run's done user-profile tasks of `users`, by user id. Found through the

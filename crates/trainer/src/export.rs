@@ -161,7 +161,7 @@ impl Lookups {
         }
         self.data.user_profiles = store.export_user_profiles(self.run_id, &users).await?;
         if !missing.is_empty() {
-            self.data.items.extend(store.export_items(self.dataset_id, &missing).await?);
+            self.data.items.extend(store.load_items(self.dataset_id, &missing).await?);
             self.data.item_profiles.extend(store.export_item_profiles(self.run_id, &missing).await?);
         }
         Ok(&self.data)

@@ -125,16 +125,30 @@ impl Outbox {
         }
         let outstanding = self.store.outstanding_tasks(run_id).await?.max(0) as usize;
         let mut room = self.max_outstanding.saturating_sub(outstanding);
-        let mut after = Uuid::nil();
-        while room > 0 {
-            let want = self.batch.min(room);
-            let page = self.store.ready_tasks(run_id, after, want as i64).await?;
-            let Some(&(last, _)) = page.last() else { break };
-            after = last;
+        // Three steps per page, overlapped: while page N is published, page N-1's confirmed ids
+        // are marked and page N+1 is read (it starts after page N's last id, so it cannot
+        // overlap). A mark that fails or never runs leaves its tasks `ready`: published again,
+        // absorbed by the workers, as after a crash between publish and mark.
+        let mut want = self.batch.min(room);
+        let mut page = match want {
+            0 => Vec::new(),
+            n => self.store.ready_tasks(run_id, Uuid::nil(), n as i64).await?,
+        };
+        let mut unmarked: Vec<Uuid> = Vec::new();
+        while let Some(&(last, _)) = page.last() {
+            let exhausted = page.len() < want;
+            let next_want = self.batch.min(room.saturating_sub(page.len()));
             let messages: Vec<TaskMessage> =
                 page.iter().map(|&(id, stage)| TaskMessage::new(id, run_id, stage)).collect();
-            let r = self.publisher.publish_batch(&messages).await?;
-            let marked = self.store.mark_published(&r.confirmed).await?;
+            let publish = async { self.publisher.publish_batch(&messages).await.map_err(CoordinatorError::from) };
+            let mark = async { self.store.mark_published(&unmarked).await.map_err(CoordinatorError::from) };
+            let read_next = async {
+                match (exhausted, next_want) {
+                    (true, _) | (_, 0) => Ok(Vec::new()),
+                    (false, n) => self.store.ready_tasks(run_id, last, n as i64).await.map_err(CoordinatorError::from),
+                }
+            };
+            let (r, marked, next) = tokio::try_join!(publish, mark, read_next)?;
             metrics().published.inc_by(r.confirmed.len() as u64);
             tracing::debug!(%run_id, batch = messages.len(), confirmed = r.confirmed.len(), marked, nacked = r.nacked, returned = r.returned, "outbox batch");
             report.add(PumpReport {
@@ -144,11 +158,15 @@ impl Outbox {
                 republished: 0,
             });
             room = room.saturating_sub(r.confirmed.len());
+            let refused_all = r.confirmed.is_empty();
+            unmarked = r.confirmed;
             // Stop when no more are ready, or when the broker refused the whole batch.
-            if page.len() < want || r.confirmed.is_empty() {
+            if exhausted || refused_all {
                 break;
             }
+            (page, want) = (next, next_want);
         }
+        self.store.mark_published(&unmarked).await?;
         if report.nacked > 0 || report.returned > 0 {
             tracing::warn!(%run_id, nacked = report.nacked, returned = report.returned, "broker refused some publishes; they stay ready and are retried");
         }

@@ -532,14 +532,20 @@ pub async fn plan_run(
         failed_note,
     };
     let mut users = UserGroups::new(store, ds.id, settings.sampling.max_users);
+    // One insert runs in the background while the next batch is planned (reading interactions
+    // and planning overlap writing); it is awaited before the next starts, so batches land in
+    // order, as `insert_tasks` requires of dependencies.
+    let mut writing: Option<tokio::task::JoinHandle<Result<u64, CoordinatorError>>> = None;
     while let Some(rows) = users.next_user().await? {
         planner.user(&rows);
         if planner.batch.len() >= batch_size {
-            planner.plan.tasks += flush(store, run_id, &planner.batch, opts.dry_run).await?;
-            planner.batch.clear();
+            planner.plan.tasks += finish_flush(writing.take()).await?;
+            let batch = std::mem::replace(&mut planner.batch, Vec::with_capacity(batch_size + 64));
+            writing = Some(tokio::spawn(flush(store.clone(), run_id, batch, opts.dry_run)));
         }
     }
-    planner.plan.tasks += flush(store, run_id, &planner.batch, opts.dry_run).await?;
+    planner.plan.tasks += finish_flush(writing.take()).await?;
+    planner.plan.tasks += flush(store.clone(), run_id, std::mem::take(&mut planner.batch), opts.dry_run).await?;
     if !opts.dry_run {
         store.start_run(run_id).await?;
         if opts.incremental {
@@ -561,9 +567,19 @@ pub async fn plan_run(
     Ok(plan)
 }
 
-async fn flush(store: &Store, run_id: Uuid, batch: &[NewTask], dry_run: bool) -> Result<u64, CoordinatorError> {
+async fn flush(store: Store, run_id: Uuid, batch: Vec<NewTask>, dry_run: bool) -> Result<u64, CoordinatorError> {
     if dry_run {
         return Ok(batch.len() as u64);
     }
-    Ok(store.insert_tasks(run_id, batch).await?)
+    Ok(store.insert_tasks(run_id, &batch).await?)
+}
+
+/// Waits for the background insert, if one runs; how many tasks it wrote.
+async fn finish_flush(
+    writing: Option<tokio::task::JoinHandle<Result<u64, CoordinatorError>>>,
+) -> Result<u64, CoordinatorError> {
+    match writing {
+        None => Ok(0),
+        Some(handle) => handle.await.map_err(|e| CoordinatorError::Plan(format!("the task insert stopped: {e}")))?,
+    }
 }

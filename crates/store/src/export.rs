@@ -41,13 +41,22 @@ pub struct ExportCounts {
     pub reasoning_failed: i64,
 }
 
+/// The columns of an [`ExportTask`], read from `page` (the page's task rows, see the queries).
+/// No ORDER BY: the rows are sorted by id here ([`in_id_order`]); in SQL the sort of 2,000 wide
+/// rows spilled to disk at the default `work_mem`.
 const TASK_COLUMNS: &str = "t.id, t.split, t.label, t.input, t.history_truncated, t.user_id, t.item_id,
        u.ext_id AS user_ext, i.ext_id AS item_ext,
        o.text, o.template, o.template_version, o.model, o.params
-FROM tasks t
+FROM page t
 JOIN outputs o ON o.key = t.output_key
 JOIN users u ON u.dataset_id = $2 AND u.id = t.user_id
 JOIN items i ON i.dataset_id = $2 AND i.id = t.item_id";
+
+fn in_id_order(rows: &[sqlx::postgres::PgRow]) -> Result<Vec<ExportTask>, StoreError> {
+    let mut tasks = rows.iter().map(export_task).collect::<Result<Vec<_>, _>>()?;
+    tasks.sort_unstable_by_key(|t| t.id);
+    Ok(tasks)
+}
 
 fn export_task(r: &sqlx::postgres::PgRow) -> Result<ExportTask, StoreError> {
     let id: Uuid = r.try_get("id")?;
@@ -80,14 +89,18 @@ impl Store {
         after: Uuid,
         limit: i64,
     ) -> Result<Vec<ExportTask>, StoreError> {
+        // The page is chosen first (an ordered range of `tasks_by_run_state_id`), then joined:
+        // left to itself the planner joined and sorted every remaining task to keep 2,000.
         let sql = format!(
-            "SELECT {TASK_COLUMNS}
-             WHERE t.run_id = $1 AND t.id > $3 AND t.stage = 'reasoning' AND t.state = 'done'
-             ORDER BY t.id LIMIT $4"
+            "WITH page AS MATERIALIZED (
+                 SELECT * FROM tasks
+                 WHERE run_id = $1 AND state = 'done' AND id > $3 AND stage = 'reasoning'
+                 ORDER BY id LIMIT $4)
+             SELECT {TASK_COLUMNS}"
         );
         let rows =
             sqlx::query(&sql).bind(run_id).bind(dataset_id).bind(after).bind(limit).fetch_all(self.pool()).await?;
-        rows.iter().map(export_task).collect()
+        in_id_order(&rows)
     }
 
     /// The done reasoning tasks of a run among `ids`, in id order (the few-shot re-read).
@@ -98,12 +111,13 @@ impl Store {
         ids: &[Uuid],
     ) -> Result<Vec<ExportTask>, StoreError> {
         let sql = format!(
-            "SELECT {TASK_COLUMNS}
-             WHERE t.run_id = $1 AND t.id = ANY($3) AND t.stage = 'reasoning' AND t.state = 'done'
-             ORDER BY t.id"
+            "WITH page AS MATERIALIZED (
+                 SELECT * FROM tasks
+                 WHERE id = ANY($3) AND run_id = $1 AND stage = 'reasoning' AND state = 'done')
+             SELECT {TASK_COLUMNS}"
         );
         let rows = sqlx::query(&sql).bind(run_id).bind(dataset_id).bind(ids).fetch_all(self.pool()).await?;
-        rows.iter().map(export_task).collect()
+        in_id_order(&rows)
     }
 
     /// The outputs of the run's done user-profile tasks of `users`, by user id. Found through the

@@ -276,22 +276,22 @@ impl Store {
     }
 
     /// Marks tasks published. Called only with ids whose publish the broker confirmed.
-    /// Only `ready` rows move: a task a worker already finished stays done.
+    /// Only `ready` rows move (and get `published_at` now, which the stale-message check counts
+    /// from); a task a worker already finished stays done and only records when it was first
+    /// published. One statement. Returns how many rows it touched.
     pub async fn mark_published(&self, ids: &[Uuid]) -> Result<u64, StoreError> {
         if ids.is_empty() {
             return Ok(0);
         }
         let res = sqlx::query(
-            "UPDATE tasks SET state = 'published', published_at = now() WHERE id = ANY($1) AND state = 'ready'",
+            "UPDATE tasks
+             SET state = CASE WHEN state = 'ready' THEN 'published' ELSE state END,
+                 published_at = CASE WHEN state = 'ready' THEN now() ELSE COALESCE(published_at, now()) END
+             WHERE id = ANY($1) AND (state = 'ready' OR published_at IS NULL)",
         )
         .bind(ids)
         .execute(self.pool())
         .await?;
-        // Tasks a worker finished before this update still record when they were published.
-        sqlx::query("UPDATE tasks SET published_at = now() WHERE id = ANY($1) AND published_at IS NULL")
-            .bind(ids)
-            .execute(self.pool())
-            .await?;
         Ok(res.rows_affected())
     }
 

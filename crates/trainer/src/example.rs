@@ -84,7 +84,8 @@ pub fn target_text(label: bool, reasoning: &str) -> String {
 /// The parsed input of a task, with the history the teacher saw (the oldest
 /// `history_truncated` entries dropped).
 pub fn task_input(task: &ExportTask) -> Result<ReasoningInput, TrainerError> {
-    let mut input: ReasoningInput = serde_json::from_value(task.input.clone())
+    use serde::Deserialize;
+    let mut input = ReasoningInput::deserialize(&task.input)
         .map_err(|e| TrainerError::BadTask { task: task.id, message: format!("malformed input: {e}") })?;
     let cut = usize::try_from(task.history_truncated.max(0)).unwrap_or(0).min(input.history.len());
     input.history.drain(..cut);

@@ -1,15 +1,18 @@
 //! `reasonrec train export`: a run's finished corpus as a student fine-tuning set.
 //!
-//! One pass over the run's done reasoning tasks in keyset pages of task ids: one query per page
-//! for the tasks with their ledger output, one each for the page's user profiles, items and item
-//! profiles (items already read are kept between pages, up to [`ITEM_CACHE`]). Each task's
-//! reasoning goes through the filters; a kept one becomes a [`StudentExample`] written at once to
+//! One pass over the run's done reasoning tasks in keyset pages of task ids, three steps
+//! overlapped: the next page is read (a spawned query) while this page is rendered, and the page
+//! before is serialised, hashed and written on the writer thread ([`BackgroundSinks`]). Per page:
+//! one query for the tasks with their ledger output, one each for the page's user profiles,
+//! items and item profiles (items already read are kept between pages, up to [`ITEM_CACHE`]).
+//! Each task's reasoning goes through the filters; a kept one becomes a [`StudentExample`] for
 //! its split's files (`train`, `validation`, `test`; JSONL and/or Parquet). Only (id, label) of
 //! kept training rows is collected; after the pass the few-shot sets are drawn from them and their
-//! rows read again by id (`fewshot_<n>.*`). Memory holds one page, the item cache, one Parquet row
-//! group per open file, the (id, label) list (17 bytes per train row) and the dedup set (16 bytes
-//! per row) — flat in the corpus size but for those last two. Files list rows in task id order;
-//! nothing depends on the clock, so the same run exported twice gives byte-identical files.
+//! rows read again by id (`fewshot_<n>.*`). Memory holds three pages (read ahead, rendering,
+//! writing; [`PAGE_SIZE`] rows each), the item cache, one Parquet row group per open file, the
+//! (id, label) list (17 bytes per train row) and the dedup set (16 bytes per row) — flat in the
+//! corpus size but for those last two. Files list rows in task id order; nothing depends on the
+//! clock or on thread timing, so the same run exported twice gives byte-identical files.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -23,15 +26,17 @@ use uuid::Uuid;
 use crate::TrainerError;
 use crate::example::{PageData, STUDENT_KIND, StudentExample, build_example, extract_reasoning, task_input};
 use crate::fewshot;
-use crate::files::{ExampleSink, FileEntry, Format};
+use crate::files::{BackgroundSinks, ExampleSink, FileEntry, Format};
 use crate::filters::{FilterOptions, Filters};
 use crate::manifest::{
     DatasetInfo, ExportOptionsInfo, LabelCounts, MANIFEST_VERSION, Manifest, Provenance, RunInfo, Splits, TaskCounts,
     TemplateInfo, Templates,
 };
 
-/// Tasks read per page.
-pub const PAGE_SIZE: usize = 2_000;
+/// Tasks read per page. Three pages are in memory at once (see the module doc); at 2,000 the
+/// JSONL + Parquet export of a 100k-row corpus peaked at 255 MiB RSS, at 500 at 139 MiB, no
+/// slower (BENCHMARKS.md).
+pub const PAGE_SIZE: usize = 500;
 /// The manifest's file name.
 pub const MANIFEST_FILE: &str = "manifest.json";
 /// The splits, in file order.
@@ -212,19 +217,24 @@ pub async fn export_run(
         Err(e) => return Err(TrainerError::io(&manifest_path, e)),
     }
 
-    let mut sinks =
-        SPLITS.iter().map(|s| ExampleSink::create(&opts.out, s, opts.format)).collect::<Result<Vec<_>, _>>()?;
+    let sinks = SPLITS.iter().map(|s| ExampleSink::create(&opts.out, s, opts.format)).collect::<Result<Vec<_>, _>>()?;
+    let mut sinks = BackgroundSinks::spawn(sinks)?;
     let mut filters = Filters::new(opts.filters.clone());
     let mut provenance = Provenance::default();
     let mut counts = [LabelCounts::default(); 3];
     let mut train_rows: Vec<(Uuid, bool)> = Vec::new();
     let page_size = opts.page_size.max(1);
     let mut lookups = Lookups::new(run_id, dataset.id);
-    let mut after = Uuid::nil();
+    // The next page is read while this one is rendered (and the one before written).
+    let read = |after: Uuid| {
+        let store = store.clone();
+        tokio::spawn(async move { store.export_page(run_id, dataset.id, after, page_size as i64).await })
+    };
+    let mut next = read(Uuid::nil());
     loop {
-        let tasks = store.export_page(run_id, dataset.id, after, page_size as i64).await?;
+        let tasks = next.await.map_err(|e| TrainerError::Invalid(format!("the export read stopped: {e}")))??;
         let Some(last) = tasks.last() else { break };
-        after = last.id;
+        next = read(last.id);
         let mut page = Vec::with_capacity(tasks.len());
         for task in tasks {
             let reasoning = extract_reasoning(&task.text).to_string();
@@ -236,8 +246,8 @@ pub async fn export_run(
         }
         let data = lookups.load(store, &page).await?;
         let rows = examples(prompts, family, &page, data)?;
-        let mut by_split: [Vec<&StudentExample>; 3] = Default::default();
-        for (p, row) in page.iter().zip(&rows) {
+        let mut by_split: Vec<Vec<StudentExample>> = vec![Vec::new(); SPLITS.len()];
+        for (p, row) in page.iter().zip(rows) {
             let split = split_index(&p.task)?;
             by_split[split].push(row);
             counts[split].add(p.task.label);
@@ -246,16 +256,11 @@ pub async fn export_run(
             }
             provenance.add(&p.task.template, &p.task.template_version, &p.task.model, &p.task.params);
         }
-        for (sink, rows) in sinks.iter_mut().zip(&by_split) {
-            sink.write(rows)?;
-        }
+        sinks.send(by_split)?;
         let report = filters.report();
         progress(Progress::Exported { read: report.rows_read, kept: report.rows_kept });
     }
-    let mut files: Vec<FileEntry> = Vec::new();
-    for sink in sinks {
-        files.extend(sink.finish()?);
-    }
+    let mut files: Vec<FileEntry> = sinks.finish()?;
 
     let draw = fewshot::draw(&train_rows, &opts.few_shot, opts.seed);
     drop(train_rows);

@@ -145,3 +145,70 @@ impl ExampleSink {
         Ok(out)
     }
 }
+
+/// What the export's main loop hands the writer thread: one batch of rows per sink, in sink order.
+type Batch = Vec<Vec<StudentExample>>;
+type Writer = std::thread::JoinHandle<Result<Vec<FileEntry>, TrainerError>>;
+
+/// Sinks written on their own thread: serialising, hashing (SHA-256 is a fifth of the export's
+/// CPU) and writing run beside the database reads and the prompt rendering instead of after them.
+/// At most [`BackgroundSinks::QUEUE`] batches wait, so memory stays bounded when the disk is slow.
+pub struct BackgroundSinks {
+    tx: Option<std::sync::mpsc::SyncSender<Batch>>,
+    writer: Option<Writer>,
+}
+
+impl BackgroundSinks {
+    /// Batches that may wait for the writer.
+    pub const QUEUE: usize = 1;
+
+    /// Moves `sinks` to a new thread that writes what [`BackgroundSinks::send`] hands it.
+    pub fn spawn(mut sinks: Vec<ExampleSink>) -> Result<Self, TrainerError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Batch>(Self::QUEUE);
+        let writer = std::thread::Builder::new()
+            .name("export-writer".into())
+            .spawn(move || {
+                for batch in rx {
+                    for (sink, rows) in sinks.iter_mut().zip(&batch) {
+                        let rows: Vec<&StudentExample> = rows.iter().collect();
+                        sink.write(&rows)?;
+                    }
+                }
+                let mut files = Vec::new();
+                for sink in sinks {
+                    files.extend(sink.finish()?);
+                }
+                Ok(files)
+            })
+            .map_err(|e| TrainerError::Invalid(format!("cannot start the export writer thread: {e}")))?;
+        Ok(Self { tx: Some(tx), writer: Some(writer) })
+    }
+
+    /// Queues one batch (one `Vec` per sink, in the order the sinks were given). Blocks while
+    /// [`BackgroundSinks::QUEUE`] batches wait. If the writer stopped on an error, that error.
+    pub fn send(&mut self, batch: Batch) -> Result<(), TrainerError> {
+        if self.tx.as_ref().is_some_and(|tx| tx.send(batch).is_ok()) {
+            return Ok(());
+        }
+        // The writer hung up: it returned an error (or panicked).
+        self.tx = None;
+        match self.join() {
+            Err(e) => Err(e),
+            Ok(_) => Err(TrainerError::Invalid("the export writer stopped early".into())),
+        }
+    }
+
+    fn join(&mut self) -> Result<Vec<FileEntry>, TrainerError> {
+        match self.writer.take().map(std::thread::JoinHandle::join) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(TrainerError::Invalid("the export writer thread panicked".into())),
+            None => Err(TrainerError::Invalid("the export writer already stopped".into())),
+        }
+    }
+
+    /// Waits for the writer to write everything queued and close the files; their entries.
+    pub fn finish(mut self) -> Result<Vec<FileEntry>, TrainerError> {
+        drop(self.tx.take());
+        self.join()
+    }
+}

@@ -9,7 +9,8 @@
 # Scenario 2 (latency-bound) is the same with LATENCY_MS=200 CONCURRENCY=2000 and one worker:
 #   LATENCY_MS=200 CONCURRENCY=2000 scripts/bench_e2e.sh 1 16667 1
 # Scenario 6 (export) runs on the corpus the last run made, with EXPORT=1: `train export` of its
-# rationales to JSONL, then to JSONL + Parquet, timed, with peak RSS.
+# rationales to JSONL, then to JSONL + Parquet, EXPORT_RUNS times each (default 3), median time,
+# spread and peak RSS.
 # Prints markdown tables; APPEND=1 also appends them to BENCHMARKS.md with the commit, machine
 # facts and date.
 set -euo pipefail
@@ -111,12 +112,23 @@ export_rows=()
 if [ "${EXPORT:-0}" = 1 ]; then
   RUN_ID=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["plan"]["run_id"])' "$OUT/e2e-run.json")
   for fmt in jsonl both; do
-    rm -rf "$OUT/export-$fmt"
-    /usr/bin/time -f "%e %M" -o "$OUT/export.time" "$BIN" --config "$CFG" train export --run "$RUN_ID" --out "$OUT/export-$fmt" --format "$fmt" --json >"$OUT/export.json"
-    read -r secs kb < "$OUT/export.time"
+    times=()
+    for _ in $(seq 1 "${EXPORT_RUNS:-3}"); do
+      rm -rf "$OUT/export-$fmt"
+      /usr/bin/time -f "%e %M %U %S" -o "$OUT/export.time" "$BIN" --config "$CFG" train export --run "$RUN_ID" --out "$OUT/export-$fmt" --format "$fmt" --json >"$OUT/export.json"
+      times+=("$(cat "$OUT/export.time")")
+    done
     n=$(python3 -c 'import json,sys; m=json.load(open(sys.argv[1])); print(sum(f["rows"] for f in m["files"] if f["name"] in ("train.jsonl","validation.jsonl","test.jsonl")))' "$OUT/export-$fmt/manifest.json")
     bytes=$(du -sb "$OUT/export-$fmt" | cut -f1)
-    export_rows+=("| export $fmt | $n rows | $secs s | $(python3 -c "print(f'{$n/$secs:,.0f}')") rows/s | $((bytes / 1048576)) MiB written | peak RSS $((kb / 1024)) MiB |")
+    export_rows+=("$(python3 - "$fmt" "$n" "$bytes" "${times[@]}" <<'PY2'
+import statistics, sys
+fmt, n, nbytes, runs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), [t.split() for t in sys.argv[4:]]
+secs = [float(r[0]) for r in runs]; med = statistics.median(secs)
+rss = statistics.median(int(r[1]) for r in runs) // 1024
+cpu = statistics.median(float(r[2]) + float(r[3]) for r in runs)
+print(f"| export {fmt} | {n:,} rows, {len(runs)} runs | {med:.2f} s ({min(secs):.2f}-{max(secs):.2f}) | {n / med:,.0f} rows/s (median) | {nbytes // 1048576} MiB written, exporter CPU {cpu:.1f} s | peak RSS {rss} MiB |")
+PY2
+)")
     rm -rf "$OUT/export-$fmt"
   done
 fi

@@ -460,3 +460,54 @@ async fn with_postgres_down_tasks_wait_in_retry_tiers_then_are_dead_lettered_the
     broker.close().await;
     env.cleanup().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_outbox_pages_publish_each_ready_task_once_within_the_cap() -> anyhow::Result<()> {
+    let mut env = TestEnv::new().await?;
+    env.settings.sampling.max_users = 40;
+    // Pages of 7: page N is published while N-1 is marked and N+1 read.
+    env.settings.broker.publish_batch = 7;
+    env.ingest_sample().await?;
+    let plan = create_run(&env.store, &env.settings, "sample").await?;
+    let broker = env.broker().await?;
+    let s = &env.store;
+    let outbox = Outbox::new(env.store.clone(), &broker).await?.with_max_outstanding(30);
+    assert_eq!(outbox.pump(plan.run_id).await?.published, 30, "the cap bounds one pass");
+    assert_eq!(outbox.pump(plan.run_id).await?.published, 0, "no room left");
+    let published = "SELECT count(*) FROM tasks WHERE run_id = $1 AND state = 'published' AND published_at IS NOT NULL";
+    assert_eq!(count(s, published, plan.run_id).await?, 30, "every confirmed page was marked, the last one too");
+    assert_eq!(count(s, "SELECT count(*) FROM tasks WHERE run_id = $1 AND state = 'ready'", plan.run_id).await?, 10);
+
+    // A task a worker finished (here: failed) before its mark stays so and records when it was
+    // published.
+    let done: uuid::Uuid =
+        sqlx::query_scalar("SELECT id FROM tasks WHERE run_id = $1 AND state = 'ready' ORDER BY id LIMIT 1")
+            .bind(plan.run_id)
+            .fetch_one(s.pool())
+            .await?;
+    sqlx::query("UPDATE tasks SET state = 'failed', last_error = 'x' WHERE id = $1")
+        .bind(done)
+        .execute(s.pool())
+        .await?;
+    assert_eq!(s.mark_published(&[done]).await?, 1);
+    let (state, at): (String, Option<chrono::DateTime<chrono::Utc>>) =
+        sqlx::query_as("SELECT state, published_at FROM tasks WHERE id = $1").bind(done).fetch_one(s.pool()).await?;
+    assert_eq!((state.as_str(), at.is_some()), ("failed", true));
+
+    let wider = Outbox::new(env.store.clone(), &broker).await?.with_max_outstanding(100);
+    assert_eq!(wider.pump(plan.run_id).await?.published, 9, "the rest, nothing twice");
+    // Exactly one message per published task: 39 distinct task ids in the queue.
+    let ch = broker.channel().await?;
+    let mut ids = std::collections::HashSet::new();
+    let mut messages = 0;
+    while let Some(got) =
+        ch.basic_get(broker.topology().work_queue.as_str().into(), BasicGetOptions { no_ack: true }).await?
+    {
+        ids.insert(TaskMessage::decode(&got.delivery.data)?.task_id);
+        messages += 1;
+    }
+    assert_eq!((messages, ids.len()), (39, 39));
+    assert_eq!(count(s, published, plan.run_id).await?, 39);
+    broker.close().await;
+    env.cleanup().await
+}

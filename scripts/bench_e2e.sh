@@ -18,8 +18,10 @@ cd "$(dirname "$0")/.."
 RUNS=${1:-1}; USERS=${2:-16667}; WORKERS=${3:-2}
 LATENCY_MS=${LATENCY_MS:-0}; CONCURRENCY=${CONCURRENCY:-256}
 scripts/services.sh >/dev/null
-cargo build --release -p reasonrec-cli
-BIN="$PWD/target/release/reasonrec"
+# BIN=path/to/reasonrec measures another build (an older commit for a before/after on the same
+# machine); by default the release build of this tree.
+COMMIT=${COMMIT:-$(git rev-parse --short HEAD)}  # the label of the build measured
+if [ -z "${BIN:-}" ]; then cargo build --release -p reasonrec-cli; BIN="$PWD/target/release/reasonrec"; fi
 OUT="$PWD/target/bench"; mkdir -p "$OUT"
 DATA="$OUT/e2e-ml1m-$USERS"
 [ -f "$DATA/ratings.dat" ] || "$BIN" dataset generate --format ml-1m --out "$DATA" --users "$USERS" --items 3700 --min-ratings 20 --max-ratings 60 --seed 3 >/dev/null
@@ -133,7 +135,7 @@ PY2
   done
 fi
 table=$(
-python3 - "$(git rev-parse --short HEAD)" "$WORKERS x $CONCURRENCY in flight, mock $LATENCY_MS ms" "${rows[@]}" <<'PY'
+python3 - "$COMMIT" "$WORKERS x $CONCURRENCY in flight, mock $LATENCY_MS ms" "${rows[@]}" <<'PY'
 import statistics, sys
 commit, workers, rows = sys.argv[1], sys.argv[2], [r.split() for r in sys.argv[3:]]
 col = lambda i: [float(r[i]) for r in rows]
@@ -150,7 +152,7 @@ echo "$table"
 if [ "${APPEND:-0}" = 1 ]; then
   {
     echo
-    echo "## $(date -u +%Y-%m-%d) — commit $(git rev-parse --short HEAD), $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB"
+    echo "## $(date -u +%Y-%m-%d) — commit $COMMIT, $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB"
     echo
     echo "Command: \`LATENCY_MS=$LATENCY_MS CONCURRENCY=$CONCURRENCY EXPORT=${EXPORT:-0} scripts/bench_e2e.sh $*\` (release build; Postgres and RabbitMQ on the same machine)."
     echo

@@ -8,8 +8,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-1}; USERS=${2:-166667}
 scripts/services.sh >/dev/null
-cargo build --release -p reasonrec-cli
-BIN="$PWD/target/release/reasonrec"
+# BIN=path/to/reasonrec measures another build (an older commit for a before/after on the same
+# machine); by default the release build of this tree.
+COMMIT=${COMMIT:-$(git rev-parse --short HEAD)}  # the label of the build measured
+if [ -z "${BIN:-}" ]; then cargo build --release -p reasonrec-cli; BIN="$PWD/target/release/reasonrec"; fi
 OUT="$PWD/target/bench"; mkdir -p "$OUT"
 DATA="$OUT/plan-ml1m-$USERS"
 [ -f "$DATA/ratings.dat" ] || "$BIN" dataset generate --format ml-1m --out "$DATA" --users "$USERS" --items 3700 --min-ratings 20 --max-ratings 30 --seed 5 >/dev/null
@@ -39,7 +41,7 @@ PY
 )")
 done
 table=$(
-python3 - "$(git rev-parse --short HEAD)" "${rows[@]}" <<'PY'
+python3 - "$COMMIT" "${rows[@]}" <<'PY'
 import statistics, sys
 rows = [r.split() for r in sys.argv[2:]]
 secs = [float(r[2]) for r in rows]
@@ -53,7 +55,7 @@ echo "$table"
 if [ "${APPEND:-0}" = 1 ]; then
   {
     echo
-    echo "## $(date -u +%Y-%m-%d) — commit $(git rev-parse --short HEAD), $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB"
+    echo "## $(date -u +%Y-%m-%d) — commit $COMMIT, $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB"
     echo
     echo "Command: \`scripts/bench_plan.sh $*\` (release build; Postgres and RabbitMQ on the same machine)."
     echo

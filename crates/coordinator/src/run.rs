@@ -532,19 +532,25 @@ pub async fn plan_run(
         failed_note,
     };
     let mut users = UserGroups::new(store, ds.id, settings.sampling.max_users);
-    // One insert runs in the background while the next batch is planned (reading interactions
-    // and planning overlap writing); it is awaited before the next starts, so batches land in
-    // order, as `insert_tasks` requires of dependencies.
-    let mut writing: Option<tokio::task::JoinHandle<Result<u64, CoordinatorError>>> = None;
+    // Inserts run in the background, up to PLAN_WRITERS at once on their own connections, while
+    // the next batch is planned: one insert statement keeps a Postgres backend at 100 % of a
+    // core and was the planning bound. Order between batches does not matter here: nothing of
+    // the run is published or worked before `start_run`, and edges carry no foreign keys.
+    let mut writing: std::collections::VecDeque<tokio::task::JoinHandle<Result<u64, CoordinatorError>>> =
+        std::collections::VecDeque::new();
     while let Some(rows) = users.next_user().await? {
         planner.user(&rows);
         if planner.batch.len() >= batch_size {
-            planner.plan.tasks += finish_flush(writing.take()).await?;
+            if writing.len() >= PLAN_WRITERS {
+                planner.plan.tasks += finish_flush(writing.pop_front()).await?;
+            }
             let batch = std::mem::replace(&mut planner.batch, Vec::with_capacity(batch_size + 64));
-            writing = Some(tokio::spawn(flush(store.clone(), run_id, batch, opts.dry_run)));
+            writing.push_back(tokio::spawn(flush(store.clone(), run_id, batch, opts.dry_run)));
         }
     }
-    planner.plan.tasks += finish_flush(writing.take()).await?;
+    while let Some(w) = writing.pop_front() {
+        planner.plan.tasks += finish_flush(Some(w)).await?;
+    }
     planner.plan.tasks += flush(store.clone(), run_id, std::mem::take(&mut planner.batch), opts.dry_run).await?;
     if !opts.dry_run {
         store.start_run(run_id).await?;
@@ -566,6 +572,9 @@ pub async fn plan_run(
     tracing::info!(%run_id, dataset = %ds.name, version = ds.version, tasks = plan.tasks, to_work = plan.to_work(), dry_run = opts.dry_run, skipped_users = plan.skipped_users, "run planned");
     Ok(plan)
 }
+
+/// Task inserts in flight at once while planning.
+const PLAN_WRITERS: usize = 2;
 
 async fn flush(store: Store, run_id: Uuid, batch: Vec<NewTask>, dry_run: bool) -> Result<u64, CoordinatorError> {
     if dry_run {

@@ -355,7 +355,9 @@ impl Default for WorkerSettings {
 pub struct CoordinatorSettings {
     /// How often the outbox looks for ready tasks and the run for completion.
     pub poll_interval_ms: u64,
-    /// Tasks inserted per planning statement.
+    /// Tasks inserted per planning statement. Two batches are in memory at once (one being
+    /// inserted while the next is planned): at 5,000 a 1M-task plan peaked at 251 MiB, at 2,000
+    /// at 101 MiB in the same time (BENCHMARKS.md).
     pub plan_batch: usize,
     /// At most this many tasks of a run are published and not yet finished. Ready tasks go out
     /// in creation order (user by user), so downstream tasks that become ready are published
@@ -378,7 +380,7 @@ impl Default for CoordinatorSettings {
     fn default() -> Self {
         Self {
             poll_interval_ms: 250,
-            plan_batch: 5000,
+            plan_batch: 2000,
             max_outstanding: 20_000,
             republish_after_secs: 2_400,
             http_bind: "127.0.0.1:9465".into(),

@@ -100,8 +100,9 @@ impl Store {
     }
 
     /// Inserts planned tasks in one statement (one array per column, so no bind limit), then
-    /// their dependency edges. A task must come in the same or a later call than the tasks it
-    /// depends on. A carried task is written `done` (or `failed`) as it is; the others `ready`
+    /// their dependency edges. While the run is `planning` calls may run concurrently and in any
+    /// order: nothing reads its tasks before [`Store::start_run`], and edges carry no foreign
+    /// keys. A carried task is written `done` (or `failed`) as it is; the others `ready`
     /// when `pending_deps` is 0, else `waiting`. Returns how many tasks were new.
     pub async fn insert_tasks(&self, run_id: Uuid, tasks: &[NewTask]) -> Result<u64, StoreError> {
         if tasks.is_empty() {

@@ -278,10 +278,15 @@ async fn a_cancelled_run_stops_costing_its_queued_messages_are_acked_and_skipped
     }
     let cancelled = s.cancel_run(plan.run_id).await?;
     assert!(cancelled > 50, "{cancelled}");
-    // The queue drains: every remaining message is acked without a teacher call.
+    // The queue drains: every remaining message is acked without a teacher call. Wait for the
+    // worker to have handled all 100 (an empty queue alone still leaves up to `concurrency`
+    // prefetched messages in the worker, which a shutdown would hand back).
     let ch = broker.channel().await?;
-    for _ in 0..200 {
-        if broker.topology().ready_messages(&ch).await? == 0 {
+    let handled = |c: &reasonrec_worker::WorkerCounters| {
+        [&c.completed, &c.already_done, &c.failed, &c.skipped].iter().map(|a| a.load(Ordering::Relaxed)).sum::<u64>()
+    };
+    for _ in 0..400 {
+        if handled(&w.counters) >= 100 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;

@@ -7,6 +7,9 @@ use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties, Consumer};
 use reasonrec_core::settings::BrokerSettings;
 
+/// How long [`Broker::close`] waits for the broker to confirm.
+pub const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub struct Broker {
     connection: Connection,
     topology: Topology,
@@ -21,7 +24,7 @@ impl Broker {
         let broker = Self { connection, topology: Topology::new(settings), settings: settings.clone() };
         let ch = broker.channel().await?;
         broker.topology.declare(&ch).await?;
-        let _ = ch.close(200, "topology declared".into()).await;
+        let _ = deadline("channel.close", CLOSE_WAIT.as_secs(), ch.close(200, "topology declared".into())).await;
         Ok(broker)
     }
 
@@ -55,7 +58,16 @@ impl Broker {
         Ok((ch, consumer))
     }
 
+    /// Closes the connection, waiting at most [`CLOSE_WAIT`] for the broker's close-ok. Seen
+    /// once on this machine: `connection.close` never resolved after a `run create --wait` had
+    /// finished its run (the process then hung for good, all its work done); after the wait
+    /// the connection is dropped, which closes the socket.
     pub async fn close(&self) {
-        let _ = self.connection.close(200, "bye".into()).await;
+        if tokio::time::timeout(CLOSE_WAIT, self.connection.close(200, "bye".into())).await.is_err() {
+            tracing::warn!(
+                wait_secs = CLOSE_WAIT.as_secs(),
+                "broker did not confirm the connection close; dropping it"
+            );
+        }
     }
 }

@@ -198,7 +198,12 @@ async fn session(
             );
             inflight.abort_all();
         }
-        let _ = channel.close(200, "worker stopping".into()).await;
+        let _ = reasonrec_queue::error::deadline(
+            "channel.close",
+            reasonrec_queue::broker::CLOSE_WAIT.as_secs(),
+            channel.close(200, "worker stopping".into()),
+        )
+        .await;
         broker.close().await;
     }
     result

@@ -10,7 +10,7 @@ use reasonrec_core::validate::validate_answer;
 use reasonrec_core::{ChatMessage, OutputKey, PromptLibrary};
 use reasonrec_store::Store;
 use reasonrec_store::finish::{Finish, FinishKind};
-use reasonrec_store::tasks::{NewOutput, TaskContext};
+use reasonrec_store::tasks::NewOutput;
 use reasonrec_teacher::TeacherPool;
 use std::sync::Arc;
 use uuid::Uuid;
@@ -67,9 +67,10 @@ impl TaskProcessor {
         Self { store, teacher, prompts, options, committer, loader }
     }
 
-    async fn fail(&self, task: &TaskContext, error: &str, attempts: Vec<AttemptRecord>) -> Result<(), WorkerError> {
+    async fn fail(&self, task: (Uuid, Uuid), error: &str, attempts: Vec<AttemptRecord>) -> Result<(), WorkerError> {
         let kind = FinishKind::Fail { error: error.to_string() };
-        self.committer.commit(Finish { task_id: task.id, run_id: task.run_id, kind, attempts }).await?;
+        let (task_id, run_id) = task;
+        self.committer.commit(Finish { task_id, run_id, kind, attempts }).await?;
         Ok(())
     }
 
@@ -113,14 +114,15 @@ impl TaskProcessor {
                         WorkerError::PromptTooLong { .. } => e.to_string(),
                         other => format!("cannot render prompt: {other}"),
                     };
-                    self.fail(task, &error, Vec::new()).await?;
+                    self.fail((task.id, task.run_id), &error, Vec::new()).await?;
                     return Ok(Outcome::Failed { error });
                 }
             };
         // An accepted answer to this prompt from any configured teacher (model + parameters) is
         // reused: the content key names it. An incremental run salts the key of a task whose
         // answer expired (`regenerate.ttl_days`), so the same prompt is asked again.
-        let salt = OutputKey::salt_of(&task.input);
+        let salt = OutputKey::salt_of(&task.input).map(str::to_owned);
+        let salt = salt.as_deref();
         let keys: Vec<OutputKey> = self
             .teacher
             .clients()
@@ -133,6 +135,13 @@ impl TaskProcessor {
             let c = self.committer.commit(finish).await?;
             return Ok(if c.newly_done { Outcome::Completed { reused: true } } else { Outcome::AlreadyDone });
         }
+
+        // What the rest needs of the task; the loaded bundle (input, the load batch's items,
+        // dependency outputs: tens of KB) is let go before the call, which is where a task
+        // waits longest (2,000 in flight x 200 ms). Measured in BENCHMARKS.md (scenario 2).
+        let (id, run_id, stage, label) = (task.id, task.run_id, task.stage, task.label);
+        let task = (id, run_id);
+        drop(bundle);
 
         // Ask, validate, and re-ask with the validator's reason, up to `max_reasks` times. The
         // content key is the one of the original prompt and the endpoint that answered.
@@ -150,20 +159,19 @@ impl TaskProcessor {
                 }
                 Err(e) => {
                     let error = format!("teacher: {e}");
-                    tracing::warn!(task_id = %task.id, error_class = e.class().as_str(), attempts = attempts.len(), "task failed");
+                    tracing::warn!(task_id = %id, error_class = e.class().as_str(), attempts = attempts.len(), "task failed");
                     self.fail(task, &error, attempts).await?;
                     return Ok(Outcome::Failed { error });
                 }
             };
-            let Err(rejection) = validate_answer(task.stage, &answer.text, answer.finish_reason.as_deref(), task.label)
-            else {
+            let Err(rejection) = validate_answer(stage, &answer.text, answer.finish_reason.as_deref(), label) else {
                 break (answer, ep);
             };
             if let Some(last) = attempts.last_mut() {
                 last.error_class = Some(ErrorClass::Rejected);
                 last.error = Some(format!("{}: {}", rejection.code, rejection.message));
             }
-            tracing::debug!(task_id = %task.id, code = rejection.code, reasks, "answer rejected");
+            tracing::debug!(task_id = %id, code = rejection.code, reasks, "answer rejected");
             if reasks >= self.options.max_reasks {
                 let raw: String = answer.text.chars().take(2000).collect();
                 let error = format!("answer rejected ({}): {}; raw answer: {raw}", rejection.code, rejection.message);
@@ -180,10 +188,10 @@ impl TaskProcessor {
                 ),
             });
         };
-        let key = OutputKey::compute_salted(task.stage, &prompt, &ep.model, &ep.params, salt);
+        let key = OutputKey::compute_salted(stage, &prompt, &ep.model, &ep.params, salt);
         let output = NewOutput {
             key,
-            stage: task.stage,
+            stage,
             text: answer.text,
             template: prompt.template,
             template_version: prompt.version,
@@ -195,7 +203,7 @@ impl TaskProcessor {
         // The answer is paid for: a deadlock or a dropped connection retries the commit (in the
         // batcher) rather than sending the task back to be asked again.
         let kind = FinishKind::Complete { key, output: Some(Box::new(output)), history_truncated: truncated };
-        let c = self.committer.commit(Finish { task_id: task.id, run_id: task.run_id, kind, attempts }).await?;
+        let c = self.committer.commit(Finish { task_id: id, run_id, kind, attempts }).await?;
         Ok(if c.newly_done { Outcome::Completed { reused: !c.output_inserted } } else { Outcome::AlreadyDone })
     }
 }

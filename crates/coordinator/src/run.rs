@@ -541,15 +541,17 @@ pub async fn plan_run(
     while let Some(rows) = users.next_user().await? {
         planner.user(&rows);
         if planner.batch.len() >= batch_size {
-            if writing.len() >= PLAN_WRITERS {
-                planner.plan.tasks += finish_flush(writing.pop_front()).await?;
+            if writing.len() >= PLAN_WRITERS
+                && let Some(w) = writing.pop_front()
+            {
+                planner.plan.tasks += finish_flush(w).await?;
             }
             let batch = std::mem::replace(&mut planner.batch, Vec::with_capacity(batch_size + 64));
             writing.push_back(tokio::spawn(flush(store.clone(), run_id, batch, opts.dry_run)));
         }
     }
     while let Some(w) = writing.pop_front() {
-        planner.plan.tasks += finish_flush(Some(w)).await?;
+        planner.plan.tasks += finish_flush(w).await?;
     }
     planner.plan.tasks += flush(store.clone(), run_id, std::mem::take(&mut planner.batch), opts.dry_run).await?;
     if !opts.dry_run {
@@ -583,12 +585,7 @@ async fn flush(store: Store, run_id: Uuid, batch: Vec<NewTask>, dry_run: bool) -
     Ok(store.insert_tasks(run_id, &batch).await?)
 }
 
-/// Waits for the background insert, if one runs; how many tasks it wrote.
-async fn finish_flush(
-    writing: Option<tokio::task::JoinHandle<Result<u64, CoordinatorError>>>,
-) -> Result<u64, CoordinatorError> {
-    match writing {
-        None => Ok(0),
-        Some(handle) => handle.await.map_err(|e| CoordinatorError::Plan(format!("the task insert stopped: {e}")))?,
-    }
+/// Waits for a background insert; how many tasks it wrote.
+async fn finish_flush(handle: tokio::task::JoinHandle<Result<u64, CoordinatorError>>) -> Result<u64, CoordinatorError> {
+    handle.await.map_err(|e| CoordinatorError::Plan(format!("the task insert stopped: {e}")))?
 }

@@ -355,9 +355,9 @@ impl Default for WorkerSettings {
 pub struct CoordinatorSettings {
     /// How often the outbox looks for ready tasks and the run for completion.
     pub poll_interval_ms: u64,
-    /// Tasks inserted per planning statement. Two batches are in memory at once (one being
-    /// inserted while the next is planned): at 5,000 a 1M-task plan peaked at 251 MiB, at 2,000
-    /// at 101 MiB in the same time (BENCHMARKS.md).
+    /// Tasks inserted per planning statement. Up to three batches are in memory at once (two
+    /// being inserted while the next is planned): a 1M-task plan peaked at 140 MiB at 2,000;
+    /// with one insert in flight it was 251 MiB at 5,000 and 101 MiB at 2,000 (BENCHMARKS.md).
     pub plan_batch: usize,
     /// At most this many tasks of a run are published and not yet finished. Ready tasks go out
     /// in creation order (user by user), so downstream tasks that become ready are published

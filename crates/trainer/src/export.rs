@@ -8,8 +8,8 @@
 //! Each task's reasoning goes through the filters; a kept one becomes a [`StudentExample`] for
 //! its split's files (`train`, `validation`, `test`; JSONL and/or Parquet). Only (id, label) of
 //! kept training rows is collected; after the pass the few-shot sets are drawn from them and their
-//! rows read again by id (`fewshot_<n>.*`). Memory holds three pages (read ahead, rendering,
-//! writing; [`PAGE_SIZE`] rows each), the item cache, one Parquet row group per open file, the
+//! rows read again by id (`fewshot_<n>.*`). Memory holds up to four pages (read ahead,
+//! rendering, queued for the writer, writing; [`PAGE_SIZE`] rows each), the item cache, one Parquet row group per open file, the
 //! (id, label) list (17 bytes per train row) and the dedup set (16 bytes per row) — flat in the
 //! corpus size but for those last two. Files list rows in task id order; nothing depends on the
 //! clock or on thread timing, so the same run exported twice gives byte-identical files.
@@ -33,7 +33,7 @@ use crate::manifest::{
     TemplateInfo, Templates,
 };
 
-/// Tasks read per page. Three pages are in memory at once (see the module doc); at 2,000 the
+/// Tasks read per page. Up to four pages are in memory at once (see the module doc); at 2,000 the
 /// JSONL + Parquet export of a 100k-row corpus peaked at 255 MiB RSS, at 500 at 139 MiB, no
 /// slower (BENCHMARKS.md).
 pub const PAGE_SIZE: usize = 500;

@@ -18,7 +18,8 @@ if [ ! -f "$DATA/ratings.dat" ]; then
   "$BIN" dataset generate --format ml-1m --out "$DATA" --users 16667 --items 3700 --min-ratings 20 --max-ratings 100 --seed 1
 fi
 DB="rr_bench_$$"
-export REASONREC__DATABASE__URL="postgres://postgres@127.0.0.1:5432/$DB"
+# Postgres is on loopback: no TLS (PGSSLMODE=prefer measures with it; BENCHMARKS.md, session 4).
+export REASONREC__DATABASE__URL="postgres://postgres@127.0.0.1:5432/$DB?sslmode=${PGSSLMODE:-disable}"
 export REASONREC__LOG__FILTER=warn
 "$BIN" migrate >/dev/null
 trap 'psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1 || true' EXIT

@@ -8,9 +8,9 @@
 #   scripts/bench_e2e.sh [RUNS] [USERS] [WORKERS]      e.g. scripts/bench_e2e.sh 3
 # Scenario 2 (latency-bound) is the same with LATENCY_MS=200 CONCURRENCY=2000 and one worker:
 #   LATENCY_MS=200 CONCURRENCY=2000 scripts/bench_e2e.sh 1 16667 1
-# Scenario 6 (export) runs on the corpus the last run made, with EXPORT=1: `train export` of its
-# rationales to JSONL, then to JSONL + Parquet, EXPORT_RUNS times each (default 3), median time,
-# spread and peak RSS.
+# Scenario 6 (export) runs on the corpus the last run made, with EXPORT=1: `scripts/bench_export.sh`
+# exports its rationales to JSONL, then to JSONL + Parquet, EXPORT_RUNS times each (default 3):
+# median time, spread and peak RSS. KEEP_DB=1 keeps the last run's database for more exports.
 # Prints markdown tables; APPEND=1 also appends them to BENCHMARKS.md with the commit, machine
 # facts and date.
 set -euo pipefail
@@ -58,7 +58,8 @@ rows=()
 for run in $(seq 1 "$RUNS"); do
   # A fresh database per run: the ledger of an earlier run would answer every task.
   drop_db; DB="rr_bench_e2e_$$_$run"
-  export REASONREC__DATABASE__URL="postgres://postgres@127.0.0.1:5432/$DB"
+  # Postgres is on loopback: no TLS (PGSSLMODE=prefer measures with it; BENCHMARKS.md, session 4).
+  export REASONREC__DATABASE__URL="postgres://postgres@127.0.0.1:5432/$DB?sslmode=${PGSSLMODE:-disable}"
   "$BIN" migrate >/dev/null
   "$BIN" ingest --format ml-1m --path "$DATA" --dataset e2e >/dev/null
   "$BIN" mock-teacher --bind 127.0.0.1:0 --latency-ms "$LATENCY_MS" >"$OUT/e2e-mock.out" 2>/dev/null & MOCK=$!; PIDS+=("$MOCK")
@@ -113,26 +114,7 @@ done
 export_rows=()
 if [ "${EXPORT:-0}" = 1 ]; then
   RUN_ID=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["plan"]["run_id"])' "$OUT/e2e-run.json")
-  for fmt in jsonl both; do
-    times=()
-    for _ in $(seq 1 "${EXPORT_RUNS:-3}"); do
-      rm -rf "$OUT/export-$fmt"
-      /usr/bin/time -f "%e %M %U %S" -o "$OUT/export.time" "$BIN" --config "$CFG" train export --run "$RUN_ID" --out "$OUT/export-$fmt" --format "$fmt" --json >"$OUT/export.json"
-      times+=("$(cat "$OUT/export.time")")
-    done
-    n=$(python3 -c 'import json,sys; m=json.load(open(sys.argv[1])); print(sum(f["rows"] for f in m["files"] if f["name"] in ("train.jsonl","validation.jsonl","test.jsonl")))' "$OUT/export-$fmt/manifest.json")
-    bytes=$(du -sb "$OUT/export-$fmt" | cut -f1)
-    export_rows+=("$(python3 - "$fmt" "$n" "$bytes" "${times[@]}" <<'PY2'
-import statistics, sys
-fmt, n, nbytes, runs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), [t.split() for t in sys.argv[4:]]
-secs = [float(r[0]) for r in runs]; med = statistics.median(secs)
-rss = statistics.median(int(r[1]) for r in runs) // 1024
-cpu = statistics.median(float(r[2]) + float(r[3]) for r in runs)
-print(f"| export {fmt} | {n:,} rows, {len(runs)} runs | {med:.2f} s ({min(secs):.2f}-{max(secs):.2f}) | {n / med:,.0f} rows/s (median) | {nbytes // 1048576} MiB written, exporter CPU {cpu:.1f} s | peak RSS {rss} MiB |")
-PY2
-)")
-    rm -rf "$OUT/export-$fmt"
-  done
+  mapfile -t export_rows < <(BIN="$BIN" CONFIG="$CFG" scripts/bench_export.sh "$RUN_ID")
 fi
 table=$(
 python3 - "$COMMIT" "$WORKERS x $CONCURRENCY in flight, mock $LATENCY_MS ms" "${rows[@]}" <<'PY'

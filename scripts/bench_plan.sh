@@ -16,7 +16,8 @@ OUT="$PWD/target/bench"; mkdir -p "$OUT"
 DATA="$OUT/plan-ml1m-$USERS"
 [ -f "$DATA/ratings.dat" ] || "$BIN" dataset generate --format ml-1m --out "$DATA" --users "$USERS" --items 3700 --min-ratings 20 --max-ratings 30 --seed 5 >/dev/null
 DB="rr_bench_plan_$$"; PREFIX="rr-bench-plan-$$"
-export REASONREC__DATABASE__URL="postgres://postgres@127.0.0.1:5432/$DB"
+# Postgres is on loopback: no TLS (PGSSLMODE=prefer measures with it; BENCHMARKS.md, session 4).
+export REASONREC__DATABASE__URL="postgres://postgres@127.0.0.1:5432/$DB?sslmode=${PGSSLMODE:-disable}"
 export REASONREC__LOG__FILTER=warn
 export REASONREC__BROKER__PREFIX="$PREFIX"
 export REASONREC__COORDINATOR__MAX_OUTSTANDING=5000000

@@ -36,10 +36,11 @@ start_mock() { # json-config -> sets MOCK_URL
   done
 }
 
+# Postgres is on loopback: no TLS (PGSSLMODE=prefer measures with it; BENCHMARKS.md, session 4).
 config() { # name db endpoint-extra-toml concurrency -> writes $WORK/$name.toml
   cat >"$WORK/$1.toml" <<TOML
 [database]
-url = "postgres://postgres@127.0.0.1:5432/$2"
+url = "postgres://postgres@127.0.0.1:5432/$2?sslmode=${PGSSLMODE:-disable}"
 [broker]
 prefix = "rr-bench-$1-$$"
 [log]

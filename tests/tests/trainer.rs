@@ -522,6 +522,18 @@ async fn partial_exports_say_so_waiting_exports_wait_and_a_cancelled_run_is_an_e
     o.partial = true;
     let m = export(&env, second, &o).await?;
     assert_eq!((m.run.state.as_str(), m.run.complete, m.tasks.exported), ("cancelled", false, 0));
+
+    // A stored input that no longer parses stops the export with the task's id and the field.
+    let bad: Uuid = sqlx::query_scalar(
+        "UPDATE tasks SET input = '{\"user\": 1, \"target\": 2, \"rating\": 4}'
+         WHERE id = (SELECT id FROM tasks WHERE run_id = $1 AND stage = 'reasoning' ORDER BY id LIMIT 1) RETURNING id",
+    )
+    .bind(run)
+    .fetch_one(env.store.pool())
+    .await?;
+    let err = export(&env, run, &options(&tmp.path().join("corrupt"))).await;
+    let msg = err.as_ref().err().map(ToString::to_string).unwrap_or_default();
+    assert!(msg.contains(&bad.to_string()) && msg.contains("malformed input") && msg.contains("history"), "{err:?}");
     broker.close().await;
     env.cleanup().await
 }

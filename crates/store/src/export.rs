@@ -5,6 +5,7 @@
 
 use crate::error::StoreError;
 use crate::pool::Store;
+use reasonrec_core::inputs::ReasoningInput;
 use sqlx::Row;
 use std::collections::HashMap;
 use uuid::Uuid;
@@ -15,8 +16,9 @@ pub struct ExportTask {
     pub id: Uuid,
     pub split: String,
     pub label: bool,
-    /// The task's input (`core::inputs::ReasoningInput`).
-    pub input: serde_json::Value,
+    /// The task's input, decoded straight from the stored JSON (through a `serde_json::Value`
+    /// it cost a tenth of the export's CPU).
+    pub input: ReasoningInput,
     /// Oldest history entries the worker cut from the prompt (the teacher did not see them).
     pub history_truncated: i32,
     pub user_id: i32,
@@ -65,7 +67,10 @@ fn export_task(r: &sqlx::postgres::PgRow) -> Result<ExportTask, StoreError> {
         id,
         split: r.try_get::<Option<String>, _>("split")?.ok_or_else(|| missing("split"))?,
         label: r.try_get::<Option<bool>, _>("label")?.ok_or_else(|| missing("label"))?,
-        input: r.try_get("input")?,
+        input: r
+            .try_get::<sqlx::types::Json<ReasoningInput>, _>("input")
+            .map_err(|e| StoreError::Corrupt(format!("reasoning task {id} has a malformed input: {e}")))?
+            .0,
         history_truncated: r.try_get("history_truncated")?,
         user_id: r.try_get::<Option<i32>, _>("user_id")?.ok_or_else(|| missing("user"))?,
         item_id: r.try_get::<Option<i32>, _>("item_id")?.ok_or_else(|| missing("item"))?,

@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 
-use reasonrec_core::inputs::ReasoningInput;
 use reasonrec_core::view::ItemView;
 use reasonrec_core::{ChatMessage, PromptLibrary};
 use reasonrec_store::export::ExportTask;
@@ -41,20 +40,52 @@ pub struct StudentExample {
     pub reasoning: String,
 }
 
-/// What the student template sees. No label: the student must predict it.
+/// What the student template sees. No label: the student must predict it. The items are
+/// template values built once per (item, liked) and shared between rows ([`PageData::view`]):
+/// minijinja passes a nested `Value` on by reference count instead of serialising it again.
 #[derive(Serialize)]
-struct StudentContext {
-    user_profile: Option<String>,
-    history: Vec<ItemView>,
-    target: ItemView,
+struct StudentContext<'a> {
+    user_profile: Option<&'a str>,
+    history: Vec<minijinja::Value>,
+    target: minijinja::Value,
 }
 
-/// The items and profile outputs one page of tasks mentions.
+/// The items and profile outputs one page of tasks mentions, and the template values of the
+/// items built so far.
 #[derive(Debug, Default)]
 pub struct PageData {
     pub items: HashMap<i32, ItemRow>,
     pub item_profiles: HashMap<i32, String>,
     pub user_profiles: HashMap<i32, String>,
+    /// Built item views by (item, liked): popular items recur in most rows' histories, and
+    /// building a view (attributes parsed, strings copied, serialised for the template) was the
+    /// larger part of rendering. Must be emptied whenever `items` or `item_profiles` lose or
+    /// change an entry ([`PageData::clear_items`]).
+    views: HashMap<(i32, Option<bool>), minijinja::Value>,
+}
+
+impl PageData {
+    /// Forgets every item, item profile and built view.
+    pub fn clear_items(&mut self) {
+        self.items.clear();
+        self.item_profiles.clear();
+        self.views.clear();
+    }
+
+    /// The template value of item `id` as `task` shows it (`liked`: in a history; `None`: the target).
+    fn view(&mut self, task: &ExportTask, id: i32, liked: Option<bool>) -> Result<minijinja::Value, TrainerError> {
+        if let Some(v) = self.views.get(&(id, liked)) {
+            return Ok(v.clone());
+        }
+        let row = self
+            .items
+            .get(&id)
+            .ok_or_else(|| TrainerError::BadTask { task: task.id, message: format!("item {id} is not in its dataset") })?;
+        let view = ItemView::new(&row.title, &row.attrs, self.item_profiles.get(&id).cloned(), liked);
+        let value = minijinja::Value::from_serialize(&view);
+        self.views.insert((id, liked), value.clone());
+        Ok(value)
+    }
 }
 
 /// The teacher's reasoning in an answer: the text after the last line that starts with
@@ -81,41 +112,26 @@ pub fn target_text(label: bool, reasoning: &str) -> String {
     format!("Prediction: {}\nReasoning: {reasoning}", if label { "Yes" } else { "No" })
 }
 
-/// The parsed input of a task, with the history the teacher saw (the oldest
-/// `history_truncated` entries dropped).
-pub fn task_input(task: &ExportTask) -> Result<ReasoningInput, TrainerError> {
-    use serde::Deserialize;
-    let mut input = ReasoningInput::deserialize(&task.input)
-        .map_err(|e| TrainerError::BadTask { task: task.id, message: format!("malformed input: {e}") })?;
-    let cut = usize::try_from(task.history_truncated.max(0)).unwrap_or(0).min(input.history.len());
-    input.history.drain(..cut);
-    Ok(input)
+/// Cuts the task's history to what the teacher saw: the oldest `history_truncated` entries go.
+pub fn cut_to_seen_history(task: &mut ExportTask) {
+    let cut = usize::try_from(task.history_truncated.max(0)).unwrap_or(0).min(task.input.history.len());
+    task.input.history.drain(..cut);
 }
 
-fn item_view(task: &ExportTask, data: &PageData, id: i32, liked: Option<bool>) -> Result<ItemView, TrainerError> {
-    let row = data
-        .items
-        .get(&id)
-        .ok_or_else(|| TrainerError::BadTask { task: task.id, message: format!("item {id} is not in its dataset") })?;
-    Ok(ItemView::new(&row.title, &row.attrs, data.item_profiles.get(&id).cloned(), liked))
-}
-
-/// Builds the example of `task` (whose parsed input is `input`) with its `reasoning`.
+/// Builds the example of `task` (its history already cut to what the teacher saw) with its
+/// `reasoning`.
 pub fn build_example(
     prompts: &PromptLibrary,
     family: &str,
     task: &ExportTask,
-    input: &ReasoningInput,
     reasoning: &str,
-    data: &PageData,
+    data: &mut PageData,
 ) -> Result<StudentExample, TrainerError> {
+    let input = &task.input;
     let history =
-        input.history.iter().map(|h| item_view(task, data, h.item, Some(h.liked))).collect::<Result<Vec<_>, _>>()?;
-    let ctx = StudentContext {
-        user_profile: data.user_profiles.get(&task.user_id).cloned(),
-        history,
-        target: item_view(task, data, input.target, None)?,
-    };
+        input.history.iter().map(|h| data.view(task, h.item, Some(h.liked))).collect::<Result<Vec<_>, _>>()?;
+    let target = data.view(task, input.target, None)?;
+    let ctx = StudentContext { user_profile: data.user_profiles.get(&task.user_id).map(String::as_str), history, target };
     let rendered = prompts.render_kind(STUDENT_KIND, family, &ctx)?;
     let join = |role: &str| {
         rendered.messages.iter().filter(|m| m.role == role).map(|m| m.content.as_str()).collect::<Vec<_>>().join("\n\n")
@@ -161,14 +177,17 @@ mod tests {
 
     #[test]
     fn the_teacher_saw_the_truncated_history() {
-        let task = ExportTask {
+        let entry = |item, liked| reasonrec_core::inputs::HistoryEntry { item, liked, rating: 4.0 };
+        let mut task = ExportTask {
             id: uuid::Uuid::nil(),
             split: "test".into(),
             label: true,
-            input: serde_json::json!({"user": 1, "target": 9, "rating": 4.0, "history": [
-                {"item": 1, "liked": true, "rating": 5.0},
-                {"item": 2, "liked": false, "rating": 1.0},
-                {"item": 3, "liked": true, "rating": 4.0}]}),
+            input: reasonrec_core::inputs::ReasoningInput {
+                user: 1,
+                target: 9,
+                rating: 4.0,
+                history: vec![entry(1, true), entry(2, false), entry(3, true)],
+            },
             history_truncated: 2,
             user_id: 1,
             item_id: 9,
@@ -180,9 +199,11 @@ mod tests {
             model: String::new(),
             params: serde_json::json!({}),
         };
-        let input = task_input(&task).map(|i| i.history.iter().map(|h| h.item).collect::<Vec<_>>());
-        assert_eq!(input.ok(), Some(vec![3]));
-        let bad = ExportTask { input: serde_json::json!({"user": 1}), ..task };
-        assert!(matches!(task_input(&bad), Err(TrainerError::BadTask { .. })));
+        cut_to_seen_history(&mut task);
+        assert_eq!(task.input.history.iter().map(|h| h.item).collect::<Vec<_>>(), vec![3]);
+        // More cut than there is: nothing left, no panic.
+        task.history_truncated = 5;
+        cut_to_seen_history(&mut task);
+        assert!(task.input.history.is_empty());
     }
 }

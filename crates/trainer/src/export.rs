@@ -18,13 +18,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use reasonrec_core::PromptLibrary;
-use reasonrec_core::inputs::ReasoningInput;
 use reasonrec_store::Store;
 use reasonrec_store::export::{ExportCounts, ExportTask};
 use uuid::Uuid;
 
 use crate::TrainerError;
-use crate::example::{PageData, STUDENT_KIND, StudentExample, build_example, extract_reasoning, task_input};
+use crate::example::{PageData, STUDENT_KIND, StudentExample, build_example, cut_to_seen_history, extract_reasoning};
 use crate::fewshot;
 use crate::files::{BackgroundSinks, ExampleSink, FileEntry, Format};
 use crate::filters::{FilterOptions, Filters};
@@ -125,10 +124,9 @@ pub async fn wait_for_run(
     }
 }
 
-/// One task ready to become an example.
+/// One task ready to become an example (its history cut to what the teacher saw).
 struct Pending {
     task: ExportTask,
-    input: ReasoningInput,
     reasoning: String,
 }
 
@@ -150,18 +148,17 @@ impl Lookups {
     }
 
     /// Reads what the page's tasks mention and the cache lacks: three queries at most.
-    async fn load(&mut self, store: &Store, page: &[Pending]) -> Result<&PageData, TrainerError> {
+    async fn load(&mut self, store: &Store, page: &[Pending]) -> Result<&mut PageData, TrainerError> {
         let mut users: Vec<i32> = page.iter().map(|p| p.task.user_id).collect();
         users.sort_unstable();
         users.dedup();
         let mut items: Vec<i32> =
-            page.iter().flat_map(|p| p.input.history.iter().map(|h| h.item).chain([p.input.target])).collect();
+            page.iter().flat_map(|p| p.task.input.history.iter().map(|h| h.item).chain([p.task.input.target])).collect();
         items.sort_unstable();
         items.dedup();
         let mut missing: Vec<i32> = items.iter().copied().filter(|i| !self.data.items.contains_key(i)).collect();
         if self.data.items.len() + missing.len() > ITEM_CACHE {
-            self.data.items.clear();
-            self.data.item_profiles.clear();
+            self.data.clear_items();
             missing = items;
         }
         self.data.user_profiles = store.export_user_profiles(self.run_id, &users).await?;
@@ -169,7 +166,7 @@ impl Lookups {
             self.data.items.extend(store.load_items(self.dataset_id, &missing).await?);
             self.data.item_profiles.extend(store.export_item_profiles(self.run_id, &missing).await?);
         }
-        Ok(&self.data)
+        Ok(&mut self.data)
     }
 }
 
@@ -177,9 +174,9 @@ fn examples(
     prompts: &PromptLibrary,
     family: &str,
     page: &[Pending],
-    data: &PageData,
+    data: &mut PageData,
 ) -> Result<Vec<StudentExample>, TrainerError> {
-    page.iter().map(|p| build_example(prompts, family, &p.task, &p.input, &p.reasoning, data)).collect()
+    page.iter().map(|p| build_example(prompts, family, &p.task, &p.reasoning, data)).collect()
 }
 
 fn split_index(task: &ExportTask) -> Result<usize, TrainerError> {
@@ -236,13 +233,13 @@ pub async fn export_run(
         let Some(last) = tasks.last() else { break };
         next = read(last.id);
         let mut page = Vec::with_capacity(tasks.len());
-        for task in tasks {
+        for mut task in tasks {
             let reasoning = extract_reasoning(&task.text).to_string();
             if !filters.keep(&reasoning, task.label) {
                 continue;
             }
-            let input = task_input(&task)?;
-            page.push(Pending { task, input, reasoning });
+            cut_to_seen_history(&mut task);
+            page.push(Pending { task, reasoning });
         }
         let data = lookups.load(store, &page).await?;
         let rows = examples(prompts, family, &page, data)?;
@@ -333,10 +330,10 @@ async fn write_few_shot(
             )));
         }
         let mut page = Vec::with_capacity(tasks.len());
-        for task in tasks {
+        for mut task in tasks {
             let reasoning = extract_reasoning(&task.text).to_string();
-            let input = task_input(&task)?;
-            page.push(Pending { task, input, reasoning });
+            cut_to_seen_history(&mut task);
+            page.push(Pending { task, reasoning });
         }
         let data = lookups.load(store, &page).await?;
         let rows = examples(prompts, family, &page, data)?;

@@ -77,10 +77,10 @@ impl PageData {
         if let Some(v) = self.views.get(&(id, liked)) {
             return Ok(v.clone());
         }
-        let row = self
-            .items
-            .get(&id)
-            .ok_or_else(|| TrainerError::BadTask { task: task.id, message: format!("item {id} is not in its dataset") })?;
+        let row = self.items.get(&id).ok_or_else(|| TrainerError::BadTask {
+            task: task.id,
+            message: format!("item {id} is not in its dataset"),
+        })?;
         let view = ItemView::new(&row.title, &row.attrs, self.item_profiles.get(&id).cloned(), liked);
         let value = minijinja::Value::from_serialize(&view);
         self.views.insert((id, liked), value.clone());
@@ -131,7 +131,8 @@ pub fn build_example(
     let history =
         input.history.iter().map(|h| data.view(task, h.item, Some(h.liked))).collect::<Result<Vec<_>, _>>()?;
     let target = data.view(task, input.target, None)?;
-    let ctx = StudentContext { user_profile: data.user_profiles.get(&task.user_id).map(String::as_str), history, target };
+    let ctx =
+        StudentContext { user_profile: data.user_profiles.get(&task.user_id).map(String::as_str), history, target };
     let rendered = prompts.render_kind(STUDENT_KIND, family, &ctx)?;
     let join = |role: &str| {
         rendered.messages.iter().filter(|m| m.role == role).map(|m| m.content.as_str()).collect::<Vec<_>>().join("\n\n")

@@ -152,8 +152,10 @@ impl Lookups {
         let mut users: Vec<i32> = page.iter().map(|p| p.task.user_id).collect();
         users.sort_unstable();
         users.dedup();
-        let mut items: Vec<i32> =
-            page.iter().flat_map(|p| p.task.input.history.iter().map(|h| h.item).chain([p.task.input.target])).collect();
+        let mut items: Vec<i32> = page
+            .iter()
+            .flat_map(|p| p.task.input.history.iter().map(|h| h.item).chain([p.task.input.target]))
+            .collect();
         items.sort_unstable();
         items.dedup();
         let mut missing: Vec<i32> = items.iter().copied().filter(|i| !self.data.items.contains_key(i)).collect();

@@ -61,6 +61,19 @@ async fn the_status_page_shows_runs_in_a_real_browser_and_needs_its_token() -> a
     let metrics = http.get(format!("{base}/metrics")).send().await?.text().await?;
     assert!(metrics.contains("reasonrec_tasks_total{stage=\"reasoning\",outcome=\"completed\"}"), "{metrics}");
     assert!(metrics.contains("reasonrec_teacher_request_duration_seconds_bucket"), "{metrics}");
+    // The run gauges (set by the outbox as it drove the run) count every task of the run once.
+    let run_label = format!("run_id=\"{}\"", plan.run_id);
+    let gauged: i64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("reasonrec_run_tasks{") && l.contains(&run_label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<i64>().ok())
+        .sum();
+    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM tasks WHERE run_id = $1")
+        .bind(plan.run_id)
+        .fetch_one(env.store.pool())
+        .await?;
+    assert_eq!(gauged, total, "{metrics}");
+    assert!(metrics.lines().any(|l| l.starts_with("reasonrec_run_cost") && l.contains(&run_label)), "{metrics}");
 
     // The page as a browser renders it: the script fetched the API and drew the run.
     let browser = std::env::var("REASONREC_BROWSER").unwrap_or_else(|_| "chromium".into());

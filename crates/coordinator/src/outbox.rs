@@ -46,8 +46,8 @@ pub struct Outbox {
     /// When `tasks` statistics were last refreshed (every 20 s while runs are served).
     last_analyze: std::sync::Mutex<Option<Instant>>,
     topology: reasonrec_queue::Topology,
-    /// When the queue and run gauges were last updated (every 10 s).
-    last_gauges: std::sync::Mutex<Option<Instant>>,
+    /// When the queue and run gauges are next due ([`gauge_interval`] after the last update).
+    next_gauges: std::sync::Mutex<Option<Instant>>,
     batch: usize,
     max_outstanding: usize,
     republish_after: Duration,
@@ -71,7 +71,7 @@ impl Outbox {
             last_dead_check: std::sync::Mutex::new(None),
             last_analyze: std::sync::Mutex::new(Some(Instant::now())),
             topology: broker.topology().clone(),
-            last_gauges: std::sync::Mutex::new(None),
+            next_gauges: std::sync::Mutex::new(None),
             batch: broker.settings().publish_batch.max(1),
             max_outstanding,
             republish_after,
@@ -220,11 +220,13 @@ impl Outbox {
         Ok(failed)
     }
 
-    /// Updates the queue-depth and run gauges (at most every 10 s): messages waiting in each
-    /// queue, tasks of `runs` by state, and their cost so far.
+    /// Updates the queue-depth and run gauges (at most every [`gauge_interval`]): messages
+    /// waiting in each queue, tasks of `runs` by state, and their cost so far.
     pub async fn update_gauges(&self, runs: &[Uuid]) -> Result<(), CoordinatorError> {
-        if !due(&self.last_gauges, Duration::from_secs(10)) {
-            return Ok(());
+        let now = Instant::now();
+        match self.next_gauges.lock() {
+            Ok(next) if next.is_some_and(|t| now < t) => return Ok(()),
+            _ => {}
         }
         let m = metrics();
         let t = &self.topology;
@@ -237,18 +239,15 @@ impl Outbox {
             m.queue_messages.get_or_create(&vec![("queue", label.to_string())]).set(i64::from(depth));
         }
         for run in runs {
-            let counts = self.store.run_counts(*run).await?;
-            let mut by_state: std::collections::BTreeMap<&str, i64> = std::collections::BTreeMap::new();
-            for states in counts.by_stage.values() {
-                for (state, n) in states {
-                    *by_state.entry(state.as_str()).or_default() += n;
-                }
-            }
+            let (by_state, cost) = self.store.run_gauges(*run).await?;
             for state in ["waiting", "ready", "published", "done", "failed", "cancelled"] {
                 let n = by_state.get(state).copied().unwrap_or(0);
                 m.run_tasks.get_or_create(&vec![("run_id", run.to_string()), ("state", state.to_string())]).set(n);
             }
-            m.run_cost.get_or_create(&vec![("run_id", run.to_string())]).set(counts.cost_usd);
+            m.run_cost.get_or_create(&vec![("run_id", run.to_string())]).set(cost);
+        }
+        if let Ok(mut next) = self.next_gauges.lock() {
+            *next = Some(Instant::now() + gauge_interval(now.elapsed()));
         }
         Ok(())
     }
@@ -298,6 +297,12 @@ impl Outbox {
     }
 }
 
+/// How long after an update of the gauges, which took `took`, the next one is due: every 10 s,
+/// or rarer when counting is slow ([`crate::status::count_interval`]).
+pub fn gauge_interval(took: Duration) -> Duration {
+    crate::status::count_interval(took, Duration::from_secs(10))
+}
+
 /// True (and remembers now) when `every` passed since the last true.
 fn due(last: &std::sync::Mutex<Option<Instant>>, every: Duration) -> bool {
     let now = Instant::now();
@@ -308,5 +313,17 @@ fn due(last: &std::sync::Mutex<Option<Instant>>, every: Duration) -> bool {
         }
         Ok(_) => false,
         Err(_) => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gauges_take_at_most_a_twentieth_of_the_time() {
+        assert_eq!(gauge_interval(Duration::from_millis(20)), Duration::from_secs(10));
+        assert_eq!(gauge_interval(Duration::from_millis(500)), Duration::from_secs(10));
+        assert_eq!(gauge_interval(Duration::from_millis(2_500)), Duration::from_secs(50));
     }
 }

@@ -6,7 +6,15 @@ use reasonrec_store::Store;
 use reasonrec_store::lifecycle::{Budget, dollars};
 use reasonrec_store::runs::RunCounts;
 use serde::Serialize;
+use std::time::Duration;
 use uuid::Uuid;
+
+/// How long after a count of a run's tasks that took `took` the next one may run: `floor`, or
+/// rarer when counting is slow, so that repeating it takes at most a twentieth of the time.
+/// Counts scan every task of a run: at a million tasks, seconds of a Postgres backend each.
+pub fn count_interval(took: Duration, floor: Duration) -> Duration {
+    (took * 20).max(floor)
+}
 
 #[derive(Debug, Clone, Serialize)]
 pub struct RunStatus {

@@ -14,6 +14,7 @@ use reasonrec_store::Store;
 use reasonrec_store::monitor::RunSummary;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 const PAGE: &str = include_str!("../assets/status.html");
 
@@ -23,12 +24,51 @@ struct WebState {
     token: Option<Arc<str>>,
     /// Whether this coordinator holds leadership (shown on the page).
     leading: Arc<std::sync::atomic::AtomicBool>,
+    /// The last `/api/runs` answer: each open page asks every 5 s, and counting a run's tasks
+    /// scans them all, so at a million tasks a run a few open pages would keep Postgres busy.
+    runs_cache: Arc<Cached<Vec<RunView>>>,
 }
 
+/// A value loaded again only after [`crate::status::count_interval`] of the last load's duration
+/// (at least `floor`). Callers wait on the lock while one loads: one load at a time, however
+/// many callers.
+struct Cached<T> {
+    slot: tokio::sync::Mutex<Option<(Instant, Arc<T>)>>,
+    floor: Duration,
+}
+
+impl<T> Cached<T> {
+    fn new(floor: Duration) -> Self {
+        Self { slot: tokio::sync::Mutex::new(None), floor }
+    }
+
+    /// The cached value if it is still fresh at `now`, else what `load` gives (kept on success).
+    async fn get_at<E>(
+        &self,
+        now: Instant,
+        load: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<Arc<T>, E> {
+        let mut slot = self.slot.lock().await;
+        if let Some((until, value)) = slot.as_ref()
+            && now < *until
+        {
+            return Ok(value.clone());
+        }
+        let started = Instant::now();
+        let value = Arc::new(load.await?);
+        let until = Instant::now() + crate::status::count_interval(started.elapsed(), self.floor);
+        *slot = Some((until, value.clone()));
+        Ok(value)
+    }
+}
+
+/// The shortest time an `/api/runs` answer is served again.
+pub const RUNS_CACHE_FLOOR: Duration = Duration::from_secs(2);
+
 #[derive(Serialize)]
-struct RunsResponse {
+struct RunsResponse<'a> {
     leading: bool,
-    runs: Vec<RunView>,
+    runs: &'a [RunView],
 }
 
 #[derive(Deserialize)]
@@ -71,13 +111,17 @@ async fn runs(State(state): State<WebState>, headers: HeaderMap, Query(q): Query
     if !authorized(&state, &headers, &q) {
         return (StatusCode::UNAUTHORIZED, "token required\n").into_response();
     }
-    match load_runs(&state.store).await {
+    match cached_runs(&state).await {
         Ok(runs) => {
             let leading = state.leading.load(std::sync::atomic::Ordering::Relaxed);
-            Json(RunsResponse { leading, runs }).into_response()
+            Json(RunsResponse { leading, runs: &runs }).into_response()
         }
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("cannot read runs: {e}\n")).into_response(),
     }
+}
+
+async fn cached_runs(state: &WebState) -> Result<Arc<Vec<RunView>>, crate::CoordinatorError> {
+    state.runs_cache.get_at(Instant::now(), load_runs(&state.store)).await
 }
 
 async fn load_runs(store: &Store) -> Result<Vec<RunView>, crate::CoordinatorError> {
@@ -98,10 +142,34 @@ pub fn router(
     ready: reasonrec_ops::ReadyCheck,
     leading: Arc<std::sync::atomic::AtomicBool>,
 ) -> Router {
-    let state = WebState { store, token: token.map(Arc::from), leading };
+    let state =
+        WebState { store, token: token.map(Arc::from), leading, runs_cache: Arc::new(Cached::new(RUNS_CACHE_FLOOR)) };
     Router::new()
         .route("/", get(page))
         .route("/api/runs", get(runs))
         .with_state(state)
         .merge(reasonrec_ops::router(ready))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[tokio::test]
+    async fn a_cached_answer_is_served_until_it_is_stale_then_loaded_again() {
+        let loads = AtomicUsize::new(0);
+        let load = || async { Ok::<_, ()>(loads.fetch_add(1, Ordering::SeqCst) + 1) };
+        let cache = Cached::new(Duration::from_secs(60));
+        let now = Instant::now();
+        assert_eq!(cache.get_at(now, load()).await.map(|v| *v), Ok(1));
+        assert_eq!(cache.get_at(now, load()).await.map(|v| *v), Ok(1), "served from the cache");
+        assert_eq!(loads.load(Ordering::SeqCst), 1);
+        let later = now + Duration::from_secs(3600);
+        assert_eq!(cache.get_at(later, load()).await.map(|v| *v), Ok(2), "stale: loaded again");
+        // A failed load keeps nothing and is tried again next time.
+        let failing = Cached::<usize>::new(Duration::from_secs(60));
+        assert_eq!(failing.get_at(now, async { Err::<usize, _>("down") }).await, Err("down"));
+        assert_eq!(failing.get_at(now, load()).await.map(|v| *v), Ok(3));
+    }
 }

@@ -384,6 +384,21 @@ impl Store {
         Ok(self.get_run(run_id).await?.state)
     }
 
+    /// What the coordinator's run gauges show: the run's tasks by state and its spend. Two
+    /// statements (`run_counts` runs seven, three of them over every task of the run).
+    pub async fn run_gauges(&self, run_id: Uuid) -> Result<(BTreeMap<String, i64>, f64), StoreError> {
+        let rows = sqlx::query("SELECT state, count(*) FROM tasks WHERE run_id = $1 GROUP BY 1")
+            .bind(run_id)
+            .fetch_all(self.pool())
+            .await?;
+        let by_state = rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect::<Result<_, sqlx::Error>>()?;
+        let cost: f64 = sqlx::query_scalar("SELECT COALESCE(sum(cost_usd), 0)::float8 FROM attempts WHERE run_id = $1")
+            .bind(run_id)
+            .fetch_one(self.pool())
+            .await?;
+        Ok((by_state, cost))
+    }
+
     pub async fn run_counts(&self, run_id: Uuid) -> Result<RunCounts, StoreError> {
         let mut c = RunCounts::default();
         let rows = sqlx::query("SELECT stage, state, count(*) FROM tasks WHERE run_id = $1 GROUP BY 1, 2")

@@ -1,12 +1,10 @@
 #!/usr/bin/env bash
-# Benchmarks that exist so far: ingest of a generated 1M-rating ml-1m dataset, planning a run
-# over it (no publishing), and (with E2E=1) end-to-end rationales/s: 100,008 reasoning tasks,
-# mock at 0 ms, 2 workers, from run create to the last commit (run once: it takes minutes).
-# Runs ingest/plan RUNS times (default 3) on a release build, prints medians and spread, and
-# appends a dated section to BENCHMARKS.md.
-#   scripts/bench.sh [RUNS]        E2E=1 scripts/bench.sh [RUNS]
-# The scenarios of the benchmarks issue (end-to-end rationales/s, latency-bound, rate-limit
-# fidelity, 1M-task publish, export) are not here yet.
+# Benchmark scenario 5 (issue 6): ingest of a generated 1M-rating ml-1m dataset, and planning a
+# 3-stage run over it (no publishing). Runs each RUNS times (default 3) on a release build and
+# prints medians and spread; APPEND=1 appends a dated section to BENCHMARKS.md.
+#   scripts/bench.sh [RUNS]
+# The other scenarios have their own scripts: bench_e2e.sh (1, 2 and, with EXPORT=1, 6),
+# bench_teacher.sh (3), bench_plan.sh (4), bench_export.sh (6 on a kept corpus).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-3}
@@ -40,54 +38,6 @@ done
 TASKS=$(psql -h 127.0.0.1 -U postgres -d "$DB" -Atc "SELECT count(*) FROM tasks t JOIN runs r ON r.id = t.run_id JOIN datasets d ON d.id = r.dataset_id WHERE d.name = 'bench1'")
 RATINGS=$(wc -l < "$DATA/ratings.dat")
 
-e2e_row=""
-if [ "${E2E:-0}" = 1 ]; then
-  MOCK_OUT="$PWD/target/bench/e2e-mock.out"
-  "$BIN" mock-teacher --bind 127.0.0.1:0 >"$MOCK_OUT" 2>/dev/null & MOCK=$!
-  sleep 0.5
-  MOCK_URL=$(sed -n 's/^mock teacher listening on \(http.*\)$/\1/p' "$MOCK_OUT")
-  CFG="$PWD/target/bench/e2e.toml"
-  cat >"$CFG" <<TOML
-[broker]
-prefix = "rr-bench-e2e-$$"
-[log]
-filter = "warn"
-[sampling]
-splits = ["train", "validation", "test"]
-train_targets_per_user = 4
-[stages]
-item_profile = false
-user_profile = false
-[worker]
-concurrency = 256
-[coordinator]
-poll_interval_ms = 100
-[[teacher.endpoints]]
-name = "mock"
-base_url = "$MOCK_URL"
-model = "mock-teacher"
-max_in_flight = 512
-TOML
-  W1=""; W2=""
-  "$BIN" --config "$CFG" worker --name e2e-1 2>/dev/null & W1=$!
-  "$BIN" --config "$CFG" worker --name e2e-2 2>/dev/null & W2=$!
-  sleep 1
-  t0=$(date +%s.%N)
-  "$BIN" --config "$CFG" run create --dataset bench1 --wait --json >"$PWD/target/bench/e2e-run.json" || true
-  t1=$(date +%s.%N)
-  for p in $W1 $W2; do ps -o rss= -p "$p"; done > "$PWD/target/bench/e2e-rss.txt" || true
-  kill -TERM $W1 $W2 $MOCK 2>/dev/null || true
-  wait $W1 $W2 $MOCK 2>/dev/null || true
-  e2e_row=$(python3 - "$PWD/target/bench/e2e-run.json" "$t0" "$t1" "$PWD/target/bench/e2e-rss.txt" <<'PY'
-import json, sys
-r = json.load(open(sys.argv[1])); s = r["status"]
-secs = float(sys.argv[3]) - float(sys.argv[2])
-rss = [int(x) for x in open(sys.argv[4]).read().split()]
-print(f"| end to end: 2 workers, mock 0 ms, all persisted and acked | {s['done']:,} rationales ({s['failed']} failed) | {secs:.1f} s | 1 run | {s['done']/secs:,.0f} rationales/s | workers {max(rss)//1024 if rss else 0} MiB |")
-PY
-)
-fi
-
 report=$(python3 - "$RATINGS" "$TASKS" "${ingest[*]}" "${ingest_rss[*]}" "${plan[*]}" "${plan_rss[*]}" <<'PY'
 import statistics, sys
 ratings, tasks = int(sys.argv[1]), int(sys.argv[2])
@@ -102,14 +52,12 @@ print(row("ingest ml-1m (parse + COPY, one transaction)", sys.argv[3], sys.argv[
 print(row("plan a run (3 stages, 3 splits; no publish)", sys.argv[5], sys.argv[6], "tasks", tasks))
 PY
 )
-[ -n "$e2e_row" ] && report="$report
-$e2e_row"
 echo "$report"
-{
+[ "${APPEND:-0}" = 1 ] && {
   echo
   echo "## $(date -u +%Y-%m-%d) — commit $(git rev-parse --short HEAD), $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB"
   echo
   echo "Command: \`scripts/bench.sh $RUNS\` ($RUNS runs each, release build, Postgres $(psql -h 127.0.0.1 -U postgres -Atc 'SHOW server_version' | cut -d' ' -f1) on the same machine)."
   echo
   echo "$report"
-} >> BENCHMARKS.md
+} >> BENCHMARKS.md || true

@@ -33,9 +33,7 @@ cleanup() {
   for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
   drop_db
-  for q in tasks dead parked retry.10s retry.60s retry.600s; do
-    rabbitmqctl -q delete_queue "$PREFIX.$q" >/dev/null 2>&1 || true
-  done
+  REASONREC__BROKER__PREFIX="$PREFIX" "$BIN" broker-teardown --yes >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
 

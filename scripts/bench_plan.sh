@@ -25,7 +25,7 @@ export REASONREC__STAGES__ITEM_PROFILE=false REASONREC__STAGES__USER_PROFILE=fal
 export REASONREC__SAMPLING__TRAIN_TARGETS_PER_USER=4
 cleanup() {
   psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1 || true
-  for q in tasks dead parked retry.10s retry.60s retry.600s; do rabbitmqctl -q delete_queue "$PREFIX.$q" >/dev/null 2>&1 || true; done
+  "$BIN" broker-teardown --yes >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
 "$BIN" migrate >/dev/null

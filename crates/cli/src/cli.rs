@@ -43,6 +43,10 @@ pub enum Command {
     Coordinator,
     /// Serve the mock teacher (OpenAI chat-completions protocol) for tests, demo and benchmarks.
     MockTeacher(MockTeacherArgs),
+    /// Delete the broker topology of `broker.prefix`: its queues (with the messages in them) and
+    /// exchanges. For benchmarks and decommissioning; Postgres keeps every task, and a running
+    /// coordinator declares the topology again and republishes what was queued.
+    BrokerTeardown(BrokerTeardownArgs),
     /// Load an endpoint through the real teacher client (limits, retries) and report its
     /// throughput: how much one worker's teacher path can push, without queue or database.
     TeacherLoad(TeacherLoadArgs),
@@ -296,6 +300,13 @@ pub struct WorkerArgs {
     /// Overrides worker.concurrency (= prefetch).
     #[arg(long)]
     pub concurrency: Option<u16>,
+}
+
+#[derive(Debug, Args)]
+pub struct BrokerTeardownArgs {
+    /// Required: the queued messages are deleted with the queues.
+    #[arg(long)]
+    pub yes: bool,
 }
 
 #[derive(Debug, Args)]

@@ -105,6 +105,34 @@ fn configuration_errors_name_the_key() -> anyhow::Result<()> {
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_teardown_deletes_the_prefix_queues_only_when_told_yes() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let broker = env.broker().await?; // declares the topology
+    // A passive declare of the work queue: fails (and closes its channel) once it is gone.
+    async fn exists(broker: &reasonrec_queue::Broker) -> anyhow::Result<bool> {
+        let ch = broker.channel().await?;
+        Ok(broker.topology().queue_depth(&ch, &broker.topology().work_queue).await.is_ok())
+    }
+    assert!(exists(&broker).await?);
+    let config = write_config(&env, 4)?;
+    let teardown = |extra: &[&str]| {
+        let mut args = vec!["--config".to_string(), config.display().to_string(), "broker-teardown".into()];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        Command::new(BIN).args(args).output()
+    };
+    let refused = teardown(&[])?;
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--yes"));
+    assert!(exists(&broker).await?, "nothing deleted without --yes");
+    let done = teardown(&["--yes"])?;
+    assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+    assert!(!exists(&broker).await?, "the work queue is gone");
+    broker.close().await;
+    let _ = std::fs::remove_file(config);
+    env.cleanup().await
+}
+
 #[test]
 fn ingest_reports_a_bad_line_with_file_line_and_field() -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("rr-cli-bad-{}", uuid::Uuid::new_v4().simple()));

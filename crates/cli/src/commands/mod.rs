@@ -1,5 +1,6 @@
 //! Subcommand implementations. Each returns the process exit code.
 
+mod broker;
 mod coordinator;
 mod corpus;
 mod data;
@@ -42,6 +43,7 @@ pub async fn dispatch(args: Cli) -> anyhow::Result<ExitCode> {
         Command::Coordinator => coordinator::coordinator(&settings).await,
         Command::Worker(a) => worker::worker(settings, a).await,
         Command::MockTeacher(a) => mock::serve(a).await,
+        Command::BrokerTeardown(a) => broker::teardown(&settings, a).await,
         Command::TeacherLoad(a) => load::teacher_load(&settings, a).await,
         Command::Train(TrainCommand::Export(a)) => train::export(&settings, a).await,
         Command::Train(TrainCommand::Launch(a)) => train::launch(&settings, a).await,

@@ -10,7 +10,7 @@
 #   LATENCY_MS=200 CONCURRENCY=2000 scripts/bench_e2e.sh 1 16667 1
 # Scenario 6 (export) runs on the corpus the last run made, with EXPORT=1: `scripts/bench_export.sh`
 # exports its rationales to JSONL, then to JSONL + Parquet, EXPORT_RUNS times each (default 3):
-# median time, spread and peak RSS. KEEP_DB=1 keeps the last run's database for more exports.
+# median time, spread and peak RSS. KEEP_DB=1 keeps the runs' databases for more exports.
 # Prints markdown tables; APPEND=1 also appends them to BENCHMARKS.md with the commit, machine
 # facts and date.
 set -euo pipefail
@@ -22,6 +22,8 @@ scripts/services.sh >/dev/null
 # machine); by default the release build of this tree.
 COMMIT=${COMMIT:-$(git rev-parse --short HEAD)}  # the label of the build measured
 if [ -z "${BIN:-}" ]; then cargo build --release -p reasonrec-cli; BIN="$PWD/target/release/reasonrec"; fi
+# The topology is deleted by this tree's build (an older BIN may lack `broker-teardown`).
+TEARDOWN_BIN="$PWD/target/release/reasonrec"; [ -x "$TEARDOWN_BIN" ] || TEARDOWN_BIN="$BIN"
 OUT="$PWD/target/bench"; mkdir -p "$OUT"
 DATA="$OUT/e2e-ml1m-$USERS"
 [ -f "$DATA/ratings.dat" ] || "$BIN" dataset generate --format ml-1m --out "$DATA" --users "$USERS" --items 3700 --min-ratings 20 --max-ratings 60 --seed 3 >/dev/null
@@ -33,7 +35,7 @@ cleanup() {
   for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
   drop_db
-  REASONREC__BROKER__PREFIX="$PREFIX" "$BIN" broker-teardown --yes >/dev/null 2>&1 || true
+  REASONREC__BROKER__PREFIX="$PREFIX" "$TEARDOWN_BIN" broker-teardown --yes >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
 
@@ -112,7 +114,8 @@ done
 export_rows=()
 if [ "${EXPORT:-0}" = 1 ]; then
   RUN_ID=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["plan"]["run_id"])' "$OUT/e2e-run.json")
-  mapfile -t export_rows < <(BIN="$BIN" CONFIG="$CFG" scripts/bench_export.sh "$RUN_ID")
+  BIN="$BIN" CONFIG="$CFG" scripts/bench_export.sh "$RUN_ID" >"$OUT/export-rows.md"  # stops here if it fails
+  mapfile -t export_rows <"$OUT/export-rows.md"
 fi
 table=$(
 python3 - "$COMMIT" "$WORKERS x $CONCURRENCY in flight, mock $LATENCY_MS ms" "${rows[@]}" <<'PY'

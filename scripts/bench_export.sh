@@ -5,7 +5,7 @@
 #   REASONREC__DATABASE__URL=postgres://... scripts/bench_export.sh RUN_ID [FORMATS]
 # FORMATS: space-separated, default "jsonl both". BIN=path/to/reasonrec measures another build
 # (as in bench_e2e.sh); CONFIG=file passes a config file. `scripts/bench_e2e.sh` calls this with
-# EXPORT=1 on the run it just made; `KEEP_DB=1 scripts/bench_e2e.sh` keeps that run's database so
+# EXPORT=1 on the run it just made; `KEEP_DB=1 scripts/bench_e2e.sh` keeps its runs' databases so
 # this script can be run on it again (the run id is in target/bench/e2e-run.json).
 set -euo pipefail
 cd "$(dirname "$0")/.."

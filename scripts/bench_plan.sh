@@ -12,6 +12,8 @@ scripts/services.sh >/dev/null
 # machine); by default the release build of this tree.
 COMMIT=${COMMIT:-$(git rev-parse --short HEAD)}  # the label of the build measured
 if [ -z "${BIN:-}" ]; then cargo build --release -p reasonrec-cli; BIN="$PWD/target/release/reasonrec"; fi
+# The topology is deleted by this tree's build (an older BIN may lack `broker-teardown`).
+TEARDOWN_BIN="$PWD/target/release/reasonrec"; [ -x "$TEARDOWN_BIN" ] || TEARDOWN_BIN="$BIN"
 OUT="$PWD/target/bench"; mkdir -p "$OUT"
 DATA="$OUT/plan-ml1m-$USERS"
 [ -f "$DATA/ratings.dat" ] || "$BIN" dataset generate --format ml-1m --out "$DATA" --users "$USERS" --items 3700 --min-ratings 20 --max-ratings 30 --seed 5 >/dev/null
@@ -25,7 +27,7 @@ export REASONREC__STAGES__ITEM_PROFILE=false REASONREC__STAGES__USER_PROFILE=fal
 export REASONREC__SAMPLING__TRAIN_TARGETS_PER_USER=4
 cleanup() {
   psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1 || true
-  "$BIN" broker-teardown --yes >/dev/null 2>&1 || true
+  "$TEARDOWN_BIN" broker-teardown --yes >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
 "$BIN" migrate >/dev/null

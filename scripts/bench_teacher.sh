@@ -26,7 +26,7 @@ PIDS=()
 stop_all() { for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill -TERM "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; PIDS=(); }
 DBS=()
 trap 'stop_all; for d in "${DBS[@]:-}"; do psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS $d WITH (FORCE)" >/dev/null 2>&1 || true; done
-  for c in "$WORK"/*.toml; do [ -f "$c" ] && "$BIN" --config "$c" broker-teardown --yes >/dev/null 2>&1; done; true' EXIT
+  for c in "$WORK"/*.toml; do [ -f "$c" ] && { "$BIN" --config "$c" broker-teardown --yes >/dev/null 2>&1 || true; }; done; true' EXIT
 
 start_mock() { # json-config -> sets MOCK_URL
   "$BIN" mock-teacher --bind 127.0.0.1:0 --config-json "$1" >"$WORK/mock.out" 2>"$WORK/mock.log" &

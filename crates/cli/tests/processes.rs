@@ -128,6 +128,13 @@ async fn broker_teardown_deletes_the_prefix_queues_only_when_told_yes() -> anyho
     let done = teardown(&["--yes"])?;
     assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
     assert!(!exists(&broker).await?, "the work queue is gone");
+    let again = teardown(&["--yes"])?;
+    assert!(
+        again.status.success(),
+        "nothing left to delete is not an error: {}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert!(!exists(&broker).await?, "and it declared nothing");
     broker.close().await;
     let _ = std::fs::remove_file(config);
     env.cleanup().await

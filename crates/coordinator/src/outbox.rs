@@ -226,7 +226,9 @@ impl Outbox {
         let now = Instant::now();
         match self.next_gauges.lock() {
             Ok(next) if next.is_some_and(|t| now < t) => return Ok(()),
-            _ => {}
+            // Reserved before counting, so a second caller meanwhile does not count too.
+            Ok(mut next) => *next = Some(now + gauge_interval(Duration::ZERO)),
+            Err(_) => {}
         }
         let m = metrics();
         let t = &self.topology;

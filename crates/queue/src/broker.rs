@@ -19,13 +19,19 @@ pub struct Broker {
 impl Broker {
     /// Connects and declares the topology.
     pub async fn connect(settings: &BrokerSettings, connection_name: &str) -> Result<Self, QueueError> {
-        let props = ConnectionProperties::default().with_connection_name(connection_name.into());
-        let connection = deadline("connect", 30, Connection::connect(&settings.url, props)).await?;
-        let broker = Self { connection, topology: Topology::new(settings), settings: settings.clone() };
+        let broker = Self::connect_undeclared(settings, connection_name).await?;
         let ch = broker.channel().await?;
         broker.topology.declare(&ch).await?;
         let _ = deadline("channel.close", CLOSE_WAIT.as_secs(), ch.close(200, "topology declared".into())).await;
         Ok(broker)
+    }
+
+    /// Connects without declaring anything: for deleting a topology, whose declaration may be
+    /// refused (PRECONDITION_FAILED) when its arguments changed.
+    pub async fn connect_undeclared(settings: &BrokerSettings, connection_name: &str) -> Result<Self, QueueError> {
+        let props = ConnectionProperties::default().with_connection_name(connection_name.into());
+        let connection = deadline("connect", 30, Connection::connect(&settings.url, props)).await?;
+        Ok(Self { connection, topology: Topology::new(settings), settings: settings.clone() })
     }
 
     pub fn topology(&self) -> &Topology {

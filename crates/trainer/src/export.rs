@@ -9,9 +9,10 @@
 //! its split's files (`train`, `validation`, `test`; JSONL and/or Parquet). Only (id, label) of
 //! kept training rows is collected; after the pass the few-shot sets are drawn from them and their
 //! rows read again by id (`fewshot_<n>.*`). Memory holds up to four pages (read ahead,
-//! rendering, queued for the writer, writing; [`PAGE_SIZE`] rows each), the item cache, one Parquet row group per open file, the
-//! (id, label) list (17 bytes per train row) and the dedup set (16 bytes per row) — flat in the
-//! corpus size but for those last two. Files list rows in task id order; nothing depends on the
+//! rendering, queued for the writer, writing; [`PAGE_SIZE`] rows each), the item cache with up
+//! to three built template values per item (liked, disliked, target), one Parquet row group per
+//! open file, the (id, label) list (17 bytes per train row) and the dedup set (16 bytes per row)
+//! — flat in the corpus size but for those last two. Files list rows in task id order; nothing depends on the
 //! clock or on thread timing, so the same run exported twice gives byte-identical files.
 
 use std::path::{Path, PathBuf};

@@ -42,17 +42,18 @@ pub struct Outbox {
     dead_channel: Channel,
     dead_queue: String,
     redirect: Redirector,
-    last_dead_check: std::sync::Mutex<Option<Instant>>,
-    /// When `tasks` statistics were last refreshed (every 20 s while runs are served).
-    last_analyze: std::sync::Mutex<Option<Instant>>,
+    /// Looks into the dead queue at most every second.
+    dead_check: Pace,
+    /// Refreshes `tasks` statistics every 20 s while runs are served.
+    analyze: Pace,
     topology: reasonrec_queue::Topology,
-    /// When the queue and run gauges are next due ([`gauge_interval`] after the last update).
-    next_gauges: std::sync::Mutex<Option<Instant>>,
+    /// Updates the queue and run gauges every [`gauge_interval`] of the last update.
+    gauges: Pace,
     batch: usize,
     max_outstanding: usize,
     republish_after: Duration,
-    /// When the last look for lost messages ran (it runs at most every `republish_after / 10`).
-    last_stale_check: std::sync::Mutex<Option<std::time::Instant>>,
+    /// Looks for lost messages at most every `republish_after / 10`.
+    stale_check: Pace,
 }
 
 impl Outbox {
@@ -68,14 +69,14 @@ impl Outbox {
             dead_channel,
             dead_queue: broker.topology().dead_queue.clone(),
             redirect: Redirector::new(broker).await?,
-            last_dead_check: std::sync::Mutex::new(None),
-            last_analyze: std::sync::Mutex::new(Some(Instant::now())),
+            dead_check: Pace::now(),
+            analyze: Pace::after(ANALYZE_EVERY),
             topology: broker.topology().clone(),
-            next_gauges: std::sync::Mutex::new(None),
+            gauges: Pace::now(),
             batch: broker.settings().publish_batch.max(1),
             max_outstanding,
             republish_after,
-            last_stale_check: std::sync::Mutex::new(None),
+            stale_check: Pace::now(),
         })
     }
 
@@ -111,7 +112,7 @@ impl Outbox {
         if !crate::lifecycle::may_publish(&self.store, run_id).await? {
             return Ok(report);
         }
-        if due(&self.last_analyze, Duration::from_secs(20)) {
+        if self.analyze.due(ANALYZE_EVERY) {
             self.store.analyze_tasks().await?;
         }
         let stale = if self.stale_check_due() {
@@ -175,7 +176,7 @@ impl Outbox {
 
     fn stale_check_due(&self) -> bool {
         let every = (self.republish_after / 10).clamp(Duration::from_millis(100), Duration::from_secs(60));
-        due(&self.last_stale_check, every)
+        self.stale_check.due(every)
     }
 
     /// Moves dead-lettered task messages into Postgres: each task fails with the reason the
@@ -183,7 +184,7 @@ impl Outbox {
     /// that do not decode are parked. Returns how many tasks changed. Runs at most once a
     /// second from `drive`/`serve`.
     pub async fn record_dead_letters(&self) -> Result<u64, CoordinatorError> {
-        if !due(&self.last_dead_check, Duration::from_secs(1)) {
+        if !self.dead_check.due(Duration::from_secs(1)) {
             return Ok(0);
         }
         let mut failed = 0;
@@ -223,13 +224,10 @@ impl Outbox {
     /// Updates the queue-depth and run gauges (at most every [`gauge_interval`]): messages
     /// waiting in each queue, tasks of `runs` by state, and their cost so far.
     pub async fn update_gauges(&self, runs: &[Uuid]) -> Result<(), CoordinatorError> {
-        let now = Instant::now();
-        match self.next_gauges.lock() {
-            Ok(next) if next.is_some_and(|t| now < t) => return Ok(()),
-            // Reserved before counting, so a second caller meanwhile does not count too.
-            Ok(mut next) => *next = Some(now + gauge_interval(Duration::ZERO)),
-            Err(_) => {}
+        if !self.gauges.due(GAUGES_EVERY) {
+            return Ok(());
         }
+        let started = Instant::now();
         let m = metrics();
         let t = &self.topology;
         let mut queues = vec![("tasks", t.work_queue.as_str()), ("dead", &t.dead_queue), ("parked", &t.parked_queue)];
@@ -248,9 +246,7 @@ impl Outbox {
             }
             m.run_cost.get_or_create(&vec![("run_id", run.to_string())]).set(cost);
         }
-        if let Ok(mut next) = self.next_gauges.lock() {
-            *next = Some(Instant::now() + gauge_interval(now.elapsed()));
-        }
+        self.gauges.not_before(Instant::now() + gauge_interval(started.elapsed()));
         Ok(())
     }
 
@@ -299,28 +295,70 @@ impl Outbox {
     }
 }
 
+/// How often `tasks` statistics are refreshed while runs are served.
+const ANALYZE_EVERY: Duration = Duration::from_secs(20);
+/// The shortest time between two updates of the gauges.
+const GAUGES_EVERY: Duration = Duration::from_secs(10);
+
 /// How long after an update of the gauges, which took `took`, the next one is due: every 10 s,
 /// or rarer when counting is slow ([`crate::status::count_interval`]).
 pub fn gauge_interval(took: Duration) -> Duration {
-    crate::status::count_interval(took, Duration::from_secs(10))
+    crate::status::count_interval(took, GAUGES_EVERY)
 }
 
-/// True (and remembers now) when `every` passed since the last true.
-fn due(last: &std::sync::Mutex<Option<Instant>>, every: Duration) -> bool {
-    let now = Instant::now();
-    match last.lock() {
-        Ok(mut last) if last.is_none_or(|t| now.duration_since(t) >= every) => {
-            *last = Some(now);
-            true
+/// When a periodic chore is next due. [`Pace::due`] books the next time as it answers yes, so
+/// two callers meanwhile do not both run it; [`Pace::not_before`] pushes it further out when the
+/// chore turned out slow. A poisoned lock answers yes: the chores are idempotent.
+struct Pace(std::sync::Mutex<Option<Instant>>);
+
+impl Pace {
+    /// Due at once.
+    fn now() -> Self {
+        Self(std::sync::Mutex::new(None))
+    }
+
+    /// First due after `wait`.
+    fn after(wait: Duration) -> Self {
+        Self(std::sync::Mutex::new(Some(Instant::now() + wait)))
+    }
+
+    /// True when the chore is due, and then not again for `every`.
+    fn due(&self, every: Duration) -> bool {
+        let now = Instant::now();
+        match self.0.lock() {
+            Ok(mut next) if next.is_none_or(|t| now >= t) => {
+                *next = Some(now + every);
+                true
+            }
+            Ok(_) => false,
+            Err(_) => true,
         }
-        Ok(_) => false,
-        Err(_) => true,
+    }
+
+    /// Not due again before `at`.
+    fn not_before(&self, at: Instant) {
+        if let Ok(mut next) = self.0.lock() {
+            *next = Some(next.map_or(at, |t| t.max(at)));
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pace_is_due_once_per_interval_and_can_be_pushed_back() {
+        let pace = Pace::now();
+        assert!(pace.due(Duration::from_secs(3600)));
+        assert!(!pace.due(Duration::from_secs(3600)), "booked an hour ahead");
+        let soon = Pace::now();
+        assert!(soon.due(Duration::ZERO));
+        assert!(soon.due(Duration::ZERO), "nothing booked ahead");
+        soon.not_before(Instant::now() + Duration::from_secs(3600));
+        assert!(!soon.due(Duration::ZERO), "pushed back an hour");
+        assert!(!Pace::after(Duration::from_secs(3600)).due(Duration::ZERO), "first due after the wait");
+    }
 
     #[test]
     fn gauges_take_at_most_a_twentieth_of_the_time() {

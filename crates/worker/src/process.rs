@@ -67,9 +67,14 @@ impl TaskProcessor {
         Self { store, teacher, prompts, options, committer, loader }
     }
 
-    async fn fail(&self, task: (Uuid, Uuid), error: &str, attempts: Vec<AttemptRecord>) -> Result<(), WorkerError> {
+    async fn fail(
+        &self,
+        task_id: Uuid,
+        run_id: Uuid,
+        error: &str,
+        attempts: Vec<AttemptRecord>,
+    ) -> Result<(), WorkerError> {
         let kind = FinishKind::Fail { error: error.to_string() };
-        let (task_id, run_id) = task;
         self.committer.commit(Finish { task_id, run_id, kind, attempts }).await?;
         Ok(())
     }
@@ -114,7 +119,7 @@ impl TaskProcessor {
                         WorkerError::PromptTooLong { .. } => e.to_string(),
                         other => format!("cannot render prompt: {other}"),
                     };
-                    self.fail((task.id, task.run_id), &error, Vec::new()).await?;
+                    self.fail(task.id, task.run_id, &error, Vec::new()).await?;
                     return Ok(Outcome::Failed { error });
                 }
             };
@@ -140,7 +145,6 @@ impl TaskProcessor {
         // dependency outputs: tens of KB) is let go before the call, which is where a task
         // waits longest (2,000 in flight x 200 ms). Measured in BENCHMARKS.md (scenario 2).
         let (id, run_id, stage, label) = (task.id, task.run_id, task.stage, task.label);
-        let task = (id, run_id);
         drop(bundle);
 
         // Ask, validate, and re-ask with the validator's reason, up to `max_reasks` times. The
@@ -160,7 +164,7 @@ impl TaskProcessor {
                 Err(e) => {
                     let error = format!("teacher: {e}");
                     tracing::warn!(task_id = %id, error_class = e.class().as_str(), attempts = attempts.len(), "task failed");
-                    self.fail(task, &error, attempts).await?;
+                    self.fail(id, run_id, &error, attempts).await?;
                     return Ok(Outcome::Failed { error });
                 }
             };
@@ -175,7 +179,7 @@ impl TaskProcessor {
             if reasks >= self.options.max_reasks {
                 let raw: String = answer.text.chars().take(2000).collect();
                 let error = format!("answer rejected ({}): {}; raw answer: {raw}", rejection.code, rejection.message);
-                self.fail(task, &error, attempts).await?;
+                self.fail(id, run_id, &error, attempts).await?;
                 return Ok(Outcome::Failed { error });
             }
             reasks += 1;

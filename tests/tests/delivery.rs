@@ -26,7 +26,7 @@ async fn a_task_committed_but_not_acked_is_redelivered_and_absorbed() -> anyhow:
         .await?
         .ok_or_else(|| anyhow::anyhow!("queue is empty"))?;
     let msg = TaskMessage::decode(&got.delivery.data)?;
-    let outcome = env.processor()?.process(msg.task_id).await?;
+    let outcome = env.processor()?.process(&msg).await?;
     assert_eq!(outcome, Outcome::Completed { reused: false });
     ch.close(200, "dying without ack".into()).await?;
 
@@ -494,7 +494,7 @@ async fn pipelined_outbox_pages_publish_each_ready_task_once_within_the_cap() ->
         .bind(done)
         .execute(s.pool())
         .await?;
-    assert_eq!(s.mark_published(&[done]).await?, 1);
+    assert_eq!(s.mark_published(&[done]).await?.0, 1);
     let (state, at): (String, Option<chrono::DateTime<chrono::Utc>>) =
         sqlx::query_as("SELECT state, published_at FROM tasks WHERE id = $1").bind(done).fetch_one(s.pool()).await?;
     assert_eq!((state.as_str(), at.is_some()), ("failed", true));

@@ -77,6 +77,7 @@ async fn one_batch_completes_fails_reuses_and_releases_dependents_once() -> anyh
         Finish {
             task_id: a,
             run_id: run,
+            inputs_version: 0,
             kind: FinishKind::Complete { key, output: output(key, "profile A"), history_truncated: 0 },
             attempts: vec![attempt()],
         },
@@ -84,12 +85,14 @@ async fn one_batch_completes_fails_reuses_and_releases_dependents_once() -> anyh
         Finish {
             task_id: a,
             run_id: run,
+            inputs_version: 0,
             kind: FinishKind::Complete { key, output: output(key, "profile A"), history_truncated: 0 },
             attempts: vec![attempt()],
         },
         Finish {
             task_id: b,
             run_id: run,
+            inputs_version: 0,
             kind: FinishKind::Fail { error: "teacher: gave up".into() },
             attempts: vec![],
         },
@@ -97,6 +100,7 @@ async fn one_batch_completes_fails_reuses_and_releases_dependents_once() -> anyh
         Finish {
             task_id: c,
             run_id: run,
+            inputs_version: 0,
             kind: FinishKind::Complete { key, output: None, history_truncated: 0 },
             attempts: vec![],
         },
@@ -112,8 +116,8 @@ async fn one_batch_completes_fails_reuses_and_releases_dependents_once() -> anyh
     assert_eq!(count(s, "SELECT count(*) FROM outputs WHERE run_id = $1", run).await?, 1);
     assert_eq!(
         count(s, "SELECT count(*) FROM attempts WHERE run_id = $1", run).await?,
-        1,
-        "the duplicate's attempt is not written"
+        2,
+        "the duplicate's paid call is recorded too"
     );
     let pending_after: i32 =
         sqlx::query_scalar("SELECT pending_deps FROM tasks WHERE id = $1").bind(dependent).fetch_one(s.pool()).await?;

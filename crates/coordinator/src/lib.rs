@@ -2,6 +2,8 @@
 //!
 //! Layout:
 //! - [`error`]: `CoordinatorError`, retryable when the store or broker error is.
+//! - [`departures`]: evidence that a published message left the work queue (pure); only then
+//!   is a still unfinished task republished.
 //! - [`plan`]: the sampler (pure): per user, target, history window and label.
 //! - [`run`]: `create_run` / `plan_run` stream a dataset's interactions and write the run's tasks
 //!   in batches, each with its fingerprint; incremental runs carry unchanged tasks over.
@@ -20,6 +22,7 @@
 //! - [`web`]: the status page and its JSON, merged with `/metrics`, `/healthz`, `/readyz`.
 //! - [`status`]: progress, rate and ETA of a run, for people and for machines.
 
+pub mod departures;
 pub mod error;
 pub mod estimate;
 pub mod fingerprint;
@@ -37,5 +40,5 @@ pub mod web;
 
 pub use error::CoordinatorError;
 pub use outbox::{Outbox, PumpReport};
-pub use run::{PlanOptions, RunPlan, create_run, plan_run};
+pub use run::{PlanOptions, RunPlan, create_run, plan_run, unfinished_run};
 pub use service::{Target, supervise};

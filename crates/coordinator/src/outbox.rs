@@ -3,8 +3,11 @@
 //!
 //! A crash between publish and mark leaves the task `ready`, so it is published again on the
 //! next pass: a duplicate message, which the worker absorbs (idempotent completion). A task is
-//! never marked published without its confirm, so none is lost.
+//! never marked published without its confirm, so none is lost. A published task is published
+//! again only on evidence that its message left the queue long ago ([`crate::departures`]), never
+//! because it waited long in the queue.
 
+use crate::departures::Departures;
 use crate::error::CoordinatorError;
 use lapin::Channel;
 use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions};
@@ -22,7 +25,8 @@ pub struct PumpReport {
     pub published: u64,
     pub nacked: u64,
     pub returned: u64,
-    /// Published tasks put back to ready because they stayed unfinished too long.
+    /// Published tasks put back to ready: their message left the queue `republish_after` ago
+    /// (or passed the last-resort age) and they are still unfinished.
     pub republished: u64,
 }
 
@@ -54,6 +58,10 @@ pub struct Outbox {
     republish_after: Duration,
     /// Looks for lost messages at most every `republish_after / 10`.
     stale_check: Pace,
+    /// Reads the work queue's depth for the departure log (its own channel: a failed passive
+    /// declare closes the channel it ran on).
+    probe: Channel,
+    departures: std::sync::Mutex<Departures>,
 }
 
 impl Outbox {
@@ -63,6 +71,9 @@ impl Outbox {
         let republish_after =
             Duration::from_secs(reasonrec_core::settings::CoordinatorSettings::default().republish_after_secs);
         let dead_channel = broker.channel().await?;
+        let probe = broker.channel().await?;
+        let queued = broker.topology().ready_messages(&probe).await?;
+        let departures = Departures::new(store.now().await?, u64::from(queued), republish_after);
         Ok(Self {
             store,
             publisher,
@@ -77,6 +88,8 @@ impl Outbox {
             max_outstanding,
             republish_after,
             stale_check: Pace::now(),
+            probe,
+            departures: std::sync::Mutex::new(departures),
         })
     }
 
@@ -92,9 +105,13 @@ impl Outbox {
             .with_republish_after(Duration::from_secs(settings.republish_after_secs)))
     }
 
-    /// A published task unfinished this long is published again (`coordinator.republish_after_secs`).
+    /// A published task still unfinished this long after its message left the queue is
+    /// published again (`coordinator.republish_after_secs`).
     pub fn with_republish_after(mut self, after: Duration) -> Self {
         self.republish_after = after;
+        if let Ok(mut d) = self.departures.lock() {
+            d.set_republish_after(after);
+        }
         self
     }
 
@@ -115,13 +132,12 @@ impl Outbox {
         if self.analyze.due(ANALYZE_EVERY) {
             self.store.analyze_tasks().await?;
         }
-        let stale = if self.stale_check_due() {
-            self.store.requeue_stale_published(run_id, self.republish_after).await?
-        } else {
-            0
+        let stale = match self.stale_check_due() {
+            true => self.requeue_lost(run_id).await?,
+            false => 0,
         };
         if stale > 0 {
-            tracing::warn!(%run_id, tasks = stale, "published tasks unfinished for too long; publishing them again");
+            tracing::warn!(%run_id, tasks = stale, "messages left the queue long ago and their tasks are unfinished; publishing them again");
             report.republished = stale;
         }
         let outstanding = self.store.outstanding_tasks(run_id).await?.max(0) as usize;
@@ -142,7 +158,7 @@ impl Outbox {
             let messages: Vec<TaskMessage> =
                 page.iter().map(|&(id, stage)| TaskMessage::new(id, run_id, stage)).collect();
             let publish = async { self.publisher.publish_batch(&messages).await.map_err(CoordinatorError::from) };
-            let mark = async { self.store.mark_published(&unmarked).await.map_err(CoordinatorError::from) };
+            let mark = async { self.mark(&unmarked).await };
             let read_next = async {
                 match (exhausted, next_want) {
                     (true, _) | (_, 0) => Ok(Vec::new()),
@@ -167,11 +183,39 @@ impl Outbox {
             }
             (page, want) = (next, next_want);
         }
-        self.store.mark_published(&unmarked).await?;
+        self.mark(&unmarked).await?;
         if report.nacked > 0 || report.returned > 0 {
             tracing::warn!(%run_id, nacked = report.nacked, returned = report.returned, "broker refused some publishes; they stay ready and are retried");
         }
         Ok(report)
+    }
+
+    /// Marks confirmed ids published and logs the mark for the departure evidence.
+    async fn mark(&self, ids: &[Uuid]) -> Result<u64, CoordinatorError> {
+        let (n, at) = self.store.mark_published(ids).await?;
+        if let Ok(mut d) = self.departures.lock() {
+            d.published(at, ids.len() as u64);
+        }
+        Ok(n)
+    }
+
+    /// Reads the work queue's depth and puts back the run's published tasks whose message is
+    /// known to be gone. A queue that cannot be read (deleted) is an error: the supervisor
+    /// reconnects, which declares it again, and the new outbox's log starts from there.
+    async fn requeue_lost(&self, run_id: Uuid) -> Result<u64, CoordinatorError> {
+        let depth = self.topology.ready_messages(&self.probe).await?;
+        let now = self.store.now().await?;
+        let cut = match self.departures.lock() {
+            Ok(mut d) => {
+                d.observe(now, u64::from(depth));
+                d.lost_before(now)
+            }
+            Err(_) => None,
+        };
+        match cut {
+            Some(cut) => Ok(self.store.requeue_departed(run_id, cut).await?),
+            None => Ok(0),
+        }
     }
 
     fn stale_check_due(&self) -> bool {
@@ -194,7 +238,7 @@ impl Outbox {
             let d = msg.delivery;
             let reason = dead_reason(&d.properties);
             let recorded = match TaskMessage::decode(&d.data) {
-                Ok(m) => match self.store.record_dead_letter(m.task_id, &reason).await {
+                Ok(m) => match self.store.record_dead_letter(m.task_id, m.run_id, &reason).await {
                     Ok(changed) => {
                         tracing::warn!(task_id = %m.task_id, run_id = %m.run_id, stage = %m.stage, %reason, changed, "task dead-lettered");
                         metrics().dead_letters_recorded.inc();

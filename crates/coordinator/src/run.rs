@@ -425,6 +425,17 @@ pub async fn create_run(store: &Store, settings: &Settings, dataset: &str) -> Re
     plan_run(store, settings, dataset, PlanOptions::default()).await
 }
 
+/// The unfinished run of dataset name `dataset`, if any: what a scheduled tick and
+/// `run create --incremental` check before planning, so they never double a run. A run whose
+/// planner died (left `planning` with nobody holding its lock) is failed first, with the reason,
+/// so it never blocks the dataset.
+pub async fn unfinished_run(store: &Store, dataset: &str) -> Result<Option<Uuid>, CoordinatorError> {
+    for run_id in store.fail_abandoned_plans(dataset).await? {
+        tracing::warn!(%run_id, dataset, "a run's planning died (no planner holds its lock); marked failed");
+    }
+    Ok(store.unfinished_run_of(dataset).await?)
+}
+
 /// [`create_run`] with options: incremental (compare with the previous completed run of the
 /// dataset name and carry over what is not stale) and dry run (write nothing, report).
 pub async fn plan_run(
@@ -488,7 +499,11 @@ pub async fn plan_run(
             "regenerate": settings.regenerate,
         });
     }
-    let run_id = if opts.dry_run { Uuid::nil() } else { store.create_run(ds.id, &snapshot).await? };
+    // The planning lock is held until the run is running (or failed): a planner that dies
+    // releases it with its connection, and the run is then failed by the next
+    // `unfinished_run` of its dataset instead of blocking it.
+    let lock = if opts.dry_run { None } else { Some(store.create_planning_run(ds.id, &snapshot).await?) };
+    let run_id = lock.as_ref().map_or(Uuid::nil(), |l| l.run_id());
     let batch_size = settings.coordinator.plan_batch.max(1);
     let params = PlanParams::new(&settings.sampling, history_len, settings.stages.user_profile);
     let dropped =
@@ -531,7 +546,44 @@ pub async fn plan_run(
         from: regen_from,
         failed_note,
     };
-    let mut users = UserGroups::new(store, ds.id, settings.sampling.max_users);
+    let written = write_plan(store, &mut planner, ds.id, settings, run_id, opts).await;
+    if let Some(lock) = lock {
+        if let Err(e) = &written {
+            tracing::error!(%run_id, error = %e, "planning failed; the run is marked failed");
+            if let Err(fe) = store.fail_plan(run_id, &format!("planning failed: {e}")).await {
+                // The lock goes with the connection: the next look at the dataset fails the run.
+                tracing::warn!(%run_id, error = %fe, "could not mark the run failed");
+            }
+        }
+        lock.release().await;
+    }
+    written?;
+    let mut plan = planner.plan;
+    if opts.incremental || opts.dry_run {
+        let tokens = match &previous_run {
+            Some(p) => store.stage_tokens(p.id).await?,
+            None => Vec::new(),
+        };
+        let prev = previous_run.as_ref().map(|p| (p.id, tokens.as_slice()));
+        plan.estimate = Some(estimate(&planner.stale, prev, &templates, settings));
+        plan.regeneration = Some(planner.regen);
+    }
+    tracing::info!(%run_id, dataset = %ds.name, version = ds.version, tasks = plan.tasks, to_work = plan.to_work(), dry_run = opts.dry_run, skipped_users = plan.skipped_users, "run planned");
+    Ok(plan)
+}
+
+/// Streams the dataset's users through `planner` and writes the tasks (in the background, see
+/// below), then opens the run for publishing.
+async fn write_plan(
+    store: &Store,
+    planner: &mut Planner<'_>,
+    dataset_id: i64,
+    settings: &Settings,
+    run_id: Uuid,
+    opts: PlanOptions,
+) -> Result<(), CoordinatorError> {
+    let batch_size = settings.coordinator.plan_batch.max(1);
+    let mut users = UserGroups::new(store, dataset_id, settings.sampling.max_users);
     // Inserts run in the background, up to PLAN_WRITERS at once on their own connections, while
     // the next batch is planned: one insert statement keeps a Postgres backend at 100 % of a
     // core and was the planning bound. Order between batches does not matter here: nothing of
@@ -561,18 +613,7 @@ pub async fn plan_run(
             store.refresh_run_state(run_id).await?;
         }
     }
-    let mut plan = planner.plan;
-    if opts.incremental || opts.dry_run {
-        let tokens = match &previous_run {
-            Some(p) => store.stage_tokens(p.id).await?,
-            None => Vec::new(),
-        };
-        let prev = previous_run.as_ref().map(|p| (p.id, tokens.as_slice()));
-        plan.estimate = Some(estimate(&planner.stale, prev, &templates, settings));
-        plan.regeneration = Some(planner.regen);
-    }
-    tracing::info!(%run_id, dataset = %ds.name, version = ds.version, tasks = plan.tasks, to_work = plan.to_work(), dry_run = opts.dry_run, skipped_users = plan.skipped_users, "run planned");
-    Ok(plan)
+    Ok(())
 }
 
 /// Task inserts in flight at once while planning.

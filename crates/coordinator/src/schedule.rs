@@ -1,9 +1,10 @@
 //! Scheduled regeneration: cron jobs that create incremental runs. Only the leading
 //! coordinator runs the scheduler (see [`crate::leader`]), so replicas never double a tick;
-//! a job whose dataset still has an unfinished run skips the tick instead of piling up runs.
+//! a job whose dataset still has an unfinished run skips the tick instead of piling up runs
+//! (a run whose plan died is failed first: [`crate::run::unfinished_run`]).
 
 use crate::error::CoordinatorError;
-use crate::run::{PlanOptions, plan_run};
+use crate::run::{PlanOptions, plan_run, unfinished_run};
 use chrono::{DateTime, Utc};
 use croner::Cron;
 use reasonrec_core::Settings;
@@ -51,7 +52,7 @@ pub fn parse_jobs(settings: &Settings) -> Result<Vec<Job>, CoordinatorError> {
 
 /// One tick of `job`: an incremental run of its dataset, unless one is unfinished.
 pub async fn fire(store: &Store, settings: &Settings, job: &Job) -> Result<Fired, CoordinatorError> {
-    if let Some(unfinished) = store.unfinished_run_of(&job.dataset).await? {
+    if let Some(unfinished) = unfinished_run(store, &job.dataset).await? {
         tracing::info!(job = %job.name, dataset = %job.dataset, %unfinished, "previous run still going; tick skipped");
         return Ok(Fired::Skipped { unfinished });
     }

@@ -4,6 +4,7 @@
 //! - [`attempt`]: one teacher call as recorded in the cost ledger.
 //! - [`data`]: users, items and interactions as loaded from a dataset.
 //! - [`error`]: the crate's error enum, with a retryable/permanent split.
+//! - [`finishing`]: the finishing state machine (what a completion or failure does to a task).
 //! - [`inputs`]: what a task is rendered from, as stored in `tasks.input`.
 //! - [`settings`]: the configuration tree (TOML file + `REASONREC__SECTION__KEY` overrides).
 //! - [`stage`]: the three generation stages of the method and task states.
@@ -17,6 +18,7 @@
 pub mod attempt;
 pub mod data;
 pub mod error;
+pub mod finishing;
 pub mod inputs;
 pub mod key;
 pub mod message;

@@ -1,18 +1,25 @@
-//! Finishing many tasks in one transaction: the worker's commit batches.
+//! Finishing tasks in one transaction: the worker's commit batches and dead letters.
 //!
-//! The invariant of [`crate::tasks`], for a batch: the ledger
-//! row is inserted unless its key exists, a task moves to `done` (or `failed`) only from an
-//! unfinished state, dependents are counted down once per newly finished upstream task, and
-//! attempt rows are idempotent by attempt id. Task rows are locked in id order first, then the
-//! dependents in id order, so concurrent batches queue instead of deadlocking.
+//! The rules are the pure state machine of [`reasonrec_core::finishing`]; this module locks the
+//! rows, decides every entry in batch order against the row as the entries before it left it,
+//! and writes the result: ledger rows (unless their key exists), the moves, every entry's
+//! attempt rows (idempotent by attempt id), the dependents counted down once per upstream task
+//! (`released`), and the dependents re-planned when an upstream task that had released them
+//! succeeds later. Task rows are locked in id order first, then the dependents in id order, so
+//! concurrent batches (and `run cancel`) queue instead of deadlocking.
 
 use crate::error::StoreError;
 use crate::pool::Store;
 use crate::tasks::{Completion, NewOutput};
 use reasonrec_core::attempt::AttemptRecord;
+use reasonrec_core::finishing::{Decision, FinishEvent, Kept, TaskRow, decide};
 use reasonrec_core::key::OutputKey;
-use std::collections::HashSet;
+use reasonrec_core::stage::TaskState;
+use sqlx::Row;
+use std::collections::{HashMap, HashSet};
 use uuid::Uuid;
+
+type Tx<'c> = sqlx::Transaction<'c, sqlx::Postgres>;
 
 /// How one task of a batch ends.
 #[derive(Debug, Clone)]
@@ -27,173 +34,213 @@ pub enum FinishKind {
 pub struct Finish {
     pub task_id: Uuid,
     pub run_id: Uuid,
+    /// The version of the task's inputs the answer was rendered from (`tasks.inputs_version`).
+    pub inputs_version: i32,
     pub kind: FinishKind,
     pub attempts: Vec<AttemptRecord>,
 }
 
-/// What the batch did to one task (`newly_done` means newly *finished* for a failure).
+impl Finish {
+    fn event(&self) -> FinishEvent {
+        match self.kind {
+            FinishKind::Complete { .. } => FinishEvent::Complete { inputs_version: self.inputs_version },
+            FinishKind::Fail { .. } => FinishEvent::Fail,
+        }
+    }
+}
+
+/// What the batch did to one task.
 pub type FinishOutcome = Completion;
 
+/// The last move of a task in a batch, and what its moves asked for the dependents.
+struct Move<'a> {
+    to: TaskState,
+    finish: &'a Finish,
+    release: bool,
+    replan: bool,
+}
+
 impl Store {
-    /// Finishes every task of `batch` in one transaction; results are in batch order. A task
-    /// that appears twice is finished once (the second entry reports no change).
+    /// Finishes every task of `batch` in one transaction; results are in batch order. Entries
+    /// for one task are decided in order (the second copy of a completion finds it done), and
+    /// every entry's attempts are recorded.
     pub async fn finish_tasks(&self, batch: &[Finish]) -> Result<Vec<FinishOutcome>, StoreError> {
-        let mut seen = HashSet::with_capacity(batch.len());
-        let first: Vec<bool> = batch.iter().map(|f| seen.insert(f.task_id)).collect();
-        let mut ids: Vec<Uuid> = seen.into_iter().collect();
+        let mut ids: Vec<Uuid> = batch.iter().map(|f| f.task_id).collect();
         ids.sort_unstable();
-
+        ids.dedup();
         let mut tx = self.pool().begin().await?;
-        sqlx::query("SELECT id FROM tasks WHERE id = ANY($1) ORDER BY id FOR UPDATE")
-            .bind(&ids)
-            .execute(&mut *tx)
-            .await?;
+        let mut rows = lock_rows(&mut tx, &ids).await?;
 
-        // 1. New ledger rows.
-        let outputs: Vec<(&Finish, &NewOutput)> = batch
-            .iter()
-            .zip(&first)
-            .filter(|(_, first)| **first)
-            .filter_map(|(f, _)| match &f.kind {
-                FinishKind::Complete { output: Some(o), .. } => Some((f, o.as_ref())),
-                _ => None,
-            })
-            .collect();
-        let inserted: HashSet<Vec<u8>> = if outputs.is_empty() {
-            HashSet::new()
-        } else {
-            let col = |g: fn(&NewOutput) -> String| outputs.iter().map(|(_, o)| g(o)).collect::<Vec<_>>();
-            let keys: Vec<Vec<u8>> = outputs.iter().map(|(_, o)| o.key.as_bytes().to_vec()).collect();
-            let params: Vec<serde_json::Value> = outputs.iter().map(|(_, o)| o.params.clone()).collect();
-            let tin: Vec<i32> = outputs.iter().map(|(_, o)| o.input_tokens).collect();
-            let tout: Vec<i32> = outputs.iter().map(|(_, o)| o.output_tokens).collect();
-            let runs: Vec<Uuid> = outputs.iter().map(|(f, _)| f.run_id).collect();
-            let tasks: Vec<Uuid> = outputs.iter().map(|(f, _)| f.task_id).collect();
-            sqlx::query_scalar(
-                "INSERT INTO outputs (key, stage, text, template, template_version, model, params,
-                                      input_tokens, output_tokens, run_id, task_id)
-                 SELECT * FROM UNNEST($1::bytea[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                                      $7::jsonb[], $8::int[], $9::int[], $10::uuid[], $11::uuid[])
-                 ON CONFLICT (key) DO NOTHING
-                 RETURNING key",
-            )
-            .bind(&keys)
-            .bind(col(|o| o.stage.as_str().to_string()))
-            .bind(col(|o| o.text.clone()))
-            .bind(col(|o| o.template.clone()))
-            .bind(col(|o| o.template_version.clone()))
-            .bind(col(|o| o.model.clone()))
-            .bind(&params)
-            .bind(&tin)
-            .bind(&tout)
-            .bind(&runs)
-            .bind(&tasks)
-            .fetch_all(&mut *tx)
-            .await?
-            .into_iter()
-            .collect()
-        };
-
-        // 2. Done and failed transitions.
-        let (mut done_ids, mut done_keys, mut done_n, mut done_trunc) = (vec![], vec![], vec![], vec![]);
-        let (mut fail_ids, mut fail_err, mut fail_n) = (vec![], vec![], vec![]);
-        for (f, _) in batch.iter().zip(&first).filter(|(_, first)| **first) {
-            let n = f.attempts.len() as i32;
-            match &f.kind {
-                FinishKind::Complete { key, history_truncated, .. } => {
-                    done_ids.push(f.task_id);
-                    done_keys.push(key.as_bytes().to_vec());
-                    done_n.push(n);
-                    done_trunc.push(*history_truncated);
-                }
-                FinishKind::Fail { error } => {
-                    fail_ids.push(f.task_id);
-                    fail_err.push(error.clone());
-                    fail_n.push(n);
-                }
+        let decisions: Vec<Option<Decision>> =
+            batch.iter().map(|f| rows.get_mut(&f.task_id).map(|row| decide(row, f.event()))).collect();
+        let mut moves: HashMap<Uuid, Move> = HashMap::new();
+        for (f, d) in batch.iter().zip(&decisions) {
+            if let Some(Decision::Move { to, release, replan }) = *d {
+                let m = moves.entry(f.task_id).or_insert(Move { to, finish: f, release: false, replan: false });
+                (m.to, m.finish) = (to, f);
+                m.release |= release;
+                m.replan |= replan;
             }
         }
-        let mut finished: HashSet<Uuid> = HashSet::new();
-        if !done_ids.is_empty() {
-            let rows: Vec<Uuid> = sqlx::query_scalar(
-                "UPDATE tasks t SET state = 'done', output_key = u.key, done_at = now(), last_error = NULL,
-                                    attempts = t.attempts + u.n, history_truncated = u.trunc
-                 FROM UNNEST($1::uuid[], $2::bytea[], $3::int[], $4::int[]) AS u(id, key, n, trunc)
-                 WHERE t.id = u.id AND t.state IN ('ready', 'published', 'failed')
-                 RETURNING t.id",
-            )
-            .bind(&done_ids)
-            .bind(&done_keys)
-            .bind(&done_n)
-            .bind(&done_trunc)
-            .fetch_all(&mut *tx)
-            .await?;
-            finished.extend(rows);
-        }
-        if !fail_ids.is_empty() {
-            let rows: Vec<Uuid> = sqlx::query_scalar(
-                "UPDATE tasks t SET state = 'failed', last_error = u.err, attempts = t.attempts + u.n, done_at = now()
-                 FROM UNNEST($1::uuid[], $2::text[], $3::int[]) AS u(id, err, n)
-                 WHERE t.id = u.id AND t.state IN ('ready', 'published')
-                 RETURNING t.id",
-            )
-            .bind(&fail_ids)
-            .bind(&fail_err)
-            .bind(&fail_n)
-            .fetch_all(&mut *tx)
-            .await?;
-            finished.extend(rows);
-        }
 
-        // 3. Attempt rows (idempotent by attempt id).
-        let all: Vec<(&Finish, &AttemptRecord)> = batch
-            .iter()
-            .zip(&first)
-            .filter(|(_, first)| **first)
-            .flat_map(|(f, _)| f.attempts.iter().map(move |a| (f, a)))
-            .collect();
-        if !all.is_empty() {
-            insert_attempt_rows(&mut tx, &all).await?;
-        }
-
-        // 4. Dependents of every newly finished task, locked in id order.
-        if !finished.is_empty() {
-            let mut upstream: Vec<Uuid> = finished.iter().copied().collect();
-            upstream.sort_unstable();
-            sqlx::query(
-                "WITH released AS (
-                     SELECT task_id, count(*)::int AS n FROM task_deps WHERE depends_on = ANY($1) GROUP BY task_id
-                 ), locked AS (
-                     SELECT t.id, r.n FROM tasks t JOIN released r ON r.task_id = t.id
-                     WHERE t.state = 'waiting' ORDER BY t.id FOR UPDATE OF t
-                 )
-                 UPDATE tasks SET pending_deps = tasks.pending_deps - locked.n,
-                                  state = CASE WHEN tasks.pending_deps <= locked.n THEN 'ready' ELSE tasks.state END
-                 FROM locked WHERE tasks.id = locked.id AND tasks.state = 'waiting'",
-            )
-            .bind(&upstream)
-            .execute(&mut *tx)
-            .await?;
-        }
+        let inserted = insert_outputs(&mut tx, batch).await?;
+        write_moves(&mut tx, &moves).await?;
+        insert_attempt_rows(&mut tx, batch).await?;
+        let sorted = |pick: fn(&Move) -> bool| {
+            let mut v: Vec<Uuid> = moves.iter().filter(|(_, m)| pick(m)).map(|(id, _)| *id).collect();
+            v.sort_unstable();
+            v
+        };
+        release_dependents(&mut tx, &sorted(|m| m.release)).await?;
+        replan_dependents(&mut tx, &sorted(|m| m.replan)).await?;
         tx.commit().await?;
 
+        let mut credited: HashSet<&[u8]> = HashSet::new();
         Ok(batch
             .iter()
-            .zip(&first)
-            .map(|(f, first)| {
-                let newly_done = *first && finished.contains(&f.task_id);
-                let output_inserted = *first
-                    && matches!(&f.kind, FinishKind::Complete { output: Some(o), .. } if inserted.contains::<[u8]>(o.key.as_bytes()));
-                Completion { newly_done, output_inserted }
+            .zip(decisions)
+            .map(|(f, d)| {
+                let output_inserted = match &f.kind {
+                    FinishKind::Complete { output: Some(o), .. } => {
+                        inserted.contains(o.key.as_bytes()) && credited.insert(o.key.as_bytes())
+                    }
+                    _ => false,
+                };
+                Completion {
+                    newly_done: matches!(d, Some(Decision::Move { .. })),
+                    output_inserted,
+                    superseded: d == Some(Decision::Keep(Kept::Superseded)),
+                }
             })
             .collect())
     }
 }
 
-async fn insert_attempt_rows(
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    rows: &[(&Finish, &AttemptRecord)],
-) -> Result<(), StoreError> {
+/// Locks the rows of `ids` (sorted) in id order; returns what the state machine reads of them.
+async fn lock_rows(tx: &mut Tx<'_>, ids: &[Uuid]) -> Result<HashMap<Uuid, TaskRow>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT t.id, t.state, t.released, t.inputs_version, r.state IN ('running', 'paused') AS run_open
+         FROM tasks t JOIN runs r ON r.id = t.run_id
+         WHERE t.id = ANY($1) ORDER BY t.id FOR UPDATE OF t",
+    )
+    .bind(ids)
+    .fetch_all(&mut **tx)
+    .await?;
+    rows.into_iter()
+        .map(|r| {
+            let state: String = r.try_get("state")?;
+            let row = TaskRow {
+                state: state.parse().map_err(StoreError::Corrupt)?,
+                released: r.try_get("released")?,
+                inputs_version: r.try_get("inputs_version")?,
+                run_open: r.try_get("run_open")?,
+            };
+            Ok((r.try_get("id")?, row))
+        })
+        .collect()
+}
+
+/// Inserts the batch's new answers into the ledger, each key once, whether or not its task
+/// moves: the answer is paid for and any task asking the same question later reuses it.
+/// Returns the keys that were new.
+async fn insert_outputs(tx: &mut Tx<'_>, batch: &[Finish]) -> Result<HashSet<Vec<u8>>, StoreError> {
+    let mut seen = HashSet::new();
+    let outputs: Vec<(&Finish, &NewOutput)> = batch
+        .iter()
+        .filter_map(|f| match &f.kind {
+            FinishKind::Complete { output: Some(o), .. } => Some((f, o.as_ref())),
+            _ => None,
+        })
+        .filter(|(_, o)| seen.insert(o.key))
+        .collect();
+    if outputs.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let col = |g: fn(&NewOutput) -> String| outputs.iter().map(|(_, o)| g(o)).collect::<Vec<_>>();
+    let keys: Vec<Vec<u8>> = outputs.iter().map(|(_, o)| o.key.as_bytes().to_vec()).collect();
+    let params: Vec<serde_json::Value> = outputs.iter().map(|(_, o)| o.params.clone()).collect();
+    let tin: Vec<i32> = outputs.iter().map(|(_, o)| o.input_tokens).collect();
+    let tout: Vec<i32> = outputs.iter().map(|(_, o)| o.output_tokens).collect();
+    let runs: Vec<Uuid> = outputs.iter().map(|(f, _)| f.run_id).collect();
+    let tasks: Vec<Uuid> = outputs.iter().map(|(f, _)| f.task_id).collect();
+    Ok(sqlx::query_scalar(
+        "INSERT INTO outputs (key, stage, text, template, template_version, model, params,
+                              input_tokens, output_tokens, run_id, task_id)
+         SELECT * FROM UNNEST($1::bytea[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                              $7::jsonb[], $8::int[], $9::int[], $10::uuid[], $11::uuid[])
+         ON CONFLICT (key) DO NOTHING
+         RETURNING key",
+    )
+    .bind(&keys)
+    .bind(col(|o| o.stage.as_str().to_string()))
+    .bind(col(|o| o.text.clone()))
+    .bind(col(|o| o.template.clone()))
+    .bind(col(|o| o.template_version.clone()))
+    .bind(col(|o| o.model.clone()))
+    .bind(&params)
+    .bind(&tin)
+    .bind(&tout)
+    .bind(&runs)
+    .bind(&tasks)
+    .fetch_all(&mut **tx)
+    .await?
+    .into_iter()
+    .collect())
+}
+
+/// Writes each moved task's final state of the batch; every moved task is `released`.
+async fn write_moves(tx: &mut Tx<'_>, moves: &HashMap<Uuid, Move<'_>>) -> Result<(), StoreError> {
+    let (mut done_ids, mut done_keys, mut done_trunc) = (vec![], vec![], vec![]);
+    let (mut fail_ids, mut fail_err) = (vec![], vec![]);
+    for (id, m) in moves {
+        match (&m.finish.kind, m.to) {
+            (FinishKind::Complete { key, history_truncated, .. }, TaskState::Done) => {
+                done_ids.push(*id);
+                done_keys.push(key.as_bytes().to_vec());
+                done_trunc.push(*history_truncated);
+            }
+            (FinishKind::Fail { error }, TaskState::Failed) => {
+                fail_ids.push(*id);
+                fail_err.push(error.clone());
+            }
+            (_, to) => return Err(StoreError::Corrupt(format!("task {id}: a finish moved it to {}", to.as_str()))),
+        }
+    }
+    if !done_ids.is_empty() {
+        sqlx::query(
+            "UPDATE tasks t SET state = 'done', output_key = u.key, done_at = now(), last_error = NULL,
+                                history_truncated = u.trunc, released = true
+             FROM UNNEST($1::uuid[], $2::bytea[], $3::int[]) AS u(id, key, trunc)
+             WHERE t.id = u.id",
+        )
+        .bind(&done_ids)
+        .bind(&done_keys)
+        .bind(&done_trunc)
+        .execute(&mut **tx)
+        .await?;
+    }
+    if !fail_ids.is_empty() {
+        sqlx::query(
+            "UPDATE tasks t SET state = 'failed', last_error = u.err, done_at = now(), released = true
+             FROM UNNEST($1::uuid[], $2::text[]) AS u(id, err)
+             WHERE t.id = u.id",
+        )
+        .bind(&fail_ids)
+        .bind(&fail_err)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Records every entry's attempts (a task twice in a batch keeps both entries' paid calls) and
+/// adds the newly recorded ones to `tasks.attempts`: a retried commit counts nothing twice.
+async fn insert_attempt_rows(tx: &mut Tx<'_>, batch: &[Finish]) -> Result<(), StoreError> {
+    let rows: Vec<(&Finish, &AttemptRecord)> =
+        batch.iter().flat_map(|f| f.attempts.iter().map(move |a| (f, a))).collect();
+    if rows.is_empty() {
+        return Ok(());
+    }
     let task: Vec<Uuid> = rows.iter().map(|(f, _)| f.task_id).collect();
     let run: Vec<Uuid> = rows.iter().map(|(f, _)| f.run_id).collect();
     let id: Vec<Uuid> = rows.iter().map(|(_, a)| a.id).collect();
@@ -208,11 +255,15 @@ async fn insert_attempt_rows(
     let tout: Vec<i32> = rows.iter().map(|(_, a)| a.output_tokens).collect();
     let cost: Vec<f64> = rows.iter().map(|(_, a)| a.cost_usd).collect();
     sqlx::query(
-        "INSERT INTO attempts (task_id, run_id, attempt_id, endpoint, model, started_at, duration_ms, http_status,
-                               error_class, error, input_tokens, output_tokens, cost_usd)
-         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::timestamptz[],
-                              $7::int[], $8::int[], $9::text[], $10::text[], $11::int[], $12::int[], $13::float8[])
-         ON CONFLICT (attempt_id) DO NOTHING",
+        "WITH new AS (
+             INSERT INTO attempts (task_id, run_id, attempt_id, endpoint, model, started_at, duration_ms, http_status,
+                                   error_class, error, input_tokens, output_tokens, cost_usd)
+             SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::timestamptz[],
+                                  $7::int[], $8::int[], $9::text[], $10::text[], $11::int[], $12::int[], $13::float8[])
+             ON CONFLICT (attempt_id) DO NOTHING
+             RETURNING task_id
+         ), per_task AS (SELECT task_id, count(*)::int AS n FROM new GROUP BY task_id)
+         UPDATE tasks t SET attempts = t.attempts + p.n FROM per_task p WHERE t.id = p.task_id",
     )
     .bind(&task)
     .bind(&run)
@@ -227,6 +278,59 @@ async fn insert_attempt_rows(
     .bind(&tin)
     .bind(&tout)
     .bind(&cost)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// The first finish of each of `upstream` (sorted): count each waiting dependent down once per
+/// edge, and make it ready when nothing is left. Dependents are locked in id order first.
+async fn release_dependents(tx: &mut Tx<'_>, upstream: &[Uuid]) -> Result<(), StoreError> {
+    if upstream.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "WITH released AS (
+             SELECT task_id, count(*)::int AS n FROM task_deps WHERE depends_on = ANY($1) GROUP BY task_id
+         ), locked AS (
+             SELECT t.id, r.n FROM tasks t JOIN released r ON r.task_id = t.id
+             WHERE t.state = 'waiting' ORDER BY t.id FOR UPDATE OF t
+         )
+         UPDATE tasks SET pending_deps = tasks.pending_deps - locked.n,
+                          state = CASE WHEN tasks.pending_deps <= locked.n THEN 'ready' ELSE tasks.state END
+         FROM locked WHERE tasks.id = locked.id AND tasks.state = 'waiting'",
+    )
+    .bind(upstream)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// A later success of each of `upstream` (sorted), which had released its dependents before:
+/// finished dependents go back to `ready` to be worked with the new output (reason
+/// `upstream_changed`); ready and published ones get a new inputs version, so an answer
+/// rendered without the output is superseded. Waiting ones need nothing: they render later.
+async fn replan_dependents(tx: &mut Tx<'_>, upstream: &[Uuid]) -> Result<(), StoreError> {
+    if upstream.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "WITH locked AS (
+             SELECT t.id, t.state IN ('done', 'failed') AS finished FROM tasks t
+             WHERE t.id IN (SELECT task_id FROM task_deps WHERE depends_on = ANY($1))
+               AND t.state IN ('ready', 'published', 'done', 'failed')
+             ORDER BY t.id FOR UPDATE OF t
+         )
+         UPDATE tasks SET inputs_version = tasks.inputs_version + 1,
+                          replanned = tasks.replanned + locked.finished::int,
+                          state = CASE WHEN locked.finished THEN 'ready' ELSE tasks.state END,
+                          output_key = CASE WHEN locked.finished THEN NULL ELSE tasks.output_key END,
+                          last_error = CASE WHEN locked.finished THEN 'upstream_changed' ELSE tasks.last_error END,
+                          done_at = CASE WHEN locked.finished THEN NULL ELSE tasks.done_at END,
+                          carried_from = CASE WHEN locked.finished THEN NULL ELSE tasks.carried_from END
+         FROM locked WHERE tasks.id = locked.id",
+    )
+    .bind(upstream)
     .execute(&mut **tx)
     .await?;
     Ok(())

@@ -6,8 +6,10 @@
 //! - [`pool`]: connecting and the one migration entry point (`Store::migrate`).
 //! - [`datasets`]: all-or-nothing ingest by COPY, versions by content hash, interaction streams.
 //! - [`runs`]: run rows, bulk task planning (UNNEST), the outbox, status counts.
-//! - [`tasks`]: what a worker reads and the one transaction that completes or fails a task.
-//! - [`finish`]: the worker's commit batches: many tasks finished in one transaction.
+//! - [`tasks`]: what a worker reads about a task.
+//! - [`finish`]: the one transaction that finishes tasks (commit batches, dead letters), applying
+//!   the state machine of `reasonrec_core::finishing`.
+//! - [`planning`]: the run's planning lock; plans that died are found and failed.
 //! - [`monitor`]: recent runs and completions per minute, for the status page.
 //! - [`leases`]: worker leases on teacher endpoints (fleet-shared rate limits).
 //! - [`lifecycle`]: pause and resume, budgets, priorities, the run list, snapshots, corpus diffs.
@@ -27,6 +29,7 @@ pub mod incremental;
 pub mod leases;
 pub mod lifecycle;
 pub mod monitor;
+pub mod planning;
 pub mod pool;
 pub mod runs;
 pub mod tasks;

@@ -2,8 +2,8 @@
 
 use crate::error::StoreError;
 use reasonrec_core::settings::DatabaseSettings;
-use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, PgPool};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -17,7 +17,13 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../sql");
 
 impl Store {
     pub async fn connect(settings: &DatabaseSettings) -> Result<Self, StoreError> {
-        let options = PgConnectOptions::from_str(&settings.url)?.application_name("reasonrec");
+        // sqlx logs statements over a second as WARN. Ours that take that long are the bulk
+        // ones (run counts, ANALYZE, planning inserts over millions of rows) and are expected
+        // there: at a million tasks they printed a WARN every few seconds. They log at DEBUG;
+        // a WARN or ERROR line means something is wrong.
+        let options = PgConnectOptions::from_str(&settings.url)?
+            .application_name("reasonrec")
+            .log_slow_statements(log::LevelFilter::Debug, Duration::from_secs(1));
         let pool = PgPoolOptions::new()
             .max_connections(settings.max_connections)
             .acquire_timeout(Duration::from_secs(settings.acquire_timeout_secs))

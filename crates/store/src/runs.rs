@@ -59,6 +59,11 @@ pub struct RunCounts {
     pub by_stage: BTreeMap<String, BTreeMap<String, i64>>,
     pub total: i64,
     pub published_ever: i64,
+    /// Messages the broker confirmed for the run's tasks: `published_ever` when nothing was
+    /// published twice.
+    pub messages_published: i64,
+    /// Times a finished task was re-planned because an upstream output arrived later.
+    pub replanned: i64,
     pub done: i64,
     pub failed: i64,
     pub done_last_minute: i64,
@@ -88,17 +93,6 @@ impl RunCounts {
 }
 
 impl Store {
-    pub async fn create_run(&self, dataset_id: i64, settings: &serde_json::Value) -> Result<Uuid, StoreError> {
-        let id = Uuid::now_v7();
-        sqlx::query("INSERT INTO runs (id, dataset_id, state, settings) VALUES ($1, $2, 'planning', $3)")
-            .bind(id)
-            .bind(dataset_id)
-            .bind(settings)
-            .execute(self.pool())
-            .await?;
-        Ok(id)
-    }
-
     /// Inserts planned tasks in one statement (one array per column, so no bind limit), then
     /// their dependency edges. While the run is `planning` calls may run concurrently and in any
     /// order: nothing reads its tasks before [`Store::start_run`], and edges carry no foreign
@@ -157,10 +151,10 @@ impl Store {
         let mut tx = self.pool().begin().await?;
         let res = sqlx::query(
             "INSERT INTO tasks (id, run_id, stage, subject, user_id, item_id, split, label, input, pending_deps, state,
-                                fingerprint, output_key, last_error, carried_from)
+                                fingerprint, output_key, last_error, carried_from, released)
              SELECT u.id, $1, u.stage, u.subject, u.user_id, u.item_id, u.split, u.label, u.input::jsonb, u.deps,
                     COALESCE(u.state, CASE WHEN u.deps = 0 THEN 'ready' ELSE 'waiting' END),
-                    u.fingerprint, u.output_key, u.last_error, u.carried_from
+                    u.fingerprint, u.output_key, u.last_error, u.carried_from, u.carried_from IS NOT NULL
              FROM UNNEST($2::uuid[], $3::text[], $4::text[], $5::int[], $6::int[], $7::text[], $8::bool[], $9::text[],
                          $10::int[], $11::bytea[], $12::text[], $13::bytea[], $14::text[], $15::uuid[])
                   AS u(id, stage, subject, user_id, item_id, split, label, input, deps, fingerprint, state, output_key,
@@ -277,23 +271,34 @@ impl Store {
     }
 
     /// Marks tasks published. Called only with ids whose publish the broker confirmed.
-    /// Only `ready` rows move (and get `published_at` now, which the stale-message check counts
-    /// from); a task a worker already finished stays done and only records when it was first
-    /// published. One statement. Returns how many rows it touched.
-    pub async fn mark_published(&self, ids: &[Uuid]) -> Result<u64, StoreError> {
+    /// Only `ready` rows move (and get `published_at` now); a task a worker already finished
+    /// stays done and only records when it was first published. Every confirmed message counts
+    /// in `publishes`. One statement. Returns how many rows it touched and the database's time of
+    /// the mark (what `published_at` holds), which the outbox's departure log keys on.
+    pub async fn mark_published(&self, ids: &[Uuid]) -> Result<(u64, chrono::DateTime<chrono::Utc>), StoreError> {
         if ids.is_empty() {
-            return Ok(0);
+            return Ok((0, self.now().await?));
         }
-        let res = sqlx::query(
-            "UPDATE tasks
-             SET state = CASE WHEN state = 'ready' THEN 'published' ELSE state END,
-                 published_at = CASE WHEN state = 'ready' THEN now() ELSE COALESCE(published_at, now()) END
-             WHERE id = ANY($1) AND (state = 'ready' OR published_at IS NULL)",
+        let r = sqlx::query(
+            "WITH marked AS (
+                 UPDATE tasks
+                 SET state = CASE WHEN state = 'ready' THEN 'published' ELSE state END,
+                     published_at = CASE WHEN state = 'ready' THEN now() ELSE COALESCE(published_at, now()) END,
+                     publishes = publishes + 1
+                 WHERE id = ANY($1)
+                 RETURNING 1
+             )
+             SELECT count(*), now() FROM marked",
         )
         .bind(ids)
-        .execute(self.pool())
+        .fetch_one(self.pool())
         .await?;
-        Ok(res.rows_affected())
+        Ok((r.try_get::<i64, _>(0)? as u64, r.try_get(1)?))
+    }
+
+    /// The database's clock: timestamps the outbox compares with `published_at`.
+    pub async fn now(&self) -> Result<chrono::DateTime<chrono::Utc>, StoreError> {
+        Ok(sqlx::query_scalar("SELECT now()").fetch_one(self.pool()).await?)
     }
 
     /// Cancels a run: its unfinished tasks become `cancelled` (done ones stay). Messages still in
@@ -315,8 +320,15 @@ impl Store {
                 return Err(StoreError::NotFound(format!("run {run_id}")));
             }
         }
+        // Rows are locked in id order, as commit batches lock them: the two queue instead of
+        // deadlocking.
         let res = sqlx::query(
-            "UPDATE tasks SET state = 'cancelled' WHERE run_id = $1 AND state IN ('waiting', 'ready', 'published')",
+            "WITH locked AS (
+                 SELECT id FROM tasks WHERE run_id = $1 AND state IN ('waiting', 'ready', 'published')
+                 ORDER BY id FOR UPDATE
+             )
+             UPDATE tasks SET state = 'cancelled' FROM locked
+             WHERE tasks.id = locked.id AND tasks.state IN ('waiting', 'ready', 'published')",
         )
         .bind(run_id)
         .execute(&mut *tx)
@@ -326,7 +338,10 @@ impl Store {
     }
 
     /// Puts a run's failed tasks back to `ready` (their attempt history stays) and reopens the
-    /// run. Returns how many tasks were put back.
+    /// run. They stay `released`: their dependents were counted down when they failed and are
+    /// not counted down again; a dependent that went ahead without the output is re-planned
+    /// when the task succeeds ([`reasonrec_core::finishing`]). Returns how many tasks were put
+    /// back.
     pub async fn retry_failed(&self, run_id: Uuid) -> Result<u64, StoreError> {
         let mut tx = self.pool().begin().await?;
         let res = sqlx::query(
@@ -346,17 +361,22 @@ impl Store {
         Ok(res.rows_affected())
     }
 
-    /// Tasks published longer than `after` ago and still not finished go back to `ready`, so the
-    /// outbox publishes them again: their message was lost (purged queue, broker failure) or is
-    /// stuck. A duplicate delivery, if the old message still exists, is absorbed by the worker.
-    pub async fn requeue_stale_published(&self, run_id: Uuid, after: std::time::Duration) -> Result<u64, StoreError> {
+    /// Published tasks of a run whose message is gone go back to `ready`, so the outbox
+    /// publishes them again: those published at or before `published_before`, which the
+    /// outbox's departure evidence (`coordinator::departures`) says left the queue long enough
+    /// ago to have been finished by now.
+    /// A duplicate delivery, should the old message still exist, is absorbed by the worker.
+    pub async fn requeue_departed(
+        &self,
+        run_id: Uuid,
+        published_before: chrono::DateTime<chrono::Utc>,
+    ) -> Result<u64, StoreError> {
         let res = sqlx::query(
             "UPDATE tasks SET state = 'ready'
-             WHERE run_id = $1 AND state = 'published'
-               AND published_at < now() - make_interval(secs => $2::float8)",
+             WHERE run_id = $1 AND state = 'published' AND published_at <= $2",
         )
         .bind(run_id)
-        .bind(after.as_secs_f64())
+        .bind(published_before)
         .execute(self.pool())
         .await?;
         Ok(res.rows_affected())
@@ -431,6 +451,7 @@ impl Store {
         c.carried_failed = r.try_get(3)?;
         let r = sqlx::query(
             "SELECT count(*) FILTER (WHERE published_at IS NOT NULL),
+                    COALESCE(sum(publishes), 0)::int8, COALESCE(sum(replanned), 0)::int8,
                     count(*) FILTER (WHERE done_at > now() - interval '60 seconds'),
                     COALESCE(EXTRACT(EPOCH FROM (max(done_at) - (SELECT created_at FROM runs WHERE id = $1)))::float8, 0)
              FROM tasks WHERE run_id = $1",
@@ -439,8 +460,10 @@ impl Store {
         .fetch_one(self.pool())
         .await?;
         c.published_ever = r.try_get(0)?;
-        c.done_last_minute = r.try_get(1)?;
-        c.elapsed_secs = r.try_get(2)?;
+        c.messages_published = r.try_get(1)?;
+        c.replanned = r.try_get(2)?;
+        c.done_last_minute = r.try_get(3)?;
+        c.elapsed_secs = r.try_get(4)?;
         let r = sqlx::query(
             "SELECT count(*), COALESCE(sum(input_tokens), 0)::int8, COALESCE(sum(output_tokens), 0)::int8,
                     COALESCE(sum(cost_usd), 0)::float8

@@ -1,8 +1,7 @@
 //! What a worker reads about a task. Finishing tasks is in [`crate::finish`].
 //!
-//! Invariant: a task is completed by exactly one transaction that (1) inserts its output into the
-//! ledger unless the key is already there, (2) moves the task to `done` only if it is not done yet,
-//! (3) makes dependents ready, (4) records the attempts. The worker acks the message after commit.
+//! Invariant: a task is finished by the transaction of [`crate::finish`], following the state
+//! machine of [`reasonrec_core::finishing`]; the worker acks the message after commit.
 
 use crate::error::StoreError;
 use crate::pool::Store;
@@ -28,6 +27,9 @@ pub struct TaskContext {
     pub split: Option<String>,
     pub label: Option<bool>,
     pub input: serde_json::Value,
+    /// Bumped when an upstream output changed after the task was made ready; a completion
+    /// rendered from an older version is superseded.
+    pub inputs_version: i32,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -78,6 +80,9 @@ pub struct Completion {
     pub newly_done: bool,
     /// A new ledger row was written (false: the key existed and was reused).
     pub output_inserted: bool,
+    /// The answer was rendered from inputs that changed since (an upstream output arrived):
+    /// nothing moved; render and ask again.
+    pub superseded: bool,
 }
 
 impl Store {
@@ -90,7 +95,7 @@ impl Store {
     pub async fn load_tasks(&self, ids: &[Uuid]) -> Result<Vec<TaskContext>, StoreError> {
         let rows = sqlx::query(
             "SELECT t.id, t.run_id, t.stage, t.state, r.state AS run_state, r.dataset_id, d.family,
-                    t.user_id, t.item_id, t.split, t.label, t.input
+                    t.user_id, t.item_id, t.split, t.label, t.input, t.inputs_version
              FROM tasks t JOIN runs r ON r.id = t.run_id JOIN datasets d ON d.id = r.dataset_id
              WHERE t.id = ANY($1)",
         )
@@ -115,6 +120,7 @@ impl Store {
                     split: r.try_get("split")?,
                     label: r.try_get("label")?,
                     input: r.try_get("input")?,
+                    inputs_version: r.try_get("inputs_version")?,
                 })
             })
             .collect()
@@ -175,24 +181,13 @@ impl Store {
     }
 
     /// Records that a task's message was dead-lettered: the task fails with `reason` (so
-    /// `run retry-failed` can put it back) unless it finished meanwhile. Returns whether it
-    /// changed. Idempotent.
-    pub async fn record_dead_letter(&self, task_id: Uuid, reason: &str) -> Result<bool, StoreError> {
-        let mut tx = self.pool().begin().await?;
-        let res = sqlx::query(
-            "UPDATE tasks SET state = 'failed', last_error = $2, done_at = now()
-             WHERE id = $1 AND state IN ('ready', 'published')",
-        )
-        .bind(task_id)
-        .bind(format!("dead-lettered: {reason}"))
-        .execute(&mut *tx)
-        .await?;
-        let newly_failed = res.rows_affected() == 1;
-        if newly_failed {
-            release_dependents(&mut tx, task_id).await?;
-        }
-        tx.commit().await?;
-        Ok(newly_failed)
+    /// `run retry-failed` can put it back) unless it finished meanwhile, through the same state
+    /// machine as a worker's failure. Returns whether it changed. Idempotent.
+    pub async fn record_dead_letter(&self, task_id: Uuid, run_id: Uuid, reason: &str) -> Result<bool, StoreError> {
+        let kind = crate::finish::FinishKind::Fail { error: format!("dead-lettered: {reason}") };
+        let finish = crate::finish::Finish { task_id, run_id, inputs_version: 0, kind, attempts: Vec::new() };
+        let done = self.finish_tasks(&[finish]).await?;
+        Ok(done.first().is_some_and(|c| c.newly_done))
     }
 
     /// Outputs of the tasks each of `task_ids` depends on (text is None where the upstream task
@@ -249,25 +244,4 @@ impl Store {
         .await?;
         Ok(())
     }
-}
-
-/// One upstream task of each dependent is finished: count it down, and make the dependent ready
-/// when nothing is left.
-async fn release_dependents(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, task_id: Uuid) -> Result<(), StoreError> {
-    // Lock the dependents in id order first: concurrent completions that share dependents
-    // (items appear in many histories) then queue instead of deadlocking.
-    sqlx::query(
-        "WITH deps AS (
-             SELECT t.id FROM tasks t JOIN task_deps d ON d.task_id = t.id
-             WHERE d.depends_on = $1 AND t.state = 'waiting'
-             ORDER BY t.id FOR UPDATE OF t
-         )
-         UPDATE tasks SET pending_deps = tasks.pending_deps - 1,
-                          state = CASE WHEN tasks.pending_deps = 1 THEN 'ready' ELSE tasks.state END
-         FROM deps WHERE tasks.id = deps.id AND tasks.state = 'waiting'",
-    )
-    .bind(task_id)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
 }

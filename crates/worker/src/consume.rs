@@ -7,6 +7,8 @@
 //!   commit: already done, cancelled, unknown task), or after a confirmed copy of it sits in a
 //!   retry tier (commit failed: Postgres down) or the dead-letter exchange (retries spent);
 //!   when even that publish fails it is nacked back to the queue;
+//! - a message whose run or stage differs from its task's row is parked, not worked; a handler
+//!   that panics is treated as an uncommitted task (retry tier), never left unacked;
 //! - on broker loss the session is rebuilt with backoff; deliveries that could not be acked are
 //!   redelivered by the broker and absorbed by idempotent completion;
 //! - on stop: cancel the consumer (no new deliveries), give in-flight tasks `shutdown_grace_secs`,
@@ -86,24 +88,21 @@ async fn handle(
         Ok(m) => m,
         Err(e) => {
             counters.bad_messages.fetch_add(1, Ordering::Relaxed);
-            match redirect.park(&delivery.data, &e.to_string()).await {
-                Ok(()) => {
-                    tracing::error!(error = %e, bytes = delivery.data.len(), "undecodable message moved to the parked queue");
-                    let _ = delivery.acker.ack(BasicAckOptions::default()).await;
-                }
-                Err(pe) => {
-                    tracing::error!(error = %e, park_error = %pe, "undecodable message dropped: the parked queue refused it");
-                    let _ = delivery.acker.reject(BasicRejectOptions { requeue: false }).await;
-                }
-            }
+            tracing::error!(error = %e, bytes = delivery.data.len(), "undecodable message");
+            park_or_reject(&redirect, delivery, &e.to_string()).await;
             return;
         }
     };
     let metrics = reasonrec_core::metrics::metrics();
     metrics.in_flight.inc();
-    let result = processor.process(msg.task_id).await;
+    let result = guard_panics(processor.process(&msg)).await;
     metrics.in_flight.dec();
     match result {
+        Ok(Outcome::Mismatch { reason }) => {
+            counters.bad_messages.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(task_id = %msg.task_id, run_id = %msg.run_id, stage = %msg.stage, %reason, "message does not match its task; parked");
+            park_or_reject(&redirect, delivery, &reason).await;
+        }
         Ok(outcome) => {
             let (counter, name) = match &outcome {
                 Outcome::Completed { reused: false } => (&counters.completed, "completed"),
@@ -111,6 +110,7 @@ async fn handle(
                 Outcome::AlreadyDone => (&counters.already_done, "already_done"),
                 Outcome::Failed { .. } => (&counters.failed, "failed"),
                 Outcome::Skipped { .. } => (&counters.skipped, "skipped"),
+                Outcome::Mismatch { .. } => (&counters.bad_messages, "mismatch"),
             };
             counter.fetch_add(1, Ordering::Relaxed);
             metrics.task(msg.stage.as_str(), name);
@@ -129,6 +129,9 @@ async fn handle(
         Err(e) => {
             counters.requeued.fetch_add(1, Ordering::Relaxed);
             metrics.task(msg.stage.as_str(), "retried");
+            if matches!(e, WorkerError::Panicked(_)) {
+                tracing::error!(task_id = %msg.task_id, error = %e, "task handler panicked; nothing committed");
+            }
             let retries = header_u32(&delivery.properties, RETRIES_HEADER).unwrap_or(0);
             let reason = e.to_string();
             match redirect.retry_or_dead(&delivery.data, retries, max_retries, &reason).await {
@@ -152,6 +155,39 @@ async fn handle(
                     let _ = delivery.acker.nack(BasicNackOptions { requeue: true, multiple: false }).await;
                 }
             }
+        }
+    }
+}
+
+/// Moves a message nobody should work to the parked queue (kept for people to read) and acks
+/// it; rejects it without requeue when the parked queue refuses it.
+async fn park_or_reject(redirect: &Redirector, delivery: Delivery, reason: &str) {
+    match redirect.park(&delivery.data, reason).await {
+        Ok(()) => {
+            let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+        }
+        Err(pe) => {
+            tracing::error!(%reason, park_error = %pe, "message dropped: the parked queue refused it");
+            let _ = delivery.acker.reject(BasicRejectOptions { requeue: false }).await;
+        }
+    }
+}
+
+/// Runs a task's processing and turns a panic (a bug) into a retryable error, so the delivery
+/// is redirected like any uncommitted task instead of staying unacked until the channel closes.
+async fn guard_panics<F: std::future::Future<Output = Result<Outcome, WorkerError>>>(
+    work: F,
+) -> Result<Outcome, WorkerError> {
+    use futures::FutureExt;
+    match std::panic::AssertUnwindSafe(work).catch_unwind().await {
+        Ok(result) => result,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a non-text panic".into());
+            Err(WorkerError::Panicked(what))
         }
     }
 }
@@ -274,5 +310,24 @@ async fn consume_loop(
                 backoff = (backoff * 2).min(Duration::from_secs(10));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_handler_becomes_a_retryable_error() {
+        let r = guard_panics(async { panic!("boom") }).await;
+        match r {
+            Err(e @ WorkerError::Panicked(_)) => {
+                assert!(e.is_retryable());
+                assert!(e.to_string().contains("boom"), "{e}");
+            }
+            other => panic!("expected a panic error, got {other:?}"),
+        }
+        let ok = guard_panics(async { Ok(Outcome::AlreadyDone) }).await;
+        assert!(matches!(ok, Ok(Outcome::AlreadyDone)));
     }
 }

@@ -17,6 +17,13 @@ pub enum WorkerError {
     Teacher(#[from] TeacherError),
     #[error("prompt too long: {words} words, over the cap of {cap} (sampling.max_prompt_words)")]
     PromptTooLong { words: usize, cap: usize },
+    /// The task's inputs changed under every one of several renders (upstream outputs kept
+    /// arriving): the message is retried later.
+    #[error("task {task_id}: its inputs changed during each of {renders} renders; retried later")]
+    InputsKeptChanging { task_id: uuid::Uuid, renders: u32 },
+    /// The task's handler panicked (a bug): nothing was committed.
+    #[error("task handler panicked: {0}")]
+    Panicked(String),
 }
 
 impl WorkerError {
@@ -33,6 +40,7 @@ impl WorkerError {
             WorkerError::Core(e) => e.is_retryable(),
             WorkerError::Teacher(e) => e.is_retryable(),
             WorkerError::PromptTooLong { .. } => false,
+            WorkerError::InputsKeptChanging { .. } | WorkerError::Panicked(_) => true,
         }
     }
 }

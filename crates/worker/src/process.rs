@@ -7,7 +7,7 @@ use crate::render::{PromptCap, render_capped};
 use reasonrec_core::attempt::{AttemptRecord, ErrorClass};
 use reasonrec_core::stage::TaskState;
 use reasonrec_core::validate::validate_answer;
-use reasonrec_core::{ChatMessage, OutputKey, PromptLibrary};
+use reasonrec_core::{ChatMessage, OutputKey, PromptLibrary, TaskMessage};
 use reasonrec_store::Store;
 use reasonrec_store::finish::{Finish, FinishKind};
 use reasonrec_store::tasks::NewOutput;
@@ -24,8 +24,32 @@ pub enum Outcome {
     AlreadyDone,
     /// Permanent failure or retries spent; the task row holds the error.
     Failed { error: String },
-    /// The run was cancelled or the task does not exist any more.
+    /// Nothing to do now: the run was cancelled or is closed, the task does not exist any more,
+    /// waits for its inputs (it is published again once ready) or failed (`run retry-failed`
+    /// puts it back).
     Skipped { reason: String },
+    /// The message names another run or stage than the task's row: not ours to work; it is
+    /// parked for people to read.
+    Mismatch { reason: String },
+}
+
+/// How often a task is rendered again when its inputs changed while it was asked.
+const MAX_RENDERS: u32 = 3;
+
+/// One render-ask-commit pass: an outcome, or the inputs changed meanwhile.
+enum Pass {
+    Finished(Outcome),
+    Superseded,
+}
+
+impl Pass {
+    fn of(c: reasonrec_store::finish::FinishOutcome, done: Outcome) -> Self {
+        match (c.superseded, c.newly_done) {
+            (true, _) => Pass::Superseded,
+            (false, true) => Pass::Finished(done),
+            (false, false) => Pass::Finished(Outcome::AlreadyDone),
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -75,7 +99,7 @@ impl TaskProcessor {
         attempts: Vec<AttemptRecord>,
     ) -> Result<(), WorkerError> {
         let kind = FinishKind::Fail { error: error.to_string() };
-        self.committer.commit(Finish { task_id, run_id, kind, attempts }).await?;
+        self.committer.commit(Finish { task_id, run_id, inputs_version: 0, kind, attempts }).await?;
         Ok(())
     }
 
@@ -91,24 +115,60 @@ impl TaskProcessor {
         &self.store
     }
 
-    /// Processes one task. `Err` means nothing was committed and the message must go back to
-    /// the queue (a retryable store error); every `Ok` may be acked.
-    pub async fn process(&self, task_id: Uuid) -> Result<Outcome, WorkerError> {
-        let Some(bundle) = self.loader.load(task_id).await? else {
-            return Ok(Outcome::Skipped { reason: format!("task {task_id} does not exist") });
+    /// Processes the task of one message. `Err` means nothing was committed and the message
+    /// must go back to the queue (a retryable store error); every `Ok` may be acked. When an
+    /// upstream output arrives while the task is asked, the answer is superseded and the task is
+    /// rendered again (up to [`MAX_RENDERS`] times).
+    pub async fn process(&self, msg: &TaskMessage) -> Result<Outcome, WorkerError> {
+        for _ in 0..MAX_RENDERS {
+            if let Pass::Finished(outcome) = self.pass(msg).await? {
+                return Ok(outcome);
+            }
+            tracing::debug!(task_id = %msg.task_id, "inputs changed while asked; rendering again");
+        }
+        Err(WorkerError::InputsKeptChanging { task_id: msg.task_id, renders: MAX_RENDERS })
+    }
+
+    /// Whether the task's row lets this message be worked: `None` = go on.
+    async fn admit(
+        &self,
+        msg: &TaskMessage,
+        task: &reasonrec_store::tasks::TaskContext,
+    ) -> Result<Option<Outcome>, WorkerError> {
+        if task.run_id != msg.run_id || task.stage != msg.stage {
+            let reason = format!(
+                "message names run {} stage {}, the task's row run {} stage {}",
+                msg.run_id, msg.stage, task.run_id, task.stage
+            );
+            return Ok(Some(Outcome::Mismatch { reason }));
+        }
+        let skip = |reason: &str| Ok(Some(Outcome::Skipped { reason: reason.into() }));
+        match task.run_state.as_str() {
+            "cancelled" => {
+                self.store.cancel_task(task.id).await?;
+                return skip("run cancelled");
+            }
+            "running" | "paused" => {}
+            other => return skip(&format!("run is {other}")),
+        }
+        match task.state {
+            TaskState::Ready | TaskState::Published => Ok(None),
+            TaskState::Done => Ok(Some(Outcome::AlreadyDone)),
+            TaskState::Cancelled => skip("task cancelled"),
+            TaskState::Waiting => skip("task waits for its inputs; it is published again when ready"),
+            TaskState::Failed => skip("task failed; `run retry-failed` puts it back"),
+        }
+    }
+
+    async fn pass(&self, msg: &TaskMessage) -> Result<Pass, WorkerError> {
+        let Some(bundle) = self.loader.load(msg.task_id).await? else {
+            return Ok(Pass::Finished(Outcome::Skipped { reason: format!("task {} does not exist", msg.task_id) }));
         };
         let task = &bundle.task;
-        match task.state {
-            TaskState::Done => return Ok(Outcome::AlreadyDone),
-            TaskState::Cancelled => {
-                return Ok(Outcome::Skipped { reason: "task cancelled".into() });
-            }
-            _ => {}
+        if let Some(outcome) = self.admit(msg, task).await? {
+            return Ok(Pass::Finished(outcome));
         }
-        if task.run_state == "cancelled" {
-            self.store.cancel_task(task.id).await?;
-            return Ok(Outcome::Skipped { reason: "run cancelled".into() });
-        }
+        let inputs_version = task.inputs_version;
 
         let (prompt, truncated) =
             match render_capped(&self.store, &self.prompts, &bundle, self.options.prompt_cap).await {
@@ -120,7 +180,7 @@ impl TaskProcessor {
                         other => format!("cannot render prompt: {other}"),
                     };
                     self.fail(task.id, task.run_id, &error, Vec::new()).await?;
-                    return Ok(Outcome::Failed { error });
+                    return Ok(Pass::Finished(Outcome::Failed { error }));
                 }
             };
         // An accepted answer to this prompt from any configured teacher (model + parameters) is
@@ -136,9 +196,9 @@ impl TaskProcessor {
             .collect();
         if let Some(key) = self.store.first_existing_output(&keys).await? {
             let kind = FinishKind::Complete { key, output: None, history_truncated: truncated };
-            let finish = Finish { task_id: task.id, run_id: task.run_id, kind, attempts: Vec::new() };
+            let finish = Finish { task_id: task.id, run_id: task.run_id, inputs_version, kind, attempts: Vec::new() };
             let c = self.committer.commit(finish).await?;
-            return Ok(if c.newly_done { Outcome::Completed { reused: true } } else { Outcome::AlreadyDone });
+            return Ok(Pass::of(c, Outcome::Completed { reused: true }));
         }
 
         // What the rest needs of the task; the loaded bundle (input, the load batch's items,
@@ -165,7 +225,7 @@ impl TaskProcessor {
                     let error = format!("teacher: {e}");
                     tracing::warn!(task_id = %id, error_class = e.class().as_str(), attempts = attempts.len(), "task failed");
                     self.fail(id, run_id, &error, attempts).await?;
-                    return Ok(Outcome::Failed { error });
+                    return Ok(Pass::Finished(Outcome::Failed { error }));
                 }
             };
             let Err(rejection) = validate_answer(stage, &answer.text, answer.finish_reason.as_deref(), label) else {
@@ -180,7 +240,7 @@ impl TaskProcessor {
                 let raw: String = answer.text.chars().take(2000).collect();
                 let error = format!("answer rejected ({}): {}; raw answer: {raw}", rejection.code, rejection.message);
                 self.fail(id, run_id, &error, attempts).await?;
-                return Ok(Outcome::Failed { error });
+                return Ok(Pass::Finished(Outcome::Failed { error }));
             }
             reasks += 1;
             messages.push(ChatMessage { role: "assistant".into(), content: answer.text });
@@ -207,7 +267,7 @@ impl TaskProcessor {
         // The answer is paid for: a deadlock or a dropped connection retries the commit (in the
         // batcher) rather than sending the task back to be asked again.
         let kind = FinishKind::Complete { key, output: Some(Box::new(output)), history_truncated: truncated };
-        let c = self.committer.commit(Finish { task_id: id, run_id, kind, attempts }).await?;
-        Ok(if c.newly_done { Outcome::Completed { reused: !c.output_inserted } } else { Outcome::AlreadyDone })
+        let c = self.committer.commit(Finish { task_id: id, run_id, inputs_version, kind, attempts }).await?;
+        Ok(Pass::of(c, Outcome::Completed { reused: !c.output_inserted }))
     }
 }

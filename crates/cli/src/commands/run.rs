@@ -17,7 +17,7 @@ pub async fn create(settings: &Settings, a: RunCreateArgs) -> anyhow::Result<Exi
     // that is still going: refuse, like the coordinator's scheduler skips its tick.
     if a.incremental
         && !a.dry_run
-        && let Some(unfinished) = store.unfinished_run_of(&a.dataset).await?
+        && let Some(unfinished) = reasonrec_coordinator::unfinished_run(&store, &a.dataset).await?
     {
         anyhow::bail!(
             "run {unfinished} of dataset {:?} is not finished; an incremental run now would double it \

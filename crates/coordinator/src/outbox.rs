@@ -71,8 +71,17 @@ impl Outbox {
         let republish_after =
             Duration::from_secs(reasonrec_core::settings::CoordinatorSettings::default().republish_after_secs);
         let dead_channel = broker.channel().await?;
-        let probe = broker.channel().await?;
-        let queued = broker.topology().ready_messages(&probe).await?;
+        let mut probe = broker.channel().await?;
+        let queued = match broker.topology().ready_messages(&probe).await {
+            Ok(n) => n,
+            // No work queue (deleted under us): nothing is queued; the failed declare closed
+            // the channel. Publishes are returned until the queue is declared again.
+            Err(e) if e.is_not_found() => {
+                probe = broker.channel().await?;
+                0
+            }
+            Err(e) => return Err(e.into()),
+        };
         let departures = Departures::new(store.now().await?, u64::from(queued), republish_after);
         Ok(Self {
             store,
@@ -87,7 +96,7 @@ impl Outbox {
             batch: broker.settings().publish_batch.max(1),
             max_outstanding,
             republish_after,
-            stale_check: Pace::now(),
+            stale_check: Pace::after(stale_check_every(republish_after)),
             probe,
             departures: std::sync::Mutex::new(departures),
         })
@@ -109,6 +118,7 @@ impl Outbox {
     /// published again (`coordinator.republish_after_secs`).
     pub fn with_republish_after(mut self, after: Duration) -> Self {
         self.republish_after = after;
+        self.stale_check = Pace::after(stale_check_every(after));
         if let Ok(mut d) = self.departures.lock() {
             d.set_republish_after(after);
         }
@@ -219,8 +229,7 @@ impl Outbox {
     }
 
     fn stale_check_due(&self) -> bool {
-        let every = (self.republish_after / 10).clamp(Duration::from_millis(100), Duration::from_secs(60));
-        self.stale_check.due(every)
+        self.stale_check.due(stale_check_every(self.republish_after))
     }
 
     /// Moves dead-lettered task messages into Postgres: each task fails with the reason the
@@ -337,6 +346,12 @@ impl Outbox {
             }
         }
     }
+}
+
+/// How often the outbox looks for lost messages: a tenth of `republish_after` (nothing can be
+/// known lost sooner), between 100 ms and a minute.
+fn stale_check_every(republish_after: Duration) -> Duration {
+    (republish_after / 10).clamp(Duration::from_millis(100), Duration::from_secs(60))
 }
 
 /// How often `tasks` statistics are refreshed while runs are served.

@@ -470,7 +470,7 @@ pub async fn plan_run(
         }
     };
     let previous_run =
-        if opts.incremental || opts.dry_run { store.previous_completed_run(&ds.name).await? } else { None };
+        if opts.incremental || opts.dry_run { store.latest_completed_run(&ds.name).await? } else { None };
     let previous = match (&previous_run, &fingerprinter) {
         (Some(p), Some(f)) if opts.incremental => Some(Previous::load(store, p, &ds, f.templates(), settings).await?),
         _ => None,

@@ -22,6 +22,8 @@ pub struct RunStatus {
     pub state: String,
     /// Why the run is paused (by hand, or its budget was reached); None unless paused.
     pub paused_reason: Option<String>,
+    /// Why the run's planning failed; None unless failed.
+    pub failed_reason: Option<String>,
     pub priority: i32,
     pub budget: Budget,
     pub planned: i64,
@@ -43,6 +45,7 @@ pub async fn run_status(store: &Store, run_id: Uuid) -> Result<RunStatus, Coordi
     let state = store.refresh_run_state(run_id).await?;
     let c = store.run_counts(run_id).await?;
     let lifecycle = store.run_lifecycle(run_id).await?;
+    let failed_reason = store.get_run(run_id).await?.failed_reason;
     let remaining = c.total - c.done - c.failed - c.state(TaskState::Cancelled);
     let rate = if state == "completed" || c.done_last_minute == 0 {
         // Tasks carried over from an earlier run were not done by this one.
@@ -61,6 +64,7 @@ pub async fn run_status(store: &Store, run_id: Uuid) -> Result<RunStatus, Coordi
         run_id,
         state,
         paused_reason: lifecycle.paused_reason,
+        failed_reason,
         priority: lifecycle.priority,
         budget: lifecycle.budget,
         planned: c.total,
@@ -103,6 +107,16 @@ impl RunStatus {
         );
         if let Some(reason) = &self.paused_reason {
             out.push_str(&format!("  paused: {reason} (`reasonrec run resume {}` reopens it)\n", self.run_id));
+        }
+        if let Some(reason) = &self.failed_reason {
+            out.push_str(&format!("  failed: {reason}\n"));
+        }
+        let c = &self.counts;
+        if c.messages_published > c.published_ever || c.replanned > 0 {
+            out.push_str(&format!(
+                "  messages published {} for {} tasks; re-planned after an upstream output arrived: {}\n",
+                c.messages_published, c.published_ever, c.replanned
+            ));
         }
         if self.priority != 0 {
             out.push_str(&format!("  priority {}\n", self.priority));

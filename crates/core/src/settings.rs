@@ -363,9 +363,10 @@ pub struct CoordinatorSettings {
     /// in creation order (user by user), so downstream tasks that become ready are published
     /// ahead of the rest of the backlog, and the broker never holds a whole large run.
     pub max_outstanding: usize,
-    /// A task published this long ago and not finished is published again (its message was
-    /// lost). Keep it above the broker's consumer timeout (30 min by default) and the longest
-    /// a task may legitimately take.
+    /// A published task still unfinished this long after its message left the work queue is
+    /// published again (its message was lost); time spent waiting in the queue does not count
+    /// (`coordinator::departures`). Keep it above the broker's consumer timeout (30 min by
+    /// default), the longest retry tier and the longest a task may legitimately take.
     pub republish_after_secs: u64,
     /// The coordinator's HTTP endpoint: status page (`/`), `/api/runs`, `/metrics`, `/healthz`,
     /// `/readyz`; empty = off.

@@ -14,6 +14,12 @@ pub enum QueueError {
 impl QueueError {
     /// Broker errors are connection or channel trouble: reconnecting and retrying may succeed.
     /// A topology mismatch (PRECONDITION_FAILED) will not; it surfaces at declaration time.
+    /// The broker answered 404 NOT_FOUND (a queue or exchange that does not exist); the channel
+    /// it came on is closed.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, QueueError::Amqp(e) if e.to_string().contains("NOT_FOUND"))
+    }
+
     pub fn is_retryable(&self) -> bool {
         match self {
             QueueError::Amqp(e) => !e.to_string().contains("PRECONDITION_FAILED"),

@@ -185,19 +185,6 @@ impl Store {
         })
     }
 
-    /// The latest completed run of a dataset (any version of that name).
-    pub async fn latest_completed_run(&self, dataset: &str) -> Result<Uuid, StoreError> {
-        sqlx::query_scalar(
-            "SELECT r.id FROM runs r JOIN datasets d ON d.id = r.dataset_id
-             WHERE d.name = $1 AND r.state = 'completed'
-             ORDER BY r.finished_at DESC NULLS LAST, r.created_at DESC, r.id DESC LIMIT 1",
-        )
-        .bind(dataset)
-        .fetch_optional(self.pool())
-        .await?
-        .ok_or_else(|| StoreError::NotFound(format!("no completed run of dataset {dataset:?}")))
-    }
-
     /// The dataset row of a dataset version by id.
     pub async fn dataset_by_id(&self, dataset_id: i64) -> Result<crate::datasets::DatasetRow, StoreError> {
         let r = sqlx::query(

@@ -51,8 +51,12 @@ pub struct StageTokens {
 }
 
 impl Store {
-    /// The most recently created completed run of any version of dataset `name`.
-    pub async fn previous_completed_run(&self, name: &str) -> Result<Option<PreviousRun>, StoreError> {
+    /// "The latest completed run" of dataset name `name` (any version), the one definition of it:
+    /// the most recently *created* completed run, i.e. the one planned from the newest data. An
+    /// incremental run compares with it and `train export --dataset` exports it. (Ordering by
+    /// `finished_at` instead picked an older run that `run retry-failed` had reopened and
+    /// finished again.)
+    pub async fn latest_completed_run(&self, name: &str) -> Result<Option<PreviousRun>, StoreError> {
         let row = sqlx::query(
             "SELECT r.id, r.dataset_id, d.version, r.settings, r.created_at
              FROM runs r JOIN datasets d ON d.id = r.dataset_id

@@ -50,6 +50,8 @@ pub struct RunRow {
     pub settings: serde_json::Value,
     pub created_at: chrono::DateTime<chrono::Utc>,
     pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Why planning failed (state `failed`); None otherwise.
+    pub failed_reason: Option<String>,
 }
 
 /// Progress of a run, from the task and attempt tables.
@@ -213,11 +215,13 @@ impl Store {
     }
 
     pub async fn get_run(&self, run_id: Uuid) -> Result<RunRow, StoreError> {
-        let r = sqlx::query("SELECT id, dataset_id, state, settings, created_at, finished_at FROM runs WHERE id = $1")
-            .bind(run_id)
-            .fetch_optional(self.pool())
-            .await?
-            .ok_or_else(|| StoreError::NotFound(format!("run {run_id}")))?;
+        let r = sqlx::query(
+            "SELECT id, dataset_id, state, settings, created_at, finished_at, failed_reason FROM runs WHERE id = $1",
+        )
+        .bind(run_id)
+        .fetch_optional(self.pool())
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("run {run_id}")))?;
         Ok(RunRow {
             id: r.try_get("id")?,
             dataset_id: r.try_get("dataset_id")?,
@@ -225,6 +229,7 @@ impl Store {
             settings: r.try_get("settings")?,
             created_at: r.try_get("created_at")?,
             finished_at: r.try_get("finished_at")?,
+            failed_reason: r.try_get("failed_reason")?,
         })
     }
 

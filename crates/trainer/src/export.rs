@@ -98,7 +98,10 @@ pub enum Progress {
 pub async fn resolve(store: &Store, source: &Source) -> Result<Uuid, TrainerError> {
     match source {
         Source::Run(id) => Ok(*id),
-        Source::Dataset(name) => Ok(store.latest_completed_run(name).await?),
+        Source::Dataset(name) => match store.latest_completed_run(name).await? {
+            Some(run) => Ok(run.id),
+            None => Err(reasonrec_store::StoreError::NotFound(format!("no completed run of dataset {name:?}")).into()),
+        },
         Source::Snapshot(name) => Ok(store.snapshot_run(name).await?),
     }
 }

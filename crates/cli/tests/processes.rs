@@ -34,7 +34,7 @@ fn worker(config: &std::path::Path, name: &str) -> anyhow::Result<Child> {
         .args(["--config", &config.display().to_string(), "worker", "--name", name])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()?)
 }
 
@@ -65,8 +65,12 @@ async fn a_worker_killed_mid_run_loses_nothing_and_duplicates_nothing() -> anyho
     reasonrec_tests::drive_to_completion(&outbox, plan.run_id, 90).await?;
     // SIGTERM drains and exits 0.
     let _ = Command::new("kill").args(["-TERM", &second.id().to_string()]).status()?;
-    let status = second.wait()?;
-    assert!(status.success(), "graceful stop exits 0, got {status}");
+    let out = second.wait_with_output()?;
+    assert!(out.status.success(), "graceful stop exits 0, got {}", out.status);
+    // A WARN or ERROR line must mean something is wrong: a run that went well and a clean stop
+    // print none (lapin once logged "Connection error ... Closing" on every clean shutdown).
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(!log.contains("ERROR") && !log.contains("WARN"), "{log}");
 
     // `run status --watch` on the finished run draws its bars once and exits 0.
     let watch = Command::new(BIN)

@@ -14,6 +14,11 @@ pub struct Broker {
     connection: Connection,
     topology: Topology,
     settings: BrokerSettings,
+    /// Every channel made here, so that [`Broker::close`] closes them before the connection.
+    /// (A channel whose last handle is dropped queues its own close; queued just before the
+    /// connection's close, it found the connection closing and lapin logged an ERROR
+    /// "Connection error ... Closing (channel.close)" on every clean shutdown.)
+    channels: std::sync::Mutex<Vec<Channel>>,
 }
 
 impl Broker {
@@ -31,7 +36,12 @@ impl Broker {
     pub async fn connect_undeclared(settings: &BrokerSettings, connection_name: &str) -> Result<Self, QueueError> {
         let props = ConnectionProperties::default().with_connection_name(connection_name.into());
         let connection = deadline("connect", 30, Connection::connect(&settings.url, props)).await?;
-        Ok(Self { connection, topology: Topology::new(settings), settings: settings.clone() })
+        Ok(Self {
+            connection,
+            topology: Topology::new(settings),
+            settings: settings.clone(),
+            channels: std::sync::Mutex::new(Vec::new()),
+        })
     }
 
     pub fn topology(&self) -> &Topology {
@@ -43,7 +53,13 @@ impl Broker {
     }
 
     pub async fn channel(&self) -> Result<Channel, QueueError> {
-        deadline("channel.open", 30, self.connection.create_channel()).await
+        let channel = deadline("channel.open", 30, self.connection.create_channel()).await?;
+        if let Ok(mut all) = self.channels.lock() {
+            // Channels closed meanwhile (by us, or by the broker after an error) are let go.
+            all.retain(|c| c.status().connected());
+            all.push(channel.clone());
+        }
+        Ok(channel)
     }
 
     /// A consumer on the work queue with manual acks and `prefetch` unacked deliveries at most.
@@ -64,11 +80,19 @@ impl Broker {
         Ok((ch, consumer))
     }
 
-    /// Closes the connection, waiting at most [`CLOSE_WAIT`] for the broker's close-ok. Seen
+    /// Closes the channels made here that are still open, then the connection, waiting at most
+    /// [`CLOSE_WAIT`] for each of the broker's close-ok. Seen
     /// once on this machine: `connection.close` never resolved after a `run create --wait` had
     /// finished its run (the process then hung for good, all its work done); after the wait
     /// the connection is dropped, which closes the socket.
     pub async fn close(&self) {
+        let open: Vec<Channel> = match self.channels.lock() {
+            Ok(mut all) => all.drain(..).filter(|c| c.status().connected()).collect(),
+            Err(_) => Vec::new(),
+        };
+        for c in open {
+            let _ = deadline("channel.close", CLOSE_WAIT.as_secs(), c.close(200, "closing".into())).await;
+        }
         if tokio::time::timeout(CLOSE_WAIT, self.connection.close(200, "bye".into())).await.is_err() {
             tracing::warn!(
                 wait_secs = CLOSE_WAIT.as_secs(),

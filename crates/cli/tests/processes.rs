@@ -61,7 +61,7 @@ async fn a_worker_killed_mid_run_loses_nothing_and_duplicates_nothing() -> anyho
     let done_at_kill = count(&env.store, done_sql, plan.run_id).await?;
     assert!(done_at_kill < 120, "killed before the end ({done_at_kill} done)");
 
-    let mut second = worker(&config, "survivor")?;
+    let second = worker(&config, "survivor")?;
     reasonrec_tests::drive_to_completion(&outbox, plan.run_id, 90).await?;
     // SIGTERM drains and exits 0.
     let _ = Command::new("kill").args(["-TERM", &second.id().to_string()]).status()?;

@@ -49,6 +49,20 @@ fn init_once() {
     });
 }
 
+/// A copy of the sample dataset in a fresh temporary folder, whose ratings.dat `edit` may change
+/// (a new dataset version once ingested).
+pub fn sample_copy(edit: impl FnOnce(&mut Vec<String>)) -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("rr-sample-{}", Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir)?;
+    for f in ["users.dat", "movies.dat", "ratings.dat"] {
+        std::fs::copy(sample_dir().join(f), dir.join(f))?;
+    }
+    let mut lines: Vec<String> = std::fs::read_to_string(dir.join("ratings.dat"))?.lines().map(String::from).collect();
+    edit(&mut lines);
+    std::fs::write(dir.join("ratings.dat"), lines.join("\n") + "\n")?;
+    Ok(dir)
+}
+
 /// A private database, broker namespace and mock teacher.
 pub struct TestEnv {
     pub settings: Settings,

@@ -6,9 +6,9 @@
 use reasonrec_coordinator::regenerate::Regeneration;
 use reasonrec_coordinator::{Outbox, PlanOptions, RunPlan, create_run, plan_run};
 use reasonrec_mock_teacher::MockConfig;
-use reasonrec_tests::{TestEnv, count, sample_dir};
+use reasonrec_tests::{TestEnv, count, sample_copy};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use uuid::Uuid;
 
 const USERS: usize = 12;
@@ -64,19 +64,6 @@ fn reasons(entries: &[(&str, &str, u64)]) -> BTreeMap<String, BTreeMap<String, u
 
 async fn tasks_of(env: &TestEnv, run: Uuid, sql_filter: &str) -> anyhow::Result<i64> {
     count(&env.store, &format!("SELECT count(*) FROM tasks WHERE run_id = $1 AND {sql_filter}"), run).await
-}
-
-/// A copy of the sample dataset whose ratings.dat `edit` may change.
-fn sample_copy(edit: impl FnOnce(&mut Vec<String>)) -> anyhow::Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("rr-incr-{}", Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir)?;
-    for f in ["users.dat", "movies.dat", "ratings.dat"] {
-        std::fs::copy(sample_dir().join(f), dir.join(f))?;
-    }
-    let mut lines: Vec<String> = std::fs::read_to_string(dir.join("ratings.dat"))?.lines().map(String::from).collect();
-    edit(&mut lines);
-    std::fs::write(dir.join("ratings.dat"), lines.join("\n") + "\n")?;
-    Ok(dir)
 }
 
 async fn ingest_version(env: &TestEnv, dir: &Path) -> anyhow::Result<()> {

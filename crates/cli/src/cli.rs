@@ -233,6 +233,18 @@ pub enum RunCommand {
     Resume(RunArg),
     /// Set a run's budget; a run pauses itself when its spend reaches it.
     Budget(RunBudgetArgs),
+    /// Delete what `[retention]` lets go: old finished runs' task rows, ledger outputs no task
+    /// uses, rows of old dataset versions. Snapshotted, exported and unfinished runs stay.
+    Prune(RunPruneArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunPruneArgs {
+    /// List what would be deleted; delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -39,6 +39,7 @@ pub mod status;
 pub mod web;
 
 pub use error::CoordinatorError;
+pub use lifecycle::prune;
 pub use outbox::{Outbox, PumpReport};
 pub use run::{PlanOptions, RunPlan, create_run, plan_run, unfinished_run};
 pub use service::{Target, supervise};

@@ -40,3 +40,17 @@ pub async fn may_publish(store: &Store, run_id: Uuid) -> Result<bool, Coordinato
         }
     }
 }
+
+/// Applies the `[retention]` policy (`reasonrec run prune`, and the leader after a scheduled run
+/// when `retention.on_schedule`): see `reasonrec_store::retention`.
+pub async fn prune(
+    store: &Store,
+    settings: &reasonrec_core::settings::RetentionSettings,
+    dry_run: bool,
+) -> Result<reasonrec_store::retention::PruneReport, CoordinatorError> {
+    let policy = reasonrec_store::retention::Retention {
+        keep_completed: settings.keep_completed.max(1),
+        keep_days: settings.keep_days,
+    };
+    Ok(store.prune(policy, dry_run).await?)
+}

@@ -60,6 +60,10 @@ pub async fn fire(store: &Store, settings: &Settings, job: &Job) -> Result<Fired
     // Regeneration yields to runs over new data (`run create` without --incremental).
     store.set_run_priority(plan.run_id, crate::lifecycle::INCREMENTAL_PRIORITY).await?;
     tracing::info!(job = %job.name, dataset = %job.dataset, run_id = %plan.run_id, to_work = plan.to_work(), "scheduled incremental run created");
+    if settings.retention.on_schedule {
+        // The new run is unfinished, so it and the latest completed run are kept.
+        crate::lifecycle::prune(store, &settings.retention, false).await?;
+    }
     Ok(Fired::Created { run_id: plan.run_id, to_work: plan.to_work() })
 }
 

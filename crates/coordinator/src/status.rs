@@ -24,6 +24,8 @@ pub struct RunStatus {
     pub paused_reason: Option<String>,
     /// Why the run's planning failed; None unless failed.
     pub failed_reason: Option<String>,
+    /// When retention deleted the run's task rows (its counts are then empty).
+    pub pruned_at: Option<chrono::DateTime<chrono::Utc>>,
     pub priority: i32,
     pub budget: Budget,
     pub planned: i64,
@@ -45,7 +47,8 @@ pub async fn run_status(store: &Store, run_id: Uuid) -> Result<RunStatus, Coordi
     let state = store.refresh_run_state(run_id).await?;
     let c = store.run_counts(run_id).await?;
     let lifecycle = store.run_lifecycle(run_id).await?;
-    let failed_reason = store.get_run(run_id).await?.failed_reason;
+    let row = store.get_run(run_id).await?;
+    let (failed_reason, pruned_at) = (row.failed_reason, row.pruned_at);
     let remaining = c.total - c.done - c.failed - c.state(TaskState::Cancelled);
     let rate = if state == "completed" || c.done_last_minute == 0 {
         // Tasks carried over from an earlier run were not done by this one.
@@ -65,6 +68,7 @@ pub async fn run_status(store: &Store, run_id: Uuid) -> Result<RunStatus, Coordi
         state,
         paused_reason: lifecycle.paused_reason,
         failed_reason,
+        pruned_at,
         priority: lifecycle.priority,
         budget: lifecycle.budget,
         planned: c.total,
@@ -107,6 +111,9 @@ impl RunStatus {
         );
         if let Some(reason) = &self.paused_reason {
             out.push_str(&format!("  paused: {reason} (`reasonrec run resume {}` reopens it)\n", self.run_id));
+        }
+        if let Some(at) = self.pruned_at {
+            out.push_str(&format!("  pruned at {at}: its task rows were deleted by retention (`run prune`)\n"));
         }
         if let Some(reason) = &self.failed_reason {
             out.push_str(&format!("  failed: {reason}\n"));

@@ -29,6 +29,29 @@ pub struct Settings {
     pub trainer: TrainerSettings,
     pub metrics: MetricsSettings,
     pub schedule: ScheduleSettings,
+    pub retention: RetentionSettings,
+}
+
+/// What `reasonrec run prune` (and, with `on_schedule`, the leader after each scheduled tick)
+/// deletes: the task rows of finished runs outside the policy, the ledger outputs no remaining
+/// task uses, and the rows of dataset versions no remaining run uses. Never deleted: unfinished
+/// runs, snapshotted runs, runs an export recorded, the latest version of each dataset name.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionSettings {
+    /// The newest completed runs of each dataset name kept whole (at least 1: the next
+    /// incremental run compares with the latest).
+    pub keep_completed: u32,
+    /// Runs created within this many days are kept whatever their number; 0 = no age rule.
+    pub keep_days: u32,
+    /// The leading coordinator prunes after each scheduled incremental run it creates.
+    pub on_schedule: bool,
+}
+
+impl Default for RetentionSettings {
+    fn default() -> Self {
+        Self { keep_completed: 3, keep_days: 0, on_schedule: false }
+    }
 }
 
 /// Scheduled incremental runs, fired by the leading coordinator.
@@ -536,6 +559,12 @@ impl Settings {
         }
         if self.broker.publish_batch == 0 {
             return bad("broker.publish_batch", "must be at least 1".into());
+        }
+        if self.retention.keep_completed == 0 {
+            return bad(
+                "retention.keep_completed",
+                "must be at least 1 (incremental runs compare with the latest)".into(),
+            );
         }
         if self.broker.retry_delays_secs.is_empty() || self.broker.retry_delays_secs.contains(&0) {
             return bad("broker.retry_delays_secs", "needs at least one delay, each at least 1 second".into());

@@ -10,6 +10,7 @@
 //! - [`finish`]: the one transaction that finishes tasks (commit batches, dead letters), applying
 //!   the state machine of `reasonrec_core::finishing`.
 //! - [`planning`]: the run's planning lock; plans that died are found and failed.
+//! - [`retention`]: `run prune`: old runs' task rows, unused ledger outputs, old dataset versions.
 //! - [`monitor`]: recent runs and completions per minute, for the status page.
 //! - [`leases`]: worker leases on teacher endpoints (fleet-shared rate limits).
 //! - [`lifecycle`]: pause and resume, budgets, priorities, the run list, snapshots, corpus diffs.
@@ -31,6 +32,7 @@ pub mod lifecycle;
 pub mod monitor;
 pub mod planning;
 pub mod pool;
+pub mod retention;
 pub mod runs;
 pub mod tasks;
 

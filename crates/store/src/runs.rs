@@ -52,6 +52,8 @@ pub struct RunRow {
     pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
     /// Why planning failed (state `failed`); None otherwise.
     pub failed_reason: Option<String>,
+    /// When retention deleted the run's task rows (`run prune`); None: they are all there.
+    pub pruned_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// Progress of a run, from the task and attempt tables.
@@ -216,7 +218,7 @@ impl Store {
 
     pub async fn get_run(&self, run_id: Uuid) -> Result<RunRow, StoreError> {
         let r = sqlx::query(
-            "SELECT id, dataset_id, state, settings, created_at, finished_at, failed_reason FROM runs WHERE id = $1",
+            "SELECT id, dataset_id, state, settings, created_at, finished_at, failed_reason, pruned_at FROM runs WHERE id = $1",
         )
         .bind(run_id)
         .fetch_optional(self.pool())
@@ -230,6 +232,7 @@ impl Store {
             created_at: r.try_get("created_at")?,
             finished_at: r.try_get("finished_at")?,
             failed_reason: r.try_get("failed_reason")?,
+            pruned_at: r.try_get("pruned_at")?,
         })
     }
 

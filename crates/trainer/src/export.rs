@@ -202,6 +202,12 @@ pub async fn export_run(
     progress: &mut impl FnMut(Progress),
 ) -> Result<Manifest, TrainerError> {
     let run = store.get_run(run_id).await?;
+    if let Some(at) = run.pruned_at {
+        return Err(reasonrec_store::StoreError::NotFound(format!(
+            "run {run_id} was pruned at {at} (retention deleted its tasks); export a kept run or snapshot"
+        ))
+        .into());
+    }
     let dataset = store.dataset_by_id(run.dataset_id).await?;
     let state = match opts.partial {
         true => store.refresh_run_state(run_id).await?,
@@ -305,6 +311,8 @@ pub async fn export_run(
         files,
     };
     write_manifest(&opts.out, &manifest)?;
+    // Retention keeps a run an export manifest names.
+    store.record_export(run_id, &opts.out.display().to_string()).await?;
     Ok(manifest)
 }
 

@@ -40,6 +40,7 @@ pub async fn dispatch(args: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(RunCommand::Pause(a)) => lifecycle::pause(&settings, a).await,
         Command::Run(RunCommand::Resume(a)) => lifecycle::resume(&settings, a).await,
         Command::Run(RunCommand::Budget(a)) => lifecycle::budget(&settings, a).await,
+        Command::Run(RunCommand::Prune(a)) => run::prune(&settings, a).await,
         Command::Coordinator => coordinator::coordinator(&settings).await,
         Command::Worker(a) => worker::worker(settings, a).await,
         Command::MockTeacher(a) => mock::serve(a).await,

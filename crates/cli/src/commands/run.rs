@@ -1,10 +1,11 @@
-//! `run create` (plain, `--incremental`, `--dry-run`), `run status`, `run retry-failed`, `run cancel`.
+//! `run create` (plain, `--incremental`, `--dry-run`), `run status`, `run retry-failed`, `run cancel`,
+//! `run prune`.
 //!
 //! Exit codes of `run create --wait`: 0 = completed (also: nothing to redo), 2 = completed with
 //! failed tasks (not counting failures an incremental run carried over by configuration).
 
 use super::{connect_broker, connect_store};
-use crate::cli::{RetryFailedArgs, RunArg, RunCreateArgs, RunStatusArgs};
+use crate::cli::{RetryFailedArgs, RunArg, RunCreateArgs, RunPruneArgs, RunStatusArgs};
 use reasonrec_coordinator::status::run_status;
 use reasonrec_coordinator::{Outbox, PlanOptions, Target, plan_run, supervise};
 use reasonrec_core::Settings;
@@ -141,5 +142,31 @@ pub async fn cancel(settings: &Settings, a: RunArg) -> anyhow::Result<ExitCode> 
     super::lifecycle::refuse_if_snapshotted(&store, a.run, "cancelled").await?;
     let n = store.cancel_run(a.run).await?;
     println!("run {} cancelled: {n} unfinished tasks cancelled", a.run);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn prune(settings: &Settings, a: RunPruneArgs) -> anyhow::Result<ExitCode> {
+    let store = connect_store(settings).await?;
+    store.ensure_migrated().await?;
+    let report = reasonrec_coordinator::prune(&store, &settings.retention, a.dry_run).await?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let verb = if a.dry_run { "would prune" } else { "pruned" };
+    println!("{verb} {} runs", report.runs.len());
+    for run in &report.runs {
+        println!("  {run}");
+    }
+    if !a.dry_run {
+        println!(
+            "deleted {} task rows, {} edges, {} ledger outputs, {} interactions",
+            report.tasks_deleted, report.edges_deleted, report.outputs_deleted, report.interactions_deleted
+        );
+        println!("corpus tables: {} MB -> {} MB", report.bytes_before / 1_000_000, report.bytes_after / 1_000_000);
+    }
+    for (name, version) in &report.dataset_versions {
+        println!("  dataset {name:?} v{version}: rows {}", if a.dry_run { "would go" } else { "deleted" });
+    }
     Ok(ExitCode::SUCCESS)
 }

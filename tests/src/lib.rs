@@ -9,6 +9,7 @@
 pub mod chaos;
 pub mod pg;
 pub mod proxy;
+pub mod soak;
 
 use anyhow::Context;
 use reasonrec_core::PromptLibrary;

@@ -286,7 +286,7 @@ pub async fn run(cfg: ChaosConfig) -> anyhow::Result<ChaosReport> {
     report.seconds = t0.elapsed().as_secs_f64();
     workers.stop_all();
     stop.cancel();
-    anyhow::ensure!(state.as_deref() == Some("completed"), "run ended {state:?}");
+    anyhow::ensure!(state == Some(reasonrec_core::stage::RunState::Completed), "run ended {state:?}");
 
     let s = &env.store;
     let q = |sql: &'static str| crate::count(s, sql, run_id);

@@ -440,7 +440,7 @@ async fn with_postgres_down_tasks_wait_in_retry_tiers_then_are_dead_lettered_the
     let target = reasonrec_coordinator::Target::Run(plan.run_id);
     let first = reasonrec_coordinator::supervise(&env.store, &env.settings, target, stop.clone());
     let state = tokio::time::timeout(Duration::from_secs(60), first).await??;
-    assert_eq!(state.as_deref(), Some("completed"));
+    assert_eq!(state, Some(reasonrec_core::stage::RunState::Completed));
     let failed = count(
         &env.store,
         "SELECT count(*) FROM tasks WHERE run_id = $1 AND state = 'failed'
@@ -455,7 +455,7 @@ async fn with_postgres_down_tasks_wait_in_retry_tiers_then_are_dead_lettered_the
     let target = reasonrec_coordinator::Target::Run(plan.run_id);
     let again = reasonrec_coordinator::supervise(&env.store, &env.settings, target, stop);
     let state = tokio::time::timeout(Duration::from_secs(60), again).await??;
-    assert_eq!(state.as_deref(), Some("completed"));
+    assert_eq!(state, Some(reasonrec_core::stage::RunState::Completed));
     assert_eq!(
         count(&env.store, "SELECT count(*) FROM tasks WHERE run_id = $1 AND state = 'done'", plan.run_id).await?,
         20

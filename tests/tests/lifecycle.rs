@@ -37,7 +37,7 @@ async fn wait_drained(env: &TestEnv, run: Uuid) -> anyhow::Result<()> {
 }
 
 /// `outbox.drive(run)` in the background, as `run create --wait` runs it.
-fn drive(outbox: &Arc<Outbox>, run: Uuid) -> tokio::task::JoinHandle<anyhow::Result<String>> {
+fn drive(outbox: &Arc<Outbox>, run: Uuid) -> tokio::task::JoinHandle<anyhow::Result<reasonrec_core::stage::RunState>> {
     let outbox = outbox.clone();
     tokio::spawn(async move { Ok(outbox.drive(run, POLL).await?) })
 }

@@ -13,6 +13,7 @@ use lapin::Channel;
 use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions};
 use reasonrec_core::TaskMessage;
 use reasonrec_core::metrics::metrics;
+use reasonrec_core::stage::RunState;
 use reasonrec_queue::error::deadline;
 use reasonrec_queue::redirect::dead_reason;
 use reasonrec_queue::{Broker, Publisher, Redirector};
@@ -304,13 +305,13 @@ impl Outbox {
     }
 
     /// Publishes and watches `run_id` until it is completed (or cancelled). Returns its state.
-    pub async fn drive(&self, run_id: Uuid, poll: Duration) -> Result<String, CoordinatorError> {
+    pub async fn drive(&self, run_id: Uuid, poll: Duration) -> Result<RunState, CoordinatorError> {
         loop {
             self.record_dead_letters().await?;
             self.update_gauges(&[run_id]).await?;
             let report = self.pump(run_id).await?;
             let state = self.store.refresh_run_state(run_id).await?;
-            if state == "completed" || state == "cancelled" {
+            if matches!(state, RunState::Completed | RunState::Cancelled) {
                 return Ok(state);
             }
             if report.published == 0 {
@@ -334,7 +335,7 @@ impl Outbox {
             for run_id in runs {
                 busy |= self.pump(run_id).await?.published > 0;
                 let state = self.store.refresh_run_state(run_id).await?;
-                if state == "completed" {
+                if state == RunState::Completed {
                     tracing::info!(%run_id, "run completed");
                 }
             }

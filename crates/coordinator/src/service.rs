@@ -8,6 +8,7 @@
 use crate::error::CoordinatorError;
 use crate::outbox::Outbox;
 use reasonrec_core::Settings;
+use reasonrec_core::stage::RunState;
 use reasonrec_queue::Broker;
 use reasonrec_store::Store;
 use std::time::{Duration, Instant};
@@ -30,7 +31,7 @@ pub async fn supervise(
     settings: &Settings,
     target: Target,
     stop: CancellationToken,
-) -> Result<Option<String>, CoordinatorError> {
+) -> Result<Option<RunState>, CoordinatorError> {
     let poll = Duration::from_millis(settings.coordinator.poll_interval_ms);
     let mut backoff = Duration::from_millis(200);
     loop {
@@ -59,7 +60,7 @@ async fn session(
     target: Target,
     poll: Duration,
     stop: &CancellationToken,
-) -> Result<Option<String>, CoordinatorError> {
+) -> Result<Option<RunState>, CoordinatorError> {
     let broker = Broker::connect(&settings.broker, "reasonrec-coordinator").await?;
     let result = async {
         let outbox = Outbox::configured(store.clone(), &broker, &settings.coordinator).await?;

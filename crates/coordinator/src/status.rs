@@ -1,7 +1,7 @@
 //! Run progress for people (`run status`) and machines (`run status --json`).
 
 use crate::error::CoordinatorError;
-use reasonrec_core::stage::TaskState;
+use reasonrec_core::stage::{RunState, TaskState};
 use reasonrec_store::Store;
 use reasonrec_store::lifecycle::{Budget, dollars};
 use reasonrec_store::runs::RunCounts;
@@ -19,7 +19,7 @@ pub fn count_interval(took: Duration, floor: Duration) -> Duration {
 #[derive(Debug, Clone, Serialize)]
 pub struct RunStatus {
     pub run_id: Uuid,
-    pub state: String,
+    pub state: RunState,
     /// Why the run is paused (by hand, or its budget was reached); None unless paused.
     pub paused_reason: Option<String>,
     /// Why the run's planning failed; None unless failed.
@@ -50,7 +50,7 @@ pub async fn run_status(store: &Store, run_id: Uuid) -> Result<RunStatus, Coordi
     let row = store.get_run(run_id).await?;
     let (failed_reason, pruned_at) = (row.failed_reason, row.pruned_at);
     let remaining = c.total - c.done - c.failed - c.state(TaskState::Cancelled);
-    let rate = if state == "completed" || c.done_last_minute == 0 {
+    let rate = if state == RunState::Completed || c.done_last_minute == 0 {
         // Tasks carried over from an earlier run were not done by this one.
         if c.elapsed_secs > 0.0 { (c.done - c.carried_done) as f64 / c.elapsed_secs } else { 0.0 }
     } else {

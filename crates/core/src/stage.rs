@@ -84,6 +84,73 @@ impl FromStr for TaskState {
     }
 }
 
+/// Life of a run row (`runs.state`). `planning` -> `running` <-> `paused` -> `completed` |
+/// `cancelled`; `planning` -> `failed` when the plan errored or died. `run retry-failed` moves
+/// `completed` back to `running` (never for a snapshotted run).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunState {
+    Planning,
+    Running,
+    Paused,
+    Completed,
+    Cancelled,
+    Failed,
+}
+
+impl RunState {
+    pub const ALL: [RunState; 6] = [
+        RunState::Planning,
+        RunState::Running,
+        RunState::Paused,
+        RunState::Completed,
+        RunState::Cancelled,
+        RunState::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::Planning => "planning",
+            RunState::Running => "running",
+            RunState::Paused => "paused",
+            RunState::Completed => "completed",
+            RunState::Cancelled => "cancelled",
+            RunState::Failed => "failed",
+        }
+    }
+
+    /// Its tasks may still finish (`running` or `paused`): the finishing state machine's
+    /// "open run".
+    pub fn is_open(self) -> bool {
+        matches!(self, RunState::Running | RunState::Paused)
+    }
+
+    /// Nothing of it will change any more (unless `run retry-failed` reopens a completed run).
+    pub fn is_finished(self) -> bool {
+        matches!(self, RunState::Completed | RunState::Cancelled | RunState::Failed)
+    }
+}
+
+impl fmt::Display for RunState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for RunState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        RunState::ALL.into_iter().find(|st| st.as_str() == s).ok_or_else(|| format!("unknown run state {s:?}"))
+    }
+}
+
+/// Lets callers (and tests) compare with the name Postgres stores.
+impl PartialEq<&str> for RunState {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -94,6 +161,17 @@ mod tests {
             assert_eq!(st.as_str().parse::<Stage>(), Ok(st));
         }
         assert!("nope".parse::<Stage>().is_err());
+    }
+
+    #[test]
+    fn run_states_round_trip_and_only_running_and_paused_are_open() {
+        for st in RunState::ALL {
+            assert_eq!(st.as_str().parse::<RunState>(), Ok(st));
+            assert_eq!(st, st.as_str());
+        }
+        let open: Vec<_> = RunState::ALL.into_iter().filter(|s| s.is_open()).collect();
+        assert_eq!(open, vec![RunState::Running, RunState::Paused]);
+        assert!("done".parse::<RunState>().is_err());
     }
 
     #[test]

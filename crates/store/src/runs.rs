@@ -2,7 +2,7 @@
 
 use crate::error::StoreError;
 use crate::pool::Store;
-use reasonrec_core::stage::{Stage, TaskState};
+use reasonrec_core::stage::{RunState, Stage, TaskState};
 use sqlx::Row;
 use std::collections::BTreeMap;
 use uuid::Uuid;
@@ -46,7 +46,7 @@ pub enum Carried {
 pub struct RunRow {
     pub id: Uuid,
     pub dataset_id: i64,
-    pub state: String,
+    pub state: RunState,
     pub settings: serde_json::Value,
     pub created_at: chrono::DateTime<chrono::Utc>,
     pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
@@ -227,7 +227,7 @@ impl Store {
         Ok(RunRow {
             id: r.try_get("id")?,
             dataset_id: r.try_get("dataset_id")?,
-            state: r.try_get("state")?,
+            state: r.try_get::<String, _>("state")?.parse().map_err(StoreError::Corrupt)?,
             settings: r.try_get("settings")?,
             created_at: r.try_get("created_at")?,
             finished_at: r.try_get("finished_at")?,
@@ -400,7 +400,7 @@ impl Store {
     }
 
     /// Marks the run completed when no task is left to do. Returns the run's state.
-    pub async fn refresh_run_state(&self, run_id: Uuid) -> Result<String, StoreError> {
+    pub async fn refresh_run_state(&self, run_id: Uuid) -> Result<RunState, StoreError> {
         sqlx::query(
             "UPDATE runs SET state = 'completed', finished_at = now()
              WHERE id = $1 AND state = 'running'

@@ -7,7 +7,7 @@ use crate::error::StoreError;
 use crate::pool::Store;
 use reasonrec_core::data::Family;
 use reasonrec_core::key::OutputKey;
-use reasonrec_core::stage::{Stage, TaskState};
+use reasonrec_core::stage::{RunState, Stage, TaskState};
 use sqlx::Row;
 use std::collections::HashMap;
 use uuid::Uuid;
@@ -19,7 +19,7 @@ pub struct TaskContext {
     pub run_id: Uuid,
     pub stage: Stage,
     pub state: TaskState,
-    pub run_state: String,
+    pub run_state: RunState,
     pub dataset_id: i64,
     pub family: Family,
     pub user_id: Option<i32>,
@@ -112,7 +112,7 @@ impl Store {
                     run_id: r.try_get("run_id")?,
                     stage: stage.parse().map_err(StoreError::Corrupt)?,
                     state: state.parse().map_err(StoreError::Corrupt)?,
-                    run_state: r.try_get("run_state")?,
+                    run_state: r.try_get::<String, _>("run_state")?.parse().map_err(StoreError::Corrupt)?,
                     dataset_id: r.try_get("dataset_id")?,
                     family: Store::parse_family(&family)?,
                     user_id: r.try_get("user_id")?,

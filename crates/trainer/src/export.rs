@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use reasonrec_core::PromptLibrary;
+use reasonrec_core::stage::RunState;
 use reasonrec_store::Store;
 use reasonrec_store::export::{ExportCounts, ExportTask};
 use uuid::Uuid;
@@ -89,7 +90,7 @@ impl ExportOptions {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Progress {
     /// Waiting for the run to complete: its state and task counts.
-    Waiting { state: String, counts: ExportCounts },
+    Waiting { state: RunState, counts: ExportCounts },
     /// Rows read and kept so far.
     Exported { read: u64, kept: u64 },
 }
@@ -113,12 +114,12 @@ pub async fn wait_for_run(
     run_id: Uuid,
     poll: Duration,
     progress: &mut impl FnMut(Progress),
-) -> Result<String, TrainerError> {
+) -> Result<RunState, TrainerError> {
     loop {
         let state = store.refresh_run_state(run_id).await?;
-        match state.as_str() {
-            "completed" => return Ok(state),
-            "cancelled" => return Err(TrainerError::RunCancelled(run_id)),
+        match state {
+            RunState::Completed => return Ok(state),
+            RunState::Cancelled => return Err(TrainerError::RunCancelled(run_id)),
             _ => {
                 let counts = store.export_counts(run_id).await?;
                 progress(Progress::Waiting { state, counts });
@@ -279,7 +280,12 @@ pub async fn export_run(
     let report = filters.report();
     let manifest = Manifest {
         manifest_version: MANIFEST_VERSION,
-        run: RunInfo { id: run_id.to_string(), complete: state == "completed", state, snapshot: opts.snapshot.clone() },
+        run: RunInfo {
+            id: run_id.to_string(),
+            complete: state == RunState::Completed,
+            state: state.to_string(),
+            snapshot: opts.snapshot.clone(),
+        },
         dataset: DatasetInfo {
             name: dataset.name.clone(),
             version: dataset.version,

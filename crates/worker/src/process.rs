@@ -5,7 +5,7 @@ use crate::error::WorkerError;
 use crate::load::Loader;
 use crate::render::{PromptCap, render_capped};
 use reasonrec_core::attempt::{AttemptRecord, ErrorClass};
-use reasonrec_core::stage::TaskState;
+use reasonrec_core::stage::{RunState, TaskState};
 use reasonrec_core::validate::validate_answer;
 use reasonrec_core::{ChatMessage, OutputKey, PromptLibrary, TaskMessage};
 use reasonrec_store::Store;
@@ -143,12 +143,12 @@ impl TaskProcessor {
             return Ok(Some(Outcome::Mismatch { reason }));
         }
         let skip = |reason: &str| Ok(Some(Outcome::Skipped { reason: reason.into() }));
-        match task.run_state.as_str() {
-            "cancelled" => {
+        match task.run_state {
+            RunState::Cancelled => {
                 self.store.cancel_task(task.id).await?;
                 return skip("run cancelled");
             }
-            "running" | "paused" => {}
+            open if open.is_open() => {}
             other => return skip(&format!("run is {other}")),
         }
         match task.state {

@@ -9,6 +9,7 @@ use crate::cli::{RetryFailedArgs, RunArg, RunCreateArgs, RunPruneArgs, RunStatus
 use reasonrec_coordinator::status::run_status;
 use reasonrec_coordinator::{Outbox, PlanOptions, Target, plan_run, supervise};
 use reasonrec_core::Settings;
+use reasonrec_core::stage::RunState;
 use std::process::ExitCode;
 
 pub async fn create(settings: &Settings, a: RunCreateArgs) -> anyhow::Result<ExitCode> {
@@ -112,7 +113,7 @@ async fn watch(store: &reasonrec_store::Store, run_id: uuid::Uuid) -> anyhow::Re
         print!("\x1b[2J\x1b[H{}", status.render_bars(40));
         use std::io::Write;
         let _ = std::io::stdout().flush();
-        if matches!(status.state.as_str(), "completed" | "cancelled") {
+        if matches!(status.state, RunState::Completed | RunState::Cancelled) {
             return Ok(if status.failed > 0 { ExitCode::from(2) } else { ExitCode::SUCCESS });
         }
         tokio::select! {

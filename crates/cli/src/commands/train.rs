@@ -48,7 +48,7 @@ pub async fn export(settings: &Settings, a: TrainExportArgs) -> anyhow::Result<E
     let mut last_wait = None;
     let mut on_progress = |p: Progress| match p {
         Progress::Waiting { state, counts } => {
-            let now = (state.clone(), counts.done);
+            let now = (state, counts.done);
             if last_wait.as_ref() != Some(&now) {
                 eprintln!(
                     "run {run_id} is {state}: {}/{} tasks done ({}/{} reasoning); waiting for it to complete \

@@ -173,6 +173,18 @@ impl TestEnv {
         Ok(WorkerHandle { stop, counters, join })
     }
 
+    /// Publishes `run` and works it with one in-process worker until it is completed (two
+    /// minutes at most).
+    pub async fn run_to_completion(&self, run: Uuid) -> anyhow::Result<()> {
+        let broker = self.broker().await?;
+        let outbox = reasonrec_coordinator::Outbox::new(self.store.clone(), &broker).await?;
+        let w = self.spawn_worker("w")?;
+        drive_to_completion(&outbox, run, 120).await?;
+        w.shutdown().await?;
+        broker.close().await;
+        Ok(())
+    }
+
     /// Drops the database and the broker objects now (Drop does it too, on a helper thread).
     pub async fn cleanup(mut self) -> anyhow::Result<()> {
         self.cleaned = true;

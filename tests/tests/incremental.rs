@@ -4,7 +4,7 @@
 //! mock answer exactly the stale ones.
 
 use reasonrec_coordinator::regenerate::Regeneration;
-use reasonrec_coordinator::{Outbox, PlanOptions, RunPlan, create_run, plan_run};
+use reasonrec_coordinator::{PlanOptions, RunPlan, create_run, plan_run};
 use reasonrec_mock_teacher::MockConfig;
 use reasonrec_tests::{TestEnv, count, sample_copy};
 use std::collections::BTreeMap;
@@ -23,13 +23,7 @@ async fn env_with(mock: MockConfig) -> anyhow::Result<TestEnv> {
 
 /// Publishes the run and works it with one in-process worker until it is completed.
 async fn complete(env: &TestEnv, run: Uuid) -> anyhow::Result<()> {
-    let broker = env.broker().await?;
-    let outbox = Outbox::new(env.store.clone(), &broker).await?;
-    let w = env.spawn_worker("w")?;
-    reasonrec_tests::drive_to_completion(&outbox, run, 120).await?;
-    w.shutdown().await?;
-    broker.close().await;
-    Ok(())
+    env.run_to_completion(run).await
 }
 
 async fn first_run(env: &TestEnv) -> anyhow::Result<RunPlan> {

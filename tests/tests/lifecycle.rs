@@ -4,8 +4,7 @@
 use reasonrec_coordinator::{Outbox, create_run};
 use reasonrec_mock_teacher::MockConfig;
 use reasonrec_store::lifecycle::{Budget, PauseOutcome, ResumeOutcome, SnapshotOutcome};
-use reasonrec_tests::{TestEnv, count, sample_dir};
-use std::path::PathBuf;
+use reasonrec_tests::{TestEnv, count, sample_copy};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
@@ -44,13 +43,7 @@ fn drive(outbox: &Arc<Outbox>, run: Uuid) -> tokio::task::JoinHandle<anyhow::Res
 
 /// Publishes the run and works it with one in-process worker until it is completed.
 async fn complete(env: &TestEnv, run: Uuid) -> anyhow::Result<()> {
-    let broker = env.broker().await?;
-    let outbox = Outbox::new(env.store.clone(), &broker).await?;
-    let w = env.spawn_worker("w")?;
-    reasonrec_tests::drive_to_completion(&outbox, run, 120).await?;
-    w.shutdown().await?;
-    broker.close().await;
-    Ok(())
+    env.run_to_completion(run).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -299,19 +292,6 @@ async fn snapshots_name_completed_runs_once_and_freeze_them() -> anyhow::Result<
     let deleted = sqlx::query("DELETE FROM runs WHERE id = $1").bind(run).execute(s.pool()).await;
     assert!(deleted.is_err(), "the snapshot's foreign key keeps the run");
     env.cleanup().await
-}
-
-/// A copy of the sample dataset whose ratings.dat `edit` may change.
-fn sample_copy(edit: impl FnOnce(&mut Vec<String>)) -> anyhow::Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("rr-life-{}", Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir)?;
-    for f in ["users.dat", "movies.dat", "ratings.dat"] {
-        std::fs::copy(sample_dir().join(f), dir.join(f))?;
-    }
-    let mut lines: Vec<String> = std::fs::read_to_string(dir.join("ratings.dat"))?.lines().map(String::from).collect();
-    edit(&mut lines);
-    std::fs::write(dir.join("ratings.dat"), lines.join("\n") + "\n")?;
-    Ok(dir)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

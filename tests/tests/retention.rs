@@ -2,26 +2,16 @@
 //! outputs no task uses, old dataset versions lose their rows; snapshotted, exported, unfinished
 //! and the newest completed runs stay whole, and the next incremental run still works.
 
-use reasonrec_coordinator::{Outbox, PlanOptions, create_run, plan_run, prune};
+use reasonrec_coordinator::{PlanOptions, create_run, plan_run, prune};
 use reasonrec_core::settings::RetentionSettings;
 use reasonrec_tests::{TestEnv, count, sample_copy};
 use uuid::Uuid;
-
-async fn complete(env: &TestEnv, run: Uuid) -> anyhow::Result<()> {
-    let broker = env.broker().await?;
-    let outbox = Outbox::new(env.store.clone(), &broker).await?;
-    let w = env.spawn_worker("w")?;
-    reasonrec_tests::drive_to_completion(&outbox, run, 120).await?;
-    w.shutdown().await?;
-    broker.close().await;
-    Ok(())
-}
 
 /// An incremental run of `sample`, worked to completion.
 async fn night(env: &TestEnv) -> anyhow::Result<Uuid> {
     let plan = plan_run(&env.store, &env.settings, "sample", PlanOptions { incremental: true, dry_run: false }).await?;
     if env.store.get_run(plan.run_id).await?.state != "completed" {
-        complete(env, plan.run_id).await?;
+        env.run_to_completion(plan.run_id).await?;
     }
     Ok(plan.run_id)
 }
@@ -64,7 +54,7 @@ async fn prune_deletes_old_runs_unused_outputs_and_old_versions_and_keeps_what_i
     let s = &env.store;
     // Version 1: a full run, a night, a cancelled run.
     let run1 = create_run(s, &env.settings, "sample").await?.run_id;
-    complete(&env, run1).await?;
+    env.run_to_completion(run1).await?;
     let run2 = night(&env).await?;
     let run3 = create_run(s, &env.settings, "sample").await?.run_id;
     s.cancel_run(run3).await?;

@@ -30,8 +30,8 @@ pub struct Departures {
     republish_after: chrono::Duration,
     /// Messages published so far, counting those queued at the start.
     published: u64,
-    /// (time of a mark, `published` after it), oldest first; the first one at or after the last
-    /// departure is kept.
+    /// (time of a mark, `published` after it), oldest first; those before the last answer of
+    /// [`Departures::lost_before`] are let go.
     marks: VecDeque<(DateTime<Utc>, u64)>,
     /// (observed at, every message marked at or before this time had left the queue), oldest first.
     departed: VecDeque<(DateTime<Utc>, DateTime<Utc>)>,
@@ -75,13 +75,27 @@ impl Departures {
         let left = self.published.saturating_sub(depth);
         self.max_depth = self.max_depth.max(depth);
         self.first.get_or_insert((at, left));
-        let left = self.last.map_or(left, |(_, prev)| left.max(prev));
+        let fewer = self.last.is_some_and(|(_, prev)| left < prev);
         self.last = Some((at, left));
-        // The last mark whose messages all left; older marks are no longer needed.
-        let Some(i) = self.marks.iter().rposition(|&(_, total)| total <= left) else { return };
-        let (time, _) = self.marks[i];
-        self.marks.drain(..i);
-        if self.departed.back().is_none_or(|&(_, t)| time > t) {
+        // The last mark whose messages all left.
+        let time = self.marks.iter().rposition(|&(_, total)| total <= left).map(|i| self.marks[i].0);
+        if fewer {
+            // Messages came back (a consumer died and its deliveries were requeued, or others
+            // joined the queue): the newest departures may have been those. Evidence is cut back
+            // to what still holds (an earlier observation that marks up to `t` had left still
+            // proves it for marks up to `time`); the rest is seen leaving again, with a new time.
+            let mut kept: VecDeque<(DateTime<Utc>, DateTime<Utc>)> = VecDeque::new();
+            for (observed, t) in self.departed.drain(..) {
+                let Some(t) = time.map(|time| t.min(time)) else { break };
+                if kept.back().is_none_or(|&(_, last)| t > last) {
+                    kept.push_back((observed, t));
+                }
+            }
+            self.departed = kept;
+        }
+        if let Some(time) = time
+            && self.departed.back().is_none_or(|&(_, t)| time > t)
+        {
             self.departed.push_back((at, time));
         }
     }
@@ -113,9 +127,12 @@ impl Departures {
             evidence = Some(time);
             self.departed.pop_front();
         }
-        // Keep the newest answer: the next call starts from it.
+        // Keep the newest answer: the next call starts from it. Marks before it are no longer
+        // needed (their tasks, if unfinished, are published again and marked anew).
         if let Some(time) = evidence {
             self.departed.push_front((horizon, time));
+            let keep = self.marks.iter().rposition(|&(t, _)| t <= time).unwrap_or(0);
+            self.marks.drain(..keep);
         }
         let last_resort = self
             .last_resort_age()
@@ -195,6 +212,21 @@ mod tests {
         // Ours left, but 15 others (retry tiers, another publisher) sit in the queue.
         d.observe(t(10), 15);
         assert!(!lost(&mut d, 200, 0));
+    }
+
+    #[test]
+    fn messages_handed_back_by_a_dead_consumer_are_not_counted_as_departed() {
+        let mut d = Departures::new(t(0), 0, AFTER);
+        d.published(t(0), 10);
+        d.published(t(1), 10);
+        d.observe(t(10), 0); // both pages left: delivered to a consumer
+        // The consumer dies; the broker requeues its 5 unacked deliveries (the newest).
+        d.observe(t(20), 5);
+        assert!(lost(&mut d, 110, 0), "the first page's departure still holds");
+        assert!(!lost(&mut d, 115, 1), "the second page came back: its first departure does not count");
+        d.observe(t(30), 0); // it left again
+        assert!(!lost(&mut d, 125, 1), "timed from the second departure");
+        assert!(lost(&mut d, 130, 1));
     }
 
     #[test]

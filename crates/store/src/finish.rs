@@ -84,8 +84,9 @@ impl Store {
         }
 
         let inserted = insert_outputs(&mut tx, batch).await?;
-        write_moves(&mut tx, &moves).await?;
-        insert_attempt_rows(&mut tx, batch).await?;
+        let mut new_attempts = insert_attempt_rows(&mut tx, batch).await?;
+        write_moves(&mut tx, &moves, &mut new_attempts).await?;
+        count_attempts(&mut tx, &new_attempts).await?;
         let sorted = |pick: fn(&Move) -> bool| {
             let mut v: Vec<Uuid> = moves.iter().filter(|(_, m)| pick(m)).map(|(id, _)| *id).collect();
             v.sort_unstable();
@@ -188,20 +189,28 @@ async fn insert_outputs(tx: &mut Tx<'_>, batch: &[Finish]) -> Result<HashSet<Vec
     .collect())
 }
 
-/// Writes each moved task's final state of the batch; every moved task is `released`.
-async fn write_moves(tx: &mut Tx<'_>, moves: &HashMap<Uuid, Move<'_>>) -> Result<(), StoreError> {
-    let (mut done_ids, mut done_keys, mut done_trunc) = (vec![], vec![], vec![]);
-    let (mut fail_ids, mut fail_err) = (vec![], vec![]);
+/// Writes each moved task's final state of the batch (every moved task is `released`), adding
+/// its newly recorded attempts (taken out of `new_attempts`) in the same update.
+async fn write_moves(
+    tx: &mut Tx<'_>,
+    moves: &HashMap<Uuid, Move<'_>>,
+    new_attempts: &mut HashMap<Uuid, i32>,
+) -> Result<(), StoreError> {
+    let (mut done_ids, mut done_keys, mut done_trunc, mut done_n) = (vec![], vec![], vec![], vec![]);
+    let (mut fail_ids, mut fail_err, mut fail_n) = (vec![], vec![], vec![]);
     for (id, m) in moves {
+        let n = new_attempts.remove(id).unwrap_or(0);
         match (&m.finish.kind, m.to) {
             (FinishKind::Complete { key, history_truncated, .. }, TaskState::Done) => {
                 done_ids.push(*id);
                 done_keys.push(key.as_bytes().to_vec());
                 done_trunc.push(*history_truncated);
+                done_n.push(n);
             }
             (FinishKind::Fail { error }, TaskState::Failed) => {
                 fail_ids.push(*id);
                 fail_err.push(error.clone());
+                fail_n.push(n);
             }
             (_, to) => return Err(StoreError::Corrupt(format!("task {id}: a finish moved it to {}", to.as_str()))),
         }
@@ -209,37 +218,40 @@ async fn write_moves(tx: &mut Tx<'_>, moves: &HashMap<Uuid, Move<'_>>) -> Result
     if !done_ids.is_empty() {
         sqlx::query(
             "UPDATE tasks t SET state = 'done', output_key = u.key, done_at = now(), last_error = NULL,
-                                history_truncated = u.trunc, released = true
-             FROM UNNEST($1::uuid[], $2::bytea[], $3::int[]) AS u(id, key, trunc)
+                                history_truncated = u.trunc, released = true, attempts = t.attempts + u.n
+             FROM UNNEST($1::uuid[], $2::bytea[], $3::int[], $4::int[]) AS u(id, key, trunc, n)
              WHERE t.id = u.id",
         )
         .bind(&done_ids)
         .bind(&done_keys)
         .bind(&done_trunc)
+        .bind(&done_n)
         .execute(&mut **tx)
         .await?;
     }
     if !fail_ids.is_empty() {
         sqlx::query(
-            "UPDATE tasks t SET state = 'failed', last_error = u.err, done_at = now(), released = true
-             FROM UNNEST($1::uuid[], $2::text[]) AS u(id, err)
+            "UPDATE tasks t SET state = 'failed', last_error = u.err, done_at = now(), released = true,
+                                attempts = t.attempts + u.n
+             FROM UNNEST($1::uuid[], $2::text[], $3::int[]) AS u(id, err, n)
              WHERE t.id = u.id",
         )
         .bind(&fail_ids)
         .bind(&fail_err)
+        .bind(&fail_n)
         .execute(&mut **tx)
         .await?;
     }
     Ok(())
 }
 
-/// Records every entry's attempts (a task twice in a batch keeps both entries' paid calls) and
-/// adds the newly recorded ones to `tasks.attempts`: a retried commit counts nothing twice.
-async fn insert_attempt_rows(tx: &mut Tx<'_>, batch: &[Finish]) -> Result<(), StoreError> {
+/// Records every entry's attempts (a task twice in a batch keeps both entries' paid calls);
+/// returns how many were new per task (a retried commit counts nothing twice).
+async fn insert_attempt_rows(tx: &mut Tx<'_>, batch: &[Finish]) -> Result<HashMap<Uuid, i32>, StoreError> {
     let rows: Vec<(&Finish, &AttemptRecord)> =
         batch.iter().flat_map(|f| f.attempts.iter().map(move |a| (f, a))).collect();
     if rows.is_empty() {
-        return Ok(());
+        return Ok(HashMap::new());
     }
     let task: Vec<Uuid> = rows.iter().map(|(f, _)| f.task_id).collect();
     let run: Vec<Uuid> = rows.iter().map(|(f, _)| f.run_id).collect();
@@ -254,16 +266,13 @@ async fn insert_attempt_rows(tx: &mut Tx<'_>, batch: &[Finish]) -> Result<(), St
     let tin: Vec<i32> = rows.iter().map(|(_, a)| a.input_tokens).collect();
     let tout: Vec<i32> = rows.iter().map(|(_, a)| a.output_tokens).collect();
     let cost: Vec<f64> = rows.iter().map(|(_, a)| a.cost_usd).collect();
-    sqlx::query(
-        "WITH new AS (
-             INSERT INTO attempts (task_id, run_id, attempt_id, endpoint, model, started_at, duration_ms, http_status,
-                                   error_class, error, input_tokens, output_tokens, cost_usd)
-             SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::timestamptz[],
-                                  $7::int[], $8::int[], $9::text[], $10::text[], $11::int[], $12::int[], $13::float8[])
-             ON CONFLICT (attempt_id) DO NOTHING
-             RETURNING task_id
-         ), per_task AS (SELECT task_id, count(*)::int AS n FROM new GROUP BY task_id)
-         UPDATE tasks t SET attempts = t.attempts + p.n FROM per_task p WHERE t.id = p.task_id",
+    let inserted: Vec<Uuid> = sqlx::query_scalar(
+        "INSERT INTO attempts (task_id, run_id, attempt_id, endpoint, model, started_at, duration_ms, http_status,
+                               error_class, error, input_tokens, output_tokens, cost_usd)
+         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::timestamptz[],
+                              $7::int[], $8::int[], $9::text[], $10::text[], $11::int[], $12::int[], $13::float8[])
+         ON CONFLICT (attempt_id) DO NOTHING
+         RETURNING task_id",
     )
     .bind(&task)
     .bind(&run)
@@ -278,6 +287,29 @@ async fn insert_attempt_rows(tx: &mut Tx<'_>, batch: &[Finish]) -> Result<(), St
     .bind(&tin)
     .bind(&tout)
     .bind(&cost)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut per_task = HashMap::new();
+    for t in inserted {
+        *per_task.entry(t).or_insert(0) += 1;
+    }
+    Ok(per_task)
+}
+
+/// Adds new attempts to `tasks.attempts` for tasks that did not move (a superseded answer, a
+/// copy after completion): the moved ones counted theirs in [`write_moves`].
+async fn count_attempts(tx: &mut Tx<'_>, new_attempts: &HashMap<Uuid, i32>) -> Result<(), StoreError> {
+    if new_attempts.is_empty() {
+        return Ok(());
+    }
+    let mut pairs: Vec<(Uuid, i32)> = new_attempts.iter().map(|(id, n)| (*id, *n)).collect();
+    pairs.sort_unstable();
+    let (ids, ns): (Vec<Uuid>, Vec<i32>) = pairs.into_iter().unzip();
+    sqlx::query(
+        "UPDATE tasks t SET attempts = t.attempts + u.n FROM UNNEST($1::uuid[], $2::int[]) AS u(id, n) WHERE t.id = u.id",
+    )
+    .bind(&ids)
+    .bind(&ns)
     .execute(&mut **tx)
     .await?;
     Ok(())

@@ -106,3 +106,29 @@ async fn requests_per_minute_is_a_ceiling() -> anyhow::Result<()> {
     assert!(span >= 39.0 / 10.0 * 0.97, "40 requests at <= 10/s take >= 3.8 s, took {span:.2} s");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn implausible_usage_counts_are_replaced_by_estimates_and_never_wrap() -> anyhow::Result<()> {
+    // A broken server reports u32::MAX tokens both ways: stored as-is it wrapped negative in the
+    // ledger (`as i32`), bypassed `budget_tokens` and stalled the token buckets (issue 16).
+    let m = mock(MockConfig { usage_override: Some(u32::MAX), ..MockConfig::default() }).await?;
+    let p = pool(vec![endpoint("broken", &m, 1)])?;
+    let before = reasonrec_core::metrics::metrics()
+        .teacher_usage_anomalies
+        .get_or_create(&vec![("endpoint", "broken".to_string())])
+        .get();
+    let r = p.call(&messages()).await;
+    let (answer, _) = r.result.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let estimate = reasonrec_teacher::protocol::estimate_prompt_tokens(&messages());
+    assert_eq!(answer.input_tokens, estimate);
+    assert!(answer.usage_estimated);
+    let attempt = r.attempts.last().ok_or_else(|| anyhow::anyhow!("no attempt recorded"))?;
+    assert!(attempt.input_tokens >= 0 && attempt.output_tokens >= 0, "{attempt:?}");
+    assert_eq!(attempt.input_tokens, i32::try_from(estimate)?);
+    let after = reasonrec_core::metrics::metrics()
+        .teacher_usage_anomalies
+        .get_or_create(&vec![("endpoint", "broken".to_string())])
+        .get();
+    assert_eq!(after - before, 1, "the anomaly is counted");
+    Ok(())
+}

@@ -48,6 +48,7 @@ pub struct Metrics {
     pub run_cost: Family<Labels, FloatGauge>,
     pub published: Counter,
     pub dead_letters_recorded: Counter,
+    pub teacher_usage_anomalies: Family<Labels, Counter>,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -84,6 +85,7 @@ impl Metrics {
             run_cost: Family::default(),
             published: Counter::default(),
             dead_letters_recorded: Counter::default(),
+            teacher_usage_anomalies: Family::default(),
         };
         let build: Family<Labels, Gauge> = Family::default();
         build.get_or_create(&vec![("version", env!("CARGO_PKG_VERSION").to_string())]).set(1);
@@ -125,6 +127,11 @@ impl Metrics {
             "dead_letters_recorded",
             "Dead-lettered messages turned into failed tasks",
             m.dead_letters_recorded.clone(),
+        );
+        registry.register(
+            "teacher_usage_anomalies",
+            "Answers whose reported token usage was implausible and replaced by estimates, by endpoint",
+            m.teacher_usage_anomalies.clone(),
         );
         Self { registry, ..m }
     }

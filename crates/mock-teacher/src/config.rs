@@ -41,6 +41,9 @@ pub struct MockConfig {
     pub seed: u64,
     /// When set, requests must carry `Authorization: Bearer <api_key>`; others get 401.
     pub api_key: Option<String>,
+    /// A broken server: `usage` reports this many prompt and completion tokens instead of the
+    /// real counts (e.g. `u32::MAX`).
+    pub usage_override: Option<u32>,
 }
 
 impl Default for MockConfig {
@@ -61,6 +64,7 @@ impl Default for MockConfig {
             tokens_per_minute: 0,
             seed: 42,
             api_key: None,
+            usage_override: None,
         }
     }
 }

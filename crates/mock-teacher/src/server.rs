@@ -288,7 +288,10 @@ async fn chat(State(state): State<Arc<AppState>>, headers: axum::http::HeaderMap
             message: AssistantMessage { role: "assistant".into(), content: Some(text) },
             finish_reason: Some(if truncated { "length" } else { "stop" }.into()),
         }],
-        usage: Some(Usage { prompt_tokens, completion_tokens, total_tokens: prompt_tokens + completion_tokens }),
+        usage: Some(match cfg.usage_override {
+            Some(n) => Usage { prompt_tokens: n, completion_tokens: n, total_tokens: n.saturating_add(n) },
+            None => Usage { prompt_tokens, completion_tokens, total_tokens: prompt_tokens + completion_tokens },
+        }),
     };
     axum::Json(resp).into_response()
 }

@@ -255,9 +255,26 @@ impl TeacherClient {
         let Some(text) = choice.message.content else {
             return Err(TeacherError::Malformed { status, message: "the first choice has no text content".into() });
         };
+        let (prompt_estimate, completion_estimate) = (estimate_prompt_tokens(messages), estimate_tokens(&text));
         let (input_tokens, output_tokens, usage_estimated) = match parsed.usage {
-            Some(u) => (u.prompt_tokens, u.completion_tokens, false),
-            None => (estimate_prompt_tokens(messages), estimate_tokens(&text), true),
+            Some(u)
+                if plausible(u.prompt_tokens, prompt_estimate)
+                    && plausible(u.completion_tokens, completion_estimate) =>
+            {
+                (u.prompt_tokens, u.completion_tokens, false)
+            }
+            Some(u) => {
+                // A broken server's counts would stall the token buckets, overflow the ledger's
+                // columns and skew the budget: use the estimates and count the anomaly.
+                tracing::warn!(endpoint = %self.endpoint().name, reported_in = u.prompt_tokens, reported_out = u.completion_tokens,
+                               estimate_in = prompt_estimate, estimate_out = completion_estimate, "implausible token usage; using estimates");
+                reasonrec_core::metrics::metrics()
+                    .teacher_usage_anomalies
+                    .get_or_create(&vec![("endpoint", self.endpoint().name.clone())])
+                    .inc();
+                (prompt_estimate, completion_estimate, true)
+            }
+            None => (prompt_estimate, completion_estimate, true),
         };
         Ok(ChatAnswer {
             text,
@@ -269,6 +286,12 @@ impl TeacherClient {
             pause: None,
         })
     }
+}
+
+/// A reported token count is believed unless it is far beyond the text it counts: more than 8x
+/// the 4-characters-per-token estimate plus 4,096 (tokenizers differ, never by that much).
+fn plausible(reported: u32, estimate: u32) -> bool {
+    u64::from(reported) <= u64::from(estimate) * 8 + 4_096
 }
 
 fn looks_like_context_overflow(body: &str) -> bool {
@@ -294,6 +317,15 @@ fn classify_transport(e: &reqwest::Error, timeout: Duration) -> TeacherError {
 mod tests {
     use super::*;
     use chrono::TimeZone;
+
+    #[test]
+    fn a_token_count_far_beyond_its_text_is_not_believed() {
+        assert!(plausible(100, 100) && plausible(800 + 4_096, 100));
+        assert!(!plausible(800 + 4_097, 100));
+        assert!(!plausible(u32::MAX, 1_000));
+        assert!(plausible(u32::MAX, u32::MAX), "no overflow at the top");
+        assert!(plausible(0, 50), "a server may count fewer");
+    }
 
     #[test]
     fn retry_after_both_forms() {

@@ -55,8 +55,8 @@ pub fn record(
             http_status: Some(i32::from(a.http_status)),
             error_class: None,
             error: None,
-            input_tokens: a.input_tokens as i32,
-            output_tokens: a.output_tokens as i32,
+            input_tokens: i32::try_from(a.input_tokens).unwrap_or(i32::MAX),
+            output_tokens: i32::try_from(a.output_tokens).unwrap_or(i32::MAX),
             cost_usd: client.cost_usd(a.input_tokens, a.output_tokens),
         },
         Err(e) => AttemptRecord {

@@ -261,8 +261,8 @@ impl TaskProcessor {
             template_version: prompt.version,
             model: ep.model.clone(),
             params: serde_json::to_value(&ep.params).unwrap_or_default(),
-            input_tokens: answer.input_tokens as i32,
-            output_tokens: answer.output_tokens as i32,
+            input_tokens: i32::try_from(answer.input_tokens).unwrap_or(i32::MAX),
+            output_tokens: i32::try_from(answer.output_tokens).unwrap_or(i32::MAX),
         };
         // The answer is paid for: a deadlock or a dropped connection retries the commit (in the
         // batcher) rather than sending the task back to be asked again.

@@ -26,9 +26,6 @@ pub struct PumpReport {
     pub published: u64,
     pub nacked: u64,
     pub returned: u64,
-    /// Published tasks put back to ready: their message left the queue `republish_after` ago
-    /// (or passed the last-resort age) and they are still unfinished.
-    pub republished: u64,
 }
 
 impl PumpReport {
@@ -36,7 +33,6 @@ impl PumpReport {
         self.published += other.published;
         self.nacked += other.nacked;
         self.returned += other.returned;
-        self.republished += other.republished;
     }
 }
 
@@ -132,8 +128,7 @@ impl Outbox {
         self
     }
 
-    /// One pass over a run's ready tasks, in pages of `publish_batch`, after putting back
-    /// tasks whose message went missing. Publishes nothing unless the run is `running` and under
+    /// One pass over a run's ready tasks, in pages of `publish_batch`. Publishes nothing unless the run is `running` and under
     /// its budget (a run whose spend reached it is paused here: [`crate::lifecycle`]).
     pub async fn pump(&self, run_id: Uuid) -> Result<PumpReport, CoordinatorError> {
         let mut report = PumpReport::default();
@@ -142,14 +137,6 @@ impl Outbox {
         }
         if self.analyze.due(ANALYZE_EVERY) {
             self.store.analyze_tasks().await?;
-        }
-        let stale = match self.stale_check_due() {
-            true => self.requeue_lost(run_id).await?,
-            false => 0,
-        };
-        if stale > 0 {
-            tracing::warn!(%run_id, tasks = stale, "messages left the queue long ago and their tasks are unfinished; publishing them again");
-            report.republished = stale;
         }
         let outstanding = self.store.outstanding_tasks(run_id).await?.max(0) as usize;
         let mut room = self.max_outstanding.saturating_sub(outstanding);
@@ -183,7 +170,6 @@ impl Outbox {
                 published: r.confirmed.len() as u64,
                 nacked: r.nacked as u64,
                 returned: r.returned as u64,
-                republished: 0,
             });
             room = room.saturating_sub(r.confirmed.len());
             let refused_all = r.confirmed.is_empty();
@@ -204,16 +190,22 @@ impl Outbox {
     /// Marks confirmed ids published and logs the mark for the departure evidence.
     async fn mark(&self, ids: &[Uuid]) -> Result<u64, CoordinatorError> {
         let (n, at) = self.store.mark_published(ids).await?;
-        if let Ok(mut d) = self.departures.lock() {
+        if let (Some(at), Ok(mut d)) = (at, self.departures.lock()) {
             d.published(at, ids.len() as u64);
         }
         Ok(n)
     }
 
-    /// Reads the work queue's depth and puts back the run's published tasks whose message is
-    /// known to be gone. A queue that cannot be read (deleted) is an error: the supervisor
-    /// reconnects, which declares it again, and the new outbox's log starts from there.
-    async fn requeue_lost(&self, run_id: Uuid) -> Result<u64, CoordinatorError> {
+    /// Puts back published tasks, of every run, whose message is known to be gone (at most
+    /// every `republish_after / 10`): reads the work queue's depth into the departure log and
+    /// requeues what it says left long ago. The evidence is about the one work queue, so one
+    /// statement covers all runs. Returns how many. A queue that cannot be read (deleted) is
+    /// an error: the supervisor reconnects, which declares it again, and the new outbox's log
+    /// starts from there. Runs from `drive`/`serve`, beside the dead letters.
+    pub async fn republish_lost(&self) -> Result<u64, CoordinatorError> {
+        if !self.stale_check_due() {
+            return Ok(0);
+        }
         let depth = self.topology.ready_messages(&self.probe).await?;
         let now = self.store.now().await?;
         let cut = match self.departures.lock() {
@@ -223,10 +215,15 @@ impl Outbox {
             }
             Err(_) => None,
         };
-        match cut {
-            Some(cut) => Ok(self.store.requeue_departed(run_id, cut).await?),
-            None => Ok(0),
+        let Some(cut) = cut else { return Ok(0) };
+        let n = self.store.requeue_departed(cut).await?;
+        if n > 0 {
+            tracing::warn!(
+                tasks = n,
+                "messages left the queue long ago and their tasks are unfinished; publishing them again"
+            );
         }
+        Ok(n)
     }
 
     fn stale_check_due(&self) -> bool {
@@ -308,6 +305,7 @@ impl Outbox {
     pub async fn drive(&self, run_id: Uuid, poll: Duration) -> Result<RunState, CoordinatorError> {
         loop {
             self.record_dead_letters().await?;
+            self.republish_lost().await?;
             self.update_gauges(&[run_id]).await?;
             let report = self.pump(run_id).await?;
             let state = self.store.refresh_run_state(run_id).await?;
@@ -330,6 +328,7 @@ impl Outbox {
         loop {
             let mut busy = false;
             self.record_dead_letters().await?;
+            self.republish_lost().await?;
             let runs = self.store.active_runs().await?;
             self.update_gauges(&runs).await?;
             for run_id in runs {

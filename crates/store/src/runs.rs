@@ -281,11 +281,15 @@ impl Store {
     /// Marks tasks published. Called only with ids whose publish the broker confirmed.
     /// Only `ready` rows move (and get `published_at` now); a task a worker already finished
     /// stays done and only records when it was first published. Every confirmed message counts
-    /// in `publishes`. One statement. Returns how many rows it touched and the database's time of
-    /// the mark (what `published_at` holds), which the outbox's departure log keys on.
-    pub async fn mark_published(&self, ids: &[Uuid]) -> Result<(u64, chrono::DateTime<chrono::Utc>), StoreError> {
+    /// in `publishes`. One statement (none for no ids). Returns how many rows it touched and the
+    /// database's time of the mark (what `published_at` holds; None for no ids), which the
+    /// outbox's departure log keys on.
+    pub async fn mark_published(
+        &self,
+        ids: &[Uuid],
+    ) -> Result<(u64, Option<chrono::DateTime<chrono::Utc>>), StoreError> {
         if ids.is_empty() {
-            return Ok((0, self.now().await?));
+            return Ok((0, None));
         }
         let r = sqlx::query(
             "WITH marked AS (
@@ -301,7 +305,7 @@ impl Store {
         .bind(ids)
         .fetch_one(self.pool())
         .await?;
-        Ok((r.try_get::<i64, _>(0)? as u64, r.try_get(1)?))
+        Ok((r.try_get::<i64, _>(0)? as u64, Some(r.try_get(1)?)))
     }
 
     /// The database's clock: timestamps the outbox compares with `published_at`.
@@ -369,24 +373,16 @@ impl Store {
         Ok(res.rows_affected())
     }
 
-    /// Published tasks of a run whose message is gone go back to `ready`, so the outbox
+    /// Published tasks (of any run) whose message is gone go back to `ready`, so the outbox
     /// publishes them again: those published at or before `published_before`, which the
     /// outbox's departure evidence (`coordinator::departures`) says left the queue long enough
     /// ago to have been finished by now.
     /// A duplicate delivery, should the old message still exist, is absorbed by the worker.
-    pub async fn requeue_departed(
-        &self,
-        run_id: Uuid,
-        published_before: chrono::DateTime<chrono::Utc>,
-    ) -> Result<u64, StoreError> {
-        let res = sqlx::query(
-            "UPDATE tasks SET state = 'ready'
-             WHERE run_id = $1 AND state = 'published' AND published_at <= $2",
-        )
-        .bind(run_id)
-        .bind(published_before)
-        .execute(self.pool())
-        .await?;
+    pub async fn requeue_departed(&self, published_before: chrono::DateTime<chrono::Utc>) -> Result<u64, StoreError> {
+        let res = sqlx::query("UPDATE tasks SET state = 'ready' WHERE state = 'published' AND published_at <= $1")
+            .bind(published_before)
+            .execute(self.pool())
+            .await?;
         Ok(res.rows_affected())
     }
 

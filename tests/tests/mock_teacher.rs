@@ -25,7 +25,12 @@ fn client(m: &MockHandle, timeout_secs: u64) -> anyhow::Result<TeacherClient> {
 }
 
 fn fast_policy(max_attempts: u32) -> RetryPolicy {
-    RetryPolicy { max_attempts, min_delay: Duration::from_millis(5), max_delay: Duration::from_millis(20) }
+    RetryPolicy {
+        max_attempts,
+        min_delay: Duration::from_millis(5),
+        max_delay: Duration::from_millis(20),
+        max_call: Duration::from_secs(600),
+    }
 }
 
 #[tokio::test]

@@ -15,6 +15,11 @@ pub enum ErrorClass {
     Auth,
     BadRequest,
     Rejected,
+    /// The response body or the answer was over its cap (`max_response_bytes`,
+    /// `max_answer_chars`); nothing of it is kept.
+    TooLarge,
+    /// The endpoint redirected to another origin; the request was not sent there.
+    Redirect,
 }
 
 impl ErrorClass {
@@ -29,6 +34,8 @@ impl ErrorClass {
             ErrorClass::Auth => "auth",
             ErrorClass::BadRequest => "bad_request",
             ErrorClass::Rejected => "rejected",
+            ErrorClass::TooLarge => "too_large",
+            ErrorClass::Redirect => "redirect",
         }
     }
 }

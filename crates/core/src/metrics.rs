@@ -151,6 +151,8 @@ impl Metrics {
             Some(ErrorClass::Connect) => "connect",
             Some(ErrorClass::Malformed) => "malformed",
             Some(ErrorClass::Rejected) => "rejected",
+            Some(ErrorClass::TooLarge) => "too_large",
+            Some(ErrorClass::Redirect) => "redirect",
             Some(_) => "other",
         };
         let ep = || a.endpoint.clone();

@@ -87,7 +87,7 @@ impl Default for MetricsSettings {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseSettings {
     /// Postgres URL. A password in it never reaches a log line (see [`redact_url`]).
@@ -114,7 +114,7 @@ pub enum QueueType {
     Classic,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BrokerSettings {
     pub url: String,
@@ -264,7 +264,7 @@ impl Default for SamplingParams {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EndpointSettings {
     pub name: String,
@@ -286,6 +286,10 @@ pub struct EndpointSettings {
     /// US dollars per million tokens.
     pub price_input_per_mtok: f64,
     pub price_output_per_mtok: f64,
+    /// A response body over this many bytes is not read further (error class `too_large`).
+    pub max_response_bytes: u64,
+    /// An answer over this many characters is not stored (error class `too_large`).
+    pub max_answer_chars: u32,
     pub params: SamplingParams,
 }
 
@@ -306,6 +310,8 @@ impl Default for EndpointSettings {
             connect_timeout_secs: 5,
             price_input_per_mtok: 0.0,
             price_output_per_mtok: 0.0,
+            max_response_bytes: 4 * 1024 * 1024,
+            max_answer_chars: 32_000,
             params: SamplingParams::default(),
         }
     }
@@ -326,6 +332,13 @@ pub struct TeacherSettings {
     /// Worker processes share each endpoint's limits through heartbeats in Postgres; a worker
     /// renews its lease this often and holds 1 / (live workers) of every limit.
     pub lease_interval_ms: u64,
+    /// The longest pause a server may ask for (Retry-After in any form, or the reset of an
+    /// exhausted rate-limit budget); longer requests are cut to this.
+    pub max_retry_after_secs: u64,
+    /// The longest one task may spend asking (waits included). A task that would wait past it
+    /// goes back to the queue through a retry tier instead of holding its delivery: keep it
+    /// below RabbitMQ's consumer timeout (30 min by default).
+    pub max_call_secs: u64,
 }
 
 impl TeacherSettings {
@@ -351,6 +364,8 @@ impl Default for TeacherSettings {
             breaker_failures: 5,
             breaker_cooldown_secs: 5,
             lease_interval_ms: 2_000,
+            max_retry_after_secs: 300,
+            max_call_secs: 1_200,
         }
     }
 }
@@ -623,6 +638,18 @@ impl Settings {
         if self.teacher.max_attempts == 0 {
             return bad("teacher.max_attempts", "must be at least 1".into());
         }
+        if self.teacher.max_call_secs == 0 || self.teacher.max_call_secs >= 1_800 {
+            return bad(
+                "teacher.max_call_secs",
+                format!("{} is not within 1..1800 (below RabbitMQ's consumer timeout)", self.teacher.max_call_secs),
+            );
+        }
+        if self.teacher.max_retry_after_secs == 0 || self.teacher.max_retry_after_secs > self.teacher.max_call_secs {
+            return bad(
+                "teacher.max_retry_after_secs",
+                format!("{} is not within 1..=teacher.max_call_secs", self.teacher.max_retry_after_secs),
+            );
+        }
         for (i, ep) in self.teacher.endpoints.iter().enumerate() {
             let key = |k: &str| format!("teacher.endpoints[{i}].{k}");
             if !(ep.base_url.starts_with("http://") || ep.base_url.starts_with("https://")) {
@@ -637,28 +664,114 @@ impl Settings {
             if ep.params.max_tokens == 0 {
                 return bad(&key("params.max_tokens"), "must be at least 1".into());
             }
+            if ep.max_response_bytes < 1024 {
+                return bad(&key("max_response_bytes"), "must be at least 1024".into());
+            }
+            if ep.max_answer_chars == 0 {
+                return bad(&key("max_answer_chars"), "must be at least 1".into());
+            }
         }
         Ok(())
     }
 }
 
-/// `scheme://user:secret@host/db` -> `scheme://user:***@host/db`, for log lines.
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let (authority, path) = match rest.find('/') {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
-    };
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split(':').next().unwrap_or("");
-            let masked = if userinfo.contains(':') { format!("{user}:***") } else { user.to_string() };
-            format!("{scheme}://{masked}@{host}{path}")
-        }
-        None => url.to_string(),
+impl std::fmt::Debug for DatabaseSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        debug_redacted("DatabaseSettings", self, f)
     }
+}
+
+impl std::fmt::Debug for BrokerSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        debug_redacted("BrokerSettings", self, f)
+    }
+}
+
+impl std::fmt::Debug for EndpointSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        debug_redacted("EndpointSettings", self, f)
+    }
+}
+
+/// `Debug` of a settings table whose URL may carry credentials: its serialised form, with
+/// `url` and `base_url` passed through [`redact_url`].
+fn debug_redacted<T: Serialize>(name: &str, v: &T, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    let mut json = serde_json::to_value(v).map_err(|_| std::fmt::Error)?;
+    if let Some(map) = json.as_object_mut() {
+        for key in ["url", "base_url"] {
+            if let Some(serde_json::Value::String(u)) = map.get_mut(key) {
+                *u = redact_url(u);
+            }
+        }
+    }
+    write!(f, "{name} {json}")
+}
+
+/// The one redaction rule for a URL that leaves the process (a log line, an error, a row, a
+/// `Debug`): the password of its userinfo and the values of query parameters named like secrets
+/// become `***`. `scheme://user:secret@host/db?password=x` -> `scheme://user:***@host/db?password=***`.
+/// The userinfo ends at the last `@` before the query, so a password holding `/` is hidden too.
+pub fn redact_url(url: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let mut out = match base.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((userinfo, host)) => match userinfo.split_once(':') {
+                Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+                None => format!("{scheme}://{userinfo}@{host}"),
+            },
+            None => base.to_string(),
+        },
+        None => base.to_string(),
+    };
+    if let Some(q) = query {
+        let (q, fragment) = match q.split_once('#') {
+            Some((q, f)) => (q, Some(f)),
+            None => (q, None),
+        };
+        let params: Vec<String> = q
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((k, _)) if names_a_secret(k) => format!("{k}=***"),
+                _ => pair.to_string(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&params.join("&"));
+        if let Some(f) = fragment {
+            out.push('#');
+            out.push_str(f);
+        }
+    }
+    out
+}
+
+/// Query parameter names whose values are secrets (`password`, `api_key`, `access_token`, ...).
+fn names_a_secret(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    ["pass", "pwd", "secret", "token", "key", "auth", "sig", "credential"].iter().any(|s| k.contains(s))
+}
+
+/// Every URL within `text` (an error message, a body snippet) passed through [`redact_url`].
+pub fn redact_urls_in(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("://") {
+        // Back up over the scheme's letters.
+        let start = rest[..i]
+            .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '+' || c == '-' || c == '.'))
+            .map_or(0, |j| j + 1);
+        let end = rest[i..]
+            .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | ')' | '>' | '<'))
+            .map_or(rest.len(), |j| i + j);
+        out.push_str(&rest[..start]);
+        out.push_str(&redact_url(&rest[start..end]));
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 #[cfg(test)]
@@ -684,6 +797,24 @@ mod tests {
         assert_eq!(redact_url("amqp://guest:guest@127.0.0.1:5672/%2f"), "amqp://guest:***@127.0.0.1:5672/%2f");
         assert_eq!(redact_url("postgres://postgres@h/db"), "postgres://postgres@h/db");
         assert_eq!(redact_url("http://h:1/v1"), "http://h:1/v1");
+        assert_eq!(redact_url("postgres://u:pa/ss@h/db"), "postgres://u:***@h/db", "a password holding /");
+        assert_eq!(
+            redact_url("postgres://h/db?user=u&password=s3cret&sslmode=require"),
+            "postgres://h/db?user=u&password=***&sslmode=require"
+        );
+        assert_eq!(redact_url("https://h/v1?api_key=k&x=1#frag"), "https://h/v1?api_key=***&x=1#frag");
+        assert_eq!(redact_url("not a url"), "not a url");
+        let ep = EndpointSettings {
+            base_url: "https://u:planted-1@h/v1?key=planted-2".into(),
+            ..EndpointSettings::default()
+        };
+        let db = DatabaseSettings { url: "postgres://u:planted-3@h/db".into(), ..DatabaseSettings::default() };
+        let printed = format!("{ep:?} {db:?} {:?}", BrokerSettings::default());
+        assert!(!printed.contains("planted") && !printed.contains("guest:guest"), "{printed}");
+        assert_eq!(
+            redact_urls_in("error sending request for url (http://u:pw@h:1/v1/chat?token=t): refused"),
+            "error sending request for url (http://u:***@h:1/v1/chat?token=***): refused"
+        );
     }
 
     #[test]

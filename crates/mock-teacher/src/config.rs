@@ -10,10 +10,13 @@ pub enum RetryAfterFormat {
     Seconds,
     /// `Retry-After: Thu, 26 Nov 2026 12:00:02 GMT`
     HttpDate,
+    /// `retry-after-ms: 2000` (OpenAI's own header)
+    Milliseconds,
 }
 
 /// Rates are probabilities per request in [0, 1]; one draw decides which fault (if any) a request
-/// gets, in the order 429, 5xx, hang, malformed, contradicting answer.
+/// gets, in the order 429, 5xx, hang, malformed, huge body, NUL answer, redirect, contradicting
+/// answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MockConfig {
@@ -30,6 +33,14 @@ pub struct MockConfig {
     pub rate_hang: f64,
     pub hang_secs: u64,
     pub rate_malformed: f64,
+    /// A 200 whose body is `huge_body_bytes` long (sent chunked, without Content-Length).
+    pub rate_huge_body: f64,
+    pub huge_body_bytes: u64,
+    /// NUL characters (U+0000): half a 200 whose answer holds them, half a 500 whose body does.
+    pub rate_nul: f64,
+    /// A 307 to `redirect_to` + `/chat/completions` (another origin, in the hostile tests).
+    pub rate_redirect: f64,
+    pub redirect_to: Option<String>,
     /// A well-formed reasoning answer that argues the opposite of the stated outcome.
     pub rate_contradict: f64,
     /// Own limits over a sliding minute; 0 = none. Requests over them get 429 + Retry-After and
@@ -59,6 +70,11 @@ impl Default for MockConfig {
             rate_hang: 0.0,
             hang_secs: 600,
             rate_malformed: 0.0,
+            rate_huge_body: 0.0,
+            huge_body_bytes: 8 * 1024 * 1024,
+            rate_nul: 0.0,
+            rate_redirect: 0.0,
+            redirect_to: None,
             rate_contradict: 0.0,
             requests_per_minute: 0,
             tokens_per_minute: 0,
@@ -70,21 +86,38 @@ impl Default for MockConfig {
 }
 
 impl MockConfig {
+    /// The share of requests that get a fault (every rate but `rate_contradict`).
+    pub fn fault_rate(&self) -> f64 {
+        self.rate_429
+            + self.rate_5xx
+            + self.rate_hang
+            + self.rate_malformed
+            + self.rate_huge_body
+            + self.rate_nul
+            + self.rate_redirect
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         for (name, r) in [
             ("rate_429", self.rate_429),
             ("rate_5xx", self.rate_5xx),
             ("rate_hang", self.rate_hang),
             ("rate_malformed", self.rate_malformed),
+            ("rate_huge_body", self.rate_huge_body),
+            ("rate_nul", self.rate_nul),
+            ("rate_redirect", self.rate_redirect),
             ("rate_contradict", self.rate_contradict),
         ] {
             if !(0.0..=1.0).contains(&r) {
                 return Err(format!("{name} must be within [0, 1], got {r}"));
             }
         }
-        let sum = self.rate_429 + self.rate_5xx + self.rate_hang + self.rate_malformed + self.rate_contradict;
+        let sum = self.fault_rate() + self.rate_contradict;
         if sum > 1.0 {
             return Err(format!("fault rates add up to {sum}, more than 1"));
+        }
+        if self.rate_redirect > 0.0 && self.redirect_to.is_none() {
+            return Err("rate_redirect needs redirect_to".into());
         }
         Ok(())
     }

@@ -33,6 +33,9 @@ pub struct MockStats {
     pub injected_5xx: u64,
     pub hangs: u64,
     pub malformed: u64,
+    pub huge_bodies: u64,
+    pub nul_answers: u64,
+    pub redirects: u64,
     /// Reasoning answers that argued the opposite of the stated outcome (`rate_contradict`).
     pub contradictions: u64,
     pub bad_requests: u64,
@@ -156,10 +159,15 @@ fn too_many(wait: Duration, format: RetryAfterFormat, message: &str) -> Response
         RetryAfterFormat::HttpDate => (chrono::Utc::now() + chrono::Duration::seconds(secs as i64))
             .format("%a, %d %b %Y %H:%M:%S GMT")
             .to_string(),
+        RetryAfterFormat::Milliseconds => (secs * 1000).to_string(),
+    };
+    let name = match format {
+        RetryAfterFormat::Milliseconds => header::HeaderName::from_static("retry-after-ms"),
+        _ => header::RETRY_AFTER,
     };
     let mut resp = error_json(StatusCode::TOO_MANY_REQUESTS, "rate_limit_exceeded", message);
     if let Ok(v) = HeaderValue::from_str(&value) {
-        resp.headers_mut().insert(header::RETRY_AFTER, v);
+        resp.headers_mut().insert(name, v);
     }
     resp
 }
@@ -207,7 +215,7 @@ async fn chat(State(state): State<Arc<AppState>>, headers: axum::http::HeaderMap
         }
         Err(_) => (1.0, 0),
     };
-    let faults = cfg.rate_429 + cfg.rate_5xx + cfg.rate_hang + cfg.rate_malformed;
+    let faults = cfg.fault_rate();
     let contradict = draw >= faults && draw < faults + cfg.rate_contradict;
     let (text, truncated) = fit(answer_with(&prompt, contradict), req.max_tokens);
     let prompt_tokens = estimate_prompt_tokens(&req.messages);
@@ -260,6 +268,33 @@ async fn chat(State(state): State<Arc<AppState>>, headers: axum::http::HeaderMap
         };
         return (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body).into_response();
     }
+    edge += cfg.rate_huge_body;
+    if draw < edge {
+        state.stats(|s| s.huge_bodies += 1);
+        return huge_body(cfg.huge_body_bytes);
+    }
+    edge += cfg.rate_nul;
+    let nul = draw < edge;
+    if nul && draw < edge - cfg.rate_nul / 2.0 {
+        // Half of them an error page with a raw NUL byte, as a broken proxy sends.
+        state.stats(|s| s.nul_answers += 1);
+        return (StatusCode::INTERNAL_SERVER_ERROR, "upstream \0 failed \0").into_response();
+    }
+    edge += cfg.rate_redirect;
+    if !nul
+        && draw < edge
+        && let Some(to) = &cfg.redirect_to
+    {
+        state.stats(|s| s.redirects += 1);
+        let location = format!("{}/chat/completions", to.trim_end_matches('/'));
+        return (StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, location)]).into_response();
+    }
+    let text = if nul {
+        state.stats(|s| s.nul_answers += 1);
+        text.replacen(' ', "\0", 3)
+    } else {
+        text
+    };
 
     let kind = match parse(&prompt).kind {
         Kind::Reasoning { like: true } => "reasoning_like",
@@ -294,6 +329,16 @@ async fn chat(State(state): State<Arc<AppState>>, headers: axum::http::HeaderMap
         }),
     };
     axum::Json(resp).into_response()
+}
+
+/// A 200 of `bytes` bytes of JSON-looking filler, streamed in 64 KiB chunks without a length.
+fn huge_body(bytes: u64) -> Response {
+    static CHUNK: [u8; 64 * 1024] = [b' '; 64 * 1024];
+    let chunks = bytes.div_ceil(CHUNK.len() as u64);
+    let stream =
+        futures::stream::iter((0..chunks).map(|_| Ok::<_, std::io::Error>(axum::body::Bytes::from_static(&CHUNK))));
+    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], axum::body::Body::from_stream(stream))
+        .into_response()
 }
 
 async fn models(State(state): State<Arc<AppState>>) -> Response {

@@ -84,7 +84,9 @@ impl Store {
         }
 
         let inserted = insert_outputs(&mut tx, batch).await?;
-        let mut new_attempts = insert_attempt_rows(&mut tx, batch).await?;
+        let rows_of_attempts: Vec<(Uuid, Uuid, &AttemptRecord)> =
+            batch.iter().flat_map(|f| f.attempts.iter().map(move |a| (f.task_id, f.run_id, a))).collect();
+        let mut new_attempts = insert_attempt_rows(&mut tx, &rows_of_attempts).await?;
         write_moves(&mut tx, &moves, &mut new_attempts).await?;
         count_attempts(&mut tx, &new_attempts).await?;
         let sorted = |pick: fn(&Move) -> bool| {
@@ -245,27 +247,49 @@ async fn write_moves(
     Ok(())
 }
 
-/// Records every entry's attempts (a task twice in a batch keeps both entries' paid calls);
-/// returns how many were new per task (a retried commit counts nothing twice).
-async fn insert_attempt_rows(tx: &mut Tx<'_>, batch: &[Finish]) -> Result<HashMap<Uuid, i32>, StoreError> {
-    let rows: Vec<(&Finish, &AttemptRecord)> =
-        batch.iter().flat_map(|f| f.attempts.iter().map(move |a| (f, a))).collect();
+impl Store {
+    /// Records the attempts of a call that finished nothing (the task went back to the queue):
+    /// every paid call is in the ledger, whatever became of its task.
+    pub async fn record_attempts(
+        &self,
+        task_id: Uuid,
+        run_id: Uuid,
+        attempts: &[AttemptRecord],
+    ) -> Result<(), StoreError> {
+        if attempts.is_empty() {
+            return Ok(());
+        }
+        let rows: Vec<(Uuid, Uuid, &AttemptRecord)> = attempts.iter().map(|a| (task_id, run_id, a)).collect();
+        let mut tx = self.pool().begin().await?;
+        let new_attempts = insert_attempt_rows(&mut tx, &rows).await?;
+        count_attempts(&mut tx, &new_attempts).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// Records attempts given as (task, run, attempt) (a task twice in a batch keeps both entries'
+/// paid calls); returns how many were new per task (a retried commit counts nothing twice).
+async fn insert_attempt_rows(
+    tx: &mut Tx<'_>,
+    rows: &[(Uuid, Uuid, &AttemptRecord)],
+) -> Result<HashMap<Uuid, i32>, StoreError> {
     if rows.is_empty() {
         return Ok(HashMap::new());
     }
-    let task: Vec<Uuid> = rows.iter().map(|(f, _)| f.task_id).collect();
-    let run: Vec<Uuid> = rows.iter().map(|(f, _)| f.run_id).collect();
-    let id: Vec<Uuid> = rows.iter().map(|(_, a)| a.id).collect();
-    let endpoint: Vec<&str> = rows.iter().map(|(_, a)| a.endpoint.as_str()).collect();
-    let model: Vec<&str> = rows.iter().map(|(_, a)| a.model.as_str()).collect();
-    let started: Vec<chrono::DateTime<chrono::Utc>> = rows.iter().map(|(_, a)| a.started_at).collect();
-    let duration: Vec<i32> = rows.iter().map(|(_, a)| a.duration_ms).collect();
-    let status: Vec<Option<i32>> = rows.iter().map(|(_, a)| a.http_status).collect();
-    let class: Vec<Option<&str>> = rows.iter().map(|(_, a)| a.error_class.map(|c| c.as_str())).collect();
-    let error: Vec<Option<&str>> = rows.iter().map(|(_, a)| a.error.as_deref()).collect();
-    let tin: Vec<i32> = rows.iter().map(|(_, a)| a.input_tokens).collect();
-    let tout: Vec<i32> = rows.iter().map(|(_, a)| a.output_tokens).collect();
-    let cost: Vec<f64> = rows.iter().map(|(_, a)| a.cost_usd).collect();
+    let task: Vec<Uuid> = rows.iter().map(|(t, _, _)| *t).collect();
+    let run: Vec<Uuid> = rows.iter().map(|(_, r, _)| *r).collect();
+    let id: Vec<Uuid> = rows.iter().map(|(_, _, a)| a.id).collect();
+    let endpoint: Vec<&str> = rows.iter().map(|(_, _, a)| a.endpoint.as_str()).collect();
+    let model: Vec<&str> = rows.iter().map(|(_, _, a)| a.model.as_str()).collect();
+    let started: Vec<chrono::DateTime<chrono::Utc>> = rows.iter().map(|(_, _, a)| a.started_at).collect();
+    let duration: Vec<i32> = rows.iter().map(|(_, _, a)| a.duration_ms).collect();
+    let status: Vec<Option<i32>> = rows.iter().map(|(_, _, a)| a.http_status).collect();
+    let class: Vec<Option<&str>> = rows.iter().map(|(_, _, a)| a.error_class.map(|c| c.as_str())).collect();
+    let error: Vec<Option<&str>> = rows.iter().map(|(_, _, a)| a.error.as_deref()).collect();
+    let tin: Vec<i32> = rows.iter().map(|(_, _, a)| a.input_tokens).collect();
+    let tout: Vec<i32> = rows.iter().map(|(_, _, a)| a.output_tokens).collect();
+    let cost: Vec<f64> = rows.iter().map(|(_, _, a)| a.cost_usd).collect();
     let inserted: Vec<Uuid> = sqlx::query_scalar(
         "INSERT INTO attempts (task_id, run_id, attempt_id, endpoint, model, started_at, duration_ms, http_status,
                                error_class, error, input_tokens, output_tokens, cost_usd)

@@ -5,7 +5,7 @@ use crate::health::Breaker;
 use crate::limits::EndpointLimiter;
 use crate::protocol::{ChatCompletionRequest, ChatCompletionResponse, estimate_prompt_tokens, estimate_tokens};
 use reasonrec_core::ChatMessage;
-use reasonrec_core::settings::{EndpointSettings, SamplingParams};
+use reasonrec_core::settings::{EndpointSettings, SamplingParams, redact_url, redact_urls_in};
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,6 +32,8 @@ pub struct TeacherClient {
     api_key: Option<Arc<str>>,
     limiter: Arc<EndpointLimiter>,
     breaker: Arc<Breaker>,
+    /// The longest pause a server may ask for (`teacher.max_retry_after_secs`).
+    max_wait: Duration,
 }
 
 impl std::fmt::Debug for TeacherClient {
@@ -39,7 +41,7 @@ impl std::fmt::Debug for TeacherClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TeacherClient")
             .field("endpoint", &self.endpoint.name)
-            .field("url", &self.url)
+            .field("url", &redact_url(&self.url))
             .field("has_api_key", &self.api_key.is_some())
             .finish()
     }
@@ -116,12 +118,46 @@ fn exhausted_budget_reset(headers: &HeaderMap) -> Option<Duration> {
         .max()
 }
 
+/// The start of a body for an error message: NUL (which Postgres refuses in text) becomes
+/// U+FFFD and URLs are redacted, so the message can be logged and stored as it is.
 fn snippet(body: &str) -> String {
-    let mut s: String = body.chars().take(300).collect();
-    if body.chars().count() > 300 {
+    let mut s: String = body.chars().take(300).map(|c| if c == '\0' { '\u{FFFD}' } else { c }).collect();
+    if body.chars().nth(300).is_some() {
         s.push('…');
     }
-    s
+    redact_urls_in(&s)
+}
+
+/// Whether `url`'s host is this machine (`localhost`, 127.0.0.0/8, ::1).
+fn is_loopback(url: &reqwest::Url) -> bool {
+    let host = url.host_str().unwrap_or("").trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Redirects are followed only within the endpoint's origin (scheme, host and port), at most
+/// five: a 307/308 to another host would re-send the prompt and the key there.
+fn same_origin_redirects() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        let same = attempt.previous().first().is_some_and(|first| first.origin() == attempt.url().origin());
+        if same && attempt.previous().len() <= 5 { attempt.follow() } else { attempt.stop() }
+    })
+}
+
+/// Reads a body of at most `limit` bytes; a longer one is dropped unread past the limit.
+async fn read_capped(mut resp: reqwest::Response, limit: u64, timeout: Duration) -> Result<String, TeacherError> {
+    let status = resp.status().as_u16();
+    let too_large = || TeacherError::TooLarge { status, what: "response body", limit };
+    if resp.content_length().is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| classify_transport(e, timeout))? {
+        if (body.len() + chunk.len()) as u64 > limit {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(String::from_utf8_lossy(&body).into_owned())
 }
 
 /// reqwest is built without a bundled crypto provider: install ring, the one provider of this
@@ -146,8 +182,16 @@ impl TeacherClient {
             },
             None => None,
         };
+        if api_key.is_some() {
+            let url = reqwest::Url::parse(&endpoint.base_url)
+                .map_err(|e| TeacherError::Connect(format!("base_url of endpoint {}: {e}", endpoint.name)))?;
+            if url.scheme() != "https" && !is_loopback(&url) {
+                return Err(TeacherError::InsecureKey { endpoint: endpoint.name.clone() });
+            }
+        }
         ensure_crypto_provider();
         let http = reqwest::Client::builder()
+            .redirect(same_origin_redirects())
             .connect_timeout(Duration::from_secs(endpoint.connect_timeout_secs))
             .timeout(Duration::from_secs(endpoint.timeout_secs))
             .pool_max_idle_per_host(endpoint.max_in_flight.max(1))
@@ -160,7 +204,14 @@ impl TeacherClient {
             api_key,
             limiter: Arc::new(EndpointLimiter::new(endpoint)),
             breaker: Arc::new(Breaker::new(5, Duration::from_secs(5))),
+            max_wait: Duration::from_secs(300),
         })
+    }
+
+    /// Replaces the longest pause a server may ask for (from `teacher.max_retry_after_secs`).
+    pub fn with_max_wait(mut self, max_wait: Duration) -> Self {
+        self.max_wait = max_wait;
+        self
     }
 
     /// Replaces the circuit breaker's thresholds (from `teacher.breaker_*`).
@@ -228,13 +279,15 @@ impl TeacherClient {
             req = req.bearer_auth(key);
         }
         let timeout = Duration::from_secs(self.endpoint.timeout_secs);
-        let resp = req.send().await.map_err(|e| classify_transport(&e, timeout))?;
+        let resp = req.send().await.map_err(|e| classify_transport(e, timeout))?;
         let status = resp.status().as_u16();
-        let retry_after = retry_after_of(resp.headers());
-        let pause = exhausted_budget_reset(resp.headers());
-        let text = resp.text().await.map_err(|e| classify_transport(&e, timeout))?;
+        // Every form of "wait" a server sends is cut to `max_wait`.
+        let retry_after = retry_after_of(resp.headers()).map(|d| d.min(self.max_wait));
+        let pause = exhausted_budget_reset(resp.headers()).map(|d| d.min(self.max_wait));
+        let text = read_capped(resp, self.endpoint.max_response_bytes, timeout).await?;
         match status {
             200..=299 => self.parse_answer(status, &text, messages).map(|a| ChatAnswer { pause, ..a }),
+            300..=399 => Err(TeacherError::Redirect { status }),
             429 => Err(TeacherError::RateLimited { status, retry_after }),
             401 | 403 => Err(TeacherError::Auth { status }),
             408 => Err(TeacherError::Timeout(timeout)),
@@ -255,6 +308,15 @@ impl TeacherClient {
         let Some(text) = choice.message.content else {
             return Err(TeacherError::Malformed { status, message: "the first choice has no text content".into() });
         };
+        if text.contains('\0') {
+            let message = "the answer holds NUL characters (U+0000), which cannot be stored".into();
+            return Err(TeacherError::Malformed { status, message });
+        }
+        let limit = self.endpoint.max_answer_chars;
+        if text.chars().nth(limit as usize).is_some() {
+            return Err(TeacherError::TooLarge { status, what: "answer (characters)", limit: u64::from(limit) });
+        }
+        let finish_reason = choice.finish_reason.map(|r| r.replace('\0', ""));
         let (prompt_estimate, completion_estimate) = (estimate_prompt_tokens(messages), estimate_tokens(&text));
         let (input_tokens, output_tokens, usage_estimated) = match parsed.usage {
             Some(u)
@@ -278,7 +340,7 @@ impl TeacherClient {
         };
         Ok(ChatAnswer {
             text,
-            finish_reason: choice.finish_reason,
+            finish_reason,
             input_tokens,
             output_tokens,
             usage_estimated,
@@ -301,15 +363,25 @@ fn looks_like_context_overflow(body: &str) -> bool {
         .any(|p| b.contains(p))
 }
 
-fn classify_transport(e: &reqwest::Error, timeout: Duration) -> TeacherError {
+/// A transport error as one of ours. reqwest's message names the URL: it is left out (the
+/// endpoint's name travels with every attempt), so no credential in a URL reaches a log or a row.
+fn classify_transport(e: reqwest::Error, timeout: Duration) -> TeacherError {
+    use std::error::Error as _;
+    let e = e.without_url();
+    let mut message = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        message.push_str(": ");
+        message.push_str(&s.to_string());
+        source = s.source();
+    }
+    let message = redact_urls_in(&message);
     if e.is_timeout() {
         TeacherError::Timeout(timeout)
-    } else if e.is_connect() {
-        TeacherError::Connect(e.to_string())
     } else if e.is_decode() || e.is_body() {
-        TeacherError::Malformed { status: 0, message: e.to_string() }
+        TeacherError::Malformed { status: 0, message }
     } else {
-        TeacherError::Connect(e.to_string())
+        TeacherError::Connect(message)
     }
 }
 

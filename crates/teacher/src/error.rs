@@ -25,6 +25,17 @@ pub enum TeacherError {
     MissingApiKey { endpoint: String, var: String },
     #[error("no teacher endpoint can take requests: {reason}")]
     NoEndpoint { reason: String },
+    #[error("{what} over the cap of {limit} (HTTP {status})")]
+    TooLarge { status: u16, what: &'static str, limit: u64 },
+    #[error("redirected (HTTP {status}) to another origin; not followed")]
+    Redirect { status: u16 },
+    /// An API key would travel in clear text to another machine.
+    #[error("endpoint {endpoint}: an API key is only sent over https, or plain http to this machine")]
+    InsecureKey { endpoint: String },
+    /// The server asked for a wait that would carry the task past `teacher.max_call_secs`: the
+    /// task goes back to the queue (a retry tier) rather than hold its delivery.
+    #[error("the teacher asks to wait {wait:?}, past this task's time ({limit:?}); handed back to the queue")]
+    Deferred { wait: Duration, limit: Duration },
 }
 
 impl TeacherError {
@@ -36,12 +47,17 @@ impl TeacherError {
                 | TeacherError::Timeout(_)
                 | TeacherError::Connect(_)
                 | TeacherError::Malformed { .. }
+                | TeacherError::TooLarge { .. }
+                | TeacherError::Deferred { .. }
         )
     }
 
     /// The worker cannot go on (every endpoint disabled): stop consuming rather than fail tasks.
     pub fn is_fatal(&self) -> bool {
-        matches!(self, TeacherError::NoEndpoint { .. } | TeacherError::MissingApiKey { .. })
+        matches!(
+            self,
+            TeacherError::NoEndpoint { .. } | TeacherError::MissingApiKey { .. } | TeacherError::InsecureKey { .. }
+        )
     }
 
     /// What the server asked us to wait, if it said.
@@ -54,15 +70,18 @@ impl TeacherError {
 
     pub fn class(&self) -> ErrorClass {
         match self {
-            TeacherError::RateLimited { .. } => ErrorClass::RateLimited,
+            TeacherError::RateLimited { .. } | TeacherError::Deferred { .. } => ErrorClass::RateLimited,
             TeacherError::Server { .. } => ErrorClass::Server,
             TeacherError::Timeout(_) => ErrorClass::Timeout,
             TeacherError::Connect(_) => ErrorClass::Connect,
             TeacherError::Malformed { .. } => ErrorClass::Malformed,
             TeacherError::ContextTooLong { .. } => ErrorClass::ContextTooLong,
-            TeacherError::Auth { .. } | TeacherError::MissingApiKey { .. } | TeacherError::NoEndpoint { .. } => {
-                ErrorClass::Auth
-            }
+            TeacherError::Auth { .. }
+            | TeacherError::MissingApiKey { .. }
+            | TeacherError::NoEndpoint { .. }
+            | TeacherError::InsecureKey { .. } => ErrorClass::Auth,
+            TeacherError::TooLarge { .. } => ErrorClass::TooLarge,
+            TeacherError::Redirect { .. } => ErrorClass::Redirect,
             TeacherError::BadRequest { .. } => ErrorClass::BadRequest,
         }
     }
@@ -74,7 +93,10 @@ impl TeacherError {
             | TeacherError::Malformed { status, .. }
             | TeacherError::ContextTooLong { status, .. }
             | TeacherError::Auth { status }
-            | TeacherError::BadRequest { status, .. } => Some(*status),
+            | TeacherError::BadRequest { status, .. }
+            | TeacherError::TooLarge { status, .. }
+            | TeacherError::Redirect { status } => Some(*status),
+            TeacherError::Deferred { .. } | TeacherError::InsecureKey { .. } => None,
             TeacherError::Timeout(_)
             | TeacherError::Connect(_)
             | TeacherError::MissingApiKey { .. }

@@ -42,7 +42,12 @@ impl TeacherPool {
         let clients = settings
             .endpoints
             .iter()
-            .map(|e| TeacherClient::new(e).map(|c| c.with_breaker(settings.breaker_failures, cooldown)))
+            .map(|e| {
+                TeacherClient::new(e).map(|c| {
+                    c.with_breaker(settings.breaker_failures, cooldown)
+                        .with_max_wait(Duration::from_secs(settings.max_retry_after_secs.max(1)))
+                })
+            })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self::from_clients(clients, RetryPolicy::from_settings(settings)))
     }
@@ -100,13 +105,20 @@ impl TeacherPool {
     }
 
     /// Asks the teacher until an answer comes back, a permanent error occurs, the attempts are
-    /// spent, or no endpoint is left.
+    /// spent, no endpoint is left, or a wait would carry the call past `policy.max_call`
+    /// ([`TeacherError::Deferred`]: the task goes back to the queue, its delivery is not held).
     pub async fn call(&self, messages: &[ChatMessage]) -> CallOutcome {
         let mut attempts = Vec::new();
         let mut delays = self.policy.delays();
+        let deadline = Instant::now() + self.policy.max_call;
+        let past_deadline = |wait: Duration| Instant::now() + wait > deadline;
         loop {
             let client = match self.pick() {
                 Pick::Client(c) => c,
+                Pick::Wait(d) if past_deadline(d) => {
+                    let e = TeacherError::Deferred { wait: d, limit: self.policy.max_call };
+                    return CallOutcome { result: Err(e), attempts };
+                }
                 Pick::Wait(d) => {
                     tokio::time::sleep(d).await;
                     continue;
@@ -155,6 +167,10 @@ impl TeacherPool {
                 return CallOutcome { result: Err(e), attempts };
             };
             let wait = e.retry_after().unwrap_or(delay);
+            if past_deadline(wait) {
+                let e = TeacherError::Deferred { wait, limit: self.policy.max_call };
+                return CallOutcome { result: Err(e), attempts };
+            }
             tracing::debug!(endpoint = %ep.name, error_class = e.class().as_str(), wait_ms = wait.as_millis() as u64, "teacher call failed, retrying");
             reasonrec_core::metrics::metrics().retry(&ep.name);
             tokio::time::sleep(wait).await;

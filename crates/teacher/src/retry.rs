@@ -14,6 +14,9 @@ pub struct RetryPolicy {
     pub max_attempts: u32,
     pub min_delay: Duration,
     pub max_delay: Duration,
+    /// The longest one call may take, waits included (`teacher.max_call_secs`): a wait that
+    /// would end past it ends the call with [`TeacherError::Deferred`].
+    pub max_call: Duration,
 }
 
 impl RetryPolicy {
@@ -22,6 +25,7 @@ impl RetryPolicy {
             max_attempts: s.max_attempts.max(1),
             min_delay: Duration::from_millis(s.backoff_min_ms),
             max_delay: Duration::from_millis(s.backoff_max_ms.max(s.backoff_min_ms)),
+            max_call: Duration::from_secs(s.max_call_secs.max(1)),
         }
     }
 

@@ -11,7 +11,7 @@ use reasonrec_core::{ChatMessage, OutputKey, PromptLibrary, TaskMessage};
 use reasonrec_store::Store;
 use reasonrec_store::finish::{Finish, FinishKind};
 use reasonrec_store::tasks::NewOutput;
-use reasonrec_teacher::TeacherPool;
+use reasonrec_teacher::{TeacherError, TeacherPool};
 use std::sync::Arc;
 use uuid::Uuid;
 
@@ -219,6 +219,12 @@ impl TaskProcessor {
                 Ok(r) => r,
                 Err(e) if e.is_fatal() => {
                     // Nothing is committed: the message goes back and this worker stops.
+                    return Err(WorkerError::Teacher(e));
+                }
+                Err(e @ TeacherError::Deferred { .. }) => {
+                    // The server asks for a wait past the task's time: its calls are recorded
+                    // and the message goes back through a retry tier instead of being held.
+                    self.store.record_attempts(id, run_id, &attempts).await?;
                     return Err(WorkerError::Teacher(e));
                 }
                 Err(e) => {

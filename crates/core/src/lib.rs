@@ -8,6 +8,7 @@
 //! - [`inputs`]: what a task is rendered from, as stored in `tasks.input`.
 //! - [`settings`]: the configuration tree (TOML file + `REASONREC__SECTION__KEY` overrides).
 //! - [`stage`]: the three generation stages of the method and task states.
+//! - [`terminal`]: outside text made safe to print on a terminal.
 //! - [`metrics`]: the process-wide Prometheus registry and the metric names dashboards use.
 //! - [`message`]: the RabbitMQ message contract between coordinator and workers.
 //! - [`prompt`]: versioned prompt templates (minijinja) and their rendering into chat messages.
@@ -26,6 +27,7 @@ pub mod metrics;
 pub mod prompt;
 pub mod settings;
 pub mod stage;
+pub mod terminal;
 pub mod validate;
 pub mod view;
 

@@ -8,6 +8,8 @@ pub enum DatasetError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("{path}:{line}: field `{field}`: {message}")]
     Parse { path: PathBuf, line: usize, field: &'static str, message: String },
+    #[error("{path}:{line}:{column}: {message}")]
+    Encoding { path: PathBuf, line: usize, column: usize, message: String },
     #[error("unknown format {format:?} (known: {known})")]
     UnknownFormat { format: String, known: String },
     #[error("{0}")]

@@ -12,7 +12,7 @@
 
 use crate::builder::DatasetBuilder;
 use crate::error::DatasetError;
-use crate::text::{SourceFile, read_source};
+use crate::text::{Encoding, SourceFile, read_source};
 use reasonrec_core::data::{Family, NewDataset};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -113,8 +113,8 @@ fn categories(v: Option<&Value>) -> Vec<String> {
 pub fn load_amazon(dir: &Path, name: &str) -> Result<NewDataset, DatasetError> {
     let reviews_path = required(dir, &["reviews.jsonl", "reviews.json"])?;
     let meta_path = find(dir, &["meta.jsonl", "meta.json"]);
-    let reviews_file = read_source(&reviews_path)?;
-    let meta_file = meta_path.as_deref().map(read_source).transpose()?;
+    let reviews_file = read_source(&reviews_path, Encoding::Utf8)?;
+    let meta_file = meta_path.as_deref().map(|p| read_source(p, Encoding::Utf8)).transpose()?;
     let mut b = DatasetBuilder::default();
 
     if let (Some(path), Some(file)) = (&meta_path, &meta_file) {
@@ -175,9 +175,9 @@ pub fn load_generic(dir: &Path, name: &str) -> Result<NewDataset, DatasetError> 
     let items_path = required(dir, &["items.jsonl"])?;
     let inter_path = required(dir, &["interactions.jsonl"])?;
     let users_path = find(dir, &["users.jsonl"]);
-    let items_file = read_source(&items_path)?;
-    let inter_file = read_source(&inter_path)?;
-    let users_file = users_path.as_deref().map(read_source).transpose()?;
+    let items_file = read_source(&items_path, Encoding::Utf8)?;
+    let inter_file = read_source(&inter_path, Encoding::Utf8)?;
+    let users_file = users_path.as_deref().map(|p| read_source(p, Encoding::Utf8)).transpose()?;
     let mut b = DatasetBuilder::default();
 
     if let (Some(path), Some(file)) = (&users_path, &users_file) {

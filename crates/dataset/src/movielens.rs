@@ -6,7 +6,7 @@
 
 use crate::builder::DatasetBuilder;
 use crate::error::DatasetError;
-use crate::text::{SourceFile, read_source};
+use crate::text::{Encoding, SourceFile, read_source};
 use reasonrec_core::data::{Family, NewDataset};
 use std::path::{Path, PathBuf};
 
@@ -61,9 +61,9 @@ pub fn load_ml1m(dir: &Path, name: &str) -> Result<NewDataset, DatasetError> {
     let users_path = dir.join("users.dat");
     let movies_path = dir.join("movies.dat");
     let ratings_path = dir.join("ratings.dat");
-    let users_file = read_source(&users_path)?;
-    let movies_file = read_source(&movies_path)?;
-    let ratings_file = read_source(&ratings_path)?;
+    let users_file = read_source(&users_path, Encoding::Utf8OrLatin1)?;
+    let movies_file = read_source(&movies_path, Encoding::Utf8OrLatin1)?;
+    let ratings_file = read_source(&ratings_path, Encoding::Utf8OrLatin1)?;
     let mut b = DatasetBuilder::default();
 
     let src = Lines { path: users_path, file: &users_file, sep: "::" };
@@ -127,9 +127,9 @@ pub fn load_ml100k(dir: &Path, name: &str) -> Result<NewDataset, DatasetError> {
     let users_path = dir.join("u.user");
     let items_path = dir.join("u.item");
     let data_path = dir.join("u.data");
-    let users_file = read_source(&users_path)?;
-    let items_file = read_source(&items_path)?;
-    let data_file = read_source(&data_path)?;
+    let users_file = read_source(&users_path, Encoding::Utf8OrLatin1)?;
+    let items_file = read_source(&items_path, Encoding::Utf8OrLatin1)?;
+    let data_file = read_source(&data_path, Encoding::Utf8OrLatin1)?;
     let mut b = DatasetBuilder::default();
 
     let src = Lines { path: users_path, file: &users_file, sep: "|" };

@@ -5,7 +5,7 @@
 use crate::builder::DatasetBuilder;
 use crate::error::DatasetError;
 use crate::movielens::{parse_rating, parse_ts, year_of};
-use crate::text::{SourceFile, read_source};
+use crate::text::{Encoding, SourceFile, read_source};
 use reasonrec_core::data::{Family, NewDataset};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -56,9 +56,9 @@ pub fn load_ml_latest(dir: &Path, name: &str) -> Result<NewDataset, DatasetError
     let movies_path = dir.join("movies.csv");
     let ratings_path = dir.join("ratings.csv");
     let tags_path = dir.join("tags.csv");
-    let movies_file = read_source(&movies_path)?;
-    let ratings_file = read_source(&ratings_path)?;
-    let tags_file = tags_path.is_file().then(|| read_source(&tags_path)).transpose()?;
+    let movies_file = read_source(&movies_path, Encoding::Utf8)?;
+    let ratings_file = read_source(&ratings_path, Encoding::Utf8)?;
+    let tags_file = tags_path.is_file().then(|| read_source(&tags_path, Encoding::Utf8)).transpose()?;
     let mut b = DatasetBuilder::default();
 
     let src = Csv { path: movies_path, file: &movies_file };

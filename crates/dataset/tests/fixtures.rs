@@ -129,3 +129,66 @@ fn errors_name_file_line_and_field_in_every_format() {
     let _ = std::fs::remove_dir_all(&dir);
     assert!(reasonrec_dataset::load("csv", &dir, "x").is_err());
 }
+
+/// A copy of `format`'s fixture with `byte` put at the start of line 2 of `file`.
+fn corrupted(format: &str, file: &str, byte: u8) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("rr-fx-{}-{format}-{file}-{byte}", std::process::id()));
+    let _ = std::fs::create_dir_all(&dir);
+    for entry in std::fs::read_dir(fixture(format)).into_iter().flatten().flatten() {
+        let _ = std::fs::copy(entry.path(), dir.join(entry.file_name()));
+    }
+    let path = dir.join(file);
+    let mut bytes = std::fs::read(&path).unwrap_or_default();
+    let line2 = bytes.iter().position(|&b| b == b'\n').map_or(0, |i| i + 1);
+    bytes.insert(line2, byte);
+    let _ = std::fs::write(&path, bytes);
+    dir
+}
+
+fn files_of(format: &str) -> Vec<String> {
+    let mut files: Vec<String> = std::fs::read_dir(fixture(format))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn a_nul_byte_in_any_file_of_any_format_is_named_by_file_line_and_column() {
+    for format in reasonrec_dataset::FORMATS {
+        for file in files_of(format) {
+            let dir = corrupted(format, &file, 0);
+            let err = reasonrec_dataset::load(format, &dir, "fx").err().map(|e| e.to_string()).unwrap_or_default();
+            let _ = std::fs::remove_dir_all(&dir);
+            assert!(err.contains(&format!("{file}:2:1: NUL character")), "{format}/{file}: {err:?}");
+        }
+    }
+}
+
+#[test]
+fn an_invalid_utf8_byte_is_an_error_in_json_and_csv_and_latin1_only_in_movielens_text_files() {
+    for format in reasonrec_dataset::FORMATS {
+        for file in files_of(format) {
+            let dir = corrupted(format, &file, 0xe9);
+            let result = reasonrec_dataset::load(format, &dir, "fx");
+            let _ = std::fs::remove_dir_all(&dir);
+            let err = result.as_ref().err().map(|e| e.to_string()).unwrap_or_default();
+            if matches!(*format, "ml-1m" | "ml-100k") {
+                assert!(!err.contains("invalid UTF-8"), "{format}/{file}: Latin-1 by origin: {err}");
+                if let Ok(ds) = result {
+                    let latin1 = ds.source["files"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|f| f["file"] == file.as_str() && f["latin1"] == true);
+                    assert!(latin1, "{format}/{file}: the fallback is said in the dataset's source");
+                }
+            } else {
+                assert!(err.contains(&format!("{file}:2:1: invalid UTF-8 (byte 0xe9)")), "{format}/{file}: {err:?}");
+            }
+        }
+    }
+}

@@ -3,6 +3,7 @@
 use super::connect_store;
 use crate::cli::{CorpusDiffArgs, SnapshotArgs, SnapshotsArgs};
 use reasonrec_core::Settings;
+use reasonrec_core::terminal::terminal_safe as safe;
 use reasonrec_store::lifecycle::{CorpusDiff, CorpusRef, Snapshot, SnapshotOutcome};
 use std::process::ExitCode;
 
@@ -49,15 +50,15 @@ fn render_snapshots(list: &[Snapshot]) -> String {
         let done: Vec<String> = s.done.iter().map(|(stage, n)| format!("{stage} {n}")).collect();
         out.push_str(&format!(
             "{}  run {}  {} v{}  {}  done: {}\n",
-            s.name,
+            safe(&s.name),
             s.run_id,
-            s.dataset,
+            safe(&s.dataset),
             s.dataset_version,
             s.created_at.format("%Y-%m-%d %H:%M"),
             done.join(", ")
         ));
         if let Some(note) = &s.note {
-            out.push_str(&format!("  {note}\n"));
+            out.push_str(&format!("  {}\n", safe(note)));
         }
     }
     out
@@ -78,7 +79,7 @@ pub async fn diff(settings: &Settings, a: CorpusDiffArgs) -> anyhow::Result<Exit
 
 fn describe(c: &CorpusRef) -> String {
     let name = c.snapshot.as_ref().map(|n| format!("snapshot {n:?} = ")).unwrap_or_default();
-    format!("{name}run {} ({} v{}, {})", c.run_id, c.dataset, c.dataset_version, c.state)
+    format!("{name}run {} ({} v{}, {})", c.run_id, safe(&c.dataset), c.dataset_version, c.state)
 }
 
 fn render_diff(from: &CorpusRef, to: &CorpusRef, d: &CorpusDiff) -> String {
@@ -97,11 +98,35 @@ fn render_diff(from: &CorpusRef, to: &CorpusRef, d: &CorpusDiff) -> String {
         let shown: Vec<String> = list
             .iter()
             .map(|e| match (e.label_a, e.label_b) {
-                (Some(x), Some(y)) if x != y => format!("{} {} (label {x} -> {y})", e.stage, e.subject),
-                _ => format!("{} {}", e.stage, e.subject),
+                (Some(x), Some(y)) if x != y => format!("{} {} (label {x} -> {y})", e.stage, safe(&e.subject)),
+                _ => format!("{} {}", e.stage, safe(&e.subject)),
             })
             .collect();
         out.push_str(&format!("{category}: {}\n", shown.join(", ")));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reasonrec_store::lifecycle::DiffExample;
+
+    #[test]
+    fn ids_from_a_dataset_reach_the_terminal_escaped() {
+        let corpus = |dataset: &str| CorpusRef {
+            run_id: uuid::Uuid::nil(),
+            snapshot: Some("night\u{1b}[2J".into()),
+            dataset: dataset.into(),
+            dataset_version: 1,
+            state: "completed".into(),
+        };
+        let mut diff = CorpusDiff::default();
+        let example =
+            DiffExample { stage: "reasoning".into(), subject: "u1\rFAKE:i2:test".into(), label_a: None, label_b: None };
+        diff.examples.insert("added".into(), vec![example]);
+        let out = render_diff(&corpus("ml\u{1b}]0;owned\u{7}"), &corpus("ok"), &diff);
+        assert!(!out.chars().any(|c| c.is_control() && c != '\n'), "{out:?}");
+        assert!(out.contains("ml\\u{1b}]0;owned\\u{7}") && out.contains("u1\\u{d}FAKE"), "{out}");
+    }
 }

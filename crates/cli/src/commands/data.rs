@@ -53,6 +53,11 @@ pub async fn ingest(settings: &Settings, a: IngestArgs) -> anyhow::Result<ExitCo
         IngestOutcome::Created { dataset_id, version } => ("ingested", dataset_id, version),
         IngestOutcome::Unchanged { dataset_id, version } => ("unchanged", dataset_id, version),
     };
+    // Files that were not UTF-8 and were read as Latin-1 (MovieLens `.dat` / `u.*` only).
+    let latin1: Vec<&str> = ds.source["files"]
+        .as_array()
+        .map(|files| files.iter().filter(|f| f["latin1"] == true).filter_map(|f| f["file"].as_str()).collect())
+        .unwrap_or_default();
     if a.json {
         println!(
             "{}",
@@ -60,6 +65,7 @@ pub async fn ingest(settings: &Settings, a: IngestArgs) -> anyhow::Result<ExitCo
                 "outcome": verb, "dataset": ds.name, "dataset_id": id, "version": version,
                 "users": ds.users.len(), "items": ds.items.len(), "interactions": ds.interactions.len(),
                 "content_hash": ds.content_hash, "seconds": t0.elapsed().as_secs_f64(),
+                "latin1_files": latin1,
             })
         );
     } else {
@@ -72,6 +78,9 @@ pub async fn ingest(settings: &Settings, a: IngestArgs) -> anyhow::Result<ExitCo
             t0.elapsed().as_secs_f64(),
             parsed.as_secs_f64()
         );
+        if !latin1.is_empty() {
+            println!("  not UTF-8, read as Latin-1 (windows-1252): {}", latin1.join(", "));
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

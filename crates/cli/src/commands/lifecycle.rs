@@ -6,6 +6,7 @@ use crate::cli::{RunArg, RunBudgetArgs, RunCreateArgs, RunListArgs, RunPauseArgs
 use reasonrec_coordinator::RunPlan;
 use reasonrec_coordinator::lifecycle::INCREMENTAL_PRIORITY;
 use reasonrec_core::Settings;
+use reasonrec_core::terminal::terminal_safe;
 use reasonrec_store::Store;
 use reasonrec_store::lifecycle::{Budget, PauseOutcome, ResumeOutcome, RunListing, dollars};
 use std::process::ExitCode;
@@ -59,7 +60,7 @@ pub fn render_list(runs: &[RunListing]) -> String {
         "run", "dataset", "state", "prio", "created", "done/failed/total", "cost", "budget"
     );
     for r in runs {
-        let dataset = format!("{} v{}", r.dataset, r.dataset_version);
+        let dataset = format!("{} v{}", terminal_safe(&r.dataset), r.dataset_version);
         let progress = format!("{}/{}/{}", r.done, r.failed, r.total);
         out.push_str(&format!(
             "{:<36}  {:<20}  {:<9}  {:>4}  {:<16}  {:>19}  {:>10}  {}\n",
@@ -73,7 +74,7 @@ pub fn render_list(runs: &[RunListing]) -> String {
             r.budget.render(),
         ));
         if let Some(reason) = &r.paused_reason {
-            out.push_str(&format!("  └ paused: {reason}\n"));
+            out.push_str(&format!("  └ paused: {}\n", terminal_safe(reason)));
         }
     }
     out

@@ -1,15 +1,19 @@
 //! The coordinator's HTTP endpoint: a read-only status page (`/`) and its data (`/api/runs`),
 //! plus `/metrics`, `/healthz`, `/readyz` from `reasonrec-ops`.
 //!
-//! Bound beyond loopback, `/` and `/api/runs` need the token (`Authorization: Bearer <token>`
-//! or `?token=<token>`); the probes and `/metrics` stay open for the cluster's scrapers.
+//! [`Access`] decides who reads runs. Bound beyond loopback, `/api/runs` needs the token: an
+//! `Authorization: Bearer <token>` header, or the HttpOnly cookie that `POST /login` (the page's
+//! form, the token in the body) sets; a token in the query string is never accepted (it would
+//! land in proxy logs). Bound to loopback, no token is asked but the `Host` header must name
+//! this machine (a DNS-rebinding page in a browser cannot read it). The page itself (`/`) holds
+//! no data; the probes and `/metrics` stay open for the cluster's scrapers.
 
 use crate::status::{RunStatus, run_status};
 use axum::Router;
-use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{Form, State};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Json, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use reasonrec_store::Store;
 use reasonrec_store::monitor::RunSummary;
 use serde::{Deserialize, Serialize};
@@ -21,7 +25,7 @@ const PAGE: &str = include_str!("../assets/status.html");
 #[derive(Clone)]
 struct WebState {
     store: Store,
-    token: Option<Arc<str>>,
+    access: Arc<Access>,
     /// Whether this coordinator holds leadership (shown on the page).
     leading: Arc<std::sync::atomic::AtomicBool>,
     /// The last `/api/runs` answer: each open page asks every 5 s, and counting a run's tasks
@@ -71,9 +75,53 @@ struct RunsResponse<'a> {
     runs: &'a [RunView],
 }
 
+/// Who may read the runs.
+#[derive(Clone)]
+pub enum Access {
+    /// Bound to loopback: no token, but only requests whose `Host` names this machine.
+    Loopback,
+    /// Bound beyond loopback: the token, as a bearer header or the login cookie.
+    Token(String),
+}
+
+impl std::fmt::Debug for Access {
+    // Never prints the token.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Access::Loopback => "Access::Loopback",
+            Access::Token(_) => "Access::Token(***)",
+        })
+    }
+}
+
+/// The login cookie's name; its value is [`cookie_value`] of the token, not the token.
+const COOKIE: &str = "reasonrec_status";
+
+/// What the login cookie holds for `token`: a digest, so the cookie store never holds the token.
+fn cookie_value(token: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(format!("reasonrec-status\0{token}").as_bytes()))
+}
+
+/// Equal lengths, then every byte: the comparison does not stop at the first difference.
+fn same(given: &str, expected: &str) -> bool {
+    given.len() == expected.len() && given.bytes().zip(expected.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+}
+
+/// Whether a `Host` header names this machine: `localhost`, 127.0.0.0/8 or `[::1]`, any port.
+fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host
+            .rsplit_once(':')
+            .map_or(host, |(h, port)| if port.chars().all(|c| c.is_ascii_digit()) { h } else { host }),
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
 #[derive(Deserialize)]
-struct TokenQuery {
-    token: Option<String>,
+struct LoginForm {
+    token: String,
 }
 
 /// One run as the page shows it.
@@ -86,30 +134,65 @@ struct RunView {
     per_minute: Vec<(i64, i64, i64)>,
 }
 
-fn authorized(state: &WebState, headers: &HeaderMap, q: &TokenQuery) -> bool {
-    let Some(expected) = &state.token else { return true };
-    let bearer = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    let given = bearer.or(q.token.as_deref());
-    // Length first, then every byte, so the comparison does not stop at the first difference.
-    given.is_some_and(|g| {
-        g.len() == expected.len() && g.bytes().zip(expected.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
-    })
+/// Whether a request may read runs: see [`Access`].
+fn authorized(state: &WebState, headers: &HeaderMap) -> bool {
+    match state.access.as_ref() {
+        Access::Loopback => headers.get(header::HOST).and_then(|v| v.to_str().ok()).is_some_and(is_loopback_host),
+        Access::Token(expected) => {
+            let bearer = headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .map(str::trim);
+            if bearer.is_some_and(|b| same(b, expected)) {
+                return true;
+            }
+            let wanted = cookie_value(expected);
+            headers
+                .get_all(header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(';'))
+                .filter_map(|pair| pair.trim().split_once('='))
+                .any(|(name, value)| name == COOKIE && same(value, &wanted))
+        }
+    }
 }
 
-async fn page(State(state): State<WebState>, headers: HeaderMap, Query(q): Query<TokenQuery>) -> Response {
-    if !authorized(&state, &headers, &q) {
-        return (StatusCode::UNAUTHORIZED, "token required\n").into_response();
+fn refused(state: &WebState) -> Response {
+    match state.access.as_ref() {
+        Access::Loopback => {
+            (StatusCode::MISDIRECTED_REQUEST, "this page answers only to a loopback Host\n").into_response()
+        }
+        Access::Token(_) => (StatusCode::UNAUTHORIZED, "token required\n").into_response(),
+    }
+}
+
+/// The page holds no data (its script asks `/api/runs`), so it is served to anyone who may
+/// reach it; in loopback mode only under a loopback `Host`.
+async fn page(State(state): State<WebState>, headers: HeaderMap) -> Response {
+    if matches!(state.access.as_ref(), Access::Loopback) && !authorized(&state, &headers) {
+        return refused(&state);
     }
     Html(PAGE).into_response()
 }
 
-async fn runs(State(state): State<WebState>, headers: HeaderMap, Query(q): Query<TokenQuery>) -> Response {
-    if !authorized(&state, &headers, &q) {
-        return (StatusCode::UNAUTHORIZED, "token required\n").into_response();
+/// The page's login form: the token in the body; on success an HttpOnly, SameSite=Strict cookie
+/// holding a digest of it, and back to the page.
+async fn login(State(state): State<WebState>, Form(form): Form<LoginForm>) -> Response {
+    let Access::Token(expected) = state.access.as_ref() else {
+        return (StatusCode::SEE_OTHER, [(header::LOCATION, "./")]).into_response();
+    };
+    if !same(form.token.trim(), expected) {
+        return (StatusCode::UNAUTHORIZED, Html("wrong token. <a href=\"./\">Back</a>\n")).into_response();
+    }
+    let cookie = format!("{COOKIE}={}; HttpOnly; SameSite=Strict; Path=/", cookie_value(expected));
+    (StatusCode::SEE_OTHER, [(header::LOCATION, "./".to_string()), (header::SET_COOKIE, cookie)]).into_response()
+}
+
+async fn runs(State(state): State<WebState>, headers: HeaderMap) -> Response {
+    if !authorized(&state, &headers) {
+        return refused(&state);
     }
     match cached_runs(&state).await {
         Ok(runs) => {
@@ -134,18 +217,19 @@ async fn load_runs(store: &Store) -> Result<Vec<RunView>, crate::CoordinatorErro
     Ok(out)
 }
 
-/// The coordinator's router: status page and API (behind `token` when given) merged with the
+/// The coordinator's router: status page, login and API (as `access` allows) merged with the
 /// ops routes.
 pub fn router(
     store: Store,
-    token: Option<String>,
+    access: Access,
     ready: reasonrec_ops::ReadyCheck,
     leading: Arc<std::sync::atomic::AtomicBool>,
 ) -> Router {
     let state =
-        WebState { store, token: token.map(Arc::from), leading, runs_cache: Arc::new(Cached::new(RUNS_CACHE_FLOOR)) };
+        WebState { store, access: Arc::new(access), leading, runs_cache: Arc::new(Cached::new(RUNS_CACHE_FLOOR)) };
     Router::new()
         .route("/", get(page))
+        .route("/login", post(login))
         .route("/api/runs", get(runs))
         .with_state(state)
         .merge(reasonrec_ops::router(ready))
@@ -154,6 +238,18 @@ pub fn router(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn loopback_hosts() {
+        for ok in ["localhost", "localhost:9465", "127.0.0.1:9465", "127.1.2.3", "[::1]:9465", "[::1]", "LOCALHOST:1"] {
+            assert!(is_loopback_host(ok), "{ok}");
+        }
+        for bad in
+            ["evil.example:9465", "10.0.0.5:9465", "localhost.evil.example", "127.0.0.1.evil.example", "", "[::2]:1"]
+        {
+            assert!(!is_loopback_host(bad), "{bad}");
+        }
+    }
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     #[tokio::test]

@@ -7,6 +7,8 @@
 //! A role can merge its own routes (the coordinator's status page). Bind failures are reported
 //! to the caller, which decides whether running without the endpoint is acceptable.
 
+mod guard;
+
 use axum::Router;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
@@ -41,10 +43,44 @@ pub fn router(ready: ReadyCheck) -> Router {
     )
 }
 
-/// Binds `bind` and serves `app` until `stop` is cancelled. Returns the bound address.
+/// How much of the process one client may hold.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Connections served at once; the next ones wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// A connection that sends nothing for this long (slow headers or body, a stalled client)
+    /// is closed.
+    pub idle: std::time::Duration,
+    /// No connection lives longer than this, however it trickles (pages reconnect).
+    pub max_age: std::time::Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 64,
+            idle: std::time::Duration::from_secs(30),
+            max_age: std::time::Duration::from_secs(600),
+        }
+    }
+}
+
+/// Binds `bind` and serves `app` until `stop` is cancelled, under the default [`Limits`].
+/// Returns the bound address.
 pub async fn serve(bind: &str, app: Router, stop: CancellationToken) -> std::io::Result<SocketAddr> {
+    serve_with(bind, app, stop, Limits::default()).await
+}
+
+/// [`serve`] under `limits`.
+pub async fn serve_with(
+    bind: &str,
+    app: Router,
+    stop: CancellationToken,
+    limits: Limits,
+) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(bind).await?;
     let addr = listener.local_addr()?;
+    let listener = guard::Guarded::new(listener, limits.max_connections, limits.idle, limits.max_age);
     tokio::spawn(async move {
         let result = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await;
         if let Err(e) = result {

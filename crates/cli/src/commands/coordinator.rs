@@ -6,6 +6,7 @@
 use super::connect_store;
 use anyhow::Context;
 use reasonrec_coordinator::leader::{COORDINATOR_LOCK, acquire};
+use reasonrec_coordinator::web::Access;
 use reasonrec_coordinator::{Target, supervise};
 use reasonrec_core::Settings;
 use reasonrec_store::Store;
@@ -16,13 +17,13 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 pub async fn coordinator(settings: &Settings) -> anyhow::Result<ExitCode> {
-    let token = status_token(settings)?;
+    let access = status_access(settings)?;
     let jobs = reasonrec_coordinator::schedule::parse_jobs(settings)?;
     let store = connect_store(settings).await?;
     store.migrate().await?;
     let stop = crate::signals::shutdown_token();
     let leading = Arc::new(AtomicBool::new(false));
-    serve_http(settings, &store, token, leading.clone(), stop.clone()).await?;
+    serve_http(settings, &store, access, leading.clone(), stop.clone()).await?;
     while !stop.is_cancelled() {
         let Some(leadership) = acquire(&settings.database.url, COORDINATOR_LOCK, Duration::from_secs(5), &stop).await?
         else {
@@ -49,27 +50,45 @@ pub async fn coordinator(settings: &Settings) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The status page's token: required (from `coordinator.status_token_env`) when the endpoint
-/// is bound beyond loopback.
-fn status_token(settings: &Settings) -> anyhow::Result<Option<String>> {
+/// Tokens of our own examples (compose file, Kubernetes secret): refused beyond loopback.
+const EXAMPLE_TOKENS: &[&str] = &["dev-token", "change-me"];
+
+/// The shortest status page token accepted beyond loopback.
+const MIN_TOKEN_CHARS: usize = 16;
+
+/// Who may read the status page: anyone on this machine when the endpoint is bound to loopback,
+/// else the holder of the token in `coordinator.status_token_env` (trimmed; at least
+/// [`MIN_TOKEN_CHARS`] characters; not one of our examples).
+fn status_access(settings: &Settings) -> anyhow::Result<Access> {
     let c = &settings.coordinator;
     if c.http_bind.is_empty() || reasonrec_ops::is_loopback(&c.http_bind) {
-        return Ok(None);
+        return Ok(Access::Loopback);
     }
-    let token = std::env::var(&c.status_token_env).ok().filter(|t| !t.trim().is_empty());
-    token.map(Some).with_context(|| {
-        format!(
-            "coordinator.http_bind = {:?} is beyond loopback: set the status page token in ${} \
-             (coordinator.status_token_env)",
-            c.http_bind, c.status_token_env
-        )
-    })
+    let var = &c.status_token_env;
+    let token = std::env::var(var).unwrap_or_default().trim().to_string();
+    check_token(&token).with_context(|| {
+        format!("coordinator.http_bind = {:?} is beyond loopback: ${var} (coordinator.status_token_env)", c.http_bind)
+    })?;
+    Ok(Access::Token(token))
+}
+
+fn check_token(token: &str) -> anyhow::Result<()> {
+    if token.is_empty() {
+        anyhow::bail!("set the status page token");
+    }
+    if EXAMPLE_TOKENS.iter().any(|e| token.eq_ignore_ascii_case(e)) {
+        anyhow::bail!("the status page token is an example value; choose your own (e.g. `openssl rand -hex 24`)");
+    }
+    if token.chars().count() < MIN_TOKEN_CHARS {
+        anyhow::bail!("the status page token has {} characters, fewer than {MIN_TOKEN_CHARS}", token.chars().count());
+    }
+    Ok(())
 }
 
 async fn serve_http(
     settings: &Settings,
     store: &Store,
-    token: Option<String>,
+    access: Access,
     leading: Arc<AtomicBool>,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -83,8 +102,21 @@ async fn serve_http(
         let store = ready_store.clone();
         Box::pin(async move { store.ping().await.map_err(|e| format!("postgres: {e}")) })
     });
-    let app = reasonrec_coordinator::web::router(store.clone(), token, ready, leading);
+    let app = reasonrec_coordinator::web::router(store.clone(), access, ready, leading);
     let addr = reasonrec_ops::serve(&bind, app, stop).await.with_context(|| format!("binding {bind}"))?;
     tracing::info!(%addr, "status page, /metrics, /healthz, /readyz");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_tokens_are_long_and_not_our_examples() {
+        for bad in ["", "dev-token", "CHANGE-ME", "Change-Me", "short-token"] {
+            assert!(check_token(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(check_token("9f2c4e1a7b3d5f608a1c2e3f4a5b6c7d").is_ok());
+    }
 }

@@ -144,20 +144,91 @@ async fn broker_teardown_deletes_the_prefix_queues_only_when_told_yes() -> anyho
     env.cleanup().await
 }
 
-#[test]
-fn ingest_reports_a_bad_line_with_file_line_and_field() -> anyhow::Result<()> {
-    let dir = std::env::temp_dir().join(format!("rr-cli-bad-{}", uuid::Uuid::new_v4().simple()));
+/// A directory with one user, one movie and `n` ratings at distinct times, then `tail`.
+fn ratings_dir(tag: &str, n: usize, tail: &str) -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("rr-cli-{tag}-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join("users.dat"), "1::F::1::10::48067\n")?;
     std::fs::write(dir.join("movies.dat"), "1::Heat (1995)::Action\n")?;
-    std::fs::write(dir.join("ratings.dat"), "1::1::5::978300760\n1::1::4::yesterday\n")?;
-    // Parsing happens before any connection: this fails on the input, whatever the database.
-    let out = Command::new(BIN).args(["ingest", "--path", &dir.display().to_string(), "--dataset", "bad"]).output()?;
+    let mut ratings = String::new();
+    for i in 0..n {
+        ratings.push_str(&format!("1::1::{}::{}\n", 1 + i % 5, 978_300_000 + i));
+    }
+    ratings.push_str(tail);
+    std::fs::write(dir.join("ratings.dat"), ratings)?;
+    Ok(dir)
+}
+
+async fn datasets_named(env: &TestEnv, name: &str) -> anyhow::Result<(i64, i64)> {
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM datasets WHERE name = $1")
+        .bind(name)
+        .fetch_one(env.store.pool())
+        .await?;
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM interactions").fetch_one(env.store.pool()).await?;
+    Ok((n, rows))
+}
+
+/// The ingest streams rows to Postgres as it parses: a bad line after 50,000 good ones (three
+/// batches already sent) is reported with file, line and field, and nothing of the dataset is
+/// stored.
+#[tokio::test]
+async fn ingest_reports_a_bad_line_with_file_line_and_field_and_stores_nothing() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let config = write_config(&env, 4)?;
+    let dir = ratings_dir("bad", 50_000, "1::1::4::yesterday\n")?;
+    let out = Command::new(BIN)
+        .args([
+            "--config",
+            &config.display().to_string(),
+            "ingest",
+            "--path",
+            &dir.display().to_string(),
+            "--dataset",
+            "bad",
+        ])
+        .output()?;
     let _ = std::fs::remove_dir_all(&dir);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(err.contains("ratings.dat:2: field `timestamp`"), "{err}");
-    Ok(())
+    assert!(err.contains("ratings.dat:50001: field `timestamp`"), "{err}");
+    assert_eq!(datasets_named(&env, "bad").await?, (0, 0), "all or nothing");
+    let _ = std::fs::remove_file(config);
+    env.cleanup().await
+}
+
+/// Exact repeats of (user, item, time) in a streamed file are dropped by the writer (the first
+/// kept) and counted; the same file again is unchanged and writes nothing.
+#[tokio::test]
+async fn a_streamed_ingest_drops_repeats_and_an_unchanged_file_writes_nothing() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let config = write_config(&env, 4)?;
+    // 30,000 ratings, then the first 10 again with other ratings: 10 exact repeats.
+    let repeats: String = (0..10).map(|i| format!("1::1::{}::{}\n", 5 - i % 5, 978_300_000 + i)).collect();
+    let dir = ratings_dir("dup", 30_000, &repeats)?;
+    let ingest = || {
+        Command::new(BIN)
+            .args(["--config", &config.display().to_string(), "ingest", "--json"])
+            .args(["--path", &dir.display().to_string(), "--dataset", "dup"])
+            .output()
+    };
+    let first = ingest()?;
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&first.stdout)?;
+    assert_eq!((report["outcome"].as_str(), report["interactions"].as_i64()), (Some("ingested"), Some(30_000)));
+    let (dropped, first_rating): (i64, f32) = (
+        sqlx::query_scalar("SELECT (source->>'duplicates_dropped')::bigint FROM datasets WHERE name = 'dup'")
+            .fetch_one(env.store.pool())
+            .await?,
+        sqlx::query_scalar("SELECT rating FROM interactions WHERE ts = 978300000").fetch_one(env.store.pool()).await?,
+    );
+    assert_eq!((dropped, first_rating), (10, 1.0), "the repeats went, the first of each stayed");
+    let again = ingest()?;
+    let report: serde_json::Value = serde_json::from_slice(&again.stdout)?;
+    assert_eq!(report["outcome"], "unchanged");
+    assert_eq!(datasets_named(&env, "dup").await?, (1, 30_000));
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_file(config);
+    env.cleanup().await
 }
 
 #[tokio::test]

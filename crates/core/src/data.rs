@@ -48,6 +48,17 @@ pub struct Interaction {
     pub review: Option<serde_json::Value>,
 }
 
+/// What identifies a dataset being ingested, known before its rows: a streaming ingest checks
+/// it (an unchanged content hash writes nothing) before the first interaction arrives.
+#[derive(Debug, Clone)]
+pub struct DatasetHeader {
+    pub name: String,
+    pub format: String,
+    pub family: Family,
+    pub content_hash: String,
+    pub source: serde_json::Value,
+}
+
 /// Everything one ingest writes, in one transaction.
 #[derive(Debug, Clone)]
 pub struct NewDataset {
@@ -59,4 +70,17 @@ pub struct NewDataset {
     pub users: Vec<User>,
     pub items: Vec<Item>,
     pub interactions: Vec<Interaction>,
+}
+
+impl NewDataset {
+    /// Its identity, as a streaming ingest announces it.
+    pub fn header(&self) -> DatasetHeader {
+        DatasetHeader {
+            name: self.name.clone(),
+            format: self.format.clone(),
+            family: self.family,
+            content_hash: self.content_hash.clone(),
+            source: self.source.clone(),
+        }
+    }
 }

@@ -318,7 +318,7 @@ mod tests {
         for f in ["users.dat", "movies.dat", "ratings.dat"] {
             assert_eq!(std::fs::read(a.join(f)).ok(), std::fs::read(b.join(f)).ok(), "{f} differs");
         }
-        let ds = crate::movielens::load_ml1m(&a, "gen");
+        let ds = crate::load("ml-1m", &a, "gen");
         let _ = std::fs::remove_dir_all(&a);
         let _ = std::fs::remove_dir_all(&b);
         let Ok(ds) = ds else { panic!("{ds:?}") };
@@ -331,7 +331,7 @@ mod tests {
     fn generates_a_loadable_amazon_dataset() {
         let dir = std::env::temp_dir().join(format!("rr-gen-amz-{}", std::process::id()));
         let g = generate_amazon(&dir, GenerateSpec { users: 30, items: 40, min_ratings: 5, max_ratings: 10, seed: 3 });
-        let ds = crate::jsonlines::load_amazon(&dir, "amz");
+        let ds = crate::load("amazon", &dir, "amz");
         let _ = std::fs::remove_dir_all(&dir);
         let (Ok(g), Ok(ds)) = (g, ds) else { panic!("generate or load failed") };
         assert_eq!(ds.interactions.len(), g.ratings);

@@ -22,15 +22,19 @@ struct JsonLines<'a> {
     file: &'a SourceFile,
 }
 
-impl<'a> JsonLines<'a> {
-    fn records(&self) -> impl Iterator<Item = Result<(usize, Value), DatasetError>> + '_ {
-        self.file.text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()).map(move |(i, l)| {
-            let v: Value =
-                serde_json::from_str(l).map_err(|e| self.err(i + 1, "json", format!("not valid JSON: {e}")))?;
-            if !v.is_object() {
-                return Err(self.err(i + 1, "json", "each line must be a JSON object".into()));
+impl JsonLines<'_> {
+    /// Calls `f` with each non-blank line as (line, JSON object), read one at a time.
+    fn each(&self, mut f: impl FnMut(usize, Value) -> Result<(), DatasetError>) -> Result<(), DatasetError> {
+        self.file.for_each_line(|line, l| {
+            if l.trim().is_empty() {
+                return Ok(());
             }
-            Ok((i + 1, v))
+            let v: Value =
+                serde_json::from_str(l).map_err(|e| self.err(line, "json", format!("not valid JSON: {e}")))?;
+            if !v.is_object() {
+                return Err(self.err(line, "json", "each line must be a JSON object".into()));
+            }
+            f(line, v)
         })
     }
 
@@ -110,17 +114,18 @@ fn categories(v: Option<&Value>) -> Vec<String> {
 }
 
 /// Amazon 2018: `reviews.jsonl` (or `.json`) and optional `meta.jsonl` in `dir`.
-pub fn load_amazon(dir: &Path, name: &str) -> Result<NewDataset, DatasetError> {
+pub fn load_amazon(dir: &Path, name: &str, mut b: DatasetBuilder) -> Result<NewDataset, DatasetError> {
     let reviews_path = required(dir, &["reviews.jsonl", "reviews.json"])?;
     let meta_path = find(dir, &["meta.jsonl", "meta.json"]);
     let reviews_file = read_source(&reviews_path, Encoding::Utf8)?;
     let meta_file = meta_path.as_deref().map(|p| read_source(p, Encoding::Utf8)).transpose()?;
-    let mut b = DatasetBuilder::default();
+    let mut files = vec![&reviews_file];
+    files.extend(meta_file.as_ref());
+    b.start(name, "amazon", Family::Amazon, &files)?;
 
     if let (Some(path), Some(file)) = (&meta_path, &meta_file) {
         let src = JsonLines { path: path.clone(), file };
-        for rec in src.records() {
-            let (line, v) = rec?;
+        src.each(|line, v| {
             let asin = src.id(line, &v, "asin")?;
             let title = v.get("title").and_then(Value::as_str).map(str::trim).filter(|t| !t.is_empty());
             let price = match v.get("price") {
@@ -137,12 +142,12 @@ pub fn load_amazon(dir: &Path, name: &str) -> Result<NewDataset, DatasetError> {
                 "meta": true,
             });
             b.declare_item(&asin, title.unwrap_or(&asin), attrs).map_err(|m| src.err(line, "asin", m))?;
-        }
+            Ok(())
+        })?;
     }
 
     let src = JsonLines { path: reviews_path.clone(), file: &reviews_file };
-    for rec in src.records() {
-        let (line, v) = rec?;
+    src.each(|line, v| {
         let reviewer = src.id(line, &v, "reviewerID")?;
         let asin = src.id(line, &v, "asin")?;
         let rating = src.rating(line, &v, "overall")?;
@@ -160,38 +165,37 @@ pub fn load_amazon(dir: &Path, name: &str) -> Result<NewDataset, DatasetError> {
             "verified": v.get("verified").and_then(Value::as_bool),
             "style": v.get("style"),
         });
-        b.interaction(user, item, rating, ts, Some(review));
-    }
+        b.interaction(user, item, rating, ts, Some(review))
+    })?;
     if b.interaction_count() == 0 {
         return Err(DatasetError::Invalid(format!("{}: no reviews", reviews_path.display())));
     }
-    let mut files = vec![&reviews_file];
-    files.extend(meta_file.as_ref());
-    Ok(b.finish(name, "amazon", Family::Amazon, &files))
+    b.finish(name, "amazon", Family::Amazon, &files)
 }
 
 /// The generic format described at the top of this module.
-pub fn load_generic(dir: &Path, name: &str) -> Result<NewDataset, DatasetError> {
+pub fn load_generic(dir: &Path, name: &str, mut b: DatasetBuilder) -> Result<NewDataset, DatasetError> {
     let items_path = required(dir, &["items.jsonl"])?;
     let inter_path = required(dir, &["interactions.jsonl"])?;
     let users_path = find(dir, &["users.jsonl"]);
     let items_file = read_source(&items_path, Encoding::Utf8)?;
     let inter_file = read_source(&inter_path, Encoding::Utf8)?;
     let users_file = users_path.as_deref().map(|p| read_source(p, Encoding::Utf8)).transpose()?;
-    let mut b = DatasetBuilder::default();
+    let mut files = vec![&items_file, &inter_file];
+    files.extend(users_file.as_ref());
+    b.start(name, "jsonl", Family::Generic, &files)?;
 
     if let (Some(path), Some(file)) = (&users_path, &users_file) {
         let src = JsonLines { path: path.clone(), file };
-        for rec in src.records() {
-            let (line, v) = rec?;
+        src.each(|line, v| {
             let id = src.id(line, &v, "id")?;
             let attrs = v.get("attrs").cloned().unwrap_or_else(|| serde_json::json!({}));
             b.declare_user(&id, attrs).map_err(|m| src.err(line, "id", m))?;
-        }
+            Ok(())
+        })?;
     }
     let src = JsonLines { path: items_path.clone(), file: &items_file };
-    for rec in src.records() {
-        let (line, v) = rec?;
+    src.each(|line, v| {
         let id = src.id(line, &v, "id")?;
         let title =
             v.get("title").and_then(Value::as_str).map(str::trim).filter(|t| !t.is_empty()).ok_or_else(|| {
@@ -202,10 +206,10 @@ pub fn load_generic(dir: &Path, name: &str) -> Result<NewDataset, DatasetError> 
             return Err(src.err(line, "attrs", "must be a JSON object".into()));
         }
         b.declare_item(&id, title, attrs).map_err(|m| src.err(line, "id", m))?;
-    }
+        Ok(())
+    })?;
     let src = JsonLines { path: inter_path.clone(), file: &inter_file };
-    for rec in src.records() {
-        let (line, v) = rec?;
+    src.each(|line, v| {
         let user_ext = src.id(line, &v, "user")?;
         let item_ext = src.id(line, &v, "item")?;
         let item = b
@@ -214,12 +218,10 @@ pub fn load_generic(dir: &Path, name: &str) -> Result<NewDataset, DatasetError> 
         let rating = src.rating(line, &v, "rating")?;
         let ts = src.ts(line, &v, "ts")?;
         let user = b.user(&user_ext, serde_json::json!({}));
-        b.interaction(user, item, rating, ts, v.get("review").cloned());
-    }
+        b.interaction(user, item, rating, ts, v.get("review").cloned())
+    })?;
     if b.interaction_count() == 0 {
         return Err(DatasetError::Invalid(format!("{}: no interactions", inter_path.display())));
     }
-    let mut files = vec![&items_file, &inter_file];
-    files.extend(users_file.as_ref());
-    Ok(b.finish(name, "jsonl", Family::Generic, &files))
+    b.finish(name, "jsonl", Family::Generic, &files)
 }

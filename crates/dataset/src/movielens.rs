@@ -10,36 +10,41 @@ use crate::text::{Encoding, SourceFile, read_source};
 use reasonrec_core::data::{Family, NewDataset};
 use std::path::{Path, PathBuf};
 
-/// A delimited text file read whole, with errors that name file, line and field.
+/// A delimited text file read line by line, with errors that name file, line and field.
 pub(crate) struct Lines<'a> {
     pub(crate) path: PathBuf,
     pub(crate) file: &'a SourceFile,
     pub(crate) sep: &'static str,
 }
 
-impl<'a> Lines<'a> {
-    /// Non-blank lines as (1-based line number, fields), checking the field count.
-    fn records(
+impl Lines<'_> {
+    /// Calls `f` with each non-blank line's (1-based line number, fields), checking the field
+    /// count.
+    fn each(
         &self,
         names: &'static [&'static str],
-    ) -> impl Iterator<Item = Result<(usize, Vec<&'a str>), DatasetError>> + '_ {
-        self.file.text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()).map(move |(i, l)| {
-            let fields: Vec<&str> = l.trim_end_matches('\r').split(self.sep).collect();
+        mut f: impl FnMut(usize, &[&str]) -> Result<(), DatasetError>,
+    ) -> Result<(), DatasetError> {
+        self.file.for_each_line(|line, l| {
+            if l.trim().is_empty() {
+                return Ok(());
+            }
+            let fields: Vec<&str> = l.split(self.sep).collect();
             if fields.len() != names.len() {
                 let field = names.get(fields.len().min(names.len() - 1)).copied().unwrap_or("line");
-                return Err(DatasetError::Parse {
-                    path: self.path.clone(),
-                    line: i + 1,
+                return Err(self.err(
+                    line,
                     field,
-                    message: format!(
-                        "expected {} `::`-separated fields ({}), found {}",
+                    format!(
+                        "expected {} `{}`-separated fields ({}), found {}",
                         names.len(),
-                        names.join("::"),
+                        self.sep.escape_default(),
+                        names.join(self.sep),
                         fields.len()
                     ),
-                });
+                ));
             }
-            Ok((i + 1, fields))
+            f(line, &fields)
         })
     }
 
@@ -57,47 +62,47 @@ pub fn year_of(title: &str) -> Option<i32> {
     (y.len() == 4).then(|| y.parse().ok()).flatten()
 }
 
-pub fn load_ml1m(dir: &Path, name: &str) -> Result<NewDataset, DatasetError> {
+pub fn load_ml1m(dir: &Path, name: &str, mut b: DatasetBuilder) -> Result<NewDataset, DatasetError> {
     let users_path = dir.join("users.dat");
     let movies_path = dir.join("movies.dat");
     let ratings_path = dir.join("ratings.dat");
     let users_file = read_source(&users_path, Encoding::Utf8OrLatin1)?;
     let movies_file = read_source(&movies_path, Encoding::Utf8OrLatin1)?;
     let ratings_file = read_source(&ratings_path, Encoding::Utf8OrLatin1)?;
-    let mut b = DatasetBuilder::default();
+    let files = [&users_file, &movies_file, &ratings_file];
+    b.start(name, "ml-1m", Family::Movielens, &files)?;
 
     let src = Lines { path: users_path, file: &users_file, sep: "::" };
-    for rec in src.records(&["user_id", "gender", "age", "occupation", "zip"]) {
-        let (line, f) = rec?;
+    src.each(&["user_id", "gender", "age", "occupation", "zip"], |line, f| {
         let ext = non_empty(&src, line, "user_id", f[0])?;
         let age = parse_int(&src, line, "age", f[2])?;
         let occupation = parse_int(&src, line, "occupation", f[3])?;
         let attrs =
             serde_json::json!({"gender": f[1].trim(), "age": age, "occupation": occupation, "zip": f[4].trim()});
         b.declare_user(ext, attrs).map_err(|m| src.err(line, "user_id", m))?;
-    }
+        Ok(())
+    })?;
 
     let src = Lines { path: movies_path, file: &movies_file, sep: "::" };
-    for rec in src.records(&["movie_id", "title", "genres"]) {
-        let (line, f) = rec?;
+    src.each(&["movie_id", "title", "genres"], |line, f| {
         let ext = non_empty(&src, line, "movie_id", f[0])?;
         let title = non_empty(&src, line, "title", f[1])?;
         let genres: Vec<&str> = f[2].split('|').map(str::trim).filter(|g| !g.is_empty()).collect();
         let attrs = serde_json::json!({"genres": genres, "year": year_of(title)});
         b.declare_item(ext, title, attrs).map_err(|m| src.err(line, "movie_id", m))?;
-    }
+        Ok(())
+    })?;
 
     let src = Lines { path: ratings_path, file: &ratings_file, sep: "::" };
-    for rec in src.records(&["user_id", "movie_id", "rating", "timestamp"]) {
-        let (line, f) = rec?;
+    src.each(&["user_id", "movie_id", "rating", "timestamp"], |line, f| {
         let (user, item, rating, ts) =
             rating_fields(&src, line, &b, [f[0], f[1], f[2], f[3]], ("users.dat", "movies.dat"))?;
-        b.interaction(user, item, rating, ts, None);
-    }
+        b.interaction(user, item, rating, ts, None)
+    })?;
     if b.interaction_count() == 0 {
         return Err(DatasetError::Invalid(format!("{}: no ratings", src.path.display())));
     }
-    Ok(b.finish(name, "ml-1m", Family::Movielens, &[&users_file, &movies_file, &ratings_file]))
+    b.finish(name, "ml-1m", Family::Movielens, &files)
 }
 
 /// The 19 genre flags of `u.item`, in file order.
@@ -123,24 +128,25 @@ pub const ML100K_GENRES: [&str; 19] = [
     "Western",
 ];
 
-pub fn load_ml100k(dir: &Path, name: &str) -> Result<NewDataset, DatasetError> {
+pub fn load_ml100k(dir: &Path, name: &str, mut b: DatasetBuilder) -> Result<NewDataset, DatasetError> {
     let users_path = dir.join("u.user");
     let items_path = dir.join("u.item");
     let data_path = dir.join("u.data");
     let users_file = read_source(&users_path, Encoding::Utf8OrLatin1)?;
     let items_file = read_source(&items_path, Encoding::Utf8OrLatin1)?;
     let data_file = read_source(&data_path, Encoding::Utf8OrLatin1)?;
-    let mut b = DatasetBuilder::default();
+    let files = [&users_file, &items_file, &data_file];
+    b.start(name, "ml-100k", Family::Movielens, &files)?;
 
     let src = Lines { path: users_path, file: &users_file, sep: "|" };
-    for rec in src.records(&["user_id", "age", "gender", "occupation", "zip"]) {
-        let (line, f) = rec?;
+    src.each(&["user_id", "age", "gender", "occupation", "zip"], |line, f| {
         let ext = non_empty(&src, line, "user_id", f[0])?;
         let age = parse_int(&src, line, "age", f[1])?;
         let attrs =
             serde_json::json!({"age": age, "gender": f[2].trim(), "occupation": f[3].trim(), "zip": f[4].trim()});
         b.declare_user(ext, attrs).map_err(|m| src.err(line, "user_id", m))?;
-    }
+        Ok(())
+    })?;
 
     const ITEM_FIELDS: [&str; 24] = [
         "movie_id",
@@ -169,8 +175,7 @@ pub fn load_ml100k(dir: &Path, name: &str) -> Result<NewDataset, DatasetError> {
         "genre_western",
     ];
     let src = Lines { path: items_path, file: &items_file, sep: "|" };
-    for rec in src.records(&ITEM_FIELDS) {
-        let (line, f) = rec?;
+    src.each(&ITEM_FIELDS, |line, f| {
         let ext = non_empty(&src, line, "movie_id", f[0])?;
         let title = non_empty(&src, line, "title", f[1])?;
         let mut genres = Vec::new();
@@ -185,18 +190,18 @@ pub fn load_ml100k(dir: &Path, name: &str) -> Result<NewDataset, DatasetError> {
         }
         let attrs = serde_json::json!({"genres": genres, "year": year_of(title), "release_date": f[2].trim()});
         b.declare_item(ext, title, attrs).map_err(|m| src.err(line, "movie_id", m))?;
-    }
+        Ok(())
+    })?;
 
     let src = Lines { path: data_path, file: &data_file, sep: "\t" };
-    for rec in src.records(&["user_id", "movie_id", "rating", "timestamp"]) {
-        let (line, f) = rec?;
+    src.each(&["user_id", "movie_id", "rating", "timestamp"], |line, f| {
         let (user, item, rating, ts) = rating_fields(&src, line, &b, [f[0], f[1], f[2], f[3]], ("u.user", "u.item"))?;
-        b.interaction(user, item, rating, ts, None);
-    }
+        b.interaction(user, item, rating, ts, None)
+    })?;
     if b.interaction_count() == 0 {
         return Err(DatasetError::Invalid(format!("{}: no ratings", src.path.display())));
     }
-    Ok(b.finish(name, "ml-100k", Family::Movielens, &[&users_file, &items_file, &data_file]))
+    b.finish(name, "ml-100k", Family::Movielens, &files)
 }
 
 pub(crate) fn non_empty<'a>(
@@ -268,7 +273,7 @@ mod tests {
             movies,
             "1::1::5::978300760\n1::2::3::978302109\n\n2::2::4::978300000\n",
         );
-        let ds = load_ml1m(&dir, "t");
+        let ds = load_ml1m(&dir, "t", DatasetBuilder::default());
         let _ = std::fs::remove_dir_all(&dir);
         let Ok(ds) = ds else { panic!("{ds:?}") };
         assert_eq!(ds.users.len(), 2);
@@ -284,15 +289,15 @@ mod tests {
     fn errors_name_file_line_and_field() {
         let dir = tmp("bad");
         write(&dir, "1::F::1::10::48067\n", b"1::Heat (1995)::Action\n", "1::1::5::978300760\n1::1::five::978300761\n");
-        let err = load_ml1m(&dir, "t").err().map(|e| e.to_string()).unwrap_or_default();
+        let err = load_ml1m(&dir, "t", DatasetBuilder::default()).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.ends_with("ratings.dat:2: field `rating`: expected a number from 1 to 5, got \"five\""), "{err}");
 
         write(&dir, "1::F::1::10::48067\n", b"1::Heat (1995)::Action\n", "1::9::5::978300760\n");
-        let err = load_ml1m(&dir, "t").err().map(|e| e.to_string()).unwrap_or_default();
+        let err = load_ml1m(&dir, "t", DatasetBuilder::default()).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.contains("ratings.dat:1: field `movie_id`"), "{err}");
 
         write(&dir, "1::F::1::10::48067\n", b"1::Heat (1995)\n", "1::1::5::978300760\n");
-        let err = load_ml1m(&dir, "t").err().map(|e| e.to_string()).unwrap_or_default();
+        let err = load_ml1m(&dir, "t", DatasetBuilder::default()).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.contains("movies.dat:1: field `genres`"), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -312,7 +317,7 @@ mod tests {
         let _ = std::fs::write(dir.join("u.item"), latin1.as_ref());
         let _ = std::fs::write(dir.join("u.user"), "1|24|M|technician|85711\n2|53|F|other|94043\n");
         let _ = std::fs::write(dir.join("u.data"), "1\t1\t5\t874965758\n2\t2\t3\t876893171\n1\t1\t5\t874965758\n");
-        let ds = load_ml100k(&dir, "t");
+        let ds = load_ml100k(&dir, "t", DatasetBuilder::default());
         let Ok(ds) = ds else { panic!("{ds:?}") };
         assert_eq!(ds.items[0].attrs["genres"], serde_json::json!(["Animation", "Children's", "Comedy"]));
         assert_eq!(ds.items[1].title, "Cité (1996)");
@@ -323,7 +328,7 @@ mod tests {
             dir.join("u.item"),
             format!("1|Toy Story (1995)|01-Jan-1995||http://x|{}\n", flags(&[3]).replacen('0', "x", 1)),
         );
-        let err = load_ml100k(&dir, "t").err().map(|e| e.to_string()).unwrap_or_default();
+        let err = load_ml100k(&dir, "t", DatasetBuilder::default()).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.contains("u.item:1: field `genre_unknown`"), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -20,9 +20,14 @@ impl Csv<'_> {
         DatasetError::Parse { path: self.path.clone(), line, field, message }
     }
 
-    /// Records as (line, fields), after checking the header names `fields`.
-    fn records(&self, fields: &'static [&'static str]) -> Result<Vec<(usize, csv::StringRecord)>, DatasetError> {
-        let mut rdr = csv::ReaderBuilder::new().has_headers(true).flexible(true).from_reader(self.file.text.as_bytes());
+    /// Calls `f` with each non-blank record as (line, fields), read from disk one at a time,
+    /// after checking the header names `fields`.
+    fn each(
+        &self,
+        fields: &'static [&'static str],
+        mut f: impl FnMut(usize, &csv::StringRecord) -> Result<(), DatasetError>,
+    ) -> Result<(), DatasetError> {
+        let mut rdr = csv::ReaderBuilder::new().has_headers(true).flexible(true).from_reader(self.file.reader()?);
         let header = rdr.headers().map_err(|e| self.err(1, "header", e.to_string()))?.clone();
         let got: Vec<&str> = header.iter().map(str::trim).collect();
         if got.len() < fields.len() || got[..fields.len()] != *fields {
@@ -32,12 +37,15 @@ impl Csv<'_> {
                 format!("expected columns {}, found {}", fields.join(","), got.join(",")),
             ));
         }
-        let mut out = Vec::new();
-        for rec in rdr.records() {
-            let rec = rec.map_err(|e| {
+        let mut rec = csv::StringRecord::new();
+        loop {
+            let more = rdr.read_record(&mut rec).map_err(|e| {
                 let line = e.position().map_or(0, |p| p.line() as usize);
                 self.err(line, "csv", e.to_string())
             })?;
+            if !more {
+                return Ok(());
+            }
             let line = rec.position().map_or(0, |p| p.line() as usize);
             if rec.iter().all(|f| f.trim().is_empty()) {
                 continue;
@@ -46,23 +54,24 @@ impl Csv<'_> {
                 let field = fields.get(rec.len().min(fields.len() - 1)).copied().unwrap_or("csv");
                 return Err(self.err(line, field, format!("expected {} columns, found {}", fields.len(), rec.len())));
             }
-            out.push((line, rec));
+            f(line, &rec)?;
         }
-        Ok(out)
     }
 }
 
-pub fn load_ml_latest(dir: &Path, name: &str) -> Result<NewDataset, DatasetError> {
+pub fn load_ml_latest(dir: &Path, name: &str, mut b: DatasetBuilder) -> Result<NewDataset, DatasetError> {
     let movies_path = dir.join("movies.csv");
     let ratings_path = dir.join("ratings.csv");
     let tags_path = dir.join("tags.csv");
     let movies_file = read_source(&movies_path, Encoding::Utf8)?;
     let ratings_file = read_source(&ratings_path, Encoding::Utf8)?;
     let tags_file = tags_path.is_file().then(|| read_source(&tags_path, Encoding::Utf8)).transpose()?;
-    let mut b = DatasetBuilder::default();
+    let mut files = vec![&movies_file, &ratings_file];
+    files.extend(tags_file.as_ref());
+    b.start(name, "ml-latest", Family::Movielens, &files)?;
 
     let src = Csv { path: movies_path, file: &movies_file };
-    for (line, r) in src.records(&["movieId", "title", "genres"])? {
+    src.each(&["movieId", "title", "genres"], |line, r| {
         let id = r[0].trim();
         let title = r[1].trim();
         if id.is_empty() {
@@ -75,10 +84,11 @@ pub fn load_ml_latest(dir: &Path, name: &str) -> Result<NewDataset, DatasetError
             r[2].split('|').map(str::trim).filter(|g| !g.is_empty() && *g != "(no genres listed)").collect();
         let attrs = serde_json::json!({"genres": genres, "year": year_of(title)});
         b.declare_item(id, title, attrs).map_err(|m| src.err(line, "movieId", m))?;
-    }
+        Ok(())
+    })?;
 
     let src = Csv { path: ratings_path, file: &ratings_file };
-    for (line, r) in src.records(&["userId", "movieId", "rating", "timestamp"])? {
+    src.each(&["userId", "movieId", "rating", "timestamp"], |line, r| {
         let user_ext = r[0].trim();
         if user_ext.is_empty() {
             return Err(src.err(line, "userId", "empty value".into()));
@@ -91,13 +101,13 @@ pub fn load_ml_latest(dir: &Path, name: &str) -> Result<NewDataset, DatasetError
         let ts = parse_ts(&r[3])
             .ok_or_else(|| src.err(line, "timestamp", format!("expected unix seconds, got {:?}", &r[3])))?;
         let user = b.user(user_ext, serde_json::json!({}));
-        b.interaction(user, item, rating, ts, None);
-    }
+        b.interaction(user, item, rating, ts, None)
+    })?;
 
     if let Some(file) = &tags_file {
         let src = Csv { path: tags_path, file };
         let mut counts: HashMap<i32, HashMap<String, u32>> = HashMap::new();
-        for (line, r) in src.records(&["userId", "movieId", "tag", "timestamp"])? {
+        src.each(&["userId", "movieId", "tag", "timestamp"], |line, r| {
             let item = b
                 .item_id(r[1].trim())
                 .ok_or_else(|| src.err(line, "movieId", format!("movie {:?} is not in movies.csv", &r[1])))?;
@@ -105,7 +115,8 @@ pub fn load_ml_latest(dir: &Path, name: &str) -> Result<NewDataset, DatasetError
             if !tag.is_empty() {
                 *counts.entry(item).or_default().entry(tag).or_default() += 1;
             }
-        }
+            Ok(())
+        })?;
         for (item, tags) in counts {
             let mut tags: Vec<(String, u32)> = tags.into_iter().collect();
             tags.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
@@ -118,7 +129,5 @@ pub fn load_ml_latest(dir: &Path, name: &str) -> Result<NewDataset, DatasetError
     if b.interaction_count() == 0 {
         return Err(DatasetError::Invalid(format!("{}: no ratings", dir.join("ratings.csv").display())));
     }
-    let mut files = vec![&movies_file, &ratings_file];
-    files.extend(tags_file.as_ref());
-    Ok(b.finish(name, "ml-latest", Family::Movielens, &files))
+    b.finish(name, "ml-latest", Family::Movielens, &files)
 }

@@ -2,12 +2,16 @@
 
 use crate::error::DatasetError;
 use sha2::{Digest, Sha256};
-use std::path::Path;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
 
-/// A source file read whole, decoded to text.
+/// A source file, checked and hashed in one streaming pass; its lines are read again, one at a
+/// time, when parsed ([`SourceFile::for_each_line`], [`SourceFile::reader`]): memory does not
+/// grow with the file.
 pub struct SourceFile {
     pub name: String,
-    pub text: String,
+    pub path: PathBuf,
     pub bytes: usize,
     pub latin1: bool,
     digest: [u8; 32],
@@ -23,43 +27,91 @@ pub enum Encoding {
     Utf8OrLatin1,
 }
 
-/// Reads a file whole and decodes it. A NUL byte (which Postgres cannot store in text) is an
-/// error naming its line and column, in every encoding.
+fn open(path: &Path) -> Result<BufReader<File>, DatasetError> {
+    let file = File::open(path).map_err(|source| DatasetError::Io { path: path.to_path_buf(), source })?;
+    Ok(BufReader::with_capacity(1 << 16, file))
+}
+
+/// Checks and hashes a file line by line. A NUL byte (which Postgres cannot store in text) is
+/// an error naming its line and column in every encoding; so is an invalid UTF-8 byte in a
+/// [`Encoding::Utf8`] file.
 pub fn read_source(path: &Path, encoding: Encoding) -> Result<SourceFile, DatasetError> {
-    let bytes = std::fs::read(path).map_err(|source| DatasetError::Io { path: path.to_path_buf(), source })?;
-    if let Some(offset) = bytes.iter().position(|&b| b == 0) {
-        return Err(located(path, &bytes, offset, "NUL character (U+0000), which cannot be stored".into()));
+    let io = |source| DatasetError::Io { path: path.to_path_buf(), source };
+    let mut reader = open(path)?;
+    let mut hasher = Sha256::new();
+    let (mut bytes, mut latin1, mut line_no) = (0usize, false, 0usize);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        if reader.read_until(b'\n', &mut line).map_err(io)? == 0 {
+            break;
+        }
+        line_no += 1;
+        bytes += line.len();
+        hasher.update(&line);
+        let located = |column: usize, message: String| DatasetError::Encoding {
+            path: path.to_path_buf(),
+            line: line_no,
+            column: column + 1,
+            message,
+        };
+        if let Some(col) = line.iter().position(|&b| b == 0) {
+            return Err(located(col, "NUL character (U+0000), which cannot be stored".into()));
+        }
+        if !latin1 && let Err(e) = std::str::from_utf8(&line) {
+            match encoding {
+                Encoding::Utf8 => {
+                    let col = e.valid_up_to();
+                    let message = format!("invalid UTF-8 (byte 0x{:02x}); this format is UTF-8", line[col]);
+                    return Err(located(col, message));
+                }
+                Encoding::Utf8OrLatin1 => latin1 = true,
+            }
+        }
     }
-    let digest: [u8; 32] = Sha256::digest(&bytes).into();
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let len = bytes.len();
-    let (text, latin1) = match String::from_utf8(bytes) {
-        Ok(s) => (s, false),
-        Err(e) if encoding == Encoding::Utf8 => {
-            let (bytes, offset) = (e.as_bytes(), e.utf8_error().valid_up_to());
-            let message = format!("invalid UTF-8 (byte 0x{:02x}); this format is UTF-8", bytes[offset]);
-            return Err(located(path, bytes, offset, message));
-        }
-        Err(e) => {
-            let (cow, _, _) = encoding_rs::WINDOWS_1252.decode(e.as_bytes());
-            (cow.into_owned(), true)
-        }
-    };
-    Ok(SourceFile { name, text, bytes: len, latin1, digest })
+    Ok(SourceFile { name, path: path.to_path_buf(), bytes, latin1, digest: hasher.finalize().into() })
 }
 
-/// An error at byte `offset` of the file, named by line and column.
-fn located(path: &Path, bytes: &[u8], offset: usize, message: String) -> DatasetError {
-    let (line, column) = line_and_column(bytes, offset);
-    DatasetError::Encoding { path: path.to_path_buf(), line, column, message }
-}
+impl SourceFile {
+    /// Calls `f` with each line (1-based number, text without its line break), read from disk
+    /// one at a time and decoded as the check pass found (UTF-8 or Latin-1).
+    pub fn for_each_line(
+        &self,
+        mut f: impl FnMut(usize, &str) -> Result<(), DatasetError>,
+    ) -> Result<(), DatasetError> {
+        let io = |source| DatasetError::Io { path: self.path.clone(), source };
+        let mut reader = open(&self.path)?;
+        let mut line = Vec::new();
+        let mut line_no = 0;
+        loop {
+            line.clear();
+            if reader.read_until(b'\n', &mut line).map_err(io)? == 0 {
+                return Ok(());
+            }
+            line_no += 1;
+            while matches!(line.last(), Some(b'\n' | b'\r')) {
+                line.pop();
+            }
+            if self.latin1 {
+                let (text, _, _) = encoding_rs::WINDOWS_1252.decode(&line);
+                f(line_no, &text)?;
+            } else {
+                let text = std::str::from_utf8(&line).map_err(|e| DatasetError::Encoding {
+                    path: self.path.clone(),
+                    line: line_no,
+                    column: e.valid_up_to() + 1,
+                    message: "invalid UTF-8: the file changed while it was read".into(),
+                })?;
+                f(line_no, text)?;
+            }
+        }
+    }
 
-/// 1-based line and byte column of `offset` in `bytes`.
-fn line_and_column(bytes: &[u8], offset: usize) -> (usize, usize) {
-    let before = &bytes[..offset.min(bytes.len())];
-    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
-    let column = before.iter().rposition(|&b| b == b'\n').map_or(before.len(), |nl| before.len() - nl - 1) + 1;
-    (line, column)
+    /// The file's bytes, buffered (for parsers that read a stream themselves, as `csv` does).
+    pub fn reader(&self) -> Result<impl Read + use<>, DatasetError> {
+        open(&self.path)
+    }
 }
 
 /// Content hash of a dataset: SHA-256 over each file's name and SHA-256, in the given order.
@@ -97,8 +149,14 @@ mod tests {
         let path = file("utf8", b"{\"a\":1}\n{\"title\":\"Caf\xe9\"}\n");
         let err = read_source(&path, Encoding::Utf8).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.ends_with("f.jsonl:2:14: invalid UTF-8 (byte 0xe9); this format is UTF-8"), "{err}");
-        let latin1 = read_source(&path, Encoding::Utf8OrLatin1);
-        assert!(matches!(&latin1, Ok(f) if f.latin1 && f.text.contains("Café")));
+        let Ok(latin1) = read_source(&path, Encoding::Utf8OrLatin1) else { panic!("Latin-1 is allowed") };
+        let mut lines = Vec::new();
+        let read = latin1.for_each_line(|n, l| {
+            lines.push((n, l.to_string()));
+            Ok(())
+        });
+        assert!(read.is_ok() && latin1.latin1);
+        assert_eq!(lines, vec![(1, "{\"a\":1}".to_string()), (2, "{\"title\":\"Café\"}".to_string())]);
         let _ = std::fs::remove_dir_all(path.parent().unwrap_or(&path));
     }
 

@@ -3,7 +3,7 @@
 use crate::error::StoreError;
 use crate::pool::Store;
 use futures::{Stream, TryStreamExt};
-use reasonrec_core::data::{Family, Interaction, NewDataset};
+use reasonrec_core::data::{DatasetHeader, Family, Interaction, NewDataset};
 use sqlx::Row;
 
 /// What an ingest did.
@@ -59,21 +59,58 @@ impl Store {
     }
 
     /// [`Store::ingest_dataset`], calling `progress` with the number of rows sent so far
-    /// (users, then items, then interactions).
+    /// (interactions, then users and items). The dataset in memory is fed to
+    /// [`Store::ingest_stream`], the one writer.
     pub async fn ingest_dataset_with_progress(
         &self,
         ds: &NewDataset,
         progress: &mut (dyn FnMut(u64) + Send),
     ) -> Result<IngestOutcome, StoreError> {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let feed = async move {
+            // A send fails only when the writer stopped (unchanged, or an error it reports).
+            if tx.send(IngestMessage::Start(ds.header())).await.is_err() {
+                return;
+            }
+            for chunk in ds.interactions.chunks(STREAM_CHUNK) {
+                if tx.send(IngestMessage::Rows(chunk.to_vec())).await.is_err() {
+                    return;
+                }
+            }
+            let rest = NewDataset {
+                name: ds.name.clone(),
+                format: ds.format.clone(),
+                family: ds.family,
+                content_hash: ds.content_hash.clone(),
+                source: ds.source.clone(),
+                users: ds.users.clone(),
+                items: ds.items.clone(),
+                interactions: Vec::new(),
+            };
+            let _ = tx.send(IngestMessage::Finish { dataset: Box::new(rest), deduplicated: true }).await;
+        };
+        let (_, outcome) = tokio::join!(feed, self.ingest_stream(rx, progress));
+        outcome
+    }
+
+    /// Writes a dataset version from a stream, in one transaction: the header first (an
+    /// unchanged content hash stops here, writing nothing), interactions as they come, then
+    /// users and items; exact repeats of (user, item, time) are dropped here unless the loader
+    /// did it, keeping the first stored. A stream that ends before `Finish` stores nothing.
+    pub async fn ingest_stream(
+        &self,
+        mut rx: tokio::sync::mpsc::Receiver<IngestMessage>,
+        progress: &mut (dyn FnMut(u64) + Send),
+    ) -> Result<IngestOutcome, StoreError> {
+        let Some(IngestMessage::Start(h)) = rx.recv().await else {
+            return Err(StoreError::Aborted("the loader stopped before announcing the dataset".into()));
+        };
         let mut tx = self.pool().begin().await?;
         // Serialise concurrent ingests of one name so versions stay dense and hashes unique.
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 7701))")
-            .bind(&ds.name)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 7701))").bind(&h.name).execute(&mut *tx).await?;
         if let Some(row) = sqlx::query("SELECT id, version FROM datasets WHERE name = $1 AND content_hash = $2")
-            .bind(&ds.name)
-            .bind(&ds.content_hash)
+            .bind(&h.name)
+            .bind(&h.content_hash)
             .fetch_optional(&mut *tx)
             .await?
         {
@@ -81,79 +118,47 @@ impl Store {
             return Ok(IngestOutcome::Unchanged { dataset_id: row.try_get(0)?, version: row.try_get(1)? });
         }
         let version: i32 = sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) + 1 FROM datasets WHERE name = $1")
-            .bind(&ds.name)
+            .bind(&h.name)
             .fetch_one(&mut *tx)
             .await?;
+        // Counts and source are written once the rows are in.
         let dataset_id: i64 = sqlx::query_scalar(
             "INSERT INTO datasets (name, version, format, family, content_hash, source, n_users, n_items, n_interactions)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
+             VALUES ($1, $2, $3, $4, $5, $6, 0, 0, 0) RETURNING id",
         )
-        .bind(&ds.name)
+        .bind(&h.name)
         .bind(version)
-        .bind(&ds.format)
-        .bind(ds.family.as_str())
-        .bind(&ds.content_hash)
-        .bind(&ds.source)
-        .bind(ds.users.len() as i32)
-        .bind(ds.items.len() as i32)
-        .bind(ds.interactions.len() as i64)
+        .bind(&h.format)
+        .bind(h.family.as_str())
+        .bind(&h.content_hash)
+        .bind(&h.source)
         .fetch_one(&mut *tx)
         .await?;
         let id = dataset_id.to_string();
 
         let mut sent = 0u64;
-        copy_rows(
-            &mut tx,
-            "COPY users (dataset_id, id, ext_id, attrs) FROM STDIN",
-            &ds.users,
-            &mut sent,
-            progress,
-            |out, u| {
-                out.push_str(&id);
-                out.push('\t');
-                out.push_str(&u.id.to_string());
-                out.push('\t');
-                copy_field(out, &u.ext_id);
-                out.push('\t');
-                copy_field(out, &u.attrs.to_string());
-            },
-        )
-        .await?;
-        copy_rows(
-            &mut tx,
-            "COPY items (dataset_id, id, ext_id, title, attrs) FROM STDIN",
-            &ds.items,
-            &mut sent,
-            progress,
-            |out, i| {
-                out.push_str(&id);
-                out.push('\t');
-                out.push_str(&i.id.to_string());
-                out.push('\t');
-                copy_field(out, &i.ext_id);
-                out.push('\t');
-                copy_field(out, &i.title);
-                out.push('\t');
-                copy_field(out, &i.attrs.to_string());
-            },
-        )
-        .await?;
-        copy_rows(
-            &mut tx,
-            "COPY interactions (dataset_id, user_id, item_id, rating, ts, review) FROM STDIN",
-            &ds.interactions,
-            &mut sent,
-            progress,
-            |out, r: &Interaction| {
-                use std::fmt::Write;
-                let _ = write!(out, "{id}\t{}\t{}\t{}\t{}\t", r.user_id, r.item_id, r.rating, r.ts);
-                match &r.review {
-                    Some(v) => copy_field(out, &v.to_string()),
-                    None => out.push_str("\\N"),
-                }
-            },
-        )
-        .await?;
+        let (ds, deduplicated) = loop {
+            match rx.recv().await {
+                Some(IngestMessage::Rows(rows)) => copy_interactions(&mut tx, &id, &rows, &mut sent, progress).await?,
+                Some(IngestMessage::Finish { dataset, deduplicated }) => break (dataset, deduplicated),
+                Some(IngestMessage::Start(_)) => return Err(StoreError::Corrupt("a second dataset header".into())),
+                None => return Err(StoreError::Aborted("the loader stopped; nothing was stored".into())),
+            }
+        };
+        let interactions = sent;
+        copy_users_and_items(&mut tx, &id, &ds, &mut sent, progress).await?;
+        let dropped = if deduplicated { 0 } else { drop_repeats(&mut tx, dataset_id).await? };
+        let mut source = ds.source.clone();
+        let before = source["duplicates_dropped"].as_u64().unwrap_or(0);
+        source["duplicates_dropped"] = serde_json::json!(before + dropped);
+        sqlx::query("UPDATE datasets SET n_users = $2, n_items = $3, n_interactions = $4, source = $5 WHERE id = $1")
+            .bind(dataset_id)
+            .bind(ds.users.len() as i32)
+            .bind(ds.items.len() as i32)
+            .bind((interactions - dropped) as i64)
+            .bind(&source)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(IngestOutcome::Created { dataset_id, version })
     }
@@ -241,6 +246,99 @@ impl Store {
             other => Err(StoreError::Corrupt(format!("unknown dataset family {other:?}"))),
         }
     }
+}
+
+/// Interactions sent to a streaming ingest at a time from memory.
+const STREAM_CHUNK: usize = 20_000;
+
+/// What [`Store::ingest_stream`] receives: `Start`, any number of `Rows`, then `Finish` with the
+/// users, items and source (its `interactions` are not read). `deduplicated`: the loader
+/// already dropped exact repeats.
+#[derive(Debug)]
+pub enum IngestMessage {
+    Start(DatasetHeader),
+    Rows(Vec<Interaction>),
+    Finish { dataset: Box<NewDataset>, deduplicated: bool },
+}
+
+async fn copy_interactions(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    id: &str,
+    rows: &[Interaction],
+    sent: &mut u64,
+    progress: &mut (dyn FnMut(u64) + Send),
+) -> Result<(), StoreError> {
+    copy_rows(
+        tx,
+        "COPY interactions (dataset_id, user_id, item_id, rating, ts, review) FROM STDIN",
+        rows,
+        sent,
+        progress,
+        |out, r: &Interaction| {
+            use std::fmt::Write;
+            let _ = write!(out, "{id}\t{}\t{}\t{}\t{}\t", r.user_id, r.item_id, r.rating, r.ts);
+            match &r.review {
+                Some(v) => copy_field(out, &v.to_string()),
+                None => out.push_str("\\N"),
+            }
+        },
+    )
+    .await
+}
+
+async fn copy_users_and_items(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    id: &str,
+    ds: &NewDataset,
+    sent: &mut u64,
+    progress: &mut (dyn FnMut(u64) + Send),
+) -> Result<(), StoreError> {
+    copy_rows(tx, "COPY users (dataset_id, id, ext_id, attrs) FROM STDIN", &ds.users, sent, progress, |out, u| {
+        out.push_str(id);
+        out.push('\t');
+        out.push_str(&u.id.to_string());
+        out.push('\t');
+        copy_field(out, &u.ext_id);
+        out.push('\t');
+        copy_field(out, &u.attrs.to_string());
+    })
+    .await?;
+    copy_rows(
+        tx,
+        "COPY items (dataset_id, id, ext_id, title, attrs) FROM STDIN",
+        &ds.items,
+        sent,
+        progress,
+        |out, i| {
+            out.push_str(id);
+            out.push('\t');
+            out.push_str(&i.id.to_string());
+            out.push('\t');
+            copy_field(out, &i.ext_id);
+            out.push('\t');
+            copy_field(out, &i.title);
+            out.push('\t');
+            copy_field(out, &i.attrs.to_string());
+        },
+    )
+    .await
+}
+
+/// Deletes exact repeats of (user, item, time) in a dataset being written, keeping the first
+/// stored (COPY appends in file order); returns how many went.
+async fn drop_repeats(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, dataset_id: i64) -> Result<u64, StoreError> {
+    let done = sqlx::query(
+        "WITH ranked AS (
+             SELECT ctid, row_number() OVER (PARTITION BY user_id, item_id, ts ORDER BY ctid) AS n
+             FROM interactions WHERE dataset_id = $1
+         )
+         DELETE FROM interactions i USING ranked r
+         WHERE i.dataset_id = $1 AND i.ctid = r.ctid AND r.n > 1",
+    )
+    .bind(dataset_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(done.rows_affected())
 }
 
 async fn copy_rows<T>(

@@ -14,6 +14,10 @@ pub enum StoreError {
     /// nothing of it was committed.
     #[error("commit batch failed: {0}")]
     Batch(String),
+    /// A streaming ingest's loader stopped before the end (its own error says why); nothing of
+    /// the dataset was stored.
+    #[error("ingest aborted: {0}")]
+    Aborted(String),
 }
 
 impl StoreError {
@@ -37,7 +41,7 @@ impl StoreError {
                 _ => false,
             },
             StoreError::Batch(_) => true,
-            StoreError::Migrate(_) | StoreError::NotFound(_) | StoreError::Corrupt(_) => false,
+            StoreError::Migrate(_) | StoreError::NotFound(_) | StoreError::Corrupt(_) | StoreError::Aborted(_) => false,
         }
     }
 }

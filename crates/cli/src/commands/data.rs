@@ -5,9 +5,11 @@ use crate::cli::{GenerateArgs, IngestArgs, StatsArgs};
 use anyhow::{Context, bail};
 use futures::TryStreamExt;
 use reasonrec_core::Settings;
+use reasonrec_core::data::{DatasetHeader, Interaction};
 use reasonrec_core::settings::redact_url;
 use reasonrec_dataset::generate::{GenerateSpec, generate_ml1m};
-use reasonrec_store::datasets::IngestOutcome;
+use reasonrec_dataset::{DatasetError, InteractionSink};
+use reasonrec_store::datasets::{IngestMessage, IngestOutcome};
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -24,34 +26,74 @@ pub async fn migrate(settings: &Settings) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Hands a streaming loader's batches to the database writer (bounded: the loader waits while
+/// four batches are queued, so memory holds users, items and a few batches).
+struct ToWriter(tokio::sync::mpsc::Sender<IngestMessage>);
+
+fn writer_stopped() -> DatasetError {
+    DatasetError::Invalid("the database writer stopped".into())
+}
+
+impl InteractionSink for ToWriter {
+    fn start(&mut self, header: DatasetHeader) -> Result<(), DatasetError> {
+        self.0.blocking_send(IngestMessage::Start(header)).map_err(|_| writer_stopped())
+    }
+    fn rows(&mut self, rows: Vec<Interaction>) -> Result<(), DatasetError> {
+        self.0.blocking_send(IngestMessage::Rows(rows)).map_err(|_| writer_stopped())
+    }
+}
+
 pub async fn ingest(settings: &Settings, a: IngestArgs) -> anyhow::Result<ExitCode> {
     let t0 = Instant::now();
-    let path = a.path.clone();
-    let (format, name) = (a.format.clone(), a.dataset.clone());
-    let spinner = indicatif::ProgressBar::new_spinner().with_message(format!("parsing {}", a.path.display()));
-    spinner.enable_steady_tick(std::time::Duration::from_millis(120));
-    // Parsing is CPU work on whole files: keep it off the async threads.
-    let ds = tokio::task::spawn_blocking(move || reasonrec_dataset::load(&format, &path, &name))
-        .await
-        .context("loader task")?;
-    spinner.finish_and_clear();
-    let ds = ds?;
-    let parsed = t0.elapsed();
     let store = connect_store(settings).await?;
     store.ensure_migrated().await?;
-    let rows = (ds.users.len() + ds.items.len() + ds.interactions.len()) as u64;
-    let bar = indicatif::ProgressBar::new(rows).with_style(
-        indicatif::ProgressStyle::with_template("writing {bar:40} {pos}/{len} rows ({per_sec}, {eta})")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    let (path, format, name) = (a.path.clone(), a.format.clone(), a.dataset.clone());
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    // Parsing is CPU work on a thread of its own; rows go to Postgres as they are parsed.
+    let parser = tokio::task::spawn_blocking(move || -> Result<serde_json::Value, DatasetError> {
+        let ds = reasonrec_dataset::load_streaming(&format, &path, &name, Box::new(ToWriter(tx.clone())))?;
+        let source = ds.source.clone();
+        tx.blocking_send(IngestMessage::Finish { dataset: Box::new(ds), deduplicated: false })
+            .map_err(|_| writer_stopped())?;
+        Ok(source)
+    });
+    let bar = indicatif::ProgressBar::new_spinner().with_style(
+        indicatif::ProgressStyle::with_template("{spinner} ingesting {path}: {pos} rows written ({per_sec})")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner())
+            .with_key("path", {
+                let shown = a.path.display().to_string();
+                move |_: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                    let _ = w.write_str(&shown);
+                }
+            }),
     );
-    let outcome = store
-        .ingest_dataset_with_progress(&ds, &mut |n| bar.set_position(n))
-        .await
-        .context("writing the dataset (nothing of it was stored)")?;
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    let written = store.ingest_stream(rx, &mut |n| bar.set_position(n)).await;
     bar.finish_and_clear();
+    let parsed = parser.await.context("loader task")?;
+    let (outcome, source) = match (written, parsed) {
+        // Unchanged: the writer stopped the loader on purpose.
+        (Ok(o @ IngestOutcome::Unchanged { .. }), _) => (o, serde_json::Value::Null),
+        (Ok(o), Ok(source)) => (o, source),
+        // The loader's error is the cause; the writer only saw the stream end.
+        (_, Err(e)) if e.to_string() != writer_stopped().to_string() => {
+            return Err(anyhow::Error::new(e).context("nothing of the dataset was stored"));
+        }
+        (Err(e), _) => return Err(anyhow::Error::new(e).context("writing the dataset (nothing of it was stored)")),
+        (Ok(_), Err(e)) => return Err(e.into()),
+    };
     let (verb, id, version) = match outcome {
         IngestOutcome::Created { dataset_id, version } => ("ingested", dataset_id, version),
         IngestOutcome::Unchanged { dataset_id, version } => ("unchanged", dataset_id, version),
+    };
+    let row = store.find_dataset(&a.dataset, Some(version)).await?;
+    let ds = IngestedSummary {
+        name: row.name,
+        users: row.n_users,
+        items: row.n_items,
+        interactions: row.n_interactions,
+        content_hash: row.content_hash,
+        source,
     };
     // Files that were not UTF-8 and were read as Latin-1 (MovieLens `.dat` / `u.*` only).
     let latin1: Vec<&str> = ds.source["files"]
@@ -63,26 +105,35 @@ pub async fn ingest(settings: &Settings, a: IngestArgs) -> anyhow::Result<ExitCo
             "{}",
             serde_json::json!({
                 "outcome": verb, "dataset": ds.name, "dataset_id": id, "version": version,
-                "users": ds.users.len(), "items": ds.items.len(), "interactions": ds.interactions.len(),
+                "users": ds.users, "items": ds.items, "interactions": ds.interactions,
                 "content_hash": ds.content_hash, "seconds": t0.elapsed().as_secs_f64(),
                 "latin1_files": latin1,
             })
         );
     } else {
         println!(
-            "{verb}: dataset {:?} version {version} ({} users, {} items, {} interactions) in {:.2} s (parse {:.2} s)",
+            "{verb}: dataset {:?} version {version} ({} users, {} items, {} interactions) in {:.2} s",
             ds.name,
-            ds.users.len(),
-            ds.items.len(),
-            ds.interactions.len(),
+            ds.users,
+            ds.items,
+            ds.interactions,
             t0.elapsed().as_secs_f64(),
-            parsed.as_secs_f64()
         );
         if !latin1.is_empty() {
             println!("  not UTF-8, read as Latin-1 (windows-1252): {}", latin1.join(", "));
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What the ingest summary prints, read back from the stored dataset row.
+struct IngestedSummary {
+    name: String,
+    users: i32,
+    items: i32,
+    interactions: i64,
+    content_hash: String,
+    source: serde_json::Value,
 }
 
 pub fn generate(a: GenerateArgs) -> anyhow::Result<ExitCode> {

@@ -110,13 +110,14 @@ impl RunStatus {
             self.run_id, self.state, self.planned, self.published, self.done, self.failed, self.waiting, self.ready
         );
         if let Some(reason) = &self.paused_reason {
+            let reason = reasonrec_core::terminal::terminal_safe(reason);
             out.push_str(&format!("  paused: {reason} (`reasonrec run resume {}` reopens it)\n", self.run_id));
         }
         if let Some(at) = self.pruned_at {
             out.push_str(&format!("  pruned at {at}: its task rows were deleted by retention (`run prune`)\n"));
         }
         if let Some(reason) = &self.failed_reason {
-            out.push_str(&format!("  failed: {reason}\n"));
+            out.push_str(&format!("  failed: {}\n", reasonrec_core::terminal::terminal_safe(reason)));
         }
         let c = &self.counts;
         if c.messages_published > c.published_ever || c.replanned > 0 {

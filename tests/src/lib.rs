@@ -10,6 +10,7 @@ pub mod chaos;
 pub mod pg;
 pub mod proxy;
 pub mod soak;
+pub mod teacher_calls;
 
 use anyhow::Context;
 use reasonrec_core::PromptLibrary;

@@ -3,24 +3,13 @@
 //! ledger, and nothing secret leaves the process.
 
 use reasonrec_coordinator::create_run;
-use reasonrec_core::ChatMessage;
 use reasonrec_core::settings::{EndpointSettings, TeacherSettings};
 use reasonrec_mock_teacher::{MockConfig, MockHandle, RetryAfterFormat};
 use reasonrec_teacher::{TeacherClient, TeacherError, TeacherPool};
+use reasonrec_tests::teacher_calls::{messages, mock};
 use reasonrec_tests::{TestEnv, count};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-const PROMPT: &str = "## Recent history (oldest first)\n1. [Liked] «Heat (1995)» (Action)\n\n\
-                      ## Target movie\n«Casino (1995)» (Crime)\n\n## Known outcome\nThe viewer will LIKE the target movie.";
-
-fn messages() -> Vec<ChatMessage> {
-    vec![ChatMessage { role: "user".into(), content: PROMPT.into() }]
-}
-
-async fn mock(cfg: MockConfig) -> anyhow::Result<MockHandle> {
-    Ok(reasonrec_mock_teacher::spawn("127.0.0.1:0".parse()?, cfg).await?)
-}
 
 fn endpoint(m: &MockHandle) -> EndpointSettings {
     EndpointSettings { name: "hostile".into(), base_url: m.base_url(), timeout_secs: 10, ..EndpointSettings::default() }

@@ -1,24 +1,12 @@
 //! The mock teacher over real HTTP, driven through reasonrec's own teacher client: faults on
 //! demand, Retry-After in both forms, its own rate limit, and the client's retry policy.
 
-use reasonrec_core::ChatMessage;
 use reasonrec_core::attempt::ErrorClass;
 use reasonrec_core::settings::{EndpointSettings, SamplingParams};
 use reasonrec_mock_teacher::{MockConfig, MockHandle, RetryAfterFormat};
 use reasonrec_teacher::{RetryPolicy, TeacherClient, TeacherError, call_with_retries};
+use reasonrec_tests::teacher_calls::{messages, mock};
 use std::time::{Duration, Instant};
-
-const PROMPT: &str = "## Recent history (oldest first)\n1. [Liked] «Heat (1995)» (Action)\n\n\
-                      ## Target movie\n«Casino (1995)» (Crime)\n\n## Known outcome\nThe viewer will LIKE the target movie.";
-
-fn messages() -> Vec<ChatMessage> {
-    vec![ChatMessage { role: "user".into(), content: PROMPT.into() }]
-}
-
-async fn mock(cfg: MockConfig) -> anyhow::Result<MockHandle> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    Ok(reasonrec_mock_teacher::spawn("127.0.0.1:0".parse()?, cfg).await?)
-}
 
 fn client(m: &MockHandle, timeout_secs: u64) -> anyhow::Result<TeacherClient> {
     Ok(TeacherClient::new(&EndpointSettings { base_url: m.base_url(), timeout_secs, ..EndpointSettings::default() })?)

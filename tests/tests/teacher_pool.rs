@@ -1,21 +1,10 @@
 //! Several endpoints, each a real mock server: weights, failover, circuit breaker, rejected
 //! credentials, and limits shared by workers through leases in Postgres.
 
-use reasonrec_core::ChatMessage;
 use reasonrec_core::settings::{EndpointSettings, TeacherSettings};
 use reasonrec_mock_teacher::{MockConfig, MockHandle};
 use reasonrec_teacher::{TeacherError, TeacherPool};
-
-const PROMPT: &str = "## Recent history (oldest first)\n1. [Liked] «Heat (1995)» (Action)\n\n\
-                      ## Target movie\n«Casino (1995)» (Crime)\n\n## Known outcome\nThe viewer will LIKE the target movie.";
-
-fn messages() -> Vec<ChatMessage> {
-    vec![ChatMessage { role: "user".into(), content: PROMPT.into() }]
-}
-
-async fn mock(cfg: MockConfig) -> anyhow::Result<MockHandle> {
-    Ok(reasonrec_mock_teacher::spawn("127.0.0.1:0".parse()?, cfg).await?)
-}
+use reasonrec_tests::teacher_calls::{messages, mock};
 
 fn endpoint(name: &str, m: &MockHandle, weight: u32) -> EndpointSettings {
     EndpointSettings {

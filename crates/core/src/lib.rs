@@ -9,6 +9,7 @@
 //! - [`settings`]: the configuration tree (TOML file + `REASONREC__SECTION__KEY` overrides).
 //! - [`stage`]: the three generation stages of the method and task states.
 //! - [`terminal`]: outside text made safe to print on a terminal.
+//! - [`net`]: whether an address names this machine (binds, `Host` headers, URLs).
 //! - [`metrics`]: the process-wide Prometheus registry and the metric names dashboards use.
 //! - [`message`]: the RabbitMQ message contract between coordinator and workers.
 //! - [`prompt`]: versioned prompt templates (minijinja) and their rendering into chat messages.
@@ -24,6 +25,7 @@ pub mod inputs;
 pub mod key;
 pub mod message;
 pub mod metrics;
+pub mod net;
 pub mod prompt;
 pub mod settings;
 pub mod stage;

@@ -89,22 +89,3 @@ pub async fn serve_with(
     });
     Ok(addr)
 }
-
-/// True when `bind` listens on loopback only (then no token is needed for the status page).
-pub fn is_loopback(bind: &str) -> bool {
-    bind.parse::<SocketAddr>().map(|a| a.ip().is_loopback()).unwrap_or_else(|_| bind.starts_with("localhost:"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn loopback_binds() {
-        assert!(is_loopback("127.0.0.1:9464"));
-        assert!(is_loopback("[::1]:9464"));
-        assert!(is_loopback("localhost:9464"));
-        assert!(!is_loopback("0.0.0.0:9464"));
-        assert!(!is_loopback("10.0.0.5:80"));
-    }
-}

@@ -128,12 +128,6 @@ fn snippet(body: &str) -> String {
     redact_urls_in(&s)
 }
 
-/// Whether `url`'s host is this machine (`localhost`, 127.0.0.0/8, ::1).
-fn is_loopback(url: &reqwest::Url) -> bool {
-    let host = url.host_str().unwrap_or("").trim_start_matches('[').trim_end_matches(']');
-    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
-}
-
 /// Redirects are followed only within the endpoint's origin (scheme, host and port), at most
 /// five: a 307/308 to another host would re-send the prompt and the key there.
 fn same_origin_redirects() -> reqwest::redirect::Policy {
@@ -185,7 +179,7 @@ impl TeacherClient {
         if api_key.is_some() {
             let url = reqwest::Url::parse(&endpoint.base_url)
                 .map_err(|e| TeacherError::Connect(format!("base_url of endpoint {}: {e}", endpoint.name)))?;
-            if url.scheme() != "https" && !is_loopback(&url) {
+            if url.scheme() != "https" && !reasonrec_core::net::is_loopback_host(url.host_str().unwrap_or("")) {
                 return Err(TeacherError::InsecureKey { endpoint: endpoint.name.clone() });
             }
         }

@@ -61,7 +61,7 @@ const MIN_TOKEN_CHARS: usize = 16;
 /// [`MIN_TOKEN_CHARS`] characters; not one of our examples).
 fn status_access(settings: &Settings) -> anyhow::Result<Access> {
     let c = &settings.coordinator;
-    if c.http_bind.is_empty() || reasonrec_ops::is_loopback(&c.http_bind) {
+    if c.http_bind.is_empty() || reasonrec_core::net::is_loopback_host(&c.http_bind) {
         return Ok(Access::Loopback);
     }
     let var = &c.status_token_env;

@@ -114,23 +114,16 @@ impl DatasetBuilder {
         ts: i64,
         review: Option<serde_json::Value>,
     ) -> Result<(), DatasetError> {
-        let row = Interaction { user_id, item_id, rating, ts, review };
+        if self.sink.is_none() && !self.seen.insert((user_id, item_id, ts)) {
+            self.duplicates += 1;
+            return Ok(());
+        }
         self.count += 1;
-        match &mut self.sink {
-            Some(sink) => {
-                self.interactions.push(row);
-                if self.interactions.len() >= STREAM_BATCH {
-                    sink.rows(std::mem::take(&mut self.interactions))?;
-                }
-            }
-            None => {
-                if self.seen.insert((user_id, item_id, ts)) {
-                    self.interactions.push(row);
-                } else {
-                    self.count -= 1;
-                    self.duplicates += 1;
-                }
-            }
+        self.interactions.push(Interaction { user_id, item_id, rating, ts, review });
+        if let Some(sink) = &mut self.sink
+            && self.interactions.len() >= STREAM_BATCH
+        {
+            sink.rows(std::mem::take(&mut self.interactions))?;
         }
         Ok(())
     }

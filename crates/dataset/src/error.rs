@@ -14,6 +14,10 @@ pub enum DatasetError {
     UnknownFormat { format: String, known: String },
     #[error("{0}")]
     Invalid(String),
+    /// A streaming load's sink took no more rows (the database writer stopped: the dataset was
+    /// unchanged, or the writer failed and reports why).
+    #[error("the database writer stopped")]
+    SinkClosed,
 }
 
 impl DatasetError {

@@ -18,7 +18,6 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 
 struct JsonLines<'a> {
-    path: PathBuf,
     file: &'a SourceFile,
 }
 
@@ -39,7 +38,7 @@ impl JsonLines<'_> {
     }
 
     fn err(&self, line: usize, field: &'static str, message: String) -> DatasetError {
-        DatasetError::Parse { path: self.path.clone(), line, field, message }
+        DatasetError::Parse { path: self.file.path.clone(), line, field, message }
     }
 
     /// A required id: a non-empty string or an integer.
@@ -123,8 +122,8 @@ pub fn load_amazon(dir: &Path, name: &str, mut b: DatasetBuilder) -> Result<NewD
     files.extend(meta_file.as_ref());
     b.start(name, "amazon", Family::Amazon, &files)?;
 
-    if let (Some(path), Some(file)) = (&meta_path, &meta_file) {
-        let src = JsonLines { path: path.clone(), file };
+    if let Some(file) = &meta_file {
+        let src = JsonLines { file };
         src.each(|line, v| {
             let asin = src.id(line, &v, "asin")?;
             let title = v.get("title").and_then(Value::as_str).map(str::trim).filter(|t| !t.is_empty());
@@ -146,7 +145,7 @@ pub fn load_amazon(dir: &Path, name: &str, mut b: DatasetBuilder) -> Result<NewD
         })?;
     }
 
-    let src = JsonLines { path: reviews_path.clone(), file: &reviews_file };
+    let src = JsonLines { file: &reviews_file };
     src.each(|line, v| {
         let reviewer = src.id(line, &v, "reviewerID")?;
         let asin = src.id(line, &v, "asin")?;
@@ -185,8 +184,8 @@ pub fn load_generic(dir: &Path, name: &str, mut b: DatasetBuilder) -> Result<New
     files.extend(users_file.as_ref());
     b.start(name, "jsonl", Family::Generic, &files)?;
 
-    if let (Some(path), Some(file)) = (&users_path, &users_file) {
-        let src = JsonLines { path: path.clone(), file };
+    if let Some(file) = &users_file {
+        let src = JsonLines { file };
         src.each(|line, v| {
             let id = src.id(line, &v, "id")?;
             let attrs = v.get("attrs").cloned().unwrap_or_else(|| serde_json::json!({}));
@@ -194,7 +193,7 @@ pub fn load_generic(dir: &Path, name: &str, mut b: DatasetBuilder) -> Result<New
             Ok(())
         })?;
     }
-    let src = JsonLines { path: items_path.clone(), file: &items_file };
+    let src = JsonLines { file: &items_file };
     src.each(|line, v| {
         let id = src.id(line, &v, "id")?;
         let title =
@@ -208,7 +207,7 @@ pub fn load_generic(dir: &Path, name: &str, mut b: DatasetBuilder) -> Result<New
         b.declare_item(&id, title, attrs).map_err(|m| src.err(line, "id", m))?;
         Ok(())
     })?;
-    let src = JsonLines { path: inter_path.clone(), file: &inter_file };
+    let src = JsonLines { file: &inter_file };
     src.each(|line, v| {
         let user_ext = src.id(line, &v, "user")?;
         let item_ext = src.id(line, &v, "item")?;

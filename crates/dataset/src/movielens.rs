@@ -8,11 +8,10 @@ use crate::builder::DatasetBuilder;
 use crate::error::DatasetError;
 use crate::text::{Encoding, SourceFile, read_source};
 use reasonrec_core::data::{Family, NewDataset};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// A delimited text file read line by line, with errors that name file, line and field.
 pub(crate) struct Lines<'a> {
-    pub(crate) path: PathBuf,
     pub(crate) file: &'a SourceFile,
     pub(crate) sep: &'static str,
 }
@@ -49,7 +48,7 @@ impl Lines<'_> {
     }
 
     pub(crate) fn err(&self, line: usize, field: &'static str, message: String) -> DatasetError {
-        DatasetError::Parse { path: self.path.clone(), line, field, message }
+        DatasetError::Parse { path: self.file.path.clone(), line, field, message }
     }
 }
 
@@ -72,7 +71,7 @@ pub fn load_ml1m(dir: &Path, name: &str, mut b: DatasetBuilder) -> Result<NewDat
     let files = [&users_file, &movies_file, &ratings_file];
     b.start(name, "ml-1m", Family::Movielens, &files)?;
 
-    let src = Lines { path: users_path, file: &users_file, sep: "::" };
+    let src = Lines { file: &users_file, sep: "::" };
     src.each(&["user_id", "gender", "age", "occupation", "zip"], |line, f| {
         let ext = non_empty(&src, line, "user_id", f[0])?;
         let age = parse_int(&src, line, "age", f[2])?;
@@ -83,7 +82,7 @@ pub fn load_ml1m(dir: &Path, name: &str, mut b: DatasetBuilder) -> Result<NewDat
         Ok(())
     })?;
 
-    let src = Lines { path: movies_path, file: &movies_file, sep: "::" };
+    let src = Lines { file: &movies_file, sep: "::" };
     src.each(&["movie_id", "title", "genres"], |line, f| {
         let ext = non_empty(&src, line, "movie_id", f[0])?;
         let title = non_empty(&src, line, "title", f[1])?;
@@ -93,14 +92,14 @@ pub fn load_ml1m(dir: &Path, name: &str, mut b: DatasetBuilder) -> Result<NewDat
         Ok(())
     })?;
 
-    let src = Lines { path: ratings_path, file: &ratings_file, sep: "::" };
+    let src = Lines { file: &ratings_file, sep: "::" };
     src.each(&["user_id", "movie_id", "rating", "timestamp"], |line, f| {
         let (user, item, rating, ts) =
             rating_fields(&src, line, &b, [f[0], f[1], f[2], f[3]], ("users.dat", "movies.dat"))?;
         b.interaction(user, item, rating, ts, None)
     })?;
     if b.interaction_count() == 0 {
-        return Err(DatasetError::Invalid(format!("{}: no ratings", src.path.display())));
+        return Err(DatasetError::Invalid(format!("{}: no ratings", src.file.path.display())));
     }
     b.finish(name, "ml-1m", Family::Movielens, &files)
 }
@@ -138,7 +137,7 @@ pub fn load_ml100k(dir: &Path, name: &str, mut b: DatasetBuilder) -> Result<NewD
     let files = [&users_file, &items_file, &data_file];
     b.start(name, "ml-100k", Family::Movielens, &files)?;
 
-    let src = Lines { path: users_path, file: &users_file, sep: "|" };
+    let src = Lines { file: &users_file, sep: "|" };
     src.each(&["user_id", "age", "gender", "occupation", "zip"], |line, f| {
         let ext = non_empty(&src, line, "user_id", f[0])?;
         let age = parse_int(&src, line, "age", f[1])?;
@@ -174,7 +173,7 @@ pub fn load_ml100k(dir: &Path, name: &str, mut b: DatasetBuilder) -> Result<NewD
         "genre_war",
         "genre_western",
     ];
-    let src = Lines { path: items_path, file: &items_file, sep: "|" };
+    let src = Lines { file: &items_file, sep: "|" };
     src.each(&ITEM_FIELDS, |line, f| {
         let ext = non_empty(&src, line, "movie_id", f[0])?;
         let title = non_empty(&src, line, "title", f[1])?;
@@ -193,13 +192,13 @@ pub fn load_ml100k(dir: &Path, name: &str, mut b: DatasetBuilder) -> Result<NewD
         Ok(())
     })?;
 
-    let src = Lines { path: data_path, file: &data_file, sep: "\t" };
+    let src = Lines { file: &data_file, sep: "\t" };
     src.each(&["user_id", "movie_id", "rating", "timestamp"], |line, f| {
         let (user, item, rating, ts) = rating_fields(&src, line, &b, [f[0], f[1], f[2], f[3]], ("u.user", "u.item"))?;
         b.interaction(user, item, rating, ts, None)
     })?;
     if b.interaction_count() == 0 {
-        return Err(DatasetError::Invalid(format!("{}: no ratings", src.path.display())));
+        return Err(DatasetError::Invalid(format!("{}: no ratings", src.file.path.display())));
     }
     b.finish(name, "ml-100k", Family::Movielens, &files)
 }
@@ -250,6 +249,7 @@ pub(crate) fn parse_ts(v: &str) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
 
     fn write(dir: &Path, users: &str, movies: &[u8], ratings: &str) {
         let _ = std::fs::create_dir_all(dir);

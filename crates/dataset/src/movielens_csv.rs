@@ -8,16 +8,15 @@ use crate::movielens::{parse_rating, parse_ts, year_of};
 use crate::text::{Encoding, SourceFile, read_source};
 use reasonrec_core::data::{Family, NewDataset};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 struct Csv<'a> {
-    path: PathBuf,
     file: &'a SourceFile,
 }
 
 impl Csv<'_> {
     fn err(&self, line: usize, field: &'static str, message: String) -> DatasetError {
-        DatasetError::Parse { path: self.path.clone(), line, field, message }
+        DatasetError::Parse { path: self.file.path.clone(), line, field, message }
     }
 
     /// Calls `f` with each non-blank record as (line, fields), read from disk one at a time,
@@ -70,7 +69,7 @@ pub fn load_ml_latest(dir: &Path, name: &str, mut b: DatasetBuilder) -> Result<N
     files.extend(tags_file.as_ref());
     b.start(name, "ml-latest", Family::Movielens, &files)?;
 
-    let src = Csv { path: movies_path, file: &movies_file };
+    let src = Csv { file: &movies_file };
     src.each(&["movieId", "title", "genres"], |line, r| {
         let id = r[0].trim();
         let title = r[1].trim();
@@ -87,7 +86,7 @@ pub fn load_ml_latest(dir: &Path, name: &str, mut b: DatasetBuilder) -> Result<N
         Ok(())
     })?;
 
-    let src = Csv { path: ratings_path, file: &ratings_file };
+    let src = Csv { file: &ratings_file };
     src.each(&["userId", "movieId", "rating", "timestamp"], |line, r| {
         let user_ext = r[0].trim();
         if user_ext.is_empty() {
@@ -105,7 +104,7 @@ pub fn load_ml_latest(dir: &Path, name: &str, mut b: DatasetBuilder) -> Result<N
     })?;
 
     if let Some(file) = &tags_file {
-        let src = Csv { path: tags_path, file };
+        let src = Csv { file };
         let mut counts: HashMap<i32, HashMap<String, u32>> = HashMap::new();
         src.each(&["userId", "movieId", "tag", "timestamp"], |line, r| {
             let item = b

@@ -5,7 +5,7 @@ use crate::health::Breaker;
 use crate::limits::EndpointLimiter;
 use crate::protocol::{ChatCompletionRequest, ChatCompletionResponse, estimate_prompt_tokens, estimate_tokens};
 use reasonrec_core::ChatMessage;
-use reasonrec_core::settings::{EndpointSettings, SamplingParams, redact_url, redact_urls_in};
+use reasonrec_core::settings::{EndpointSettings, SamplingParams, TeacherSettings, redact_url, redact_urls_in};
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use std::sync::Arc;
 use std::time::Duration;
@@ -151,7 +151,8 @@ async fn read_capped(mut resp: reqwest::Response, limit: u64, timeout: Duration)
         }
         body.extend_from_slice(&chunk);
     }
-    Ok(String::from_utf8_lossy(&body).into_owned())
+    // Valid UTF-8 (every well-behaved answer) is taken as it is; only a broken body is copied.
+    Ok(String::from_utf8(body).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
 }
 
 /// reqwest is built without a bundled crypto provider: install ring, the one provider of this
@@ -198,7 +199,7 @@ impl TeacherClient {
             api_key,
             limiter: Arc::new(EndpointLimiter::new(endpoint)),
             breaker: Arc::new(Breaker::new(5, Duration::from_secs(5))),
-            max_wait: Duration::from_secs(300),
+            max_wait: Duration::from_secs(TeacherSettings::default().max_retry_after_secs),
         })
     }
 

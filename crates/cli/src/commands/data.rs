@@ -30,16 +30,12 @@ pub async fn migrate(settings: &Settings) -> anyhow::Result<ExitCode> {
 /// four batches are queued, so memory holds users, items and a few batches).
 struct ToWriter(tokio::sync::mpsc::Sender<IngestMessage>);
 
-fn writer_stopped() -> DatasetError {
-    DatasetError::Invalid("the database writer stopped".into())
-}
-
 impl InteractionSink for ToWriter {
     fn start(&mut self, header: DatasetHeader) -> Result<(), DatasetError> {
-        self.0.blocking_send(IngestMessage::Start(header)).map_err(|_| writer_stopped())
+        self.0.blocking_send(IngestMessage::Start(header)).map_err(|_| DatasetError::SinkClosed)
     }
     fn rows(&mut self, rows: Vec<Interaction>) -> Result<(), DatasetError> {
-        self.0.blocking_send(IngestMessage::Rows(rows)).map_err(|_| writer_stopped())
+        self.0.blocking_send(IngestMessage::Rows(rows)).map_err(|_| DatasetError::SinkClosed)
     }
 }
 
@@ -54,7 +50,7 @@ pub async fn ingest(settings: &Settings, a: IngestArgs) -> anyhow::Result<ExitCo
         let ds = reasonrec_dataset::load_streaming(&format, &path, &name, Box::new(ToWriter(tx.clone())))?;
         let source = ds.source.clone();
         tx.blocking_send(IngestMessage::Finish { dataset: Box::new(ds), deduplicated: false })
-            .map_err(|_| writer_stopped())?;
+            .map_err(|_| DatasetError::SinkClosed)?;
         Ok(source)
     });
     let bar = indicatif::ProgressBar::new_spinner().with_style(
@@ -76,7 +72,7 @@ pub async fn ingest(settings: &Settings, a: IngestArgs) -> anyhow::Result<ExitCo
         (Ok(o @ IngestOutcome::Unchanged { .. }), _) => (o, serde_json::Value::Null),
         (Ok(o), Ok(source)) => (o, source),
         // The loader's error is the cause; the writer only saw the stream end.
-        (_, Err(e)) if e.to_string() != writer_stopped().to_string() => {
+        (_, Err(e)) if !matches!(e, DatasetError::SinkClosed) => {
             return Err(anyhow::Error::new(e).context("nothing of the dataset was stored"));
         }
         (Err(e), _) => return Err(anyhow::Error::new(e).context("writing the dataset (nothing of it was stored)")),

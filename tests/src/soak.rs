@@ -368,7 +368,7 @@ async fn check(env: &TestEnv, report: &mut SoakReport) -> anyhow::Result<()> {
     .fetch_all(s.pool())
     .await?;
     let prompts = reasonrec_core::PromptLibrary::load(&env.settings.prompts.dir)?;
-    let cap = reasonrec_worker::render::PromptCap::from_settings(&env.settings.sampling);
+    let cap = reasonrec_worker::render::PromptCap::from_settings(&env.settings);
     for (id, model, params) in rows {
         let task = s.load_task(id).await?;
         let stored: Vec<u8> =

@@ -1,12 +1,12 @@
 //! Content keys of the output ledger.
 //!
 //! An output is identified by the hash of everything that determines it: the stage, the template
-//! and its version, the rendered messages (which contain the inputs), the teacher model and the
-//! sampling parameters. The same key means the same question to the same teacher: its accepted
+//! and its version, the rendered messages (which contain the inputs), the teacher's protocol and
+//! model, and the sampling parameters. The same key means the same question to the same teacher: its accepted
 //! answer is reused, across redeliveries and across runs, and written at most once.
 
 use crate::prompt::RenderedPrompt;
-use crate::settings::SamplingParams;
+use crate::settings::{EndpointSettings, Protocol, SamplingParams};
 use crate::stage::Stage;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -26,6 +26,9 @@ struct KeyMaterial<'a> {
     template: &'a str,
     template_version: &'a str,
     messages: &'a [crate::prompt::ChatMessage],
+    /// Absent for OpenAI, so the keys of outputs made before protocols existed stay the same.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    protocol: Option<&'static str>,
     model: &'a str,
     params: &'a SamplingParams,
     /// Absent unless salted, so unsalted keys are the ones computed before salts existed.
@@ -43,6 +46,17 @@ impl OutputKey {
         input.get(KEY_SALT_FIELD).and_then(|v| v.as_str())
     }
 
+    /// The key of `prompt` asked of `endpoint` (its protocol, model and sampling parameters),
+    /// salted as [`OutputKey::compute_salted`]. What workers use.
+    pub fn for_endpoint(
+        stage: Stage,
+        prompt: &RenderedPrompt,
+        endpoint: &EndpointSettings,
+        salt: Option<&str>,
+    ) -> Self {
+        Self::material(stage, prompt, endpoint.protocol, &endpoint.model, &endpoint.params, salt)
+    }
+
     /// [`OutputKey::compute`] with a salt (see [`KEY_SALT_FIELD`]); `None` gives the same key.
     pub fn compute_salted(
         stage: Stage,
@@ -51,7 +65,19 @@ impl OutputKey {
         params: &SamplingParams,
         salt: Option<&str>,
     ) -> Self {
+        Self::material(stage, prompt, Protocol::OpenAi, model, params, salt)
+    }
+
+    fn material(
+        stage: Stage,
+        prompt: &RenderedPrompt,
+        protocol: Protocol,
+        model: &str,
+        params: &SamplingParams,
+        salt: Option<&str>,
+    ) -> Self {
         let material = KeyMaterial {
+            protocol: (protocol != Protocol::OpenAi).then_some(protocol.as_str()),
             stage,
             template: &prompt.template,
             template_version: &prompt.version,
@@ -116,6 +142,16 @@ mod tests {
         assert_ne!(base, salted);
         assert_ne!(salted, OutputKey::compute_salted(Stage::Reasoning, &prompt("a", "v1"), "m", &p, Some("r3")));
         assert_eq!(OutputKey::salt_of(&serde_json::json!({"user": 1, "key_salt": "r2"})), Some("r2"));
+    }
+
+    #[test]
+    fn the_protocol_is_part_of_the_key_and_openai_keys_did_not_change() {
+        let openai = EndpointSettings { model: "m".into(), ..EndpointSettings::default() };
+        let anthropic = EndpointSettings { protocol: Protocol::Anthropic, ..openai.clone() };
+        let p = prompt("a", "v1");
+        let before = OutputKey::compute(Stage::Reasoning, &p, "m", &openai.params);
+        assert_eq!(OutputKey::for_endpoint(Stage::Reasoning, &p, &openai, None), before);
+        assert_ne!(OutputKey::for_endpoint(Stage::Reasoning, &p, &anthropic, None), before);
     }
 
     #[test]

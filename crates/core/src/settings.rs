@@ -270,6 +270,11 @@ pub struct EndpointSettings {
     pub name: String,
     /// Base URL up to and including `/v1`.
     pub base_url: String,
+    /// The wire protocol the endpoint speaks: OpenAI chat completions (vLLM, llama.cpp, OpenAI)
+    /// or Anthropic Messages.
+    pub protocol: Protocol,
+    /// `anthropic-version` header sent to an Anthropic endpoint.
+    pub anthropic_version: String,
     pub model: String,
     /// Name of the environment variable holding the API key; none for local servers.
     pub api_key_env: Option<String>,
@@ -286,11 +291,90 @@ pub struct EndpointSettings {
     /// US dollars per million tokens.
     pub price_input_per_mtok: f64,
     pub price_output_per_mtok: f64,
+    /// Prompt tokens read from the server's prompt cache (Anthropic `cache_read_input_tokens`);
+    /// unset: 0.1 x `price_input_per_mtok`, Anthropic's published ratio.
+    pub price_cache_read_per_mtok: Option<f64>,
+    /// Prompt tokens written to the cache (`cache_creation_input_tokens`); unset: 1.25 x
+    /// `price_input_per_mtok` (the 5-minute cache's ratio).
+    pub price_cache_write_per_mtok: Option<f64>,
     /// A response body over this many bytes is not read further (error class `too_large`).
     pub max_response_bytes: u64,
     /// An answer over this many characters is not stored (error class `too_large`).
     pub max_answer_chars: u32,
+    /// The model's context window in tokens (prompt + `params.max_tokens`); 0 = not known, no
+    /// check. A prompt that would not fit has its oldest history trimmed before it is sent
+    /// (counted in `tasks.history_truncated`) instead of drawing a 400.
+    pub context_tokens: u32,
+    /// Characters per token of the estimate checked against `context_tokens`. Lower is more
+    /// cautious: English prose runs near 4 with BPE tokenizers, titles, numbers and other
+    /// languages lower.
+    pub chars_per_token: f32,
     pub params: SamplingParams,
+}
+
+/// The wire protocol of a teacher endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// `POST {base_url}/chat/completions`, `Authorization: Bearer`.
+    #[default]
+    OpenAi,
+    /// `POST {base_url}/messages`, `x-api-key` and `anthropic-version`.
+    Anthropic,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::OpenAi => "openai",
+            Protocol::Anthropic => "anthropic",
+        }
+    }
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl EndpointSettings {
+    /// The most prompt tokens (by this endpoint's estimate) that leave room for the answer in
+    /// its context window; None when the window is not known.
+    pub fn prompt_token_budget(&self) -> Option<u32> {
+        (self.context_tokens > 0).then(|| self.context_tokens.saturating_sub(self.params.max_tokens))
+    }
+
+    /// US dollars for one answer's tokens: prompt tokens at the input price, cache reads and
+    /// writes at theirs, completion tokens at the output price.
+    pub fn cost_usd(&self, tokens: &TokenUsage) -> f64 {
+        let read = self.price_cache_read_per_mtok.unwrap_or(self.price_input_per_mtok * 0.1);
+        let write = self.price_cache_write_per_mtok.unwrap_or(self.price_input_per_mtok * 1.25);
+        (f64::from(tokens.uncached_input()) * self.price_input_per_mtok
+            + f64::from(tokens.cache_read) * read
+            + f64::from(tokens.cache_write) * write
+            + f64::from(tokens.output) * self.price_output_per_mtok)
+            / 1e6
+    }
+}
+
+/// The tokens one answer used, as the ledger counts them: `input` is the whole prompt, cached
+/// parts included (OpenAI's `prompt_tokens`; Anthropic's `input_tokens` plus both cache counts).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TokenUsage {
+    pub input: u32,
+    pub output: u32,
+    /// Of `input`: read from the prompt cache.
+    pub cache_read: u32,
+    /// Of `input`: written to the prompt cache.
+    pub cache_write: u32,
+}
+
+impl TokenUsage {
+    /// Prompt tokens neither read from nor written to the cache.
+    pub fn uncached_input(&self) -> u32 {
+        self.input.saturating_sub(self.cache_read).saturating_sub(self.cache_write)
+    }
 }
 
 impl Default for EndpointSettings {
@@ -298,6 +382,8 @@ impl Default for EndpointSettings {
         Self {
             name: "mock".into(),
             base_url: "http://127.0.0.1:8089/v1".into(),
+            protocol: Protocol::OpenAi,
+            anthropic_version: "2023-06-01".into(),
             model: "mock-teacher".into(),
             api_key_env: None,
             weight: 1,
@@ -310,8 +396,12 @@ impl Default for EndpointSettings {
             connect_timeout_secs: 5,
             price_input_per_mtok: 0.0,
             price_output_per_mtok: 0.0,
+            price_cache_read_per_mtok: None,
+            price_cache_write_per_mtok: None,
             max_response_bytes: 4 * 1024 * 1024,
             max_answer_chars: 32_000,
+            context_tokens: 0,
+            chars_per_token: 3.0,
             params: SamplingParams::default(),
         }
     }
@@ -670,6 +760,35 @@ impl Settings {
             if ep.max_answer_chars == 0 {
                 return bad(&key("max_answer_chars"), "must be at least 1".into());
             }
+            if !(ep.chars_per_token.is_finite() && ep.chars_per_token >= 0.5) {
+                return bad(&key("chars_per_token"), format!("{} is not a number of at least 0.5", ep.chars_per_token));
+            }
+            if ep.context_tokens > 0 && ep.context_tokens <= ep.params.max_tokens {
+                return bad(
+                    &key("context_tokens"),
+                    format!(
+                        "{} leaves no room for a prompt beside params.max_tokens = {}",
+                        ep.context_tokens, ep.params.max_tokens
+                    ),
+                );
+            }
+            if ep.protocol == Protocol::Anthropic {
+                if !(0.0..=1.0).contains(&ep.params.temperature) {
+                    let t = ep.params.temperature;
+                    return bad(&key("params.temperature"), format!("{t} is not within 0..=1 (Anthropic's range)"));
+                }
+                if ep.anthropic_version.trim().is_empty() {
+                    return bad(&key("anthropic_version"), "must not be empty".into());
+                }
+            }
+            for (name, price) in [
+                ("price_cache_read_per_mtok", ep.price_cache_read_per_mtok),
+                ("price_cache_write_per_mtok", ep.price_cache_write_per_mtok),
+            ] {
+                if price.is_some_and(|p| !(p.is_finite() && p >= 0.0)) {
+                    return bad(&key(name), "must be a non-negative number".into());
+                }
+            }
         }
         Ok(())
     }
@@ -793,6 +912,19 @@ mod tests {
     }
 
     #[test]
+    fn cache_tokens_are_priced_apart() {
+        let ep =
+            EndpointSettings { price_input_per_mtok: 3.0, price_output_per_mtok: 15.0, ..EndpointSettings::default() };
+        let tokens = TokenUsage { input: 1_000_000, output: 1_000_000, cache_read: 500_000, cache_write: 100_000 };
+        // 400k uncached x 3 + 500k read x 0.3 + 100k written x 3.75 + 1M out x 15.
+        let expected = 1.2 + 0.15 + 0.375 + 15.0;
+        assert!((ep.cost_usd(&tokens) - expected).abs() < 1e-9, "{}", ep.cost_usd(&tokens));
+        let set =
+            EndpointSettings { price_cache_read_per_mtok: Some(0.0), price_cache_write_per_mtok: Some(0.0), ..ep };
+        assert!((set.cost_usd(&tokens) - (1.2 + 15.0)).abs() < 1e-9);
+    }
+
+    #[test]
     fn redacts_passwords() {
         assert_eq!(redact_url("amqp://guest:guest@127.0.0.1:5672/%2f"), "amqp://guest:***@127.0.0.1:5672/%2f");
         assert_eq!(redact_url("postgres://postgres@h/db"), "postgres://postgres@h/db");
@@ -835,6 +967,18 @@ mod tests {
         let _ = std::fs::write(&url, "[[teacher.endpoints]]\nbase_url = \"ftp://x\"\nmodel = \"m\"\n");
         let err = Settings::load(Some(&url)).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.contains("teacher.endpoints[0].base_url"), "{err}");
+
+        let anthropic = dir.join("anthropic.toml");
+        let endpoint = "[[teacher.endpoints]]\nname = \"claude\"\nbase_url = \"https://api.anthropic.com/v1\"\nmodel = \"claude-x\"\nprotocol = \"anthropic\"\n";
+        let _ = std::fs::write(&anthropic, endpoint);
+        let s = Settings::load(Some(&anthropic));
+        assert!(matches!(&s, Ok(s) if s.teacher.endpoints[0].protocol == Protocol::Anthropic), "{s:?}");
+        let _ = std::fs::write(&anthropic, format!("{endpoint}[teacher.endpoints.params]\ntemperature = 1.5\n"));
+        let err = Settings::load(Some(&anthropic)).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("teacher.endpoints[0].params.temperature"), "{err}");
+        let _ = std::fs::write(&anthropic, endpoint.replace("\"anthropic\"", "\"gemini\""));
+        let err = Settings::load(Some(&anthropic)).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("gemini"), "an unknown protocol is named: {err}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -90,7 +90,8 @@ pub fn argued_outcome(text: &str) -> Option<bool> {
     }
 }
 
-/// Validates an answer of `stage`. `finish_reason == "length"` means it was cut off. For a
+/// Validates an answer of `stage`. `finish_reason` is in OpenAI's words (the Anthropic client
+/// translates): `length` means it was cut off, `refusal`/`content_filter` a safety stop. For a
 /// reasoning, `label` is the outcome the prompt stated: an answer that argues the opposite is
 /// rejected.
 pub fn validate_answer(
@@ -106,6 +107,10 @@ pub fn validate_answer(
     }
     if finish_reason == Some("length") {
         return reject("truncated", "the answer was cut off at max_tokens (finish_reason=length)".into());
+    }
+    // Anthropic's `refusal` stop reason and OpenAI's `content_filter`: a safety system stopped it.
+    if let Some(r @ ("refusal" | "content_filter")) = finish_reason {
+        return reject("refusal", format!("the server stopped the answer (finish_reason={r})"));
     }
     let words = trimmed.split_whitespace().count();
     let (min, max) = word_bounds(stage);
@@ -151,6 +156,8 @@ mod tests {
         let code = |t: &str, f: Option<&str>| validate_answer(Stage::Reasoning, t, f, None).err().map(|r| r.code);
         assert_eq!(code("   ", None), Some("empty"));
         assert_eq!(code(GOOD, Some("length")), Some("truncated"));
+        assert_eq!(code(GOOD, Some("refusal")), Some("refusal"));
+        assert_eq!(code(GOOD, Some("content_filter")), Some("refusal"));
         assert_eq!(code("too short", None), Some("too_short"));
         assert_eq!(code(&"word ".repeat(500), None), Some("too_long"));
         assert_eq!(code(&format!("As an AI language model, {GOOD}"), None), Some("refusal"));

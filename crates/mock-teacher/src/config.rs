@@ -55,6 +55,13 @@ pub struct MockConfig {
     /// A broken server: `usage` reports this many prompt and completion tokens instead of the
     /// real counts (e.g. `u32::MAX`).
     pub usage_override: Option<u32>,
+    /// Anthropic answers report this many of the prompt's tokens as read from the prompt cache
+    /// (`cache_read_input_tokens`), the rest as `input_tokens`.
+    pub cache_read_tokens: u32,
+    /// The model's context window: a request whose prompt (estimated at 4 characters a token)
+    /// plus `max_tokens` exceeds it is refused with a 400 naming the context length, as vLLM,
+    /// llama.cpp and Anthropic do; 0 = no window.
+    pub context_tokens: u32,
 }
 
 impl Default for MockConfig {
@@ -81,6 +88,8 @@ impl Default for MockConfig {
             seed: 42,
             api_key: None,
             usage_override: None,
+            cache_read_tokens: 0,
+            context_tokens: 0,
         }
     }
 }

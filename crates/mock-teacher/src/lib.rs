@@ -1,5 +1,7 @@
-//! A real HTTP server that speaks the OpenAI chat-completions protocol, standing in for a teacher
-//! LLM in tests, the demo and benchmarks.
+//! A real HTTP server that speaks the OpenAI chat-completions and the Anthropic Messages
+//! protocols, standing in for a teacher LLM in tests, the demo and benchmarks. Faults, limits and
+//! answers are the same in both; errors, bodies and rate-limit headers are each protocol's own
+//! (Anthropic: the error envelope with `request_id`, 529 overloaded, `anthropic-ratelimit-*`).
 //!
 //! Layout:
 //! - [`config`]: the fault and limit knobs (latency, 429 with Retry-After, 5xx, hangs, malformed
@@ -7,7 +9,8 @@
 //! - [`answer`]: deterministic, prompt-aware answers per stage (quotes the titles in the prompt;
 //!   a reasoning answer agrees with the outcome the prompt states).
 //! - [`limits`]: the sliding-minute window that enforces the mock's own limit.
-//! - [`server`] holds the routes (`/v1/chat/completions`, `/v1/models`, `/stats`, `/config`, `/healthz`)
+//! - [`server`] holds the routes (`/v1/chat/completions`, `/v1/messages`, `/v1/models`, `/stats`,
+//!   `/config`, `/healthz`)
 //!   and the handle tests use to start, inspect and stop it.
 
 pub mod answer;

@@ -41,6 +41,18 @@ impl Window {
         self.tokens += tokens;
         Ok(())
     }
+
+    /// Under a requests/min limit (None without one): the requests left in the window and when
+    /// the oldest one leaves it, as rate-limit headers report them.
+    pub fn requests_left(&mut self, rpm: u32, now: Instant) -> Option<(u32, Duration)> {
+        if rpm == 0 {
+            return None;
+        }
+        self.expire(now);
+        let left = u64::from(rpm).saturating_sub(self.events.len() as u64) as u32;
+        let reset = self.events.front().map_or(Duration::ZERO, |&(t, _)| WINDOW.saturating_sub(now.duration_since(t)));
+        Some((left, reset))
+    }
 }
 
 #[cfg(test)]
@@ -61,5 +73,11 @@ mod tests {
         assert!(w.admit(t0, 60, 0, 100).is_ok());
         assert!(w.admit(t0, 50, 0, 100).is_err());
         assert!(w.admit(t0, 40, 0, 100).is_ok());
+
+        let mut w = Window::default();
+        assert_eq!(w.requests_left(0, t0), None);
+        assert_eq!(w.requests_left(2, t0), Some((2, Duration::ZERO)));
+        assert!(w.admit(t0, 1, 2, 0).is_ok());
+        assert_eq!(w.requests_left(2, t0 + Duration::from_secs(10)), Some((1, Duration::from_secs(50))));
     }
 }

@@ -11,6 +11,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use rand::{Rng, SeedableRng};
+use reasonrec_core::ChatMessage;
+use reasonrec_teacher::anthropic::{ContentBlock, MessagesRequest, MessagesResponse, MessagesUsage};
 use reasonrec_teacher::protocol::{
     AssistantMessage, ChatCompletionRequest, ChatCompletionResponse, Choice, Usage, estimate_prompt_tokens,
     estimate_tokens,
@@ -41,6 +43,12 @@ pub struct MockStats {
     pub bad_requests: u64,
     /// Refused for a missing or wrong API key.
     pub unauthorized: u64,
+    /// Requests per protocol (`openai`, `anthropic`).
+    pub by_protocol: BTreeMap<String, u64>,
+    /// Anthropic requests that carried a `system` field.
+    pub system_fields: u64,
+    /// Refused with 400 for not fitting `context_tokens`.
+    pub context_overflows: u64,
     /// Tokens of `ok` answers.
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
@@ -132,6 +140,7 @@ pub async fn spawn(addr: SocketAddr, config: MockConfig) -> Result<MockHandle, M
     });
     let app = Router::new()
         .route("/v1/chat/completions", post(chat))
+        .route("/v1/messages", post(messages))
         .route("/v1/models", get(models))
         .route("/stats", get(get_stats))
         .route("/stats/reset", post(reset_stats))
@@ -147,12 +156,62 @@ pub async fn spawn(addr: SocketAddr, config: MockConfig) -> Result<MockHandle, M
     Ok(MockHandle { addr, state, task })
 }
 
+/// Which protocol a request came in: errors, bodies and headers are answered in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wire {
+    OpenAi,
+    Anthropic,
+}
+
+impl Wire {
+    fn name(self) -> &'static str {
+        match self {
+            Wire::OpenAi => "openai",
+            Wire::Anthropic => "anthropic",
+        }
+    }
+
+    /// The path a redirect points to on another server.
+    fn path(self) -> &'static str {
+        match self {
+            Wire::OpenAi => "chat/completions",
+            Wire::Anthropic => "messages",
+        }
+    }
+
+    /// An error body: OpenAI's `{"error":{message,type,code}}` (`kind` is its type) or
+    /// Anthropic's envelope, whose type follows from the status.
+    fn error(self, status: StatusCode, kind: &str, message: &str) -> Response {
+        match self {
+            Wire::OpenAi => error_json(status, kind, message),
+            Wire::Anthropic => {
+                let kind = match status.as_u16() {
+                    400 | 413 | 422 => "invalid_request_error",
+                    401 => "authentication_error",
+                    403 => "permission_error",
+                    429 => "rate_limit_error",
+                    504 => "timeout_error",
+                    529 => "overloaded_error",
+                    _ => "api_error",
+                };
+                let request_id = format!("req_{:016x}", rand::random::<u64>());
+                let body = reasonrec_teacher::anthropic::error_body(kind, message, &request_id);
+                let mut resp = (status, axum::Json(body)).into_response();
+                if let Ok(v) = HeaderValue::from_str(&request_id) {
+                    resp.headers_mut().insert("request-id", v);
+                }
+                resp
+            }
+        }
+    }
+}
+
 fn error_json(status: StatusCode, kind: &str, message: &str) -> Response {
     let body = serde_json::json!({"error": {"message": message, "type": kind, "code": status.as_u16()}});
     (status, axum::Json(body)).into_response()
 }
 
-fn too_many(wait: Duration, format: RetryAfterFormat, message: &str) -> Response {
+fn too_many(wire: Wire, wait: Duration, format: RetryAfterFormat, message: &str) -> Response {
     let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
     let value = match format {
         RetryAfterFormat::Seconds => secs.to_string(),
@@ -165,7 +224,7 @@ fn too_many(wait: Duration, format: RetryAfterFormat, message: &str) -> Response
         RetryAfterFormat::Milliseconds => header::HeaderName::from_static("retry-after-ms"),
         _ => header::RETRY_AFTER,
     };
-    let mut resp = error_json(StatusCode::TOO_MANY_REQUESTS, "rate_limit_exceeded", message);
+    let mut resp = wire.error(StatusCode::TOO_MANY_REQUESTS, "rate_limit_exceeded", message);
     if let Ok(v) = HeaderValue::from_str(&value) {
         resp.headers_mut().insert(name, v);
     }
@@ -184,27 +243,87 @@ fn fit(text: String, max_tokens: Option<u32>) -> (String, bool) {
     (cut, true)
 }
 
-async fn chat(State(state): State<Arc<AppState>>, headers: axum::http::HeaderMap, body: Bytes) -> Response {
-    state.stats(|s| s.requests += 1);
-    if let Some(key) = state.config().api_key {
-        let sent =
-            headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-        if sent != Some(key.as_str()) {
-            state.stats(|s| s.unauthorized += 1);
-            return error_json(StatusCode::UNAUTHORIZED, "invalid_api_key", "Incorrect API key provided");
+/// A request in either protocol, as the mock answers it.
+struct Asked {
+    model: String,
+    messages: Vec<ChatMessage>,
+    max_tokens: Option<u32>,
+}
+
+/// The credentials and body of a request in `wire`'s protocol, or the error to answer.
+fn admit_request(
+    state: &AppState,
+    wire: Wire,
+    headers: &axum::http::HeaderMap,
+    body: &[u8],
+) -> Result<Asked, Box<Response>> {
+    let sent = match wire {
+        Wire::OpenAi => {
+            headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "))
         }
+        Wire::Anthropic => headers.get("x-api-key").and_then(|v| v.to_str().ok()),
+    };
+    if let Some(key) = state.config().api_key
+        && sent != Some(key.as_str())
+    {
+        state.stats(|s| s.unauthorized += 1);
+        return Err(Box::new(wire.error(StatusCode::UNAUTHORIZED, "invalid_api_key", "Incorrect API key provided")));
     }
-    let req: ChatCompletionRequest = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => {
-            state.stats(|s| s.bad_requests += 1);
-            return error_json(StatusCode::BAD_REQUEST, "invalid_request_error", &format!("invalid body: {e}"));
+    let bad = |message: String| {
+        state.stats(|s| s.bad_requests += 1);
+        Box::new(wire.error(StatusCode::BAD_REQUEST, "invalid_request_error", &message))
+    };
+    let asked = match wire {
+        Wire::OpenAi => {
+            let req: ChatCompletionRequest =
+                serde_json::from_slice(body).map_err(|e| bad(format!("invalid body: {e}")))?;
+            Asked { model: req.model, messages: req.messages, max_tokens: req.max_tokens }
+        }
+        Wire::Anthropic => {
+            if headers.get("anthropic-version").is_none() {
+                return Err(bad("anthropic-version: header is required".into()));
+            }
+            let req: MessagesRequest = serde_json::from_slice(body).map_err(|e| bad(format!("invalid body: {e}")))?;
+            if req.messages.iter().any(|t| t.role != "user" && t.role != "assistant") {
+                return Err(bad("messages: roles must be user or assistant; use the system field".into()));
+            }
+            if req.messages.first().is_none_or(|t| t.role != "user") {
+                return Err(bad("messages: the first message must use the user role".into()));
+            }
+            if req.temperature.is_some_and(|t| !(0.0..=1.0).contains(&t)) {
+                return Err(bad("temperature: must be within [0, 1]".into()));
+            }
+            if req.system.is_some() {
+                state.stats(|s| s.system_fields += 1);
+            }
+            Asked { model: req.model.clone(), messages: req.to_chat(), max_tokens: Some(req.max_tokens) }
         }
     };
-    if req.messages.is_empty() {
-        state.stats(|s| s.bad_requests += 1);
-        return error_json(StatusCode::BAD_REQUEST, "invalid_request_error", "messages must not be empty");
+    if asked.messages.is_empty() {
+        return Err(bad("messages must not be empty".into()));
     }
+    Ok(asked)
+}
+
+async fn chat(State(state): State<Arc<AppState>>, headers: axum::http::HeaderMap, body: Bytes) -> Response {
+    serve(&state, Wire::OpenAi, &headers, &body).await
+}
+
+async fn messages(State(state): State<Arc<AppState>>, headers: axum::http::HeaderMap, body: Bytes) -> Response {
+    serve(&state, Wire::Anthropic, &headers, &body).await
+}
+
+/// One request in either protocol: its credentials, the mock's own limit, one fault draw, then
+/// the answer.
+async fn serve(state: &AppState, wire: Wire, headers: &axum::http::HeaderMap, body: &[u8]) -> Response {
+    state.stats(|s| {
+        s.requests += 1;
+        *s.by_protocol.entry(wire.name().to_string()).or_default() += 1;
+    });
+    let req = match admit_request(state, wire, headers, body) {
+        Ok(r) => r,
+        Err(resp) => return *resp,
+    };
     let cfg = state.config();
     let prompt: String = req.messages.iter().map(|m| m.content.as_str()).collect::<Vec<_>>().join("\n");
     let (draw, jitter) = match state.rng.lock() {
@@ -220,51 +339,87 @@ async fn chat(State(state): State<Arc<AppState>>, headers: axum::http::HeaderMap
     let (text, truncated) = fit(answer_with(&prompt, contradict), req.max_tokens);
     let prompt_tokens = estimate_prompt_tokens(&req.messages);
     let completion_tokens = estimate_tokens(&text);
+    let wanted = prompt_tokens.saturating_add(req.max_tokens.unwrap_or(0));
+    if cfg.context_tokens > 0 && wanted > cfg.context_tokens {
+        state.stats(|s| s.context_overflows += 1);
+        let message = match wire {
+            Wire::OpenAi => format!(
+                "This model's maximum context length is {} tokens. However, you requested {wanted} tokens \
+                 ({prompt_tokens} in the messages, {} in the completion).",
+                cfg.context_tokens,
+                req.max_tokens.unwrap_or(0)
+            ),
+            Wire::Anthropic => format!("prompt is too long: {wanted} tokens > {} maximum", cfg.context_tokens),
+        };
+        return wire.error(StatusCode::BAD_REQUEST, "invalid_request_error", &message);
+    }
 
     let admitted = match state.window.lock() {
-        Ok(mut w) => w.admit(
-            Instant::now(),
-            u64::from(prompt_tokens + completion_tokens),
-            cfg.requests_per_minute,
-            cfg.tokens_per_minute,
-        ),
-        Err(_) => Ok(()),
+        Ok(mut w) => w
+            .admit(
+                Instant::now(),
+                u64::from(prompt_tokens + completion_tokens),
+                cfg.requests_per_minute,
+                cfg.tokens_per_minute,
+            )
+            .map(|()| w.requests_left(cfg.requests_per_minute, Instant::now())),
+        Err(_) => Ok(None),
     };
-    if let Err(wait) = admitted {
-        state.stats(|s| s.over_limit += 1);
-        return too_many(wait, RetryAfterFormat::Seconds, "rate limit of the mock teacher reached");
-    }
+    let requests_left = match admitted {
+        Ok(left) => left,
+        Err(wait) => {
+            state.stats(|s| s.over_limit += 1);
+            let mut resp = too_many(wire, wait, RetryAfterFormat::Seconds, "rate limit of the mock teacher reached");
+            if wire == Wire::Anthropic {
+                rate_limit_headers(&mut resp, cfg.requests_per_minute, 0, wait);
+            }
+            return resp;
+        }
+    };
 
     let latency = Duration::from_millis(cfg.latency_ms + jitter);
     let mut edge = cfg.rate_429;
     if draw < edge {
         state.stats(|s| s.injected_429 += 1);
-        return too_many(Duration::from_secs(cfg.retry_after_secs), cfg.retry_after_format, "injected 429");
+        return too_many(wire, Duration::from_secs(cfg.retry_after_secs), cfg.retry_after_format, "injected 429");
     }
     edge += cfg.rate_5xx;
     if draw < edge {
         state.stats(|s| s.injected_5xx += 1);
         tokio::time::sleep(latency).await;
-        return if draw < edge - cfg.rate_5xx / 2.0 {
-            error_json(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "injected failure")
-        } else {
-            (StatusCode::BAD_GATEWAY, "<html><body>502 Bad Gateway</body></html>").into_response()
+        let first_half = draw < edge - cfg.rate_5xx / 2.0;
+        return match (wire, first_half) {
+            (Wire::OpenAi, true) => error_json(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "injected failure"),
+            (Wire::OpenAi, false) => {
+                (StatusCode::BAD_GATEWAY, "<html><body>502 Bad Gateway</body></html>").into_response()
+            }
+            // Anthropic's API-wide overload, and its plain internal error.
+            (Wire::Anthropic, true) => {
+                let overloaded = StatusCode::from_u16(529).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+                wire.error(overloaded, "", "Overloaded")
+            }
+            (Wire::Anthropic, false) => wire.error(StatusCode::INTERNAL_SERVER_ERROR, "", "injected failure"),
         };
     }
     edge += cfg.rate_hang;
     if draw < edge {
         state.stats(|s| s.hangs += 1);
         tokio::time::sleep(Duration::from_secs(cfg.hang_secs)).await;
-        return error_json(StatusCode::GATEWAY_TIMEOUT, "timeout", "injected hang");
+        return wire.error(StatusCode::GATEWAY_TIMEOUT, "timeout", "injected hang");
     }
     edge += cfg.rate_malformed;
     tokio::time::sleep(latency).await;
     if draw < edge {
         state.stats(|s| s.malformed += 1);
-        let body = if draw < edge - cfg.rate_malformed / 2.0 {
-            "{\"id\":\"chatcmpl-x\",\"choices\":[{\"message\":{\"content\":\"trunc".to_string()
-        } else {
-            "{\"id\":\"chatcmpl-x\",\"object\":\"chat.completion\",\"choices\":[]}".to_string()
+        let body = match (wire, draw < edge - cfg.rate_malformed / 2.0) {
+            (Wire::OpenAi, true) => "{\"id\":\"chatcmpl-x\",\"choices\":[{\"message\":{\"content\":\"trunc",
+            (Wire::OpenAi, false) => "{\"id\":\"chatcmpl-x\",\"object\":\"chat.completion\",\"choices\":[]}",
+            (Wire::Anthropic, true) => {
+                "{\"id\":\"msg_x\",\"type\":\"message\",\"content\":[{\"type\":\"text\",\"text\":\"trunc"
+            }
+            (Wire::Anthropic, false) => {
+                "{\"id\":\"msg_x\",\"type\":\"message\",\"content\":[],\"stop_reason\":\"end_turn\"}"
+            }
         };
         return (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body).into_response();
     }
@@ -286,7 +441,7 @@ async fn chat(State(state): State<Arc<AppState>>, headers: axum::http::HeaderMap
         && let Some(to) = &cfg.redirect_to
     {
         state.stats(|s| s.redirects += 1);
-        let location = format!("{}/chat/completions", to.trim_end_matches('/'));
+        let location = format!("{}/{}", to.trim_end_matches('/'), wire.path());
         return (StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, location)]).into_response();
     }
     let text = if nul {
@@ -313,22 +468,69 @@ async fn chat(State(state): State<Arc<AppState>>, headers: axum::http::HeaderMap
         s.first_ok_ms.get_or_insert(elapsed);
         s.last_ok_ms = Some(elapsed);
     });
-    let resp = ChatCompletionResponse {
-        id: format!("chatcmpl-{:016x}", rand::random::<u64>()),
-        object: "chat.completion".into(),
-        created: chrono::Utc::now().timestamp(),
-        model: if req.model.is_empty() { cfg.model } else { req.model },
-        choices: vec![Choice {
-            index: 0,
-            message: AssistantMessage { role: "assistant".into(), content: Some(text) },
-            finish_reason: Some(if truncated { "length" } else { "stop" }.into()),
-        }],
-        usage: Some(match cfg.usage_override {
-            Some(n) => Usage { prompt_tokens: n, completion_tokens: n, total_tokens: n.saturating_add(n) },
-            None => Usage { prompt_tokens, completion_tokens, total_tokens: prompt_tokens + completion_tokens },
-        }),
+    let (reported_in, reported_out) = match cfg.usage_override {
+        Some(n) => (n, n),
+        None => (prompt_tokens, completion_tokens),
     };
-    axum::Json(resp).into_response()
+    let model = if req.model.is_empty() { cfg.model.clone() } else { req.model };
+    match wire {
+        Wire::OpenAi => axum::Json(ChatCompletionResponse {
+            id: format!("chatcmpl-{:016x}", rand::random::<u64>()),
+            object: "chat.completion".into(),
+            created: chrono::Utc::now().timestamp(),
+            model,
+            choices: vec![Choice {
+                index: 0,
+                message: AssistantMessage { role: "assistant".into(), content: Some(text) },
+                finish_reason: Some(if truncated { "length" } else { "stop" }.into()),
+            }],
+            usage: Some(Usage {
+                prompt_tokens: reported_in,
+                completion_tokens: reported_out,
+                total_tokens: reported_in.saturating_add(reported_out),
+            }),
+        })
+        .into_response(),
+        Wire::Anthropic => {
+            // `cache_read_tokens` of the prompt are reported as read from the prompt cache;
+            // `input_tokens` is the rest, as Anthropic counts.
+            let cached = cfg.cache_read_tokens.min(reported_in);
+            let resp = MessagesResponse {
+                id: format!("msg_{:016x}", rand::random::<u64>()),
+                kind: "message".into(),
+                role: "assistant".into(),
+                model,
+                content: vec![ContentBlock { kind: "text".into(), text: Some(text) }],
+                stop_reason: Some(if truncated { "max_tokens" } else { "end_turn" }.into()),
+                stop_sequence: None,
+                usage: Some(MessagesUsage {
+                    input_tokens: reported_in - cached,
+                    output_tokens: reported_out,
+                    cache_creation_input_tokens: Some(0),
+                    cache_read_input_tokens: Some(cached),
+                }),
+            };
+            let mut resp = axum::Json(resp).into_response();
+            if let Some((left, reset)) = requests_left {
+                rate_limit_headers(&mut resp, cfg.requests_per_minute, left, reset);
+            }
+            resp
+        }
+    }
+}
+
+/// `anthropic-ratelimit-requests-{limit,remaining,reset}` (reset as an RFC 3339 time).
+fn rate_limit_headers(resp: &mut Response, limit: u32, remaining: u32, reset_in: Duration) {
+    let reset = chrono::Utc::now() + chrono::Duration::milliseconds(reset_in.as_millis() as i64);
+    for (name, value) in [
+        ("anthropic-ratelimit-requests-limit", limit.to_string()),
+        ("anthropic-ratelimit-requests-remaining", remaining.to_string()),
+        ("anthropic-ratelimit-requests-reset", reset.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            resp.headers_mut().insert(name, v);
+        }
+    }
 }
 
 /// A 200 of `bytes` bytes of JSON-looking filler, streamed in 64 KiB chunks without a length.

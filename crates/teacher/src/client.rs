@@ -1,11 +1,16 @@
-//! A client for one teacher endpoint.
+//! A client for one teacher endpoint, in the protocol it speaks (OpenAI chat completions or
+//! Anthropic Messages): the HTTP exchange, error classification, the servers' waits and
+//! rate-limit headers, and token accounting are shared; only the bodies and headers differ.
 
+use crate::anthropic::{MessagesRequest, MessagesResponse, RATE_LIMIT_KINDS};
 use crate::error::TeacherError;
 use crate::health::Breaker;
 use crate::limits::EndpointLimiter;
 use crate::protocol::{ChatCompletionRequest, ChatCompletionResponse, estimate_prompt_tokens, estimate_tokens};
 use reasonrec_core::ChatMessage;
-use reasonrec_core::settings::{EndpointSettings, SamplingParams, TeacherSettings, redact_url, redact_urls_in};
+use reasonrec_core::settings::{
+    EndpointSettings, Protocol, SamplingParams, TeacherSettings, TokenUsage, redact_url, redact_urls_in,
+};
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,13 +20,28 @@ use std::time::Duration;
 pub struct ChatAnswer {
     pub text: String,
     pub finish_reason: Option<String>,
+    /// The whole prompt, cached parts included.
     pub input_tokens: u32,
     pub output_tokens: u32,
+    /// Of `input_tokens`: read from / written to the server's prompt cache (Anthropic).
+    pub cache_read_tokens: u32,
+    pub cache_write_tokens: u32,
     /// True when the server sent no `usage` and the counts are estimates.
     pub usage_estimated: bool,
     pub http_status: u16,
     /// The server's `x-ratelimit-remaining-*` reached 0: wait this long before the next request.
     pub pause: Option<Duration>,
+}
+
+impl ChatAnswer {
+    pub fn usage(&self) -> TokenUsage {
+        TokenUsage {
+            input: self.input_tokens,
+            output: self.output_tokens,
+            cache_read: self.cache_read_tokens,
+            cache_write: self.cache_write_tokens,
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -96,25 +116,45 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 /// How long the server asked us to wait: Retry-After (ms, seconds or date), else the reset of
-/// whichever `x-ratelimit-*` budget is exhausted.
-fn retry_after_of(headers: &HeaderMap) -> Option<Duration> {
+/// whichever rate-limit budget is exhausted.
+fn retry_after_of(headers: &HeaderMap, protocol: Protocol) -> Option<Duration> {
     if let Some(ms) = header(headers, "retry-after-ms").and_then(|v| v.parse::<u64>().ok()) {
         return Some(Duration::from_millis(ms));
     }
     if let Some(d) = header(headers, RETRY_AFTER.as_str()).and_then(|v| parse_retry_after(v, chrono::Utc::now())) {
         return Some(d);
     }
-    exhausted_budget_reset(headers)
+    exhausted_budget_reset(headers, protocol)
 }
 
-/// `x-ratelimit-remaining-{requests,tokens}: 0` -> the matching `x-ratelimit-reset-*`.
-fn exhausted_budget_reset(headers: &HeaderMap) -> Option<Duration> {
+/// The reset of an exhausted budget. OpenAI: `x-ratelimit-remaining-{requests,tokens}: 0` ->
+/// the matching `x-ratelimit-reset-*` (a duration). Anthropic:
+/// `anthropic-ratelimit-{kind}-remaining: 0` -> `anthropic-ratelimit-{kind}-reset` (an RFC 3339
+/// time).
+fn exhausted_budget_reset(headers: &HeaderMap, protocol: Protocol) -> Option<Duration> {
+    if protocol == Protocol::Anthropic {
+        return anthropic_reset(headers, chrono::Utc::now());
+    }
     ["requests", "tokens"]
         .iter()
         .filter(|kind| {
             header(headers, &format!("x-ratelimit-remaining-{kind}")).and_then(|v| v.parse::<f64>().ok()) == Some(0.0)
         })
         .filter_map(|kind| header(headers, &format!("x-ratelimit-reset-{kind}")).and_then(parse_reset))
+        .max()
+}
+
+fn anthropic_reset(headers: &HeaderMap, now: chrono::DateTime<chrono::Utc>) -> Option<Duration> {
+    RATE_LIMIT_KINDS
+        .iter()
+        .filter(|kind| {
+            header(headers, &format!("anthropic-ratelimit-{kind}-remaining")).and_then(|v| v.parse::<f64>().ok())
+                == Some(0.0)
+        })
+        .filter_map(|kind| header(headers, &format!("anthropic-ratelimit-{kind}-reset")))
+        .filter_map(|v| chrono::DateTime::parse_from_rfc3339(v).ok())
+        .map(|when| (when.with_timezone(&chrono::Utc) - now).to_std().unwrap_or(Duration::ZERO))
+        .map(|d| d.min(Duration::from_secs(3600)))
         .max()
 }
 
@@ -194,7 +234,14 @@ impl TeacherClient {
             .map_err(|e| TeacherError::Connect(e.to_string()))?;
         Ok(Self {
             http,
-            url: format!("{}/chat/completions", endpoint.base_url.trim_end_matches('/')),
+            url: format!(
+                "{}/{}",
+                endpoint.base_url.trim_end_matches('/'),
+                match endpoint.protocol {
+                    Protocol::OpenAi => "chat/completions",
+                    Protocol::Anthropic => "messages",
+                }
+            ),
             endpoint: Arc::new(endpoint.clone()),
             api_key,
             limiter: Arc::new(EndpointLimiter::new(endpoint)),
@@ -234,10 +281,8 @@ impl TeacherClient {
         self.endpoint = Arc::new(ep);
     }
 
-    pub fn cost_usd(&self, input_tokens: u32, output_tokens: u32) -> f64 {
-        (f64::from(input_tokens) * self.endpoint.price_input_per_mtok
-            + f64::from(output_tokens) * self.endpoint.price_output_per_mtok)
-            / 1e6
+    pub fn cost_usd(&self, usage: &TokenUsage) -> f64 {
+        self.endpoint.cost_usd(usage)
     }
 
     /// One call under the endpoint's limits, no retry: waits for a slot, the pause, the request
@@ -259,30 +304,57 @@ impl TeacherClient {
         result
     }
 
+    /// The request in the endpoint's protocol, with its credentials.
+    fn request(&self, messages: &[ChatMessage], params: &SamplingParams) -> reqwest::RequestBuilder {
+        let ep = &self.endpoint;
+        match ep.protocol {
+            Protocol::OpenAi => {
+                let body = ChatCompletionRequest {
+                    model: ep.model.clone(),
+                    messages: messages.to_vec(),
+                    temperature: Some(params.temperature),
+                    top_p: params.top_p,
+                    max_tokens: Some(params.max_tokens),
+                    stop: params.stop.clone(),
+                };
+                let req = self.http.post(&self.url).json(&body);
+                match &self.api_key {
+                    Some(key) => req.bearer_auth(key),
+                    None => req,
+                }
+            }
+            Protocol::Anthropic => {
+                let body = MessagesRequest {
+                    temperature: Some(params.temperature),
+                    top_p: params.top_p,
+                    stop_sequences: params.stop.clone(),
+                    ..MessagesRequest::from_chat(&ep.model, messages, params.max_tokens)
+                };
+                let req = self.http.post(&self.url).header("anthropic-version", &ep.anthropic_version).json(&body);
+                match &self.api_key {
+                    Some(key) => req.header("x-api-key", key.as_ref()),
+                    None => req,
+                }
+            }
+        }
+    }
+
     /// The HTTP exchange alone.
     async fn send(&self, messages: &[ChatMessage], params: &SamplingParams) -> Result<ChatAnswer, TeacherError> {
-        let body = ChatCompletionRequest {
-            model: self.endpoint.model.clone(),
-            messages: messages.to_vec(),
-            temperature: Some(params.temperature),
-            top_p: params.top_p,
-            max_tokens: Some(params.max_tokens),
-            stop: params.stop.clone(),
-        };
-        let mut req = self.http.post(&self.url).json(&body);
-        if let Some(key) = &self.api_key {
-            req = req.bearer_auth(key);
-        }
+        let req = self.request(messages, params);
         let timeout = Duration::from_secs(self.endpoint.timeout_secs);
         let resp = req.send().await.map_err(|e| classify_transport(e, timeout))?;
         let status = resp.status().as_u16();
         // Every form of "wait" a server sends is cut to `max_wait`.
-        let retry_after = retry_after_of(resp.headers()).map(|d| d.min(self.max_wait));
-        let pause = exhausted_budget_reset(resp.headers()).map(|d| d.min(self.max_wait));
+        let protocol = self.endpoint.protocol;
+        let retry_after = retry_after_of(resp.headers(), protocol).map(|d| d.min(self.max_wait));
+        let pause = exhausted_budget_reset(resp.headers(), protocol).map(|d| d.min(self.max_wait));
         let text = read_capped(resp, self.endpoint.max_response_bytes, timeout).await?;
         match status {
             200..=299 => self.parse_answer(status, &text, messages).map(|a| ChatAnswer { pause, ..a }),
             300..=399 => Err(TeacherError::Redirect { status }),
+            // Anthropic's 529 (overloaded, API-wide) is a server error like any 5xx: retried,
+            // counted by the breaker, and it does not shrink this endpoint's rate limit.
             429 => Err(TeacherError::RateLimited { status, retry_after }),
             401 | 403 => Err(TeacherError::Auth { status }),
             408 => Err(TeacherError::Timeout(timeout)),
@@ -294,15 +366,39 @@ impl TeacherClient {
         }
     }
 
+    /// A 2xx body in the endpoint's protocol: (text, finish reason in OpenAI's words, usage).
+    fn decode(status: u16, protocol: Protocol, body: &str) -> Result<Decoded, TeacherError> {
+        let malformed = |message: String| TeacherError::Malformed { status, message };
+        match protocol {
+            Protocol::OpenAi => {
+                let parsed: ChatCompletionResponse =
+                    serde_json::from_str(body).map_err(|e| malformed(format!("{e}: {}", snippet(body))))?;
+                let Some(choice) = parsed.choices.into_iter().next() else {
+                    return Err(malformed("no choices in the answer".into()));
+                };
+                let Some(text) = choice.message.content else {
+                    return Err(malformed("the first choice has no text content".into()));
+                };
+                let usage = parsed.usage.map(|u| TokenUsage {
+                    input: u.prompt_tokens,
+                    output: u.completion_tokens,
+                    ..TokenUsage::default()
+                });
+                Ok(Decoded { text, finish_reason: choice.finish_reason, usage })
+            }
+            Protocol::Anthropic => {
+                let parsed: MessagesResponse =
+                    serde_json::from_str(body).map_err(|e| malformed(format!("{e}: {}", snippet(body))))?;
+                let Some(text) = parsed.text() else {
+                    return Err(malformed("the answer has no text block".into()));
+                };
+                Ok(Decoded { text, finish_reason: parsed.finish_reason(), usage: parsed.usage.map(|u| u.tokens()) })
+            }
+        }
+    }
+
     fn parse_answer(&self, status: u16, body: &str, messages: &[ChatMessage]) -> Result<ChatAnswer, TeacherError> {
-        let parsed: ChatCompletionResponse = serde_json::from_str(body)
-            .map_err(|e| TeacherError::Malformed { status, message: format!("{e}: {}", snippet(body)) })?;
-        let Some(choice) = parsed.choices.into_iter().next() else {
-            return Err(TeacherError::Malformed { status, message: "no choices in the answer".into() });
-        };
-        let Some(text) = choice.message.content else {
-            return Err(TeacherError::Malformed { status, message: "the first choice has no text content".into() });
-        };
+        let Decoded { text, finish_reason, usage } = Self::decode(status, self.endpoint.protocol, body)?;
         if text.contains('\0') {
             let message = "the answer holds NUL characters (U+0000), which cannot be stored".into();
             return Err(TeacherError::Malformed { status, message });
@@ -311,38 +407,43 @@ impl TeacherClient {
         if text.chars().nth(limit as usize).is_some() {
             return Err(TeacherError::TooLarge { status, what: "answer (characters)", limit: u64::from(limit) });
         }
-        let finish_reason = choice.finish_reason.map(|r| r.replace('\0', ""));
+        let finish_reason = finish_reason.map(|r| r.replace('\0', ""));
         let (prompt_estimate, completion_estimate) = (estimate_prompt_tokens(messages), estimate_tokens(&text));
-        let (input_tokens, output_tokens, usage_estimated) = match parsed.usage {
-            Some(u)
-                if plausible(u.prompt_tokens, prompt_estimate)
-                    && plausible(u.completion_tokens, completion_estimate) =>
-            {
-                (u.prompt_tokens, u.completion_tokens, false)
-            }
+        let estimate = TokenUsage { input: prompt_estimate, output: completion_estimate, ..TokenUsage::default() };
+        let (usage, usage_estimated) = match usage {
+            Some(u) if plausible(u.input, prompt_estimate) && plausible(u.output, completion_estimate) => (u, false),
             Some(u) => {
                 // A broken server's counts would stall the token buckets, overflow the ledger's
                 // columns and skew the budget: use the estimates and count the anomaly.
-                tracing::warn!(endpoint = %self.endpoint().name, reported_in = u.prompt_tokens, reported_out = u.completion_tokens,
+                tracing::warn!(endpoint = %self.endpoint().name, reported_in = u.input, reported_out = u.output,
                                estimate_in = prompt_estimate, estimate_out = completion_estimate, "implausible token usage; using estimates");
                 reasonrec_core::metrics::metrics()
                     .teacher_usage_anomalies
                     .get_or_create(&vec![("endpoint", self.endpoint().name.clone())])
                     .inc();
-                (prompt_estimate, completion_estimate, true)
+                (estimate, true)
             }
-            None => (prompt_estimate, completion_estimate, true),
+            None => (estimate, true),
         };
         Ok(ChatAnswer {
             text,
             finish_reason,
-            input_tokens,
-            output_tokens,
+            input_tokens: usage.input,
+            output_tokens: usage.output,
+            cache_read_tokens: usage.cache_read,
+            cache_write_tokens: usage.cache_write,
             usage_estimated,
             http_status: status,
             pause: None,
         })
     }
+}
+
+/// A 2xx body's content, whatever the protocol.
+struct Decoded {
+    text: String,
+    finish_reason: Option<String>,
+    usage: Option<TokenUsage>,
 }
 
 /// A reported token count is believed unless it is far beyond the text it counts: more than 8x
@@ -420,7 +521,31 @@ mod tests {
         h.insert("x-ratelimit-reset-requests", "1.5s".parse().unwrap_or_else(|_| unreachable!()));
         h.insert("x-ratelimit-remaining-tokens", "9000".parse().unwrap_or_else(|_| unreachable!()));
         h.insert("x-ratelimit-reset-tokens", "30s".parse().unwrap_or_else(|_| unreachable!()));
-        assert_eq!(retry_after_of(&h), Some(Duration::from_millis(1500)), "only the exhausted budget counts");
+        assert_eq!(
+            retry_after_of(&h, Protocol::OpenAi),
+            Some(Duration::from_millis(1500)),
+            "only the exhausted budget counts"
+        );
+    }
+
+    #[test]
+    fn anthropic_rate_limit_resets_are_times() {
+        let now = chrono::Utc.with_ymd_and_hms(2026, 11, 26, 12, 0, 0).single().unwrap_or_default();
+        let mut h = HeaderMap::new();
+        fn set(h: &mut HeaderMap, k: &'static str, v: &str) {
+            if let Ok(v) = v.parse() {
+                h.insert(k, v);
+            }
+        }
+        set(&mut h, "anthropic-ratelimit-requests-remaining", "12");
+        set(&mut h, "anthropic-ratelimit-requests-reset", "2026-11-26T12:00:30Z");
+        set(&mut h, "anthropic-ratelimit-input-tokens-remaining", "0");
+        set(&mut h, "anthropic-ratelimit-input-tokens-reset", "2026-11-26T12:00:07.500Z");
+        assert_eq!(anthropic_reset(&h, now), Some(Duration::from_millis(7500)), "only the exhausted budget counts");
+        set(&mut h, "anthropic-ratelimit-input-tokens-reset", "2026-11-26T11:59:00Z");
+        assert_eq!(anthropic_reset(&h, now), Some(Duration::ZERO), "a reset in the past is no wait");
+        set(&mut h, "anthropic-ratelimit-input-tokens-reset", "soon");
+        assert_eq!(anthropic_reset(&h, now), None);
     }
 
     #[test]

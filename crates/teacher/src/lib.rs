@@ -1,9 +1,10 @@
-//! Teacher LLM clients over the OpenAI chat-completions protocol.
+//! Teacher LLM clients over the OpenAI chat-completions and Anthropic Messages protocols.
 //!
 //! Layout:
 //! - [`error`]: `TeacherError`, classified retryable (429, 5xx, timeouts, connection errors,
 //!   malformed bodies) or permanent (400, context too long, 401/403, missing API key).
 //! - [`protocol`]: the request and response bodies of `POST /v1/chat/completions`.
+//! - [`anthropic`]: the bodies and rate-limit headers of `POST /v1/messages`.
 //! - [`client`]: one endpoint: HTTP call under its limits, error classification, Retry-After and
 //!   `x-ratelimit-*` headers, token accounting.
 //! - [`bucket`]: token buckets with refunds and changeable rates (tokens per minute).
@@ -14,6 +15,7 @@
 //! - [`pool`]: the configured endpoints and the call loop: weighted choice among healthy
 //!   endpoints, retries, failover.
 
+pub mod anthropic;
 pub mod bucket;
 pub mod client;
 pub mod error;

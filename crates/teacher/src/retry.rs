@@ -61,7 +61,7 @@ pub fn record(
             error: None,
             input_tokens: i32::try_from(a.input_tokens).unwrap_or(i32::MAX),
             output_tokens: i32::try_from(a.output_tokens).unwrap_or(i32::MAX),
-            cost_usd: client.cost_usd(a.input_tokens, a.output_tokens),
+            cost_usd: client.cost_usd(&a.usage()),
         },
         Err(e) => AttemptRecord {
             id: uuid::Uuid::now_v7(),

@@ -15,8 +15,8 @@ pub enum WorkerError {
     Core(#[from] CoreError),
     #[error(transparent)]
     Teacher(#[from] TeacherError),
-    #[error("prompt too long: {words} words, over the cap of {cap} (sampling.max_prompt_words)")]
-    PromptTooLong { words: usize, cap: usize },
+    #[error("prompt too long: {size} {unit}, over the cap of {cap} ({setting})")]
+    PromptTooLong { size: u64, unit: &'static str, cap: u64, setting: &'static str },
     /// The task's inputs changed under every one of several renders (upstream outputs kept
     /// arriving): the message is retried later.
     #[error("task {task_id}: its inputs changed during each of {renders} renders; retried later")]

@@ -76,7 +76,7 @@ impl ProcessorOptions {
     pub fn from_settings(s: &reasonrec_core::Settings) -> Self {
         Self {
             max_reasks: s.stages.max_reasks,
-            prompt_cap: PromptCap::from_settings(&s.sampling),
+            prompt_cap: PromptCap::from_settings(s),
             commit_batch: s.worker.commit_batch,
         }
     }
@@ -192,7 +192,7 @@ impl TaskProcessor {
             .teacher
             .clients()
             .iter()
-            .map(|c| OutputKey::compute_salted(task.stage, &prompt, &c.endpoint().model, &c.endpoint().params, salt))
+            .map(|c| OutputKey::for_endpoint(task.stage, &prompt, c.endpoint(), salt))
             .collect();
         if let Some(key) = self.store.first_existing_output(&keys).await? {
             let kind = FinishKind::Complete { key, output: None, history_truncated: truncated };
@@ -258,7 +258,7 @@ impl TaskProcessor {
                 ),
             });
         };
-        let key = OutputKey::compute_salted(stage, &prompt, &ep.model, &ep.params, salt);
+        let key = OutputKey::for_endpoint(stage, &prompt, &ep, salt);
         let output = NewOutput {
             key,
             stage,

@@ -7,8 +7,9 @@
 
 use crate::error::WorkerError;
 use crate::reviews::{ReviewView, sample_reviews};
+use reasonrec_core::Settings;
 use reasonrec_core::inputs::{HistoryEntry, ItemProfileInput, ReasoningInput, UserProfileInput};
-use reasonrec_core::settings::{Overlong, SamplingSettings};
+use reasonrec_core::settings::Overlong;
 use reasonrec_core::stage::Stage;
 use reasonrec_core::view::ItemView;
 use reasonrec_core::{CoreError, PromptLibrary, RenderedPrompt};
@@ -75,23 +76,86 @@ impl Inputs<'_> {
     }
 }
 
-/// The word cap on rendered prompts (`sampling.max_prompt_words`, `sampling.overlong`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The caps on rendered prompts: the method's word cap (`sampling.max_prompt_words`, handled as
+/// `sampling.overlong` says) and the smallest context window of the configured endpoints
+/// (`context_tokens` less `params.max_tokens`, estimated at `chars_per_token`), which is always
+/// met by trimming: a server cannot take a prompt that does not fit.
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PromptCap {
     pub max_words: usize,
     pub overlong: Overlong,
+    /// Estimated prompt tokens at most; 0 = no context window known.
+    pub max_tokens: u32,
+    pub chars_per_token: f32,
+}
+
+/// Which cap a prompt is over, and by how much.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Over {
+    Words(usize),
+    Tokens(u32),
 }
 
 impl PromptCap {
-    pub const NONE: PromptCap = PromptCap { max_words: 0, overlong: Overlong::Truncate };
+    pub const NONE: PromptCap =
+        PromptCap { max_words: 0, overlong: Overlong::Truncate, max_tokens: 0, chars_per_token: 4.0 };
 
-    pub fn from_settings(s: &SamplingSettings) -> Self {
-        Self { max_words: s.max_prompt_words, overlong: s.overlong }
+    pub fn from_settings(s: &Settings) -> Self {
+        // The prompt must fit whichever endpoint the pool picks.
+        let windowed =
+            s.teacher.endpoints.iter().filter_map(|e| e.prompt_token_budget().map(|b| (b, e.chars_per_token)));
+        let max_tokens = windowed.clone().map(|(b, _)| b).min().unwrap_or(0);
+        let chars_per_token = windowed.map(|(_, c)| c).fold(f32::INFINITY, f32::min);
+        Self {
+            max_words: s.sampling.max_prompt_words,
+            overlong: s.sampling.overlong,
+            max_tokens,
+            chars_per_token: if chars_per_token.is_finite() { chars_per_token } else { 4.0 },
+        }
     }
 
-    fn over(&self, prompt: &RenderedPrompt) -> Option<usize> {
+    /// Prompt tokens by this cap's estimate: characters / `chars_per_token`, rounded up, plus
+    /// 4 tokens of chat framing per message.
+    pub fn estimate_tokens(&self, prompt: &RenderedPrompt) -> u32 {
+        let per = f64::from(self.chars_per_token.max(0.5));
+        prompt.messages.iter().map(|m| (m.content.chars().count() as f64 / per).ceil() as u32 + 4).sum()
+    }
+
+    fn over(&self, prompt: &RenderedPrompt) -> Option<Over> {
+        if self.max_tokens > 0 {
+            let tokens = self.estimate_tokens(prompt);
+            if tokens > self.max_tokens {
+                return Some(Over::Tokens(tokens));
+            }
+        }
         let words = prompt.messages.iter().map(|m| m.content.split_whitespace().count()).sum();
-        (self.max_words > 0 && words > self.max_words).then_some(words)
+        (self.max_words > 0 && words > self.max_words).then_some(Over::Words(words))
+    }
+
+    /// Whether to drop the oldest history entry and render again.
+    fn trims(&self, prompt: &RenderedPrompt) -> bool {
+        match self.over(prompt) {
+            Some(Over::Tokens(_)) => true,
+            Some(Over::Words(_)) => self.overlong == Overlong::Truncate,
+            None => false,
+        }
+    }
+
+    fn too_long(&self, over: Over) -> WorkerError {
+        match over {
+            Over::Words(words) => WorkerError::PromptTooLong {
+                size: words as u64,
+                unit: "words",
+                cap: self.max_words as u64,
+                setting: "sampling.max_prompt_words",
+            },
+            Over::Tokens(tokens) => WorkerError::PromptTooLong {
+                size: u64::from(tokens),
+                unit: "estimated tokens",
+                cap: u64::from(self.max_tokens),
+                setting: "teacher.endpoints.context_tokens less params.max_tokens",
+            },
+        }
     }
 }
 
@@ -116,9 +180,10 @@ pub async fn render_task(
     Ok(render_capped(store, prompts, &bundle, PromptCap::NONE).await?.prompt)
 }
 
-/// Renders `task`'s prompt, reading the items it mentions and its upstream outputs. Over the
-/// cap, `truncate` drops the oldest entries of the history (reasoning) or window (user profile)
-/// until it fits, keeping at least one; what still does not fit is `PromptTooLong`.
+/// Renders `task`'s prompt, reading the items it mentions and its upstream outputs. Over a cap
+/// it trims (see [`PromptCap`]), the oldest entries of the history (reasoning) or window (user
+/// profile) are dropped until it fits, keeping at least one; what still does not fit is
+/// `PromptTooLong`.
 pub async fn render_capped(
     store: &Store,
     prompts: &PromptLibrary,
@@ -127,7 +192,6 @@ pub async fn render_capped(
 ) -> Result<Rendered, WorkerError> {
     let task = &bundle.task;
     let family = task.family.as_str();
-    let too_long = |words| WorkerError::PromptTooLong { words, cap: cap.max_words };
     let mut truncated = 0;
     let rendered = match task.stage {
         Stage::ItemProfile => {
@@ -142,7 +206,7 @@ pub async fn render_capped(
             let inputs = inputs(bundle);
             let mut ctx = UserProfileContext { window: inputs.window(task, &input.window)? };
             let mut prompt = prompts.render(Stage::UserProfile, family, &ctx)?;
-            while cap.over(&prompt).is_some() && cap.overlong == Overlong::Truncate && ctx.window.len() > 1 {
+            while cap.trims(&prompt) && ctx.window.len() > 1 {
                 ctx.window.remove(0);
                 truncated += 1;
                 prompt = prompts.render(Stage::UserProfile, family, &ctx)?;
@@ -160,7 +224,7 @@ pub async fn render_capped(
                 label,
             };
             let mut prompt = prompts.render(Stage::Reasoning, family, &ctx)?;
-            while cap.over(&prompt).is_some() && cap.overlong == Overlong::Truncate && ctx.history.len() > 1 {
+            while cap.trims(&prompt) && ctx.history.len() > 1 {
                 ctx.history.remove(0);
                 truncated += 1;
                 prompt = prompts.render(Stage::Reasoning, family, &ctx)?;
@@ -168,8 +232,8 @@ pub async fn render_capped(
             prompt
         }
     };
-    if let Some(words) = cap.over(&rendered) {
-        return Err(too_long(words));
+    if let Some(over) = cap.over(&rendered) {
+        return Err(cap.too_long(over));
     }
     Ok(Rendered { prompt: rendered, truncated })
 }

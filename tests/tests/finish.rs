@@ -131,3 +131,53 @@ async fn one_batch_completes_fails_reuses_and_releases_dependents_once() -> anyh
     assert_eq!(pending_again, pending_after);
     env.cleanup().await
 }
+
+/// `run cancel` crossing a commit batch (issue 15): a batch locks its tasks and then their
+/// dependents, in id order each, while cancel locks the run's unfinished tasks in one ascending
+/// pass, so a batch holding a high id and then reaching for a low one deadlocks with it. Here the
+/// batch's side is played by hand in that order; cancel, which waits first, is the transaction
+/// Postgres aborts, and it runs again instead of failing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_cancel_that_deadlocks_with_a_commit_batch_runs_again() -> anyhow::Result<()> {
+    let mut env = TestEnv::new().await?;
+    env.full_method();
+    env.settings.sampling.max_users = 5;
+    env.ingest_sample().await?;
+    let run = create_run(&env.store, &env.settings, "sample").await?.run_id;
+    let s = &env.store;
+    let (low, high): (Uuid, Uuid) = sqlx::query_as(
+        "SELECT (SELECT id FROM tasks WHERE run_id = $1 ORDER BY id LIMIT 1),
+                (SELECT id FROM tasks WHERE run_id = $1 ORDER BY id DESC LIMIT 1)",
+    )
+    .bind(run)
+    .fetch_one(s.pool())
+    .await?;
+
+    // The batch holds the high id ...
+    let mut batch = s.pool().begin().await?;
+    sqlx::query("SELECT 1 FROM tasks WHERE id = $1 FOR UPDATE").bind(high).execute(&mut *batch).await?;
+    // ... cancel takes the low one and waits for the high one ...
+    let cancel = tokio::spawn({
+        let s = s.clone();
+        async move { s.cancel_run(run).await }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let waiting =
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'";
+    while sqlx::query_scalar::<_, i64>(waiting).fetch_one(s.pool()).await? == 0 {
+        anyhow::ensure!(std::time::Instant::now() < deadline, "cancel never waited for the batch's row");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // ... and the batch reaches for the low one: a cycle. Cancel waited first, so its deadlock
+    // check (after deadlock_timeout) finds it and Postgres aborts cancel's transaction.
+    sqlx::query("UPDATE tasks SET pending_deps = pending_deps WHERE id = $1").bind(low).execute(&mut *batch).await?;
+    batch.commit().await?;
+
+    let cancelled = cancel.await?;
+    assert!(cancelled.is_ok(), "cancel ran again after the deadlock: {cancelled:?}");
+    let open =
+        count(s, "SELECT count(*) FROM tasks WHERE run_id = $1 AND state IN ('waiting', 'ready', 'published')", run)
+            .await?;
+    assert_eq!(open, 0);
+    env.cleanup().await
+}

@@ -21,6 +21,12 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// A deadlock (40P01) or serialization failure (40001): the transaction was aborted to let
+    /// another through, and running it again is the remedy.
+    pub fn is_transaction_conflict(&self) -> bool {
+        matches!(self, StoreError::Database(sqlx::Error::Database(db)) if db.code().is_some_and(|c| c == "40P01" || c == "40001"))
+    }
+
     /// True when the same statement may succeed later: lost connections, pool exhaustion,
     /// serialization failures and deadlocks, a server shutting down.
     pub fn is_retryable(&self) -> bool {

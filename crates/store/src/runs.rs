@@ -315,7 +315,26 @@ impl Store {
 
     /// Cancels a run: its unfinished tasks become `cancelled` (done ones stay). Messages still in
     /// the queue are acked and skipped by the workers. Returns how many tasks were cancelled.
+    ///
+    /// A commit batch locks its tasks in id order and then their dependents in id order, two
+    /// passes, while this locks the run's unfinished tasks in one: a batch holding a user
+    /// profile and waiting for a dependent of its item profile can still cross this. Postgres
+    /// breaks the cycle by aborting one transaction; when it is this one, it is run again (the
+    /// batch side retries its own), so an operator's cancel never ends in a deadlock error.
     pub async fn cancel_run(&self, run_id: Uuid) -> Result<u64, StoreError> {
+        let mut tries = 0;
+        loop {
+            match self.cancel_run_once(run_id).await {
+                Err(e) if tries < 5 && e.is_transaction_conflict() => {
+                    tries += 1;
+                    tracing::debug!(%run_id, tries, error = %e, "run cancel crossed a commit batch; again");
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn cancel_run_once(&self, run_id: Uuid) -> Result<u64, StoreError> {
         let mut tx = self.pool().begin().await?;
         let run = sqlx::query(
             "UPDATE runs SET state = 'cancelled', finished_at = now() WHERE id = $1 AND state <> 'cancelled'",

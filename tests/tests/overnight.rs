@@ -306,3 +306,62 @@ async fn a_slow_teacher_behind_a_long_queue_gets_each_task_published_and_asked_o
     broker.close().await;
     env.cleanup().await
 }
+
+/// Upstream outputs that keep arriving while a task is asked (issue 15): each answer is
+/// superseded and the task rendered again; after three renders the worker hands the message back
+/// (`InputsKeptChanging`, retryable) with every paid call recorded and the task untouched, and
+/// the next delivery, once the inputs hold still, completes it. The arrivals are played by SQL
+/// (a new text of `u`'s output and a new inputs version of `r`, what the store's replan path
+/// writes; that path itself is tested above), so they can come during every call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_whose_inputs_keep_changing_is_handed_back_with_every_call_recorded() -> anyhow::Result<()> {
+    let mut env = TestEnv::with_mock(reasonrec_mock_teacher::MockConfig {
+        latency_ms: 300,
+        ..reasonrec_mock_teacher::MockConfig::default()
+    })
+    .await?;
+    let run = full_method_run(&mut env).await?;
+    let s = env.store.clone();
+    let (u, r) = chain(&s, run).await?;
+    finish_other_deps(&s, run, r, u).await?;
+    s.finish_tasks(&[complete(u, run, 0, "profile u")]).await?;
+    assert_eq!(row(&s, r).await?.state, "ready");
+
+    let stop = tokio_util::sync::CancellationToken::new();
+    let arrivals = tokio::spawn({
+        let (s, stop) = (s.clone(), stop.clone());
+        async move {
+            while !stop.is_cancelled() {
+                sqlx::query("UPDATE outputs SET text = text || ' and more' WHERE key = (SELECT output_key FROM tasks WHERE id = $1)")
+                    .bind(u)
+                    .execute(s.pool())
+                    .await?;
+                sqlx::query("UPDATE tasks SET inputs_version = inputs_version + 1 WHERE id = $1")
+                    .bind(r)
+                    .execute(s.pool())
+                    .await?;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Ok::<(), anyhow::Error>(())
+        }
+    });
+    let processor = env.processor()?;
+    let msg = TaskMessage::new(r, run, Stage::Reasoning);
+    let handed_back = processor.process(&msg).await;
+    stop.cancel();
+    arrivals.await??;
+    match &handed_back {
+        Err(e @ reasonrec_worker::WorkerError::InputsKeptChanging { renders: 3, .. }) => assert!(e.is_retryable()),
+        other => panic!("expected the message handed back after three renders, got {other:?}"),
+    }
+    assert_eq!(env.mock.stats().ok, 3, "one call per render");
+    let recorded = count(&s, "SELECT count(*) FROM attempts WHERE task_id = $1", r).await?;
+    assert_eq!(recorded, 3, "every paid call is in the ledger");
+    let after = row(&s, r).await?;
+    assert_eq!(after.state, "ready", "superseded answers moved nothing");
+
+    let done = processor.process(&msg).await?;
+    assert!(matches!(done, Outcome::Completed { reused: false }), "{done:?}");
+    assert_eq!(row(&s, r).await?.state, "done");
+    env.cleanup().await
+}

@@ -108,6 +108,9 @@ pub struct TrainExportArgs {
     /// Drop rationales whose normalised text repeats an earlier one.
     #[arg(long)]
     pub dedup: bool,
+    /// Write only outputs a reviewer approved (`corpus audit`); rejected ones are never written.
+    #[arg(long)]
+    pub approved_only: bool,
     /// Few-shot set sizes, comma-separated (default: trainer.few_shot; 0 for none).
     #[arg(long, value_delimiter = ',')]
     pub few_shot: Option<Vec<usize>>,
@@ -392,6 +395,32 @@ pub enum CorpusCommand {
     /// What changed between two corpora (run ids or snapshot names): tasks added, removed,
     /// changed (another output) and unchanged, per stage, with examples.
     Diff(CorpusDiffArgs),
+    /// Review a run's outputs without a browser: print a seeded sample stratified by stage and
+    /// label (`--sample`), record verdicts from a file (`--marks`), or, with neither, print
+    /// what was audited and the error rate it suggests per stage.
+    Audit(CorpusAuditArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CorpusAuditArgs {
+    /// The run (a run id or a snapshot name).
+    pub run: String,
+    /// Outputs per (stage, label) to print for review.
+    #[arg(long, conflicts_with = "marks")]
+    pub sample: Option<i64>,
+    /// Seed of the sample (the same seed draws the same outputs).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// A JSONL file of verdicts, one object per line: {"task": UUID, "verdict": "approved" |
+    /// "rejected", "reason": TEXT}; lines whose verdict is null are skipped, so the JSON sample
+    /// (`--sample N --json`) filled in by a reviewer is such a file.
+    #[arg(long)]
+    pub marks: Option<PathBuf>,
+    /// Who reviewed (default: $USER).
+    #[arg(long)]
+    pub reviewer: Option<String>,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

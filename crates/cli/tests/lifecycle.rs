@@ -169,3 +169,66 @@ async fn runs_are_listed_paused_resumed_snapshotted_and_diffed_through_the_binar
     );
     env.cleanup().await
 }
+
+/// `corpus audit` for teams without a browser (issue 18): a seeded sample printed as JSON lines,
+/// the same lines filled in by a reviewer read back as marks, and the per-stage error rate; a bad
+/// line names file, line and field and marks nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corpus_audit_samples_reads_marks_back_and_estimates_the_error_rate() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    env.ingest_sample().await?;
+    let dir = tempfile::tempdir()?;
+    let config = write_config(&env, dir.path())?;
+    let created = json(&reasonrec(&config, &["run", "create", "--dataset", "sample", "--no-publish", "--json"])?)?;
+    let run: Uuid = serde_json::from_value(created["plan"]["run_id"].clone())?;
+    env.run_to_completion(run).await?;
+    let run_arg = run.to_string();
+
+    let sample = ok(&reasonrec(&config, &["corpus", "audit", &run_arg, "--sample", "2", "--seed", "3", "--json"])?);
+    let mut lines: Vec<Value> = sample.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
+    assert!(lines.len() >= 3 && lines.len() <= 4, "two per label: {sample}");
+    assert!(lines.iter().all(|l| l["verdict"].is_null() && l["stage"] == "reasoning"), "{sample}");
+    // The reviewer rejects the first, approves the next two and leaves the rest open.
+    lines[0]["verdict"] = "rejected".into();
+    lines[0]["reason"] = "cites a film not in the history".into();
+    for l in &mut lines[1..3] {
+        l["verdict"] = "approved".into();
+    }
+    let filled: Vec<String> = lines.iter().map(Value::to_string).collect();
+    let marks = dir.path().join("marks.jsonl");
+    std::fs::write(&marks, filled.join("\n\n") + "\n")?;
+
+    // A bad verdict: named with file, line and field; nothing is marked.
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(&bad, format!("{}\n{}\n", filled[1], filled[0].replace("\"rejected\"", "\"maybe\"")))?;
+    refused(
+        &reasonrec(&config, &["corpus", "audit", &run_arg, "--marks", bad.to_str().unwrap_or_default()])?,
+        "bad.jsonl:2: field verdict",
+    );
+    let unknown = dir.path().join("unknown.jsonl");
+    std::fs::write(
+        &unknown,
+        filled[1].replace(&lines[1]["task"].as_str().unwrap_or_default().to_string(), &Uuid::nil().to_string()),
+    )?;
+    refused(
+        &reasonrec(&config, &["corpus", "audit", &run_arg, "--marks", unknown.to_str().unwrap_or_default()])?,
+        "is not a done task",
+    );
+    let summary = json(&reasonrec(&config, &["corpus", "audit", &run_arg, "--json"])?)?;
+    assert_eq!(summary["stages"][0]["counts"]["approved"], 0, "nothing marked by the refused files");
+
+    let text = ok(&reasonrec(
+        &config,
+        &["corpus", "audit", &run_arg, "--marks", marks.to_str().unwrap_or_default(), "--reviewer", "ana"],
+    )?);
+    assert!(text.contains("3 outputs marked by ana"), "{text}");
+    assert!(text.contains("3 audited (2 approved, 1 rejected): error rate 33.3 %"), "{text}");
+    let summary = json(&reasonrec(&config, &["corpus", "audit", &run_arg, "--json"])?)?;
+    let rate = &summary["stages"][0]["error_rate"];
+    assert_eq!((rate["audited"].as_u64(), rate["rejected"].as_u64()), (Some(3), Some(1)));
+    assert!(rate["low"].as_f64() < Some(0.34) && rate["high"].as_f64() > Some(0.34), "{rate}");
+    // The text sample shows the marks.
+    let shown = ok(&reasonrec(&config, &["corpus", "audit", &run_arg, "--sample", "2", "--seed", "3"])?);
+    assert!(shown.contains("[rejected: cites a film not in the history]") && shown.contains("[approved]"), "{shown}");
+    env.cleanup().await
+}

@@ -18,6 +18,7 @@
 //! - [`view`]: items as prompt templates see them (shared by teacher and student prompts).
 
 pub mod attempt;
+pub mod audit;
 pub mod data;
 pub mod error;
 pub mod finishing;

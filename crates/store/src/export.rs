@@ -31,6 +31,8 @@ pub struct ExportTask {
     pub template_version: String,
     pub model: String,
     pub params: serde_json::Value,
+    /// The output's audit mark (`audit_marks`), if a reviewer marked it.
+    pub audit: Option<reasonrec_core::audit::Verdict>,
 }
 
 /// Task counts of a run, for the export manifest.
@@ -48,9 +50,10 @@ pub struct ExportCounts {
 /// rows spilled to disk at the default `work_mem`.
 const TASK_COLUMNS: &str = "t.id, t.split, t.label, t.input, t.history_truncated, t.user_id, t.item_id,
        u.ext_id AS user_ext, i.ext_id AS item_ext,
-       o.text, o.template, o.template_version, o.model, o.params
+       o.text, o.template, o.template_version, o.model, o.params, a.verdict
 FROM page t
 JOIN outputs o ON o.key = t.output_key
+LEFT JOIN audit_marks a ON a.output_key = t.output_key
 JOIN users u ON u.dataset_id = $2 AND u.id = t.user_id
 JOIN items i ON i.dataset_id = $2 AND i.id = t.item_id";
 
@@ -81,6 +84,10 @@ fn export_task(r: &sqlx::postgres::PgRow) -> Result<ExportTask, StoreError> {
         template_version: r.try_get("template_version")?,
         model: r.try_get("model")?,
         params: r.try_get("params")?,
+        audit: r
+            .try_get::<Option<String>, _>("verdict")?
+            .map(|v| v.parse().map_err(StoreError::Corrupt))
+            .transpose()?,
     })
 }
 

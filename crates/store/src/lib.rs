@@ -16,12 +16,14 @@
 //! - [`lifecycle`]: pause and resume, budgets, priorities, the run list, snapshots, corpus diffs.
 //! - [`incremental`]: reads for incremental planning: the dataset's previous completed run and
 //!   its tasks in one stream, item and review content for fingerprints, token averages.
+//! - [`audit`]: audit marks on ledger outputs (per output key), review samples, audited counts.
 //! - [`export`]: the student export's reads: done reasoning tasks in keyset pages, with the items
 //!   and profile outputs of each page.
 //!
 //! Queries are checked at run time (`sqlx::query`), not with the compile-time macros: building
 //! needs no database and no committed `.sqlx/` cache. Integration tests cover every query.
 
+pub mod audit;
 pub mod datasets;
 pub mod error;
 pub mod export;

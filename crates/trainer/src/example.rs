@@ -199,6 +199,7 @@ mod tests {
             template_version: String::new(),
             model: String::new(),
             params: serde_json::json!({}),
+            audit: None,
         };
         cut_to_seen_history(&mut task);
         assert_eq!(task.input.history.iter().map(|h| h.item).collect::<Vec<_>>(), vec![3]);

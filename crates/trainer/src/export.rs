@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use reasonrec_core::PromptLibrary;
+use reasonrec_core::audit::AuditPolicy;
 use reasonrec_core::stage::RunState;
 use reasonrec_store::Store;
 use reasonrec_store::export::{ExportCounts, ExportTask};
@@ -30,8 +31,8 @@ use crate::fewshot;
 use crate::files::{BackgroundSinks, ExampleSink, FileEntry, Format};
 use crate::filters::{FilterOptions, Filters};
 use crate::manifest::{
-    DatasetInfo, ExportOptionsInfo, LabelCounts, MANIFEST_VERSION, Manifest, Provenance, RunInfo, Splits, TaskCounts,
-    TemplateInfo, Templates,
+    AuditCounts, DatasetInfo, ExportOptionsInfo, LabelCounts, MANIFEST_VERSION, Manifest, Provenance, RunInfo, Splits,
+    TaskCounts, TemplateInfo, Templates,
 };
 
 /// Tasks read per page. Up to four pages are in memory at once (see the module doc); at 2,000 the
@@ -60,6 +61,8 @@ pub struct ExportOptions {
     /// Export what is done now instead of waiting for the run to complete.
     pub partial: bool,
     pub filters: FilterOptions,
+    /// Which outputs the audit marks let through (rejected ones never).
+    pub audit: AuditPolicy,
     /// Few-shot set sizes (none: no few-shot files).
     pub few_shot: Vec<usize>,
     pub seed: u64,
@@ -77,6 +80,7 @@ impl ExportOptions {
             format: Format::Both,
             partial: false,
             filters: FilterOptions::default(),
+            audit: AuditPolicy::default(),
             few_shot: Vec::new(),
             seed: 0,
             page_size: PAGE_SIZE,
@@ -230,6 +234,7 @@ pub async fn export_run(
     let sinks = SPLITS.iter().map(|s| ExampleSink::create(&opts.out, s, opts.format)).collect::<Result<Vec<_>, _>>()?;
     let mut sinks = BackgroundSinks::spawn(sinks)?;
     let mut filters = Filters::new(opts.filters.clone());
+    let mut audit = AuditCounts::new(opts.audit);
     let mut provenance = Provenance::default();
     let mut counts = [LabelCounts::default(); 3];
     let mut train_rows: Vec<(Uuid, bool)> = Vec::new();
@@ -247,6 +252,9 @@ pub async fn export_run(
         next = read(last.id);
         let mut page = Vec::with_capacity(tasks.len());
         for mut task in tasks {
+            if !audit.admit(task.audit) {
+                continue;
+            }
             let reasoning = extract_reasoning(&task.text).to_string();
             if !filters.keep(&reasoning, task.label) {
                 continue;
@@ -308,6 +316,7 @@ pub async fn export_run(
         splits: Splits { train: counts[0], validation: counts[1], test: counts[2] },
         few_shot: draw.sets.clone(),
         filters: report,
+        audit,
         options: ExportOptionsInfo {
             format: opts.format,
             partial: opts.partial,

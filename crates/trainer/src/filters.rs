@@ -48,7 +48,7 @@ pub struct Removed {
 /// What the filters did, for the manifest. A filter that was off is `null`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct FilterReport {
-    /// Done reasoning tasks read.
+    /// Done reasoning tasks read that the audit marks admitted (see the manifest's `audit`).
     pub rows_read: u64,
     /// Rows written to the split files.
     pub rows_kept: u64,

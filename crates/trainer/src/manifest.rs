@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+use reasonrec_core::audit::{AuditPolicy, Verdict};
 use serde::Serialize;
 
 use crate::fewshot::FewShotSet;
@@ -26,6 +27,8 @@ pub struct Manifest {
     pub splits: Splits,
     pub few_shot: Vec<FewShotSet>,
     pub filters: FilterReport,
+    /// What the audit marks kept out (issue 18).
+    pub audit: AuditCounts,
     pub options: ExportOptionsInfo,
     /// Every file written, with its rows, size and SHA-256 (the manifest itself excepted).
     pub files: Vec<FileEntry>,
@@ -116,6 +119,35 @@ pub struct Splits {
     pub train: LabelCounts,
     pub validation: LabelCounts,
     pub test: LabelCounts,
+}
+
+/// The audit marks of the done reasoning outputs read, and what the policy did with them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct AuditCounts {
+    pub policy: AuditPolicy,
+    /// Outputs a reviewer approved (written, unless a filter removed them).
+    pub approved: u64,
+    /// Outputs a reviewer rejected: never written.
+    pub rejected_excluded: u64,
+    /// Outputs nobody reviewed that `--approved-only` kept out.
+    pub unreviewed_excluded: u64,
+}
+
+impl AuditCounts {
+    pub fn new(policy: AuditPolicy) -> Self {
+        Self { policy, ..Self::default() }
+    }
+
+    /// Counts an output's mark; returns whether the policy admits it.
+    pub fn admit(&mut self, mark: Option<Verdict>) -> bool {
+        match mark {
+            Some(Verdict::Approved) => self.approved += 1,
+            Some(Verdict::Rejected) => self.rejected_excluded += 1,
+            None if !self.policy.admits(None) => self.unreviewed_excluded += 1,
+            None => {}
+        }
+        self.policy.admits(mark)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -1,10 +1,14 @@
-//! `corpus snapshot`, `corpus snapshots`, `corpus diff`.
+//! `corpus snapshot`, `corpus snapshots`, `corpus diff`, `corpus audit`.
 
 use super::connect_store;
-use crate::cli::{CorpusDiffArgs, SnapshotArgs, SnapshotsArgs};
+use crate::cli::{CorpusAuditArgs, CorpusDiffArgs, SnapshotArgs, SnapshotsArgs};
 use reasonrec_core::Settings;
+use reasonrec_core::audit::{ErrorRate, Verdict};
 use reasonrec_core::terminal::terminal_safe as safe;
+use reasonrec_store::Store;
+use reasonrec_store::audit::{NewMark, SampleRow, StageAudit};
 use reasonrec_store::lifecycle::{CorpusDiff, CorpusRef, Snapshot, SnapshotOutcome};
+use std::path::Path;
 use std::process::ExitCode;
 
 pub async fn snapshot(settings: &Settings, a: SnapshotArgs) -> anyhow::Result<ExitCode> {
@@ -103,6 +107,128 @@ fn render_diff(from: &CorpusRef, to: &CorpusRef, d: &CorpusDiff) -> String {
             })
             .collect();
         out.push_str(&format!("{category}: {}\n", shown.join(", ")));
+    }
+    out
+}
+
+pub async fn audit(settings: &Settings, a: CorpusAuditArgs) -> anyhow::Result<ExitCode> {
+    let store = connect_store(settings).await?;
+    store.ensure_migrated().await?;
+    let run = store.resolve_corpus(&a.run).await?.run_id;
+    if let Some(n) = a.sample {
+        anyhow::ensure!(n > 0, "--sample must be at least 1, got {n}");
+        let rows = store.audit_sample(run, n, a.seed).await?;
+        if a.json {
+            // One object per line, verdict and reason ready to fill in and read back by --marks.
+            for r in &rows {
+                println!("{}", serde_json::to_string(r)?);
+            }
+        } else {
+            print!("{}", render_sample(&rows));
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(path) = &a.marks {
+        let reviewer = a.reviewer.clone().or_else(|| std::env::var("USER").ok()).unwrap_or_else(|| "unknown".into());
+        anyhow::ensure!(!reviewer.trim().is_empty(), "--reviewer must not be empty");
+        let marked = apply_marks(&store, run, path, reviewer.trim()).await?;
+        println!("{marked} outputs marked by {} in run {run}", safe(reviewer.trim()));
+    }
+    let counts = store.audit_counts(run).await?;
+    if a.json {
+        let stages: Vec<serde_json::Value> = counts
+            .iter()
+            .map(|c| {
+                let rate = ErrorRate::estimate(c.rejected as u64, (c.approved + c.rejected) as u64);
+                serde_json::json!({ "counts": c, "error_rate": rate })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "run": run, "stages": stages }))?);
+    } else {
+        print!("{}", render_audit(run, &counts));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Reads the marks file (every error names file:line) and records its verdicts, all or none.
+async fn apply_marks(store: &Store, run: uuid::Uuid, path: &Path, reviewer: &str) -> anyhow::Result<u64> {
+    let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let mut lines = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let at = format!("{}:{}", path.display(), i + 1);
+        if line.trim().is_empty() {
+            continue;
+        }
+        let m: serde_json::Value = serde_json::from_str(line).map_err(|e| anyhow::anyhow!("{at}: {e}"))?;
+        let verdict = match &m["verdict"] {
+            serde_json::Value::Null => continue,
+            serde_json::Value::String(v) => {
+                v.parse::<Verdict>().map_err(|e| anyhow::anyhow!("{at}: field verdict: {e}"))?
+            }
+            other => anyhow::bail!("{at}: field verdict: {other} is not a string or null"),
+        };
+        let task: uuid::Uuid = m["task"]
+            .as_str()
+            .and_then(|t| t.parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("{at}: field task: {} is not a task id", m["task"]))?;
+        let reason = match &m["reason"] {
+            serde_json::Value::Null => None,
+            serde_json::Value::String(r) if r.trim().is_empty() => None,
+            serde_json::Value::String(r) => Some(r.trim().to_string()),
+            other => anyhow::bail!("{at}: field reason: {other} is not a string or null"),
+        };
+        lines.push((at, task, verdict, reason));
+    }
+    let tasks: Vec<uuid::Uuid> = lines.iter().map(|l| l.1).collect();
+    let keys = store.done_output_keys(run, &tasks).await?;
+    let mut marks = Vec::with_capacity(lines.len());
+    for (at, task, verdict, reason) in lines {
+        let Some(key) = keys.get(&task) else {
+            anyhow::bail!("{at}: field task: {task} is not a done task of run {run}; nothing was marked");
+        };
+        marks.push(NewMark { output_key: key.clone(), verdict, reason, reviewer: reviewer.to_string() });
+    }
+    Ok(store.mark_outputs(&marks).await?)
+}
+
+fn render_sample(rows: &[SampleRow]) -> String {
+    if rows.is_empty() {
+        return "no done output to sample\n".into();
+    }
+    let mut out = String::new();
+    for r in rows {
+        let label = match r.label {
+            Some(true) => " liked",
+            Some(false) => " disliked",
+            None => "",
+        };
+        let mark = match (&r.verdict, &r.reason) {
+            (Some(v), Some(why)) => format!("  [{v}: {}]", safe(why)),
+            (Some(v), None) => format!("  [{v}]"),
+            _ => String::new(),
+        };
+        out.push_str(&format!("── task {}  {}{label}{mark}\n{}\n\n", r.task, r.stage, safe(&r.text)));
+    }
+    out
+}
+
+fn render_audit(run: uuid::Uuid, counts: &[StageAudit]) -> String {
+    let mut out = format!("audit of run {run}\n");
+    for c in counts {
+        let audited = (c.approved + c.rejected) as u64;
+        let rate = match ErrorRate::estimate(c.rejected as u64, audited) {
+            Some(e) => {
+                format!("error rate {:.1} % (95 % CI {:.1}-{:.1} %)", e.rate * 100.0, e.low * 100.0, e.high * 100.0)
+            }
+            None => "not audited yet".into(),
+        };
+        out.push_str(&format!(
+            "  {:<13} {} done, {} audited ({} approved, {} rejected): {rate}\n",
+            c.stage, c.done, audited, c.approved, c.rejected
+        ));
+    }
+    if counts.is_empty() {
+        out.push_str("  no done task\n");
     }
     out
 }

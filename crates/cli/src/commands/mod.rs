@@ -52,6 +52,7 @@ pub async fn dispatch(args: Cli) -> anyhow::Result<ExitCode> {
         Command::Corpus(CorpusCommand::Snapshot(a)) => corpus::snapshot(&settings, a).await,
         Command::Corpus(CorpusCommand::Snapshots(a)) => corpus::snapshots(&settings, a).await,
         Command::Corpus(CorpusCommand::Diff(a)) => corpus::diff(&settings, a).await,
+        Command::Corpus(CorpusCommand::Audit(a)) => corpus::audit(&settings, a).await,
     }
 }
 

@@ -38,6 +38,9 @@ pub async fn export(settings: &Settings, a: TrainExportArgs) -> anyhow::Result<E
         label_consistent: a.label_consistent,
         dedup: a.dedup,
     };
+    if a.approved_only {
+        opts.audit = reasonrec_core::audit::AuditPolicy::ApprovedOnly;
+    }
     opts.few_shot = a.few_shot.unwrap_or_else(|| settings.trainer.few_shot.clone());
     opts.few_shot.retain(|&n| n > 0);
     opts.seed = settings.trainer.seed;
@@ -112,6 +115,18 @@ fn render(m: &Manifest, out: &std::path::Path, secs: f64) -> String {
     }
     if !removed.is_empty() {
         s += &format!("  removed by filters: {}\n", removed.join(", "));
+    }
+    let audit = &m.audit;
+    if audit.approved + audit.rejected_excluded + audit.unreviewed_excluded > 0 {
+        s += &format!(
+            "  audit marks: {} approved, {} rejected (left out){}\n",
+            audit.approved,
+            audit.rejected_excluded,
+            match audit.unreviewed_excluded {
+                0 => String::new(),
+                n => format!(", {n} unreviewed (left out: --approved-only)"),
+            }
+        );
     }
     s += &format!("  student template {} ({})\n", m.templates.student.name, m.templates.student.version);
     s += &format!("  {} files and manifest.json\n", m.files.len());

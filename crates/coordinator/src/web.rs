@@ -1,5 +1,11 @@
 //! The coordinator's HTTP endpoint: a read-only status page (`/`) and its data (`/api/runs`),
-//! plus `/metrics`, `/healthz`, `/readyz` from `reasonrec-ops`.
+//! the corpus browser (`/corpus`; its data: `/api/runs/{run}/tasks`, `/api/tasks/{id}`, and
+//! `POST /api/outputs/{key}/mark` for audit marks), plus `/metrics`, `/healthz`, `/readyz` from
+//! `reasonrec-ops`.
+//!
+//! Marking is the one write. It takes only `application/json` bodies: a page on another site
+//! can post a form to a loopback server (whose `Host` is then loopback) but cannot send JSON
+//! there without a CORS preflight, which this server never grants.
 //!
 //! [`Access`] decides who reads runs. Bound beyond loopback, `/api/runs` needs the token: an
 //! `Authorization: Bearer <token>` header, or the HttpOnly cookie that `POST /login` (the page's
@@ -10,7 +16,7 @@
 
 use crate::status::{RunStatus, run_status};
 use axum::Router;
-use axum::extract::{Form, State};
+use axum::extract::{Form, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Json, Response};
 use axum::routing::{get, post};
@@ -22,6 +28,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const PAGE: &str = include_str!("../assets/status.html");
+const CORPUS_PAGE: &str = include_str!("../assets/corpus.html");
+
+/// Renders a task's prompt again and checks it against its output key (the worker's rendering,
+/// given by the binary that has it: the coordinator crate does not know how prompts are made).
+pub type PromptCheck =
+    Arc<dyn Fn(uuid::Uuid) -> futures::future::BoxFuture<'static, Result<serde_json::Value, String>> + Send + Sync>;
 
 #[derive(Clone)]
 struct WebState {
@@ -32,6 +44,7 @@ struct WebState {
     /// The last `/api/runs` answer: each open page asks every 5 s, and counting a run's tasks
     /// scans them all, so at a million tasks a run a few open pages would keep Postgres busy.
     runs_cache: Arc<Cached<Vec<RunView>>>,
+    prompt_check: Option<PromptCheck>,
 }
 
 /// A value loaded again only after [`crate::status::count_interval`] of the last load's duration
@@ -167,6 +180,233 @@ async fn page(State(state): State<WebState>, headers: HeaderMap) -> Response {
     Html(PAGE).into_response()
 }
 
+/// The corpus browser: like the status page, it holds no data itself.
+async fn corpus_page(State(state): State<WebState>, headers: HeaderMap) -> Response {
+    if matches!(state.access.as_ref(), Access::Loopback) && !authorized(&state, &headers) {
+        return refused(&state);
+    }
+    Html(CORPUS_PAGE).into_response()
+}
+
+/// A page of the browser's task list as the query string gives it: the filters, `after` (the
+/// last task id of the previous page) and `limit`. Read as text and parsed here, so a bad value
+/// is a 400 naming its parameter.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct TasksQuery {
+    stage: Option<String>,
+    state: Option<String>,
+    split: Option<String>,
+    label: Option<String>,
+    error_class: Option<String>,
+    model: Option<String>,
+    template_version: Option<String>,
+    carried: Option<String>,
+    text: Option<String>,
+    min_words: Option<String>,
+    max_words: Option<String>,
+    mark: Option<String>,
+    after: Option<String>,
+    limit: Option<String>,
+}
+
+/// An empty parameter is no filter.
+fn param<T: std::str::FromStr>(name: &str, v: &Option<String>) -> Result<Option<T>, String>
+where
+    T::Err: std::fmt::Display,
+{
+    match v.as_deref().map(str::trim).filter(|v| !v.is_empty()) {
+        None => Ok(None),
+        Some(v) => v.parse().map(Some).map_err(|e| format!("{name}: {v:?}: {e}")),
+    }
+}
+
+impl TasksQuery {
+    fn parse(&self) -> Result<(reasonrec_store::browse::TaskFilter, Option<uuid::Uuid>, i64), String> {
+        use reasonrec_store::browse::MarkFilter;
+        let text = |v: &Option<String>| v.as_deref().map(str::trim).filter(|v| !v.is_empty()).map(String::from);
+        let mark = match text(&self.mark).as_deref() {
+            None => None,
+            Some("approved") => Some(MarkFilter::Approved),
+            Some("rejected") => Some(MarkFilter::Rejected),
+            Some("unreviewed") => Some(MarkFilter::Unreviewed),
+            Some(other) => return Err(format!("mark: {other:?} is not approved, rejected or unreviewed")),
+        };
+        let filter = reasonrec_store::browse::TaskFilter {
+            stage: param("stage", &self.stage)?,
+            state: param("state", &self.state)?,
+            split: text(&self.split),
+            label: param("label", &self.label)?,
+            error_class: text(&self.error_class),
+            model: text(&self.model),
+            template_version: text(&self.template_version),
+            carried: param("carried", &self.carried)?,
+            text: text(&self.text),
+            min_words: param("min_words", &self.min_words)?,
+            max_words: param("max_words", &self.max_words)?,
+            mark,
+        };
+        let limit: i64 = param("limit", &self.limit)?.unwrap_or(50);
+        Ok((filter, param("after", &self.after)?, limit.clamp(1, 500)))
+    }
+}
+
+#[derive(Serialize)]
+struct TasksPage {
+    tasks: Vec<reasonrec_store::browse::TaskListRow>,
+    /// Where the next page starts; None on the last page.
+    next: Option<uuid::Uuid>,
+}
+
+fn store_error(e: reasonrec_store::StoreError) -> Response {
+    match e {
+        reasonrec_store::StoreError::NotFound(what) => {
+            (StatusCode::NOT_FOUND, format!("not found: {what}\n")).into_response()
+        }
+        other => (StatusCode::SERVICE_UNAVAILABLE, format!("cannot read: {other}\n")).into_response(),
+    }
+}
+
+async fn tasks(
+    State(state): State<WebState>,
+    headers: HeaderMap,
+    Path(run): Path<uuid::Uuid>,
+    query: Result<Query<TasksQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    if !authorized(&state, &headers) {
+        return refused(&state);
+    }
+    let parsed = match query {
+        Ok(Query(q)) => q.parse(),
+        Err(e) => Err(e.to_string()),
+    };
+    let (filter, after, limit) = match parsed {
+        Ok(p) => p,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+    };
+    match state.store.browse_tasks(run, &filter, after, limit).await {
+        Ok(tasks) => {
+            let next = (tasks.len() as i64 == limit).then(|| tasks.last().map(|t| t.id)).flatten();
+            Json(TasksPage { tasks, next }).into_response()
+        }
+        Err(e) => store_error(e),
+    }
+}
+
+#[derive(Serialize)]
+struct TaskPage {
+    #[serde(flatten)]
+    detail: reasonrec_store::browse::TaskDetail,
+    /// The prompt rendered again and checked against the output key; an error text when it
+    /// cannot be rendered; absent when this server was started without prompts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prompt: Option<Result<serde_json::Value, String>>,
+}
+
+async fn task(State(state): State<WebState>, headers: HeaderMap, Path(id): Path<uuid::Uuid>) -> Response {
+    if !authorized(&state, &headers) {
+        return refused(&state);
+    }
+    let detail = match state.store.task_detail(id).await {
+        Ok(d) => d,
+        Err(e) => return store_error(e),
+    };
+    let prompt = match &state.prompt_check {
+        Some(check) => Some(check(id).await),
+        None => None,
+    };
+    Json(TaskPage { detail, prompt }).into_response()
+}
+
+#[derive(Deserialize)]
+struct SampleQuery {
+    n: Option<i64>,
+    seed: Option<u64>,
+}
+
+/// A seeded review sample: up to `n` done outputs per (stage, label).
+async fn sample(
+    State(state): State<WebState>,
+    headers: HeaderMap,
+    Path(run): Path<uuid::Uuid>,
+    query: Result<Query<SampleQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    if !authorized(&state, &headers) {
+        return refused(&state);
+    }
+    let Ok(Query(q)) = query else {
+        return (StatusCode::BAD_REQUEST, "n and seed are numbers\n").into_response();
+    };
+    match state.store.audit_sample(run, q.n.unwrap_or(5).clamp(1, 100), q.seed.unwrap_or(0)).await {
+        Ok(rows) => Json(serde_json::json!({ "sample": rows })).into_response(),
+        Err(e) => store_error(e),
+    }
+}
+
+/// What was audited per stage, with the error rate it suggests.
+async fn audit(State(state): State<WebState>, headers: HeaderMap, Path(run): Path<uuid::Uuid>) -> Response {
+    if !authorized(&state, &headers) {
+        return refused(&state);
+    }
+    match state.store.audit_counts(run).await {
+        Ok(counts) => {
+            let stages: Vec<serde_json::Value> =
+                counts.iter().map(|c| serde_json::json!({ "counts": c, "error_rate": c.error_rate() })).collect();
+            Json(serde_json::json!({ "run": run, "stages": stages })).into_response()
+        }
+        Err(e) => store_error(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct MarkBody {
+    verdict: reasonrec_core::audit::Verdict,
+    reason: Option<String>,
+    reviewer: String,
+}
+
+async fn mark(
+    State(state): State<WebState>,
+    headers: HeaderMap,
+    Path(key): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    if !authorized(&state, &headers) {
+        return refused(&state);
+    }
+    let json_body = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json")));
+    if !json_body {
+        return (StatusCode::UNSUPPORTED_MEDIA_TYPE, "marks are sent as application/json\n").into_response();
+    }
+    let Ok(output_key) = hex::decode(&key) else {
+        return (StatusCode::BAD_REQUEST, "the output key is hex\n").into_response();
+    };
+    let m: MarkBody = match serde_json::from_slice(&body) {
+        Ok(m) => m,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+    };
+    let reviewer = m.reviewer.trim();
+    if reviewer.is_empty() || reviewer.chars().count() > 100 {
+        return (StatusCode::BAD_REQUEST, "reviewer: 1 to 100 characters\n").into_response();
+    }
+    let reason = m.reason.map(|r| r.trim().chars().take(2_000).collect::<String>()).filter(|r| !r.is_empty());
+    let new =
+        reasonrec_store::audit::NewMark { output_key, verdict: m.verdict, reason, reviewer: reviewer.to_string() };
+    match state.store.mark_outputs(&[new]).await {
+        Ok(_) => StatusCode::NO_CONTENT.into_response(),
+        // The key names no output of the ledger (the foreign key refused it).
+        Err(reasonrec_store::StoreError::Database(sqlx::Error::Database(db)))
+            if db.code().as_deref() == Some("23503") =>
+        {
+            (StatusCode::NOT_FOUND, "no such output\n").into_response()
+        }
+        Err(e) => store_error(e),
+    }
+}
+
 /// The page's login form: the token in the body; on success an HttpOnly, SameSite=Strict cookie
 /// holding a digest of it, and back to the page.
 async fn login(State(state): State<WebState>, Form(form): Form<LoginForm>) -> Response {
@@ -207,20 +447,42 @@ async fn load_runs(store: &Store) -> Result<Vec<RunView>, crate::CoordinatorErro
     Ok(out)
 }
 
-/// The coordinator's router: status page, login and API (as `access` allows) merged with the
-/// ops routes.
+/// The coordinator's router: status page, corpus browser, login and API (as `access` allows)
+/// merged with the ops routes; the task page shows no re-rendered prompt.
 pub fn router(
     store: Store,
     access: Access,
     ready: reasonrec_ops::ReadyCheck,
     leading: Arc<std::sync::atomic::AtomicBool>,
 ) -> Router {
-    let state =
-        WebState { store, access: Arc::new(access), leading, runs_cache: Arc::new(Cached::new(RUNS_CACHE_FLOOR)) };
+    router_with_prompts(store, access, ready, leading, None)
+}
+
+/// [`router`] whose task page shows each task's prompt as `prompt_check` renders it.
+pub fn router_with_prompts(
+    store: Store,
+    access: Access,
+    ready: reasonrec_ops::ReadyCheck,
+    leading: Arc<std::sync::atomic::AtomicBool>,
+    prompt_check: Option<PromptCheck>,
+) -> Router {
+    let state = WebState {
+        store,
+        access: Arc::new(access),
+        leading,
+        runs_cache: Arc::new(Cached::new(RUNS_CACHE_FLOOR)),
+        prompt_check,
+    };
     Router::new()
         .route("/", get(page))
+        .route("/corpus", get(corpus_page))
         .route("/login", post(login))
         .route("/api/runs", get(runs))
+        .route("/api/runs/{run}/tasks", get(tasks))
+        .route("/api/runs/{run}/sample", get(sample))
+        .route("/api/runs/{run}/audit", get(audit))
+        .route("/api/tasks/{id}", get(task))
+        .route("/api/outputs/{key}/mark", post(mark))
         .with_state(state)
         .merge(reasonrec_ops::router(ready))
 }

@@ -62,6 +62,9 @@ pub struct MockConfig {
     /// plus `max_tokens` exceeds it is refused with a 400 naming the context length, as vLLM,
     /// llama.cpp and Anthropic do; 0 = no window.
     pub context_tokens: u32,
+    /// Keep the messages of the last this many requests (`MockHandle::recorded`,
+    /// `GET /requests`), so tests can compare what was sent; 0 = none.
+    pub record_requests: usize,
 }
 
 impl Default for MockConfig {
@@ -90,6 +93,7 @@ impl Default for MockConfig {
             usage_override: None,
             cache_read_tokens: 0,
             context_tokens: 0,
+            record_requests: 0,
         }
     }
 }

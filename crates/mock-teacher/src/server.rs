@@ -65,6 +65,8 @@ struct AppState {
     window: Mutex<Window>,
     rng: Mutex<rand::rngs::StdRng>,
     started: Instant,
+    /// The messages of the last `record_requests` requests, oldest first.
+    recorded: Mutex<std::collections::VecDeque<Vec<ChatMessage>>>,
 }
 
 impl AppState {
@@ -93,6 +95,12 @@ impl MockHandle {
 
     pub fn stats(&self) -> MockStats {
         self.state.stats.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// The messages of the last `record_requests` requests (both protocols; Anthropic's system
+    /// field as the first message), oldest first.
+    pub fn recorded(&self) -> Vec<Vec<ChatMessage>> {
+        self.state.recorded.lock().map(|r| r.iter().cloned().collect()).unwrap_or_default()
     }
 
     pub fn reset_stats(&self) {
@@ -137,12 +145,14 @@ pub async fn spawn(addr: SocketAddr, config: MockConfig) -> Result<MockHandle, M
         stats: Mutex::new(MockStats::default()),
         window: Mutex::new(Window::default()),
         started: Instant::now(),
+        recorded: Mutex::new(std::collections::VecDeque::new()),
     });
     let app = Router::new()
         .route("/v1/chat/completions", post(chat))
         .route("/v1/messages", post(messages))
         .route("/v1/models", get(models))
         .route("/stats", get(get_stats))
+        .route("/requests", get(get_recorded))
         .route("/stats/reset", post(reset_stats))
         .route("/config", get(get_config).put(put_config))
         .route("/healthz", get(|| async { "ok" }))
@@ -325,6 +335,14 @@ async fn serve(state: &AppState, wire: Wire, headers: &axum::http::HeaderMap, bo
         Err(resp) => return *resp,
     };
     let cfg = state.config();
+    if cfg.record_requests > 0
+        && let Ok(mut recorded) = state.recorded.lock()
+    {
+        while recorded.len() >= cfg.record_requests {
+            recorded.pop_front();
+        }
+        recorded.push_back(req.messages.clone());
+    }
     let prompt: String = req.messages.iter().map(|m| m.content.as_str()).collect::<Vec<_>>().join("\n");
     let (draw, jitter) = match state.rng.lock() {
         Ok(mut rng) => {
@@ -550,6 +568,12 @@ async fn models(State(state): State<Arc<AppState>>) -> Response {
         "data": [{"id": model, "object": "model", "created": 0, "owned_by": "reasonrec"}]
     }))
     .into_response()
+}
+
+async fn get_recorded(State(state): State<Arc<AppState>>) -> Response {
+    let recorded: Vec<Vec<ChatMessage>> =
+        state.recorded.lock().map(|r| r.iter().cloned().collect()).unwrap_or_default();
+    axum::Json(recorded).into_response()
 }
 
 async fn get_stats(State(state): State<Arc<AppState>>) -> Response {

@@ -4,7 +4,7 @@
 
 use crate::error::StoreError;
 use crate::pool::Store;
-use reasonrec_core::audit::Verdict;
+use reasonrec_core::audit::{ErrorRate, Verdict};
 use reasonrec_core::stage::Stage;
 use serde::Serialize;
 use sqlx::Row;
@@ -42,6 +42,14 @@ pub struct StageAudit {
     pub done: i64,
     pub approved: i64,
     pub rejected: i64,
+}
+
+impl StageAudit {
+    /// The stage's error rate as its audited outputs suggest (None: none audited yet).
+    pub fn error_rate(&self) -> Option<ErrorRate> {
+        let audited = (self.approved + self.rejected).max(0) as u64;
+        ErrorRate::estimate(self.rejected.max(0) as u64, audited)
+    }
 }
 
 fn verdict(v: Option<String>) -> Result<Option<Verdict>, StoreError> {

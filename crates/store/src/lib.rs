@@ -16,6 +16,8 @@
 //! - [`lifecycle`]: pause and resume, budgets, priorities, the run list, snapshots, corpus diffs.
 //! - [`incremental`]: reads for incremental planning: the dataset's previous completed run and
 //!   its tasks in one stream, item and review content for fingerprints, token averages.
+//! - [`browse`]: the corpus browser's reads: a run's tasks in filtered keyset pages, one task
+//!   with its output, mark, attempts and upstream tasks.
 //! - [`audit`]: audit marks on ledger outputs (per output key), review samples, audited counts.
 //! - [`export`]: the student export's reads: done reasoning tasks in keyset pages, with the items
 //!   and profile outputs of each page.
@@ -24,6 +26,7 @@
 //! needs no database and no committed `.sqlx/` cache. Integration tests cover every query.
 
 pub mod audit;
+pub mod browse;
 pub mod datasets;
 pub mod error;
 pub mod export;

@@ -237,3 +237,75 @@ pub async fn render_capped(
     }
     Ok(Rendered { prompt: rendered, truncated })
 }
+
+/// A task's prompt rendered again from its stored inputs, as the task page shows it, and
+/// whether it is the prompt the stored output answered: its content key, computed for each
+/// configured endpoint, equals the task's output key.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct PromptAsSent {
+    pub prompt: RenderedPrompt,
+    /// History entries cut to fit the caps (as the worker cut them).
+    pub truncated: i32,
+    /// The endpoint whose key matches the task's output; None when none does (the inputs
+    /// changed since, or another teacher configuration made it) or the task has no output.
+    pub key_matches: Option<String>,
+    /// The task has an output to compare with.
+    pub has_output: bool,
+}
+
+/// Renders `task_id`'s prompt under the worker's caps and checks it against its output key.
+pub async fn prompt_as_sent(
+    store: &Store,
+    prompts: &PromptLibrary,
+    settings: &Settings,
+    task_id: uuid::Uuid,
+) -> Result<PromptAsSent, WorkerError> {
+    let bundle = store
+        .load_bundles(&[task_id])
+        .await?
+        .remove(&task_id)
+        .ok_or_else(|| reasonrec_store::StoreError::NotFound(format!("task {task_id}")))?;
+    let rendered = render_capped(store, prompts, &bundle, PromptCap::from_settings(settings)).await?;
+    let stored: Option<Vec<u8>> = store.output_key_of(task_id).await?;
+    let salt = reasonrec_core::OutputKey::salt_of(&bundle.task.input);
+    let key_matches = stored.as_deref().and_then(|stored| {
+        settings
+            .teacher
+            .endpoints
+            .iter()
+            .find(|e| {
+                reasonrec_core::OutputKey::for_endpoint(bundle.task.stage, &rendered.prompt, e, salt).as_bytes()
+                    == stored
+            })
+            .map(|e| e.name.clone())
+    });
+    Ok(PromptAsSent {
+        prompt: rendered.prompt,
+        truncated: rendered.truncated,
+        key_matches,
+        has_output: stored.is_some(),
+    })
+}
+
+/// [`prompt_as_sent`] as the corpus browser calls it (`coordinator::web::PromptCheck`): by task
+/// id, the answer as JSON or an error text.
+#[allow(clippy::type_complexity)]
+pub fn prompt_checker(
+    store: Store,
+    settings: &Settings,
+) -> Result<
+    std::sync::Arc<
+        dyn Fn(uuid::Uuid) -> futures::future::BoxFuture<'static, Result<serde_json::Value, String>> + Send + Sync,
+    >,
+    WorkerError,
+> {
+    let prompts = std::sync::Arc::new(PromptLibrary::load(&settings.prompts.dir)?);
+    let settings = std::sync::Arc::new(settings.clone());
+    Ok(std::sync::Arc::new(move |task| {
+        let (store, prompts, settings) = (store.clone(), prompts.clone(), settings.clone());
+        Box::pin(async move {
+            let sent = prompt_as_sent(&store, &prompts, &settings, task).await.map_err(|e| e.to_string())?;
+            serde_json::to_value(sent).map_err(|e| e.to_string())
+        })
+    }))
+}

@@ -102,9 +102,15 @@ async fn serve_http(
         let store = ready_store.clone();
         Box::pin(async move { store.ping().await.map_err(|e| format!("postgres: {e}")) })
     });
-    let app = reasonrec_coordinator::web::router(store.clone(), access, ready, leading);
+    let app = reasonrec_coordinator::web::router_with_prompts(
+        store.clone(),
+        access,
+        ready,
+        leading,
+        Some(reasonrec_worker::render::prompt_checker(store.clone(), settings)?),
+    );
     let addr = reasonrec_ops::serve(&bind, app, stop).await.with_context(|| format!("binding {bind}"))?;
-    tracing::info!(%addr, "status page, /metrics, /healthz, /readyz");
+    tracing::info!(%addr, "status page, corpus browser, /metrics, /healthz, /readyz");
     Ok(())
 }
 

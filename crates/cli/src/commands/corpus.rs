@@ -3,7 +3,7 @@
 use super::connect_store;
 use crate::cli::{CorpusAuditArgs, CorpusDiffArgs, SnapshotArgs, SnapshotsArgs};
 use reasonrec_core::Settings;
-use reasonrec_core::audit::{ErrorRate, Verdict};
+use reasonrec_core::audit::Verdict;
 use reasonrec_core::terminal::terminal_safe as safe;
 use reasonrec_store::Store;
 use reasonrec_store::audit::{NewMark, SampleRow, StageAudit};
@@ -136,13 +136,8 @@ pub async fn audit(settings: &Settings, a: CorpusAuditArgs) -> anyhow::Result<Ex
     }
     let counts = store.audit_counts(run).await?;
     if a.json {
-        let stages: Vec<serde_json::Value> = counts
-            .iter()
-            .map(|c| {
-                let rate = ErrorRate::estimate(c.rejected as u64, (c.approved + c.rejected) as u64);
-                serde_json::json!({ "counts": c, "error_rate": rate })
-            })
-            .collect();
+        let stages: Vec<serde_json::Value> =
+            counts.iter().map(|c| serde_json::json!({ "counts": c, "error_rate": c.error_rate() })).collect();
         println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "run": run, "stages": stages }))?);
     } else {
         print!("{}", render_audit(run, &counts));
@@ -216,7 +211,7 @@ fn render_audit(run: uuid::Uuid, counts: &[StageAudit]) -> String {
     let mut out = format!("audit of run {run}\n");
     for c in counts {
         let audited = (c.approved + c.rejected) as u64;
-        let rate = match ErrorRate::estimate(c.rejected as u64, audited) {
+        let rate = match c.error_rate() {
             Some(e) => {
                 format!("error rate {:.1} % (95 % CI {:.1}-{:.1} %)", e.rate * 100.0, e.low * 100.0, e.high * 100.0)
             }

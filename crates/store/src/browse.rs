@@ -1,0 +1,326 @@
+//! Reads for the corpus browser (issue 18): a run's tasks in keyset pages by task id under
+//! filters, and one task with its output, mark, attempts and upstream tasks.
+//!
+//! Pages are `id > after ORDER BY id LIMIT n` within the run: a run's ids are UUIDv7 made at
+//! planning, so they sit together in the primary key and a page costs the rows it reads, not
+//! the run's size. A filter that few rows pass reads further to fill a page. Text search is a
+//! case-insensitive substring test on the answers it reads, without an index: a full-text (GIN)
+//! or trigram index on `outputs.text` would be paid on every output the workers write, for a
+//! search reviewers run now and then.
+
+use crate::error::StoreError;
+use crate::pool::Store;
+use reasonrec_core::audit::Verdict;
+use reasonrec_core::stage::{Stage, TaskState};
+use serde::{Deserialize, Serialize};
+use sqlx::{Postgres, QueryBuilder, Row};
+use uuid::Uuid;
+
+/// Which marks a page shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MarkFilter {
+    Approved,
+    Rejected,
+    Unreviewed,
+}
+
+/// Filters of a page; each one set narrows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TaskFilter {
+    pub stage: Option<Stage>,
+    pub state: Option<TaskState>,
+    pub split: Option<String>,
+    pub label: Option<bool>,
+    /// An attempt of the task ended with this error class (`rejected` for validator rejections).
+    pub error_class: Option<String>,
+    /// The model that made the output.
+    pub model: Option<String>,
+    pub template_version: Option<String>,
+    /// Carried over from an earlier run (true) or worked in this one (false).
+    pub carried: Option<bool>,
+    /// The answer contains this text (case-insensitive).
+    pub text: Option<String>,
+    pub min_words: Option<i32>,
+    pub max_words: Option<i32>,
+    pub mark: Option<MarkFilter>,
+}
+
+/// A task as a page lists it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TaskListRow {
+    pub id: Uuid,
+    pub stage: Stage,
+    pub state: TaskState,
+    pub subject: String,
+    pub split: Option<String>,
+    pub label: Option<bool>,
+    pub carried: bool,
+    pub model: Option<String>,
+    pub template_version: Option<String>,
+    pub words: Option<i32>,
+    pub verdict: Option<Verdict>,
+    /// The answer's first 200 characters.
+    pub excerpt: Option<String>,
+    pub last_error: Option<String>,
+}
+
+/// One task with everything the task page shows.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TaskDetail {
+    #[serde(flatten)]
+    pub row: TaskListRow,
+    pub run_id: Uuid,
+    pub input: serde_json::Value,
+    pub history_truncated: i32,
+    pub output: Option<OutputView>,
+    pub attempts: Vec<AttemptView>,
+    pub upstream: Vec<Upstream>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OutputView {
+    /// Hex of the content key.
+    pub key: String,
+    pub text: String,
+    pub template: String,
+    pub template_version: String,
+    pub model: String,
+    pub params: serde_json::Value,
+    pub input_tokens: i32,
+    pub output_tokens: i32,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub verdict: Option<Verdict>,
+    pub reason: Option<String>,
+    pub reviewer: Option<String>,
+    pub marked_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AttemptView {
+    pub endpoint: String,
+    pub model: String,
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    pub duration_ms: i32,
+    pub http_status: Option<i32>,
+    pub error_class: Option<String>,
+    pub error: Option<String>,
+    pub input_tokens: i32,
+    pub output_tokens: i32,
+    pub cost_usd: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Upstream {
+    pub id: Uuid,
+    pub stage: Stage,
+    pub state: TaskState,
+    pub subject: String,
+}
+
+/// The columns of a [`TaskListRow`] over `tasks t`, `outputs o` and `audit_marks a`.
+const LIST_COLUMNS: &str = "t.id, t.stage, t.state, t.subject, t.split, t.label, t.carried_from IS NOT NULL AS carried,
+       o.model, o.template_version, a.verdict, left(o.text, 200) AS excerpt, t.last_error,
+       array_length(regexp_split_to_array(btrim(o.text), '\\s+'), 1) AS words";
+
+const LIST_FROM: &str = " FROM tasks t LEFT JOIN outputs o ON o.key = t.output_key
+       LEFT JOIN audit_marks a ON a.output_key = t.output_key";
+
+fn list_row(r: &sqlx::postgres::PgRow) -> Result<TaskListRow, StoreError> {
+    let stage: String = r.try_get("stage")?;
+    let state: String = r.try_get("state")?;
+    Ok(TaskListRow {
+        id: r.try_get("id")?,
+        stage: stage.parse().map_err(StoreError::Corrupt)?,
+        state: state.parse().map_err(StoreError::Corrupt)?,
+        subject: r.try_get("subject")?,
+        split: r.try_get("split")?,
+        label: r.try_get("label")?,
+        carried: r.try_get("carried")?,
+        model: r.try_get("model")?,
+        template_version: r.try_get("template_version")?,
+        words: r.try_get("words")?,
+        verdict: r
+            .try_get::<Option<String>, _>("verdict")?
+            .map(|v| v.parse().map_err(StoreError::Corrupt))
+            .transpose()?,
+        excerpt: r.try_get("excerpt")?,
+        last_error: r.try_get("last_error")?,
+    })
+}
+
+/// Appends `filter`'s conditions (every value bound, never spliced into the SQL).
+fn push_filter(q: &mut QueryBuilder<'_, Postgres>, run: Uuid, f: &TaskFilter) {
+    if let Some(stage) = f.stage {
+        q.push(" AND t.stage = ").push_bind(stage.as_str());
+    }
+    if let Some(state) = f.state {
+        q.push(" AND t.state = ").push_bind(state.as_str());
+    }
+    if let Some(split) = &f.split {
+        q.push(" AND t.split = ").push_bind(split.clone());
+    }
+    if let Some(label) = f.label {
+        q.push(" AND t.label = ").push_bind(label);
+    }
+    if let Some(class) = &f.error_class {
+        q.push(" AND t.id IN (SELECT task_id FROM attempts WHERE run_id = ")
+            .push_bind(run)
+            .push(" AND error_class = ")
+            .push_bind(class.clone())
+            .push(")");
+    }
+    if let Some(model) = &f.model {
+        q.push(" AND o.model = ").push_bind(model.clone());
+    }
+    if let Some(version) = &f.template_version {
+        q.push(" AND o.template_version = ").push_bind(version.clone());
+    }
+    match f.carried {
+        Some(true) => {
+            q.push(" AND t.carried_from IS NOT NULL");
+        }
+        Some(false) => {
+            q.push(" AND t.carried_from IS NULL");
+        }
+        None => {}
+    }
+    if let Some(text) = f.text.as_deref().filter(|t| !t.is_empty()) {
+        q.push(" AND strpos(lower(o.text), lower(").push_bind(text.to_string()).push(")) > 0");
+    }
+    const WORDS: &str = "array_length(regexp_split_to_array(btrim(o.text), '\\s+'), 1)";
+    if let Some(min) = f.min_words {
+        q.push(format!(" AND {WORDS} >= ")).push_bind(min);
+    }
+    if let Some(max) = f.max_words {
+        q.push(format!(" AND {WORDS} <= ")).push_bind(max);
+    }
+    match f.mark {
+        Some(MarkFilter::Approved) => {
+            q.push(" AND a.verdict = 'approved'");
+        }
+        Some(MarkFilter::Rejected) => {
+            q.push(" AND a.verdict = 'rejected'");
+        }
+        Some(MarkFilter::Unreviewed) => {
+            q.push(" AND t.output_key IS NOT NULL AND a.verdict IS NULL");
+        }
+        None => {}
+    }
+}
+
+impl Store {
+    /// A task's output key (None: no output, or no such task).
+    pub async fn output_key_of(&self, task: Uuid) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(sqlx::query_scalar::<_, Option<Vec<u8>>>("SELECT output_key FROM tasks WHERE id = $1")
+            .bind(task)
+            .fetch_optional(self.pool())
+            .await?
+            .flatten())
+    }
+
+    /// Up to `limit` tasks of `run` passing `filter`, after task `after` (None: from the first)
+    /// in id order; the next page starts after the last one returned.
+    pub async fn browse_tasks(
+        &self,
+        run: Uuid,
+        filter: &TaskFilter,
+        after: Option<Uuid>,
+        limit: i64,
+    ) -> Result<Vec<TaskListRow>, StoreError> {
+        let mut q = QueryBuilder::new(format!("SELECT {LIST_COLUMNS}{LIST_FROM} WHERE t.run_id = "));
+        q.push_bind(run);
+        q.push(" AND t.id > ").push_bind(after.unwrap_or(Uuid::nil()));
+        push_filter(&mut q, run, filter);
+        q.push(" ORDER BY t.id LIMIT ").push_bind(limit.clamp(1, 500));
+        let rows = q.build().fetch_all(self.pool()).await?;
+        rows.iter().map(list_row).collect()
+    }
+
+    /// One task with its output, mark, attempts (oldest first) and upstream tasks.
+    pub async fn task_detail(&self, id: Uuid) -> Result<TaskDetail, StoreError> {
+        let r = sqlx::query(&format!(
+            "SELECT {LIST_COLUMNS}, t.run_id, t.input, t.history_truncated, encode(o.key, 'hex') AS key, o.text,
+                    o.template, o.params, o.input_tokens, o.output_tokens, o.created_at,
+                    a.reason, a.reviewer, a.marked_at
+             {LIST_FROM} WHERE t.id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(self.pool())
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("task {id}")))?;
+        let row = list_row(&r)?;
+        let output = match r.try_get::<Option<String>, _>("key")? {
+            Some(key) => Some(OutputView {
+                key,
+                text: r.try_get("text")?,
+                template: r.try_get("template")?,
+                template_version: r.try_get::<Option<String>, _>("template_version")?.unwrap_or_default(),
+                model: r.try_get::<Option<String>, _>("model")?.unwrap_or_default(),
+                params: r.try_get("params")?,
+                input_tokens: r.try_get("input_tokens")?,
+                output_tokens: r.try_get("output_tokens")?,
+                created_at: r.try_get("created_at")?,
+                verdict: row.verdict,
+                reason: r.try_get("reason")?,
+                reviewer: r.try_get("reviewer")?,
+                marked_at: r.try_get("marked_at")?,
+            }),
+            None => None,
+        };
+        let attempts = sqlx::query(
+            "SELECT endpoint, model, started_at, duration_ms, http_status, error_class, error, input_tokens,
+                    output_tokens, cost_usd
+             FROM attempts WHERE run_id = $1 AND task_id = $2 ORDER BY started_at, id",
+        )
+        .bind(r.try_get::<Uuid, _>("run_id")?)
+        .bind(id)
+        .fetch_all(self.pool())
+        .await?
+        .iter()
+        .map(|a| {
+            Ok(AttemptView {
+                endpoint: a.try_get("endpoint")?,
+                model: a.try_get("model")?,
+                started_at: a.try_get("started_at")?,
+                duration_ms: a.try_get("duration_ms")?,
+                http_status: a.try_get("http_status")?,
+                error_class: a.try_get("error_class")?,
+                error: a.try_get("error")?,
+                input_tokens: a.try_get("input_tokens")?,
+                output_tokens: a.try_get("output_tokens")?,
+                cost_usd: a.try_get("cost_usd")?,
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+        let upstream = sqlx::query(
+            "SELECT u.id, u.stage, u.state, u.subject FROM task_deps d JOIN tasks u ON u.id = d.depends_on
+             WHERE d.task_id = $1 ORDER BY u.stage, u.subject",
+        )
+        .bind(id)
+        .fetch_all(self.pool())
+        .await?
+        .iter()
+        .map(|u| {
+            let stage: String = u.try_get("stage")?;
+            let state: String = u.try_get("state")?;
+            Ok(Upstream {
+                id: u.try_get("id")?,
+                stage: stage.parse().map_err(StoreError::Corrupt)?,
+                state: state.parse().map_err(StoreError::Corrupt)?,
+                subject: u.try_get("subject")?,
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok(TaskDetail {
+            row,
+            run_id: r.try_get("run_id")?,
+            input: r.try_get("input")?,
+            history_truncated: r.try_get("history_truncated")?,
+            output,
+            attempts,
+            upstream,
+        })
+    }
+}

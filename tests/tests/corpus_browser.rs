@@ -1,0 +1,179 @@
+//! The corpus browser (issue 18): a run's tasks in filtered keyset pages, a task's page with the
+//! prompt rendered again and checked against what the teacher received and against the content
+//! key, marks through the API, and the page itself in a real headless browser, with an answer
+//! full of markup shown as text.
+
+use reasonrec_coordinator::create_run;
+use reasonrec_coordinator::web::Access;
+use reasonrec_core::ChatMessage;
+use reasonrec_mock_teacher::MockConfig;
+use reasonrec_tests::{TestEnv, count};
+use serde_json::Value;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+const XSS: &str = "<img src=x onerror=\"document.body.dataset.pwned=1\"><script>document.body.dataset.pwned=2</script> \
+                   The viewer liked «Heat (1995)» for its crime plot and will like the target for the same reasons.";
+
+/// Debian's chromium, headless, dumping the DOM of `url` once its scripts ran.
+fn dump_dom(profile: &std::path::Path, url: &str) -> anyhow::Result<String> {
+    let browser = std::env::var("REASONREC_BROWSER").unwrap_or_else(|_| "chromium".into());
+    let out = std::process::Command::new(browser)
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=4000", "--dump-dom"])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(url)
+        .output()?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_corpus_browser_pages_filters_checks_prompts_and_takes_marks() -> anyhow::Result<()> {
+    let mut env = TestEnv::with_mock(MockConfig { record_requests: 1_000, ..MockConfig::default() }).await?;
+    env.settings.sampling.max_users = 30;
+    env.ingest_sample().await?;
+    let run = create_run(&env.store, &env.settings, "sample").await?.run_id;
+    env.run_to_completion(run).await?;
+    let s = &env.store;
+    let total = count(s, "SELECT count(*) FROM tasks WHERE run_id = $1", run).await?;
+
+    let stop = CancellationToken::new();
+    let check = reasonrec_worker::render::prompt_checker(s.clone(), &env.settings)?;
+    let ready: reasonrec_ops::ReadyCheck = Arc::new(|| Box::pin(async { Ok(()) }));
+    let app = reasonrec_coordinator::web::router_with_prompts(
+        s.clone(),
+        Access::Loopback,
+        ready,
+        Arc::new(AtomicBool::new(true)),
+        Some(check),
+    );
+    let base = format!("http://{}", reasonrec_ops::serve("127.0.0.1:0", app, stop.clone()).await?);
+    let http = reqwest::Client::new();
+    let get = |path: String| {
+        let http = http.clone();
+        let url = format!("{base}{path}");
+        async move {
+            let r = http.get(&url).send().await?;
+            anyhow::ensure!(r.status() == 200, "{url}: {} {}", r.status(), r.text().await?);
+            Ok::<Value, anyhow::Error>(r.json().await?)
+        }
+    };
+
+    // Pages of 7 cover the run once, in id order, without overlap.
+    let mut seen: Vec<String> = Vec::new();
+    let mut after = String::new();
+    loop {
+        let page = get(format!("/api/runs/{run}/tasks?limit=7&after={after}")).await?;
+        let ids: Vec<String> =
+            page["tasks"].as_array().into_iter().flatten().filter_map(|t| t["id"].as_str().map(String::from)).collect();
+        seen.extend(ids);
+        match page["next"].as_str() {
+            Some(n) => after = n.to_string(),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len() as i64, total);
+    assert!(seen.windows(2).all(|w| w[0] < w[1]), "id order, no repeat");
+
+    // Filters: label, and text in the answer.
+    let liked = get(format!("/api/runs/{run}/tasks?label=true&limit=500")).await?;
+    let liked_n = count(s, "SELECT count(*) FROM tasks WHERE run_id = $1 AND label", run).await?;
+    assert_eq!(liked["tasks"].as_array().map(Vec::len), Some(liked_n as usize));
+    assert!(liked["tasks"].as_array().into_iter().flatten().all(|t| t["label"] == true));
+    let bad = http.get(format!("{base}/api/runs/{run}/tasks?stage=nope")).send().await?;
+    assert_eq!(bad.status(), 400);
+    assert!(bad.text().await?.contains("stage"), "the bad parameter is named");
+
+    // One answer full of markup: found by a text search, shown as text.
+    let xss_task = Uuid::parse_str(&seen[3])?;
+    sqlx::query("UPDATE outputs SET text = $2 WHERE key = (SELECT output_key FROM tasks WHERE id = $1)")
+        .bind(xss_task)
+        .bind(XSS)
+        .execute(s.pool())
+        .await?;
+    let found = get(format!("/api/runs/{run}/tasks?text=ONERROR")).await?;
+    let found: HashSet<&str> =
+        found["tasks"].as_array().into_iter().flatten().filter_map(|t| t["id"].as_str()).collect();
+    assert_eq!(found, HashSet::from([seen[3].as_str()]));
+
+    // The task page: the prompt rendered again is the one the teacher received, and its key is
+    // the output's.
+    let page = get(format!("/api/tasks/{xss_task}")).await?;
+    assert_eq!(page["output"]["text"], XSS);
+    assert!(page["attempts"].as_array().is_some_and(|a| !a.is_empty()));
+    let prompt = &page["prompt"]["Ok"];
+    assert_eq!(prompt["key_matches"], "mock", "{page}");
+    let messages: Vec<ChatMessage> = serde_json::from_value(prompt["prompt"]["messages"].clone())?;
+    assert!(env.mock.recorded().contains(&messages), "the page's prompt is what the teacher received");
+
+    // An input changed since the answer (an item's title): the page says the key differs.
+    let changed = Uuid::parse_str(&seen[5])?;
+    sqlx::query(
+        "UPDATE items SET title = title || ' (restored)' WHERE (dataset_id, id) =
+         (SELECT r.dataset_id, t.item_id FROM tasks t JOIN runs r ON r.id = t.run_id WHERE t.id = $1)",
+    )
+    .bind(changed)
+    .execute(s.pool())
+    .await?;
+    let page = get(format!("/api/tasks/{changed}")).await?;
+    assert!(page["prompt"]["Ok"]["key_matches"].is_null() && page["prompt"]["Ok"]["has_output"] == true, "{page}");
+
+    // Marks: JSON only, a known output only; then the task shows it and the filter finds it.
+    let key = get(format!("/api/tasks/{xss_task}")).await?["output"]["key"].as_str().unwrap_or_default().to_string();
+    let mark = |body: String, content_type: &'static str, key: String| {
+        http.post(format!("{base}/api/outputs/{key}/mark")).header("content-type", content_type).body(body).send()
+    };
+    let body = r#"{"verdict":"rejected","reason":"markup in the answer","reviewer":"ana"}"#.to_string();
+    let form = mark(body.clone(), "application/x-www-form-urlencoded", key.clone()).await?;
+    assert_eq!(form.status(), 415, "a cross-site form cannot mark");
+    assert_eq!(mark(body.clone(), "application/json", "00".repeat(32)).await?.status(), 404);
+    assert_eq!(mark(body, "application/json", key.clone()).await?.status(), 204);
+    let rejected = get(format!("/api/runs/{run}/tasks?mark=rejected")).await?;
+    assert_eq!(rejected["tasks"][0]["id"], xss_task.to_string());
+    assert_eq!(get(format!("/api/tasks/{xss_task}")).await?["output"]["reviewer"], "ana");
+
+    // The page in a real browser: the filtered list, the task opened from the fragment, the
+    // markup shown as text and never run, the key check shown.
+    let dir = tempfile::tempdir()?;
+    let url = format!("{base}/corpus?run={run}&label=true#task={xss_task}");
+    let profile = dir.path().join("p1");
+    let dom = tokio::task::spawn_blocking(move || dump_dom(&profile, &url)).await??;
+    let rows = dom.matches("class=\"task\" data-task=").count();
+    assert_eq!(rows as i64, liked_n.min(50), "the liked tasks listed:\n{dom}");
+    assert!(
+        dom.contains(&format!("data-task=\"{xss_task}\"")) && dom.contains("Prompt as sent"),
+        "task opened:\n{dom}"
+    );
+    assert!(dom.contains("&lt;img src=x onerror="), "the markup is text:\n{dom}");
+    assert!(!dom.contains("data-pwned") && !dom.contains("<img src=\"x\""), "no markup of the answer ran:\n{dom}");
+    assert!(
+        dom.contains("The content key matches (endpoint mock)")
+            && dom.contains("Marked rejected: markup in the answer by ana")
+    );
+    let url = format!("{base}/corpus?run={run}#task={changed}");
+    let profile = dir.path().join("p2");
+    let dom = tokio::task::spawn_blocking(move || dump_dom(&profile, &url)).await??;
+    assert!(dom.contains("Warning: this prompt, rendered again"), "the changed input is flagged:\n{dom}");
+
+    // The review sample (seeded, per stage and label) and the audit line with its error rate.
+    let sample = get(format!("/api/runs/{run}/sample?n=2&seed=9")).await?;
+    assert_eq!(sample, get(format!("/api/runs/{run}/sample?n=2&seed=9")).await?, "seeded");
+    let drawn: Vec<&str> =
+        sample["sample"].as_array().into_iter().flatten().filter_map(|r| r["task"].as_str()).collect();
+    assert_eq!(drawn.len(), 4, "two per label: {sample}");
+    let audit = get(format!("/api/runs/{run}/audit")).await?;
+    assert_eq!(
+        (audit["stages"][0]["counts"]["rejected"].as_i64(), audit["stages"][0]["error_rate"]["rate"].as_f64()),
+        (Some(1), Some(1.0))
+    );
+    let url = format!("{base}/corpus?run={run}&sample=2&seed=9");
+    let profile = dir.path().join("p3");
+    let dom = tokio::task::spawn_blocking(move || dump_dom(&profile, &url)).await??;
+    assert_eq!(dom.matches("class=\"task sampled\"").count(), 4, "the sample listed:\n{dom}");
+    assert!(dom.contains("4 outputs drawn (seed 9)") && dom.contains("reasoning: 1 of"), "{dom}");
+    assert!(dom.contains("error rate 100.0 %"), "the audit line:\n{dom}");
+    stop.cancel();
+    env.cleanup().await
+}

@@ -1,0 +1,133 @@
+//! `browse_bench`: the corpus browser's page cost on a large run (issue 18), for
+//! `scripts/bench_browse.sh`. Plans a real run of the bundled sample (a real run row and
+//! dataset), adds `--tasks` synthetic done reasoning tasks to it by SQL (ids in UUIDv7 order as
+//! the planner makes them, one ledger output each, 1 in 1,000 rejected by a reviewer, 1 in 100
+//! with a validator rejection among its attempts), then times each kind of page through
+//! `Store::browse_tasks` / `Store::task_detail`: the median of `--repeat` reads, in ms.
+
+use clap::Parser;
+use reasonrec_coordinator::create_run;
+use reasonrec_store::browse::{MarkFilter, TaskFilter};
+use reasonrec_tests::TestEnv;
+use std::time::Instant;
+use uuid::Uuid;
+
+#[derive(Parser)]
+struct Args {
+    #[arg(long, default_value_t = 1_000_000)]
+    tasks: i64,
+    #[arg(long, default_value_t = 7)]
+    repeat: usize,
+    #[arg(long, default_value_t = 50)]
+    page: i64,
+}
+
+fn median_ms(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let a = Args::parse();
+    let mut env = TestEnv::new().await?;
+    env.settings.sampling.max_users = 1;
+    env.ingest_sample().await?;
+    let run = create_run(&env.store, &env.settings, "sample").await?.run_id;
+    let s = env.store.clone();
+    let t0 = Instant::now();
+    // The synthetic tasks: v7-shaped ids (48-bit ms, then a counter) in insertion order.
+    sqlx::query(
+        "INSERT INTO outputs (key, stage, text, template, template_version, model, params, input_tokens, output_tokens,
+                              run_id, task_id)
+         SELECT sha256(int8send(i)), 'reasoning',
+                'Prediction: ' || CASE WHEN i % 2 = 0 THEN 'Yes' ELSE 'No' END || E'\\nReasoning: ' ||
+                repeat('The viewer favours tense crime dramas with strong leads ', (3 + i % 7)::int) ||
+                CASE WHEN i % 100000 = 7 THEN ' zanzibar' ELSE '' END,
+                'reasoning.movielens', 'v1', 'bench-model', '{}'::jsonb, 300, 80, $2, $2
+         FROM generate_series(1, $1::bigint) i",
+    )
+    .bind(a.tasks)
+    .bind(run)
+    .execute(s.pool())
+    .await?;
+    sqlx::query(
+        "INSERT INTO tasks (id, run_id, stage, subject, user_id, item_id, split, label, input, state, output_key, done_at)
+         SELECT (lpad(to_hex(1700000000000 + i / 4096), 12, '0') || '7' || lpad(to_hex(i % 4096), 3, '0') || '8'
+                 || substr(md5(i::text), 1, 15))::uuid,
+                $2, 'reasoning', 'u' || i || ':i1:test', 1, 1, 'test', i % 2 = 0,
+                '{\"history\": [], \"target\": 1}'::jsonb, 'done', sha256(int8send(i)), now()
+         FROM generate_series(1, $1::bigint) i",
+    )
+    .bind(a.tasks)
+    .bind(run)
+    .execute(s.pool())
+    .await?;
+    sqlx::query(
+        "INSERT INTO audit_marks (output_key, verdict, reason, reviewer)
+         SELECT sha256(int8send(i)), 'rejected', 'bench', 'bench' FROM generate_series(1, $1::bigint, 1000) i",
+    )
+    .bind(a.tasks)
+    .execute(s.pool())
+    .await?;
+    sqlx::query(
+        "INSERT INTO attempts (task_id, run_id, endpoint, model, started_at, duration_ms, http_status, error_class, error)
+         SELECT t.id, t.run_id, 'bench', 'bench-model', now(), 100, 200, 'rejected', 'too_short: bench'
+         FROM tasks t WHERE t.run_id = $1 AND t.subject LIKE 'u%00:i1:test'",
+    )
+    .bind(run)
+    .execute(s.pool())
+    .await?;
+    sqlx::query("ANALYZE").execute(s.pool()).await?;
+    let setup = t0.elapsed().as_secs_f64();
+    let middle: Uuid = sqlx::query_scalar("SELECT id FROM tasks WHERE run_id = $1 ORDER BY id OFFSET $2 LIMIT 1")
+        .bind(run)
+        .bind(a.tasks / 2)
+        .fetch_one(s.pool())
+        .await?;
+
+    let cases: Vec<(&str, TaskFilter, Option<Uuid>)> = vec![
+        ("first page, no filter", TaskFilter::default(), None),
+        ("middle page, no filter", TaskFilter::default(), Some(middle)),
+        ("label = liked", TaskFilter { label: Some(true), ..TaskFilter::default() }, Some(middle)),
+        ("words 30-40", TaskFilter { min_words: Some(30), max_words: Some(40), ..TaskFilter::default() }, None),
+        (
+            "mark = rejected (1 in 1,000)",
+            TaskFilter { mark: Some(MarkFilter::Rejected), ..TaskFilter::default() },
+            None,
+        ),
+        (
+            "error class rejected (1 in 100)",
+            TaskFilter { error_class: Some("rejected".into()), ..TaskFilter::default() },
+            None,
+        ),
+        (
+            "text search, rare word (1 in 100,000)",
+            TaskFilter { text: Some("zanzibar".into()), ..TaskFilter::default() },
+            None,
+        ),
+    ];
+    println!("| page ({} tasks, {} per page) | rows | median ms | max ms |", a.tasks, a.page);
+    println!("|---|---|---|---|");
+    for (name, filter, after) in cases {
+        let mut times = Vec::new();
+        let mut rows = 0;
+        for _ in 0..a.repeat {
+            let t = Instant::now();
+            rows = s.browse_tasks(run, &filter, after, a.page).await?.len();
+            times.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        let max = times.iter().copied().fold(0.0, f64::max);
+        println!("| {name} | {rows} | {:.1} | {max:.1} |", median_ms(times));
+    }
+    let mut times = Vec::new();
+    for _ in 0..a.repeat {
+        let t = Instant::now();
+        s.task_detail(middle).await?;
+        times.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    let max = times.iter().copied().fold(0.0, f64::max);
+    println!("| task page (detail, attempts, upstream) | 1 | {:.1} | {max:.1} |", median_ms(times));
+    println!("\nsetup (synthetic rows by SQL): {setup:.1} s");
+    env.cleanup().await
+}

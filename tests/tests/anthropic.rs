@@ -5,10 +5,10 @@
 
 use reasonrec_coordinator::create_run;
 use reasonrec_core::ChatMessage;
-use reasonrec_core::settings::{EndpointSettings, Protocol, TeacherSettings};
+use reasonrec_core::settings::{EndpointSettings, Protocol};
 use reasonrec_mock_teacher::{MockConfig, MockHandle};
-use reasonrec_teacher::{TeacherClient, TeacherError, TeacherPool};
-use reasonrec_tests::teacher_calls::{PROMPT, mock};
+use reasonrec_teacher::{TeacherClient, TeacherError};
+use reasonrec_tests::teacher_calls::{PROMPT, mock, pool};
 use reasonrec_tests::{TestEnv, count};
 use std::time::{Duration, Instant};
 
@@ -37,18 +37,6 @@ fn with_system() -> Vec<ChatMessage> {
         ChatMessage { role: "system".into(), content: "You explain recommendations.".into() },
         ChatMessage { role: "user".into(), content: PROMPT.into() },
     ]
-}
-
-fn pool(endpoints: Vec<EndpointSettings>, max_attempts: u32) -> anyhow::Result<TeacherPool> {
-    let settings = TeacherSettings {
-        endpoints,
-        max_attempts,
-        backoff_min_ms: 5,
-        backoff_max_ms: 20,
-        breaker_failures: 1_000,
-        ..TeacherSettings::default()
-    };
-    Ok(TeacherPool::new(&settings)?)
 }
 
 #[tokio::test]

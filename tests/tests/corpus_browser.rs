@@ -177,3 +177,58 @@ async fn the_corpus_browser_pages_filters_checks_prompts_and_takes_marks() -> an
     stop.cancel();
     env.cleanup().await
 }
+
+/// Quality analytics (issue 18): validator rejections per template version, model, stage and
+/// reason over the dataset's recent runs, so a prompt edit shows the morning after; drawn on the
+/// corpus page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejections_are_counted_per_template_version_and_reason() -> anyhow::Result<()> {
+    let mut env = TestEnv::with_mock(MockConfig { rate_contradict: 0.3, seed: 5, ..MockConfig::default() }).await?;
+    env.settings.sampling.max_users = 30;
+    env.ingest_sample().await?;
+    let before = create_run(&env.store, &env.settings, "sample").await?.run_id;
+    env.run_to_completion(before).await?;
+    // The night after, the reasoning template was edited: another version.
+    let prompts = tempfile::tempdir()?;
+    for f in std::fs::read_dir(&env.settings.prompts.dir)? {
+        let f = f?;
+        std::fs::copy(f.path(), prompts.path().join(f.file_name()))?;
+    }
+    let edited = prompts.path().join("reasoning.movielens.j2");
+    let text = std::fs::read_to_string(&edited)?;
+    std::fs::write(&edited, text.replacen("[user]", "Be concrete.\n[user]", 1))?;
+    env.settings.prompts.dir = prompts.path().to_path_buf();
+    let after = create_run(&env.store, &env.settings, "sample").await?.run_id;
+    env.run_to_completion(after).await?;
+
+    let s = &env.store;
+    let q = s.quality(after, 14).await?;
+    assert_eq!(q.runs, vec![before, after]);
+    let versions: HashSet<Option<String>> = q.rejections.iter().map(|r| r.template_version.clone()).collect();
+    assert_eq!(versions.len(), 2, "one version per night: {versions:?}");
+    let contradictions: i64 =
+        q.rejections.iter().filter(|r| r.reason.as_deref() == Some("label_contradiction")).map(|r| r.attempts).sum();
+    let expected: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM attempts WHERE error_class = 'rejected' AND error LIKE 'label_contradiction:%'",
+    )
+    .fetch_one(s.pool())
+    .await?;
+    assert!(contradictions > 0 && contradictions == expected, "{contradictions} vs {expected}");
+    let accepted: i64 = q.rejections.iter().filter(|r| r.reason.is_none()).map(|r| r.attempts).sum();
+    let done = count(s, "SELECT count(*) FROM tasks WHERE run_id = $1 AND state = 'done'", before).await?
+        + count(s, "SELECT count(*) FROM tasks WHERE run_id = $1 AND state = 'done'", after).await?;
+    assert_eq!(accepted, done, "every done task was one accepted answer");
+
+    let stop = CancellationToken::new();
+    let ready: reasonrec_ops::ReadyCheck = Arc::new(|| Box::pin(async { Ok(()) }));
+    let app = reasonrec_coordinator::web::router(s.clone(), Access::Loopback, ready, Arc::new(AtomicBool::new(true)));
+    let base = format!("http://{}", reasonrec_ops::serve("127.0.0.1:0", app, stop.clone()).await?);
+    let dir = tempfile::tempdir()?;
+    let url = format!("{base}/corpus?run={after}");
+    let profile = dir.path().join("p");
+    let dom = tokio::task::spawn_blocking(move || dump_dom(&profile, &url)).await??;
+    assert!(dom.contains("Quality — sample, 2 runs") && dom.contains("label_contradiction"), "{dom}");
+    assert!(dom.contains("aria-label=\"rejection rate per hour\"") && dom.matches("<rect").count() >= 1, "{dom}");
+    stop.cancel();
+    env.cleanup().await
+}

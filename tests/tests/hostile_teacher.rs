@@ -6,25 +6,13 @@ use reasonrec_coordinator::create_run;
 use reasonrec_core::settings::{EndpointSettings, TeacherSettings};
 use reasonrec_mock_teacher::{MockConfig, MockHandle, RetryAfterFormat};
 use reasonrec_teacher::{TeacherClient, TeacherError, TeacherPool};
-use reasonrec_tests::teacher_calls::{messages, mock};
+use reasonrec_tests::teacher_calls::{messages, mock, pool};
 use reasonrec_tests::{TestEnv, count};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 fn endpoint(m: &MockHandle) -> EndpointSettings {
     EndpointSettings { name: "hostile".into(), base_url: m.base_url(), timeout_secs: 10, ..EndpointSettings::default() }
-}
-
-fn pool(endpoints: Vec<EndpointSettings>, max_attempts: u32) -> anyhow::Result<TeacherPool> {
-    let settings = TeacherSettings {
-        endpoints,
-        max_attempts,
-        backoff_min_ms: 5,
-        backoff_max_ms: 20,
-        breaker_failures: 1_000,
-        ..TeacherSettings::default()
-    };
-    Ok(TeacherPool::new(&settings)?)
 }
 
 /// The peak resident set of this process, in MiB (`VmHWM`).

@@ -359,6 +359,31 @@ async fn audit(State(state): State<WebState>, headers: HeaderMap, Path(run): Pat
 }
 
 #[derive(Deserialize)]
+struct QualityQuery {
+    days: Option<i32>,
+}
+
+/// Validator rejections per hour, stage, template version, endpoint, model and reason, and
+/// audit marks per template version, over the runs of this run's dataset within `days` days.
+async fn quality(
+    State(state): State<WebState>,
+    headers: HeaderMap,
+    Path(run): Path<uuid::Uuid>,
+    query: Result<Query<QualityQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    if !authorized(&state, &headers) {
+        return refused(&state);
+    }
+    let Ok(Query(q)) = query else {
+        return (StatusCode::BAD_REQUEST, "days is a number\n").into_response();
+    };
+    match state.store.quality(run, q.days.unwrap_or(14).clamp(0, 366)).await {
+        Ok(quality) => Json(quality).into_response(),
+        Err(e) => store_error(e),
+    }
+}
+
+#[derive(Deserialize)]
 struct MarkBody {
     verdict: reasonrec_core::audit::Verdict,
     reason: Option<String>,
@@ -481,6 +506,7 @@ pub fn router_with_prompts(
         .route("/api/runs/{run}/tasks", get(tasks))
         .route("/api/runs/{run}/sample", get(sample))
         .route("/api/runs/{run}/audit", get(audit))
+        .route("/api/runs/{run}/quality", get(quality))
         .route("/api/tasks/{id}", get(task))
         .route("/api/outputs/{key}/mark", post(mark))
         .with_state(state)

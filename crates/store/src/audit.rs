@@ -154,3 +154,113 @@ impl Store {
             .collect()
     }
 }
+
+/// Validator rejections of one hour, for one (stage, template version, endpoint, model, reason)
+/// of a run of the dataset: what makes a prompt edit's effect visible the morning after.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RejectionCount {
+    /// The hour's start.
+    pub hour: chrono::DateTime<chrono::Utc>,
+    pub run_id: Uuid,
+    /// None once retention pruned the run's tasks (its attempts stay).
+    pub stage: Option<String>,
+    /// The stage's template version in the run's settings snapshot.
+    pub template_version: Option<String>,
+    pub endpoint: String,
+    pub model: String,
+    /// The validator's code (`too_short`, `label_contradiction`, ...); None counts accepted
+    /// answers, so each group's rate is rejections / (rejections + accepted).
+    pub reason: Option<String>,
+    pub attempts: i64,
+}
+
+/// Audit marks of the outputs made with one (stage, template version, model).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AuditByTemplate {
+    pub stage: String,
+    pub template_version: String,
+    pub model: String,
+    pub approved: i64,
+    pub rejected: i64,
+}
+
+/// Quality over the runs of a dataset name created in the last days (see
+/// [`Store::quality`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Quality {
+    pub dataset: String,
+    pub runs: Vec<Uuid>,
+    pub rejections: Vec<RejectionCount>,
+    pub audit: Vec<AuditByTemplate>,
+}
+
+impl Store {
+    /// Validator rejections and accepted answers per hour, stage, template version, endpoint,
+    /// model and reason, and audit marks per stage, template version and model, over the runs of
+    /// `run`'s dataset name created within `days` days of it. Each run's attempts are read
+    /// through their run index; the marks through the outputs those runs' tasks hold.
+    pub async fn quality(&self, run: Uuid, days: i32) -> Result<Quality, StoreError> {
+        let head = sqlx::query(
+            "SELECT d.name, array_agg(r2.id ORDER BY r2.created_at) AS runs
+             FROM runs r JOIN datasets d ON d.id = r.dataset_id
+             JOIN datasets d2 ON d2.name = d.name JOIN runs r2 ON r2.dataset_id = d2.id
+             WHERE r.id = $1 AND r2.created_at BETWEEN r.created_at - make_interval(days => $2) AND r.created_at + make_interval(days => $2)
+             GROUP BY d.name",
+        )
+        .bind(run)
+        .bind(days)
+        .fetch_optional(self.pool())
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("run {run}")))?;
+        let runs: Vec<Uuid> = head.try_get("runs")?;
+        let rejections = sqlx::query(
+            "SELECT date_trunc('hour', a.started_at) AS hour, a.run_id, t.stage,
+                    r.settings->'templates'->t.stage->>'version' AS template_version, a.endpoint, a.model,
+                    CASE WHEN a.error_class = 'rejected' THEN split_part(a.error, ':', 1) END AS reason,
+                    count(*) AS attempts
+             FROM attempts a JOIN runs r ON r.id = a.run_id LEFT JOIN tasks t ON t.id = a.task_id
+             WHERE a.run_id = ANY($1) AND (a.error_class IS NULL OR a.error_class = 'rejected')
+             GROUP BY 1, 2, 3, 4, 5, 6, 7 ORDER BY 1, 2, 3, 4, 5, 6, 7",
+        )
+        .bind(&runs)
+        .fetch_all(self.pool())
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(RejectionCount {
+                hour: r.try_get("hour")?,
+                run_id: r.try_get("run_id")?,
+                stage: r.try_get("stage")?,
+                template_version: r.try_get("template_version")?,
+                endpoint: r.try_get("endpoint")?,
+                model: r.try_get("model")?,
+                reason: r.try_get("reason")?,
+                attempts: r.try_get("attempts")?,
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+        let audit = sqlx::query(
+            "SELECT o.stage, o.template_version, o.model,
+                    count(*) FILTER (WHERE m.verdict = 'approved') AS approved,
+                    count(*) FILTER (WHERE m.verdict = 'rejected') AS rejected
+             FROM audit_marks m JOIN outputs o ON o.key = m.output_key
+             WHERE m.output_key IN (SELECT output_key FROM tasks WHERE run_id = ANY($1) AND output_key IS NOT NULL)
+             GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+        )
+        .bind(&runs)
+        .fetch_all(self.pool())
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(AuditByTemplate {
+                stage: r.try_get("stage")?,
+                template_version: r.try_get("template_version")?,
+                model: r.try_get("model")?,
+                approved: r.try_get("approved")?,
+                rejected: r.try_get("rejected")?,
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok(Quality { dataset: head.try_get("name")?, runs, rejections, audit })
+    }
+}

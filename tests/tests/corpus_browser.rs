@@ -224,7 +224,7 @@ async fn rejections_are_counted_per_template_version_and_reason() -> anyhow::Res
     let app = reasonrec_coordinator::web::router(s.clone(), Access::Loopback, ready, Arc::new(AtomicBool::new(true)));
     let base = format!("http://{}", reasonrec_ops::serve("127.0.0.1:0", app, stop.clone()).await?);
     let dir = tempfile::tempdir()?;
-    let url = format!("{base}/corpus?run={after}");
+    let url = format!("{base}/corpus?run={after}&quality=1");
     let profile = dir.path().join("p");
     let dom = tokio::task::spawn_blocking(move || dump_dom(&profile, &url)).await??;
     assert!(dom.contains("Quality — sample, 2 runs") && dom.contains("label_contradiction"), "{dom}");

@@ -485,7 +485,7 @@ pub async fn plan_run(
         "history_len": history_len,
         "stages": settings.stages,
         "teacher": settings.teacher.endpoints.iter().map(|e| serde_json::json!({
-            "name": e.name, "model": e.model, "params": e.params,
+            "name": e.name, "protocol": e.protocol, "model": e.model, "params": e.params,
         })).collect::<Vec<_>>(),
         "dataset": {"name": ds.name, "version": ds.version, "content_hash": ds.content_hash, "family": ds.family},
     });

@@ -777,6 +777,14 @@ impl Settings {
                     let t = ep.params.temperature;
                     return bad(&key("params.temperature"), format!("{t} is not within 0..=1 (Anthropic's range)"));
                 }
+                if ep.params.top_p.is_some() {
+                    return bad(
+                        &key("params.top_p"),
+                        "an anthropic endpoint takes temperature or top_p, not both (newer models refuse the pair \
+                         with a 400); leave top_p unset"
+                            .into(),
+                    );
+                }
                 if ep.anthropic_version.trim().is_empty() {
                     return bad(&key("anthropic_version"), "must not be empty".into());
                 }

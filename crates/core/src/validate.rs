@@ -102,15 +102,16 @@ pub fn validate_answer(
 ) -> Result<(), Rejection> {
     let reject = |code, message: String| Err(Rejection { code, message });
     let trimmed = text.trim();
-    if trimmed.is_empty() {
-        return reject("empty", "the answer is empty".into());
-    }
+    // The server's stop reason first: it says why an answer is cut or empty.
     if finish_reason == Some("length") {
         return reject("truncated", "the answer was cut off at max_tokens (finish_reason=length)".into());
     }
     // Anthropic's `refusal` stop reason and OpenAI's `content_filter`: a safety system stopped it.
     if let Some(r @ ("refusal" | "content_filter")) = finish_reason {
         return reject("refusal", format!("the server stopped the answer (finish_reason={r})"));
+    }
+    if trimmed.is_empty() {
+        return reject("empty", "the answer is empty".into());
     }
     let words = trimmed.split_whitespace().count();
     let (min, max) = word_bounds(stage);

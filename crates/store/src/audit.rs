@@ -35,7 +35,8 @@ pub struct SampleRow {
     pub reason: Option<String>,
 }
 
-/// What was audited of a run's done outputs, per stage.
+/// What was audited of a run's done outputs, per stage: `done` counts tasks, `approved` and
+/// `rejected` distinct outputs (an output several tasks share was one judgement).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct StageAudit {
     pub stage: String,
@@ -45,7 +46,9 @@ pub struct StageAudit {
 }
 
 impl StageAudit {
-    /// The stage's error rate as its audited outputs suggest (None: none audited yet).
+    /// The stage's error rate as its audited outputs suggest (None: none audited yet): the
+    /// rejected share of every audited output, unweighted — a sample drawn per label from a run
+    /// whose labels are unbalanced, or marks made after a filtered search, bias it.
     pub fn error_rate(&self) -> Option<ErrorRate> {
         let audited = (self.approved + self.rejected).max(0) as u64;
         ErrorRate::estimate(self.rejected.max(0) as u64, audited)
@@ -134,8 +137,8 @@ impl Store {
     pub async fn audit_counts(&self, run: Uuid) -> Result<Vec<StageAudit>, StoreError> {
         let rows = sqlx::query(
             "SELECT t.stage, count(*) AS done,
-                    count(*) FILTER (WHERE a.verdict = 'approved') AS approved,
-                    count(*) FILTER (WHERE a.verdict = 'rejected') AS rejected
+                    count(DISTINCT a.output_key) FILTER (WHERE a.verdict = 'approved') AS approved,
+                    count(DISTINCT a.output_key) FILTER (WHERE a.verdict = 'rejected') AS rejected
              FROM tasks t LEFT JOIN audit_marks a ON a.output_key = t.output_key
              WHERE t.run_id = $1 AND t.state = 'done' GROUP BY t.stage ORDER BY t.stage",
         )

@@ -322,12 +322,14 @@ impl Store {
     /// breaks the cycle by aborting one transaction; when it is this one, it is run again (the
     /// batch side retries its own), so an operator's cancel never ends in a deadlock error.
     pub async fn cancel_run(&self, run_id: Uuid) -> Result<u64, StoreError> {
-        let mut tries = 0;
+        let mut tries: u64 = 0;
         loop {
             match self.cancel_run_once(run_id).await {
                 Err(e) if tries < 5 && e.is_transaction_conflict() => {
                     tries += 1;
                     tracing::debug!(%run_id, tries, error = %e, "run cancel crossed a commit batch; again");
+                    // Let the batch that won finish before locking again.
+                    tokio::time::sleep(std::time::Duration::from_millis(20 * tries)).await;
                 }
                 other => return other,
             }
@@ -351,8 +353,8 @@ impl Store {
                 return Err(StoreError::NotFound(format!("run {run_id}")));
             }
         }
-        // Rows are locked in id order, as commit batches lock them: the two queue instead of
-        // deadlocking.
+        // Rows are locked in id order, as each pass of a commit batch locks them: most crossings
+        // queue; the rest deadlock and are run again (see `cancel_run`).
         let res = sqlx::query(
             "WITH locked AS (
                  SELECT id FROM tasks WHERE run_id = $1 AND state IN ('waiting', 'ready', 'published')

@@ -144,18 +144,26 @@ fn exhausted_budget_reset(headers: &HeaderMap, protocol: Protocol) -> Option<Dur
         .max()
 }
 
+/// Anthropic's budgets are token buckets refilled continuously, and `reset` is when one is full
+/// again: with no request left, the next one frees after (reset - now) / limit, not at `reset`.
+/// The token budgets are left to our own token buckets and to a 429's `retry-after`: their
+/// `remaining` is rounded to thousands, so "0" does not mean empty.
 fn anthropic_reset(headers: &HeaderMap, now: chrono::DateTime<chrono::Utc>) -> Option<Duration> {
-    RATE_LIMIT_KINDS
-        .iter()
-        .filter(|kind| {
-            header(headers, &format!("anthropic-ratelimit-{kind}-remaining")).and_then(|v| v.parse::<f64>().ok())
-                == Some(0.0)
-        })
-        .filter_map(|kind| header(headers, &format!("anthropic-ratelimit-{kind}-reset")))
-        .filter_map(|v| chrono::DateTime::parse_from_rfc3339(v).ok())
-        .map(|when| (when.with_timezone(&chrono::Utc) - now).to_std().unwrap_or(Duration::ZERO))
-        .map(|d| d.min(Duration::from_secs(3600)))
-        .max()
+    let kind = RATE_LIMIT_KINDS[0];
+    let remaining =
+        header(headers, &format!("anthropic-ratelimit-{kind}-remaining")).and_then(|v| v.parse::<f64>().ok());
+    if remaining != Some(0.0) {
+        return None;
+    }
+    let reset = header(headers, &format!("anthropic-ratelimit-{kind}-reset"))
+        .and_then(|v| chrono::DateTime::parse_from_rfc3339(v).ok())?;
+    let full = (reset.with_timezone(&chrono::Utc) - now).to_std().unwrap_or(Duration::ZERO);
+    let limit = header(headers, &format!("anthropic-ratelimit-{kind}-limit")).and_then(|v| v.parse::<u32>().ok());
+    let one = match limit {
+        Some(l) if l > 0 => full / l,
+        _ => full,
+    };
+    Some(one.min(Duration::from_secs(3600)))
 }
 
 /// The start of a body for an error message: NUL (which Postgres refuses in text) becomes
@@ -331,8 +339,15 @@ impl TeacherClient {
                     ..MessagesRequest::from_chat(&ep.model, messages, params.max_tokens)
                 };
                 let req = self.http.post(&self.url).header("anthropic-version", &ep.anthropic_version).json(&body);
-                match &self.api_key {
-                    Some(key) => req.header("x-api-key", key.as_ref()),
+                // Marked sensitive, as `bearer_auth` marks its header: never printed by Debug.
+                match self.api_key.as_deref().map(reqwest::header::HeaderValue::from_str) {
+                    Some(Ok(mut key)) => {
+                        key.set_sensitive(true);
+                        req.header("x-api-key", key)
+                    }
+                    // A key that is no valid header value: sent as reqwest builds it (it fails
+                    // the request, which then says so).
+                    Some(Err(_)) => req.header("x-api-key", self.api_key.as_deref().unwrap_or_default()),
                     None => req,
                 }
             }
@@ -389,10 +404,16 @@ impl TeacherClient {
             Protocol::Anthropic => {
                 let parsed: MessagesResponse =
                     serde_json::from_str(body).map_err(|e| malformed(format!("{e}: {}", snippet(body))))?;
-                let Some(text) = parsed.text() else {
-                    return Err(malformed("the answer has no text block".into()));
+                let finish_reason = parsed.finish_reason();
+                // A refusal or a cut-off may come without any text: that is an answer for the
+                // validator to reject (and re-ask), not a broken body to retry and count against
+                // the endpoint's health.
+                let text = match (parsed.text(), finish_reason.as_deref()) {
+                    (Some(text), _) => text,
+                    (None, Some("refusal" | "length")) => String::new(),
+                    (None, _) => return Err(malformed("the answer has no text block".into())),
                 };
-                Ok(Decoded { text, finish_reason: parsed.finish_reason(), usage: parsed.usage.map(|u| u.tokens()) })
+                Ok(Decoded { text, finish_reason, usage: parsed.usage.map(|u| u.tokens()) })
             }
         }
     }
@@ -454,9 +475,17 @@ fn plausible(reported: u32, estimate: u32) -> bool {
 
 fn looks_like_context_overflow(body: &str) -> bool {
     let b = body.to_lowercase();
-    ["context length", "context_length", "maximum context", "too many tokens", "prompt is too long", "context window"]
-        .iter()
-        .any(|p| b.contains(p))
+    [
+        "context length",
+        "context_length",
+        "maximum context",
+        "too many tokens",
+        "prompt is too long",
+        "context window",
+        "exceed context limit",
+    ]
+    .iter()
+    .any(|p| b.contains(p))
 }
 
 /// A transport error as one of ours. reqwest's message names the URL: it is left out (the
@@ -537,21 +566,48 @@ mod tests {
                 h.insert(k, v);
             }
         }
-        set(&mut h, "anthropic-ratelimit-requests-remaining", "12");
-        set(&mut h, "anthropic-ratelimit-requests-reset", "2026-11-26T12:00:30Z");
         set(&mut h, "anthropic-ratelimit-input-tokens-remaining", "0");
         set(&mut h, "anthropic-ratelimit-input-tokens-reset", "2026-11-26T12:00:07.500Z");
-        assert_eq!(anthropic_reset(&h, now), Some(Duration::from_millis(7500)), "only the exhausted budget counts");
-        set(&mut h, "anthropic-ratelimit-input-tokens-reset", "2026-11-26T11:59:00Z");
+        set(&mut h, "anthropic-ratelimit-requests-remaining", "12");
+        set(&mut h, "anthropic-ratelimit-requests-reset", "2026-11-26T12:00:30Z");
+        assert_eq!(anthropic_reset(&h, now), None, "token budgets (rounded to thousands) do not pause");
+        set(&mut h, "anthropic-ratelimit-requests-remaining", "0");
+        assert_eq!(anthropic_reset(&h, now), Some(Duration::from_secs(30)), "no limit known: until the reset");
+        set(&mut h, "anthropic-ratelimit-requests-limit", "60");
+        assert_eq!(anthropic_reset(&h, now), Some(Duration::from_millis(500)), "one request's share of the refill");
+        set(&mut h, "anthropic-ratelimit-requests-reset", "2026-11-26T11:59:00Z");
         assert_eq!(anthropic_reset(&h, now), Some(Duration::ZERO), "a reset in the past is no wait");
-        set(&mut h, "anthropic-ratelimit-input-tokens-reset", "soon");
+        set(&mut h, "anthropic-ratelimit-requests-reset", "soon");
         assert_eq!(anthropic_reset(&h, now), None);
+    }
+
+    #[test]
+    fn an_anthropic_refusal_without_text_is_an_answer_to_reject_not_a_broken_body() {
+        let refusal =
+            r#"{"type":"message","content":[],"stop_reason":"refusal","usage":{"input_tokens":9,"output_tokens":0}}"#;
+        let d = TeacherClient::decode(200, Protocol::Anthropic, refusal);
+        assert!(matches!(&d, Ok(d) if d.text.is_empty() && d.finish_reason.as_deref() == Some("refusal")));
+        let cut = r#"{"content":[{"type":"thinking","thinking":"x"}],"stop_reason":"max_tokens"}"#;
+        let d = TeacherClient::decode(200, Protocol::Anthropic, cut);
+        assert!(matches!(&d, Ok(d) if d.text.is_empty() && d.finish_reason.as_deref() == Some("length")));
+        let odd = r#"{"content":[],"stop_reason":"end_turn"}"#;
+        assert!(matches!(TeacherClient::decode(200, Protocol::Anthropic, odd), Err(TeacherError::Malformed { .. })));
+        let reason = reasonrec_core::validate::validate_answer(
+            reasonrec_core::stage::Stage::Reasoning,
+            "",
+            Some("refusal"),
+            None,
+        );
+        assert_eq!(reason.err().map(|r| r.code), Some("refusal"), "the validator says why, not just 'empty'");
     }
 
     #[test]
     fn context_overflow_is_recognised() {
         assert!(looks_like_context_overflow(
             r#"{"error":{"message":"This model's maximum context length is 4096 tokens"}}"#
+        ));
+        assert!(looks_like_context_overflow(
+            r#"{"type":"error","error":{"type":"invalid_request_error","message":"input length and `max_tokens` exceed context limit: 198000 + 8192 > 200000"}}"#
         ));
         assert!(!looks_like_context_overflow("bad temperature"));
     }

@@ -13,7 +13,8 @@ use crate::files::{FileEntry, Format};
 use crate::filters::{FilterOptions, FilterReport};
 
 /// Version of this manifest's layout.
-pub const MANIFEST_VERSION: u32 = 1;
+/// 2: `audit` (the marks' counts); `filters.rows_read` counts the rows the marks admitted.
+pub const MANIFEST_VERSION: u32 = 2;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Manifest {

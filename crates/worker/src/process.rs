@@ -7,7 +7,7 @@ use crate::render::{PromptCap, render_capped};
 use reasonrec_core::attempt::{AttemptRecord, ErrorClass};
 use reasonrec_core::stage::{RunState, TaskState};
 use reasonrec_core::validate::validate_answer;
-use reasonrec_core::{ChatMessage, OutputKey, PromptLibrary, TaskMessage};
+use reasonrec_core::{OutputKey, PromptLibrary, TaskMessage};
 use reasonrec_store::Store;
 use reasonrec_store::finish::{Finish, FinishKind};
 use reasonrec_store::tasks::NewOutput;
@@ -249,14 +249,11 @@ impl TaskProcessor {
                 return Ok(Pass::Finished(Outcome::Failed { error }));
             }
             reasks += 1;
-            messages.push(ChatMessage { role: "assistant".into(), content: answer.text });
-            messages.push(ChatMessage {
-                role: "user".into(),
-                content: format!(
-                    "Your answer was not accepted: {}. Answer again, following the instructions above.",
-                    rejection.message
-                ),
-            });
+            let feedback = format!(
+                "Your answer was not accepted: {}. Answer again, following the instructions above.",
+                rejection.message
+            );
+            self.options.prompt_cap.reask(&mut messages, answer.text, feedback);
         };
         let key = OutputKey::for_endpoint(stage, &prompt, &ep, salt);
         let output = NewOutput {

@@ -117,8 +117,27 @@ impl PromptCap {
     /// Prompt tokens by this cap's estimate: characters / `chars_per_token`, rounded up, plus
     /// 4 tokens of chat framing per message.
     pub fn estimate_tokens(&self, prompt: &RenderedPrompt) -> u32 {
+        self.estimate_messages(&prompt.messages)
+    }
+
+    fn estimate_messages(&self, messages: &[reasonrec_core::ChatMessage]) -> u32 {
         let per = f64::from(self.chars_per_token.max(0.5));
-        prompt.messages.iter().map(|m| (m.content.chars().count() as f64 / per).ceil() as u32 + 4).sum()
+        messages.iter().map(|m| (m.content.chars().count() as f64 / per).ceil() as u32 + 4).sum()
+    }
+
+    /// The conversation of a re-ask: `messages`, the rejected answer and the validator's
+    /// `feedback`. When the answer would carry it past the context window, the answer is left
+    /// out and the feedback alone follows the prompt (which the trimming made fit).
+    pub fn reask(&self, messages: &mut Vec<reasonrec_core::ChatMessage>, answer: String, feedback: String) {
+        let answer = reasonrec_core::ChatMessage { role: "assistant".into(), content: answer };
+        let feedback = reasonrec_core::ChatMessage { role: "user".into(), content: feedback };
+        let fits = self.max_tokens == 0
+            || self.estimate_messages(messages) + self.estimate_messages(&[answer.clone(), feedback.clone()])
+                <= self.max_tokens;
+        if fits {
+            messages.push(answer);
+        }
+        messages.push(feedback);
     }
 
     fn over(&self, prompt: &RenderedPrompt) -> Option<Over> {
@@ -308,4 +327,30 @@ pub fn prompt_checker(
             serde_json::to_value(sent).map_err(|e| e.to_string())
         })
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reasonrec_core::ChatMessage;
+
+    fn user(text: &str) -> ChatMessage {
+        ChatMessage { role: "user".into(), content: text.into() }
+    }
+
+    #[test]
+    fn a_reask_leaves_the_rejected_answer_out_when_it_would_not_fit_the_window() {
+        let cap = PromptCap { max_tokens: 60, chars_per_token: 4.0, ..PromptCap::NONE };
+        // 100 characters: 25 + 4 tokens.
+        let mut messages = vec![user(&"p".repeat(100))];
+        cap.reask(&mut messages, "a".repeat(40), "not accepted: too short".into());
+        assert_eq!(messages.len(), 3, "29 + 14 + 10 tokens fit in 60: {messages:?}");
+        let mut messages = vec![user(&"p".repeat(100))];
+        cap.reask(&mut messages, "a".repeat(200), "not accepted: truncated".into());
+        let roles: Vec<&str> = messages.iter().map(|m| m.role.as_str()).collect();
+        assert_eq!(roles, ["user", "user"], "the long answer is left out, the feedback kept");
+        let mut messages = vec![user("p")];
+        PromptCap::NONE.reask(&mut messages, "a".repeat(10_000), "again".into());
+        assert_eq!(messages.len(), 3, "no window: the whole conversation");
+    }
 }

@@ -155,6 +155,7 @@ async fn apply_marks(store: &Store, run: uuid::Uuid, path: &Path, reviewer: &str
             continue;
         }
         let m: serde_json::Value = serde_json::from_str(line).map_err(|e| anyhow::anyhow!("{at}: {e}"))?;
+        anyhow::ensure!(m.is_object(), "{at}: a line is one JSON object with task, verdict and reason");
         let verdict = match &m["verdict"] {
             serde_json::Value::Null => continue,
             serde_json::Value::String(v) => {

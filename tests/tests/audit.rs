@@ -110,3 +110,56 @@ async fn marks_follow_the_output_and_the_export_honours_them() -> anyhow::Result
     assert_eq!((counts[0].approved, counts[0].rejected), (2, 1), "marks are per output key");
     env.cleanup().await
 }
+
+/// A rejected user profile is never written either: the examples that embed it are written
+/// without it (as with the profile stage off), and the manifest counts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_profile_is_left_out_of_the_examples_that_embed_it() -> anyhow::Result<()> {
+    let mut env = TestEnv::new().await?;
+    env.full_method();
+    env.settings.sampling.max_users = 6;
+    env.ingest_sample().await?;
+    let run = completed_run(&env).await?;
+    let s = &env.store;
+    let (ext_id, key): (String, Vec<u8>) = sqlx::query_as(
+        "SELECT u.ext_id, t.output_key FROM tasks t JOIN runs r ON r.id = t.run_id
+         JOIN users u ON u.dataset_id = r.dataset_id AND u.id = t.user_id
+         WHERE t.run_id = $1 AND t.stage = 'user_profile' ORDER BY t.id LIMIT 1",
+    )
+    .bind(run)
+    .fetch_one(s.pool())
+    .await?;
+    let prompts = PromptLibrary::load(&env.settings.prompts.dir)?;
+    let dir = tempfile::tempdir()?;
+    // Per example row: (the user's own id, whether its prompt shows a viewer profile).
+    let rows = |d: &std::path::Path| -> anyhow::Result<Vec<(String, bool)>> {
+        let mut out = Vec::new();
+        for split in ["train", "validation", "test"] {
+            for line in std::fs::read_to_string(d.join(format!("{split}.jsonl"))).unwrap_or_default().lines() {
+                let v: serde_json::Value = serde_json::from_str(line)?;
+                let input = v["input"].as_str().unwrap_or_default();
+                out.push((v["user_id"].as_str().unwrap_or_default().to_string(), input.contains("## Viewer profile")));
+            }
+        }
+        Ok(out)
+    };
+    let mut opts = ExportOptions::new(dir.path().join("before"));
+    opts.format = reasonrec_trainer::files::Format::Jsonl;
+    let before = export_run(s, &prompts, run, &opts, &mut |_| {}).await?;
+    let before_rows = rows(&opts.out)?;
+    let theirs = before_rows.iter().filter(|(u, _)| *u == ext_id).count();
+    assert!(theirs > 0 && before_rows.iter().all(|(_, shown)| *shown), "every example shows its profile first");
+    assert_eq!(before.audit.profiles_left_out, 0);
+
+    s.mark_outputs(&[NewMark { output_key: key, verdict: Verdict::Rejected, reason: None, reviewer: "t".into() }])
+        .await?;
+    opts.out = dir.path().join("after");
+    let after = export_run(s, &prompts, run, &opts, &mut |_| {}).await?;
+    let after_rows = rows(&opts.out)?;
+    assert_eq!(after_rows.len(), before_rows.len(), "the examples stay");
+    for (u, shown) in &after_rows {
+        assert_eq!(*shown, *u != ext_id, "user {u}: the profile shown unless it is the rejected one");
+    }
+    assert!(after.audit.profiles_left_out >= 1);
+    env.cleanup().await
+}

@@ -108,8 +108,8 @@ pub struct TrainExportArgs {
     /// Drop rationales whose normalised text repeats an earlier one.
     #[arg(long)]
     pub dedup: bool,
-    /// Write only reasoning outputs a reviewer approved (`corpus audit`, the browser); rejected
-    /// ones are never written. (Marks on the profiles an example embeds are not consulted.)
+    /// Write only outputs a reviewer approved (`corpus audit`, the browser): reasoning outputs
+    /// alone, and only approved profiles inside them; rejected ones are never written.
     #[arg(long)]
     pub approved_only: bool,
     /// Few-shot set sizes, comma-separated (default: trainer.few_shot; 0 for none).

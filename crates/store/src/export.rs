@@ -5,6 +5,7 @@
 
 use crate::error::StoreError;
 use crate::pool::Store;
+use reasonrec_core::audit::{AuditPolicy, Verdict};
 use reasonrec_core::inputs::ReasoningInput;
 use sqlx::Row;
 use std::collections::HashMap;
@@ -132,17 +133,29 @@ impl Store {
         in_id_order(&rows)
     }
 
-    /// The outputs of the run's done user-profile tasks of `users`, by user id. Found through the
-    /// unique index on (run, stage, subject), subject `u<user>`.
-    pub async fn export_user_profiles(&self, run_id: Uuid, users: &[i32]) -> Result<HashMap<i32, String>, StoreError> {
+    /// The outputs of the run's done user-profile tasks of `users` that `policy` admits, by user
+    /// id, and how many it left out. Found through the unique index on (run, stage, subject),
+    /// subject `u<user>`.
+    pub async fn export_user_profiles(
+        &self,
+        run_id: Uuid,
+        users: &[i32],
+        policy: AuditPolicy,
+    ) -> Result<(HashMap<i32, String>, u64), StoreError> {
         let subjects: Vec<String> = users.iter().map(|u| format!("u{u}")).collect();
-        self.profile_outputs(run_id, "user_profile", &subjects, "user_id").await
+        self.profile_outputs(run_id, "user_profile", &subjects, "user_id", policy).await
     }
 
-    /// The outputs of the run's done item-profile tasks of `items`, by item id (subject `i<item>`).
-    pub async fn export_item_profiles(&self, run_id: Uuid, items: &[i32]) -> Result<HashMap<i32, String>, StoreError> {
+    /// The outputs of the run's done item-profile tasks of `items` that `policy` admits, by item
+    /// id (subject `i<item>`), and how many it left out.
+    pub async fn export_item_profiles(
+        &self,
+        run_id: Uuid,
+        items: &[i32],
+        policy: AuditPolicy,
+    ) -> Result<(HashMap<i32, String>, u64), StoreError> {
         let subjects: Vec<String> = items.iter().map(|i| format!("i{i}")).collect();
-        self.profile_outputs(run_id, "item_profile", &subjects, "item_id").await
+        self.profile_outputs(run_id, "item_profile", &subjects, "item_id", policy).await
     }
 
     async fn profile_outputs(
@@ -151,23 +164,32 @@ impl Store {
         stage: &str,
         subjects: &[String],
         id_column: &str,
-    ) -> Result<HashMap<i32, String>, StoreError> {
+        policy: AuditPolicy,
+    ) -> Result<(HashMap<i32, String>, u64), StoreError> {
         if subjects.is_empty() {
-            return Ok(HashMap::new());
+            return Ok((HashMap::new(), 0));
         }
         let sql = format!(
-            "SELECT t.{id_column}, o.text FROM tasks t JOIN outputs o ON o.key = t.output_key
+            "SELECT t.{id_column}, o.text, m.verdict FROM tasks t JOIN outputs o ON o.key = t.output_key
+             LEFT JOIN audit_marks m ON m.output_key = t.output_key
              WHERE t.run_id = $1 AND t.stage = $2 AND t.subject = ANY($3) AND t.state = 'done'"
         );
         let rows = sqlx::query(&sql).bind(run_id).bind(stage).bind(subjects).fetch_all(self.pool()).await?;
         let mut out = HashMap::with_capacity(rows.len());
+        let mut left_out = 0;
         for r in rows {
+            let verdict: Option<Verdict> =
+                r.try_get::<Option<String>, _>(2)?.map(|v| v.parse().map_err(StoreError::Corrupt)).transpose()?;
+            if !policy.admits(verdict) {
+                left_out += 1;
+                continue;
+            }
             let id: Option<i32> = r.try_get(0)?;
             if let Some(id) = id {
                 out.insert(id, r.try_get(1)?);
             }
         }
-        Ok(out)
+        Ok((out, left_out))
     }
 
     /// How many tasks of a run there are and how many are done, overall and for reasoning.

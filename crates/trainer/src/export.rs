@@ -149,11 +149,14 @@ struct Lookups {
     run_id: Uuid,
     dataset_id: i64,
     data: PageData,
+    /// Profiles the audit marks let into an example (the others are left out of it).
+    policy: AuditPolicy,
+    profiles_left_out: u64,
 }
 
 impl Lookups {
-    fn new(run_id: Uuid, dataset_id: i64) -> Self {
-        Self { run_id, dataset_id, data: PageData::default() }
+    fn new(run_id: Uuid, dataset_id: i64, policy: AuditPolicy) -> Self {
+        Self { run_id, dataset_id, data: PageData::default(), policy, profiles_left_out: 0 }
     }
 
     /// Reads what the page's tasks mention and the cache lacks: three queries at most.
@@ -172,10 +175,14 @@ impl Lookups {
             self.data.clear_items();
             missing = items;
         }
-        self.data.user_profiles = store.export_user_profiles(self.run_id, &users).await?;
+        let (user_profiles, left_out) = store.export_user_profiles(self.run_id, &users, self.policy).await?;
+        self.data.user_profiles = user_profiles;
+        self.profiles_left_out += left_out;
         if !missing.is_empty() {
             self.data.items.extend(store.load_items(self.dataset_id, &missing).await?);
-            self.data.item_profiles.extend(store.export_item_profiles(self.run_id, &missing).await?);
+            let (item_profiles, left_out) = store.export_item_profiles(self.run_id, &missing, self.policy).await?;
+            self.data.item_profiles.extend(item_profiles);
+            self.profiles_left_out += left_out;
         }
         Ok(&mut self.data)
     }
@@ -239,7 +246,7 @@ pub async fn export_run(
     let mut counts = [LabelCounts::default(); 3];
     let mut train_rows: Vec<(Uuid, bool)> = Vec::new();
     let page_size = opts.page_size.max(1);
-    let mut lookups = Lookups::new(run_id, dataset.id);
+    let mut lookups = Lookups::new(run_id, dataset.id, opts.audit);
     // The next page is read while this one is rendered (and the one before written).
     let read = |after: Uuid| {
         let store = store.clone();
@@ -279,6 +286,7 @@ pub async fn export_run(
         progress(Progress::Exported { read: report.rows_read, kept: report.rows_kept });
     }
     let mut files: Vec<FileEntry> = sinks.finish()?;
+    audit.profiles_left_out = lookups.profiles_left_out;
 
     let draw = fewshot::draw(&train_rows, &opts.few_shot, opts.seed);
     drop(train_rows);
@@ -348,7 +356,7 @@ async fn write_few_shot(
         .map(|s| ExampleSink::create(&opts.out, &format!("fewshot_{}", s.requested), opts.format))
         .collect::<Result<Vec<_>, _>>()?;
     let ids = draw.ids();
-    let mut lookups = Lookups::new(run_id, dataset_id);
+    let mut lookups = Lookups::new(run_id, dataset_id, opts.audit);
     for chunk in ids.chunks(opts.page_size.max(1)) {
         let tasks = store.export_tasks_by_id(run_id, dataset_id, chunk).await?;
         if tasks.len() != chunk.len() {

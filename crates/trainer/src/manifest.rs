@@ -132,6 +132,9 @@ pub struct AuditCounts {
     pub rejected_excluded: u64,
     /// Outputs nobody reviewed that `--approved-only` kept out.
     pub unreviewed_excluded: u64,
+    /// User and item profiles the marks kept out of the examples that embed them (the example
+    /// is written without that profile, as when the stage is off). Counted per profile read.
+    pub profiles_left_out: u64,
 }
 
 impl AuditCounts {

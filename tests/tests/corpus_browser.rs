@@ -152,6 +152,28 @@ async fn the_corpus_browser_pages_filters_checks_prompts_and_takes_marks() -> an
         dom.contains("The content key matches (endpoint mock)")
             && dom.contains("Marked rejected: markup in the answer by ana")
     );
+    if let Ok(keep) = std::env::var("REASONREC_KEEP_CORPUS_SCREENSHOT") {
+        // For a person to look at: the list and the opened task as a browser draws them.
+        let browser = std::env::var("REASONREC_BROWSER").unwrap_or_else(|_| "chromium".into());
+        let url = format!("{base}/corpus?run={run}&label=true&quality=1#task={xss_task}");
+        let profile = dir.path().join("shot");
+        let out = tokio::task::spawn_blocking(move || {
+            std::process::Command::new(browser)
+                .args([
+                    "--headless",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--virtual-time-budget=4000",
+                    "--window-size=1280,2400",
+                ])
+                .arg(format!("--user-data-dir={}", profile.display()))
+                .arg(format!("--screenshot={keep}"))
+                .arg(url)
+                .output()
+        })
+        .await??;
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
     let url = format!("{base}/corpus?run={run}#task={changed}");
     let profile = dir.path().join("p2");
     let dom = tokio::task::spawn_blocking(move || dump_dom(&profile, &url)).await??;

@@ -132,6 +132,35 @@ async fn an_exhausted_anthropic_budget_pauses_the_endpoint_until_its_reset() -> 
     Ok(())
 }
 
+/// A spend limit (Anthropic: 429 without retry-after) is not waited out: the endpoint is taken
+/// out at its first such answer and the other endpoint serves; alone, nothing is left to call,
+/// which stops a worker (its messages stay queued) instead of failing every task.
+#[tokio::test]
+async fn a_spend_limit_takes_the_endpoint_out_instead_of_being_retried() -> anyhow::Result<()> {
+    let capped = mock(MockConfig { api_key: key(), spend_limit: true, ..MockConfig::default() }).await?;
+    let open = mock(MockConfig { api_key: key(), ..MockConfig::default() }).await?;
+    let capped_ep = EndpointSettings { name: "capped".into(), ..endpoint(&capped) };
+    let p = pool(vec![capped_ep.clone(), EndpointSettings { name: "open".into(), ..endpoint(&open) }], 4)?;
+    for _ in 0..20 {
+        let r = p.call(&with_system()).await;
+        assert!(r.result.is_ok(), "{:?}", r.result.err());
+    }
+    assert_eq!(capped.stats().requests, 1, "one 429 without retry-after, then the endpoint is out");
+    assert_eq!(open.stats().ok, 20);
+
+    let alone = pool(vec![capped_ep], 4)?;
+    let r = alone.call(&with_system()).await;
+    assert!(matches!(&r.result, Err(e @ TeacherError::NoEndpoint { .. }) if e.is_fatal()), "{:?}", r.result);
+    assert_eq!(r.attempts.len(), 1);
+    assert_eq!(r.attempts[0].error_class, Some(reasonrec_core::attempt::ErrorClass::RateLimited));
+    // A 429 that says when to come back stays a wait, as before.
+    let limited = mock(MockConfig { api_key: key(), rate_429: 1.0, ..MockConfig::default() }).await?;
+    let client = TeacherClient::new(&endpoint(&limited))?;
+    let r = client.chat(&with_system(), &endpoint(&limited).params).await;
+    assert!(matches!(r, Err(TeacherError::RateLimited { retry_after: Some(_), .. })), "{r:?}");
+    Ok(())
+}
+
 /// A whole run through an Anthropic endpoint that overloads now and then and sends broken
 /// bodies: every task done, every request a ledger row with its cost, and the outputs keyed
 /// under the Anthropic protocol (not reusable by an OpenAI endpoint of the same model name).

@@ -65,6 +65,9 @@ pub struct MockConfig {
     /// Keep the messages of the last this many requests (`MockHandle::recorded`,
     /// `GET /requests`), so tests can compare what was sent; 0 = none.
     pub record_requests: usize,
+    /// Every request gets a 429 without `retry-after`, as Anthropic answers once a spend limit
+    /// is reached (OpenAI: `insufficient_quota`).
+    pub spend_limit: bool,
 }
 
 impl Default for MockConfig {
@@ -94,6 +97,7 @@ impl Default for MockConfig {
             cache_read_tokens: 0,
             context_tokens: 0,
             record_requests: 0,
+            spend_limit: false,
         }
     }
 }

@@ -395,6 +395,11 @@ async fn serve(state: &AppState, wire: Wire, headers: &axum::http::HeaderMap, bo
         }
     };
 
+    if cfg.spend_limit {
+        state.stats(|s| s.injected_429 += 1);
+        let message = "You have reached your specified API usage limits.";
+        return wire.error(StatusCode::TOO_MANY_REQUESTS, "insufficient_quota", message);
+    }
     let latency = Duration::from_millis(cfg.latency_ms + jitter);
     let mut edge = cfg.rate_429;
     if draw < edge {

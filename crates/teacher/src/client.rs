@@ -370,6 +370,8 @@ impl TeacherClient {
             300..=399 => Err(TeacherError::Redirect { status }),
             // Anthropic's 529 (overloaded, API-wide) is a server error like any 5xx: retried,
             // counted by the breaker, and it does not shrink this endpoint's rate limit.
+            // Anthropic sends retry-after with every rate limit but a spend limit's.
+            429 if protocol == Protocol::Anthropic && retry_after.is_none() => Err(TeacherError::SpendLimit { status }),
             429 => Err(TeacherError::RateLimited { status, retry_after }),
             401 | 403 => Err(TeacherError::Auth { status }),
             408 => Err(TeacherError::Timeout(timeout)),

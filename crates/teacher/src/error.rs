@@ -19,6 +19,10 @@ pub enum TeacherError {
     ContextTooLong { status: u16, body: String },
     #[error("endpoint refused our credentials (HTTP {status})")]
     Auth { status: u16 },
+    /// Anthropic's 429 without `retry-after`: a spend limit (the organisation's or the tier's),
+    /// which no retry gets past; the endpoint is taken out like one refusing our key.
+    #[error("endpoint's spend limit reached (HTTP {status} without retry-after)")]
+    SpendLimit { status: u16 },
     #[error("request rejected (HTTP {status}): {body}")]
     BadRequest { status: u16, body: String },
     #[error("environment variable {var} (API key of endpoint {endpoint}) is not set")]
@@ -70,7 +74,9 @@ impl TeacherError {
 
     pub fn class(&self) -> ErrorClass {
         match self {
-            TeacherError::RateLimited { .. } | TeacherError::Deferred { .. } => ErrorClass::RateLimited,
+            TeacherError::RateLimited { .. } | TeacherError::Deferred { .. } | TeacherError::SpendLimit { .. } => {
+                ErrorClass::RateLimited
+            }
             TeacherError::Server { .. } => ErrorClass::Server,
             TeacherError::Timeout(_) => ErrorClass::Timeout,
             TeacherError::Connect(_) => ErrorClass::Connect,
@@ -93,6 +99,7 @@ impl TeacherError {
             | TeacherError::Malformed { status, .. }
             | TeacherError::ContextTooLong { status, .. }
             | TeacherError::Auth { status }
+            | TeacherError::SpendLimit { status }
             | TeacherError::BadRequest { status, .. }
             | TeacherError::TooLarge { status, .. }
             | TeacherError::Redirect { status } => Some(*status),

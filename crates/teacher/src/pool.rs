@@ -146,6 +146,11 @@ impl TeacherPool {
                     client.breaker().disable(format!("HTTP {status}"));
                     continue;
                 }
+                TeacherError::SpendLimit { status } => {
+                    tracing::error!(endpoint = %ep.name, status, "endpoint's spend limit reached; disabled until restart");
+                    client.breaker().disable(format!("spend limit (HTTP {status} without retry-after)"));
+                    continue;
+                }
                 TeacherError::RateLimited { retry_after, .. } => {
                     client.breaker().on_neutral();
                     client.limiter().on_rate_limited();

@@ -153,6 +153,10 @@ async fn a_spend_limit_takes_the_endpoint_out_instead_of_being_retried() -> anyh
     assert!(matches!(&r.result, Err(e @ TeacherError::NoEndpoint { .. }) if e.is_fatal()), "{:?}", r.result);
     assert_eq!(r.attempts.len(), 1);
     assert_eq!(r.attempts[0].error_class, Some(reasonrec_core::attempt::ErrorClass::RateLimited));
+    // OpenAI's insufficient_quota (a 429 naming it) likewise.
+    let openai = EndpointSettings { protocol: Protocol::OpenAi, ..endpoint(&capped) };
+    let r = TeacherClient::new(&openai)?.chat(&with_system(), &openai.params).await;
+    assert!(matches!(r, Err(TeacherError::SpendLimit { status: 429 })), "{r:?}");
     // A 429 that says when to come back stays a wait, as before.
     let limited = mock(MockConfig { api_key: key(), rate_429: 1.0, ..MockConfig::default() }).await?;
     let client = TeacherClient::new(&endpoint(&limited))?;

@@ -372,6 +372,8 @@ impl TeacherClient {
             // counted by the breaker, and it does not shrink this endpoint's rate limit.
             // Anthropic sends retry-after with every rate limit but a spend limit's.
             429 if protocol == Protocol::Anthropic && retry_after.is_none() => Err(TeacherError::SpendLimit { status }),
+            // OpenAI's quota exhausted: also a 429, named in the body.
+            429 if text.contains("insufficient_quota") => Err(TeacherError::SpendLimit { status }),
             429 => Err(TeacherError::RateLimited { status, retry_after }),
             401 | 403 => Err(TeacherError::Auth { status }),
             408 => Err(TeacherError::Timeout(timeout)),

@@ -19,9 +19,9 @@ pub enum TeacherError {
     ContextTooLong { status: u16, body: String },
     #[error("endpoint refused our credentials (HTTP {status})")]
     Auth { status: u16 },
-    /// Anthropic's 429 without `retry-after`: a spend limit (the organisation's or the tier's),
-    /// which no retry gets past; the endpoint is taken out like one refusing our key.
-    #[error("endpoint's spend limit reached (HTTP {status} without retry-after)")]
+    /// A spend limit, which no retry gets past: Anthropic's 429 without `retry-after`, OpenAI's
+    /// 429 `insufficient_quota`. The endpoint is taken out like one refusing our key.
+    #[error("endpoint's spend limit or quota reached (HTTP {status})")]
     SpendLimit { status: u16 },
     #[error("request rejected (HTTP {status}): {body}")]
     BadRequest { status: u16, body: String },

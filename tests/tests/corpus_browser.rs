@@ -40,14 +40,17 @@ async fn the_corpus_browser_pages_filters_checks_prompts_and_takes_marks() -> an
     let total = count(s, "SELECT count(*) FROM tasks WHERE run_id = $1", run).await?;
 
     let stop = CancellationToken::new();
-    let check = reasonrec_worker::render::prompt_checker(s.clone(), &env.settings)?;
+    let views = reasonrec_coordinator::web::TaskViews {
+        prompt: Some(reasonrec_worker::render::prompt_checker(s.clone(), &env.settings)?),
+        student: Some(reasonrec_trainer::export::student_viewer(s.clone(), &env.settings.prompts.dir)?),
+    };
     let ready: reasonrec_ops::ReadyCheck = Arc::new(|| Box::pin(async { Ok(()) }));
-    let app = reasonrec_coordinator::web::router_with_prompts(
+    let app = reasonrec_coordinator::web::router_with_views(
         s.clone(),
         Access::Loopback,
         ready,
         Arc::new(AtomicBool::new(true)),
-        Some(check),
+        views,
     );
     let base = format!("http://{}", reasonrec_ops::serve("127.0.0.1:0", app, stop.clone()).await?);
     let http = reqwest::Client::new();
@@ -108,6 +111,22 @@ async fn the_corpus_browser_pages_filters_checks_prompts_and_takes_marks() -> an
     let messages: Vec<ChatMessage> = serde_json::from_value(prompt["prompt"]["messages"].clone())?;
     assert!(env.mock.recorded().contains(&messages), "the page's prompt is what the teacher received");
 
+    // The student example on the page is the export's row for that task, field for field.
+    let dir0 = tempfile::tempdir()?;
+    let mut opts = reasonrec_trainer::export::ExportOptions::new(dir0.path());
+    opts.format = reasonrec_trainer::files::Format::Jsonl;
+    let prompts = reasonrec_core::PromptLibrary::load(&env.settings.prompts.dir)?;
+    reasonrec_trainer::export::export_run(s, &prompts, run, &opts, &mut |_| {}).await?;
+    let exported: Value = std::fs::read_to_string(dir0.path().join("test.jsonl"))?
+        .lines()
+        .map(serde_json::from_str::<Value>)
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .find(|row| row["id"] == xss_task.to_string())
+        .unwrap_or_default();
+    assert!(exported["output"].as_str().is_some_and(|o| o.contains("onerror")), "{exported}");
+    assert_eq!(page["student"]["Ok"], exported, "the page shows what the export writes");
+
     // An input changed since the answer (an item's title): the page says the key differs.
     let changed = Uuid::parse_str(&seen[5])?;
     sqlx::query(
@@ -152,6 +171,10 @@ async fn the_corpus_browser_pages_filters_checks_prompts_and_takes_marks() -> an
         dom.contains("The content key matches (endpoint mock)")
             && dom.contains("Marked rejected: markup in the answer by ana")
     );
+    assert!(
+        dom.contains("is not exported: its output is rejected"),
+        "a rejected answer has no student example:\n{dom}"
+    );
     if let Ok(keep) = std::env::var("REASONREC_KEEP_CORPUS_SCREENSHOT") {
         // For a person to look at: the list and the opened task as a browser draws them.
         let browser = std::env::var("REASONREC_BROWSER").unwrap_or_else(|_| "chromium".into());
@@ -178,6 +201,7 @@ async fn the_corpus_browser_pages_filters_checks_prompts_and_takes_marks() -> an
     let profile = dir.path().join("p2");
     let dom = tokio::task::spawn_blocking(move || dump_dom(&profile, &url)).await??;
     assert!(dom.contains("Warning: this prompt, rendered again"), "the changed input is flagged:\n{dom}");
+    assert!(dom.contains("Student example (as train export writes it)") && dom.contains("class=\"student\""), "{dom}");
 
     // The review sample (seeded, per stage and label) and the audit line with its error rate.
     let sample = get(format!("/api/runs/{run}/sample?n=2&seed=9")).await?;

@@ -30,10 +30,20 @@ use std::time::{Duration, Instant};
 const PAGE: &str = include_str!("../assets/status.html");
 const CORPUS_PAGE: &str = include_str!("../assets/corpus.html");
 
-/// Renders a task's prompt again and checks it against its output key (the worker's rendering,
-/// given by the binary that has it: the coordinator crate does not know how prompts are made).
-pub type PromptCheck =
+/// A view of a task the coordinator crate cannot make itself, given by the binary that can:
+/// the prompt rendered again and checked against the output key (the worker's rendering), or
+/// the student example as the export writes it (the trainer's). By task id: JSON or an error.
+pub type TaskView =
     Arc<dyn Fn(uuid::Uuid) -> futures::future::BoxFuture<'static, Result<serde_json::Value, String>> + Send + Sync>;
+
+/// The task page's views beyond the store's rows; none: the page shows rows only.
+#[derive(Clone, Default)]
+pub struct TaskViews {
+    /// `worker::render::prompt_checker`.
+    pub prompt: Option<TaskView>,
+    /// `trainer::export::student_viewer`.
+    pub student: Option<TaskView>,
+}
 
 #[derive(Clone)]
 struct WebState {
@@ -44,7 +54,7 @@ struct WebState {
     /// The last `/api/runs` answer: each open page asks every 5 s, and counting a run's tasks
     /// scans them all, so at a million tasks a run a few open pages would keep Postgres busy.
     runs_cache: Arc<Cached<Vec<RunView>>>,
-    prompt_check: Option<PromptCheck>,
+    views: TaskViews,
 }
 
 /// A value loaded again only after [`crate::status::count_interval`] of the last load's duration
@@ -301,6 +311,10 @@ struct TaskPage {
     /// cannot be rendered; absent when this server was started without prompts.
     #[serde(skip_serializing_if = "Option::is_none")]
     prompt: Option<Result<serde_json::Value, String>>,
+    /// The student example as `train export` writes it (reasoning tasks); an error text when
+    /// there is none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    student: Option<Result<serde_json::Value, String>>,
 }
 
 async fn task(State(state): State<WebState>, headers: HeaderMap, Path(id): Path<uuid::Uuid>) -> Response {
@@ -311,11 +325,15 @@ async fn task(State(state): State<WebState>, headers: HeaderMap, Path(id): Path<
         Ok(d) => d,
         Err(e) => return store_error(e),
     };
-    let prompt = match &state.prompt_check {
-        Some(check) => Some(check(id).await),
+    let prompt = match &state.views.prompt {
+        Some(view) => Some(view(id).await),
         None => None,
     };
-    Json(TaskPage { detail, prompt }).into_response()
+    let student = match (&state.views.student, detail.row.stage) {
+        (Some(view), reasonrec_core::stage::Stage::Reasoning) => Some(view(id).await),
+        _ => None,
+    };
+    Json(TaskPage { detail, prompt, student }).into_response()
 }
 
 #[derive(Deserialize)]
@@ -480,23 +498,23 @@ pub fn router(
     ready: reasonrec_ops::ReadyCheck,
     leading: Arc<std::sync::atomic::AtomicBool>,
 ) -> Router {
-    router_with_prompts(store, access, ready, leading, None)
+    router_with_views(store, access, ready, leading, TaskViews::default())
 }
 
-/// [`router`] whose task page shows each task's prompt as `prompt_check` renders it.
-pub fn router_with_prompts(
+/// [`router`] whose task page also shows `views` (the prompt as sent, the student example).
+pub fn router_with_views(
     store: Store,
     access: Access,
     ready: reasonrec_ops::ReadyCheck,
     leading: Arc<std::sync::atomic::AtomicBool>,
-    prompt_check: Option<PromptCheck>,
+    views: TaskViews,
 ) -> Router {
     let state = WebState {
         store,
         access: Arc::new(access),
         leading,
         runs_cache: Arc::new(Cached::new(RUNS_CACHE_FLOOR)),
-        prompt_check,
+        views,
     };
     Router::new()
         .route("/", get(page))

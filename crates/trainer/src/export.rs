@@ -400,3 +400,53 @@ fn write_manifest(dir: &Path, manifest: &Manifest) -> Result<(), TrainerError> {
     std::fs::write(&tmp, text).map_err(|e| TrainerError::io(&tmp, e))?;
     std::fs::rename(&tmp, &path).map_err(|e| TrainerError::io(&path, e))
 }
+
+/// The student example of one done reasoning task exactly as `train export` (default policy)
+/// writes it: the same reads, history cut and rendering as an export page of one row. A task
+/// whose output is rejected has none (the export leaves it out).
+pub async fn student_example(
+    store: &Store,
+    prompts: &PromptLibrary,
+    task_id: Uuid,
+) -> Result<StudentExample, TrainerError> {
+    let not_exported = |why: &str| TrainerError::Invalid(format!("task {task_id} is not exported: {why}"));
+    let task = store.load_tasks(&[task_id]).await?.pop().ok_or_else(|| not_exported("no such task"))?;
+    let dataset = store.dataset_by_id(task.dataset_id).await?;
+    let mut rows = store.export_tasks_by_id(task.run_id, dataset.id, &[task_id]).await?;
+    let Some(mut row) = rows.pop() else { return Err(not_exported("not a done reasoning task")) };
+    let policy = AuditPolicy::default();
+    if !policy.admits(row.audit) {
+        return Err(not_exported("its output is rejected"));
+    }
+    let reasoning = extract_reasoning(&row.text).to_string();
+    cut_to_seen_history(&mut row);
+    let page = [Pending { task: row, reasoning }];
+    let mut lookups = Lookups::new(task.run_id, dataset.id, policy);
+    let data = lookups.load(store, &page).await?;
+    let mut rows = examples(prompts, dataset.family.as_str(), &page, data)?;
+    rows.pop().ok_or_else(|| not_exported("nothing rendered"))
+}
+
+/// [`student_example`] as the corpus browser calls it (`coordinator::web::TaskView`): by task
+/// id, the example as JSON or an error text.
+#[allow(clippy::type_complexity)]
+pub fn student_viewer(
+    store: Store,
+    prompts_dir: &Path,
+) -> Result<
+    std::sync::Arc<
+        dyn Fn(Uuid) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<serde_json::Value, String>> + Send>>
+            + Send
+            + Sync,
+    >,
+    TrainerError,
+> {
+    let prompts = std::sync::Arc::new(PromptLibrary::load(prompts_dir)?);
+    Ok(std::sync::Arc::new(move |task| {
+        let (store, prompts) = (store.clone(), prompts.clone());
+        Box::pin(async move {
+            let example = student_example(&store, &prompts, task).await.map_err(|e| e.to_string())?;
+            serde_json::to_value(example).map_err(|e| e.to_string())
+        })
+    }))
+}

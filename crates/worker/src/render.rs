@@ -306,7 +306,7 @@ pub async fn prompt_as_sent(
     })
 }
 
-/// [`prompt_as_sent`] as the corpus browser calls it (`coordinator::web::PromptCheck`): by task
+/// [`prompt_as_sent`] as the corpus browser calls it (`coordinator::web::TaskView`): by task
 /// id, the answer as JSON or an error text.
 #[allow(clippy::type_complexity)]
 pub fn prompt_checker(

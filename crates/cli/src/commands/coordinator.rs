@@ -102,13 +102,11 @@ async fn serve_http(
         let store = ready_store.clone();
         Box::pin(async move { store.ping().await.map_err(|e| format!("postgres: {e}")) })
     });
-    let app = reasonrec_coordinator::web::router_with_prompts(
-        store.clone(),
-        access,
-        ready,
-        leading,
-        Some(reasonrec_worker::render::prompt_checker(store.clone(), settings)?),
-    );
+    let views = reasonrec_coordinator::web::TaskViews {
+        prompt: Some(reasonrec_worker::render::prompt_checker(store.clone(), settings)?),
+        student: Some(reasonrec_trainer::export::student_viewer(store.clone(), &settings.prompts.dir)?),
+    };
+    let app = reasonrec_coordinator::web::router_with_views(store.clone(), access, ready, leading, views);
     let addr = reasonrec_ops::serve(&bind, app, stop).await.with_context(|| format!("binding {bind}"))?;
     tracing::info!(%addr, "status page, corpus browser, /metrics, /healthz, /readyz");
     Ok(())

@@ -248,7 +248,23 @@ async fn rejections_are_counted_per_template_version_and_reason() -> anyhow::Res
     env.run_to_completion(after).await?;
 
     let s = &env.store;
+    // A reviewer rejects one reasoning output of the second night.
+    let key: Vec<u8> =
+        sqlx::query_scalar("SELECT output_key FROM tasks WHERE run_id = $1 AND state = 'done' ORDER BY id LIMIT 1")
+            .bind(after)
+            .fetch_one(s.pool())
+            .await?;
+    s.mark_outputs(&[reasonrec_store::audit::NewMark {
+        output_key: key,
+        verdict: reasonrec_core::audit::Verdict::Rejected,
+        reason: Some("vague".into()),
+        reviewer: "ana".into(),
+    }])
+    .await?;
     let q = s.quality(after, 14).await?;
+    assert_eq!(q.audit.iter().map(|a| a.rejected).sum::<i64>(), 1);
+    assert_eq!(q.audit_by_day.len(), 1, "{:?}", q.audit_by_day);
+    assert_eq!(q.audit_by_day[0].marks, 1);
     assert_eq!(q.runs, vec![before, after]);
     let versions: HashSet<Option<String>> = q.rejections.iter().map(|r| r.template_version.clone()).collect();
     assert_eq!(versions.len(), 2, "one version per night: {versions:?}");
@@ -275,6 +291,7 @@ async fn rejections_are_counted_per_template_version_and_reason() -> anyhow::Res
     let dom = tokio::task::spawn_blocking(move || dump_dom(&profile, &url)).await??;
     assert!(dom.contains("Quality — sample, 2 runs") && dom.contains("label_contradiction"), "{dom}");
     assert!(dom.contains("aria-label=\"rejection rate per hour\"") && dom.matches("<rect").count() >= 1, "{dom}");
+    assert!(dom.contains("id=\"quality-audit-days\"") && dom.contains("rejected</td>"), "marks per day:\n{dom}");
     stop.cancel();
     env.cleanup().await
 }

@@ -195,6 +195,18 @@ pub struct Quality {
     pub runs: Vec<Uuid>,
     pub rejections: Vec<RejectionCount>,
     pub audit: Vec<AuditByTemplate>,
+    /// Audit marks per day they were made, stage, template version and verdict.
+    pub audit_by_day: Vec<AuditByDay>,
+}
+
+/// The marks made on one day on the outputs of one (stage, template version).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AuditByDay {
+    pub day: chrono::DateTime<chrono::Utc>,
+    pub stage: String,
+    pub template_version: String,
+    pub verdict: Verdict,
+    pub marks: i64,
 }
 
 impl Store {
@@ -264,6 +276,26 @@ impl Store {
             })
         })
         .collect::<Result<Vec<_>, StoreError>>()?;
-        Ok(Quality { dataset: head.try_get("name")?, runs, rejections, audit })
+        let audit_by_day = sqlx::query(
+            "SELECT date_trunc('day', m.marked_at) AS day, o.stage, o.template_version, m.verdict, count(*) AS marks
+             FROM audit_marks m JOIN outputs o ON o.key = m.output_key
+             WHERE m.output_key IN (SELECT output_key FROM tasks WHERE run_id = ANY($1) AND output_key IS NOT NULL)
+             GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4",
+        )
+        .bind(&runs)
+        .fetch_all(self.pool())
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(AuditByDay {
+                day: r.try_get("day")?,
+                stage: r.try_get("stage")?,
+                template_version: r.try_get("template_version")?,
+                verdict: r.try_get::<String, _>("verdict")?.parse().map_err(StoreError::Corrupt)?,
+                marks: r.try_get("marks")?,
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok(Quality { dataset: head.try_get("name")?, runs, rejections, audit, audit_by_day })
     }
 }

@@ -32,9 +32,8 @@ const CORPUS_PAGE: &str = include_str!("../assets/corpus.html");
 
 /// A view of a task the coordinator crate cannot make itself, given by the binary that can:
 /// the prompt rendered again and checked against the output key (the worker's rendering), or
-/// the student example as the export writes it (the trainer's). By task id: JSON or an error.
-pub type TaskView =
-    Arc<dyn Fn(uuid::Uuid) -> futures::future::BoxFuture<'static, Result<serde_json::Value, String>> + Send + Sync>;
+/// the student example as the export writes it (the trainer's).
+pub use reasonrec_core::task_view::TaskView;
 
 /// The task page's views beyond the store's rows; none: the page shows rows only.
 #[derive(Clone, Default)]
@@ -183,19 +182,20 @@ fn refused(state: &WebState) -> Response {
 
 /// The page holds no data (its script asks `/api/runs`), so it is served to anyone who may
 /// reach it; in loopback mode only under a loopback `Host`.
-async fn page(State(state): State<WebState>, headers: HeaderMap) -> Response {
-    if matches!(state.access.as_ref(), Access::Loopback) && !authorized(&state, &headers) {
-        return refused(&state);
+/// The corpus browser (`CORPUS_PAGE`) is served the same way: it holds no data either.
+fn serve_page(state: &WebState, headers: &HeaderMap, html: &'static str) -> Response {
+    if matches!(state.access.as_ref(), Access::Loopback) && !authorized(state, headers) {
+        return refused(state);
     }
-    Html(PAGE).into_response()
+    Html(html).into_response()
 }
 
-/// The corpus browser: like the status page, it holds no data itself.
+async fn page(State(state): State<WebState>, headers: HeaderMap) -> Response {
+    serve_page(&state, &headers, PAGE)
+}
+
 async fn corpus_page(State(state): State<WebState>, headers: HeaderMap) -> Response {
-    if matches!(state.access.as_ref(), Access::Loopback) && !authorized(&state, &headers) {
-        return refused(&state);
-    }
-    Html(CORPUS_PAGE).into_response()
+    serve_page(&state, &headers, CORPUS_PAGE)
 }
 
 /// A page of the browser's task list as the query string gives it: the filters, `after` (the
@@ -367,11 +367,7 @@ async fn audit(State(state): State<WebState>, headers: HeaderMap, Path(run): Pat
         return refused(&state);
     }
     match state.store.audit_counts(run).await {
-        Ok(counts) => {
-            let stages: Vec<serde_json::Value> =
-                counts.iter().map(|c| serde_json::json!({ "counts": c, "error_rate": c.error_rate() })).collect();
-            Json(serde_json::json!({ "run": run, "stages": stages })).into_response()
-        }
+        Ok(counts) => Json(reasonrec_store::audit::AuditSummary::new(run, counts)).into_response(),
         Err(e) => store_error(e),
     }
 }

@@ -8,6 +8,7 @@
 //! - [`inputs`]: what a task is rendered from, as stored in `tasks.input`.
 //! - [`settings`]: the configuration tree (TOML file + `REASONREC__SECTION__KEY` overrides).
 //! - [`stage`]: the three generation stages of the method and task states.
+//! - [`task_view`]: a view of one task made by one role and shown by another (the browser).
 //! - [`terminal`]: outside text made safe to print on a terminal.
 //! - [`net`]: whether an address names this machine (binds, `Host` headers, URLs).
 //! - [`metrics`]: the process-wide Prometheus registry and the metric names dashboards use.
@@ -30,6 +31,7 @@ pub mod net;
 pub mod prompt;
 pub mod settings;
 pub mod stage;
+pub mod task_view;
 pub mod terminal;
 pub mod validate;
 pub mod view;

@@ -78,6 +78,9 @@ impl AppState {
     fn config(&self) -> MockConfig {
         self.config.read().map(|c| c.clone()).unwrap_or_default()
     }
+    fn recorded(&self) -> Vec<Vec<ChatMessage>> {
+        self.recorded.lock().map(|r| r.iter().cloned().collect()).unwrap_or_default()
+    }
 }
 
 /// A running mock teacher. Dropping it stops the server (hanging requests are cut).
@@ -100,7 +103,7 @@ impl MockHandle {
     /// The messages of the last `record_requests` requests (both protocols; Anthropic's system
     /// field as the first message), oldest first.
     pub fn recorded(&self) -> Vec<Vec<ChatMessage>> {
-        self.state.recorded.lock().map(|r| r.iter().cloned().collect()).unwrap_or_default()
+        self.state.recorded()
     }
 
     pub fn reset_stats(&self) {
@@ -576,9 +579,7 @@ async fn models(State(state): State<Arc<AppState>>) -> Response {
 }
 
 async fn get_recorded(State(state): State<Arc<AppState>>) -> Response {
-    let recorded: Vec<Vec<ChatMessage>> =
-        state.recorded.lock().map(|r| r.iter().cloned().collect()).unwrap_or_default();
-    axum::Json(recorded).into_response()
+    axum::Json(state.recorded()).into_response()
 }
 
 async fn get_stats(State(state): State<Arc<AppState>>) -> Response {

@@ -45,6 +45,27 @@ pub struct StageAudit {
     pub rejected: i64,
 }
 
+/// A run's audit as `corpus audit --json` and `/api/runs/{run}/audit` give it: per stage, the
+/// counts and the error rate they suggest.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AuditSummary {
+    pub run: Uuid,
+    pub stages: Vec<StageSummary>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StageSummary {
+    pub counts: StageAudit,
+    pub error_rate: Option<ErrorRate>,
+}
+
+impl AuditSummary {
+    pub fn new(run: Uuid, counts: Vec<StageAudit>) -> Self {
+        let stages = counts.into_iter().map(|c| StageSummary { error_rate: c.error_rate(), counts: c }).collect();
+        Self { run, stages }
+    }
+}
+
 impl StageAudit {
     /// The stage's error rate as its audited outputs suggest (None: none audited yet): the
     /// rejected share of every audited output, unweighted — a sample drawn per label from a run
@@ -55,8 +76,12 @@ impl StageAudit {
     }
 }
 
-fn verdict(v: Option<String>) -> Result<Option<Verdict>, StoreError> {
-    v.map(|v| v.parse().map_err(StoreError::Corrupt)).transpose()
+/// The audit mark in column `column` of `r` (NULL: none), for every read that joins `audit_marks`.
+pub(crate) fn verdict_in<I: sqlx::ColumnIndex<sqlx::postgres::PgRow>>(
+    r: &sqlx::postgres::PgRow,
+    column: I,
+) -> Result<Option<Verdict>, StoreError> {
+    r.try_get::<Option<String>, _>(column)?.map(|v| v.parse().map_err(StoreError::Corrupt)).transpose()
 }
 
 impl Store {
@@ -126,7 +151,7 @@ impl Store {
                     split: r.try_get("split")?,
                     output_key: r.try_get("key")?,
                     text: r.try_get("text")?,
-                    verdict: verdict(r.try_get("verdict")?)?,
+                    verdict: verdict_in(&r, "verdict")?,
                     reason: r.try_get("reason")?,
                 })
             })

@@ -141,10 +141,7 @@ fn list_row(r: &sqlx::postgres::PgRow) -> Result<TaskListRow, StoreError> {
         model: r.try_get("model")?,
         template_version: r.try_get("template_version")?,
         words: r.try_get("words")?,
-        verdict: r
-            .try_get::<Option<String>, _>("verdict")?
-            .map(|v| v.parse().map_err(StoreError::Corrupt))
-            .transpose()?,
+        verdict: crate::audit::verdict_in(r, "verdict")?,
         excerpt: r.try_get("excerpt")?,
         last_error: r.try_get("last_error")?,
     })

@@ -5,7 +5,7 @@
 
 use crate::error::StoreError;
 use crate::pool::Store;
-use reasonrec_core::audit::{AuditPolicy, Verdict};
+use reasonrec_core::audit::AuditPolicy;
 use reasonrec_core::inputs::ReasoningInput;
 use sqlx::Row;
 use std::collections::HashMap;
@@ -85,10 +85,7 @@ fn export_task(r: &sqlx::postgres::PgRow) -> Result<ExportTask, StoreError> {
         template_version: r.try_get("template_version")?,
         model: r.try_get("model")?,
         params: r.try_get("params")?,
-        audit: r
-            .try_get::<Option<String>, _>("verdict")?
-            .map(|v| v.parse().map_err(StoreError::Corrupt))
-            .transpose()?,
+        audit: crate::audit::verdict_in(r, "verdict")?,
     })
 }
 
@@ -178,9 +175,7 @@ impl Store {
         let mut out = HashMap::with_capacity(rows.len());
         let mut left_out = 0;
         for r in rows {
-            let verdict: Option<Verdict> =
-                r.try_get::<Option<String>, _>(2)?.map(|v| v.parse().map_err(StoreError::Corrupt)).transpose()?;
-            if !policy.admits(verdict) {
+            if !policy.admits(crate::audit::verdict_in(&r, 2)?) {
                 left_out += 1;
                 continue;
             }

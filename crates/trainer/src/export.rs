@@ -427,26 +427,11 @@ pub async fn student_example(
     rows.pop().ok_or_else(|| not_exported("nothing rendered"))
 }
 
-/// [`student_example`] as the corpus browser calls it (`coordinator::web::TaskView`): by task
-/// id, the example as JSON or an error text.
-#[allow(clippy::type_complexity)]
-pub fn student_viewer(
-    store: Store,
-    prompts_dir: &Path,
-) -> Result<
-    std::sync::Arc<
-        dyn Fn(Uuid) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<serde_json::Value, String>> + Send>>
-            + Send
-            + Sync,
-    >,
-    TrainerError,
-> {
+/// [`student_example`] as the corpus browser calls it: a [`reasonrec_core::task_view::TaskView`].
+pub fn student_viewer(store: Store, prompts_dir: &Path) -> Result<reasonrec_core::task_view::TaskView, TrainerError> {
     let prompts = std::sync::Arc::new(PromptLibrary::load(prompts_dir)?);
-    Ok(std::sync::Arc::new(move |task| {
+    Ok(reasonrec_core::task_view::task_view(move |task| {
         let (store, prompts) = (store.clone(), prompts.clone());
-        Box::pin(async move {
-            let example = student_example(&store, &prompts, task).await.map_err(|e| e.to_string())?;
-            serde_json::to_value(example).map_err(|e| e.to_string())
-        })
+        async move { student_example(&store, &prompts, task).await }
     }))
 }

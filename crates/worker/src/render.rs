@@ -306,26 +306,13 @@ pub async fn prompt_as_sent(
     })
 }
 
-/// [`prompt_as_sent`] as the corpus browser calls it (`coordinator::web::TaskView`): by task
-/// id, the answer as JSON or an error text.
-#[allow(clippy::type_complexity)]
-pub fn prompt_checker(
-    store: Store,
-    settings: &Settings,
-) -> Result<
-    std::sync::Arc<
-        dyn Fn(uuid::Uuid) -> futures::future::BoxFuture<'static, Result<serde_json::Value, String>> + Send + Sync,
-    >,
-    WorkerError,
-> {
+/// [`prompt_as_sent`] as the corpus browser calls it: a [`reasonrec_core::task_view::TaskView`].
+pub fn prompt_checker(store: Store, settings: &Settings) -> Result<reasonrec_core::task_view::TaskView, WorkerError> {
     let prompts = std::sync::Arc::new(PromptLibrary::load(&settings.prompts.dir)?);
     let settings = std::sync::Arc::new(settings.clone());
-    Ok(std::sync::Arc::new(move |task| {
+    Ok(reasonrec_core::task_view::task_view(move |task| {
         let (store, prompts, settings) = (store.clone(), prompts.clone(), settings.clone());
-        Box::pin(async move {
-            let sent = prompt_as_sent(&store, &prompts, &settings, task).await.map_err(|e| e.to_string())?;
-            serde_json::to_value(sent).map_err(|e| e.to_string())
-        })
+        async move { prompt_as_sent(&store, &prompts, &settings, task).await }
     }))
 }
 

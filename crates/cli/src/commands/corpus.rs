@@ -6,7 +6,7 @@ use reasonrec_core::Settings;
 use reasonrec_core::audit::Verdict;
 use reasonrec_core::terminal::terminal_safe as safe;
 use reasonrec_store::Store;
-use reasonrec_store::audit::{NewMark, SampleRow, StageAudit};
+use reasonrec_store::audit::{AuditSummary, NewMark, SampleRow, StageAudit};
 use reasonrec_store::lifecycle::{CorpusDiff, CorpusRef, Snapshot, SnapshotOutcome};
 use std::path::Path;
 use std::process::ExitCode;
@@ -136,9 +136,7 @@ pub async fn audit(settings: &Settings, a: CorpusAuditArgs) -> anyhow::Result<Ex
     }
     let counts = store.audit_counts(run).await?;
     if a.json {
-        let stages: Vec<serde_json::Value> =
-            counts.iter().map(|c| serde_json::json!({ "counts": c, "error_rate": c.error_rate() })).collect();
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "run": run, "stages": stages }))?);
+        println!("{}", serde_json::to_string_pretty(&AuditSummary::new(run, counts))?);
     } else {
         print!("{}", render_audit(run, &counts));
     }

@@ -41,7 +41,8 @@ pub struct MockConfig {
     /// A 307 to `redirect_to` + `/chat/completions` (another origin, in the hostile tests).
     pub rate_redirect: f64,
     pub redirect_to: Option<String>,
-    /// A well-formed reasoning answer that argues the opposite of the stated outcome.
+    /// A well-formed reasoning answer that argues the opposite of the stated outcome. Batch
+    /// lines draw it too, each on its own.
     pub rate_contradict: f64,
     /// Own limits over a sliding minute; 0 = none. Requests over them get 429 + Retry-After and
     /// are counted as `over_limit`.
@@ -63,11 +64,41 @@ pub struct MockConfig {
     /// llama.cpp and Anthropic do; 0 = no window.
     pub context_tokens: u32,
     /// Keep the messages of the last this many requests (`MockHandle::recorded`,
-    /// `GET /requests`), so tests can compare what was sent; 0 = none.
+    /// `GET /requests`), so tests can compare what was sent; 0 = none. Batch lines that ran
+    /// are recorded too, in output order, when their batch's results are made.
     pub record_requests: usize,
     /// Every request gets a 429 without `retry-after`, as Anthropic answers once a spend limit
     /// is reached (OpenAI: `insufficient_quota`).
     pub spend_limit: bool,
+
+    // Batch APIs (OpenAI `/v1/files` + `/v1/batches`, Anthropic `/v1/messages/batches`). A batch
+    // follows the knobs as they were when it was created (a later PUT /config changes only later
+    // batches), and its states follow from the time since its creation, evaluated when it is read.
+    /// How long a batch stays `in_progress` (its lines finish evenly spread over this time, in
+    /// its shuffled output order; a cancel keeps the lines finished by then); 0 = the batch has
+    /// ended (OpenAI: reached `finalizing`) by the first read after its creation.
+    pub batch_turnaround_ms: u64,
+    /// OpenAI: how long a batch stays `finalizing` after `in_progress` (a large value = "stuck in
+    /// finalizing"). Both protocols: how long a cancelled batch stays `cancelling`/`canceling`.
+    pub batch_finalizing_ms: u64,
+    /// Per line, drawn when the batch is created: an HTTP-level error (OpenAI: a line with
+    /// `response.status_code` 500 in the error file; Anthropic: `errored` with `api_error`).
+    pub batch_line_error_rate: f64,
+    /// Per line, drawn when the batch is created: the line never runs. A batch with such a line
+    /// ends at the end of its turnaround as `expired` (OpenAI; the line is `batch_expired` in the
+    /// error file) or `ended` with an `expired` result (Anthropic).
+    pub batch_expire_rate: f64,
+    /// The next this many batch create calls (either protocol) create the batch (it exists, runs
+    /// and is listed) but answer 500 (`server_error` / `api_error`), as a response lost after
+    /// the work was done; each such call counts this down (GET /config shows what is left).
+    pub batch_lose_create_response: u32,
+    /// OpenAI: the enqueued prompt tokens (estimated) allowed per model over the batches not
+    /// yet ended; a batch that would exceed it goes `failed` with `token_limit_exceeded` at its
+    /// first read after creation (the create call itself answers `validating`); 0 = none.
+    pub batch_enqueued_token_limit: u64,
+    /// Per create or retrieve call of a batch: Anthropic answers 529 `overloaded_error`, OpenAI a
+    /// 500 `server_error`; a refused create creates nothing.
+    pub batch_overloaded_rate: f64,
 }
 
 impl Default for MockConfig {
@@ -98,6 +129,13 @@ impl Default for MockConfig {
             context_tokens: 0,
             record_requests: 0,
             spend_limit: false,
+            batch_turnaround_ms: 0,
+            batch_finalizing_ms: 0,
+            batch_line_error_rate: 0.0,
+            batch_expire_rate: 0.0,
+            batch_lose_create_response: 0,
+            batch_enqueued_token_limit: 0,
+            batch_overloaded_rate: 0.0,
         }
     }
 }
@@ -124,6 +162,9 @@ impl MockConfig {
             ("rate_nul", self.rate_nul),
             ("rate_redirect", self.rate_redirect),
             ("rate_contradict", self.rate_contradict),
+            ("batch_line_error_rate", self.batch_line_error_rate),
+            ("batch_expire_rate", self.batch_expire_rate),
+            ("batch_overloaded_rate", self.batch_overloaded_rate),
         ] {
             if !(0.0..=1.0).contains(&r) {
                 return Err(format!("{name} must be within [0, 1], got {r}"));
@@ -132,6 +173,10 @@ impl MockConfig {
         let sum = self.fault_rate() + self.rate_contradict;
         if sum > 1.0 {
             return Err(format!("fault rates add up to {sum}, more than 1"));
+        }
+        let batch = self.batch_line_error_rate + self.batch_expire_rate;
+        if batch > 1.0 {
+            return Err(format!("batch_line_error_rate and batch_expire_rate add up to {batch}, more than 1"));
         }
         if self.rate_redirect > 0.0 && self.redirect_to.is_none() {
             return Err("rate_redirect needs redirect_to".into());

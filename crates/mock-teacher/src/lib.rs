@@ -10,10 +10,14 @@
 //!   a reasoning answer agrees with the outcome the prompt states).
 //! - [`limits`]: the sliding-minute window that enforces the mock's own limit.
 //! - [`server`] holds the routes (`/v1/chat/completions`, `/v1/messages`, `/v1/models`, `/stats`,
-//!   `/config`, `/healthz`)
+//!   `/config`, `/healthz`), the one answer builder of live calls and batch lines,
 //!   and the handle tests use to start, inspect and stop it.
+//! - `batch`: both providers' Batch APIs (OpenAI `/v1/files` + `/v1/batches`, Anthropic
+//!   `/v1/messages/batches`): lifecycle by wall-clock time since creation, per-line faults,
+//!   expiry, cancel, lost create responses, the enqueued-token limit; a multipart reader.
 
 pub mod answer;
+mod batch;
 pub mod config;
 pub mod limits;
 pub mod server;

@@ -57,29 +57,103 @@ pub struct MockStats {
     /// Milliseconds since the mock started of the first and last `ok` answer.
     pub first_ok_ms: Option<u64>,
     pub last_ok_ms: Option<u64>,
+    /// Calls of the Batch APIs (`/v1/files`, `/v1/batches`, `/v1/messages/batches`), both
+    /// protocols; they are not counted in `requests`.
+    #[serde(default)]
+    pub batch_requests: u64,
+    /// Files uploaded (`POST /v1/files`).
+    #[serde(default)]
+    pub batch_files: u64,
+    /// Batches the mock created, both protocols, including those whose create response was
+    /// lost (`batch_lose_create_response`) and OpenAI batches that then failed validation.
+    #[serde(default)]
+    pub batches_created: u64,
+    /// Create calls that created a batch but answered 500 (`batch_lose_create_response`).
+    #[serde(default)]
+    pub batch_create_responses_lost: u64,
+    /// Create and retrieve calls answered 529 (Anthropic) or 500 (OpenAI) by
+    /// `batch_overloaded_rate`.
+    #[serde(default)]
+    pub batch_overloaded: u64,
+    /// OpenAI batches that went `failed` (invalid input file, `token_limit_exceeded`).
+    #[serde(default)]
+    pub batches_failed: u64,
+    /// Cancel calls that cancelled a running batch (a repeated cancel is not counted).
+    #[serde(default)]
+    pub batches_cancelled: u64,
+    /// Lines (OpenAI) or requests (Anthropic) of created batches that passed validation.
+    #[serde(default)]
+    pub batch_lines: u64,
+    /// Outcomes of batch lines, counted when their batch ends: answered (OpenAI output file,
+    /// Anthropic `succeeded`), failed (HTTP-level error line, Anthropic `errored`), expired,
+    /// cancelled before they ran.
+    #[serde(default)]
+    pub batch_lines_succeeded: u64,
+    #[serde(default)]
+    pub batch_lines_errored: u64,
+    #[serde(default)]
+    pub batch_lines_expired: u64,
+    #[serde(default)]
+    pub batch_lines_cancelled: u64,
+    /// Tokens of the answered batch lines.
+    #[serde(default)]
+    pub batch_prompt_tokens: u64,
+    #[serde(default)]
+    pub batch_completion_tokens: u64,
+    /// Answered batch lines per prompt kind, as `by_kind`.
+    #[serde(default)]
+    pub batch_by_kind: BTreeMap<String, u64>,
 }
 
-struct AppState {
+pub(crate) struct AppState {
     config: RwLock<MockConfig>,
     stats: Mutex<MockStats>,
     window: Mutex<Window>,
-    rng: Mutex<rand::rngs::StdRng>,
+    /// The seeded source of every fault draw.
+    pub(crate) rng: Mutex<rand::rngs::StdRng>,
     started: Instant,
     /// The messages of the last `record_requests` requests, oldest first.
     recorded: Mutex<std::collections::VecDeque<Vec<ChatMessage>>>,
+    /// Uploaded files and batches of the Batch APIs.
+    pub(crate) batches: Mutex<crate::batch::Store>,
+    /// Where the mock listens (results URLs when a request has no `Host`).
+    pub(crate) addr: SocketAddr,
 }
 
 impl AppState {
-    fn stats(&self, f: impl FnOnce(&mut MockStats)) {
+    pub(crate) fn stats(&self, f: impl FnOnce(&mut MockStats)) {
         if let Ok(mut s) = self.stats.lock() {
             f(&mut s);
         }
     }
-    fn config(&self) -> MockConfig {
+    pub(crate) fn config(&self) -> MockConfig {
         self.config.read().map(|c| c.clone()).unwrap_or_default()
+    }
+    /// Counts down `batch_lose_create_response`; true when this create call's response is to be
+    /// lost.
+    pub(crate) fn take_lost_create(&self) -> bool {
+        match self.config.write() {
+            Ok(mut c) if c.batch_lose_create_response > 0 => {
+                c.batch_lose_create_response -= 1;
+                true
+            }
+            _ => false,
+        }
     }
     fn recorded(&self) -> Vec<Vec<ChatMessage>> {
         self.recorded.lock().map(|r| r.iter().cloned().collect()).unwrap_or_default()
+    }
+    /// Keeps `messages` among the last `record_requests` requests (none when 0).
+    pub(crate) fn record(&self, record_requests: usize, messages: &[ChatMessage]) {
+        if record_requests == 0 {
+            return;
+        }
+        if let Ok(mut recorded) = self.recorded.lock() {
+            while recorded.len() >= record_requests {
+                recorded.pop_front();
+            }
+            recorded.push_back(messages.to_vec());
+        }
     }
 }
 
@@ -149,8 +223,11 @@ pub async fn spawn(addr: SocketAddr, config: MockConfig) -> Result<MockHandle, M
         window: Mutex::new(Window::default()),
         started: Instant::now(),
         recorded: Mutex::new(std::collections::VecDeque::new()),
+        batches: Mutex::new(crate::batch::Store::default()),
+        addr,
     });
     let app = Router::new()
+        .merge(crate::batch::routes())
         .route("/v1/chat/completions", post(chat))
         .route("/v1/messages", post(messages))
         .route("/v1/models", get(models))
@@ -171,13 +248,13 @@ pub async fn spawn(addr: SocketAddr, config: MockConfig) -> Result<MockHandle, M
 
 /// Which protocol a request came in: errors, bodies and headers are answered in it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Wire {
+pub(crate) enum Wire {
     OpenAi,
     Anthropic,
 }
 
 impl Wire {
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Wire::OpenAi => "openai",
             Wire::Anthropic => "anthropic",
@@ -194,7 +271,7 @@ impl Wire {
 
     /// An error body: OpenAI's `{"error":{message,type,code}}` (`kind` is its type) or
     /// Anthropic's envelope, whose type follows from the status.
-    fn error(self, status: StatusCode, kind: &str, message: &str) -> Response {
+    pub(crate) fn error(self, status: StatusCode, kind: &str, message: &str) -> Response {
         match self {
             Wire::OpenAi => error_json(status, kind, message),
             Wire::Anthropic => {
@@ -202,6 +279,8 @@ impl Wire {
                     400 | 413 | 422 => "invalid_request_error",
                     401 => "authentication_error",
                     403 => "permission_error",
+                    404 => "not_found_error",
+                    409 => "conflict_error",
                     429 => "rate_limit_error",
                     504 => "timeout_error",
                     529 => "overloaded_error",
@@ -220,8 +299,12 @@ impl Wire {
 }
 
 fn error_json(status: StatusCode, kind: &str, message: &str) -> Response {
-    let body = serde_json::json!({"error": {"message": message, "type": kind, "code": status.as_u16()}});
-    (status, axum::Json(body)).into_response()
+    (status, axum::Json(openai_error_body(status, kind, message))).into_response()
+}
+
+/// OpenAI's error body `{"error":{message,type,code}}` (the mock's code is the status).
+pub(crate) fn openai_error_body(status: StatusCode, kind: &str, message: &str) -> serde_json::Value {
+    serde_json::json!({"error": {"message": message, "type": kind, "code": status.as_u16()}})
 }
 
 fn too_many(wire: Wire, wait: Duration, format: RetryAfterFormat, message: &str) -> Response {
@@ -256,20 +339,151 @@ fn fit(text: String, max_tokens: Option<u32>) -> (String, bool) {
     (cut, true)
 }
 
-/// A request in either protocol, as the mock answers it.
-struct Asked {
-    model: String,
-    messages: Vec<ChatMessage>,
-    max_tokens: Option<u32>,
+/// A request in either protocol, as the mock answers it (a live call or a batch line).
+#[derive(Debug, Clone)]
+pub(crate) struct Asked {
+    pub(crate) model: String,
+    pub(crate) messages: Vec<ChatMessage>,
+    pub(crate) max_tokens: Option<u32>,
 }
 
-/// The credentials and body of a request in `wire`'s protocol, or the error to answer.
-fn admit_request(
+impl Asked {
+    /// A chat-completions request; the error is the 400's message.
+    pub(crate) fn from_openai(req: ChatCompletionRequest) -> Result<Self, String> {
+        Self { model: req.model, messages: req.messages, max_tokens: req.max_tokens }.non_empty()
+    }
+
+    /// A Messages request, checked as Anthropic checks one; the error is the 400's message.
+    pub(crate) fn from_anthropic(req: &MessagesRequest) -> Result<Self, String> {
+        if req.messages.iter().any(|t| t.role != "user" && t.role != "assistant") {
+            return Err("messages: roles must be user or assistant; use the system field".into());
+        }
+        if req.messages.first().is_none_or(|t| t.role != "user") {
+            return Err("messages: the first message must use the user role".into());
+        }
+        if req.temperature.is_some_and(|t| !(0.0..=1.0).contains(&t)) {
+            return Err("temperature: must be within [0, 1]".into());
+        }
+        Self { model: req.model.clone(), messages: req.to_chat(), max_tokens: Some(req.max_tokens) }.non_empty()
+    }
+
+    fn non_empty(self) -> Result<Self, String> {
+        if self.messages.is_empty() {
+            return Err("messages must not be empty".into());
+        }
+        Ok(self)
+    }
+
+    /// The 400's message, in `wire`'s words, when the prompt (estimated) plus `max_tokens` does
+    /// not fit `context_tokens`.
+    pub(crate) fn context_overflow(&self, cfg: &MockConfig, wire: Wire) -> Option<String> {
+        let prompt_tokens = estimate_prompt_tokens(&self.messages);
+        let wanted = prompt_tokens.saturating_add(self.max_tokens.unwrap_or(0));
+        if cfg.context_tokens == 0 || wanted <= cfg.context_tokens {
+            return None;
+        }
+        Some(match wire {
+            Wire::OpenAi => format!(
+                "This model's maximum context length is {} tokens. However, you requested {wanted} tokens \
+                 ({prompt_tokens} in the messages, {} in the completion).",
+                cfg.context_tokens,
+                self.max_tokens.unwrap_or(0)
+            ),
+            Wire::Anthropic => format!("prompt is too long: {wanted} tokens > {} maximum", cfg.context_tokens),
+        })
+    }
+}
+
+/// The mock's answer to one request, the same for a live call and a batch line: the text for the
+/// prompt (cut to `max_tokens`), its token counts and kind, and the body in either protocol.
+pub(crate) struct Reply {
+    pub(crate) text: String,
+    truncated: bool,
+    pub(crate) prompt_tokens: u32,
+    pub(crate) completion_tokens: u32,
+    /// The prompt's kind as `MockStats::by_kind` counts it.
+    pub(crate) kind: &'static str,
+}
+
+impl Reply {
+    /// With `contradict`, a reasoning answer argues the opposite of the stated outcome.
+    pub(crate) fn new(asked: &Asked, contradict: bool) -> Self {
+        let prompt: String = asked.messages.iter().map(|m| m.content.as_str()).collect::<Vec<_>>().join("\n");
+        let (text, truncated) = fit(answer_with(&prompt, contradict), asked.max_tokens);
+        let kind = match parse(&prompt).kind {
+            Kind::Reasoning { like: true } => "reasoning_like",
+            Kind::Reasoning { like: false } => "reasoning_dislike",
+            Kind::ItemProfile => "item_profile",
+            Kind::UserProfile => "user_profile",
+            Kind::Other => "other",
+        };
+        let prompt_tokens = estimate_prompt_tokens(&asked.messages);
+        let completion_tokens = estimate_tokens(&text);
+        Self { text, truncated, prompt_tokens, completion_tokens, kind }
+    }
+
+    /// The token counts `usage` reports (`usage_override` replaces both).
+    fn reported(&self, cfg: &MockConfig) -> (u32, u32) {
+        match cfg.usage_override {
+            Some(n) => (n, n),
+            None => (self.prompt_tokens, self.completion_tokens),
+        }
+    }
+
+    fn model(cfg: &MockConfig, asked: &Asked) -> String {
+        if asked.model.is_empty() { cfg.model.clone() } else { asked.model.clone() }
+    }
+
+    pub(crate) fn openai(self, cfg: &MockConfig, asked: &Asked) -> ChatCompletionResponse {
+        let (reported_in, reported_out) = self.reported(cfg);
+        ChatCompletionResponse {
+            id: format!("chatcmpl-{:016x}", rand::random::<u64>()),
+            object: "chat.completion".into(),
+            created: chrono::Utc::now().timestamp(),
+            model: Self::model(cfg, asked),
+            choices: vec![Choice {
+                index: 0,
+                message: AssistantMessage { role: "assistant".into(), content: Some(self.text) },
+                finish_reason: Some(if self.truncated { "length" } else { "stop" }.into()),
+            }],
+            usage: Some(Usage {
+                prompt_tokens: reported_in,
+                completion_tokens: reported_out,
+                total_tokens: reported_in.saturating_add(reported_out),
+            }),
+        }
+    }
+
+    pub(crate) fn anthropic(self, cfg: &MockConfig, asked: &Asked) -> MessagesResponse {
+        let (reported_in, reported_out) = self.reported(cfg);
+        // `cache_read_tokens` of the prompt are reported as read from the prompt cache;
+        // `input_tokens` is the rest, as Anthropic counts.
+        let cached = cfg.cache_read_tokens.min(reported_in);
+        MessagesResponse {
+            id: format!("msg_{:016x}", rand::random::<u64>()),
+            kind: "message".into(),
+            role: "assistant".into(),
+            model: Self::model(cfg, asked),
+            content: vec![ContentBlock { kind: "text".into(), text: Some(self.text) }],
+            stop_reason: Some(if self.truncated { "max_tokens" } else { "end_turn" }.into()),
+            stop_sequence: None,
+            usage: Some(MessagesUsage {
+                input_tokens: reported_in - cached,
+                output_tokens: reported_out,
+                cache_creation_input_tokens: Some(0),
+                cache_read_input_tokens: Some(cached),
+            }),
+        }
+    }
+}
+
+/// The credentials of a request in `wire`'s protocol (and Anthropic's `anthropic-version`
+/// header), or the error to answer.
+pub(crate) fn check_credentials(
     state: &AppState,
     wire: Wire,
     headers: &axum::http::HeaderMap,
-    body: &[u8],
-) -> Result<Asked, Box<Response>> {
+) -> Result<(), Box<Response>> {
     let sent = match wire {
         Wire::OpenAi => {
             headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "))
@@ -282,40 +496,41 @@ fn admit_request(
         state.stats(|s| s.unauthorized += 1);
         return Err(Box::new(wire.error(StatusCode::UNAUTHORIZED, "invalid_api_key", "Incorrect API key provided")));
     }
+    if wire == Wire::Anthropic && headers.get("anthropic-version").is_none() {
+        state.stats(|s| s.bad_requests += 1);
+        let message = "anthropic-version: header is required";
+        return Err(Box::new(wire.error(StatusCode::BAD_REQUEST, "invalid_request_error", message)));
+    }
+    Ok(())
+}
+
+/// The credentials and body of a request in `wire`'s protocol, or the error to answer.
+fn admit_request(
+    state: &AppState,
+    wire: Wire,
+    headers: &axum::http::HeaderMap,
+    body: &[u8],
+) -> Result<Asked, Box<Response>> {
+    check_credentials(state, wire, headers)?;
     let bad = |message: String| {
         state.stats(|s| s.bad_requests += 1);
         Box::new(wire.error(StatusCode::BAD_REQUEST, "invalid_request_error", &message))
     };
-    let asked = match wire {
+    match wire {
         Wire::OpenAi => {
             let req: ChatCompletionRequest =
                 serde_json::from_slice(body).map_err(|e| bad(format!("invalid body: {e}")))?;
-            Asked { model: req.model, messages: req.messages, max_tokens: req.max_tokens }
+            Asked::from_openai(req).map_err(bad)
         }
         Wire::Anthropic => {
-            if headers.get("anthropic-version").is_none() {
-                return Err(bad("anthropic-version: header is required".into()));
-            }
             let req: MessagesRequest = serde_json::from_slice(body).map_err(|e| bad(format!("invalid body: {e}")))?;
-            if req.messages.iter().any(|t| t.role != "user" && t.role != "assistant") {
-                return Err(bad("messages: roles must be user or assistant; use the system field".into()));
-            }
-            if req.messages.first().is_none_or(|t| t.role != "user") {
-                return Err(bad("messages: the first message must use the user role".into()));
-            }
-            if req.temperature.is_some_and(|t| !(0.0..=1.0).contains(&t)) {
-                return Err(bad("temperature: must be within [0, 1]".into()));
-            }
+            let asked = Asked::from_anthropic(&req).map_err(bad)?;
             if req.system.is_some() {
                 state.stats(|s| s.system_fields += 1);
             }
-            Asked { model: req.model.clone(), messages: req.to_chat(), max_tokens: Some(req.max_tokens) }
+            Ok(asked)
         }
-    };
-    if asked.messages.is_empty() {
-        return Err(bad("messages must not be empty".into()));
     }
-    Ok(asked)
 }
 
 async fn chat(State(state): State<Arc<AppState>>, headers: axum::http::HeaderMap, body: Bytes) -> Response {
@@ -338,15 +553,7 @@ async fn serve(state: &AppState, wire: Wire, headers: &axum::http::HeaderMap, bo
         Err(resp) => return *resp,
     };
     let cfg = state.config();
-    if cfg.record_requests > 0
-        && let Ok(mut recorded) = state.recorded.lock()
-    {
-        while recorded.len() >= cfg.record_requests {
-            recorded.pop_front();
-        }
-        recorded.push_back(req.messages.clone());
-    }
-    let prompt: String = req.messages.iter().map(|m| m.content.as_str()).collect::<Vec<_>>().join("\n");
+    state.record(cfg.record_requests, &req.messages);
     let (draw, jitter) = match state.rng.lock() {
         Ok(mut rng) => {
             let d: f64 = rng.random();
@@ -357,21 +564,9 @@ async fn serve(state: &AppState, wire: Wire, headers: &axum::http::HeaderMap, bo
     };
     let faults = cfg.fault_rate();
     let contradict = draw >= faults && draw < faults + cfg.rate_contradict;
-    let (text, truncated) = fit(answer_with(&prompt, contradict), req.max_tokens);
-    let prompt_tokens = estimate_prompt_tokens(&req.messages);
-    let completion_tokens = estimate_tokens(&text);
-    let wanted = prompt_tokens.saturating_add(req.max_tokens.unwrap_or(0));
-    if cfg.context_tokens > 0 && wanted > cfg.context_tokens {
+    let mut reply = Reply::new(&req, contradict);
+    if let Some(message) = req.context_overflow(&cfg, wire) {
         state.stats(|s| s.context_overflows += 1);
-        let message = match wire {
-            Wire::OpenAi => format!(
-                "This model's maximum context length is {} tokens. However, you requested {wanted} tokens \
-                 ({prompt_tokens} in the messages, {} in the completion).",
-                cfg.context_tokens,
-                req.max_tokens.unwrap_or(0)
-            ),
-            Wire::Anthropic => format!("prompt is too long: {wanted} tokens > {} maximum", cfg.context_tokens),
-        };
         return wire.error(StatusCode::BAD_REQUEST, "invalid_request_error", &message);
     }
 
@@ -379,7 +574,7 @@ async fn serve(state: &AppState, wire: Wire, headers: &axum::http::HeaderMap, bo
         Ok(mut w) => w
             .admit(
                 Instant::now(),
-                u64::from(prompt_tokens + completion_tokens),
+                u64::from(reply.prompt_tokens + reply.completion_tokens),
                 cfg.requests_per_minute,
                 cfg.tokens_per_minute,
             )
@@ -420,10 +615,7 @@ async fn serve(state: &AppState, wire: Wire, headers: &axum::http::HeaderMap, bo
                 (StatusCode::BAD_GATEWAY, "<html><body>502 Bad Gateway</body></html>").into_response()
             }
             // Anthropic's API-wide overload, and its plain internal error.
-            (Wire::Anthropic, true) => {
-                let overloaded = StatusCode::from_u16(529).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-                wire.error(overloaded, "", "Overloaded")
-            }
+            (Wire::Anthropic, true) => wire.error(overloaded_status(), "", "Overloaded"),
             (Wire::Anthropic, false) => wire.error(StatusCode::INTERNAL_SERVER_ERROR, "", "injected failure"),
         };
     }
@@ -470,79 +662,36 @@ async fn serve(state: &AppState, wire: Wire, headers: &axum::http::HeaderMap, bo
         let location = format!("{}/{}", to.trim_end_matches('/'), wire.path());
         return (StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, location)]).into_response();
     }
-    let text = if nul {
+    if nul {
         state.stats(|s| s.nul_answers += 1);
-        text.replacen(' ', "\0", 3)
-    } else {
-        text
-    };
+        reply.text = reply.text.replacen(' ', "\0", 3);
+    }
 
-    let kind = match parse(&prompt).kind {
-        Kind::Reasoning { like: true } => "reasoning_like",
-        Kind::Reasoning { like: false } => "reasoning_dislike",
-        Kind::ItemProfile => "item_profile",
-        Kind::UserProfile => "user_profile",
-        Kind::Other => "other",
-    };
     let elapsed = state.started.elapsed().as_millis() as u64;
     state.stats(|s| {
         s.ok += 1;
         s.contradictions += u64::from(contradict);
-        s.prompt_tokens += u64::from(prompt_tokens);
-        s.completion_tokens += u64::from(completion_tokens);
-        *s.by_kind.entry(kind.to_string()).or_default() += 1;
+        s.prompt_tokens += u64::from(reply.prompt_tokens);
+        s.completion_tokens += u64::from(reply.completion_tokens);
+        *s.by_kind.entry(reply.kind.to_string()).or_default() += 1;
         s.first_ok_ms.get_or_insert(elapsed);
         s.last_ok_ms = Some(elapsed);
     });
-    let (reported_in, reported_out) = match cfg.usage_override {
-        Some(n) => (n, n),
-        None => (prompt_tokens, completion_tokens),
-    };
-    let model = if req.model.is_empty() { cfg.model.clone() } else { req.model };
     match wire {
-        Wire::OpenAi => axum::Json(ChatCompletionResponse {
-            id: format!("chatcmpl-{:016x}", rand::random::<u64>()),
-            object: "chat.completion".into(),
-            created: chrono::Utc::now().timestamp(),
-            model,
-            choices: vec![Choice {
-                index: 0,
-                message: AssistantMessage { role: "assistant".into(), content: Some(text) },
-                finish_reason: Some(if truncated { "length" } else { "stop" }.into()),
-            }],
-            usage: Some(Usage {
-                prompt_tokens: reported_in,
-                completion_tokens: reported_out,
-                total_tokens: reported_in.saturating_add(reported_out),
-            }),
-        })
-        .into_response(),
+        Wire::OpenAi => axum::Json(reply.openai(&cfg, &req)).into_response(),
         Wire::Anthropic => {
-            // `cache_read_tokens` of the prompt are reported as read from the prompt cache;
-            // `input_tokens` is the rest, as Anthropic counts.
-            let cached = cfg.cache_read_tokens.min(reported_in);
-            let resp = MessagesResponse {
-                id: format!("msg_{:016x}", rand::random::<u64>()),
-                kind: "message".into(),
-                role: "assistant".into(),
-                model,
-                content: vec![ContentBlock { kind: "text".into(), text: Some(text) }],
-                stop_reason: Some(if truncated { "max_tokens" } else { "end_turn" }.into()),
-                stop_sequence: None,
-                usage: Some(MessagesUsage {
-                    input_tokens: reported_in - cached,
-                    output_tokens: reported_out,
-                    cache_creation_input_tokens: Some(0),
-                    cache_read_input_tokens: Some(cached),
-                }),
-            };
-            let mut resp = axum::Json(resp).into_response();
+            let mut resp = axum::Json(reply.anthropic(&cfg, &req)).into_response();
             if let Some((left, reset)) = requests_left {
                 rate_limit_headers(&mut resp, cfg.requests_per_minute, left, reset);
             }
             resp
         }
     }
+}
+
+/// Anthropic's 529 (API-wide overload).
+pub(crate) fn overloaded_status() -> StatusCode {
+    StatusCode::from_u16(529).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
 }
 
 /// `anthropic-ratelimit-requests-{limit,remaining,reset}` (reset as an RFC 3339 time).

@@ -19,6 +19,7 @@ use reasonrec_mock_teacher::{MockConfig, MockHandle};
 use reasonrec_queue::Broker;
 use reasonrec_store::Store;
 use reasonrec_teacher::TeacherPool;
+use reasonrec_worker::batch::{BatchSubmitter, TickReport};
 use reasonrec_worker::{ProcessorOptions, TaskProcessor, WorkerConfig, WorkerCounters, run_worker};
 use sqlx::Connection;
 use std::path::PathBuf;
@@ -184,6 +185,35 @@ impl TestEnv {
         w.shutdown().await?;
         broker.close().await;
         Ok(())
+    }
+
+    /// The batch submitters of the settings' `mode = "batch"` endpoints, on the test's pool.
+    pub fn batch_submitters(&self) -> anyhow::Result<Vec<BatchSubmitter>> {
+        let prompts = Arc::new(PromptLibrary::load(&self.settings.prompts.dir)?);
+        Ok(BatchSubmitter::from_settings(&self.store, prompts, &self.settings)?)
+    }
+
+    /// Ticks `submitters` (every 20 ms) until `run` is completed; an error after `secs` seconds.
+    /// Returns the ticks' reports summed.
+    pub async fn tick_until_completed(
+        &self,
+        submitters: &[BatchSubmitter],
+        run: Uuid,
+        secs: u64,
+    ) -> anyhow::Result<TickReport> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        let mut sum = TickReport::default();
+        loop {
+            for s in submitters {
+                sum.add(&s.tick().await?);
+            }
+            let state = self.store.refresh_run_state(run).await?;
+            if state == reasonrec_core::stage::RunState::Completed {
+                return Ok(sum);
+            }
+            anyhow::ensure!(std::time::Instant::now() < deadline, "run {run} still {state} after {secs} s: {sum:?}");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
     }
 
     /// Drops the database and the broker objects now (Drop does it too, on a helper thread).

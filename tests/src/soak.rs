@@ -17,7 +17,7 @@ use crate::TestEnv;
 use reasonrec_coordinator::schedule::{Fired, fire, parse_jobs};
 use reasonrec_coordinator::{Outbox, create_run};
 use reasonrec_core::key::OutputKey;
-use reasonrec_core::settings::{RetentionSettings, SamplingParams, ScheduleJob};
+use reasonrec_core::settings::{RetentionSettings, RunRoute, SamplingParams, ScheduleJob};
 use reasonrec_dataset::generate::{GenerateSpec, generate_ml1m};
 use reasonrec_mock_teacher::{MockConfig, MockStats};
 use serde::Serialize;
@@ -234,7 +234,10 @@ pub async fn run(cfg: SoakConfig) -> anyhow::Result<SoakReport> {
         let dataset_id = env.store.ingest_dataset(&ds).await?.dataset_id();
         if night == 3 {
             // A planner that dies mid-way: its run stays `planning`, nobody holds its lock.
-            let lock = env.store.create_planning_run(dataset_id, &serde_json::json!({"soak": "dead plan"})).await?;
+            let lock = env
+                .store
+                .create_planning_run(dataset_id, &serde_json::json!({"soak": "dead plan"}), RunRoute::Live)
+                .await?;
             lock.release().await;
             n.events.push("a plan died".into());
         }

@@ -6,6 +6,7 @@
 use reasonrec_coordinator::{Outbox, create_run, unfinished_run};
 use reasonrec_core::TaskMessage;
 use reasonrec_core::key::OutputKey;
+use reasonrec_core::settings::RunRoute;
 use reasonrec_core::stage::Stage;
 use reasonrec_store::Store;
 use reasonrec_store::finish::{Finish, FinishKind};
@@ -259,7 +260,7 @@ async fn a_plan_that_died_is_failed_and_the_dataset_goes_on_a_live_one_is_left_a
     let dataset = env.ingest_sample().await?;
     let s = &env.store;
     // A live planner holds its run's lock.
-    let live = s.create_planning_run(dataset, &serde_json::json!({})).await?;
+    let live = s.create_planning_run(dataset, &serde_json::json!({}), RunRoute::Live).await?;
     assert_eq!(unfinished_run(s, "sample").await?, Some(live.run_id()), "a live plan blocks a second run");
     assert_eq!(s.get_run(live.run_id()).await?.state, "planning");
     // The planner dies: its connection (and lock) go away, the row stays `planning`.

@@ -293,6 +293,11 @@ pub struct RunCreateArgs {
     /// Pause the run when its teacher attempts reach this many tokens (input + output).
     #[arg(long, value_parser = clap::value_parser!(i64).range(0..))]
     pub budget_tokens: Option<i64>,
+    /// When a run through batch endpoints must be finished: `HH:MM` (UTC, the next such time)
+    /// or an RFC 3339 time. Once batches could not end by then at the observed turnaround, the
+    /// rest goes to live endpoints (overrides `[batch] deadline`).
+    #[arg(long)]
+    pub deadline: Option<String>,
     #[arg(long)]
     pub json: bool,
 }

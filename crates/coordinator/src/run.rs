@@ -22,7 +22,7 @@ use reasonrec_core::PromptLibrary;
 use reasonrec_core::data::Interaction;
 use reasonrec_core::inputs::{HistoryEntry, ItemProfileInput, ReasoningInput, UserProfileInput};
 use reasonrec_core::key::KEY_SALT_FIELD;
-use reasonrec_core::settings::Settings;
+use reasonrec_core::settings::{RunRoute, Settings};
 use reasonrec_core::stage::Stage;
 use reasonrec_store::Store;
 use reasonrec_store::StoreError;
@@ -485,7 +485,7 @@ pub async fn plan_run(
         "history_len": history_len,
         "stages": settings.stages,
         "teacher": settings.teacher.endpoints.iter().map(|e| serde_json::json!({
-            "name": e.name, "protocol": e.protocol, "model": e.model, "params": e.params,
+            "name": e.name, "protocol": e.protocol, "mode": e.mode, "model": e.model, "params": e.params,
         })).collect::<Vec<_>>(),
         "dataset": {"name": ds.name, "version": ds.version, "content_hash": ds.content_hash, "family": ds.family},
     });
@@ -502,8 +502,18 @@ pub async fn plan_run(
     // The planning lock is held until the run is running (or failed): a planner that dies
     // releases it with its connection, and the run is then failed by the next
     // `unfinished_run` of its dataset instead of blocking it.
-    let lock = if opts.dry_run { None } else { Some(store.create_planning_run(ds.id, &snapshot).await?) };
+    let lock = if opts.dry_run {
+        None
+    } else {
+        Some(store.create_planning_run(ds.id, &snapshot, RunRoute::of(&settings.teacher)).await?)
+    };
     let run_id = lock.as_ref().map_or(Uuid::nil(), |l| l.run_id());
+    if lock.is_some() {
+        let deadline = settings.batch.deadline_from_now().map_err(CoordinatorError::Plan)?;
+        if deadline.is_some() {
+            store.set_run_deadline(run_id, deadline).await?;
+        }
+    }
     let batch_size = settings.coordinator.plan_batch.max(1);
     let params = PlanParams::new(&settings.sampling, history_len, settings.stages.user_profile);
     let dropped =

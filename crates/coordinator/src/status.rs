@@ -40,7 +40,18 @@ pub struct RunStatus {
     /// Spend so far scaled to every planned task (from the finished ones), None before any.
     pub projected_cost_usd: Option<f64>,
     pub projected_tokens: Option<i64>,
+    /// The run's provider batches (a run routed to a Batch API), None for a live run.
+    pub batches: Option<BatchStatus>,
     pub counts: RunCounts,
+}
+
+/// A batch-routed run's batches: tasks in a batch now, tasks done by a batch answer, and the
+/// batches by state with their lines and spend (reserved while open, paid once ended).
+#[derive(Debug, Clone, Serialize)]
+pub struct BatchStatus {
+    pub batched_now: i64,
+    pub done_by_batch: i64,
+    pub by_state: Vec<reasonrec_store::batches::BatchCount>,
 }
 
 pub async fn run_status(store: &Store, run_id: Uuid) -> Result<RunStatus, CoordinatorError> {
@@ -63,6 +74,13 @@ pub async fn run_status(store: &Store, run_id: Uuid) -> Result<RunStatus, Coordi
     let scale = (finished > 0).then(|| (c.total - carried) as f64 / finished as f64);
     let projected_cost_usd = scale.map(|k| c.cost_usd * k);
     let projected_tokens = scale.map(|k| ((c.input_tokens + c.output_tokens) as f64 * k).round() as i64);
+    let by_state = store.batch_summary(run_id).await?;
+    let batches =
+        (row.route == reasonrec_core::settings::RunRoute::Batch || !by_state.is_empty()).then(|| BatchStatus {
+            batched_now: c.state(TaskState::Batched),
+            done_by_batch: by_state.iter().map(|b| b.done_lines).sum(),
+            by_state,
+        });
     Ok(RunStatus {
         run_id,
         state,
@@ -81,6 +99,7 @@ pub async fn run_status(store: &Store, run_id: Uuid) -> Result<RunStatus, Coordi
         eta_secs,
         projected_cost_usd,
         projected_tokens,
+        batches,
         counts: c,
     })
 }
@@ -159,6 +178,20 @@ impl RunStatus {
                 out.push_str(&format!("  (projected at the end: {t} tokens, ${cost:.4})\n"))
             }
             _ => out.push('\n'),
+        }
+        if let Some(b) = &self.batches {
+            let parts: Vec<String> = b
+                .by_state
+                .iter()
+                .map(|s| format!("{} {} ({} lines, {})", s.state, s.batches, s.lines, dollars(s.usd)))
+                .collect();
+            out.push_str(&format!(
+                "  batch API: {} tasks in a batch now, {} done by batch answers, {} by live calls; batches: {}\n",
+                b.batched_now,
+                b.done_by_batch,
+                (self.done - c.carried_done - b.done_by_batch).max(0),
+                if parts.is_empty() { "none yet".to_string() } else { parts.join(", ") }
+            ));
         }
         for (stage, states) in &c.by_stage {
             let parts: Vec<String> = states.iter().map(|(s, n)| format!("{s} {n}")).collect();

@@ -20,6 +20,10 @@ pub enum ErrorClass {
     TooLarge,
     /// The endpoint redirected to another origin; the request was not sent there.
     Redirect,
+    /// A batch line the provider's 24-hour window ended before it ran (not billed).
+    Expired,
+    /// A batch line cancelled before it ran (not billed).
+    Cancelled,
 }
 
 impl ErrorClass {
@@ -36,6 +40,8 @@ impl ErrorClass {
             ErrorClass::Rejected => "rejected",
             ErrorClass::TooLarge => "too_large",
             ErrorClass::Redirect => "redirect",
+            ErrorClass::Expired => "expired",
+            ErrorClass::Cancelled => "cancelled",
         }
     }
 }

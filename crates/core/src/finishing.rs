@@ -6,8 +6,8 @@
 //! - A task finishes only while its run is open (`running` or `paused`): a completed,
 //!   cancelled or failed run (a snapshotted one included) never changes through a late copy.
 //! - `done` is final; a second completion, or a failure after it, changes nothing.
-//! - A failure moves only an unfinished task (`ready`, `published`) to `failed`.
-//! - A completion moves `ready`, `published` or `failed` (a late copy after a failure) to
+//! - A failure moves only an unfinished task (`ready`, `published`, `batched`) to `failed`.
+//! - A completion moves `ready`, `published`, `batched` or `failed` (a late copy after a failure) to
 //!   `done`, unless it was worked from an older version of the task's inputs (an upstream output
 //!   changed meanwhile): then it is superseded and the worker renders the prompt again.
 //! - A task counts its dependents down exactly once: on its first finish (`released`).
@@ -77,8 +77,8 @@ pub fn decide(row: &mut TaskRow, event: FinishEvent) -> Decision {
         (_, FinishEvent::Complete { inputs_version }) if inputs_version != row.inputs_version => {
             return Decision::Keep(Kept::Superseded);
         }
-        (Ready | Published | Failed, FinishEvent::Complete { .. }) => Done,
-        (Ready | Published, FinishEvent::Fail) => Failed,
+        (Ready | Published | Batched | Failed, FinishEvent::Complete { .. }) => Done,
+        (Ready | Published | Batched, FinishEvent::Fail) => Failed,
     };
     let decision = Decision::Move { to, release: !row.released, replan: row.released && to == Done };
     row.state = to;

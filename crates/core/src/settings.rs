@@ -30,6 +30,119 @@ pub struct Settings {
     pub metrics: MetricsSettings,
     pub schedule: ScheduleSettings,
     pub retention: RetentionSettings,
+    pub batch: BatchSettings,
+}
+
+/// How the batch submitter (`worker::batch`) uses the endpoints whose `mode = "batch"`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchSettings {
+    /// How often open batches are polled and ready tasks are claimed into new ones.
+    pub poll_ms: u64,
+    /// Lines of a run's first batch on an endpoint: small, so that item profiles come back early
+    /// and the stages downstream can follow. Each next batch doubles while tasks of the run still
+    /// wait for inputs, up to `max_lines`.
+    pub first_lines: u32,
+    /// The most lines of one batch (cut to the provider's limit: OpenAI 50,000, Anthropic
+    /// 100,000).
+    pub max_lines: u32,
+    /// The most bytes of one batch's requests (cut to the provider's limit: OpenAI 200 MB,
+    /// Anthropic 256 MB); lines past it wait for the next batch.
+    pub max_bytes: u64,
+    /// Batches of one endpoint open at the provider at once.
+    pub max_open: u32,
+    /// The batch turnaround assumed before any batch of the endpoint has ended (then the mean
+    /// of its last 20 is used).
+    pub turnaround_secs: u64,
+    /// When a batch run must be finished, `HH:MM` (UTC, the next such time after the run is
+    /// created); `run create --deadline` overrides it. Unset: no deadline, batches only.
+    pub deadline: Option<String>,
+}
+
+impl Default for BatchSettings {
+    fn default() -> Self {
+        Self {
+            poll_ms: 30_000,
+            first_lines: 200,
+            max_lines: 50_000,
+            max_bytes: 200_000_000,
+            max_open: 8,
+            turnaround_secs: 3_600,
+            deadline: None,
+        }
+    }
+}
+
+impl BatchSettings {
+    /// The deadline as a time from now ([`Self::deadline_after`]).
+    pub fn deadline_from_now(&self) -> Result<Option<chrono::DateTime<chrono::Utc>>, String> {
+        self.deadline_after(chrono::Utc::now())
+    }
+
+    /// The deadline as a time: the next `HH:MM` (UTC) after `now`, or an RFC 3339 time as it is.
+    pub fn deadline_after(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Option<chrono::DateTime<chrono::Utc>>, String> {
+        let Some(text) = self.deadline.as_deref() else { return Ok(None) };
+        parse_deadline(text, now).map(Some)
+    }
+}
+
+/// `HH:MM` (UTC; the next such time after `now`) or an RFC 3339 time.
+pub fn parse_deadline(text: &str, now: chrono::DateTime<chrono::Utc>) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(t.with_timezone(&chrono::Utc));
+    }
+    let time = chrono::NaiveTime::parse_from_str(text, "%H:%M")
+        .map_err(|_| format!("{text:?} is neither HH:MM (UTC) nor an RFC 3339 time"))?;
+    let today = now.date_naive().and_time(time).and_utc();
+    Ok(if today > now { today } else { today + chrono::TimeDelta::days(1) })
+}
+
+/// What a teacher endpoint is asked through: one HTTP call per prompt (`live`) or the
+/// provider's Batch API (`batch`: OpenAI Batch, Anthropic Message Batches; half the price, results
+/// within 24 hours).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EndpointMode {
+    #[default]
+    Live,
+    Batch,
+}
+
+/// Where a run's ready tasks go: to RabbitMQ and the live workers, or into provider batches
+/// (`runs.route`). A run is routed `batch` when its settings name a batch endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunRoute {
+    #[default]
+    Live,
+    Batch,
+}
+
+impl RunRoute {
+    pub fn of(teacher: &TeacherSettings) -> Self {
+        if teacher.endpoints.iter().any(|e| e.mode == EndpointMode::Batch) { RunRoute::Batch } else { RunRoute::Live }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunRoute::Live => "live",
+            RunRoute::Batch => "batch",
+        }
+    }
+}
+
+impl std::str::FromStr for RunRoute {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "live" => Ok(RunRoute::Live),
+            "batch" => Ok(RunRoute::Batch),
+            other => Err(format!("unknown run route {other:?}")),
+        }
+    }
 }
 
 /// What `reasonrec run prune` (and, with `on_schedule`, the leader after each scheduled tick)
@@ -309,6 +422,10 @@ pub struct EndpointSettings {
     /// cautious: English prose runs near 4 with BPE tokenizers, titles, numbers and other
     /// languages lower.
     pub chars_per_token: f32,
+    /// `live` (default) or `batch` (the provider's Batch API; see `[batch]`).
+    pub mode: EndpointMode,
+    /// The share of the configured prices a batch answer costs (both providers: 0.5).
+    pub batch_price_factor: f64,
     pub params: SamplingParams,
 }
 
@@ -346,15 +463,20 @@ impl EndpointSettings {
     }
 
     /// US dollars for one answer's tokens: prompt tokens at the input price, cache reads and
-    /// writes at theirs, completion tokens at the output price.
+    /// writes at theirs, completion tokens at the output price; a batch endpoint's answers at
+    /// `batch_price_factor` of that.
     pub fn cost_usd(&self, tokens: &TokenUsage) -> f64 {
         let read = self.price_cache_read_per_mtok.unwrap_or(self.price_input_per_mtok * 0.1);
         let write = self.price_cache_write_per_mtok.unwrap_or(self.price_input_per_mtok * 1.25);
-        (f64::from(tokens.uncached_input()) * self.price_input_per_mtok
+        let list = (f64::from(tokens.uncached_input()) * self.price_input_per_mtok
             + f64::from(tokens.cache_read) * read
             + f64::from(tokens.cache_write) * write
             + f64::from(tokens.output) * self.price_output_per_mtok)
-            / 1e6
+            / 1e6;
+        match self.mode {
+            EndpointMode::Live => list,
+            EndpointMode::Batch => list * self.batch_price_factor,
+        }
     }
 }
 
@@ -402,6 +524,8 @@ impl Default for EndpointSettings {
             max_answer_chars: 32_000,
             context_tokens: 0,
             chars_per_token: 3.0,
+            mode: EndpointMode::Live,
+            batch_price_factor: 0.5,
             params: SamplingParams::default(),
         }
     }
@@ -694,6 +818,17 @@ impl Settings {
                 return bad(&format!("teacher.endpoints[{i}].name"), format!("{:?} is used twice", ep.name));
             }
         }
+        let b = &self.batch;
+        if let Err(e) = b.deadline_after(chrono::Utc::now()) {
+            return bad("batch.deadline", e);
+        }
+        if b.poll_ms < 10 || b.first_lines == 0 || b.max_lines == 0 || b.max_open == 0 || b.max_bytes < 1024 {
+            return bad(
+                "batch",
+                "poll_ms must be at least 10, first_lines, max_lines and max_open at least 1, max_bytes at least 1024"
+                    .into(),
+            );
+        }
         let t = &self.trainer;
         if t.base_model.is_empty() {
             return bad("trainer.base_model", "must not be empty".into());
@@ -788,6 +923,9 @@ impl Settings {
                 if ep.anthropic_version.trim().is_empty() {
                     return bad(&key("anthropic_version"), "must not be empty".into());
                 }
+            }
+            if !(ep.batch_price_factor.is_finite() && ep.batch_price_factor > 0.0) {
+                return bad(&key("batch_price_factor"), "must be a positive number".into());
             }
             for (name, price) in [
                 ("price_cache_read_per_mtok", ep.price_cache_read_per_mtok),

@@ -39,23 +39,27 @@ impl FromStr for Stage {
 }
 
 /// Life of a task row. `waiting` -> `ready` (inputs exist) -> `published` (broker confirmed)
-/// -> `done` | `failed`. `cancelled` when its run is cancelled.
+/// -> `done` | `failed`. `cancelled` when its run is cancelled. A run routed to a provider's
+/// Batch API moves `ready` -> `batched` (claimed into a batch row) instead of `published`; a
+/// line that errored, expired or must be re-asked puts it back to `ready`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskState {
     Waiting,
     Ready,
     Published,
+    Batched,
     Done,
     Failed,
     Cancelled,
 }
 
 impl TaskState {
-    pub const ALL: [TaskState; 6] = [
+    pub const ALL: [TaskState; 7] = [
         TaskState::Waiting,
         TaskState::Ready,
         TaskState::Published,
+        TaskState::Batched,
         TaskState::Done,
         TaskState::Failed,
         TaskState::Cancelled,
@@ -66,6 +70,7 @@ impl TaskState {
             TaskState::Waiting => "waiting",
             TaskState::Ready => "ready",
             TaskState::Published => "published",
+            TaskState::Batched => "batched",
             TaskState::Done => "done",
             TaskState::Failed => "failed",
             TaskState::Cancelled => "cancelled",

@@ -256,12 +256,18 @@ impl Store {
         run_id: Uuid,
         attempts: &[AttemptRecord],
     ) -> Result<(), StoreError> {
-        if attempts.is_empty() {
+        let rows: Vec<(Uuid, Uuid, &AttemptRecord)> = attempts.iter().map(|a| (task_id, run_id, a)).collect();
+        self.record_attempt_rows(&rows).await
+    }
+
+    /// Records attempts of many tasks, given as (task, run, attempt), in one transaction
+    /// (idempotent by attempt id): a batch's lines that finished nothing.
+    pub async fn record_attempt_rows(&self, rows: &[(Uuid, Uuid, &AttemptRecord)]) -> Result<(), StoreError> {
+        if rows.is_empty() {
             return Ok(());
         }
-        let rows: Vec<(Uuid, Uuid, &AttemptRecord)> = attempts.iter().map(|a| (task_id, run_id, a)).collect();
         let mut tx = self.pool().begin().await?;
-        let new_attempts = insert_attempt_rows(&mut tx, &rows).await?;
+        let new_attempts = insert_attempt_rows(&mut tx, rows).await?;
         count_attempts(&mut tx, &new_attempts).await?;
         tx.commit().await?;
         Ok(())
@@ -364,7 +370,7 @@ async fn release_dependents(tx: &mut Tx<'_>, upstream: &[Uuid]) -> Result<(), St
 
 /// A later success of each of `upstream` (sorted), which had released its dependents before:
 /// finished dependents go back to `ready` to be worked with the new output (reason
-/// `upstream_changed`); ready and published ones get a new inputs version, so an answer
+/// `upstream_changed`); ready, published and batched ones get a new inputs version, so an answer
 /// rendered without the output is superseded. Waiting ones need nothing: they render later.
 async fn replan_dependents(tx: &mut Tx<'_>, upstream: &[Uuid]) -> Result<(), StoreError> {
     if upstream.is_empty() {
@@ -374,7 +380,7 @@ async fn replan_dependents(tx: &mut Tx<'_>, upstream: &[Uuid]) -> Result<(), Sto
         "WITH locked AS (
              SELECT t.id, t.state IN ('done', 'failed') AS finished FROM tasks t
              WHERE t.id IN (SELECT task_id FROM task_deps WHERE depends_on = ANY($1))
-               AND t.state IN ('ready', 'published', 'done', 'failed')
+               AND t.state IN ('ready', 'published', 'batched', 'done', 'failed')
              ORDER BY t.id FOR UPDATE OF t
          )
          UPDATE tasks SET inputs_version = tasks.inputs_version + 1,

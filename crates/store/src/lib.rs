@@ -9,6 +9,8 @@
 //! - [`tasks`]: what a worker reads about a task.
 //! - [`finish`]: the one transaction that finishes tasks (commit batches, dead letters), applying
 //!   the state machine of `reasonrec_core::finishing`.
+//! - [`batches`]: provider batches: claiming tasks into a batch row before anything is sent,
+//!   reconciling, settling result lines, the submitter's endpoint lock.
 //! - [`planning`]: the run's planning lock; plans that died are found and failed.
 //! - [`retention`]: `run prune`: old runs' task rows, unused ledger outputs, old dataset versions.
 //! - [`monitor`]: recent runs and completions per minute, for the status page.
@@ -26,6 +28,7 @@
 //! needs no database and no committed `.sqlx/` cache. Integration tests cover every query.
 
 pub mod audit;
+pub mod batches;
 pub mod browse;
 pub mod datasets;
 pub mod error;

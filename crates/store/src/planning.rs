@@ -6,6 +6,7 @@
 
 use crate::error::StoreError;
 use crate::pool::Store;
+use reasonrec_core::settings::RunRoute;
 use sqlx::Connection;
 use uuid::Uuid;
 
@@ -43,6 +44,7 @@ impl Store {
         &self,
         dataset_id: i64,
         settings: &serde_json::Value,
+        route: RunRoute,
     ) -> Result<PlanningLock, StoreError> {
         let run_id = Uuid::now_v7();
         let mut conn = self.pool().acquire().await?.detach();
@@ -51,10 +53,11 @@ impl Store {
             .bind(run_id)
             .execute(&mut conn)
             .await?;
-        sqlx::query("INSERT INTO runs (id, dataset_id, state, settings) VALUES ($1, $2, 'planning', $3)")
+        sqlx::query("INSERT INTO runs (id, dataset_id, state, settings, route) VALUES ($1, $2, 'planning', $3, $4)")
             .bind(run_id)
             .bind(dataset_id)
             .bind(settings)
+            .bind(route.as_str())
             .execute(&mut conn)
             .await?;
         Ok(PlanningLock { conn, run_id })

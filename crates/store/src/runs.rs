@@ -2,6 +2,7 @@
 
 use crate::error::StoreError;
 use crate::pool::Store;
+use reasonrec_core::settings::RunRoute;
 use reasonrec_core::stage::{RunState, Stage, TaskState};
 use sqlx::Row;
 use std::collections::BTreeMap;
@@ -54,6 +55,8 @@ pub struct RunRow {
     pub failed_reason: Option<String>,
     /// When retention deleted the run's task rows (`run prune`); None: they are all there.
     pub pruned_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Where its ready tasks go: RabbitMQ (`live`) or provider batches (`batch`).
+    pub route: RunRoute,
 }
 
 /// Progress of a run, from the task and attempt tables.
@@ -218,7 +221,8 @@ impl Store {
 
     pub async fn get_run(&self, run_id: Uuid) -> Result<RunRow, StoreError> {
         let r = sqlx::query(
-            "SELECT id, dataset_id, state, settings, created_at, finished_at, failed_reason, pruned_at FROM runs WHERE id = $1",
+            "SELECT id, dataset_id, state, settings, created_at, finished_at, failed_reason, pruned_at, route
+             FROM runs WHERE id = $1",
         )
         .bind(run_id)
         .fetch_optional(self.pool())
@@ -233,6 +237,7 @@ impl Store {
             finished_at: r.try_get("finished_at")?,
             failed_reason: r.try_get("failed_reason")?,
             pruned_at: r.try_get("pruned_at")?,
+            route: r.try_get::<String, _>("route")?.parse().map_err(StoreError::Corrupt)?,
         })
     }
 
@@ -251,10 +256,14 @@ impl Store {
             .await?)
     }
 
-    /// Outbox read: ready tasks of a run after `after` in id order (keyset pagination).
+    /// Outbox read: ready tasks of a run after `after` in id order (keyset pagination). None
+    /// for a run routed to a provider's Batch API (`runs.route = 'batch'`): the batch submitter
+    /// claims those (`store::batches`).
     pub async fn ready_tasks(&self, run_id: Uuid, after: Uuid, limit: i64) -> Result<Vec<(Uuid, Stage)>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, stage FROM tasks WHERE run_id = $1 AND state = 'ready' AND id > $2 ORDER BY id LIMIT $3",
+            "SELECT id, stage FROM tasks WHERE run_id = $1 AND state = 'ready' AND id > $2
+               AND EXISTS (SELECT 1 FROM runs WHERE id = $1 AND route = 'live')
+             ORDER BY id LIMIT $3",
         )
         .bind(run_id)
         .bind(after)
@@ -357,11 +366,11 @@ impl Store {
         // queue; the rest deadlock and are run again (see `cancel_run`).
         let res = sqlx::query(
             "WITH locked AS (
-                 SELECT id FROM tasks WHERE run_id = $1 AND state IN ('waiting', 'ready', 'published')
+                 SELECT id FROM tasks WHERE run_id = $1 AND state IN ('waiting', 'ready', 'published', 'batched')
                  ORDER BY id FOR UPDATE
              )
              UPDATE tasks SET state = 'cancelled' FROM locked
-             WHERE tasks.id = locked.id AND tasks.state IN ('waiting', 'ready', 'published')",
+             WHERE tasks.id = locked.id AND tasks.state IN ('waiting', 'ready', 'published', 'batched')",
         )
         .bind(run_id)
         .execute(&mut *tx)
@@ -421,7 +430,7 @@ impl Store {
         sqlx::query(
             "UPDATE runs SET state = 'completed', finished_at = now()
              WHERE id = $1 AND state = 'running'
-               AND NOT EXISTS (SELECT 1 FROM tasks WHERE run_id = $1 AND state IN ('waiting', 'ready', 'published'))",
+               AND NOT EXISTS (SELECT 1 FROM tasks WHERE run_id = $1 AND state IN ('waiting', 'ready', 'published', 'batched'))",
         )
         .bind(run_id)
         .execute(self.pool())

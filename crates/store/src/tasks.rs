@@ -172,12 +172,21 @@ impl Store {
 
     /// The first of `keys` (in order) that the ledger holds.
     pub async fn first_existing_output(&self, keys: &[OutputKey]) -> Result<Option<OutputKey>, StoreError> {
+        let found = self.existing_outputs(keys).await?;
+        Ok(keys.iter().find(|k| found.contains(*k)).copied())
+    }
+
+    /// Those of `keys` that the ledger holds.
+    pub async fn existing_outputs(
+        &self,
+        keys: &[OutputKey],
+    ) -> Result<std::collections::HashSet<OutputKey>, StoreError> {
         let bytes: Vec<&[u8]> = keys.iter().map(|k| k.as_bytes()).collect();
         let found: Vec<Vec<u8>> = sqlx::query_scalar("SELECT key FROM outputs WHERE key = ANY($1)")
             .bind(&bytes)
             .fetch_all(self.pool())
             .await?;
-        Ok(keys.iter().find(|k| found.iter().any(|f| f.as_slice() == k.as_bytes())).copied())
+        Ok(found.iter().filter_map(|f| OutputKey::from_slice(f)).collect())
     }
 
     /// Records that a task's message was dead-lettered: the task fails with `reason` (so
@@ -237,7 +246,7 @@ impl Store {
     /// Marks a task of a cancelled run cancelled.
     pub async fn cancel_task(&self, task_id: Uuid) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE tasks SET state = 'cancelled' WHERE id = $1 AND state IN ('waiting', 'ready', 'published')",
+            "UPDATE tasks SET state = 'cancelled' WHERE id = $1 AND state IN ('waiting', 'ready', 'published', 'batched')",
         )
         .bind(task_id)
         .execute(self.pool())

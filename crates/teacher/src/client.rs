@@ -314,31 +314,42 @@ impl TeacherClient {
 
     /// The request in the endpoint's protocol, with its credentials.
     fn request(&self, messages: &[ChatMessage], params: &SamplingParams) -> reqwest::RequestBuilder {
+        self.authorized(self.http.post(&self.url).json(&self.body(messages, params)))
+    }
+
+    /// The body of one request in the endpoint's protocol: what a live call sends, and what a
+    /// batch line carries (`batch`).
+    pub(crate) fn body(&self, messages: &[ChatMessage], params: &SamplingParams) -> serde_json::Value {
         let ep = &self.endpoint;
-        match ep.protocol {
-            Protocol::OpenAi => {
-                let body = ChatCompletionRequest {
-                    model: ep.model.clone(),
-                    messages: messages.to_vec(),
-                    temperature: Some(params.temperature),
-                    top_p: params.top_p,
-                    max_tokens: Some(params.max_tokens),
-                    stop: params.stop.clone(),
-                };
-                let req = self.http.post(&self.url).json(&body);
-                match &self.api_key {
-                    Some(key) => req.bearer_auth(key),
-                    None => req,
-                }
-            }
+        let body = match ep.protocol {
+            Protocol::OpenAi => serde_json::to_value(ChatCompletionRequest {
+                model: ep.model.clone(),
+                messages: messages.to_vec(),
+                temperature: Some(params.temperature),
+                top_p: params.top_p,
+                max_tokens: Some(params.max_tokens),
+                stop: params.stop.clone(),
+            }),
+            Protocol::Anthropic => serde_json::to_value(MessagesRequest {
+                temperature: Some(params.temperature),
+                top_p: params.top_p,
+                stop_sequences: params.stop.clone(),
+                ..MessagesRequest::from_chat(&ep.model, messages, params.max_tokens)
+            }),
+        };
+        // Plain structs of strings and numbers: serialising them cannot fail.
+        body.unwrap_or_default()
+    }
+
+    /// `req` with the endpoint's credentials (and Anthropic's version header).
+    pub(crate) fn authorized(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match self.endpoint.protocol {
+            Protocol::OpenAi => match &self.api_key {
+                Some(key) => req.bearer_auth(key),
+                None => req,
+            },
             Protocol::Anthropic => {
-                let body = MessagesRequest {
-                    temperature: Some(params.temperature),
-                    top_p: params.top_p,
-                    stop_sequences: params.stop.clone(),
-                    ..MessagesRequest::from_chat(&ep.model, messages, params.max_tokens)
-                };
-                let req = self.http.post(&self.url).header("anthropic-version", &ep.anthropic_version).json(&body);
+                let req = req.header("anthropic-version", &self.endpoint.anthropic_version);
                 // Marked sensitive, as `bearer_auth` marks its header: never printed by Debug.
                 match self.api_key.as_deref().map(reqwest::header::HeaderValue::from_str) {
                     Some(Ok(mut key)) => {
@@ -354,6 +365,10 @@ impl TeacherClient {
         }
     }
 
+    pub(crate) fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
     /// The HTTP exchange alone.
     async fn send(&self, messages: &[ChatMessage], params: &SamplingParams) -> Result<ChatAnswer, TeacherError> {
         let req = self.request(messages, params);
@@ -366,22 +381,51 @@ impl TeacherClient {
         let pause = exhausted_budget_reset(resp.headers(), protocol).map(|d| d.min(self.max_wait));
         let text = read_capped(resp, self.endpoint.max_response_bytes, timeout).await?;
         match status {
-            200..=299 => self.parse_answer(status, &text, messages).map(|a| ChatAnswer { pause, ..a }),
-            300..=399 => Err(TeacherError::Redirect { status }),
+            200..=299 => {
+                self.parse_answer(status, &text, estimate_prompt_tokens(messages)).map(|a| ChatAnswer { pause, ..a })
+            }
+            _ => Err(self.refusal(status, retry_after, &text)),
+        }
+    }
+
+    /// Sends `req` (already authorized) and reads its body up to `limit` bytes: `(status, body)`
+    /// of a 2xx, the endpoint's error class otherwise. No retry: the batch API's calls.
+    pub(crate) async fn exchange(
+        &self,
+        req: reqwest::RequestBuilder,
+        limit: u64,
+    ) -> Result<(u16, String), TeacherError> {
+        let timeout = Duration::from_secs(self.endpoint.timeout_secs);
+        let resp = req.send().await.map_err(|e| classify_transport(e, timeout))?;
+        let status = resp.status().as_u16();
+        let retry_after = retry_after_of(resp.headers(), self.endpoint.protocol).map(|d| d.min(self.max_wait));
+        let text = read_capped(resp, limit, timeout).await?;
+        match status {
+            200..=299 => Ok((status, text)),
+            _ => Err(self.refusal(status, retry_after, &text)),
+        }
+    }
+
+    /// What a non-2xx answer of this endpoint means (live calls and batch calls alike).
+    pub(crate) fn refusal(&self, status: u16, retry_after: Option<Duration>, text: &str) -> TeacherError {
+        let protocol = self.endpoint.protocol;
+        let timeout = Duration::from_secs(self.endpoint.timeout_secs);
+        match status {
+            300..=399 => TeacherError::Redirect { status },
             // Anthropic's 529 (overloaded, API-wide) is a server error like any 5xx: retried,
             // counted by the breaker, and it does not shrink this endpoint's rate limit.
             // Anthropic sends retry-after with every rate limit but a spend limit's.
-            429 if protocol == Protocol::Anthropic && retry_after.is_none() => Err(TeacherError::SpendLimit { status }),
+            429 if protocol == Protocol::Anthropic && retry_after.is_none() => TeacherError::SpendLimit { status },
             // OpenAI's quota exhausted: also a 429, named in the body.
-            429 if text.contains("insufficient_quota") => Err(TeacherError::SpendLimit { status }),
-            429 => Err(TeacherError::RateLimited { status, retry_after }),
-            401 | 403 => Err(TeacherError::Auth { status }),
-            408 => Err(TeacherError::Timeout(timeout)),
-            400 | 413 | 422 if looks_like_context_overflow(&text) => {
-                Err(TeacherError::ContextTooLong { status, body: snippet(&text) })
+            429 if text.contains("insufficient_quota") => TeacherError::SpendLimit { status },
+            429 => TeacherError::RateLimited { status, retry_after },
+            401 | 403 => TeacherError::Auth { status },
+            408 => TeacherError::Timeout(timeout),
+            400 | 413 | 422 if looks_like_context_overflow(text) => {
+                TeacherError::ContextTooLong { status, body: snippet(text) }
             }
-            500..=599 => Err(TeacherError::Server { status, body: snippet(&text) }),
-            _ => Err(TeacherError::BadRequest { status, body: snippet(&text) }),
+            500..=599 => TeacherError::Server { status, body: snippet(text) },
+            _ => TeacherError::BadRequest { status, body: snippet(text) },
         }
     }
 
@@ -422,7 +466,14 @@ impl TeacherClient {
         }
     }
 
-    fn parse_answer(&self, status: u16, body: &str, messages: &[ChatMessage]) -> Result<ChatAnswer, TeacherError> {
+    /// A 2xx answer body checked as every answer is (NUL, length, plausible usage);
+    /// `prompt_estimate` is the prompt's estimated tokens.
+    pub(crate) fn parse_answer(
+        &self,
+        status: u16,
+        body: &str,
+        prompt_estimate: u32,
+    ) -> Result<ChatAnswer, TeacherError> {
         let Decoded { text, finish_reason, usage } = Self::decode(status, self.endpoint.protocol, body)?;
         if text.contains('\0') {
             let message = "the answer holds NUL characters (U+0000), which cannot be stored".into();
@@ -433,7 +484,7 @@ impl TeacherClient {
             return Err(TeacherError::TooLarge { status, what: "answer (characters)", limit: u64::from(limit) });
         }
         let finish_reason = finish_reason.map(|r| r.replace('\0', ""));
-        let (prompt_estimate, completion_estimate) = (estimate_prompt_tokens(messages), estimate_tokens(&text));
+        let completion_estimate = estimate_tokens(&text);
         let estimate = TokenUsage { input: prompt_estimate, output: completion_estimate, ..TokenUsage::default() };
         let (usage, usage_estimated) = match usage {
             Some(u) if plausible(u.input, prompt_estimate) && plausible(u.output, completion_estimate) => (u, false),

@@ -16,6 +16,7 @@
 //!   endpoints, retries, failover.
 
 pub mod anthropic;
+pub mod batch;
 pub mod bucket;
 pub mod client;
 pub mod error;
@@ -25,6 +26,7 @@ pub mod pool;
 pub mod protocol;
 pub mod retry;
 
+pub use batch::BatchClient;
 pub use client::{ChatAnswer, TeacherClient};
 pub use error::TeacherError;
 pub use pool::{CallOutcome, TeacherPool};

@@ -13,7 +13,7 @@ use crate::retry::{RetryPolicy, record};
 use rand::Rng;
 use reasonrec_core::ChatMessage;
 use reasonrec_core::attempt::AttemptRecord;
-use reasonrec_core::settings::{EndpointSettings, TeacherSettings};
+use reasonrec_core::settings::{EndpointMode, EndpointSettings, TeacherSettings};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone)]
@@ -39,9 +39,11 @@ enum Pick<'a> {
 impl TeacherPool {
     pub fn new(settings: &TeacherSettings) -> Result<Self, TeacherError> {
         let cooldown = Duration::from_secs(settings.breaker_cooldown_secs.max(1));
+        // Batch endpoints are asked through their Batch API (`batch::BatchClient`), never live.
         let clients = settings
             .endpoints
             .iter()
+            .filter(|e| e.mode == EndpointMode::Live)
             .map(|e| {
                 TeacherClient::new(e).map(|c| {
                     c.with_breaker(settings.breaker_failures, cooldown)

@@ -10,9 +10,12 @@
 //!   message is still acked only after its own task's commit.
 //! - [`load`]: the read batcher: deliveries in flight are read in a few statements.
 //! - [`lease`]: leases in Postgres through which workers split each endpoint's limits.
+//! - [`batch`]: the batch submitter: runs routed to a provider's Batch API, from claimed tasks
+//!   to a created batch, reconciled after a crash, polled, and its results finished.
 //! - [`consume`]: the consumer loop: prefetch = concurrency, manual ack after commit,
 //!   reconnect on broker loss, graceful drain on shutdown.
 
+pub mod batch;
 pub mod commit;
 pub mod consume;
 pub mod error;

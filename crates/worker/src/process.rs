@@ -157,6 +157,9 @@ impl TaskProcessor {
             TaskState::Cancelled => skip("task cancelled"),
             TaskState::Waiting => skip("task waits for its inputs; it is published again when ready"),
             TaskState::Failed => skip("task failed; `run retry-failed` puts it back"),
+            // A copy of a message from before the run was routed to a Batch API: the batch
+            // answers it.
+            TaskState::Batched => skip("task is in a provider batch"),
         }
     }
 

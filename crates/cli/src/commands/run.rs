@@ -28,6 +28,12 @@ pub async fn create(settings: &Settings, a: RunCreateArgs) -> anyhow::Result<Exi
         );
     }
     let opts = PlanOptions { incremental: a.incremental, dry_run: a.dry_run };
+    let mut settings = settings.clone();
+    if let Some(d) = &a.deadline {
+        settings.batch.deadline = Some(d.clone());
+        settings.batch.deadline_from_now().map_err(|e| anyhow::anyhow!("--deadline: {e}"))?;
+    }
+    let settings = &settings;
     let plan = plan_run(&store, settings, &a.dataset, opts).await?;
     super::lifecycle::apply_create_options(&store, &plan, &a).await?;
     if a.dry_run {

@@ -1,0 +1,630 @@
+//! Provider batches (issue 17; sql/0015_batches.sql): the rows the batch submitter
+//! (`reasonrec_worker::batch`) writes before the provider hears of a batch, and reads back to
+//! reconcile, poll and finish it.
+//!
+//! A batch's life: `building` (its tasks claimed `ready` -> `batched` in the transaction that
+//! writes the row and its lines) -> `submitting` (rendered; recorded before the create call)
+//! -> `submitted` (the provider's id recorded) -> `ended` (results finished) | `failed` (the
+//! provider refused it as a whole; its tasks went back to `ready`). One submitter works an
+//! endpoint at a time ([`Store::endpoint_lock`]), so a `building` or `submitting` row it did
+//! not write itself was left by one that died.
+
+use crate::error::StoreError;
+use crate::pool::Store;
+use reasonrec_core::key::OutputKey;
+use reasonrec_core::settings::Protocol;
+use reasonrec_core::stage::{RunState, Stage};
+use sqlx::{Connection, Row};
+use std::collections::HashSet;
+use uuid::Uuid;
+
+/// First key of the endpoint advisory locks ("rrbt"); the second is `hashtext(endpoint)`.
+const LOCK_CLASS: i32 = 0x7272_6274;
+
+/// The state of a batch row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchState {
+    Building,
+    Submitting,
+    Submitted,
+    Ended,
+    Failed,
+}
+
+impl BatchState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BatchState::Building => "building",
+            BatchState::Submitting => "submitting",
+            BatchState::Submitted => "submitted",
+            BatchState::Ended => "ended",
+            BatchState::Failed => "failed",
+        }
+    }
+}
+
+impl std::str::FromStr for BatchState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [BatchState::Building, BatchState::Submitting, BatchState::Submitted, BatchState::Ended, BatchState::Failed]
+            .into_iter()
+            .find(|b| b.as_str() == s)
+            .ok_or_else(|| format!("unknown batch state {s:?}"))
+    }
+}
+
+/// An open batch row.
+#[derive(Debug, Clone)]
+pub struct BatchRow {
+    pub id: Uuid,
+    pub run_id: Uuid,
+    pub run_state: RunState,
+    pub state: BatchState,
+    pub lines: i32,
+    pub provider_id: Option<String>,
+    pub submit_started_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub submitted_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub cancel_requested: bool,
+    /// The run was spilled to live endpoints (`route = 'live'`) and must be done by this time.
+    pub spilled_deadline: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// A run the batch submitter feeds.
+#[derive(Debug, Clone)]
+pub struct BatchRun {
+    pub id: Uuid,
+    pub deadline: Option<chrono::DateTime<chrono::Utc>>,
+    /// Some of its tasks still wait for inputs (batches then stay small).
+    pub waiting: bool,
+}
+
+/// A task claimed into a new batch, with what a re-ask carries over from its last rejected line.
+#[derive(Debug, Clone)]
+pub struct ClaimedLine {
+    pub line: i32,
+    pub task_id: Uuid,
+    pub inputs_version: i32,
+    pub reasks: i32,
+    /// `[[answer, feedback], ...]`: the answers rejected so far and the validator's reasons.
+    pub conversation: Vec<(String, String)>,
+}
+
+/// What the results of a line need of it (joined with its task).
+#[derive(Debug, Clone)]
+pub struct LineRow {
+    pub line: i32,
+    pub task_id: Uuid,
+    pub run_id: Uuid,
+    pub stage: Stage,
+    pub label: Option<bool>,
+    pub inputs_version: i32,
+    pub reasks: i32,
+    pub conversation: Vec<(String, String)>,
+    pub output_key: Option<OutputKey>,
+    pub template: Option<String>,
+    pub template_version: Option<String>,
+    pub history_truncated: i32,
+    pub prompt_tokens: i32,
+    pub outcome: Option<String>,
+}
+
+/// A line's outcome word and, for a rejected answer, the conversation the task's next line
+/// carries.
+pub type LineOutcome = (i32, &'static str, Option<Vec<(String, String)>>);
+
+/// A run's batches in one state (`run status`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BatchCount {
+    pub state: String,
+    pub batches: i64,
+    pub lines: i64,
+    pub done_lines: i64,
+    pub usd: f64,
+}
+
+/// What rendering wrote of a line.
+#[derive(Debug, Clone)]
+pub struct RenderedLine {
+    pub line: i32,
+    pub output_key: OutputKey,
+    pub template: String,
+    pub template_version: String,
+    pub history_truncated: i32,
+    pub prompt_tokens: i32,
+}
+
+/// Holds the endpoint's submitter lock (a session advisory lock on a connection of its own)
+/// until dropped or released; the lock goes with the connection if the process dies.
+pub struct EndpointLock {
+    conn: sqlx::PgConnection,
+}
+
+impl EndpointLock {
+    pub async fn release(self) {
+        let _ = self.conn.close().await;
+    }
+
+    /// Whether the lock's connection (so the lock) is still there.
+    pub async fn alive(&mut self) -> bool {
+        self.conn.ping().await.is_ok()
+    }
+}
+
+fn conversation_of(v: Option<serde_json::Value>) -> Vec<(String, String)> {
+    v.and_then(|v| serde_json::from_value(v).ok()).unwrap_or_default()
+}
+
+impl Store {
+    /// The submitter lock of `endpoint`, when no other process holds it.
+    pub async fn endpoint_lock(&self, endpoint: &str) -> Result<Option<EndpointLock>, StoreError> {
+        let mut conn = self.pool().acquire().await?.detach();
+        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, hashtext($2))")
+            .bind(LOCK_CLASS)
+            .bind(endpoint)
+            .fetch_one(&mut conn)
+            .await?;
+        if got {
+            Ok(Some(EndpointLock { conn }))
+        } else {
+            let _ = conn.close().await;
+            Ok(None)
+        }
+    }
+
+    /// Running runs routed to a Batch API that have ready tasks, by priority then age.
+    pub async fn batch_runs(&self) -> Result<Vec<BatchRun>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT r.id, r.deadline,
+                    EXISTS (SELECT 1 FROM tasks w WHERE w.run_id = r.id AND w.state = 'waiting') AS waiting
+             FROM runs r
+             WHERE r.state = 'running' AND r.route = 'batch'
+               AND EXISTS (SELECT 1 FROM tasks t WHERE t.run_id = r.id AND t.state = 'ready')
+             ORDER BY r.priority DESC, r.created_at",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        rows.into_iter()
+            .map(|r| Ok(BatchRun { id: r.try_get(0)?, deadline: r.try_get(1)?, waiting: r.try_get(2)? }))
+            .collect()
+    }
+
+    /// Sets (or clears) the time by which a run must be finished.
+    pub async fn set_run_deadline(
+        &self,
+        run_id: Uuid,
+        deadline: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE runs SET deadline = $2 WHERE id = $1")
+            .bind(run_id)
+            .bind(deadline)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// Routes a batch run to the live endpoints from now on (its deadline cannot be met by
+    /// batches): the outbox publishes its ready tasks. True when this call spilled it.
+    pub async fn spill_run(&self, run_id: Uuid) -> Result<bool, StoreError> {
+        let r = sqlx::query("UPDATE runs SET route = 'live', spilled_at = now() WHERE id = $1 AND route = 'batch'")
+            .bind(run_id)
+            .execute(self.pool())
+            .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    /// The mean turnaround (submitted to ended) of the endpoint's last 20 ended batches; None
+    /// before any ended.
+    pub async fn observed_turnaround(&self, endpoint: &str) -> Result<Option<f64>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT avg(extract(epoch FROM ended_at - submitted_at))::float8 FROM (
+                 SELECT ended_at, submitted_at FROM batches
+                 WHERE endpoint = $1 AND state = 'ended' AND submitted_at IS NOT NULL AND cancel_requested_at IS NULL
+                 ORDER BY ended_at DESC LIMIT 20
+             ) recent",
+        )
+        .bind(endpoint)
+        .fetch_one(self.pool())
+        .await?)
+    }
+
+    /// How many batches `endpoint` has submitted for `run_id` so far (the next one's size
+    /// doubles with each).
+    pub async fn batches_of_run(&self, run_id: Uuid, endpoint: &str) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar("SELECT count(*) FROM batches WHERE run_id = $1 AND endpoint = $2")
+            .bind(run_id)
+            .bind(endpoint)
+            .fetch_one(self.pool())
+            .await?)
+    }
+
+    /// Claims up to `max` ready tasks of `run_id` (in id order) into a new `building` batch of
+    /// `endpoint`, in one transaction: the row, its lines and the tasks' move to `batched`. A
+    /// task whose last line was rejected brings its re-ask count and conversation along (when
+    /// its inputs did not change since). None when no task was ready.
+    pub async fn claim_batch(
+        &self,
+        run_id: Uuid,
+        endpoint: &str,
+        protocol: Protocol,
+        max: i64,
+    ) -> Result<Option<(Uuid, Vec<ClaimedLine>)>, StoreError> {
+        let id = Uuid::now_v7();
+        let mut tx = self.pool().begin().await?;
+        sqlx::query("INSERT INTO batches (id, run_id, endpoint, protocol, lines) VALUES ($1, $2, $3, $4, 0)")
+            .bind(id)
+            .bind(run_id)
+            .bind(endpoint)
+            .bind(protocol.as_str())
+            .execute(&mut *tx)
+            .await?;
+        let claimed = sqlx::query(
+            "WITH picked AS (
+                 SELECT id FROM tasks WHERE run_id = $1 AND state = 'ready' ORDER BY id LIMIT $2
+                 FOR UPDATE SKIP LOCKED
+             )
+             UPDATE tasks t SET state = 'batched', batch_id = $3 FROM picked WHERE t.id = picked.id
+             RETURNING t.id, t.inputs_version",
+        )
+        .bind(run_id)
+        .bind(max)
+        .bind(id)
+        .fetch_all(&mut *tx)
+        .await?;
+        if claimed.is_empty() {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        let mut tasks: Vec<(Uuid, i32)> =
+            claimed.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect::<Result<_, sqlx::Error>>()?;
+        tasks.sort_unstable();
+        let ids: Vec<Uuid> = tasks.iter().map(|t| t.0).collect();
+        let previous = sqlx::query(
+            "SELECT DISTINCT ON (l.task_id) l.task_id, l.inputs_version, l.reasks, l.conversation
+             FROM batch_lines l JOIN batches b ON b.id = l.batch_id
+             WHERE l.task_id = ANY($1) AND l.outcome = 'rejected'
+             ORDER BY l.task_id, b.created_at DESC, l.line DESC",
+        )
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut carried = std::collections::HashMap::new();
+        for r in previous {
+            let task: Uuid = r.try_get(0)?;
+            let version: i32 = r.try_get(1)?;
+            carried.insert(task, (version, r.try_get::<i32, _>(2)?, conversation_of(r.try_get(3)?)));
+        }
+        let lines: Vec<ClaimedLine> = tasks
+            .iter()
+            .enumerate()
+            .map(|(i, (task_id, inputs_version))| {
+                let (reasks, conversation) = match carried.remove(task_id) {
+                    Some((v, reasks, conv)) if v == *inputs_version => (reasks + 1, conv),
+                    _ => (0, Vec::new()),
+                };
+                ClaimedLine {
+                    line: i32::try_from(i).unwrap_or(i32::MAX),
+                    task_id: *task_id,
+                    inputs_version: *inputs_version,
+                    reasks,
+                    conversation,
+                }
+            })
+            .collect();
+        let col = |f: fn(&ClaimedLine) -> i32| lines.iter().map(f).collect::<Vec<i32>>();
+        let convs: Vec<serde_json::Value> =
+            lines.iter().map(|l| serde_json::to_value(&l.conversation).unwrap_or_default()).collect();
+        sqlx::query(
+            "INSERT INTO batch_lines (batch_id, line, task_id, inputs_version, reasks, conversation)
+             SELECT $1, * FROM UNNEST($2::int[], $3::uuid[], $4::int[], $5::int[], $6::jsonb[])",
+        )
+        .bind(id)
+        .bind(col(|l| l.line))
+        .bind(&ids)
+        .bind(col(|l| l.inputs_version))
+        .bind(col(|l| l.reasks))
+        .bind(&convs)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE batches SET lines = $2 WHERE id = $1")
+            .bind(id)
+            .bind(i32::try_from(lines.len()).unwrap_or(i32::MAX))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Some((id, lines)))
+    }
+
+    /// The claimed lines of a batch (to render them again after a restart).
+    pub async fn claimed_lines(&self, batch_id: Uuid) -> Result<Vec<ClaimedLine>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT line, task_id, inputs_version, reasks, conversation FROM batch_lines
+             WHERE batch_id = $1 AND outcome IS NULL ORDER BY line",
+        )
+        .bind(batch_id)
+        .fetch_all(self.pool())
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(ClaimedLine {
+                    line: r.try_get("line")?,
+                    task_id: r.try_get("task_id")?,
+                    inputs_version: r.try_get("inputs_version")?,
+                    reasks: r.try_get("reasks")?,
+                    conversation: conversation_of(r.try_get("conversation")?),
+                })
+            })
+            .collect()
+    }
+
+    /// Records what rendering made of the lines, and moves the batch to `submitting` with its
+    /// reserved spend: from here on, the provider may have it.
+    pub async fn mark_submitting(
+        &self,
+        batch_id: Uuid,
+        rendered: &[RenderedLine],
+        reserved_usd: f64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool().begin().await?;
+        sqlx::query(
+            "UPDATE batch_lines l SET output_key = u.key, template = u.template, template_version = u.version,
+                                      history_truncated = u.trunc, prompt_tokens = u.tokens
+             FROM UNNEST($2::int[], $3::bytea[], $4::text[], $5::text[], $6::int[], $7::int[])
+                  AS u(line, key, template, version, trunc, tokens)
+             WHERE l.batch_id = $1 AND l.line = u.line",
+        )
+        .bind(batch_id)
+        .bind(rendered.iter().map(|r| r.line).collect::<Vec<_>>())
+        .bind(rendered.iter().map(|r| r.output_key.as_bytes().to_vec()).collect::<Vec<_>>())
+        .bind(rendered.iter().map(|r| r.template.clone()).collect::<Vec<_>>())
+        .bind(rendered.iter().map(|r| r.template_version.clone()).collect::<Vec<_>>())
+        .bind(rendered.iter().map(|r| r.history_truncated).collect::<Vec<_>>())
+        .bind(rendered.iter().map(|r| r.prompt_tokens).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE batches SET state = 'submitting', submit_started_at = COALESCE(submit_started_at, now()),
+                                reserved_usd = $2, lines = $3
+             WHERE id = $1",
+        )
+        .bind(batch_id)
+        .bind(reserved_usd)
+        .bind(i32::try_from(rendered.len()).unwrap_or(i32::MAX))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The provider has the batch: its id (and input file) recorded.
+    pub async fn mark_submitted(
+        &self,
+        batch_id: Uuid,
+        provider_id: &str,
+        input_file_id: Option<&str>,
+        status: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE batches SET state = 'submitted', provider_id = $2, input_file_id = $3, provider_status = $4,
+                                submitted_at = now()
+             WHERE id = $1 AND state = 'submitting'",
+        )
+        .bind(batch_id)
+        .bind(provider_id)
+        .bind(input_file_id)
+        .bind(status)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// The open batches of `endpoint`, oldest first.
+    pub async fn open_batches(&self, endpoint: &str) -> Result<Vec<BatchRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT b.id, b.run_id, r.state AS run_state, b.state, b.lines, b.provider_id, b.submit_started_at,
+                    b.submitted_at, b.cancel_requested_at IS NOT NULL AS cancel_requested,
+                    CASE WHEN r.route = 'live' THEN r.deadline END AS spilled_deadline
+             FROM batches b JOIN runs r ON r.id = b.run_id
+             WHERE b.endpoint = $1 AND b.state IN ('building', 'submitting', 'submitted')
+             ORDER BY b.created_at, b.id",
+        )
+        .bind(endpoint)
+        .fetch_all(self.pool())
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                let run_state: String = r.try_get("run_state")?;
+                let state: String = r.try_get("state")?;
+                Ok(BatchRow {
+                    id: r.try_get("id")?,
+                    run_id: r.try_get("run_id")?,
+                    run_state: run_state.parse().map_err(StoreError::Corrupt)?,
+                    state: state.parse().map_err(StoreError::Corrupt)?,
+                    lines: r.try_get("lines")?,
+                    provider_id: r.try_get("provider_id")?,
+                    submit_started_at: r.try_get("submit_started_at")?,
+                    submitted_at: r.try_get("submitted_at")?,
+                    cancel_requested: r.try_get("cancel_requested")?,
+                    spilled_deadline: r.try_get("spilled_deadline")?,
+                })
+            })
+            .collect()
+    }
+
+    /// The provider ids our rows of `endpoint` hold (an Anthropic batch not among them may be
+    /// the one a lost create answer made).
+    pub async fn known_provider_ids(&self, endpoint: &str) -> Result<HashSet<String>, StoreError> {
+        let ids: Vec<String> =
+            sqlx::query_scalar("SELECT provider_id FROM batches WHERE endpoint = $1 AND provider_id IS NOT NULL")
+                .bind(endpoint)
+                .fetch_all(self.pool())
+                .await?;
+        Ok(ids.into_iter().collect())
+    }
+
+    /// A cancel was sent to the provider for this batch (its run was cancelled or spilled).
+    pub async fn mark_cancel_requested(&self, batch_id: Uuid) -> Result<(), StoreError> {
+        sqlx::query("UPDATE batches SET cancel_requested_at = COALESCE(cancel_requested_at, now()) WHERE id = $1")
+            .bind(batch_id)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// Every line of a batch with what its results need, in line order.
+    pub async fn batch_lines(&self, batch_id: Uuid) -> Result<Vec<LineRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT l.line, l.task_id, t.run_id, t.stage, t.label, l.inputs_version, l.reasks, l.conversation,
+                    l.output_key, l.template, l.template_version, l.history_truncated, l.prompt_tokens, l.outcome
+             FROM batch_lines l JOIN tasks t ON t.id = l.task_id
+             WHERE l.batch_id = $1 ORDER BY l.line",
+        )
+        .bind(batch_id)
+        .fetch_all(self.pool())
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                let stage: String = r.try_get("stage")?;
+                let key: Option<Vec<u8>> = r.try_get("output_key")?;
+                Ok(LineRow {
+                    line: r.try_get("line")?,
+                    task_id: r.try_get("task_id")?,
+                    run_id: r.try_get("run_id")?,
+                    stage: stage.parse().map_err(StoreError::Corrupt)?,
+                    label: r.try_get("label")?,
+                    inputs_version: r.try_get("inputs_version")?,
+                    reasks: r.try_get("reasks")?,
+                    conversation: conversation_of(r.try_get("conversation")?),
+                    output_key: match key {
+                        Some(k) => Some(
+                            OutputKey::from_slice(&k)
+                                .ok_or_else(|| StoreError::Corrupt("batch line output key is not 32 bytes".into()))?,
+                        ),
+                        None => None,
+                    },
+                    template: r.try_get("template")?,
+                    template_version: r.try_get("template_version")?,
+                    history_truncated: r.try_get("history_truncated")?,
+                    prompt_tokens: r.try_get("prompt_tokens")?,
+                    outcome: r.try_get("outcome")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Writes each line's outcome (and, for a rejected answer, the conversation its next line
+    /// carries), and puts the tasks of `back` that are still `batched` in this batch back to
+    /// `ready`, in one transaction.
+    pub async fn settle_lines(
+        &self,
+        batch_id: Uuid,
+        outcomes: &[LineOutcome],
+        back: &[Uuid],
+    ) -> Result<u64, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        let lines: Vec<i32> = outcomes.iter().map(|o| o.0).collect();
+        let words: Vec<&str> = outcomes.iter().map(|o| o.1).collect();
+        let convs: Vec<Option<serde_json::Value>> =
+            outcomes.iter().map(|o| o.2.as_ref().map(|c| serde_json::to_value(c).unwrap_or_default())).collect();
+        sqlx::query(
+            "UPDATE batch_lines l SET outcome = u.outcome, conversation = COALESCE(u.conv, l.conversation)
+             FROM UNNEST($2::int[], $3::text[], $4::jsonb[]) AS u(line, outcome, conv)
+             WHERE l.batch_id = $1 AND l.line = u.line",
+        )
+        .bind(batch_id)
+        .bind(&lines)
+        .bind(&words)
+        .bind(&convs)
+        .execute(&mut *tx)
+        .await?;
+        let n = if back.is_empty() { 0 } else { unbatch(&mut tx, batch_id, back).await? };
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    /// Ends a batch: `ended` with its cost, or `failed` with the provider's reason; every task
+    /// still `batched` in it goes back to `ready` (a line no result named).
+    pub async fn end_batch(
+        &self,
+        batch_id: Uuid,
+        state: BatchState,
+        provider_status: &str,
+        error: Option<&str>,
+        cost_usd: f64,
+    ) -> Result<u64, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        sqlx::query(
+            "UPDATE batches SET state = $2, provider_status = $3, error = $4, cost_usd = $5, ended_at = now()
+             WHERE id = $1",
+        )
+        .bind(batch_id)
+        .bind(state.as_str())
+        .bind(provider_status)
+        .bind(error)
+        .bind(cost_usd)
+        .execute(&mut *tx)
+        .await?;
+        let n = unbatch(&mut tx, batch_id, &[]).await?;
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    /// A `building` batch left by a submitter that died before sending anything: its tasks go
+    /// back to `ready` and the row goes.
+    pub async fn abandon_batch(&self, batch_id: Uuid) -> Result<u64, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        let n = unbatch(&mut tx, batch_id, &[]).await?;
+        sqlx::query("DELETE FROM batches WHERE id = $1 AND state = 'building'")
+            .bind(batch_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    /// Batches of a run by state: how many, their lines, the lines done by their answers, and
+    /// spend (reserved while open, paid once ended) (`run status`).
+    pub async fn batch_summary(&self, run_id: Uuid) -> Result<Vec<BatchCount>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT b.state, count(*), COALESCE(sum(b.lines), 0)::int8,
+                    COALESCE(sum((SELECT count(*) FROM batch_lines l WHERE l.batch_id = b.id AND l.outcome = 'done')), 0)::int8,
+                    COALESCE(sum(COALESCE(b.cost_usd, b.reserved_usd)), 0)::float8
+             FROM batches b WHERE b.run_id = $1 GROUP BY b.state ORDER BY b.state",
+        )
+        .bind(run_id)
+        .fetch_all(self.pool())
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(BatchCount {
+                    state: r.try_get(0)?,
+                    batches: r.try_get(1)?,
+                    lines: r.try_get(2)?,
+                    done_lines: r.try_get(3)?,
+                    usd: r.try_get(4)?,
+                })
+            })
+            .collect()
+    }
+}
+
+/// Tasks of `batch_id` still `batched` go back to `ready`: those of `only` (sorted), or all when
+/// `only` is empty. Locked in id order, as the finishing transaction locks them.
+async fn unbatch(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    batch_id: Uuid,
+    only: &[Uuid],
+) -> Result<u64, StoreError> {
+    let res = sqlx::query(
+        "WITH locked AS (
+             SELECT id FROM tasks WHERE batch_id = $1 AND state = 'batched'
+               AND (cardinality($2::uuid[]) = 0 OR id = ANY($2))
+             ORDER BY id FOR UPDATE
+         )
+         UPDATE tasks SET state = 'ready' FROM locked WHERE tasks.id = locked.id",
+    )
+    .bind(batch_id)
+    .bind(only)
+    .execute(&mut **tx)
+    .await?;
+    Ok(res.rows_affected())
+}

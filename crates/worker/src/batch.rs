@@ -1,0 +1,672 @@
+//! The batch submitter: works the runs routed to a provider's Batch API (`runs.route =
+//! 'batch'`), one loop per `mode = "batch"` endpoint, one process per endpoint at a time (the
+//! endpoint's advisory lock, `Store::endpoint_lock`).
+//!
+//! Each tick, for its endpoint:
+//! 1. Open batch rows, oldest first. `building`: left by a submitter that died before sending
+//!    anything: its tasks go back to `ready`. `submitting`: the create call may or may not have
+//!    reached the provider: the provider's list is searched for it ([`BatchClient::find`]); found,
+//!    it is adopted (any second copy is cancelled); not found, it is created again. `submitted`:
+//!    polled; a cancelled run's batch is cancelled at the provider; an ended one has its
+//!    results finished; a failed one (refused as a whole) puts its tasks back.
+//! 2. New batches, while fewer than `batch.max_open` are open: ready tasks of each batch run are
+//!    claimed into a row (`Store::claim_batch`) before anything is sent, rendered as a live
+//!    worker renders them (an answer the ledger holds completes the task at once), recorded
+//!    `submitting`, then created at the provider. The first batch of a run is small
+//!    (`batch.first_lines`) and each next one doubles while tasks of the run still wait for
+//!    inputs, so item profiles come back early and the stages downstream follow.
+//!
+//! Results go through the same validation and finishing as live answers
+//! (`core::validate`, `Store::finish_tasks`): an accepted answer completes its task; a rejected
+//! one is re-asked in the task's next batch with the validator's reason (up to
+//! `stages.max_reasks`); an errored, expired or cancelled line puts its task back to `ready`
+//! (the next batch sends it again); an invalid request fails the task. Every line is an attempt
+//! row with its cost, its id derived from the batch and line so a second reading records nothing
+//! twice.
+
+use crate::error::WorkerError;
+use crate::render::{PromptCap, render_capped};
+use reasonrec_core::attempt::{AttemptRecord, ErrorClass};
+use reasonrec_core::settings::{BatchSettings, EndpointMode, Settings};
+use reasonrec_core::stage::RunState;
+use reasonrec_core::validate::validate_answer;
+use reasonrec_core::{OutputKey, PromptLibrary};
+use reasonrec_store::Store;
+use reasonrec_store::batches::{BatchRow, BatchState, ClaimedLine, LineOutcome, LineRow, RenderedLine};
+use reasonrec_store::finish::{Finish, FinishKind};
+use reasonrec_store::tasks::NewOutput;
+use reasonrec_teacher::batch::{BatchPhase, LineResult, ProviderBatch, ResultLine};
+use reasonrec_teacher::protocol::estimate_prompt_tokens;
+use reasonrec_teacher::{BatchClient, TeacherError};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// Provider clocks and ours differ: a lost batch is looked for from this long before we
+/// recorded that we were about to create it.
+const CLOCK_SKEW: chrono::TimeDelta = chrono::TimeDelta::seconds(120);
+
+/// What one tick did (tests and logs).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TickReport {
+    pub created: u32,
+    /// Lost create answers found at the provider and adopted.
+    pub adopted: u32,
+    /// Second copies found at the provider and cancelled.
+    pub duplicates_cancelled: u32,
+    pub ended: u32,
+    pub failed: u32,
+    pub abandoned: u32,
+    /// Lines answered and accepted, re-asked, sent back (errored, expired, cancelled) or failed.
+    pub done: u32,
+    pub reasked: u32,
+    pub sent_back: u32,
+    pub task_failures: u32,
+    /// Tasks completed from the ledger while building (no line sent).
+    pub reused: u32,
+    /// Runs spilled to live endpoints (their deadline could not be met by batches).
+    pub spilled: u32,
+}
+
+impl TickReport {
+    /// Adds `other`'s counts to these.
+    pub fn add(&mut self, o: &TickReport) {
+        self.created += o.created;
+        self.adopted += o.adopted;
+        self.duplicates_cancelled += o.duplicates_cancelled;
+        self.ended += o.ended;
+        self.failed += o.failed;
+        self.abandoned += o.abandoned;
+        self.done += o.done;
+        self.reasked += o.reasked;
+        self.sent_back += o.sent_back;
+        self.task_failures += o.task_failures;
+        self.reused += o.reused;
+        self.spilled += o.spilled;
+    }
+}
+
+/// One batch endpoint's submitter.
+#[derive(Clone)]
+pub struct BatchSubmitter {
+    store: Store,
+    prompts: Arc<PromptLibrary>,
+    client: BatchClient,
+    batch: BatchSettings,
+    max_reasks: u32,
+    cap: PromptCap,
+}
+
+/// What building a batch made of one claimed line.
+enum Built {
+    Line { rendered: RenderedLine, bytes: Vec<u8> },
+    Finished(Finish),
+}
+
+impl BatchSubmitter {
+    /// One submitter per `mode = "batch"` endpoint of `settings` (none without such endpoints).
+    pub fn from_settings(
+        store: &Store,
+        prompts: Arc<PromptLibrary>,
+        settings: &Settings,
+    ) -> Result<Vec<Self>, TeacherError> {
+        settings
+            .teacher
+            .endpoints
+            .iter()
+            .filter(|e| e.mode == EndpointMode::Batch)
+            .map(|e| {
+                Ok(Self {
+                    store: store.clone(),
+                    prompts: prompts.clone(),
+                    client: BatchClient::new(e)?,
+                    batch: settings.batch.clone(),
+                    max_reasks: settings.stages.max_reasks,
+                    cap: PromptCap::from_settings(settings),
+                })
+            })
+            .collect()
+    }
+
+    pub fn endpoint(&self) -> &str {
+        &self.client.endpoint().name
+    }
+
+    /// Ticks every `batch.poll_ms` while this process holds the endpoint's lock (waiting for it
+    /// otherwise), until `stop`. Errors of a tick are logged and the next tick tries again.
+    pub async fn run(self, stop: CancellationToken) {
+        let poll = Duration::from_millis(self.batch.poll_ms);
+        let mut lock = None;
+        loop {
+            if lock.is_none() {
+                lock = match self.store.endpoint_lock(self.endpoint()).await {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::warn!(endpoint = %self.endpoint(), error = %e, "cannot take the batch endpoint's lock");
+                        None
+                    }
+                };
+            }
+            if let Some(l) = lock.as_mut() {
+                if l.alive().await {
+                    match self.tick().await {
+                        Ok(r) if r != TickReport::default() => {
+                            tracing::info!(endpoint = %self.endpoint(), report = ?r, "batch tick")
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::warn!(endpoint = %self.endpoint(), error = %e, "batch tick failed; trying again")
+                        }
+                    }
+                } else {
+                    tracing::warn!(endpoint = %self.endpoint(), "lost the batch endpoint's lock; taking it again");
+                    lock = None;
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep(poll) => {}
+            }
+        }
+        if let Some(l) = lock {
+            l.release().await;
+        }
+    }
+
+    /// One pass over the endpoint's batches, then new batches while there is room. The caller
+    /// must hold the endpoint's lock ([`Self::run`] does).
+    pub async fn tick(&self) -> Result<TickReport, WorkerError> {
+        let mut report = TickReport::default();
+        let turnaround = self.turnaround().await?;
+        let open = self.store.open_batches(self.endpoint()).await?;
+        let mut still_open = 0u32;
+        for b in &open {
+            match b.state {
+                BatchState::Building => {
+                    self.store.abandon_batch(b.id).await?;
+                    report.abandoned += 1;
+                }
+                BatchState::Submitting => {
+                    self.reconcile(b, &mut report).await?;
+                    still_open += 1;
+                }
+                BatchState::Submitted => {
+                    if !self.poll(b, turnaround, &mut report).await? {
+                        still_open += 1;
+                    }
+                }
+                BatchState::Ended | BatchState::Failed => {}
+            }
+        }
+        let now = chrono::Utc::now();
+        'runs: for run in self.store.batch_runs().await? {
+            let run_id = run.id;
+            if run.deadline.is_some_and(|d| now + turnaround >= d) {
+                // A batch sent now would end after the deadline: the rest goes live.
+                if self.store.spill_run(run_id).await? {
+                    tracing::warn!(endpoint = %self.endpoint(), %run_id, turnaround_secs = turnaround.num_seconds(),
+                                   "the deadline cannot be met by batches; the run's remaining tasks go to live endpoints");
+                    report.spilled += 1;
+                }
+                continue;
+            }
+            loop {
+                if still_open >= self.batch.max_open {
+                    break 'runs;
+                }
+                let size = self.next_size(run_id, run.waiting).await?;
+                let Some((id, lines)) =
+                    self.store.claim_batch(run_id, self.endpoint(), self.client.endpoint().protocol, size).await?
+                else {
+                    break;
+                };
+                self.build_and_create(id, lines, &mut report).await?;
+                still_open += 1;
+            }
+        }
+        Ok(report)
+    }
+
+    /// The batch turnaround to plan with: the mean of the endpoint's last ended batches, or
+    /// `batch.turnaround_secs` before any ended.
+    async fn turnaround(&self) -> Result<chrono::TimeDelta, WorkerError> {
+        let secs = match self.store.observed_turnaround(self.endpoint()).await? {
+            Some(s) if s.is_finite() && s >= 0.0 => s,
+            _ => self.batch.turnaround_secs as f64,
+        };
+        Ok(chrono::TimeDelta::milliseconds((secs * 1000.0) as i64))
+    }
+
+    /// Lines of the run's next batch: small and doubling while tasks of the run wait for
+    /// inputs, the most the provider takes when nothing downstream waits.
+    async fn next_size(&self, run_id: Uuid, waiting: bool) -> Result<i64, WorkerError> {
+        let max = i64::from(self.batch.max_lines.min(self.client.max_lines()));
+        if !waiting {
+            return Ok(max);
+        }
+        let sent = self.store.batches_of_run(run_id, self.endpoint()).await?;
+        let grown = i64::from(self.batch.first_lines).saturating_mul(1i64 << sent.clamp(0, 30));
+        Ok(grown.min(max).max(1))
+    }
+
+    /// Renders the claimed lines, completes those the ledger answers already, records the batch
+    /// `submitting`, and creates it at the provider.
+    async fn build_and_create(
+        &self,
+        id: Uuid,
+        claimed: Vec<ClaimedLine>,
+        report: &mut TickReport,
+    ) -> Result<(), WorkerError> {
+        let (lines, bytes) = self.build(id, claimed, report).await?;
+        if lines.is_empty() {
+            self.store.end_batch(id, BatchState::Ended, "empty", None, 0.0).await?;
+            return Ok(());
+        }
+        let ep = self.client.endpoint();
+        // Reserved: the prompts at the batch price and, for the answers, `max_tokens` each.
+        let reserved: f64 = lines
+            .iter()
+            .map(|l| {
+                ep.cost_usd(&reasonrec_core::settings::TokenUsage {
+                    input: u32::try_from(l.prompt_tokens).unwrap_or(0),
+                    output: ep.params.max_tokens,
+                    ..Default::default()
+                })
+            })
+            .sum();
+        self.store.mark_submitting(id, &lines, reserved).await?;
+        self.create(id, &bytes, report).await
+    }
+
+    /// Renders each line as a live worker would; returns what to send, in line order.
+    async fn build(
+        &self,
+        id: Uuid,
+        claimed: Vec<ClaimedLine>,
+        report: &mut TickReport,
+    ) -> Result<(Vec<RenderedLine>, Vec<Vec<u8>>), WorkerError> {
+        let ids: Vec<Uuid> = claimed.iter().map(|l| l.task_id).collect();
+        let bundles = self.store.load_bundles(&ids).await?;
+        let ep = self.client.endpoint();
+        let mut built = Vec::with_capacity(claimed.len());
+        let mut keys = Vec::with_capacity(claimed.len());
+        for line in &claimed {
+            let Some(bundle) = bundles.get(&line.task_id) else { continue };
+            let task = &bundle.task;
+            let rendered = match render_capped(&self.store, &self.prompts, bundle, self.cap).await {
+                Ok(r) => r,
+                Err(e) if e.is_retryable() => return Err(e),
+                Err(e) => {
+                    let error = match e {
+                        WorkerError::PromptTooLong { .. } => e.to_string(),
+                        other => format!("cannot render prompt: {other}"),
+                    };
+                    let kind = FinishKind::Fail { error };
+                    let f = Finish { task_id: task.id, run_id: task.run_id, inputs_version: 0, kind, attempts: vec![] };
+                    built.push((line.line, Built::Finished(f)));
+                    continue;
+                }
+            };
+            let salt = OutputKey::salt_of(&task.input).map(str::to_owned);
+            let key = OutputKey::for_endpoint(task.stage, &rendered.prompt, ep, salt.as_deref());
+            keys.push(key);
+            let mut messages = rendered.prompt.messages.clone();
+            for (answer, feedback) in &line.conversation {
+                self.cap.reask(&mut messages, answer.clone(), feedback.clone());
+            }
+            let prompt_tokens = i32::try_from(estimate_prompt_tokens(&messages)).unwrap_or(i32::MAX);
+            let bytes = self.client.encode_line(&custom_id(id, line.line), &messages);
+            let rendered_line = RenderedLine {
+                line: line.line,
+                output_key: key,
+                template: rendered.prompt.template,
+                template_version: rendered.prompt.version,
+                history_truncated: rendered.truncated,
+                prompt_tokens,
+            };
+            built.push((line.line, Built::Line { rendered: rendered_line, bytes }));
+        }
+        // Answers the ledger holds already complete their tasks without a line.
+        let existing = self.store.existing_outputs(&keys).await?;
+        let mut finishes = Vec::new();
+        let mut settled = Vec::new();
+        let (mut lines, mut bytes) = (Vec::new(), Vec::new());
+        let by_line: HashMap<i32, &ClaimedLine> = claimed.iter().map(|l| (l.line, l)).collect();
+        for (n, b) in built {
+            match b {
+                Built::Line { rendered, bytes: b } if !existing.contains(&rendered.output_key) => {
+                    lines.push(rendered);
+                    bytes.push(b);
+                }
+                Built::Line { rendered, .. } => {
+                    let Some(claimed) = by_line.get(&n) else { continue };
+                    let Some(bundle) = bundles.get(&claimed.task_id) else { continue };
+                    let kind = FinishKind::Complete {
+                        key: rendered.output_key,
+                        output: None,
+                        history_truncated: rendered.history_truncated,
+                    };
+                    finishes.push(Finish {
+                        task_id: claimed.task_id,
+                        run_id: bundle.task.run_id,
+                        inputs_version: claimed.inputs_version,
+                        kind,
+                        attempts: vec![],
+                    });
+                    settled.push((n, "reused", None));
+                    report.reused += 1;
+                }
+                Built::Finished(f) => {
+                    finishes.push(f);
+                    settled.push((n, "failed", None));
+                    report.task_failures += 1;
+                }
+            }
+        }
+        if !finishes.is_empty() {
+            let outcomes = self.store.finish_tasks(&finishes).await?;
+            // A reuse rendered from inputs that changed meanwhile renders again in a later batch.
+            let back: Vec<Uuid> =
+                finishes.iter().zip(&outcomes).filter(|(_, c)| c.superseded).map(|(f, _)| f.task_id).collect();
+            let mut back = back;
+            back.sort_unstable();
+            self.store.settle_lines(id, &settled, &back).await?;
+        }
+        Ok((lines, bytes))
+    }
+
+    /// The create call, once. Its failure leaves the row `submitting`: the next tick looks for
+    /// the batch at the provider before creating it again.
+    async fn create(&self, id: Uuid, bytes: &[Vec<u8>], report: &mut TickReport) -> Result<(), WorkerError> {
+        match self.client.create(&tag(id), bytes).await {
+            Ok(pb) => {
+                self.store.mark_submitted(id, &pb.id, pb.input_file_id.as_deref(), &pb.status).await?;
+                tracing::info!(endpoint = %self.endpoint(), batch = %id, provider_id = %pb.id, lines = bytes.len(), "batch submitted");
+                report.created += 1;
+                Ok(())
+            }
+            Err(e) if e.is_retryable() => {
+                tracing::warn!(endpoint = %self.endpoint(), batch = %id, error = %e,
+                               "batch create failed; it is looked for at the provider before it is sent again");
+                Ok(())
+            }
+            Err(e) => {
+                // Refused outright (credentials, a bad request): nothing was created. The tasks
+                // go back; the next tick claims them again, so a lasting refusal repeats once
+                // per poll and is logged each time.
+                tracing::error!(endpoint = %self.endpoint(), batch = %id, error = %e, "batch create refused");
+                self.store.end_batch(id, BatchState::Failed, "refused", Some(&e.to_string()), 0.0).await?;
+                report.failed += 1;
+                Ok(())
+            }
+        }
+    }
+
+    /// A row left `submitting`: adopt the provider's batch if the create reached it, else create
+    /// it again (rendered again from the claimed lines).
+    async fn reconcile(&self, b: &BatchRow, report: &mut TickReport) -> Result<(), WorkerError> {
+        let since = b.submit_started_at.unwrap_or_else(chrono::Utc::now) - CLOCK_SKEW;
+        let known = self.store.known_provider_ids(self.endpoint()).await?;
+        let lines = u64::try_from(b.lines).unwrap_or(0);
+        let mut found = match self.client.find(&tag(b.id), since, lines, &known).await {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(endpoint = %self.endpoint(), batch = %b.id, error = %e, "cannot list the provider's batches; trying again");
+                return Ok(());
+            }
+        };
+        // Newest first: the oldest is the one our first create made.
+        if let Some(first) = found.pop() {
+            self.store.mark_submitted(b.id, &first.id, first.input_file_id.as_deref(), &first.status).await?;
+            tracing::warn!(endpoint = %self.endpoint(), batch = %b.id, provider_id = %first.id,
+                           "a batch whose create answer was lost was found at the provider; adopted");
+            report.adopted += 1;
+            for extra in found {
+                tracing::warn!(endpoint = %self.endpoint(), batch = %b.id, provider_id = %extra.id, "second copy at the provider; cancelling it");
+                if let Err(e) = self.client.cancel(&extra.id).await {
+                    tracing::warn!(provider_id = %extra.id, error = %e, "cannot cancel the second copy");
+                }
+                report.duplicates_cancelled += 1;
+            }
+            return Ok(());
+        }
+        let claimed = self.store.claimed_lines(b.id).await?;
+        let (lines, bytes) = self.build(b.id, claimed, report).await?;
+        if lines.is_empty() {
+            self.store.end_batch(b.id, BatchState::Ended, "empty", None, 0.0).await?;
+            return Ok(());
+        }
+        self.create(b.id, &bytes, report).await
+    }
+
+    /// Polls a submitted batch; finishes it when it ended. True when the row is no longer open.
+    async fn poll(
+        &self,
+        b: &BatchRow,
+        turnaround: chrono::TimeDelta,
+        report: &mut TickReport,
+    ) -> Result<bool, WorkerError> {
+        let Some(provider_id) = b.provider_id.as_deref() else { return Ok(false) };
+        // A batch of a run spilled to live endpoints that is not expected to end by the run's
+        // deadline (one that is late already is expected a whole turnaround from now) is
+        // cancelled: its finished lines still count, the rest go live.
+        let now = chrono::Utc::now();
+        let expected_end = b.submitted_at.map(|t| t + turnaround).filter(|e| *e > now).unwrap_or(now + turnaround);
+        let late = b.spilled_deadline.is_some_and(|d| expected_end >= d);
+        let closed = !b.run_state.is_open() && b.run_state != RunState::Completed;
+        if (closed || late) && !b.cancel_requested {
+            match self.client.cancel(provider_id).await {
+                Ok(_) => self.store.mark_cancel_requested(b.id).await?,
+                Err(e) => tracing::warn!(batch = %b.id, error = %e, "cannot cancel the batch; trying again"),
+            }
+        }
+        let pb = match self.client.retrieve(provider_id).await {
+            Ok(pb) => pb,
+            Err(e) => {
+                tracing::warn!(endpoint = %self.endpoint(), batch = %b.id, error = %e, "cannot poll the batch; trying again");
+                return Ok(false);
+            }
+        };
+        match pb.phase {
+            BatchPhase::Open => Ok(false),
+            BatchPhase::Failed => {
+                let why = pb.errors.clone().unwrap_or_else(|| pb.status.clone());
+                tracing::warn!(endpoint = %self.endpoint(), batch = %b.id, error = %why, "the provider failed the batch; its tasks go back");
+                self.store.end_batch(b.id, BatchState::Failed, &pb.status, Some(&why), 0.0).await?;
+                report.failed += 1;
+                Ok(true)
+            }
+            BatchPhase::Ended => {
+                self.finish(b, &pb, report).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// Feeds an ended batch's results through validation and finishing.
+    async fn finish(&self, b: &BatchRow, pb: &ProviderBatch, report: &mut TickReport) -> Result<(), WorkerError> {
+        let rows = self.store.batch_lines(b.id).await?;
+        let by_id: HashMap<String, &LineRow> = rows.iter().map(|l| (custom_id(b.id, l.line), l)).collect();
+        let results = match self.client.results(pb, |c| by_id.get(c).map_or(0, |l| l.prompt_tokens.max(0) as u32)).await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(endpoint = %self.endpoint(), batch = %b.id, error = %e, "cannot read the batch's results; trying again");
+                return Ok(());
+            }
+        };
+        let started = pb.created_at;
+        let duration_ms = i32::try_from((chrono::Utc::now() - started).num_milliseconds().max(0)).unwrap_or(i32::MAX);
+        let ep = self.client.endpoint();
+        let mut finishes: Vec<(i32, Finish)> = Vec::new();
+        let mut loose: Vec<(Uuid, Uuid, AttemptRecord)> = Vec::new();
+        let mut settled: Vec<LineOutcome> = Vec::new();
+        let mut back: Vec<Uuid> = Vec::new();
+        let mut cost = 0.0;
+        for r in &results {
+            let Some(line) = by_id.get(&r.custom_id) else {
+                tracing::warn!(batch = %b.id, custom_id = %r.custom_id, "a result for no line of this batch; ignored");
+                continue;
+            };
+            if line.outcome.is_some() {
+                continue;
+            }
+            let mut attempt = r.attempt(ep, attempt_id(b.id, line.line), started, duration_ms);
+            cost += attempt.cost_usd;
+            match self.judge(line, r, &mut attempt) {
+                Judged::Done(kind) => {
+                    report.done += 1;
+                    finishes.push((line.line, self.finish_of(line, kind, attempt)));
+                    settled.push((line.line, "done", None));
+                }
+                Judged::Fail(error) => {
+                    report.task_failures += 1;
+                    finishes.push((line.line, self.finish_of(line, FinishKind::Fail { error }, attempt)));
+                    settled.push((line.line, "failed", None));
+                }
+                Judged::Reask(conversation) => {
+                    report.reasked += 1;
+                    loose.push((line.task_id, line.run_id, attempt));
+                    settled.push((line.line, "rejected", Some(conversation)));
+                    back.push(line.task_id);
+                }
+                Judged::Again(word) => {
+                    report.sent_back += 1;
+                    loose.push((line.task_id, line.run_id, attempt));
+                    settled.push((line.line, word, None));
+                    back.push(line.task_id);
+                }
+            }
+        }
+        if !finishes.is_empty() {
+            let only: Vec<Finish> = finishes.iter().map(|(_, f)| f.clone()).collect();
+            let outcomes = self.store.finish_tasks(&only).await?;
+            for ((n, f), c) in finishes.iter().zip(outcomes) {
+                if c.superseded {
+                    // Asked from inputs that changed meanwhile: sent again, rendered anew.
+                    back.push(f.task_id);
+                    if let Some(s) = settled.iter_mut().find(|s| s.0 == *n) {
+                        s.1 = "superseded";
+                    }
+                }
+            }
+        }
+        let loose_refs: Vec<(Uuid, Uuid, &AttemptRecord)> = loose.iter().map(|(t, r, a)| (*t, *r, a)).collect();
+        self.store.record_attempt_rows(&loose_refs).await?;
+        back.sort_unstable();
+        back.dedup();
+        self.store.settle_lines(b.id, &settled, &back).await?;
+        // Lines no result named go back with the batch's end.
+        let unnamed = self.store.end_batch(b.id, BatchState::Ended, &pb.status, None, cost).await?;
+        report.sent_back += u32::try_from(unnamed).unwrap_or(u32::MAX);
+        report.ended += 1;
+        tracing::info!(endpoint = %self.endpoint(), batch = %b.id, results = results.len(), cost_usd = cost, "batch finished");
+        Ok(())
+    }
+
+    fn finish_of(&self, line: &LineRow, kind: FinishKind, attempt: AttemptRecord) -> Finish {
+        Finish {
+            task_id: line.task_id,
+            run_id: line.run_id,
+            inputs_version: line.inputs_version,
+            kind,
+            attempts: vec![attempt],
+        }
+    }
+
+    /// What one result means for its task.
+    fn judge(&self, line: &LineRow, r: &ResultLine, attempt: &mut AttemptRecord) -> Judged {
+        match &r.result {
+            LineResult::Answer(a) => {
+                let Some(key) = line.output_key else {
+                    return Judged::Again("unrendered");
+                };
+                match validate_answer(line.stage, &a.text, a.finish_reason.as_deref(), line.label) {
+                    Ok(()) => {
+                        let ep = self.client.endpoint();
+                        let output = NewOutput {
+                            key,
+                            stage: line.stage,
+                            text: a.text.clone(),
+                            template: line.template.clone().unwrap_or_default(),
+                            template_version: line.template_version.clone().unwrap_or_default(),
+                            model: ep.model.clone(),
+                            params: serde_json::to_value(&ep.params).unwrap_or_default(),
+                            input_tokens: i32::try_from(a.input_tokens).unwrap_or(i32::MAX),
+                            output_tokens: i32::try_from(a.output_tokens).unwrap_or(i32::MAX),
+                        };
+                        Judged::Done(FinishKind::Complete {
+                            key,
+                            output: Some(Box::new(output)),
+                            history_truncated: line.history_truncated,
+                        })
+                    }
+                    Err(rejection) => {
+                        attempt.error_class = Some(ErrorClass::Rejected);
+                        attempt.error = Some(format!("{}: {}", rejection.code, rejection.message));
+                        if u32::try_from(line.reasks).unwrap_or(u32::MAX) >= self.max_reasks {
+                            let raw: String = a.text.chars().take(2000).collect();
+                            return Judged::Fail(format!(
+                                "answer rejected ({}): {}; raw answer: {raw}",
+                                rejection.code, rejection.message
+                            ));
+                        }
+                        let feedback = format!(
+                            "Your answer was not accepted: {}. Answer again, following the instructions above.",
+                            rejection.message
+                        );
+                        let mut conversation = line.conversation.clone();
+                        conversation.push((a.text.clone(), feedback));
+                        Judged::Reask(conversation)
+                    }
+                }
+            }
+            LineResult::Error { permanent: true, message, .. } => Judged::Fail(format!("teacher (batch): {message}")),
+            LineResult::Error { .. } => Judged::Again("errored"),
+            LineResult::Expired => Judged::Again("expired"),
+            LineResult::Canceled => Judged::Again("canceled"),
+        }
+    }
+}
+
+enum Judged {
+    Done(FinishKind),
+    Fail(String),
+    Reask(Vec<(String, String)>),
+    Again(&'static str),
+}
+
+/// Our batch id as the provider sees it (OpenAI metadata, file name).
+fn tag(id: Uuid) -> String {
+    id.simple().to_string()
+}
+
+/// A line's `custom_id`: the batch (32 hex) and the line, within Anthropic's 64 characters.
+pub fn custom_id(batch: Uuid, line: i32) -> String {
+    format!("{}_{line}", batch.simple())
+}
+
+/// The attempt id of a line: the same each time the results are read.
+fn attempt_id(batch: Uuid, line: i32) -> Uuid {
+    let digest = Sha256::new().chain_update(batch.as_bytes()).chain_update(line.to_be_bytes()).finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_random_bytes(bytes).into_uuid()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn custom_ids_fit_anthropic_and_attempt_ids_are_stable() {
+        let b = Uuid::now_v7();
+        let id = custom_id(b, 99_999);
+        assert!(id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'), "{id}");
+        assert_eq!(attempt_id(b, 3), attempt_id(b, 3));
+        assert_ne!(attempt_id(b, 3), attempt_id(b, 4));
+    }
+}

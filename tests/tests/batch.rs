@@ -1,0 +1,295 @@
+//! Provider Batch APIs (issue 17), against the mock speaking OpenAI Batch and Anthropic Message
+//! Batches over real HTTP: a run routed to a batch endpoint never touches RabbitMQ; its tasks
+//! are claimed into batch rows before anything is sent; errored, expired and rejected lines come
+//! back in later batches; a create whose answer was lost is found at the provider and adopted
+//! (one batch there, not two); a cancelled run cancels its open batch and keeps what finished.
+
+use reasonrec_coordinator::create_run;
+use reasonrec_core::settings::{EndpointMode, EndpointSettings, Protocol};
+use reasonrec_mock_teacher::{MockConfig, MockHandle};
+use reasonrec_tests::{TestEnv, count};
+use uuid::Uuid;
+
+fn key() -> Option<String> {
+    std::env::var("PATH").ok()
+}
+
+/// A batch endpoint of `protocol` on `m`, its key read from `PATH` (a variable surely set).
+fn batch_endpoint(m: &MockHandle, protocol: Protocol) -> EndpointSettings {
+    EndpointSettings {
+        name: format!("{protocol}-batch"),
+        base_url: m.base_url(),
+        protocol,
+        model: "batch-mock".into(),
+        api_key_env: Some("PATH".into()),
+        mode: EndpointMode::Batch,
+        timeout_secs: 10,
+        price_input_per_mtok: 2.0,
+        price_output_per_mtok: 8.0,
+        ..EndpointSettings::default()
+    }
+}
+
+async fn env_with(cfg: MockConfig, protocol: Protocol) -> anyhow::Result<(TestEnv, Uuid)> {
+    let mut env = TestEnv::with_mock(cfg).await?;
+    env.full_method();
+    env.settings.teacher.endpoints = vec![batch_endpoint(&env.mock, protocol)];
+    env.settings.batch.first_lines = 20;
+    env.settings.batch.max_lines = 400;
+    env.ingest_sample().await?;
+    let run = create_run(&env.store, &env.settings, "sample").await?.run_id;
+    Ok((env, run))
+}
+
+async fn scalar(env: &TestEnv, sql: &str, run: Uuid) -> anyhow::Result<i64> {
+    count(&env.store, sql, run).await
+}
+
+/// What every batch run must show at the end, whatever the faults.
+async fn check_complete(env: &TestEnv, run: Uuid) -> anyhow::Result<()> {
+    let tasks = scalar(env, "SELECT count(*) FROM tasks WHERE run_id = $1", run).await?;
+    let done = scalar(env, "SELECT count(*) FROM tasks WHERE run_id = $1 AND state = 'done'", run).await?;
+    let failed = scalar(env, "SELECT count(*) FROM tasks WHERE run_id = $1 AND state = 'failed'", run).await?;
+    assert!(tasks > 100, "{tasks}");
+    assert_eq!(done + failed, tasks, "every task finished");
+    assert!(done * 100 >= tasks * 95, "{done} of {tasks} done");
+    let published = scalar(env, "SELECT count(*) FROM tasks WHERE run_id = $1 AND publishes > 0", run).await?;
+    assert_eq!(published, 0, "a batch run publishes nothing to RabbitMQ");
+    // Every line that came back is one attempt row; every accepted answer is priced.
+    let lines = scalar(
+        env,
+        "SELECT count(*) FROM batch_lines l JOIN batches b ON b.id = l.batch_id
+         WHERE b.run_id = $1 AND l.outcome NOT IN ('reused')",
+        run,
+    )
+    .await?;
+    let attempts = scalar(env, "SELECT count(*) FROM attempts WHERE run_id = $1", run).await?;
+    assert_eq!(attempts, lines, "one attempt row per line with a result");
+    let unpriced = scalar(
+        env,
+        "SELECT count(*) FROM attempts WHERE run_id = $1 AND error_class IS NULL AND NOT cost_usd > 0",
+        run,
+    )
+    .await?;
+    assert_eq!(unpriced, 0);
+    // The answer was stored once per done task, under the key the line was rendered with.
+    let keyed = scalar(
+        env,
+        "SELECT count(*) FROM tasks t JOIN outputs o ON o.key = t.output_key WHERE t.run_id = $1 AND t.state = 'done'",
+        run,
+    )
+    .await?;
+    assert_eq!(keyed, done);
+    let open =
+        scalar(env, "SELECT count(*) FROM batches WHERE run_id = $1 AND state NOT IN ('ended', 'failed')", run).await?;
+    assert_eq!(open, 0, "no batch left open");
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_openai_batch_run_completes_through_line_errors_expiry_and_reasks() -> anyhow::Result<()> {
+    let cfg = MockConfig {
+        api_key: key(),
+        batch_line_error_rate: 0.05,
+        batch_expire_rate: 0.05,
+        rate_contradict: 0.05,
+        seed: 5,
+        ..MockConfig::default()
+    };
+    let (env, run) = env_with(cfg, Protocol::OpenAi).await?;
+    let submitters = env.batch_submitters()?;
+    let report = env.tick_until_completed(&submitters, run, 120).await?;
+    check_complete(&env, run).await?;
+    assert!(report.sent_back > 0 && report.reasked > 0, "faults were met: {report:?}");
+    // Item profiles went out first and small; the graph had no barrier: the run's first batch is
+    // `first_lines` long.
+    let first: i64 =
+        sqlx::query_scalar("SELECT lines::int8 FROM batches WHERE run_id = $1 ORDER BY created_at LIMIT 1")
+            .bind(run)
+            .fetch_one(env.store.pool())
+            .await?;
+    assert!(first <= 20, "{first}");
+    let stats = env.mock.stats();
+    let ours = scalar(&env, "SELECT count(*) FROM batches WHERE run_id = $1 AND provider_id IS NOT NULL", run).await?;
+    assert_eq!(stats.batches_created as i64, ours, "every batch at the provider is one of our rows: {stats:?}");
+    // Half the price: the batch endpoint's answers cost batch_price_factor of the list price.
+    let (tin, tout, cost): (i64, i64, f64) = sqlx::query_as(
+        "SELECT sum(input_tokens)::int8, sum(output_tokens)::int8, sum(cost_usd)::float8 FROM attempts WHERE run_id = $1",
+    )
+    .bind(run)
+    .fetch_one(env.store.pool())
+    .await?;
+    let list = (tin as f64 * 2.0 + tout as f64 * 8.0) / 1e6;
+    assert!((cost - list * 0.5).abs() < 1e-9, "cost {cost}, list {list}");
+    env.cleanup().await
+}
+
+#[tokio::test]
+async fn an_anthropic_batch_run_completes_through_errored_and_expired_results() -> anyhow::Result<()> {
+    let cfg = MockConfig {
+        api_key: key(),
+        batch_line_error_rate: 0.05,
+        batch_expire_rate: 0.05,
+        rate_contradict: 0.05,
+        seed: 9,
+        ..MockConfig::default()
+    };
+    let (env, run) = env_with(cfg, Protocol::Anthropic).await?;
+    let submitters = env.batch_submitters()?;
+    let report = env.tick_until_completed(&submitters, run, 120).await?;
+    check_complete(&env, run).await?;
+    assert!(report.sent_back > 0, "{report:?}");
+    let stats = env.mock.stats();
+    let ours = scalar(&env, "SELECT count(*) FROM batches WHERE run_id = $1 AND provider_id IS NOT NULL", run).await?;
+    assert_eq!(stats.batches_created as i64, ours, "{stats:?}");
+    env.cleanup().await
+}
+
+/// The create reaches the provider but its answer is lost (the submitter might as well have died
+/// between the provider's "created" and our record): the next submitter finds the batch at the
+/// provider and adopts it. One batch there, not two; the run completes.
+#[tokio::test]
+async fn a_lost_create_answer_is_found_at_the_provider_not_sent_twice() -> anyhow::Result<()> {
+    for protocol in [Protocol::OpenAi, Protocol::Anthropic] {
+        let cfg = MockConfig { api_key: key(), batch_lose_create_response: 1, ..MockConfig::default() };
+        let (mut env, run) = env_with(cfg, protocol).await?;
+        env.settings.batch.max_open = 1;
+        let first = env.batch_submitters()?;
+        let r = first[0].tick().await?;
+        assert_eq!((r.created, env.mock.stats().batches_created), (0, 1), "{protocol}: created, answer lost");
+        let state: String = sqlx::query_scalar("SELECT state FROM batches WHERE run_id = $1")
+            .bind(run)
+            .fetch_one(env.store.pool())
+            .await?;
+        assert_eq!(state, "submitting", "{protocol}");
+        drop(first);
+        // A new submitter (a restart): reconciles before it sends anything.
+        let second = env.batch_submitters()?;
+        let r = second[0].tick().await?;
+        assert_eq!(r.adopted, 1, "{protocol}: {r:?}");
+        assert_eq!(env.mock.stats().batches_created, 1, "{protocol}: not submitted again");
+        env.tick_until_completed(&second, run, 120).await?;
+        check_complete(&env, run).await?;
+        let stats = env.mock.stats();
+        let ours =
+            scalar(&env, "SELECT count(*) FROM batches WHERE run_id = $1 AND provider_id IS NOT NULL", run).await?;
+        assert_eq!(stats.batches_created as i64, ours, "{protocol}: {stats:?}");
+        env.cleanup().await?;
+    }
+    Ok(())
+}
+
+/// `run cancel` while a batch is at the provider: the batch is cancelled there, the lines that
+/// finished are recorded (ledger and attempts), the tasks stay cancelled.
+#[tokio::test]
+async fn a_cancelled_run_cancels_its_open_batch_and_keeps_what_finished() -> anyhow::Result<()> {
+    let cfg = MockConfig { api_key: key(), batch_turnaround_ms: 60_000, ..MockConfig::default() };
+    let (mut env, run) = env_with(cfg, Protocol::Anthropic).await?;
+    env.settings.batch.max_open = 1;
+    let subs = env.batch_submitters()?;
+    let r = subs[0].tick().await?;
+    assert_eq!(r.created, 1);
+    env.store.cancel_run(run).await?;
+    let mut ended = false;
+    for _ in 0..200 {
+        let r = subs[0].tick().await?;
+        if r.ended > 0 {
+            ended = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(ended, "the cancelled batch ended");
+    assert_eq!(env.mock.stats().batches_cancelled, 1);
+    let not_cancelled =
+        scalar(&env, "SELECT count(*) FROM tasks WHERE run_id = $1 AND state NOT IN ('cancelled', 'done')", run)
+            .await?;
+    assert_eq!(not_cancelled, 0, "a cancelled run's tasks stay cancelled");
+    let lines =
+        scalar(&env, "SELECT count(*) FROM batch_lines l JOIN batches b ON b.id = l.batch_id WHERE b.run_id = $1", run)
+            .await?;
+    let attempts = scalar(&env, "SELECT count(*) FROM attempts WHERE run_id = $1", run).await?;
+    assert_eq!(attempts, lines, "every line of the cancelled batch is recorded");
+    // No new batch for a cancelled run.
+    let r = subs[0].tick().await?;
+    assert_eq!(r.created, 0);
+    env.cleanup().await
+}
+
+/// A deadline the batches cannot meet at their turnaround: the submitter feeds batches while
+/// they can end in time, then spills the run to the live endpoint (the outbox publishes what is
+/// left) and cancels the batches that would end too late. Every task is done once: no line is
+/// paid for by both a batch and a live call.
+#[tokio::test]
+async fn a_run_with_a_deadline_spills_to_live_endpoints_and_pays_no_line_twice() -> anyhow::Result<()> {
+    let cfg = MockConfig { api_key: key(), batch_turnaround_ms: 1_500, ..MockConfig::default() };
+    let mut env = TestEnv::with_mock(cfg).await?;
+    env.full_method();
+    let live = EndpointSettings {
+        name: "live".into(),
+        base_url: env.mock.base_url(),
+        model: "batch-mock".into(),
+        api_key_env: Some("PATH".into()),
+        timeout_secs: 10,
+        price_input_per_mtok: 2.0,
+        price_output_per_mtok: 8.0,
+        ..EndpointSettings::default()
+    };
+    env.settings.teacher.endpoints = vec![batch_endpoint(&env.mock, Protocol::OpenAi), live];
+    env.settings.batch.first_lines = 20;
+    env.settings.batch.max_lines = 60;
+    env.settings.batch.max_open = 2;
+    // An underestimate at first; the observed turnaround (1.5 s) takes over once batches end.
+    env.settings.batch.turnaround_secs = 1;
+    env.settings.batch.deadline = Some((chrono::Utc::now() + chrono::TimeDelta::seconds(5)).to_rfc3339());
+    env.ingest_sample().await?;
+    let run = create_run(&env.store, &env.settings, "sample").await?.run_id;
+
+    let subs = env.batch_submitters()?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let ticking = {
+        let (subs, stop) = (subs.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut sum = reasonrec_worker::batch::TickReport::default();
+            while !stop.is_cancelled() {
+                for s in &subs {
+                    sum.add(&s.tick().await?);
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Ok::<_, anyhow::Error>(sum)
+        })
+    };
+    let driven = env.run_to_completion(run).await;
+    stop.cancel();
+    let report = ticking.await??;
+    driven?;
+
+    assert_eq!(report.spilled, 1, "{report:?}");
+    let route: String =
+        sqlx::query_scalar("SELECT route FROM runs WHERE id = $1").bind(run).fetch_one(env.store.pool()).await?;
+    assert_eq!(route, "live");
+    let tasks = scalar(&env, "SELECT count(*) FROM tasks WHERE run_id = $1", run).await?;
+    let done = scalar(&env, "SELECT count(*) FROM tasks WHERE run_id = $1 AND state = 'done'", run).await?;
+    assert_eq!(done, tasks);
+    let by_batch = scalar(
+        &env,
+        "SELECT count(*) FROM batch_lines l JOIN batches b ON b.id = l.batch_id WHERE b.run_id = $1 AND l.outcome = 'done'",
+        run,
+    )
+    .await?;
+    let published = scalar(&env, "SELECT count(*) FROM tasks WHERE run_id = $1 AND publishes > 0", run).await?;
+    assert!(by_batch > 0 && published > 0, "both paths worked: {by_batch} by batch, {published} published");
+    let paid_twice = scalar(
+        &env,
+        "SELECT count(*) FROM (SELECT task_id FROM attempts WHERE run_id = $1 AND error_class IS NULL
+                               GROUP BY task_id HAVING count(*) > 1) twice",
+        run,
+    )
+    .await?;
+    assert_eq!(paid_twice, 0, "no task has two accepted answers");
+    let open = scalar(&env, "SELECT count(*) FROM batches WHERE run_id = $1 AND state NOT IN ('ended', 'failed')", run)
+        .await?;
+    assert_eq!(open, 0, "a batch still open would hold its tasks");
+    env.cleanup().await
+}

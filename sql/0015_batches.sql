@@ -31,6 +31,9 @@ CREATE TABLE batches (
     state             TEXT        NOT NULL DEFAULT 'building'
                       CHECK (state IN ('building', 'submitting', 'submitted', 'ended', 'failed')),
     lines             INT         NOT NULL,
+    -- The submitter working the row: every move checks it, so one that lost its endpoint lock
+    -- (a Postgres restart) cannot go on with a row another took over.
+    owner             UUID        NOT NULL,
     provider_id       TEXT,
     input_file_id     TEXT,
     provider_status   TEXT,
@@ -41,6 +44,9 @@ CREATE TABLE batches (
     cost_usd          DOUBLE PRECISION,
     created_at        TIMESTAMPTZ NOT NULL DEFAULT now(),
     submit_started_at TIMESTAMPTZ,
+    -- The last create call began: a row left `submitting` is reconciled only once a create
+    -- still in flight would have timed out (its request may reach the provider late).
+    create_attempted_at TIMESTAMPTZ,
     submitted_at      TIMESTAMPTZ,
     cancel_requested_at TIMESTAMPTZ,
     ended_at          TIMESTAMPTZ

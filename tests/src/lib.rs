@@ -189,8 +189,14 @@ impl TestEnv {
 
     /// The batch submitters of the settings' `mode = "batch"` endpoints, on the test's pool.
     pub fn batch_submitters(&self) -> anyhow::Result<Vec<BatchSubmitter>> {
+        self.batch_submitters_on(&self.store)
+    }
+
+    /// The batch submitters on `store` (a pool of their own, which a test closes to kill them as
+    /// a dying process would: their connections, and so their transactions, end).
+    pub fn batch_submitters_on(&self, store: &Store) -> anyhow::Result<Vec<BatchSubmitter>> {
         let prompts = Arc::new(PromptLibrary::load(&self.settings.prompts.dir)?);
-        Ok(BatchSubmitter::from_settings(&self.store, prompts, &self.settings)?)
+        Ok(BatchSubmitter::from_settings(store, prompts, &self.settings)?)
     }
 
     /// Ticks `submitters` (every 20 ms) until `run` is completed; an error after `secs` seconds.

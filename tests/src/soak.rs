@@ -344,7 +344,7 @@ async fn check(env: &TestEnv, report: &mut SoakReport) -> anyhow::Result<()> {
     let scalar = |sql: &'static str| async move { sqlx::query_scalar::<_, i64>(sql).fetch_one(s.pool()).await };
     report.lost_tasks = scalar(
         "SELECT count(*) FROM tasks t JOIN runs r ON r.id = t.run_id
-         WHERE r.state = 'completed' AND t.state IN ('waiting', 'ready', 'published')",
+         WHERE r.state = 'completed' AND t.state IN ('waiting', 'ready', 'published', 'batched')",
     )
     .await?;
     report.runs_left_planning = scalar("SELECT count(*) FROM runs WHERE state = 'planning'").await?;

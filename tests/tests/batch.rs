@@ -293,3 +293,64 @@ async fn a_run_with_a_deadline_spills_to_live_endpoints_and_pays_no_line_twice()
     assert_eq!(open, 0, "a batch still open would hold its tasks");
     env.cleanup().await
 }
+
+/// The submitter killed at random points (its tick dropped mid-flight, as a SIGKILL stops a
+/// process between any two awaits: after claiming, during a create, while finishing results)
+/// and started again, over and over, with lost create answers and line faults on: the run
+/// completes, and every batch the provider created is one of our rows: none was sent twice.
+#[tokio::test]
+async fn a_submitter_killed_anywhere_never_submits_a_batch_twice() -> anyhow::Result<()> {
+    use rand::{Rng, SeedableRng};
+    for (protocol, seed) in [(Protocol::OpenAi, 21u64), (Protocol::Anthropic, 22)] {
+        let cfg = MockConfig {
+            api_key: key(),
+            batch_line_error_rate: 0.05,
+            batch_expire_rate: 0.05,
+            batch_lose_create_response: 2,
+            batch_turnaround_ms: 30,
+            seed,
+            ..MockConfig::default()
+        };
+        let (mut env, run) = env_with(cfg, protocol).await?;
+        env.settings.teacher.endpoints[0].timeout_secs = 1;
+        env.settings.batch.max_open = 3;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(150);
+        let mut kills = 0;
+        loop {
+            // A process of its own: its pool dies with it, and Postgres ends its transactions.
+            let store = reasonrec_store::Store::connect(&env.settings.database).await?;
+            let subs = env.batch_submitters_on(&store)?;
+            let s = subs[0].clone();
+            let life = tokio::spawn(async move {
+                loop {
+                    s.tick().await?;
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
+                #[allow(unreachable_code)]
+                Ok::<_, anyhow::Error>(())
+            });
+            tokio::time::sleep(std::time::Duration::from_millis(rng.random_range(30..500))).await;
+            life.abort();
+            let ended = life.await;
+            drop(subs);
+            store.close().await;
+            if let Ok(Err(e)) = ended {
+                return Err(e);
+            }
+            kills += 1;
+            if env.store.refresh_run_state(run).await? == reasonrec_core::stage::RunState::Completed {
+                break;
+            }
+            anyhow::ensure!(std::time::Instant::now() < deadline, "{protocol}: not completed after {kills} kills");
+        }
+        check_complete(&env, run).await?;
+        let stats = env.mock.stats();
+        let ours =
+            scalar(&env, "SELECT count(*) FROM batches WHERE run_id = $1 AND provider_id IS NOT NULL", run).await?;
+        assert_eq!(stats.batches_created as i64, ours, "{protocol}, {kills} kills: {stats:?}");
+        assert!(kills > 3, "{kills}");
+        env.cleanup().await?;
+    }
+    Ok(())
+}

@@ -291,7 +291,7 @@ impl Outbox {
         }
         for run in runs {
             let (by_state, cost) = self.store.run_gauges(*run).await?;
-            for state in ["waiting", "ready", "published", "done", "failed", "cancelled"] {
+            for state in ["waiting", "ready", "published", "batched", "done", "failed", "cancelled"] {
                 let n = by_state.get(state).copied().unwrap_or(0);
                 m.run_tasks.get_or_create(&vec![("run_id", run.to_string()), ("state", state.to_string())]).set(n);
             }

@@ -125,8 +125,16 @@ impl RunStatus {
 
     pub fn render(&self) -> String {
         let mut out = format!(
-            "run {}  state: {}\n  planned {}  published {}  done {}  failed {}  (waiting {}, ready {})\n",
-            self.run_id, self.state, self.planned, self.published, self.done, self.failed, self.waiting, self.ready
+            "run {}  state: {}\n  planned {}  published {}  done {}  failed {}  (waiting {}, ready {}, in a batch {})\n",
+            self.run_id,
+            self.state,
+            self.planned,
+            self.published,
+            self.done,
+            self.failed,
+            self.waiting,
+            self.ready,
+            self.batches.as_ref().map_or(0, |b| b.batched_now)
         );
         if let Some(reason) = &self.paused_reason {
             let reason = reasonrec_core::terminal::terminal_safe(reason);

@@ -819,8 +819,12 @@ impl Settings {
             }
         }
         let b = &self.batch;
-        if let Err(e) = b.deadline_after(chrono::Utc::now()) {
-            return bad("batch.deadline", e);
+        match b.deadline_after(chrono::Utc::now()) {
+            Err(e) => return bad("batch.deadline", e),
+            Ok(Some(_)) if !self.teacher.endpoints.iter().any(|e| e.mode == EndpointMode::Live) => {
+                return bad("batch.deadline", "needs a live endpoint to spill the rest to".into());
+            }
+            Ok(_) => {}
         }
         if b.poll_ms < 10 || b.first_lines == 0 || b.max_lines == 0 || b.max_open == 0 || b.max_bytes < 1024 {
             return bad(

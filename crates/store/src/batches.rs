@@ -64,6 +64,7 @@ pub struct BatchRow {
     pub provider_id: Option<String>,
     pub submit_started_at: Option<chrono::DateTime<chrono::Utc>>,
     pub submitted_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub create_attempted_at: Option<chrono::DateTime<chrono::Utc>>,
     pub cancel_requested: bool,
     /// The run was spilled to live endpoints (`route = 'live'`) and must be done by this time.
     pub spilled_deadline: Option<chrono::DateTime<chrono::Utc>>,
@@ -106,6 +107,11 @@ pub struct LineRow {
     pub history_truncated: i32,
     pub prompt_tokens: i32,
     pub outcome: Option<String>,
+    /// The task is `batched` in this very batch (not finished, cancelled, put back or claimed
+    /// into a later batch since).
+    pub held_here: bool,
+    /// Lines of the task that came back `errored` so far (any batch).
+    pub errors_before: i32,
 }
 
 /// A line's outcome word and, for a rejected answer, the conversation the task's next line
@@ -188,6 +194,16 @@ impl Store {
             .collect()
     }
 
+    /// Running runs routed to a Batch API that have a deadline.
+    pub async fn batch_deadlines(&self) -> Result<Vec<(Uuid, chrono::DateTime<chrono::Utc>)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, deadline FROM runs WHERE state = 'running' AND route = 'batch' AND deadline IS NOT NULL",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        rows.into_iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
+    }
+
     /// Sets (or clears) the time by which a run must be finished.
     pub async fn set_run_deadline(
         &self,
@@ -243,6 +259,7 @@ impl Store {
     /// its inputs did not change since). None when no task was ready.
     pub async fn claim_batch(
         &self,
+        owner: Uuid,
         run_id: Uuid,
         endpoint: &str,
         protocol: Protocol,
@@ -250,13 +267,16 @@ impl Store {
     ) -> Result<Option<(Uuid, Vec<ClaimedLine>)>, StoreError> {
         let id = Uuid::now_v7();
         let mut tx = self.pool().begin().await?;
-        sqlx::query("INSERT INTO batches (id, run_id, endpoint, protocol, lines) VALUES ($1, $2, $3, $4, 0)")
-            .bind(id)
-            .bind(run_id)
-            .bind(endpoint)
-            .bind(protocol.as_str())
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "INSERT INTO batches (id, run_id, endpoint, protocol, lines, owner) VALUES ($1, $2, $3, $4, 0, $5)",
+        )
+        .bind(id)
+        .bind(run_id)
+        .bind(endpoint)
+        .bind(protocol.as_str())
+        .bind(owner)
+        .execute(&mut *tx)
+        .await?;
         let claimed = sqlx::query(
             "WITH picked AS (
                  SELECT id FROM tasks WHERE run_id = $1 AND state = 'ready' ORDER BY id LIMIT $2
@@ -279,10 +299,14 @@ impl Store {
         tasks.sort_unstable();
         let ids: Vec<Uuid> = tasks.iter().map(|t| t.0).collect();
         let previous = sqlx::query(
-            "SELECT DISTINCT ON (l.task_id) l.task_id, l.inputs_version, l.reasks, l.conversation
-             FROM batch_lines l JOIN batches b ON b.id = l.batch_id
-             WHERE l.task_id = ANY($1) AND l.outcome = 'rejected'
-             ORDER BY l.task_id, b.created_at DESC, l.line DESC",
+            // The task's latest settled line: a re-ask only when that one was rejected (a task
+            // that failed and was put back by `run retry-failed` starts afresh).
+            "SELECT task_id, inputs_version, reasks, conversation FROM (
+                 SELECT DISTINCT ON (l.task_id) l.task_id, l.inputs_version, l.reasks, l.conversation, l.outcome
+                 FROM batch_lines l JOIN batches b ON b.id = l.batch_id
+                 WHERE l.task_id = ANY($1) AND l.outcome IS NOT NULL AND l.outcome NOT IN ('expired', 'canceled', 'errored', 'deferred')
+                 ORDER BY l.task_id, b.created_at DESC, l.line DESC
+             ) latest WHERE outcome = 'rejected'",
         )
         .bind(&ids)
         .fetch_all(&mut *tx)
@@ -360,11 +384,13 @@ impl Store {
     /// reserved spend: from here on, the provider may have it.
     pub async fn mark_submitting(
         &self,
+        owner: Uuid,
         batch_id: Uuid,
         rendered: &[RenderedLine],
         reserved_usd: f64,
     ) -> Result<(), StoreError> {
         let mut tx = self.pool().begin().await?;
+        lock_owned(&mut tx, batch_id, owner, "mark_submitting").await?;
         sqlx::query(
             "UPDATE batch_lines l SET output_key = u.key, template = u.template, template_version = u.version,
                                       history_truncated = u.trunc, prompt_tokens = u.tokens
@@ -384,7 +410,7 @@ impl Store {
         sqlx::query(
             "UPDATE batches SET state = 'submitting', submit_started_at = COALESCE(submit_started_at, now()),
                                 reserved_usd = $2, lines = $3
-             WHERE id = $1",
+             WHERE id = $1 AND state IN ('building', 'submitting')",
         )
         .bind(batch_id)
         .bind(reserved_usd)
@@ -395,25 +421,58 @@ impl Store {
         Ok(())
     }
 
+    /// A create call for the batch begins now (`true`), or ended with an answer from the
+    /// provider, so nothing of it is still in flight (`false`).
+    pub async fn mark_create_attempt(&self, owner: Uuid, batch_id: Uuid, begins: bool) -> Result<(), StoreError> {
+        let r = sqlx::query(
+            "UPDATE batches SET create_attempted_at = CASE WHEN $3 THEN now() END
+             WHERE id = $1 AND owner = $2 AND state = 'submitting'",
+        )
+        .bind(batch_id)
+        .bind(owner)
+        .bind(begins)
+        .execute(self.pool())
+        .await?;
+        if r.rows_affected() == 0 {
+            return Err(StoreError::Taken(batch_id, "create attempt"));
+        }
+        Ok(())
+    }
+
+    /// This submitter works the open row from now on (the one before it died or lost its lock).
+    pub async fn take_over(&self, owner: Uuid, batch_id: Uuid) -> Result<(), StoreError> {
+        sqlx::query("UPDATE batches SET owner = $2 WHERE id = $1 AND owner <> $2")
+            .bind(batch_id)
+            .bind(owner)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
     /// The provider has the batch: its id (and input file) recorded.
     pub async fn mark_submitted(
         &self,
+        owner: Uuid,
         batch_id: Uuid,
         provider_id: &str,
         input_file_id: Option<&str>,
         status: &str,
     ) -> Result<(), StoreError> {
-        sqlx::query(
+        let r = sqlx::query(
             "UPDATE batches SET state = 'submitted', provider_id = $2, input_file_id = $3, provider_status = $4,
-                                submitted_at = now()
-             WHERE id = $1 AND state = 'submitting'",
+                                submitted_at = now(), create_attempted_at = NULL
+             WHERE id = $1 AND state = 'submitting' AND owner = $5",
         )
         .bind(batch_id)
         .bind(provider_id)
         .bind(input_file_id)
         .bind(status)
+        .bind(owner)
         .execute(self.pool())
         .await?;
+        if r.rows_affected() == 0 {
+            return Err(StoreError::Taken(batch_id, "submitted"));
+        }
         Ok(())
     }
 
@@ -421,7 +480,7 @@ impl Store {
     pub async fn open_batches(&self, endpoint: &str) -> Result<Vec<BatchRow>, StoreError> {
         let rows = sqlx::query(
             "SELECT b.id, b.run_id, r.state AS run_state, b.state, b.lines, b.provider_id, b.submit_started_at,
-                    b.submitted_at, b.cancel_requested_at IS NOT NULL AS cancel_requested,
+                    b.submitted_at, b.create_attempted_at, b.cancel_requested_at IS NOT NULL AS cancel_requested,
                     CASE WHEN r.route = 'live' THEN r.deadline END AS spilled_deadline
              FROM batches b JOIN runs r ON r.id = b.run_id
              WHERE b.endpoint = $1 AND b.state IN ('building', 'submitting', 'submitted')
@@ -443,6 +502,7 @@ impl Store {
                     provider_id: r.try_get("provider_id")?,
                     submit_started_at: r.try_get("submit_started_at")?,
                     submitted_at: r.try_get("submitted_at")?,
+                    create_attempted_at: r.try_get("create_attempted_at")?,
                     cancel_requested: r.try_get("cancel_requested")?,
                     spilled_deadline: r.try_get("spilled_deadline")?,
                 })
@@ -450,14 +510,13 @@ impl Store {
             .collect()
     }
 
-    /// The provider ids our rows of `endpoint` hold (an Anthropic batch not among them may be
-    /// the one a lost create answer made).
-    pub async fn known_provider_ids(&self, endpoint: &str) -> Result<HashSet<String>, StoreError> {
-        let ids: Vec<String> =
-            sqlx::query_scalar("SELECT provider_id FROM batches WHERE endpoint = $1 AND provider_id IS NOT NULL")
-                .bind(endpoint)
-                .fetch_all(self.pool())
-                .await?;
+    /// The provider ids our rows hold, of every endpoint (several endpoints may share one
+    /// provider account): an Anthropic batch not among them may be the one a lost create answer
+    /// made.
+    pub async fn known_provider_ids(&self) -> Result<HashSet<String>, StoreError> {
+        let ids: Vec<String> = sqlx::query_scalar("SELECT provider_id FROM batches WHERE provider_id IS NOT NULL")
+            .fetch_all(self.pool())
+            .await?;
         Ok(ids.into_iter().collect())
     }
 
@@ -474,7 +533,10 @@ impl Store {
     pub async fn batch_lines(&self, batch_id: Uuid) -> Result<Vec<LineRow>, StoreError> {
         let rows = sqlx::query(
             "SELECT l.line, l.task_id, t.run_id, t.stage, t.label, l.inputs_version, l.reasks, l.conversation,
-                    l.output_key, l.template, l.template_version, l.history_truncated, l.prompt_tokens, l.outcome
+                    l.output_key, l.template, l.template_version, l.history_truncated, l.prompt_tokens, l.outcome,
+                    t.state AS task_state, t.batch_id AS task_batch,
+                    (SELECT count(*) FROM batch_lines e WHERE e.task_id = l.task_id AND e.outcome = 'errored')::int4
+                        AS errors_before
              FROM batch_lines l JOIN tasks t ON t.id = l.task_id
              WHERE l.batch_id = $1 ORDER BY l.line",
         )
@@ -506,6 +568,9 @@ impl Store {
                     history_truncated: r.try_get("history_truncated")?,
                     prompt_tokens: r.try_get("prompt_tokens")?,
                     outcome: r.try_get("outcome")?,
+                    held_here: r.try_get::<String, _>("task_state")? == "batched"
+                        && r.try_get::<Option<Uuid>, _>("task_batch")? == Some(batch_id),
+                    errors_before: r.try_get("errors_before")?,
                 })
             })
             .collect()
@@ -516,11 +581,13 @@ impl Store {
     /// `ready`, in one transaction.
     pub async fn settle_lines(
         &self,
+        owner: Uuid,
         batch_id: Uuid,
         outcomes: &[LineOutcome],
         back: &[Uuid],
     ) -> Result<u64, StoreError> {
         let mut tx = self.pool().begin().await?;
+        lock_owned(&mut tx, batch_id, owner, "settle_lines").await?;
         let lines: Vec<i32> = outcomes.iter().map(|o| o.0).collect();
         let words: Vec<&str> = outcomes.iter().map(|o| o.1).collect();
         let convs: Vec<Option<serde_json::Value>> =
@@ -545,6 +612,7 @@ impl Store {
     /// still `batched` in it goes back to `ready` (a line no result named).
     pub async fn end_batch(
         &self,
+        owner: Uuid,
         batch_id: Uuid,
         state: BatchState,
         provider_status: &str,
@@ -552,6 +620,7 @@ impl Store {
         cost_usd: f64,
     ) -> Result<u64, StoreError> {
         let mut tx = self.pool().begin().await?;
+        lock_owned(&mut tx, batch_id, owner, "end_batch").await?;
         sqlx::query(
             "UPDATE batches SET state = $2, provider_status = $3, error = $4, cost_usd = $5, ended_at = now()
              WHERE id = $1",
@@ -570,8 +639,9 @@ impl Store {
 
     /// A `building` batch left by a submitter that died before sending anything: its tasks go
     /// back to `ready` and the row goes.
-    pub async fn abandon_batch(&self, batch_id: Uuid) -> Result<u64, StoreError> {
+    pub async fn abandon_batch(&self, owner: Uuid, batch_id: Uuid) -> Result<u64, StoreError> {
         let mut tx = self.pool().begin().await?;
+        lock_owned(&mut tx, batch_id, owner, "abandon_batch").await?;
         let n = unbatch(&mut tx, batch_id, &[]).await?;
         sqlx::query("DELETE FROM batches WHERE id = $1 AND state = 'building'")
             .bind(batch_id)
@@ -605,6 +675,21 @@ impl Store {
             })
             .collect()
     }
+}
+
+/// Locks the batch row for the transaction, unless another submitter owns it now.
+async fn lock_owned(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    batch_id: Uuid,
+    owner: Uuid,
+    what: &'static str,
+) -> Result<(), StoreError> {
+    let mine: Option<Uuid> = sqlx::query_scalar("SELECT id FROM batches WHERE id = $1 AND owner = $2 FOR UPDATE")
+        .bind(batch_id)
+        .bind(owner)
+        .fetch_optional(&mut **tx)
+        .await?;
+    mine.map(|_| ()).ok_or(StoreError::Taken(batch_id, what))
 }
 
 /// Tasks of `batch_id` still `batched` go back to `ready`: those of `only` (sorted), or all when

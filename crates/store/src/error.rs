@@ -18,6 +18,10 @@ pub enum StoreError {
     /// the dataset was stored.
     #[error("ingest aborted: {0}")]
     Aborted(String),
+    /// A provider batch row was taken over by another submitter (this one lost its endpoint
+    /// lock meanwhile): this one must stop working it.
+    #[error("batch {0} is now worked by another submitter ({1})")]
+    Taken(uuid::Uuid, &'static str),
 }
 
 impl StoreError {
@@ -47,7 +51,11 @@ impl StoreError {
                 _ => false,
             },
             StoreError::Batch(_) => true,
-            StoreError::Migrate(_) | StoreError::NotFound(_) | StoreError::Corrupt(_) | StoreError::Aborted(_) => false,
+            StoreError::Migrate(_)
+            | StoreError::NotFound(_)
+            | StoreError::Corrupt(_)
+            | StoreError::Aborted(_)
+            | StoreError::Taken(..) => false,
         }
     }
 }

@@ -532,9 +532,14 @@ fn found(rows: u64, run_id: Uuid) -> Result<(), StoreError> {
     if rows == 0 { Err(StoreError::NotFound(format!("run {run_id}"))) } else { Ok(()) }
 }
 
+/// What a run has spent: its attempts, plus what its provider batches still open reserve (their
+/// estimated cost, counted when they are submitted, replaced by the attempts when they end).
 async fn spend<'e>(db: impl sqlx::PgExecutor<'e>, run_id: Uuid) -> Result<Spend, StoreError> {
     let r = sqlx::query(
-        "SELECT COALESCE(sum(cost_usd), 0)::float8, COALESCE(sum(input_tokens::int8 + output_tokens), 0)::int8
+        "SELECT COALESCE(sum(cost_usd), 0)::float8
+                  + (SELECT COALESCE(sum(reserved_usd), 0)::float8 FROM batches
+                     WHERE run_id = $1 AND state IN ('submitting', 'submitted')),
+                COALESCE(sum(input_tokens::int8 + output_tokens), 0)::int8
          FROM attempts WHERE run_id = $1",
     )
     .bind(run_id)

@@ -57,6 +57,9 @@ impl Store {
                AND ($2 = 0 OR created_at < now() - make_interval(days => $2))
                AND NOT EXISTS (SELECT 1 FROM snapshots s WHERE s.run_id = ranked.id)
                AND NOT EXISTS (SELECT 1 FROM exports e WHERE e.run_id = ranked.id)
+               -- a batch still open at the provider is read into its run's rows when it ends
+               AND NOT EXISTS (SELECT 1 FROM batches b WHERE b.run_id = ranked.id
+                                 AND b.state IN ('building', 'submitting', 'submitted'))
              ORDER BY created_at, id",
         )
         .bind(i64::from(policy.keep_completed.max(1)))

@@ -21,6 +21,9 @@ pub const TAG_KEY: &str = "reasonrec_batch";
 const OBJECT_LIMIT: u64 = 16 * 1024 * 1024;
 /// Result files are read up to this size (50,000 answers of ~2 KB are ~100 MB).
 const RESULTS_LIMIT: u64 = 2 * 1024 * 1024 * 1024;
+/// Uploads and result downloads (up to hundreds of MB) get this long, not the endpoint's
+/// `timeout_secs`, which is sized for one answer.
+const TRANSFER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1_800);
 
 /// What the provider says of a batch, in the words both APIs share.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -156,6 +159,7 @@ impl BatchClient {
                     .client
                     .http()
                     .post(format!("{}/messages/batches", self.base))
+                    .timeout(TRANSFER_TIMEOUT)
                     .header(reqwest::header::CONTENT_TYPE, "application/json")
                     .body(body);
                 let (status, text) = self.client.exchange(self.client.authorized(req), OBJECT_LIMIT).await?;
@@ -183,6 +187,7 @@ impl BatchClient {
             .client
             .http()
             .post(format!("{}/files", self.base))
+            .timeout(TRANSFER_TIMEOUT)
             .header(reqwest::header::CONTENT_TYPE, format!("multipart/form-data; boundary={boundary}"))
             .body(body);
         let (status, text) = self.client.exchange(self.client.authorized(req), OBJECT_LIMIT).await?;
@@ -278,7 +283,8 @@ impl BatchClient {
                     if file.is_empty() {
                         continue;
                     }
-                    let req = self.client.http().get(format!("{}/files/{file}/content", self.base));
+                    let req =
+                        self.client.http().get(format!("{}/files/{file}/content", self.base)).timeout(TRANSFER_TIMEOUT);
                     let (_, text) = self.client.exchange(self.client.authorized(req), RESULTS_LIMIT).await?;
                     for line in text.lines().filter(|l| !l.trim().is_empty()) {
                         out.push(self.openai_line(line, &prompt_estimate)?);
@@ -287,7 +293,11 @@ impl BatchClient {
                 Ok(out)
             }
             Protocol::Anthropic => {
-                let req = self.client.http().get(format!("{}/messages/batches/{}/results", self.base, batch.id));
+                let req = self
+                    .client
+                    .http()
+                    .get(format!("{}/messages/batches/{}/results", self.base, batch.id))
+                    .timeout(TRANSFER_TIMEOUT);
                 let (_, text) = self.client.exchange(self.client.authorized(req), RESULTS_LIMIT).await?;
                 text.lines()
                     .filter(|l| !l.trim().is_empty())

@@ -34,6 +34,7 @@ use reasonrec_core::{OutputKey, PromptLibrary};
 use reasonrec_store::Store;
 use reasonrec_store::batches::{BatchRow, BatchState, ClaimedLine, LineOutcome, LineRow, RenderedLine};
 use reasonrec_store::finish::{Finish, FinishKind};
+use reasonrec_store::lifecycle::Gate;
 use reasonrec_store::tasks::NewOutput;
 use reasonrec_teacher::batch::{BatchPhase, LineResult, ProviderBatch, ResultLine};
 use reasonrec_teacher::protocol::estimate_prompt_tokens;
@@ -97,7 +98,11 @@ pub struct BatchSubmitter {
     client: BatchClient,
     batch: BatchSettings,
     max_reasks: u32,
+    /// `teacher.max_attempts`: errored lines of a task before it fails.
+    max_attempts: u32,
     cap: PromptCap,
+    /// This submitter's mark on the rows it works (`batches.owner`).
+    owner: Uuid,
 }
 
 /// What building a batch made of one claimed line.
@@ -125,7 +130,9 @@ impl BatchSubmitter {
                     client: BatchClient::new(e)?,
                     batch: settings.batch.clone(),
                     max_reasks: settings.stages.max_reasks,
+                    max_attempts: settings.teacher.max_attempts,
                     cap: PromptCap::from_settings(settings),
+                    owner: Uuid::now_v7(),
                 })
             })
             .collect()
@@ -177,20 +184,28 @@ impl BatchSubmitter {
     }
 
     /// One pass over the endpoint's batches, then new batches while there is room. The caller
-    /// must hold the endpoint's lock ([`Self::run`] does).
+    /// must hold the endpoint's lock ([`Self::run`] does); every row it works is taken over
+    /// first, so a submitter that lost the lock meanwhile stops at its next move
+    /// (`StoreError::Taken`).
     pub async fn tick(&self) -> Result<TickReport, WorkerError> {
         let mut report = TickReport::default();
         let turnaround = self.turnaround().await?;
         let open = self.store.open_batches(self.endpoint()).await?;
         let mut still_open = 0u32;
+        // A row whose create may have reached the provider blocks new creates until it is
+        // resolved: the Anthropic search (no metadata) must have one candidate at a time.
+        let mut unresolved = false;
         for b in &open {
+            self.store.take_over(self.owner, b.id).await?;
             match b.state {
                 BatchState::Building => {
-                    self.store.abandon_batch(b.id).await?;
+                    self.store.abandon_batch(self.owner, b.id).await?;
                     report.abandoned += 1;
                 }
                 BatchState::Submitting => {
-                    self.reconcile(b, &mut report).await?;
+                    if !self.reconcile(b, &mut report).await? {
+                        unresolved = true;
+                    }
                     still_open += 1;
                 }
                 BatchState::Submitted => {
@@ -201,33 +216,49 @@ impl BatchSubmitter {
                 BatchState::Ended | BatchState::Failed => {}
             }
         }
-        let now = chrono::Utc::now();
+        self.spill_late_runs(turnaround, &mut report).await?;
+        if unresolved {
+            return Ok(report);
+        }
         'runs: for run in self.store.batch_runs().await? {
-            let run_id = run.id;
-            if run.deadline.is_some_and(|d| now + turnaround >= d) {
-                // A batch sent now would end after the deadline: the rest goes live.
-                if self.store.spill_run(run_id).await? {
-                    tracing::warn!(endpoint = %self.endpoint(), %run_id, turnaround_secs = turnaround.num_seconds(),
-                                   "the deadline cannot be met by batches; the run's remaining tasks go to live endpoints");
-                    report.spilled += 1;
-                }
+            if !matches!(self.store.publish_gate(run.id).await?, Gate::Open) {
+                // Paused, or its budget (with what open batches reserve) is reached.
                 continue;
             }
             loop {
                 if still_open >= self.batch.max_open {
                     break 'runs;
                 }
-                let size = self.next_size(run_id, run.waiting).await?;
+                let size = self.next_size(run.id, run.waiting).await?;
+                let protocol = self.client.endpoint().protocol;
                 let Some((id, lines)) =
-                    self.store.claim_batch(run_id, self.endpoint(), self.client.endpoint().protocol, size).await?
+                    self.store.claim_batch(self.owner, run.id, self.endpoint(), protocol, size).await?
                 else {
                     break;
                 };
-                self.build_and_create(id, lines, &mut report).await?;
                 still_open += 1;
+                if !self.build_and_create(id, lines, &mut report).await? {
+                    // Left `submitting`: resolved by the next tick before anything else is sent.
+                    break 'runs;
+                }
             }
         }
         Ok(report)
+    }
+
+    /// Spills to live endpoints each batch run whose deadline a batch sent now could not meet
+    /// (sent now, it would end after the deadline at the observed turnaround). Its open batches
+    /// that would end too late are cancelled when polled.
+    async fn spill_late_runs(&self, turnaround: chrono::TimeDelta, report: &mut TickReport) -> Result<(), WorkerError> {
+        let now = chrono::Utc::now();
+        for (run_id, deadline) in self.store.batch_deadlines().await? {
+            if now + turnaround >= deadline && self.store.spill_run(run_id).await? {
+                tracing::warn!(endpoint = %self.endpoint(), %run_id, turnaround_secs = turnaround.num_seconds(),
+                               "the deadline cannot be met by batches; the run's remaining tasks go to live endpoints");
+                report.spilled += 1;
+            }
+        }
+        Ok(())
     }
 
     /// The batch turnaround to plan with: the mean of the endpoint's last ended batches, or
@@ -253,17 +284,18 @@ impl BatchSubmitter {
     }
 
     /// Renders the claimed lines, completes those the ledger answers already, records the batch
-    /// `submitting`, and creates it at the provider.
+    /// `submitting` with what is sent, and creates it at the provider. False when the create
+    /// failed and the row is left `submitting` (resolved by the next tick).
     async fn build_and_create(
         &self,
         id: Uuid,
         claimed: Vec<ClaimedLine>,
         report: &mut TickReport,
-    ) -> Result<(), WorkerError> {
+    ) -> Result<bool, WorkerError> {
         let (lines, bytes) = self.build(id, claimed, report).await?;
         if lines.is_empty() {
-            self.store.end_batch(id, BatchState::Ended, "empty", None, 0.0).await?;
-            return Ok(());
+            self.store.end_batch(self.owner, id, BatchState::Ended, "empty", None, 0.0).await?;
+            return Ok(true);
         }
         let ep = self.client.endpoint();
         // Reserved: the prompts at the batch price and, for the answers, `max_tokens` each.
@@ -277,7 +309,7 @@ impl BatchSubmitter {
                 })
             })
             .sum();
-        self.store.mark_submitting(id, &lines, reserved).await?;
+        self.store.mark_submitting(self.owner, id, &lines, reserved).await?;
         self.create(id, &bytes, report).await
     }
 
@@ -366,80 +398,112 @@ impl BatchSubmitter {
                 }
             }
         }
+        // Lines past the provider's (or the configured) size limit wait for a later batch.
+        let cap = self.batch.max_bytes.min(self.client.max_bytes());
+        let mut size = 0u64;
+        let fits = bytes.iter().take_while(|b| {
+            size += b.len() as u64 + 1;
+            size <= cap
+        });
+        let keep = fits.count().max(1);
+        let mut back: Vec<Uuid> = Vec::new();
+        for l in lines.drain(keep.min(lines.len())..) {
+            if let Some(c) = by_line.get(&l.line) {
+                back.push(c.task_id);
+                settled.push((l.line, "deferred", None));
+            }
+        }
+        bytes.truncate(lines.len());
         if !finishes.is_empty() {
             let outcomes = self.store.finish_tasks(&finishes).await?;
             // A reuse rendered from inputs that changed meanwhile renders again in a later batch.
-            let back: Vec<Uuid> =
-                finishes.iter().zip(&outcomes).filter(|(_, c)| c.superseded).map(|(f, _)| f.task_id).collect();
-            let mut back = back;
+            back.extend(finishes.iter().zip(&outcomes).filter(|(_, c)| c.superseded).map(|(f, _)| f.task_id));
+        }
+        if !settled.is_empty() {
             back.sort_unstable();
-            self.store.settle_lines(id, &settled, &back).await?;
+            self.store.settle_lines(self.owner, id, &settled, &back).await?;
         }
         Ok((lines, bytes))
     }
 
     /// The create call, once. Its failure leaves the row `submitting`: the next tick looks for
     /// the batch at the provider before creating it again.
-    async fn create(&self, id: Uuid, bytes: &[Vec<u8>], report: &mut TickReport) -> Result<(), WorkerError> {
+    async fn create(&self, id: Uuid, bytes: &[Vec<u8>], report: &mut TickReport) -> Result<bool, WorkerError> {
+        self.store.mark_create_attempt(self.owner, id, true).await?;
         match self.client.create(&tag(id), bytes).await {
             Ok(pb) => {
-                self.store.mark_submitted(id, &pb.id, pb.input_file_id.as_deref(), &pb.status).await?;
+                self.store.mark_submitted(self.owner, id, &pb.id, pb.input_file_id.as_deref(), &pb.status).await?;
                 tracing::info!(endpoint = %self.endpoint(), batch = %id, provider_id = %pb.id, lines = bytes.len(), "batch submitted");
                 report.created += 1;
-                Ok(())
+                Ok(true)
             }
             Err(e) if e.is_retryable() => {
                 tracing::warn!(endpoint = %self.endpoint(), batch = %id, error = %e,
                                "batch create failed; it is looked for at the provider before it is sent again");
-                Ok(())
+                if e.http_status().is_some() {
+                    // The provider answered: nothing of this call is still on its way.
+                    self.store.mark_create_attempt(self.owner, id, false).await?;
+                }
+                Ok(false)
             }
             Err(e) => {
                 // Refused outright (credentials, a bad request): nothing was created. The tasks
                 // go back; the next tick claims them again, so a lasting refusal repeats once
                 // per poll and is logged each time.
                 tracing::error!(endpoint = %self.endpoint(), batch = %id, error = %e, "batch create refused");
-                self.store.end_batch(id, BatchState::Failed, "refused", Some(&e.to_string()), 0.0).await?;
+                self.store.end_batch(self.owner, id, BatchState::Failed, "refused", Some(&e.to_string()), 0.0).await?;
                 report.failed += 1;
-                Ok(())
+                Ok(true)
             }
         }
     }
 
     /// A row left `submitting`: adopt the provider's batch if the create reached it, else create
-    /// it again (rendered again from the claimed lines).
-    async fn reconcile(&self, b: &BatchRow, report: &mut TickReport) -> Result<(), WorkerError> {
+    /// it again (rendered again from the claimed lines, and recorded as sent). True when the row
+    /// is resolved (submitted, ended or failed).
+    async fn reconcile(&self, b: &BatchRow, report: &mut TickReport) -> Result<bool, WorkerError> {
+        // A create still in flight (its caller died while sending) may reach the provider after
+        // a search: wait until it would have timed out.
+        let in_flight =
+            chrono::TimeDelta::seconds(i64::try_from(self.client.endpoint().timeout_secs).unwrap_or(i64::MAX));
+        if b.create_attempted_at.is_some_and(|t| chrono::Utc::now() < t + in_flight) {
+            return Ok(false);
+        }
         let since = b.submit_started_at.unwrap_or_else(chrono::Utc::now) - CLOCK_SKEW;
-        let known = self.store.known_provider_ids(self.endpoint()).await?;
+        let known = self.store.known_provider_ids().await?;
         let lines = u64::try_from(b.lines).unwrap_or(0);
         let mut found = match self.client.find(&tag(b.id), since, lines, &known).await {
             Ok(f) => f,
             Err(e) => {
                 tracing::warn!(endpoint = %self.endpoint(), batch = %b.id, error = %e, "cannot list the provider's batches; trying again");
-                return Ok(());
+                return Ok(false);
             }
         };
         // Newest first: the oldest is the one our first create made.
         if let Some(first) = found.pop() {
-            self.store.mark_submitted(b.id, &first.id, first.input_file_id.as_deref(), &first.status).await?;
+            self.store
+                .mark_submitted(self.owner, b.id, &first.id, first.input_file_id.as_deref(), &first.status)
+                .await?;
             tracing::warn!(endpoint = %self.endpoint(), batch = %b.id, provider_id = %first.id,
                            "a batch whose create answer was lost was found at the provider; adopted");
             report.adopted += 1;
             for extra in found {
+                // Only OpenAI's match is certain (our id in its metadata): an Anthropic batch
+                // that merely looks like ours may be someone else's, so it is left alone.
+                if extra.tag.as_deref() != Some(tag(b.id).as_str()) {
+                    tracing::warn!(provider_id = %extra.id, "another unknown batch of as many requests; left alone");
+                    continue;
+                }
                 tracing::warn!(endpoint = %self.endpoint(), batch = %b.id, provider_id = %extra.id, "second copy at the provider; cancelling it");
                 if let Err(e) = self.client.cancel(&extra.id).await {
                     tracing::warn!(provider_id = %extra.id, error = %e, "cannot cancel the second copy");
                 }
                 report.duplicates_cancelled += 1;
             }
-            return Ok(());
+            return Ok(true);
         }
         let claimed = self.store.claimed_lines(b.id).await?;
-        let (lines, bytes) = self.build(b.id, claimed, report).await?;
-        if lines.is_empty() {
-            self.store.end_batch(b.id, BatchState::Ended, "empty", None, 0.0).await?;
-            return Ok(());
-        }
-        self.create(b.id, &bytes, report).await
+        self.build_and_create(b.id, claimed, report).await
     }
 
     /// Polls a submitted batch; finishes it when it ended. True when the row is no longer open.
@@ -475,7 +539,7 @@ impl BatchSubmitter {
             BatchPhase::Failed => {
                 let why = pb.errors.clone().unwrap_or_else(|| pb.status.clone());
                 tracing::warn!(endpoint = %self.endpoint(), batch = %b.id, error = %why, "the provider failed the batch; its tasks go back");
-                self.store.end_batch(b.id, BatchState::Failed, &pb.status, Some(&why), 0.0).await?;
+                self.store.end_batch(self.owner, b.id, BatchState::Failed, &pb.status, Some(&why), 0.0).await?;
                 report.failed += 1;
                 Ok(true)
             }
@@ -511,12 +575,25 @@ impl BatchSubmitter {
                 tracing::warn!(batch = %b.id, custom_id = %r.custom_id, "a result for no line of this batch; ignored");
                 continue;
             };
-            if line.outcome.is_some() {
-                continue;
-            }
             let mut attempt = r.attempt(ep, attempt_id(b.id, line.line), started, duration_ms);
             cost += attempt.cost_usd;
-            match self.judge(line, r, &mut attempt) {
+            if line.outcome.is_some() {
+                // Settled by an earlier reading of these results (this one follows a crash).
+                continue;
+            }
+            let judged = match self.judge(line, r, &mut attempt) {
+                // The task is no longer this batch's (finished, cancelled, put back by `run
+                // retry-failed`, or in a later batch): only an accepted answer is used (the
+                // state machine decides); anything else is just recorded.
+                Judged::Done(kind) => Judged::Done(kind),
+                _ if !line.held_here => Judged::Recorded,
+                other => other,
+            };
+            match judged {
+                Judged::Recorded => {
+                    loose.push((line.task_id, line.run_id, attempt));
+                    settled.push((line.line, "stale", None));
+                }
                 Judged::Done(kind) => {
                     report.done += 1;
                     finishes.push((line.line, self.finish_of(line, kind, attempt)));
@@ -558,9 +635,9 @@ impl BatchSubmitter {
         self.store.record_attempt_rows(&loose_refs).await?;
         back.sort_unstable();
         back.dedup();
-        self.store.settle_lines(b.id, &settled, &back).await?;
+        self.store.settle_lines(self.owner, b.id, &settled, &back).await?;
         // Lines no result named go back with the batch's end.
-        let unnamed = self.store.end_batch(b.id, BatchState::Ended, &pb.status, None, cost).await?;
+        let unnamed = self.store.end_batch(self.owner, b.id, BatchState::Ended, &pb.status, None, cost).await?;
         report.sent_back += u32::try_from(unnamed).unwrap_or(u32::MAX);
         report.ended += 1;
         tracing::info!(endpoint = %self.endpoint(), batch = %b.id, results = results.len(), cost_usd = cost, "batch finished");
@@ -625,6 +702,13 @@ impl BatchSubmitter {
                 }
             }
             LineResult::Error { permanent: true, message, .. } => Judged::Fail(format!("teacher (batch): {message}")),
+            // A line that keeps erroring fails its task after `teacher.max_attempts`, as a live
+            // call does, instead of coming back in every batch.
+            LineResult::Error { message, .. }
+                if u32::try_from(line.errors_before).unwrap_or(u32::MAX) + 1 >= self.max_attempts =>
+            {
+                Judged::Fail(format!("teacher (batch): {message} ({} errored lines)", line.errors_before + 1))
+            }
             LineResult::Error { .. } => Judged::Again("errored"),
             LineResult::Expired => Judged::Again("expired"),
             LineResult::Canceled => Judged::Again("canceled"),
@@ -637,6 +721,8 @@ enum Judged {
     Fail(String),
     Reask(Vec<(String, String)>),
     Again(&'static str),
+    /// The line's task is not this batch's any more: its attempt is recorded, nothing else.
+    Recorded,
 }
 
 /// Our batch id as the provider sees it (OpenAI metadata, file name).

@@ -31,7 +31,7 @@ pub async fn create(settings: &Settings, a: RunCreateArgs) -> anyhow::Result<Exi
     let mut settings = settings.clone();
     if let Some(d) = &a.deadline {
         settings.batch.deadline = Some(d.clone());
-        settings.batch.deadline_from_now().map_err(|e| anyhow::anyhow!("--deadline: {e}"))?;
+        settings.validate().map_err(|e| anyhow::anyhow!("--deadline: {e}"))?;
     }
     let settings = &settings;
     let plan = plan_run(&store, settings, &a.dataset, opts).await?;

@@ -11,12 +11,21 @@
 # Scenario 6 (export) runs on the corpus the last run made, with EXPORT=1: `scripts/bench_export.sh`
 # exports its rationales to JSONL, then to JSONL + Parquet, EXPORT_RUNS times each (default 3):
 # median time, spread and peak RSS. KEEP_DB=1 keeps the runs' databases for more exports.
+# Batch mode (issue 17): MODE=batch PROTOCOL=openai|anthropic makes the endpoint a batch one:
+# the run is routed to the provider's Batch API (the mock's, 0 s turnaround) and worked by the
+# worker's batch submitter (one per endpoint; use WORKERS=1), nothing goes through RabbitMQ.
+#   MODE=batch PROTOCOL=openai scripts/bench_e2e.sh 1 16667 1
+# The deadline mix: DEADLINE_SECS=N adds a live endpoint and `run create --deadline now+N s`;
+# MOCK_JSON passes the mock's knobs (e.g. '{"batch_turnaround_ms": 20000}') and BATCH_TOML extra
+# [batch] lines (e.g. 'max_open = 1'). Batch mode prints a second table: tasks done by batch
+# and by live calls, spend next to the all-live spend of the same tokens, tasks paid twice.
 # Prints markdown tables; APPEND=1 also appends them to BENCHMARKS.md with the commit, machine
 # facts and date.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-1}; USERS=${2:-16667}; WORKERS=${3:-2}
 LATENCY_MS=${LATENCY_MS:-0}; CONCURRENCY=${CONCURRENCY:-256}
+MODE=${MODE:-live}; PROTOCOL=${PROTOCOL:-openai}
 scripts/services.sh >/dev/null
 # BIN=path/to/reasonrec measures another build (an older commit for a before/after on the same
 # machine); by default the release build of this tree.
@@ -54,7 +63,7 @@ PY
 pg_pids() { pgrep -x postgres | tr '\n' ' '; }
 rmq_pid() { pgrep -f beam.smp | head -1; }
 
-rows=()
+rows=(); mix=()
 for run in $(seq 1 "$RUNS"); do
   # A fresh database per run: the ledger of an earlier run would answer every task.
   drop_db; DB="rr_bench_e2e_$$_$run"
@@ -62,7 +71,7 @@ for run in $(seq 1 "$RUNS"); do
   export REASONREC__DATABASE__URL="postgres://postgres@127.0.0.1:5432/$DB?sslmode=${PGSSLMODE:-disable}"
   "$BIN" migrate >/dev/null
   "$BIN" ingest --format ml-1m --path "$DATA" --dataset e2e >/dev/null
-  "$BIN" mock-teacher --bind 127.0.0.1:0 --latency-ms "$LATENCY_MS" >"$OUT/e2e-mock.out" 2>/dev/null & MOCK=$!; PIDS+=("$MOCK")
+  "$BIN" mock-teacher --bind 127.0.0.1:0 --latency-ms "$LATENCY_MS" ${MOCK_JSON:+--config-json "$MOCK_JSON"} >"$OUT/e2e-mock.out" 2>/dev/null & MOCK=$!; PIDS+=("$MOCK")
   for _ in $(seq 1 50); do grep -q listening "$OUT/e2e-mock.out" && break; sleep 0.1; done
   MOCK_URL=$(sed -n 's/^mock teacher listening on \(http.*\)$/\1/p' "$OUT/e2e-mock.out")
   CFG="$OUT/e2e.toml"
@@ -81,18 +90,33 @@ user_profile = false
 concurrency = $CONCURRENCY
 [coordinator]
 poll_interval_ms = 100
+[batch]
+poll_ms = 200
+${BATCH_TOML:-}
 [[teacher.endpoints]]
 name = "mock"
 base_url = "$MOCK_URL"
 model = "mock-teacher"
 max_in_flight = $((CONCURRENCY * 2))
+mode = "$MODE"
+protocol = "$PROTOCOL"
 TOML
+  CREATE_ARGS=()
+  if [ "$MODE" = batch ]; then
+    # List prices, so that spend can be compared with the same tokens asked live.
+    printf 'price_input_per_mtok = 1.0\nprice_output_per_mtok = 4.0\n' >>"$CFG"
+    if [ -n "${DEADLINE_SECS:-}" ]; then
+      printf '[[teacher.endpoints]]\nname = "live"\nbase_url = "%s"\nmodel = "mock-teacher"\nprotocol = "%s"\nmax_in_flight = %s\nprice_input_per_mtok = 1.0\nprice_output_per_mtok = 4.0\n' \
+        "$MOCK_URL" "$PROTOCOL" $((CONCURRENCY * 2)) >>"$CFG"
+      CREATE_ARGS=(--deadline "$(date -u -d "+$DEADLINE_SECS seconds" +%Y-%m-%dT%H:%M:%SZ)")
+    fi
+  fi
   WP=()
   for w in $(seq 1 "$WORKERS"); do "$BIN" --config "$CFG" worker --name "e2e-$w" 2>/dev/null & WP+=($!); PIDS+=($!); done
   sleep 1
   PG0=$(cpu $(pg_pids)); RMQ0=$(cpu "$(rmq_pid)"); W0=$(cpu "${WP[@]}"); M0=$(cpu "$MOCK")
   t0=$(date +%s.%N)
-  /usr/bin/time -f "%U %S %M" -o "$OUT/e2e-coord.time" "$BIN" --config "$CFG" run create --dataset e2e --wait --json >"$OUT/e2e-run.json" || true
+  /usr/bin/time -f "%U %S %M" -o "$OUT/e2e-coord.time" "$BIN" --config "$CFG" run create --dataset e2e --wait --json "${CREATE_ARGS[@]}" >"$OUT/e2e-run.json" || true
   t1=$(date +%s.%N)
   PG1=$(cpu $(pg_pids)); RMQ1=$(cpu "$(rmq_pid)"); W1=$(cpu "${WP[@]}"); M1=$(cpu "$MOCK")
   RSS=$(for p in "${WP[@]}"; do ps -o rss= -p "$p"; done | sort -n | tail -1)
@@ -110,6 +134,19 @@ print(f"{done} {s['failed']} {secs:.2f} {done / secs:.0f} {w:.3f} {coord:.3f} {m
 PY
 )")
   echo "run $run: ${rows[-1]}" >&2
+  if [ "$MODE" = batch ]; then
+    # Done by batch lines vs live calls, spend vs the list price of the same tokens, and tasks
+    # with two accepted answers (paid twice).
+    mix+=("$(psql -h 127.0.0.1 -U postgres -d "$DB" -tA -F ' ' -c "
+      SELECT (SELECT count(*) FROM batch_lines WHERE outcome = 'done'),
+             (SELECT count(*) FROM attempts WHERE error_class IS NULL AND endpoint = 'live'),
+             (SELECT round(sum(cost_usd)::numeric, 4) FROM attempts),
+             (SELECT round(sum(input_tokens * 1.0 + output_tokens * 4.0)::numeric / 1e6, 4) FROM attempts WHERE error_class IS NULL),
+             (SELECT count(*) FROM (SELECT task_id FROM attempts WHERE error_class IS NULL GROUP BY task_id HAVING count(*) > 1) t),
+             (SELECT COALESCE(to_char(spilled_at - created_at, 'MI:SS'), '-') FROM runs LIMIT 1),
+             (SELECT to_char(finished_at - created_at, 'MI:SS') || ' of ' || COALESCE(to_char(deadline - created_at, 'MI:SS'), '-') FROM runs LIMIT 1)")")
+    echo "mix $run: ${mix[-1]}" >&2
+  fi
 done
 export_rows=()
 if [ "${EXPORT:-0}" = 1 ]; then
@@ -118,7 +155,7 @@ if [ "${EXPORT:-0}" = 1 ]; then
   mapfile -t export_rows <"$OUT/export-rows.md"
 fi
 table=$(
-python3 - "$COMMIT" "$WORKERS x $CONCURRENCY in flight, mock $LATENCY_MS ms" "${rows[@]}" <<'PY'
+python3 - "$COMMIT" "$([ "$MODE" = batch ] && echo "$PROTOCOL batch API, mock 0 s turnaround" || echo "$WORKERS x $CONCURRENCY in flight, mock $LATENCY_MS ms")" "${rows[@]}" <<'PY'
 import statistics, sys
 commit, workers, rows = sys.argv[1], sys.argv[2], [r.split() for r in sys.argv[3:]]
 col = lambda i: [float(r[i]) for r in rows]
@@ -130,6 +167,14 @@ print(f"| {commit} ({workers}) | {len(rows)} | {int(med(0)):,} ({int(med(1))} fa
       f"{med(4):.2f} / {med(5):.2f} / {med(6):.2f} / {med(7):.2f} / {med(8):.2f} | {int(med(9))} MiB |")
 PY
 for r in "${export_rows[@]}"; do echo "$r"; done
+if [ "${#mix[@]}" -gt 0 ]; then
+  echo
+  echo "| run | done by batch | done live | spend | all-live spend of the same tokens | share | tasks paid twice | spilled after | finished after (deadline) |"
+  echo "|---|---|---|---|---|---|---|---|---|"
+  i=0; for m in "${mix[@]}"; do i=$((i + 1)); set -- $m
+    echo "| $i | $1 | $2 | \$$3 | \$$4 | $(python3 -c "print(f'{$3/$4:.0%}' if $4 else '-')") | $5 | $6 | $7 $8 $9 |"
+  done
+fi
 )
 echo "$table"
 if [ "${APPEND:-0}" = 1 ]; then
@@ -137,7 +182,7 @@ if [ "${APPEND:-0}" = 1 ]; then
     echo
     echo "## $(date -u +%Y-%m-%d) — commit $COMMIT, $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB"
     echo
-    echo "Command: \`LATENCY_MS=$LATENCY_MS CONCURRENCY=$CONCURRENCY EXPORT=${EXPORT:-0} scripts/bench_e2e.sh $*\` (release build; Postgres and RabbitMQ on the same machine)."
+    echo "Command: \`MODE=$MODE PROTOCOL=$PROTOCOL LATENCY_MS=$LATENCY_MS CONCURRENCY=$CONCURRENCY EXPORT=${EXPORT:-0} scripts/bench_e2e.sh $*\` (release build; Postgres and RabbitMQ on the same machine)."
     echo
     echo "$table"
   } >> BENCHMARKS.md

@@ -354,3 +354,58 @@ async fn a_submitter_killed_anywhere_never_submits_a_batch_twice() -> anyhow::Re
     }
     Ok(())
 }
+
+/// A batch's results read a second time (the submitter died after finishing its tasks and
+/// before settling the lines): nothing changes and nothing is recorded twice, also for the
+/// lines whose tasks went back and sit in a later batch by then.
+#[tokio::test]
+async fn results_read_again_after_a_crash_change_nothing() -> anyhow::Result<()> {
+    let cfg = MockConfig {
+        api_key: key(),
+        rate_contradict: 0.1,
+        batch_line_error_rate: 0.1,
+        seed: 3,
+        ..MockConfig::default()
+    };
+    let (mut env, run) = env_with(cfg.clone(), Protocol::OpenAi).await?;
+    env.settings.batch.max_open = 1;
+    let subs = env.batch_submitters()?;
+    assert_eq!(subs[0].tick().await?.created, 1);
+    // The next batch stays at the provider while the first is read again.
+    env.mock.set_config(MockConfig { batch_turnaround_ms: 600_000, ..cfg }).map_err(anyhow::Error::msg)?;
+    let r = subs[0].tick().await?;
+    assert_eq!((r.ended, r.created), (1, 1), "{r:?}");
+    assert!(r.sent_back + r.reasked > 0, "some tasks went back into the second batch: {r:?}");
+    let first: Uuid = sqlx::query_scalar("SELECT id FROM batches WHERE run_id = $1 ORDER BY created_at LIMIT 1")
+        .bind(run)
+        .fetch_one(env.store.pool())
+        .await?;
+    let snapshot = |env: &TestEnv| {
+        let pool = env.store.pool().clone();
+        async move {
+            sqlx::query_as::<_, (i64, i64, i64, i64, f64)>(
+                "SELECT (SELECT count(*) FROM attempts WHERE run_id = $1),
+                        (SELECT count(*) FROM outputs WHERE run_id = $1),
+                        (SELECT count(*) FROM tasks WHERE run_id = $1 AND state = 'done'),
+                        (SELECT count(*) FROM tasks WHERE run_id = $1 AND state = 'batched'),
+                        (SELECT COALESCE(sum(cost_usd), 0)::float8 FROM attempts WHERE run_id = $1)",
+            )
+            .bind(run)
+            .fetch_one(&pool)
+            .await
+        }
+    };
+    let before = snapshot(&env).await?;
+    sqlx::query("UPDATE batches SET state = 'submitted', ended_at = NULL WHERE id = $1")
+        .bind(first)
+        .execute(env.store.pool())
+        .await?;
+    sqlx::query("UPDATE batch_lines SET outcome = NULL WHERE batch_id = $1")
+        .bind(first)
+        .execute(env.store.pool())
+        .await?;
+    let r = subs[0].tick().await?;
+    assert_eq!((r.ended, r.done), (1, 0), "read again, nothing newly done: {r:?}");
+    assert_eq!(snapshot(&env).await?, before, "attempts, outputs, done and batched tasks, spend");
+    env.cleanup().await
+}

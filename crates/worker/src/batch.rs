@@ -61,7 +61,8 @@ pub struct TickReport {
     pub ended: u32,
     pub failed: u32,
     pub abandoned: u32,
-    /// Lines answered and accepted, re-asked, sent back (errored, expired, cancelled) or failed.
+    /// Tasks done by an accepted answer now; lines re-asked, sent back (errored, expired,
+    /// cancelled) or failing their task.
     pub done: u32,
     pub reasked: u32,
     pub sent_back: u32,
@@ -595,7 +596,6 @@ impl BatchSubmitter {
                     settled.push((line.line, "stale", None));
                 }
                 Judged::Done(kind) => {
-                    report.done += 1;
                     finishes.push((line.line, self.finish_of(line, kind, attempt)));
                     settled.push((line.line, "done", None));
                 }
@@ -622,6 +622,9 @@ impl BatchSubmitter {
             let only: Vec<Finish> = finishes.iter().map(|(_, f)| f.clone()).collect();
             let outcomes = self.store.finish_tasks(&only).await?;
             for ((n, f), c) in finishes.iter().zip(outcomes) {
+                if c.newly_done && matches!(f.kind, FinishKind::Complete { .. }) {
+                    report.done += 1;
+                }
                 if c.superseded {
                     // Asked from inputs that changed meanwhile: sent again, rendered anew.
                     back.push(f.task_id);

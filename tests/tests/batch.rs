@@ -237,7 +237,7 @@ async fn a_run_with_a_deadline_spills_to_live_endpoints_and_pays_no_line_twice()
     };
     env.settings.teacher.endpoints = vec![batch_endpoint(&env.mock, Protocol::OpenAi), live];
     env.settings.batch.first_lines = 20;
-    env.settings.batch.max_lines = 60;
+    env.settings.batch.max_lines = 600;
     env.settings.batch.max_open = 2;
     // An underestimate at first; the observed turnaround (1.5 s) takes over once batches end.
     env.settings.batch.turnaround_secs = 1;

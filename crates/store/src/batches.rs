@@ -79,6 +79,17 @@ pub struct BatchRun {
     pub waiting: bool,
 }
 
+/// A batch run with a deadline and the work it has left ([`Store::batch_deadlines`]).
+#[derive(Debug, Clone)]
+pub struct DeadlineRun {
+    pub id: Uuid,
+    pub deadline: chrono::DateTime<chrono::Utc>,
+    /// Tasks not yet in a batch (ready or waiting for inputs).
+    pub unsent: i64,
+    /// When each open batch was submitted (None: not yet).
+    pub open_submitted: Vec<Option<chrono::DateTime<chrono::Utc>>>,
+}
+
 /// A task claimed into a new batch, with what a re-ask carries over from its last rejected line.
 #[derive(Debug, Clone)]
 pub struct ClaimedLine {
@@ -194,14 +205,29 @@ impl Store {
             .collect()
     }
 
-    /// Running runs routed to a Batch API that have a deadline.
-    pub async fn batch_deadlines(&self) -> Result<Vec<(Uuid, chrono::DateTime<chrono::Utc>)>, StoreError> {
+    /// Running runs routed to a Batch API that have a deadline, with the work they have left:
+    /// tasks not yet in a batch (ready or waiting) and when each open batch was submitted
+    /// (None: not yet).
+    pub async fn batch_deadlines(&self) -> Result<Vec<DeadlineRun>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, deadline FROM runs WHERE state = 'running' AND route = 'batch' AND deadline IS NOT NULL",
+            "SELECT r.id, r.deadline,
+                    (SELECT count(*) FROM tasks t WHERE t.run_id = r.id AND t.state IN ('ready', 'waiting')) AS unsent,
+                    ARRAY(SELECT b.submitted_at FROM batches b
+                          WHERE b.run_id = r.id AND b.state IN ('building', 'submitting', 'submitted')) AS open
+             FROM runs r WHERE r.state = 'running' AND r.route = 'batch' AND r.deadline IS NOT NULL",
         )
         .fetch_all(self.pool())
         .await?;
-        rows.into_iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
+        rows.into_iter()
+            .map(|r| {
+                Ok(DeadlineRun {
+                    id: r.try_get(0)?,
+                    deadline: r.try_get(1)?,
+                    unsent: r.try_get(2)?,
+                    open_submitted: r.try_get(3)?,
+                })
+            })
+            .collect()
     }
 
     /// Sets (or clears) the time by which a run must be finished.

@@ -247,14 +247,17 @@ impl BatchSubmitter {
         Ok(report)
     }
 
-    /// Spills to live endpoints each batch run whose deadline a batch sent now could not meet
-    /// (sent now, it would end after the deadline at the observed turnaround). Its open batches
-    /// that would end too late are cancelled when polled.
+    /// Spills to live endpoints each batch run whose remaining batch work cannot end by its
+    /// deadline at the observed turnaround ([`batch_work_ends`]). Its open batches that would
+    /// end too late are cancelled when polled; those that end in time still count.
     async fn spill_late_runs(&self, turnaround: chrono::TimeDelta, report: &mut TickReport) -> Result<(), WorkerError> {
         let now = chrono::Utc::now();
-        for (run_id, deadline) in self.store.batch_deadlines().await? {
-            if now + turnaround >= deadline && self.store.spill_run(run_id).await? {
-                tracing::warn!(endpoint = %self.endpoint(), %run_id, turnaround_secs = turnaround.num_seconds(),
+        let per_round = u64::from(self.batch.max_open) * u64::from(self.batch.max_lines.min(self.client.max_lines()));
+        for run in self.store.batch_deadlines().await? {
+            let ends = batch_work_ends(now, turnaround, &run.open_submitted, run.unsent.max(0) as u64, per_round);
+            if ends >= run.deadline && self.store.spill_run(run.id).await? {
+                tracing::warn!(endpoint = %self.endpoint(), run_id = %run.id, turnaround_secs = turnaround.num_seconds(),
+                               projected_end = %ends, deadline = %run.deadline,
                                "the deadline cannot be met by batches; the run's remaining tasks go to live endpoints");
                 report.spilled += 1;
             }
@@ -518,8 +521,7 @@ impl BatchSubmitter {
         // A batch of a run spilled to live endpoints that is not expected to end by the run's
         // deadline (one that is late already is expected a whole turnaround from now) is
         // cancelled: its finished lines still count, the rest go live.
-        let now = chrono::Utc::now();
-        let expected_end = b.submitted_at.map(|t| t + turnaround).filter(|e| *e > now).unwrap_or(now + turnaround);
+        let expected_end = batch_work_ends(chrono::Utc::now(), turnaround, &[b.submitted_at], 0, 1);
         let late = b.spilled_deadline.is_some_and(|d| expected_end >= d);
         let closed = !b.run_state.is_open() && b.run_state != RunState::Completed;
         if (closed || late) && !b.cancel_requested {
@@ -728,6 +730,26 @@ enum Judged {
     Recorded,
 }
 
+/// When a run's batch work would end: each open batch a turnaround after it was submitted (a
+/// late one, or one not yet submitted, a turnaround from now), and the `unsent` tasks in rounds
+/// of `per_round` lines (`max_open` batches of `max_lines`), each round a turnaround, from now.
+pub fn batch_work_ends(
+    now: chrono::DateTime<chrono::Utc>,
+    turnaround: chrono::TimeDelta,
+    open_submitted: &[Option<chrono::DateTime<chrono::Utc>>],
+    unsent: u64,
+    per_round: u64,
+) -> chrono::DateTime<chrono::Utc> {
+    let open_end = open_submitted
+        .iter()
+        .map(|s| s.map(|t| t + turnaround).filter(|e| *e > now).unwrap_or(now + turnaround))
+        .max()
+        .unwrap_or(now);
+    let rounds = if unsent == 0 { 0 } else { unsent.div_ceil(per_round.max(1)) };
+    let feed_end = now + turnaround * i32::try_from(rounds).unwrap_or(i32::MAX);
+    open_end.max(feed_end)
+}
+
 /// Our batch id as the provider sees it (OpenAI metadata, file name).
 fn tag(id: Uuid) -> String {
     id.simple().to_string()
@@ -749,6 +771,23 @@ fn attempt_id(batch: Uuid, line: i32) -> Uuid {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn batch_work_ends_with_its_latest_open_batch_or_its_last_round() {
+        let now = chrono::Utc::now();
+        let t = chrono::TimeDelta::seconds(60);
+        assert_eq!(batch_work_ends(now, t, &[], 0, 100), now, "nothing left");
+        assert_eq!(batch_work_ends(now, t, &[], 250, 100), now + t * 3, "three rounds of 100");
+        let early = now - chrono::TimeDelta::seconds(20);
+        assert_eq!(
+            batch_work_ends(now, t, &[Some(early)], 0, 100),
+            early + t,
+            "an open batch ends a turnaround after it went"
+        );
+        let late = now - chrono::TimeDelta::seconds(600);
+        assert_eq!(batch_work_ends(now, t, &[Some(late), None], 0, 100), now + t, "a late one: a turnaround from now");
+        assert_eq!(batch_work_ends(now, t, &[Some(early)], 100, 100), now + t, "the feed's round ends last");
+    }
 
     #[test]
     fn custom_ids_fit_anthropic_and_attempt_ids_are_stable() {

@@ -57,6 +57,10 @@ pub struct BatchSettings {
     /// When a batch run must be finished, `HH:MM` (UTC, the next such time after the run is
     /// created); `run create --deadline` overrides it. Unset: no deadline, batches only.
     pub deadline: Option<String>,
+    /// Tasks per second the live endpoints can take when a run spills to them; 0 = the sum of
+    /// their `requests_per_minute` / 60 (none when one of them is unlimited). The deadline keeps
+    /// this much time for the live endpoints to do what batches might not.
+    pub live_tasks_per_sec: f64,
 }
 
 impl Default for BatchSettings {
@@ -69,11 +73,23 @@ impl Default for BatchSettings {
             max_open: 8,
             turnaround_secs: 3_600,
             deadline: None,
+            live_tasks_per_sec: 0.0,
         }
     }
 }
 
 impl BatchSettings {
+    /// Tasks per second the live endpoints of `teacher` take when a run spills to them
+    /// (`live_tasks_per_sec`, else their requests/min summed); None when not known.
+    pub fn live_rate(&self, teacher: &TeacherSettings) -> Option<f64> {
+        if self.live_tasks_per_sec > 0.0 {
+            return Some(self.live_tasks_per_sec);
+        }
+        let live: Vec<&EndpointSettings> = teacher.endpoints.iter().filter(|e| e.mode == EndpointMode::Live).collect();
+        (!live.is_empty() && live.iter().all(|e| e.requests_per_minute > 0))
+            .then(|| live.iter().map(|e| f64::from(e.requests_per_minute) / 60.0).sum())
+    }
+
     /// The deadline as a time from now ([`Self::deadline_after`]).
     pub fn deadline_from_now(&self) -> Result<Option<chrono::DateTime<chrono::Utc>>, String> {
         self.deadline_after(chrono::Utc::now())
@@ -826,6 +842,9 @@ impl Settings {
             }
             Ok(_) => {}
         }
+        if !(b.live_tasks_per_sec.is_finite() && b.live_tasks_per_sec >= 0.0) {
+            return bad("batch.live_tasks_per_sec", "must be a non-negative number".into());
+        }
         if b.poll_ms < 10 || b.first_lines == 0 || b.max_lines == 0 || b.max_open == 0 || b.max_bytes < 1024 {
             return bad(
                 "batch",
@@ -1045,6 +1064,32 @@ pub fn redact_urls_in(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_live_rate_of_a_spill_is_set_or_the_live_limits_summed() {
+        let ep = |name: &str, mode, rpm| EndpointSettings {
+            name: name.into(),
+            mode,
+            requests_per_minute: rpm,
+            ..EndpointSettings::default()
+        };
+        let teacher = |eps| TeacherSettings { endpoints: eps, ..TeacherSettings::default() };
+        let b = BatchSettings::default();
+        let t = teacher(vec![
+            ep("b", EndpointMode::Batch, 0),
+            ep("l1", EndpointMode::Live, 600),
+            ep("l2", EndpointMode::Live, 1200),
+        ]);
+        assert_eq!(b.live_rate(&t), Some(30.0), "10 + 20 per second; the batch endpoint does not count");
+        let t = teacher(vec![ep("l1", EndpointMode::Live, 600), ep("l2", EndpointMode::Live, 0)]);
+        assert_eq!(b.live_rate(&t), None, "an unlimited live endpoint: not known");
+        assert_eq!(BatchSettings { live_tasks_per_sec: 5.0, ..b }.live_rate(&t), Some(5.0));
+        let now = chrono::DateTime::parse_from_rfc3339("2026-12-06T23:00:00Z").map(|t| t.with_timezone(&chrono::Utc));
+        let now = now.unwrap_or_default();
+        assert_eq!(parse_deadline("06:00", now).map(|d| d.to_rfc3339()), Ok("2026-12-07T06:00:00+00:00".to_string()));
+        assert!(parse_deadline("6 am", now).is_err());
+    }
+
     use super::*;
 
     #[test]

@@ -86,6 +86,8 @@ pub struct DeadlineRun {
     pub deadline: chrono::DateTime<chrono::Utc>,
     /// Tasks not yet in a batch (ready or waiting for inputs).
     pub unsent: i64,
+    /// Tasks in its open batches.
+    pub batched: i64,
     /// When each open batch was submitted (None: not yet).
     pub open_submitted: Vec<Option<chrono::DateTime<chrono::Utc>>>,
 }
@@ -212,6 +214,7 @@ impl Store {
         let rows = sqlx::query(
             "SELECT r.id, r.deadline,
                     (SELECT count(*) FROM tasks t WHERE t.run_id = r.id AND t.state IN ('ready', 'waiting')) AS unsent,
+                    (SELECT count(*) FROM tasks t WHERE t.run_id = r.id AND t.state = 'batched') AS batched,
                     ARRAY(SELECT b.submitted_at FROM batches b
                           WHERE b.run_id = r.id AND b.state IN ('building', 'submitting', 'submitted')) AS open
              FROM runs r WHERE r.state = 'running' AND r.route = 'batch' AND r.deadline IS NOT NULL",
@@ -224,7 +227,8 @@ impl Store {
                     id: r.try_get(0)?,
                     deadline: r.try_get(1)?,
                     unsent: r.try_get(2)?,
-                    open_submitted: r.try_get(3)?,
+                    batched: r.try_get(3)?,
+                    open_submitted: r.try_get(4)?,
                 })
             })
             .collect()

@@ -104,6 +104,8 @@ pub struct BatchSubmitter {
     cap: PromptCap,
     /// This submitter's mark on the rows it works (`batches.owner`).
     owner: Uuid,
+    /// Tasks per second the live endpoints take after a spill (`BatchSettings::live_rate`).
+    live_rate: Option<f64>,
 }
 
 /// What building a batch made of one claimed line.
@@ -134,6 +136,7 @@ impl BatchSubmitter {
                     max_attempts: settings.teacher.max_attempts,
                     cap: PromptCap::from_settings(settings),
                     owner: Uuid::now_v7(),
+                    live_rate: settings.batch.live_rate(&settings.teacher),
                 })
             })
             .collect()
@@ -248,14 +251,17 @@ impl BatchSubmitter {
     }
 
     /// Spills to live endpoints each batch run whose remaining batch work cannot end by its
-    /// deadline at the observed turnaround ([`batch_work_ends`]). Its open batches that would
-    /// end too late are cancelled when polled; those that end in time still count.
+    /// deadline at the observed turnaround ([`batch_work_ends`]), less the time the live
+    /// endpoints would need for all that is left. Its open batches that would end too late are
+    /// cancelled when polled; those that end in time still count.
     async fn spill_late_runs(&self, turnaround: chrono::TimeDelta, report: &mut TickReport) -> Result<(), WorkerError> {
         let now = chrono::Utc::now();
         let per_round = u64::from(self.batch.max_open) * u64::from(self.batch.max_lines.min(self.client.max_lines()));
         for run in self.store.batch_deadlines().await? {
             let ends = batch_work_ends(now, turnaround, &run.open_submitted, run.unsent.max(0) as u64, per_round);
-            if ends >= run.deadline && self.store.spill_run(run.id).await? {
+            // Time kept for the live endpoints to do all that is left, should batches fail us.
+            let margin = self.live_time(run.unsent + run.batched);
+            if ends >= run.deadline - margin && self.store.spill_run(run.id).await? {
                 tracing::warn!(endpoint = %self.endpoint(), run_id = %run.id, turnaround_secs = turnaround.num_seconds(),
                                projected_end = %ends, deadline = %run.deadline,
                                "the deadline cannot be met by batches; the run's remaining tasks go to live endpoints");
@@ -263,6 +269,14 @@ impl BatchSubmitter {
             }
         }
         Ok(())
+    }
+
+    /// How long the live endpoints take for `tasks` tasks (zero when their rate is not known).
+    fn live_time(&self, tasks: i64) -> chrono::TimeDelta {
+        match self.live_rate {
+            Some(rate) if rate > 0.0 => chrono::TimeDelta::milliseconds((tasks.max(0) as f64 / rate * 1000.0) as i64),
+            _ => chrono::TimeDelta::zero(),
+        }
     }
 
     /// The batch turnaround to plan with: the mean of the endpoint's last ended batches, or
@@ -522,7 +536,7 @@ impl BatchSubmitter {
         // deadline (one that is late already is expected a whole turnaround from now) is
         // cancelled: its finished lines still count, the rest go live.
         let expected_end = batch_work_ends(chrono::Utc::now(), turnaround, &[b.submitted_at], 0, 1);
-        let late = b.spilled_deadline.is_some_and(|d| expected_end >= d);
+        let late = b.spilled_deadline.is_some_and(|d| expected_end >= d - self.live_time(i64::from(b.lines)));
         let closed = !b.run_state.is_open() && b.run_state != RunState::Completed;
         if (closed || late) && !b.cancel_requested {
             match self.client.cancel(provider_id).await {

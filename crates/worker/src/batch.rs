@@ -535,8 +535,14 @@ impl BatchSubmitter {
         // A batch of a run spilled to live endpoints that is not expected to end by the run's
         // deadline (one that is late already is expected a whole turnaround from now) is
         // cancelled: its finished lines still count, the rest go live.
-        let expected_end = batch_work_ends(chrono::Utc::now(), turnaround, &[b.submitted_at], 0, 1);
-        let late = b.spilled_deadline.is_some_and(|d| expected_end >= d - self.live_time(i64::from(b.lines)));
+        // Of a spilled run: a batch already past its expected end (the provider is slower than
+        // observed: when it ends is not known), or one that would end too late for its lines to
+        // be redone live.
+        let now = chrono::Utc::now();
+        let overdue = b.submitted_at.is_some_and(|t| t + turnaround < now);
+        let expected_end = batch_work_ends(now, turnaround, &[b.submitted_at], 0, 1);
+        let late =
+            b.spilled_deadline.is_some_and(|d| overdue || expected_end >= d - self.live_time(i64::from(b.lines)));
         let closed = !b.run_state.is_open() && b.run_state != RunState::Completed;
         if (closed || late) && !b.cancel_requested {
             match self.client.cancel(provider_id).await {

@@ -90,21 +90,18 @@ user_profile = false
 concurrency = $CONCURRENCY
 [coordinator]
 poll_interval_ms = 100
-[batch]
-poll_ms = 200
-${BATCH_TOML:-}
 [[teacher.endpoints]]
 name = "mock"
 base_url = "$MOCK_URL"
 model = "mock-teacher"
 max_in_flight = $((CONCURRENCY * 2))
-mode = "$MODE"
 protocol = "$PROTOCOL"
 TOML
   CREATE_ARGS=()
   if [ "$MODE" = batch ]; then
-    # List prices, so that spend can be compared with the same tokens asked live.
-    printf 'price_input_per_mtok = 1.0\nprice_output_per_mtok = 4.0\n' >>"$CFG"
+    # (Only in batch mode: a build from before the batch APIs refuses these keys.) List prices,
+    # so that spend can be compared with the same tokens asked live.
+    printf 'mode = "batch"\nprice_input_per_mtok = 1.0\nprice_output_per_mtok = 4.0\n[batch]\npoll_ms = 200\n%b\n' "${BATCH_TOML:-}" >>"$CFG"
     if [ -n "${DEADLINE_SECS:-}" ]; then
       printf '[[teacher.endpoints]]\nname = "live"\nbase_url = "%s"\nmodel = "mock-teacher"\nprotocol = "%s"\nmax_in_flight = %s\nprice_input_per_mtok = 1.0\nprice_output_per_mtok = 4.0\n' \
         "$MOCK_URL" "$PROTOCOL" $((CONCURRENCY * 2)) >>"$CFG"
@@ -155,7 +152,7 @@ if [ "${EXPORT:-0}" = 1 ]; then
   mapfile -t export_rows <"$OUT/export-rows.md"
 fi
 table=$(
-python3 - "$COMMIT" "$([ "$MODE" = batch ] && echo "$PROTOCOL batch API, mock 0 s turnaround" || echo "$WORKERS x $CONCURRENCY in flight, mock $LATENCY_MS ms")" "${rows[@]}" <<'PY'
+python3 - "$COMMIT" "$([ "$MODE" = batch ] && echo "$PROTOCOL batch API, mock ${MOCK_JSON:-0 s turnaround}${DEADLINE_SECS:+, deadline $DEADLINE_SECS s}" || echo "$WORKERS x $CONCURRENCY in flight, mock $LATENCY_MS ms")" "${rows[@]}" <<'PY'
 import statistics, sys
 commit, workers, rows = sys.argv[1], sys.argv[2], [r.split() for r in sys.argv[3:]]
 col = lambda i: [float(r[i]) for r in rows]

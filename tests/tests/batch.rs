@@ -241,9 +241,15 @@ async fn a_run_with_a_deadline_spills_to_live_endpoints_and_pays_no_line_twice()
     env.settings.batch.max_open = 2;
     // An underestimate at first; the observed turnaround (1.5 s) takes over once batches end.
     env.settings.batch.turnaround_secs = 1;
-    env.settings.batch.deadline = Some((chrono::Utc::now() + chrono::TimeDelta::seconds(5)).to_rfc3339());
+    env.settings.batch.deadline = Some("2099-01-01T06:00:00Z".into());
     env.ingest_sample().await?;
     let run = create_run(&env.store, &env.settings, "sample").await?.run_id;
+    let planned: Option<chrono::DateTime<chrono::Utc>> =
+        sqlx::query_scalar("SELECT deadline FROM runs WHERE id = $1").bind(run).fetch_one(env.store.pool()).await?;
+    assert_eq!(planned.map(|d| d.to_rfc3339()).as_deref(), Some("2099-01-01T06:00:00+00:00"), "[batch] deadline");
+    // The deadline counts from the run's start, not from before the ingest and the plan (slow on
+    // a busy machine): room for a few batches, not for all of them.
+    env.store.set_run_deadline(run, Some(chrono::Utc::now() + chrono::TimeDelta::seconds(6))).await?;
 
     let subs = env.batch_submitters()?;
     let stop = tokio_util::sync::CancellationToken::new();

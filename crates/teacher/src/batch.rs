@@ -19,8 +19,16 @@ use std::collections::HashSet;
 pub const TAG_KEY: &str = "reasonrec_batch";
 /// Responses of the batch API's small calls (batch objects, lists) are read up to this size.
 const OBJECT_LIMIT: u64 = 16 * 1024 * 1024;
-/// Result files are read up to this size (50,000 answers of ~2 KB are ~100 MB).
+/// Result files are read up to this size (50,000 answers of ~2 KB are ~100 MB); they are read
+/// as they come, a line at a time, never held whole.
 const RESULTS_LIMIT: u64 = 2 * 1024 * 1024 * 1024;
+/// A result line longer than this is refused (one answer is a few KB).
+const RESULT_LINE_LIMIT: usize = 16 * 1024 * 1024;
+/// The spool file is written and read in pieces of this size.
+const SPOOL_BUFFER: usize = 256 * 1024;
+/// Anthropic's create body around its requests.
+const ANTHROPIC_OPEN: &[u8] = b"{\"requests\":[";
+const ANTHROPIC_CLOSE: &[u8] = b"]}";
 /// Uploads and result downloads (up to hundreds of MB) get this long, not the endpoint's
 /// `timeout_secs`, which is sized for one answer.
 const TRANSFER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1_800);
@@ -123,17 +131,31 @@ impl BatchClient {
         line.to_string().into_bytes()
     }
 
-    /// Creates a batch of `lines` (each from [`Self::encode_line`]) tagged `tag` (our batch id).
-    /// Called once per batch row: an error may still have created it (a lost answer), so
-    /// the caller records that it tried and reconciles with [`Self::find`] before trying again.
-    pub async fn create(&self, tag: &str, lines: &[Vec<u8>]) -> Result<ProviderBatch, TeacherError> {
+    /// A new, empty batch file for this endpoint's provider, holding at most `max_bytes` (and
+    /// never more than [`Self::max_bytes`]).
+    pub async fn spool(&self, max_bytes: u64) -> std::io::Result<BatchFile> {
+        let file = tokio::task::spawn_blocking(tempfile::tempfile).await.map_err(std::io::Error::other)??;
+        let envelope = match self.endpoint().protocol {
+            Protocol::OpenAi => 0,
+            Protocol::Anthropic => (ANTHROPIC_OPEN.len() + ANTHROPIC_CLOSE.len()) as u64,
+        };
+        Ok(BatchFile {
+            writer: tokio::io::BufWriter::with_capacity(SPOOL_BUFFER, tokio::fs::File::from_std(file)),
+            protocol: self.endpoint().protocol,
+            lines: 0,
+            bytes: envelope,
+            max_bytes: max_bytes.min(self.max_bytes()),
+        })
+    }
+
+    /// Creates a batch of the lines of `file` tagged `tag` (our batch id), streaming the file to
+    /// the provider. Called once per batch row: an error may still have created it (a lost
+    /// answer), so the caller records that it tried and reconciles with [`Self::find`] before
+    /// trying again.
+    pub async fn create(&self, tag: &str, file: BatchFile) -> Result<ProviderBatch, TeacherError> {
+        let spool = |e: std::io::Error| TeacherError::Connect(format!("reading the batch file: {e}"));
         match self.endpoint().protocol {
             Protocol::OpenAi => {
-                let mut file = Vec::with_capacity(lines.iter().map(|l| l.len() + 1).sum());
-                for l in lines {
-                    file.extend_from_slice(l);
-                    file.push(b'\n');
-                }
                 let file_id = self.upload(tag, file).await?;
                 let body = serde_json::json!({
                     "input_file_id": file_id,
@@ -146,21 +168,15 @@ impl BatchClient {
                 parse_openai_batch(status, &text)
             }
             Protocol::Anthropic => {
-                let mut body = Vec::with_capacity(lines.iter().map(|l| l.len() + 1).sum::<usize>() + 16);
-                body.extend_from_slice(b"{\"requests\":[");
-                for (i, l) in lines.iter().enumerate() {
-                    if i > 0 {
-                        body.push(b',');
-                    }
-                    body.extend_from_slice(l);
-                }
-                body.extend_from_slice(b"]}");
+                let (body, len) =
+                    file.into_body(ANTHROPIC_OPEN.to_vec(), ANTHROPIC_CLOSE.to_vec()).await.map_err(spool)?;
                 let req = self
                     .client
                     .http()
                     .post(format!("{}/messages/batches", self.base))
                     .timeout(TRANSFER_TIMEOUT)
                     .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .header(reqwest::header::CONTENT_LENGTH, len)
                     .body(body);
                 let (status, text) = self.client.exchange(self.client.authorized(req), OBJECT_LIMIT).await?;
                 parse_anthropic_batch(status, &text)
@@ -168,27 +184,27 @@ impl BatchClient {
         }
     }
 
-    /// Uploads an OpenAI batch input file (multipart, purpose `batch`); returns its id.
-    async fn upload(&self, tag: &str, file: Vec<u8>) -> Result<String, TeacherError> {
+    /// Uploads an OpenAI batch input file (multipart, purpose `batch`), streamed from `file`;
+    /// returns its id.
+    async fn upload(&self, tag: &str, file: BatchFile) -> Result<String, TeacherError> {
         let boundary = format!("reasonrec-{}", uuid::Uuid::new_v4().simple());
-        let mut body = Vec::with_capacity(file.len() + 512);
-        body.extend_from_slice(
-            format!(
-                "--{boundary}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n\
-                 --{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"reasonrec-{tag}.jsonl\"\r\n\
-                 Content-Type: application/jsonl\r\n\r\n"
-            )
-            .as_bytes(),
+        let head = format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n\
+             --{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"reasonrec-{tag}.jsonl\"\r\n\
+             Content-Type: application/jsonl\r\n\r\n"
         );
-        body.extend_from_slice(&file);
-        drop(file);
-        body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+        let tail = format!("\r\n--{boundary}--\r\n");
+        let (body, len) = file
+            .into_body(head.into_bytes(), tail.into_bytes())
+            .await
+            .map_err(|e| TeacherError::Connect(format!("reading the batch file: {e}")))?;
         let req = self
             .client
             .http()
             .post(format!("{}/files", self.base))
             .timeout(TRANSFER_TIMEOUT)
             .header(reqwest::header::CONTENT_TYPE, format!("multipart/form-data; boundary={boundary}"))
+            .header(reqwest::header::CONTENT_LENGTH, len)
             .body(body);
         let (status, text) = self.client.exchange(self.client.authorized(req), OBJECT_LIMIT).await?;
         #[derive(Deserialize)]
@@ -268,42 +284,28 @@ impl BatchClient {
         Ok((batches, list.has_more))
     }
 
-    /// Every line's result of an ended batch. `prompt_estimate` gives a line's estimated prompt
-    /// tokens (by custom id), against which a reported usage is checked as a live answer's is.
-    pub async fn results(
-        &self,
-        batch: &ProviderBatch,
-        prompt_estimate: impl Fn(&str) -> u32,
-    ) -> Result<Vec<ResultLine>, TeacherError> {
-        match self.endpoint().protocol {
-            Protocol::OpenAi => {
-                let mut out = Vec::new();
-                // Pitfall: an empty string is "no file" as much as null is.
-                for file in [&batch.output_file_id, &batch.error_file_id].into_iter().flatten() {
-                    if file.is_empty() {
-                        continue;
-                    }
-                    let req =
-                        self.client.http().get(format!("{}/files/{file}/content", self.base)).timeout(TRANSFER_TIMEOUT);
-                    let (_, text) = self.client.exchange(self.client.authorized(req), RESULTS_LIMIT).await?;
-                    for line in text.lines().filter(|l| !l.trim().is_empty()) {
-                        out.push(self.openai_line(line, &prompt_estimate)?);
-                    }
-                }
-                Ok(out)
-            }
+    /// The results of an ended batch, read a line at a time as they arrive ([`Results::next`]).
+    pub fn results(&self, batch: &ProviderBatch) -> Results<'_> {
+        let files = match self.endpoint().protocol {
+            // Pitfall: an empty string is "no file" as much as null is.
+            Protocol::OpenAi => [&batch.output_file_id, &batch.error_file_id]
+                .into_iter()
+                .flatten()
+                .filter(|f| !f.is_empty())
+                .map(|f| format!("{}/files/{f}/content", self.base))
+                .collect(),
             Protocol::Anthropic => {
-                let req = self
-                    .client
-                    .http()
-                    .get(format!("{}/messages/batches/{}/results", self.base, batch.id))
-                    .timeout(TRANSFER_TIMEOUT);
-                let (_, text) = self.client.exchange(self.client.authorized(req), RESULTS_LIMIT).await?;
-                text.lines()
-                    .filter(|l| !l.trim().is_empty())
-                    .map(|line| self.anthropic_line(line, &prompt_estimate))
-                    .collect()
+                std::iter::once(format!("{}/messages/batches/{}/results", self.base, batch.id)).collect()
             }
+        };
+        Results { client: self, files, body: None, read: 0, buf: Vec::new(), start: 0 }
+    }
+
+    /// One results line in the endpoint's protocol.
+    fn result_line(&self, line: &str, estimate: &impl Fn(&str) -> u32) -> Result<ResultLine, TeacherError> {
+        match self.endpoint().protocol {
+            Protocol::OpenAi => self.openai_line(line, estimate),
+            Protocol::Anthropic => self.anthropic_line(line, estimate),
         }
     }
 
@@ -406,6 +408,145 @@ impl BatchClient {
             }
         };
         Ok(ResultLine { custom_id: l.custom_id, result })
+    }
+}
+
+/// A batch's requests spooled to an anonymous temporary file as they are rendered (deleted
+/// when dropped), so that a batch of 200 MB is never held in memory: what is written is what
+/// the provider receives, streamed from the file by [`BatchClient::create`].
+#[derive(Debug)]
+pub struct BatchFile {
+    writer: tokio::io::BufWriter<tokio::fs::File>,
+    protocol: Protocol,
+    lines: u32,
+    /// Bytes the provider receives (Anthropic's envelope included).
+    bytes: u64,
+    max_bytes: u64,
+}
+
+impl BatchFile {
+    /// Appends one request (from [`BatchClient::encode_line`]). False, and nothing written, when
+    /// it would take the file past its size limit; the first line is always taken (a request
+    /// too large alone is the provider's to refuse, line by line).
+    pub async fn push(&mut self, line: &[u8]) -> std::io::Result<bool> {
+        use tokio::io::AsyncWriteExt;
+        // OpenAI: a JSONL line and its newline; Anthropic: a comma before every request but the
+        // first. Encoded JSON holds no raw newline.
+        let added = line.len() as u64 + 1;
+        let added = if self.protocol == Protocol::Anthropic && self.lines == 0 { added - 1 } else { added };
+        if self.lines > 0 && self.bytes + added > self.max_bytes {
+            return Ok(false);
+        }
+        match self.protocol {
+            Protocol::OpenAi => {
+                self.writer.write_all(line).await?;
+                self.writer.write_all(b"\n").await?;
+            }
+            Protocol::Anthropic => {
+                if self.lines > 0 {
+                    self.writer.write_all(b",").await?;
+                }
+                self.writer.write_all(line).await?;
+            }
+        }
+        self.lines += 1;
+        self.bytes += added;
+        Ok(true)
+    }
+
+    /// Requests written.
+    pub fn lines(&self) -> u32 {
+        self.lines
+    }
+
+    /// Bytes the provider receives for them.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// The file between `head` and `tail` as a streamed request body, and its length.
+    async fn into_body(self, head: Vec<u8>, tail: Vec<u8>) -> std::io::Result<(reqwest::Body, u64)> {
+        use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+        let mut writer = self.writer;
+        writer.flush().await?;
+        let mut file = writer.into_inner();
+        let written = file.seek(std::io::SeekFrom::End(0)).await?;
+        file.seek(std::io::SeekFrom::Start(0)).await?;
+        let len = head.len() as u64 + written + tail.len() as u64;
+        let reader = std::io::Cursor::new(head).chain(file).chain(std::io::Cursor::new(tail));
+        let stream = tokio_util::io::ReaderStream::with_capacity(reader, SPOOL_BUFFER);
+        Ok((reqwest::Body::wrap_stream(stream), len))
+    }
+}
+
+/// The results of an ended batch, read from the provider a line at a time: only the line being
+/// parsed and the piece of the body that holds it are in memory.
+pub struct Results<'a> {
+    client: &'a BatchClient,
+    /// Result files still to read (OpenAI: output then errors; Anthropic: one).
+    files: std::collections::VecDeque<String>,
+    body: Option<reqwest::Response>,
+    /// Bytes read of the current file.
+    read: u64,
+    buf: Vec<u8>,
+    /// Where the unread part of `buf` starts.
+    start: usize,
+}
+
+impl Results<'_> {
+    /// The next result, `None` after the last. `estimate` gives a line's estimated prompt
+    /// tokens (by custom id), against which a reported usage is checked as a live answer's is.
+    /// An error (a cut connection, a broken line) ends the reading; reading the results again
+    /// starts from the first line.
+    pub async fn next(&mut self, estimate: &impl Fn(&str) -> u32) -> Result<Option<ResultLine>, TeacherError> {
+        loop {
+            if let Some(end) = self.buf[self.start..].iter().position(|&b| b == b'\n') {
+                let line = &self.buf[self.start..self.start + end];
+                self.start += end + 1;
+                let text = String::from_utf8_lossy(line);
+                if text.trim().is_empty() {
+                    continue;
+                }
+                return self.client.result_line(&text, estimate).map(Some);
+            }
+            if self.buf.len() - self.start > RESULT_LINE_LIMIT {
+                return Err(TeacherError::TooLarge {
+                    status: 200,
+                    what: "batch result line",
+                    limit: RESULT_LINE_LIMIT as u64,
+                });
+            }
+            match self.body.as_mut() {
+                Some(resp) => match self.client.client.chunk(resp).await? {
+                    Some(piece) => {
+                        self.read += piece.len() as u64;
+                        if self.read > RESULTS_LIMIT {
+                            return Err(TeacherError::TooLarge {
+                                status: 200,
+                                what: "batch results",
+                                limit: RESULTS_LIMIT,
+                            });
+                        }
+                        self.buf.drain(..self.start);
+                        self.start = 0;
+                        self.buf.extend_from_slice(&piece);
+                    }
+                    None => {
+                        // A last line without its newline.
+                        self.body = None;
+                        if self.buf.len() > self.start {
+                            self.buf.push(b'\n');
+                        }
+                    }
+                },
+                None => {
+                    let Some(url) = self.files.pop_front() else { return Ok(None) };
+                    let req = self.client.client.http().get(url).timeout(TRANSFER_TIMEOUT);
+                    self.body = Some(self.client.client.open(self.client.client.authorized(req), OBJECT_LIMIT).await?);
+                    self.read = 0;
+                }
+            }
+        }
     }
 }
 
@@ -586,6 +727,24 @@ mod tests {
             serde_json::from_slice(&client(Protocol::Anthropic).encode_line("b_1", &msgs)).expect("json");
         assert_eq!(anthropic["params"]["system"], "be brief");
         assert!(anthropic["params"]["max_tokens"].as_u64().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_batch_file_counts_what_the_provider_receives_and_stops_at_its_limit() {
+        // OpenAI: each line and its newline. Anthropic: `{"requests":[` + `]}` and a comma
+        // between requests.
+        for (protocol, sizes) in [(Protocol::OpenAi, [41, 82]), (Protocol::Anthropic, [55, 96])] {
+            let c = client(protocol);
+            let mut f = c.spool(100).await.expect("spool");
+            assert!(f.push(&[b'x'; 40]).await.expect("push"));
+            assert_eq!(f.bytes(), sizes[0], "{protocol:?}");
+            assert!(f.push(&[b'x'; 40]).await.expect("push"));
+            assert_eq!(f.bytes(), sizes[1], "{protocol:?}");
+            assert!(!f.push(&[b'x'; 40]).await.expect("push"), "{protocol:?}: past the limit");
+            assert_eq!((f.lines(), f.bytes()), (2, sizes[1]), "{protocol:?}: nothing written of a refused line");
+            let mut alone = c.spool(10).await.expect("spool");
+            assert!(alone.push(&[b'x'; 40]).await.expect("push"), "{protocol:?}: a first line is always taken");
+        }
     }
 
     #[test]

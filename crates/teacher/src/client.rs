@@ -395,15 +395,35 @@ impl TeacherClient {
         req: reqwest::RequestBuilder,
         limit: u64,
     ) -> Result<(u16, String), TeacherError> {
+        let resp = self.open(req, limit).await?;
+        let status = resp.status().as_u16();
+        let timeout = Duration::from_secs(self.endpoint.timeout_secs);
+        Ok((status, read_capped(resp, limit, timeout).await?))
+    }
+
+    /// Sends `req` (already authorized): a 2xx response with its body still to read (a batch's
+    /// results, read as they come), the endpoint's error class otherwise (its body read up to
+    /// `limit` bytes).
+    pub(crate) async fn open(
+        &self,
+        req: reqwest::RequestBuilder,
+        limit: u64,
+    ) -> Result<reqwest::Response, TeacherError> {
         let timeout = Duration::from_secs(self.endpoint.timeout_secs);
         let resp = req.send().await.map_err(|e| classify_transport(e, timeout))?;
         let status = resp.status().as_u16();
+        if (200..=299).contains(&status) {
+            return Ok(resp);
+        }
         let retry_after = retry_after_of(resp.headers(), self.endpoint.protocol).map(|d| d.min(self.max_wait));
         let text = read_capped(resp, limit, timeout).await?;
-        match status {
-            200..=299 => Ok((status, text)),
-            _ => Err(self.refusal(status, retry_after, &text)),
-        }
+        Err(self.refusal(status, retry_after, &text))
+    }
+
+    /// The next piece of a body being read, as [`Self::open`] returned it (`None` at its end).
+    pub(crate) async fn chunk(&self, resp: &mut reqwest::Response) -> Result<Option<bytes::Bytes>, TeacherError> {
+        let timeout = Duration::from_secs(self.endpoint.timeout_secs);
+        resp.chunk().await.map_err(|e| classify_transport(e, timeout))
     }
 
     /// What a non-2xx answer of this endpoint means (live calls and batch calls alike).

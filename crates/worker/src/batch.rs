@@ -25,6 +25,7 @@
 //! twice.
 
 use crate::error::WorkerError;
+use crate::process::{accepted_output, reask_feedback, rejected_error, render_failure};
 use crate::render::{PromptCap, render_capped};
 use reasonrec_core::attempt::{AttemptRecord, ErrorClass};
 use reasonrec_core::settings::{BatchSettings, EndpointMode, Settings};
@@ -35,8 +36,7 @@ use reasonrec_store::Store;
 use reasonrec_store::batches::{BatchRow, BatchState, ClaimedLine, LineOutcome, LineRow, RenderedLine};
 use reasonrec_store::finish::{Finish, FinishKind};
 use reasonrec_store::lifecycle::Gate;
-use reasonrec_store::tasks::NewOutput;
-use reasonrec_teacher::batch::{BatchPhase, LineResult, ProviderBatch, ResultLine};
+use reasonrec_teacher::batch::{BatchFile, BatchPhase, LineResult, ProviderBatch, ResultLine};
 use reasonrec_teacher::protocol::estimate_prompt_tokens;
 use reasonrec_teacher::{BatchClient, TeacherError};
 use sha2::{Digest, Sha256};
@@ -110,9 +110,18 @@ pub struct BatchSubmitter {
 
 /// What building a batch made of one claimed line.
 enum Built {
+    /// A request to send.
     Line { rendered: RenderedLine, bytes: Vec<u8> },
-    Finished(Finish),
+    /// The ledger holds an answer to this prompt already: the task completes, no line is sent.
+    Reused(Finish),
+    /// The prompt cannot be rendered: the task fails.
+    Failed(Finish),
 }
+
+/// Claimed lines rendered (and their tasks loaded) at a time while a batch is built.
+const BUILD_CHUNK: usize = 1_000;
+/// Results read before they are finished together (one `finish_tasks`, one `settle_lines`).
+const RESULT_CHUNK: usize = 2_000;
 
 impl BatchSubmitter {
     /// One submitter per `mode = "batch"` endpoint of `settings` (none without such endpoints).
@@ -310,7 +319,7 @@ impl BatchSubmitter {
         claimed: Vec<ClaimedLine>,
         report: &mut TickReport,
     ) -> Result<bool, WorkerError> {
-        let (lines, bytes) = self.build(id, claimed, report).await?;
+        let (lines, file) = self.build(id, claimed, report).await?;
         if lines.is_empty() {
             self.store.end_batch(self.owner, id, BatchState::Ended, "empty", None, 0.0).await?;
             return Ok(true);
@@ -328,130 +337,157 @@ impl BatchSubmitter {
             })
             .sum();
         self.store.mark_submitting(self.owner, id, &lines, reserved).await?;
-        self.create(id, &bytes, report).await
+        self.create(id, file, report).await
     }
 
-    /// Renders each line as a live worker would; returns what to send, in line order.
+    /// Renders each line as a live worker would, [`BUILD_CHUNK`] lines at a time, into the
+    /// batch's spool file (never the whole batch in memory); returns what was written, in line
+    /// order. Lines past the size limit (`batch.max_bytes`, the provider's) wait for a later
+    /// batch, unrendered.
     async fn build(
         &self,
         id: Uuid,
         claimed: Vec<ClaimedLine>,
         report: &mut TickReport,
-    ) -> Result<(Vec<RenderedLine>, Vec<Vec<u8>>), WorkerError> {
-        let ids: Vec<Uuid> = claimed.iter().map(|l| l.task_id).collect();
+    ) -> Result<(Vec<RenderedLine>, BatchFile), WorkerError> {
+        let mut file = self.client.spool(self.batch.max_bytes).await.map_err(WorkerError::Spool)?;
+        let mut lines = Vec::new();
+        let mut settled: Vec<LineOutcome> = Vec::new();
+        let mut back: Vec<Uuid> = Vec::new();
+        let mut full = false;
+        for chunk in claimed.chunks(BUILD_CHUNK) {
+            if full {
+                settled.extend(chunk.iter().map(|c| (c.line, "deferred", None)));
+                back.extend(chunk.iter().map(|c| c.task_id));
+                continue;
+            }
+            let mut finishes = Vec::new();
+            for (claimed, built) in self.render_chunk(id, chunk).await? {
+                match built {
+                    Built::Line { rendered, bytes } => {
+                        if !full && file.push(&bytes).await.map_err(WorkerError::Spool)? {
+                            lines.push(rendered);
+                        } else {
+                            full = true;
+                            settled.push((claimed.line, "deferred", None));
+                            back.push(claimed.task_id);
+                        }
+                    }
+                    Built::Reused(f) => {
+                        finishes.push(f);
+                        settled.push((claimed.line, "reused", None));
+                        report.reused += 1;
+                    }
+                    Built::Failed(f) => {
+                        finishes.push(f);
+                        settled.push((claimed.line, "failed", None));
+                        report.task_failures += 1;
+                    }
+                }
+            }
+            if !finishes.is_empty() {
+                let outcomes = self.store.finish_tasks(&finishes).await?;
+                // A reuse rendered from inputs that changed meanwhile renders again in a later batch.
+                back.extend(finishes.iter().zip(&outcomes).filter(|(_, c)| c.superseded).map(|(f, _)| f.task_id));
+            }
+        }
+        if !settled.is_empty() {
+            back.sort_unstable();
+            self.store.settle_lines(self.owner, id, &settled, &back).await?;
+        }
+        Ok((lines, file))
+    }
+
+    /// Renders some claimed lines of batch `id`: each a request to send, a task the ledger
+    /// answers already (no line), or a task whose prompt cannot be rendered.
+    async fn render_chunk<'c>(
+        &self,
+        id: Uuid,
+        chunk: &'c [ClaimedLine],
+    ) -> Result<Vec<(&'c ClaimedLine, Built)>, WorkerError> {
+        let ids: Vec<Uuid> = chunk.iter().map(|l| l.task_id).collect();
         let bundles = self.store.load_bundles(&ids).await?;
         let ep = self.client.endpoint();
-        let mut built = Vec::with_capacity(claimed.len());
-        let mut keys = Vec::with_capacity(claimed.len());
-        for line in &claimed {
+        let mut built = Vec::with_capacity(chunk.len());
+        for line in chunk {
             let Some(bundle) = bundles.get(&line.task_id) else { continue };
             let task = &bundle.task;
+            let finish = |kind| Finish {
+                task_id: task.id,
+                run_id: task.run_id,
+                inputs_version: line.inputs_version,
+                kind,
+                attempts: vec![],
+            };
             let rendered = match render_capped(&self.store, &self.prompts, bundle, self.cap).await {
                 Ok(r) => r,
-                Err(e) if e.is_retryable() => return Err(e),
                 Err(e) => {
-                    let error = match e {
-                        WorkerError::PromptTooLong { .. } => e.to_string(),
-                        other => format!("cannot render prompt: {other}"),
-                    };
-                    let kind = FinishKind::Fail { error };
-                    let f = Finish { task_id: task.id, run_id: task.run_id, inputs_version: 0, kind, attempts: vec![] };
-                    built.push((line.line, Built::Finished(f)));
+                    let error = render_failure(e)?;
+                    built.push((
+                        line,
+                        Built::Failed(Finish { inputs_version: 0, ..finish(FinishKind::Fail { error }) }),
+                    ));
                     continue;
                 }
             };
             let salt = OutputKey::salt_of(&task.input).map(str::to_owned);
             let key = OutputKey::for_endpoint(task.stage, &rendered.prompt, ep, salt.as_deref());
-            keys.push(key);
             let mut messages = rendered.prompt.messages.clone();
             for (answer, feedback) in &line.conversation {
                 self.cap.reask(&mut messages, answer.clone(), feedback.clone());
             }
-            let prompt_tokens = i32::try_from(estimate_prompt_tokens(&messages)).unwrap_or(i32::MAX);
-            let bytes = self.client.encode_line(&custom_id(id, line.line), &messages);
             let rendered_line = RenderedLine {
                 line: line.line,
                 output_key: key,
                 template: rendered.prompt.template,
                 template_version: rendered.prompt.version,
                 history_truncated: rendered.truncated,
-                prompt_tokens,
+                prompt_tokens: i32::try_from(estimate_prompt_tokens(&messages)).unwrap_or(i32::MAX),
             };
-            built.push((line.line, Built::Line { rendered: rendered_line, bytes }));
+            let bytes = self.client.encode_line(&custom_id(id, line.line), &messages);
+            built.push((line, Built::Line { rendered: rendered_line, bytes }));
         }
         // Answers the ledger holds already complete their tasks without a line.
+        let keys: Vec<OutputKey> = built
+            .iter()
+            .filter_map(|(_, b)| match b {
+                Built::Line { rendered, .. } => Some(rendered.output_key),
+                _ => None,
+            })
+            .collect();
         let existing = self.store.existing_outputs(&keys).await?;
-        let mut finishes = Vec::new();
-        let mut settled = Vec::new();
-        let (mut lines, mut bytes) = (Vec::new(), Vec::new());
-        let by_line: HashMap<i32, &ClaimedLine> = claimed.iter().map(|l| (l.line, l)).collect();
-        for (n, b) in built {
-            match b {
-                Built::Line { rendered, bytes: b } if !existing.contains(&rendered.output_key) => {
-                    lines.push(rendered);
-                    bytes.push(b);
-                }
-                Built::Line { rendered, .. } => {
-                    let Some(claimed) = by_line.get(&n) else { continue };
-                    let Some(bundle) = bundles.get(&claimed.task_id) else { continue };
-                    let kind = FinishKind::Complete {
-                        key: rendered.output_key,
-                        output: None,
-                        history_truncated: rendered.history_truncated,
-                    };
-                    finishes.push(Finish {
-                        task_id: claimed.task_id,
-                        run_id: bundle.task.run_id,
-                        inputs_version: claimed.inputs_version,
-                        kind,
-                        attempts: vec![],
-                    });
-                    settled.push((n, "reused", None));
-                    report.reused += 1;
-                }
-                Built::Finished(f) => {
-                    finishes.push(f);
-                    settled.push((n, "failed", None));
-                    report.task_failures += 1;
-                }
+        for (line, b) in &mut built {
+            if let Built::Line { rendered, .. } = b
+                && existing.contains(&rendered.output_key)
+            {
+                let kind = FinishKind::Complete {
+                    key: rendered.output_key,
+                    output: None,
+                    history_truncated: rendered.history_truncated,
+                };
+                let run_id = bundles.get(&line.task_id).map(|b| b.task.run_id).unwrap_or_default();
+                let f = Finish {
+                    task_id: line.task_id,
+                    run_id,
+                    inputs_version: line.inputs_version,
+                    kind,
+                    attempts: vec![],
+                };
+                *b = Built::Reused(f);
             }
         }
-        // Lines past the provider's (or the configured) size limit wait for a later batch.
-        let cap = self.batch.max_bytes.min(self.client.max_bytes());
-        let mut size = 0u64;
-        let fits = bytes.iter().take_while(|b| {
-            size += b.len() as u64 + 1;
-            size <= cap
-        });
-        let keep = fits.count().max(1);
-        let mut back: Vec<Uuid> = Vec::new();
-        for l in lines.drain(keep.min(lines.len())..) {
-            if let Some(c) = by_line.get(&l.line) {
-                back.push(c.task_id);
-                settled.push((l.line, "deferred", None));
-            }
-        }
-        bytes.truncate(lines.len());
-        if !finishes.is_empty() {
-            let outcomes = self.store.finish_tasks(&finishes).await?;
-            // A reuse rendered from inputs that changed meanwhile renders again in a later batch.
-            back.extend(finishes.iter().zip(&outcomes).filter(|(_, c)| c.superseded).map(|(f, _)| f.task_id));
-        }
-        if !settled.is_empty() {
-            back.sort_unstable();
-            self.store.settle_lines(self.owner, id, &settled, &back).await?;
-        }
-        Ok((lines, bytes))
+        Ok(built)
     }
 
     /// The create call, once. Its failure leaves the row `submitting`: the next tick looks for
     /// the batch at the provider before creating it again.
-    async fn create(&self, id: Uuid, bytes: &[Vec<u8>], report: &mut TickReport) -> Result<bool, WorkerError> {
+    async fn create(&self, id: Uuid, file: BatchFile, report: &mut TickReport) -> Result<bool, WorkerError> {
         self.store.mark_create_attempt(self.owner, id, true).await?;
-        match self.client.create(&tag(id), bytes).await {
+        let (lines, bytes) = (file.lines(), file.bytes());
+        match self.client.create(&tag(id), file).await {
             Ok(pb) => {
                 self.store.mark_submitted(self.owner, id, &pb.id, pb.input_file_id.as_deref(), &pb.status).await?;
-                tracing::info!(endpoint = %self.endpoint(), batch = %id, provider_id = %pb.id, lines = bytes.len(), "batch submitted");
+                tracing::info!(endpoint = %self.endpoint(), batch = %id, provider_id = %pb.id, lines, bytes, "batch submitted");
                 report.created += 1;
                 Ok(true)
             }
@@ -573,18 +609,57 @@ impl BatchSubmitter {
         }
     }
 
-    /// Feeds an ended batch's results through validation and finishing.
+    /// Feeds an ended batch's results through validation and finishing, [`RESULT_CHUNK`] at a
+    /// time as they are read. A reading cut short leaves the batch open: the next poll reads
+    /// again from the start, and lines settled meanwhile are only counted.
     async fn finish(&self, b: &BatchRow, pb: &ProviderBatch, report: &mut TickReport) -> Result<(), WorkerError> {
         let rows = self.store.batch_lines(b.id).await?;
         let by_id: HashMap<String, &LineRow> = rows.iter().map(|l| (custom_id(b.id, l.line), l)).collect();
-        let results = match self.client.results(pb, |c| by_id.get(c).map_or(0, |l| l.prompt_tokens.max(0) as u32)).await
-        {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(endpoint = %self.endpoint(), batch = %b.id, error = %e, "cannot read the batch's results; trying again");
-                return Ok(());
+        let estimate = |c: &str| by_id.get(c).map_or(0, |l| l.prompt_tokens.max(0) as u32);
+        let mut results = self.client.results(pb);
+        let (mut cost, mut read) = (0.0, 0usize);
+        loop {
+            let mut chunk = Vec::with_capacity(RESULT_CHUNK);
+            let last = loop {
+                match results.next(&estimate).await {
+                    Ok(Some(r)) => {
+                        chunk.push(r);
+                        if chunk.len() == RESULT_CHUNK {
+                            break false;
+                        }
+                    }
+                    Ok(None) => break true,
+                    Err(e) => {
+                        tracing::warn!(endpoint = %self.endpoint(), batch = %b.id, error = %e, results = read + chunk.len(),
+                                       "cannot read the batch's results; trying again");
+                        return Ok(());
+                    }
+                }
+            };
+            read += chunk.len();
+            cost += self.settle_results(b, pb, &by_id, &chunk, report).await?;
+            if last {
+                break;
             }
-        };
+        }
+        // Lines no result named go back with the batch's end.
+        let unnamed = self.store.end_batch(self.owner, b.id, BatchState::Ended, &pb.status, None, cost).await?;
+        report.sent_back += u32::try_from(unnamed).unwrap_or(u32::MAX);
+        report.ended += 1;
+        tracing::info!(endpoint = %self.endpoint(), batch = %b.id, results = read, cost_usd = cost, "batch finished");
+        Ok(())
+    }
+
+    /// Judges and finishes some results of an ended batch; returns what they cost (lines settled
+    /// by an earlier reading included: the batch's cost is that of all its results).
+    async fn settle_results(
+        &self,
+        b: &BatchRow,
+        pb: &ProviderBatch,
+        by_id: &HashMap<String, &LineRow>,
+        results: &[ResultLine],
+        report: &mut TickReport,
+    ) -> Result<f64, WorkerError> {
         let started = pb.created_at;
         let duration_ms = i32::try_from((chrono::Utc::now() - started).num_milliseconds().max(0)).unwrap_or(i32::MAX);
         let ep = self.client.endpoint();
@@ -593,7 +668,7 @@ impl BatchSubmitter {
         let mut settled: Vec<LineOutcome> = Vec::new();
         let mut back: Vec<Uuid> = Vec::new();
         let mut cost = 0.0;
-        for r in &results {
+        for r in results {
             let Some(line) = by_id.get(&r.custom_id) else {
                 tracing::warn!(batch = %b.id, custom_id = %r.custom_id, "a result for no line of this batch; ignored");
                 continue;
@@ -658,15 +733,12 @@ impl BatchSubmitter {
         }
         let loose_refs: Vec<(Uuid, Uuid, &AttemptRecord)> = loose.iter().map(|(t, r, a)| (*t, *r, a)).collect();
         self.store.record_attempt_rows(&loose_refs).await?;
-        back.sort_unstable();
-        back.dedup();
-        self.store.settle_lines(self.owner, b.id, &settled, &back).await?;
-        // Lines no result named go back with the batch's end.
-        let unnamed = self.store.end_batch(self.owner, b.id, BatchState::Ended, &pb.status, None, cost).await?;
-        report.sent_back += u32::try_from(unnamed).unwrap_or(u32::MAX);
-        report.ended += 1;
-        tracing::info!(endpoint = %self.endpoint(), batch = %b.id, results = results.len(), cost_usd = cost, "batch finished");
-        Ok(())
+        if !settled.is_empty() {
+            back.sort_unstable();
+            back.dedup();
+            self.store.settle_lines(self.owner, b.id, &settled, &back).await?;
+        }
+        Ok(cost)
     }
 
     fn finish_of(&self, line: &LineRow, kind: FinishKind, attempt: AttemptRecord) -> Finish {
@@ -688,18 +760,12 @@ impl BatchSubmitter {
                 };
                 match validate_answer(line.stage, &a.text, a.finish_reason.as_deref(), line.label) {
                     Ok(()) => {
-                        let ep = self.client.endpoint();
-                        let output = NewOutput {
-                            key,
-                            stage: line.stage,
-                            text: a.text.clone(),
-                            template: line.template.clone().unwrap_or_default(),
-                            template_version: line.template_version.clone().unwrap_or_default(),
-                            model: ep.model.clone(),
-                            params: serde_json::to_value(&ep.params).unwrap_or_default(),
-                            input_tokens: i32::try_from(a.input_tokens).unwrap_or(i32::MAX),
-                            output_tokens: i32::try_from(a.output_tokens).unwrap_or(i32::MAX),
-                        };
+                        let (template, version) = (
+                            line.template.clone().unwrap_or_default(),
+                            line.template_version.clone().unwrap_or_default(),
+                        );
+                        let output =
+                            accepted_output(key, line.stage, template, version, self.client.endpoint(), a.clone());
                         Judged::Done(FinishKind::Complete {
                             key,
                             output: Some(Box::new(output)),
@@ -710,18 +776,10 @@ impl BatchSubmitter {
                         attempt.error_class = Some(ErrorClass::Rejected);
                         attempt.error = Some(format!("{}: {}", rejection.code, rejection.message));
                         if u32::try_from(line.reasks).unwrap_or(u32::MAX) >= self.max_reasks {
-                            let raw: String = a.text.chars().take(2000).collect();
-                            return Judged::Fail(format!(
-                                "answer rejected ({}): {}; raw answer: {raw}",
-                                rejection.code, rejection.message
-                            ));
+                            return Judged::Fail(rejected_error(&rejection, &a.text));
                         }
-                        let feedback = format!(
-                            "Your answer was not accepted: {}. Answer again, following the instructions above.",
-                            rejection.message
-                        );
                         let mut conversation = line.conversation.clone();
-                        conversation.push((a.text.clone(), feedback));
+                        conversation.push((a.text.clone(), reask_feedback(&rejection)));
                         Judged::Reask(conversation)
                     }
                 }

@@ -21,6 +21,9 @@ pub enum WorkerError {
     /// arriving): the message is retried later.
     #[error("task {task_id}: its inputs changed during each of {renders} renders; retried later")]
     InputsKeptChanging { task_id: uuid::Uuid, renders: u32 },
+    /// A batch's spool file could not be written or read (the disk): the batch is built again.
+    #[error("batch file: {0}")]
+    Spool(#[source] std::io::Error),
     /// The task's handler panicked (a bug): nothing was committed.
     #[error("task handler panicked: {0}")]
     Panicked(String),
@@ -40,7 +43,7 @@ impl WorkerError {
             WorkerError::Core(e) => e.is_retryable(),
             WorkerError::Teacher(e) => e.is_retryable(),
             WorkerError::PromptTooLong { .. } => false,
-            WorkerError::InputsKeptChanging { .. } | WorkerError::Panicked(_) => true,
+            WorkerError::InputsKeptChanging { .. } | WorkerError::Panicked(_) | WorkerError::Spool(_) => true,
         }
     }
 }

@@ -5,13 +5,14 @@ use crate::error::WorkerError;
 use crate::load::Loader;
 use crate::render::{PromptCap, render_capped};
 use reasonrec_core::attempt::{AttemptRecord, ErrorClass};
+use reasonrec_core::settings::EndpointSettings;
 use reasonrec_core::stage::{RunState, TaskState};
-use reasonrec_core::validate::validate_answer;
+use reasonrec_core::validate::{Rejection, validate_answer};
 use reasonrec_core::{OutputKey, PromptLibrary, TaskMessage};
 use reasonrec_store::Store;
 use reasonrec_store::finish::{Finish, FinishKind};
 use reasonrec_store::tasks::NewOutput;
-use reasonrec_teacher::{TeacherError, TeacherPool};
+use reasonrec_teacher::{ChatAnswer, TeacherError, TeacherPool};
 use std::sync::Arc;
 use uuid::Uuid;
 
@@ -176,12 +177,8 @@ impl TaskProcessor {
         let (prompt, truncated) =
             match render_capped(&self.store, &self.prompts, &bundle, self.options.prompt_cap).await {
                 Ok(r) => (r.prompt, r.truncated),
-                Err(e) if e.is_retryable() => return Err(e),
                 Err(e) => {
-                    let error = match e {
-                        WorkerError::PromptTooLong { .. } => e.to_string(),
-                        other => format!("cannot render prompt: {other}"),
-                    };
+                    let error = render_failure(e)?;
                     self.fail(task.id, task.run_id, &error, Vec::new()).await?;
                     return Ok(Pass::Finished(Outcome::Failed { error }));
                 }
@@ -246,34 +243,62 @@ impl TaskProcessor {
             }
             tracing::debug!(task_id = %id, code = rejection.code, reasks, "answer rejected");
             if reasks >= self.options.max_reasks {
-                let raw: String = answer.text.chars().take(2000).collect();
-                let error = format!("answer rejected ({}): {}; raw answer: {raw}", rejection.code, rejection.message);
+                let error = rejected_error(&rejection, &answer.text);
                 self.fail(id, run_id, &error, attempts).await?;
                 return Ok(Pass::Finished(Outcome::Failed { error }));
             }
             reasks += 1;
-            let feedback = format!(
-                "Your answer was not accepted: {}. Answer again, following the instructions above.",
-                rejection.message
-            );
-            self.options.prompt_cap.reask(&mut messages, answer.text, feedback);
+            self.options.prompt_cap.reask(&mut messages, answer.text, reask_feedback(&rejection));
         };
         let key = OutputKey::for_endpoint(stage, &prompt, &ep, salt);
-        let output = NewOutput {
-            key,
-            stage,
-            text: answer.text,
-            template: prompt.template,
-            template_version: prompt.version,
-            model: ep.model.clone(),
-            params: serde_json::to_value(&ep.params).unwrap_or_default(),
-            input_tokens: i32::try_from(answer.input_tokens).unwrap_or(i32::MAX),
-            output_tokens: i32::try_from(answer.output_tokens).unwrap_or(i32::MAX),
-        };
+        let output = accepted_output(key, stage, prompt.template, prompt.version, &ep, answer);
         // The answer is paid for: a deadlock or a dropped connection retries the commit (in the
         // batcher) rather than sending the task back to be asked again.
         let kind = FinishKind::Complete { key, output: Some(Box::new(output)), history_truncated: truncated };
         let c = self.committer.commit(Finish { task_id: id, run_id, inputs_version, kind, attempts }).await?;
         Ok(Pass::of(c, Outcome::Completed { reused: !c.output_inserted }))
+    }
+}
+
+/// The failure of a task whose prompt cannot be rendered; a retryable error (the store's) is
+/// handed back instead.
+pub(crate) fn render_failure(e: WorkerError) -> Result<String, WorkerError> {
+    match e {
+        e if e.is_retryable() => Err(e),
+        e @ WorkerError::PromptTooLong { .. } => Ok(e.to_string()),
+        other => Ok(format!("cannot render prompt: {other}")),
+    }
+}
+
+/// The failure of a task whose answer was rejected after its last re-ask (live or batch).
+pub(crate) fn rejected_error(rejection: &Rejection, answer: &str) -> String {
+    let raw: String = answer.chars().take(2000).collect();
+    format!("answer rejected ({}): {}; raw answer: {raw}", rejection.code, rejection.message)
+}
+
+/// What a re-ask tells the teacher of its rejected answer (live or batch).
+pub(crate) fn reask_feedback(rejection: &Rejection) -> String {
+    format!("Your answer was not accepted: {}. Answer again, following the instructions above.", rejection.message)
+}
+
+/// The output row of an accepted answer of `ep` (live or batch).
+pub(crate) fn accepted_output(
+    key: OutputKey,
+    stage: reasonrec_core::Stage,
+    template: String,
+    template_version: String,
+    ep: &EndpointSettings,
+    answer: ChatAnswer,
+) -> NewOutput {
+    NewOutput {
+        key,
+        stage,
+        text: answer.text,
+        template,
+        template_version,
+        model: ep.model.clone(),
+        params: serde_json::to_value(&ep.params).unwrap_or_default(),
+        input_tokens: i32::try_from(answer.input_tokens).unwrap_or(i32::MAX),
+        output_tokens: i32::try_from(answer.output_tokens).unwrap_or(i32::MAX),
     }
 }

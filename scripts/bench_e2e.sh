@@ -11,6 +11,8 @@
 # Scenario 6 (export) runs on the corpus the last run made, with EXPORT=1: `scripts/bench_export.sh`
 # exports its rationales to JSONL, then to JSONL + Parquet, EXPORT_RUNS times each (default 3):
 # median time, spread and peak RSS. KEEP_DB=1 keeps the runs' databases for more exports.
+# MIN_RATINGS / MAX_RATINGS (20 / 60) size the generated users' histories; with
+# REASONREC__SAMPLING__HISTORY_LEN they make longer prompts (the 200 MB batch file of issue 17).
 # Batch mode (issue 17): MODE=batch PROTOCOL=openai|anthropic makes the endpoint a batch one:
 # the run is routed to the provider's Batch API (the mock's, 0 s turnaround) and worked by the
 # worker's batch submitter (one per endpoint; use WORKERS=1), nothing goes through RabbitMQ.
@@ -34,10 +36,12 @@ if [ -z "${BIN:-}" ]; then cargo build --release -p reasonrec-cli; BIN="$PWD/tar
 # The topology is deleted by this tree's build (an older BIN may lack `broker-teardown`).
 TEARDOWN_BIN="$PWD/target/release/reasonrec"; [ -x "$TEARDOWN_BIN" ] || TEARDOWN_BIN="$BIN"
 OUT="$PWD/target/bench"; mkdir -p "$OUT"
-DATA="$OUT/e2e-ml1m-$USERS"
-[ -f "$DATA/ratings.dat" ] || "$BIN" dataset generate --format ml-1m --out "$DATA" --users "$USERS" --items 3700 --min-ratings 20 --max-ratings 60 --seed 3 >/dev/null
+MIN_RATINGS=${MIN_RATINGS:-20}; MAX_RATINGS=${MAX_RATINGS:-60}
+DATA="$OUT/e2e-ml1m-$USERS"; [ "$MIN_RATINGS-$MAX_RATINGS" = 20-60 ] || DATA="$DATA-$MIN_RATINGS-$MAX_RATINGS"
+[ -f "$DATA/ratings.dat" ] || "$BIN" dataset generate --format ml-1m --out "$DATA" --users "$USERS" --items 3700 --min-ratings "$MIN_RATINGS" --max-ratings "$MAX_RATINGS" --seed 3 >/dev/null
 PREFIX="rr-bench-e2e-$$"
-export REASONREC__LOG__FILTER=warn
+# Workers log their batches (`batch submitted` with its bytes) to target/bench/e2e-worker-N.log.
+export REASONREC__LOG__FILTER=${REASONREC__LOG__FILTER:-warn,reasonrec_worker::batch=info}
 PIDS=(); DB=""
 drop_db() { [ -n "$DB" ] && [ "${KEEP_DB:-0}" != 1 ] && psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1 || true; }
 cleanup() {
@@ -109,14 +113,15 @@ TOML
     fi
   fi
   WP=()
-  for w in $(seq 1 "$WORKERS"); do "$BIN" --config "$CFG" worker --name "e2e-$w" 2>/dev/null & WP+=($!); PIDS+=($!); done
+  for w in $(seq 1 "$WORKERS"); do "$BIN" --config "$CFG" worker --name "e2e-$w" >"$OUT/e2e-worker-$w.log" 2>&1 & WP+=($!); PIDS+=($!); done
   sleep 1
   PG0=$(cpu $(pg_pids)); RMQ0=$(cpu "$(rmq_pid)"); W0=$(cpu "${WP[@]}"); M0=$(cpu "$MOCK")
   t0=$(date +%s.%N)
   /usr/bin/time -f "%U %S %M" -o "$OUT/e2e-coord.time" "$BIN" --config "$CFG" run create --dataset e2e --wait --json "${CREATE_ARGS[@]}" >"$OUT/e2e-run.json" || true
   t1=$(date +%s.%N)
   PG1=$(cpu $(pg_pids)); RMQ1=$(cpu "$(rmq_pid)"); W1=$(cpu "${WP[@]}"); M1=$(cpu "$MOCK")
-  RSS=$(for p in "${WP[@]}"; do ps -o rss= -p "$p"; done | sort -n | tail -1)
+  # Peak RSS (VmHWM, kB) of the largest worker over the whole run.
+  RSS=$(for p in "${WP[@]}"; do awk '/^VmHWM:/{print $2}' "/proc/$p/status"; done | sort -n | tail -1)
   kill -TERM "${WP[@]}" "$MOCK" 2>/dev/null || true; wait "${WP[@]}" "$MOCK" 2>/dev/null || true
   rows+=("$(python3 - "$OUT/e2e-run.json" "$t0" "$t1" "$OUT/e2e-coord.time" "$PG0" "$PG1" "$RMQ0" "$RMQ1" "$W0" "$W1" "$M0" "$M1" "$RSS" <<'PY'
 import json, sys
@@ -131,6 +136,9 @@ print(f"{done} {s['failed']} {secs:.2f} {done / secs:.0f} {w:.3f} {coord:.3f} {m
 PY
 )")
   echo "run $run: ${rows[-1]}" >&2
+  if [ "$MODE" = batch ]; then
+    echo "largest batch sent: $(sed 's/\x1b\[[0-9;]*m//g' "$OUT"/e2e-worker-*.log | grep -o 'batch submitted.*' | grep -o 'bytes[^0-9]*[0-9]*' | grep -o '[0-9]*$' | sort -n | tail -1) bytes" >&2
+  fi
   if [ "$MODE" = batch ]; then
     # Done by batch lines vs live calls, spend vs the list price of the same tokens, and tasks
     # with two accepted answers (paid twice).
@@ -158,7 +166,7 @@ commit, workers, rows = sys.argv[1], sys.argv[2], [r.split() for r in sys.argv[3
 col = lambda i: [float(r[i]) for r in rows]
 med = lambda i: statistics.median(col(i))
 rate = col(3)
-print(f"| commit | runs | rationales | median time | rationales/s (median, min-max) | CPU s per 1,000: workers / coordinator / mock / RabbitMQ / Postgres | worker RSS |")
+print(f"| commit | runs | rationales | median time | rationales/s (median, min-max) | CPU s per 1,000: workers / coordinator / mock / RabbitMQ / Postgres | worker peak RSS |")
 print("|---|---|---|---|---|---|---|")
 print(f"| {commit} ({workers}) | {len(rows)} | {int(med(0)):,} ({int(med(1))} failed) | {med(2):.1f} s | {med(3):,.0f} ({min(rate):,.0f}-{max(rate):,.0f}) | "
       f"{med(4):.2f} / {med(5):.2f} / {med(6):.2f} / {med(7):.2f} / {med(8):.2f} | {int(med(9))} MiB |")

@@ -31,7 +31,7 @@ use reasonrec_core::attempt::{AttemptRecord, ErrorClass};
 use reasonrec_core::settings::{BatchSettings, EndpointMode, Settings};
 use reasonrec_core::stage::RunState;
 use reasonrec_core::validate::validate_answer;
-use reasonrec_core::{OutputKey, PromptLibrary};
+use reasonrec_core::{OutputKey, PromptLibrary, RenderedPrompt};
 use reasonrec_store::Store;
 use reasonrec_store::batches::{BatchRow, BatchState, ClaimedLine, LineOutcome, LineRow, RenderedLine};
 use reasonrec_store::finish::{Finish, FinishKind};
@@ -432,15 +432,15 @@ impl BatchSubmitter {
             };
             let salt = OutputKey::salt_of(&task.input).map(str::to_owned);
             let key = OutputKey::for_endpoint(task.stage, &rendered.prompt, ep, salt.as_deref());
-            let mut messages = rendered.prompt.messages.clone();
+            let RenderedPrompt { template, version, mut messages } = rendered.prompt;
             for (answer, feedback) in &line.conversation {
                 self.cap.reask(&mut messages, answer.clone(), feedback.clone());
             }
             let rendered_line = RenderedLine {
                 line: line.line,
                 output_key: key,
-                template: rendered.prompt.template,
-                template_version: rendered.prompt.version,
+                template,
+                template_version: version,
                 history_truncated: rendered.truncated,
                 prompt_tokens: i32::try_from(estimate_prompt_tokens(&messages)).unwrap_or(i32::MAX),
             };

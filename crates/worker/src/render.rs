@@ -15,6 +15,7 @@ use reasonrec_core::view::ItemView;
 use reasonrec_core::{CoreError, PromptLibrary, RenderedPrompt};
 use reasonrec_store::Store;
 use reasonrec_store::tasks::{ItemRow, TaskBundle, TaskContext};
+use serde::Deserialize;
 use serde::Serialize;
 use std::collections::HashMap;
 
@@ -214,14 +215,14 @@ pub async fn render_capped(
     let mut truncated = 0;
     let rendered = match task.stage {
         Stage::ItemProfile => {
-            let input: ItemProfileInput = serde_json::from_value(task.input.clone()).map_err(|e| bad_input(task, e))?;
+            let input: ItemProfileInput = Deserialize::deserialize(&task.input).map_err(|e| bad_input(task, e))?;
             let inputs = inputs(bundle);
             let reviews = sample_reviews(input.item, &store.item_reviews(task.dataset_id, input.item).await?);
             let ctx = ItemProfileContext { item: inputs.item(task, input.item, None)?, reviews };
             prompts.render(Stage::ItemProfile, family, &ctx)?
         }
         Stage::UserProfile => {
-            let input: UserProfileInput = serde_json::from_value(task.input.clone()).map_err(|e| bad_input(task, e))?;
+            let input: UserProfileInput = Deserialize::deserialize(&task.input).map_err(|e| bad_input(task, e))?;
             let inputs = inputs(bundle);
             let mut ctx = UserProfileContext { window: inputs.window(task, &input.window)? };
             let mut prompt = prompts.render(Stage::UserProfile, family, &ctx)?;
@@ -233,7 +234,7 @@ pub async fn render_capped(
             prompt
         }
         Stage::Reasoning => {
-            let input: ReasoningInput = serde_json::from_value(task.input.clone()).map_err(|e| bad_input(task, e))?;
+            let input: ReasoningInput = Deserialize::deserialize(&task.input).map_err(|e| bad_input(task, e))?;
             let label = task.label.ok_or_else(|| bad_input(task, "no label"))?;
             let inputs = inputs(bundle);
             let mut ctx = ReasoningContext {

@@ -415,3 +415,80 @@ async fn results_read_again_after_a_crash_change_nothing() -> anyhow::Result<()>
     assert_eq!(snapshot(&env).await?, before, "attempts, outputs, done and batched tasks, spend");
     env.cleanup().await
 }
+
+/// The `batched` state under a run's other events: `run retry-failed` while tasks sit in a
+/// batch at the provider moves only the failed ones (they go into a later batch) and leaves the
+/// batched ones where they are; a snapshot is refused while the run is not completed; and the
+/// results of a batch read again after the run completed and was snapshotted change nothing of
+/// its corpus (a late copy never changes a closed run).
+#[tokio::test]
+async fn retry_failed_and_snapshot_meet_batched_tasks() -> anyhow::Result<()> {
+    use reasonrec_store::lifecycle::SnapshotOutcome;
+    let cfg = MockConfig { api_key: key(), batch_line_error_rate: 0.3, seed: 5, ..MockConfig::default() };
+    let (mut env, run) = env_with(cfg.clone(), Protocol::OpenAi).await?;
+    env.settings.batch.max_open = 1;
+    // One errored line fails its task.
+    env.settings.teacher.max_attempts = 1;
+    let subs = env.batch_submitters()?;
+    assert_eq!(subs[0].tick().await?.created, 1);
+    // The second batch stays at the provider for a while, without errors.
+    env.mock
+        .set_config(MockConfig { batch_turnaround_ms: 1_500, batch_line_error_rate: 0.0, ..cfg })
+        .map_err(anyhow::Error::msg)?;
+    let r = subs[0].tick().await?;
+    assert_eq!((r.ended, r.created), (1, 1), "{r:?}");
+    assert!(r.task_failures > 0, "some lines errored and failed their tasks: {r:?}");
+    let count_in = |state: &'static str| {
+        let (store, sql) = (env.store.clone(), "SELECT count(*) FROM tasks WHERE run_id = $1 AND state = $2");
+        async move { sqlx::query_scalar::<_, i64>(sql).bind(run).bind(state).fetch_one(store.pool()).await }
+    };
+    let (failed, batched) = (count_in("failed").await?, count_in("batched").await?);
+    assert!(failed > 0 && batched > 0, "failed {failed}, batched {batched}");
+    assert_eq!(env.store.retry_failed(run).await?, u64::try_from(failed)?);
+    assert_eq!((count_in("failed").await?, count_in("batched").await?), (0, batched), "batched tasks stay put");
+    let refused = env.store.create_snapshot("while-batched", run, None).await?;
+    assert!(matches!(refused, SnapshotOutcome::RunNotCompleted { .. }), "{refused:?}");
+
+    env.tick_until_completed(&subs, run, 60).await?;
+    check_complete(&env, run).await?;
+    assert_eq!(count_in("failed").await?, 0, "the retried tasks were done by a later batch");
+    assert!(matches!(env.store.create_snapshot("frozen", run, None).await?, SnapshotOutcome::Created));
+
+    // The first batch's results once more, after the snapshot: its failed lines' tasks were
+    // retried and done since; nothing of the frozen corpus moves and nothing is recorded twice.
+    let corpus = |env: &TestEnv| {
+        let pool = env.store.pool().clone();
+        async move {
+            sqlx::query_as::<_, (i64, i64, i64, f64, Option<String>)>(
+                "SELECT (SELECT count(*) FROM attempts WHERE run_id = $1),
+                        (SELECT count(*) FROM outputs WHERE run_id = $1),
+                        (SELECT count(*) FROM tasks WHERE run_id = $1 AND state = 'done'),
+                        (SELECT COALESCE(sum(cost_usd), 0)::float8 FROM attempts WHERE run_id = $1),
+                        (SELECT string_agg(encode(output_key, 'hex'), ',' ORDER BY id) FROM tasks WHERE run_id = $1)",
+            )
+            .bind(run)
+            .fetch_one(&pool)
+            .await
+        }
+    };
+    let before = corpus(&env).await?;
+    sqlx::query(
+        "UPDATE batches SET state = 'submitted', ended_at = NULL
+         WHERE id = (SELECT id FROM batches WHERE run_id = $1 ORDER BY created_at LIMIT 1)",
+    )
+    .bind(run)
+    .execute(env.store.pool())
+    .await?;
+    sqlx::query(
+        "UPDATE batch_lines SET outcome = NULL
+         WHERE batch_id = (SELECT id FROM batches WHERE run_id = $1 ORDER BY created_at LIMIT 1)",
+    )
+    .bind(run)
+    .execute(env.store.pool())
+    .await?;
+    let r = subs[0].tick().await?;
+    assert_eq!((r.ended, r.done, r.task_failures), (1, 0, 0), "{r:?}");
+    assert_eq!(corpus(&env).await?, before, "attempts, outputs, done tasks, spend, keys");
+    assert_eq!(env.store.refresh_run_state(run).await?, reasonrec_core::stage::RunState::Completed);
+    env.cleanup().await
+}

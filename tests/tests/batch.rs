@@ -492,3 +492,34 @@ async fn retry_failed_and_snapshot_meet_batched_tasks() -> anyhow::Result<()> {
     assert_eq!(env.store.refresh_run_state(run).await?, reasonrec_core::stage::RunState::Completed);
     env.cleanup().await
 }
+
+/// OpenAI fails a batch that would take the model past its enqueued-token quota ("try again once
+/// some in_progress batches have been completed"): the submitter then sends nothing new until
+/// one of its batches ends, instead of a failed batch at every poll.
+#[tokio::test]
+async fn a_batch_refused_for_the_enqueued_token_quota_holds_new_ones_until_one_ends() -> anyhow::Result<()> {
+    let cfg = MockConfig { api_key: key(), batch_turnaround_ms: 1_500, ..MockConfig::default() };
+    let (mut env, run) = env_with(cfg.clone(), Protocol::OpenAi).await?;
+    env.settings.batch.max_open = 1;
+    env.settings.batch.poll_ms = 60_000;
+    assert_eq!(env.batch_submitters()?[0].tick().await?.created, 1, "the first batch, under no quota");
+    // Now the quota is full while that batch runs: the next one fails at the provider.
+    env.mock.set_config(MockConfig { batch_enqueued_token_limit: 1, ..cfg.clone() }).map_err(anyhow::Error::msg)?;
+    env.settings.batch.max_open = 2;
+    let subs = env.batch_submitters()?;
+    assert_eq!(subs[0].tick().await?.created, 1, "a second batch goes");
+    let r = subs[0].tick().await?;
+    assert_eq!((r.failed, r.created), (1, 0), "it failed for the quota, and nothing new went: {r:?}");
+    for _ in 0..5 {
+        let r = subs[0].tick().await?;
+        assert_eq!(r.created, 0, "held while the first batch runs: {r:?}");
+    }
+    assert_eq!(env.mock.stats().batches_created, 2);
+    // The quota frees up as the first batch ends; the run goes on.
+    env.mock.set_config(cfg).map_err(anyhow::Error::msg)?;
+    env.tick_until_completed(&subs, run, 60).await?;
+    check_complete(&env, run).await?;
+    let failed = scalar(&env, "SELECT count(*) FROM batches WHERE run_id = $1 AND state = 'failed'", run).await?;
+    assert_eq!(failed, 1, "one refused batch, not one per poll");
+    env.cleanup().await
+}

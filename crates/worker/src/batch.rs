@@ -106,6 +106,40 @@ pub struct BatchSubmitter {
     owner: Uuid,
     /// Tasks per second the live endpoints take after a spill (`BatchSettings::live_rate`).
     live_rate: Option<f64>,
+    /// New batches held back after the provider refused one ([`Hold`]).
+    hold: Arc<std::sync::Mutex<Hold>>,
+}
+
+/// After the provider refuses a batch as a whole (OpenAI fails one past the model's enqueued-token
+/// quota, "try again once some in_progress batches have been completed"; a 429 or a refusal of
+/// the create call), the endpoint sends nothing new until one of its batches ends, or, with none
+/// open, for a backoff that doubles with each refusal in a row (from `batch.poll_ms`, at most
+/// [`Hold::MAX`]); without it a refusal would come back at every poll, each a failed batch.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Hold {
+    until: Option<std::time::Instant>,
+    refusals: u32,
+}
+
+impl Hold {
+    pub const MAX: Duration = Duration::from_secs(1_800);
+
+    /// One more refusal at `now`: held for `poll` x 2^refusals (capped).
+    pub fn refuse(&mut self, now: std::time::Instant, poll: Duration) -> Duration {
+        self.refusals = self.refusals.saturating_add(1);
+        let wait = poll.saturating_mul(1u32 << self.refusals.min(16)).min(Self::MAX);
+        self.until = Some(now + wait);
+        wait
+    }
+
+    /// A batch of the endpoint ended: the provider has room again.
+    pub fn release(&mut self) {
+        *self = Hold::default();
+    }
+
+    pub fn holds(&self, now: std::time::Instant) -> bool {
+        self.until.is_some_and(|u| now < u)
+    }
 }
 
 /// What building a batch made of one claimed line.
@@ -146,6 +180,7 @@ impl BatchSubmitter {
                     cap: PromptCap::from_settings(settings),
                     owner: Uuid::now_v7(),
                     live_rate: settings.batch.live_rate(&settings.teacher),
+                    hold: Arc::default(),
                 })
             })
             .collect()
@@ -153,6 +188,18 @@ impl BatchSubmitter {
 
     pub fn endpoint(&self) -> &str {
         &self.client.endpoint().name
+    }
+
+    fn hold<T>(&self, f: impl FnOnce(&mut Hold) -> T) -> T {
+        // The hold is a plain value: one left by a panicking holder is still good.
+        f(&mut self.hold.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
+    /// The provider refused a batch: new ones wait ([`Hold`]).
+    fn refused(&self, batch: Uuid, why: &str) {
+        let wait = self.hold(|h| h.refuse(std::time::Instant::now(), Duration::from_millis(self.batch.poll_ms)));
+        tracing::warn!(endpoint = %self.endpoint(), %batch, error = %why, wait_secs = wait.as_secs_f64(),
+                       "the provider refused a batch; no new batch until one ends or the wait is over");
     }
 
     /// Ticks every `batch.poll_ms` while this process holds the endpoint's lock (waiting for it
@@ -230,7 +277,7 @@ impl BatchSubmitter {
             }
         }
         self.spill_late_runs(turnaround, &mut report).await?;
-        if unresolved {
+        if unresolved || self.hold(|h| h.holds(std::time::Instant::now())) {
             return Ok(report);
         }
         'runs: for run in self.store.batch_runs().await? {
@@ -494,6 +541,9 @@ impl BatchSubmitter {
             Err(e) if e.is_retryable() => {
                 tracing::warn!(endpoint = %self.endpoint(), batch = %id, error = %e,
                                "batch create failed; it is looked for at the provider before it is sent again");
+                if matches!(e, TeacherError::RateLimited { .. }) {
+                    self.refused(id, &e.to_string());
+                }
                 if e.http_status().is_some() {
                     // The provider answered: nothing of this call is still on its way.
                     self.store.mark_create_attempt(self.owner, id, false).await?;
@@ -502,9 +552,10 @@ impl BatchSubmitter {
             }
             Err(e) => {
                 // Refused outright (credentials, a bad request): nothing was created. The tasks
-                // go back; the next tick claims them again, so a lasting refusal repeats once
-                // per poll and is logged each time.
+                // go back; new batches wait (`Hold`), so a lasting refusal is tried again at a
+                // doubling interval.
                 tracing::error!(endpoint = %self.endpoint(), batch = %id, error = %e, "batch create refused");
+                self.refused(id, &e.to_string());
                 self.store.end_batch(self.owner, id, BatchState::Failed, "refused", Some(&e.to_string()), 0.0).await?;
                 report.failed += 1;
                 Ok(true)
@@ -598,11 +649,13 @@ impl BatchSubmitter {
             BatchPhase::Failed => {
                 let why = pb.errors.clone().unwrap_or_else(|| pb.status.clone());
                 tracing::warn!(endpoint = %self.endpoint(), batch = %b.id, error = %why, "the provider failed the batch; its tasks go back");
+                self.refused(b.id, &why);
                 self.store.end_batch(self.owner, b.id, BatchState::Failed, &pb.status, Some(&why), 0.0).await?;
                 report.failed += 1;
                 Ok(true)
             }
             BatchPhase::Ended => {
+                self.hold(Hold::release);
                 self.finish(b, &pb, report).await?;
                 Ok(true)
             }
@@ -865,6 +918,23 @@ mod tests {
         let late = now - chrono::TimeDelta::seconds(600);
         assert_eq!(batch_work_ends(now, t, &[Some(late), None], 0, 100), now + t, "a late one: a turnaround from now");
         assert_eq!(batch_work_ends(now, t, &[Some(early)], 100, 100), now + t, "the feed's round ends last");
+    }
+
+    #[test]
+    fn a_hold_doubles_with_each_refusal_and_ends_with_a_batch() {
+        let (now, poll) = (std::time::Instant::now(), Duration::from_secs(30));
+        let mut h = Hold::default();
+        assert!(!h.holds(now));
+        assert_eq!(h.refuse(now, poll), Duration::from_secs(60));
+        assert_eq!(h.refuse(now, poll), Duration::from_secs(120));
+        assert!(h.holds(now + Duration::from_secs(119)) && !h.holds(now + Duration::from_secs(120)));
+        for _ in 0..40 {
+            h.refuse(now, poll);
+        }
+        assert_eq!(h.refuse(now, poll), Hold::MAX, "capped");
+        h.release();
+        assert!(!h.holds(now), "a batch that ends frees the endpoint");
+        assert_eq!(h.refuse(now, poll), Duration::from_secs(60), "and the next refusal starts over");
     }
 
     #[test]

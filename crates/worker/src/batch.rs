@@ -634,6 +634,11 @@ impl BatchSubmitter {
         if (closed || late) && !b.cancel_requested {
             match self.client.cancel(provider_id).await {
                 Ok(_) => self.store.mark_cancel_requested(b.id).await?,
+                // 409: it ended meanwhile (expired, completed); read below like any ended batch.
+                Err(e) if e.http_status() == Some(409) => {
+                    tracing::debug!(batch = %b.id, error = %e, "the batch ended before its cancel");
+                    self.store.mark_cancel_requested(b.id).await?
+                }
                 Err(e) => tracing::warn!(batch = %b.id, error = %e, "cannot cancel the batch; trying again"),
             }
         }

@@ -6,6 +6,11 @@
 # directory and port) restarted once. Prints the figures; exits 1 if a task was lost, left
 # unfinished or got two rationales.
 #   scripts/chaos.sh [TASKS] [-- extra chaos flags, e.g. --workers 4 --kill-every 3]
+# The batch path (issue 17): `-- --batch openai` (or `anthropic`) routes the run through the
+# mock's Batch API, whose submitter lives in the killed workers, with lost create answers,
+# refused calls, errored and expired lines; it also exits 1 if a batch was sent twice.
+# `--spill-at 0.3` spills the run to the live endpoint once 30 % of it is finished (its deadline
+# becomes now); `--worker-logs DIR` keeps each worker's stderr.
 # Never stops or reconfigures the machine's shared RabbitMQ or Postgres.
 set -euo pipefail
 cd "$(dirname "$0")/.."

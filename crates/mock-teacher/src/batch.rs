@@ -60,6 +60,33 @@ pub(crate) struct Store {
     files: std::collections::HashMap<String, openai::File>,
     openai: Vec<openai::Batch>,
     anthropic: Vec<anthropic::Batch>,
+    /// Every `custom_id` of the batches created so far (both protocols), to tell a batch sent
+    /// twice (`MockStats::batches_repeating_custom_ids`).
+    custom_ids: std::collections::HashSet<String>,
+}
+
+impl Store {
+    /// Remembers the custom ids of a batch being created; returns how many an earlier batch
+    /// held already.
+    fn note_custom_ids<'a>(&mut self, ids: impl IntoIterator<Item = &'a str>) -> u64 {
+        let mut repeated = 0;
+        for id in ids {
+            if !self.custom_ids.insert(id.to_string()) {
+                repeated += 1;
+            }
+        }
+        repeated
+    }
+}
+
+/// Counts a created batch of which `repeated` custom ids an earlier batch held (none: nothing).
+fn count_repeats(state: &AppState, repeated: u64) {
+    if repeated > 0 {
+        state.stats(|s| {
+            s.batches_repeating_custom_ids += 1;
+            s.batch_lines_repeated += repeated;
+        });
+    }
 }
 
 /// A fresh id: `prefix` and 24 hex digits.
@@ -390,6 +417,14 @@ mod tests {
         assert_eq!(page(&ids, 2, None, Some("b")), (vec![3, 2], true));
         assert_eq!(page(&ids, 5, None, Some("c")), (vec![4, 3], false));
         assert_eq!(page(&ids, 2, Some("x"), None), (vec![], false));
+    }
+
+    #[test]
+    fn custom_ids_held_by_an_earlier_batch_are_counted() {
+        let mut store = Store::default();
+        assert_eq!(store.note_custom_ids(["b1_0", "b1_1"]), 0);
+        assert_eq!(store.note_custom_ids(["b2_0"]), 0, "another batch's ids");
+        assert_eq!(store.note_custom_ids(["b1_1", "b1_0", "b3_0"]), 2, "batch b1 sent again");
     }
 
     fn asked(text: &str) -> Asked {

@@ -71,6 +71,15 @@ pub struct MockStats {
     /// Create calls that created a batch but answered 500 (`batch_lose_create_response`).
     #[serde(default)]
     pub batch_create_responses_lost: u64,
+    /// Batches created (both protocols) holding a `custom_id` that an earlier batch already
+    /// held: the same batch submitted twice, since a client's custom ids name its own batch and
+    /// line (the chaos scenario's "duplicate batch submissions"). A second copy the client
+    /// cancels later still counts: the provider was asked twice.
+    #[serde(default)]
+    pub batches_repeating_custom_ids: u64,
+    /// Lines of those batches whose `custom_id` an earlier batch held.
+    #[serde(default)]
+    pub batch_lines_repeated: u64,
     /// Create and retrieve calls answered 529 (Anthropic) or 500 (OpenAI) by
     /// `batch_overloaded_rate`.
     #[serde(default)]

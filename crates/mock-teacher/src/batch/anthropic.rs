@@ -8,7 +8,7 @@
 //! batch has ended; results are then served, shuffled, until the batch is deleted.
 
 use super::{Done, Phase, Plan, Shown, Store};
-use super::{batch_seed, enter, list_limit, lose_create_response, new_id, overloaded, page, poisoned};
+use super::{batch_seed, count_repeats, enter, list_limit, lose_create_response, new_id, overloaded, page, poisoned};
 use crate::server::{AppState, Asked, Wire};
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -120,12 +120,14 @@ pub(in crate::batch) async fn create(State(state): State<Arc<AppState>>, headers
     let Ok(mut store) = state.batches.lock() else {
         return poisoned(WIRE);
     };
+    let repeated = store.note_custom_ids(batch.plan.lines.iter().map(|l| l.custom_id.as_str()));
     store.anthropic.push(batch);
     drop(store);
     state.stats(|s| {
         s.batches_created += 1;
         s.batch_lines += accepted;
     });
+    count_repeats(&state, repeated);
     match lose_create_response(&state, WIRE) {
         Some(resp) => resp,
         None => axum::Json(object).into_response(),

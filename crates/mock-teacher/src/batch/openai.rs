@@ -9,7 +9,9 @@
 //! `cancelling` for `batch_finalizing_ms`, then `cancelled`.
 
 use super::{Done, End, Phase, Plan, Shown, Store, WINDOW};
-use super::{batch_seed, enter, list_limit, lose_create_response, multipart, new_id, overloaded, page, poisoned};
+use super::{
+    batch_seed, count_repeats, enter, list_limit, lose_create_response, multipart, new_id, overloaded, page, poisoned,
+};
 use crate::server::{AppState, Asked, Wire, openai_error_body};
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -305,6 +307,7 @@ pub(in crate::batch) async fn create(State(state): State<Arc<AppState>>, headers
         }
     }
     let failed = !checked.errors.is_empty();
+    let repeated = store.note_custom_ids(checked.requests.iter().map(|(c, _)| c.as_str()));
     let lines = if failed { Vec::new() } else { std::mem::take(&mut checked.requests) };
     let accepted = lines.len() as u64;
     let batch = Batch {
@@ -326,6 +329,7 @@ pub(in crate::batch) async fn create(State(state): State<Arc<AppState>>, headers
         s.batches_failed += u64::from(failed);
         s.batch_lines += accepted;
     });
+    count_repeats(&state, repeated);
     match lose_create_response(&state, WIRE) {
         Some(resp) => resp,
         None => axum::Json(object).into_response(),

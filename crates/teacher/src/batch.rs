@@ -153,7 +153,6 @@ impl BatchClient {
     /// answer), so the caller records that it tried and reconciles with [`Self::find`] before
     /// trying again.
     pub async fn create(&self, tag: &str, file: BatchFile) -> Result<ProviderBatch, TeacherError> {
-        let spool = |e: std::io::Error| TeacherError::Connect(format!("reading the batch file: {e}"));
         match self.endpoint().protocol {
             Protocol::OpenAi => {
                 let file_id = self.upload(tag, file).await?;
@@ -168,8 +167,7 @@ impl BatchClient {
                 parse_openai_batch(status, &text)
             }
             Protocol::Anthropic => {
-                let (body, len) =
-                    file.into_body(ANTHROPIC_OPEN.to_vec(), ANTHROPIC_CLOSE.to_vec()).await.map_err(spool)?;
+                let (body, len) = file.into_body(ANTHROPIC_OPEN.to_vec(), ANTHROPIC_CLOSE.to_vec()).await?;
                 let req = self
                     .client
                     .http()
@@ -194,10 +192,7 @@ impl BatchClient {
              Content-Type: application/jsonl\r\n\r\n"
         );
         let tail = format!("\r\n--{boundary}--\r\n");
-        let (body, len) = file
-            .into_body(head.into_bytes(), tail.into_bytes())
-            .await
-            .map_err(|e| TeacherError::Connect(format!("reading the batch file: {e}")))?;
+        let (body, len) = file.into_body(head.into_bytes(), tail.into_bytes()).await?;
         let req = self
             .client
             .http()
@@ -464,8 +459,13 @@ impl BatchFile {
         self.bytes
     }
 
-    /// The file between `head` and `tail` as a streamed request body, and its length.
-    async fn into_body(self, head: Vec<u8>, tail: Vec<u8>) -> std::io::Result<(reqwest::Body, u64)> {
+    /// The file between `head` and `tail` as a streamed request body, and its length. A file
+    /// that cannot be read back fails the create before anything is sent (a retryable error).
+    async fn into_body(self, head: Vec<u8>, tail: Vec<u8>) -> Result<(reqwest::Body, u64), TeacherError> {
+        self.stream_between(head, tail).await.map_err(|e| TeacherError::Connect(format!("reading the batch file: {e}")))
+    }
+
+    async fn stream_between(self, head: Vec<u8>, tail: Vec<u8>) -> std::io::Result<(reqwest::Body, u64)> {
         use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
         let mut writer = self.writer;
         writer.flush().await?;

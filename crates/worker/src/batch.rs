@@ -144,8 +144,8 @@ impl Hold {
 
 /// What building a batch made of one claimed line.
 enum Built {
-    /// A request to send.
-    Line { rendered: RenderedLine, bytes: Vec<u8> },
+    /// A request to send (`run_id`: its task's run).
+    Line { rendered: RenderedLine, bytes: Vec<u8>, run_id: Uuid },
     /// The ledger holds an answer to this prompt already: the task completes, no line is sent.
     Reused(Finish),
     /// The prompt cannot be rendered: the task fails.
@@ -411,7 +411,7 @@ impl BatchSubmitter {
             let mut finishes = Vec::new();
             for (claimed, built) in self.render_chunk(id, chunk).await? {
                 match built {
-                    Built::Line { rendered, bytes } => {
+                    Built::Line { rendered, bytes, .. } => {
                         if !full && file.push(&bytes).await.map_err(WorkerError::Spool)? {
                             lines.push(rendered);
                         } else {
@@ -459,21 +459,12 @@ impl BatchSubmitter {
         for line in chunk {
             let Some(bundle) = bundles.get(&line.task_id) else { continue };
             let task = &bundle.task;
-            let finish = |kind| Finish {
-                task_id: task.id,
-                run_id: task.run_id,
-                inputs_version: line.inputs_version,
-                kind,
-                attempts: vec![],
-            };
             let rendered = match render_capped(&self.store, &self.prompts, bundle, self.cap).await {
                 Ok(r) => r,
                 Err(e) => {
-                    let error = render_failure(e)?;
-                    built.push((
-                        line,
-                        Built::Failed(Finish { inputs_version: 0, ..finish(FinishKind::Fail { error }) }),
-                    ));
+                    let kind = FinishKind::Fail { error: render_failure(e)? };
+                    let f = Finish { task_id: task.id, run_id: task.run_id, inputs_version: 0, kind, attempts: vec![] };
+                    built.push((line, Built::Failed(f)));
                     continue;
                 }
             };
@@ -492,7 +483,7 @@ impl BatchSubmitter {
                 prompt_tokens: i32::try_from(estimate_prompt_tokens(&messages)).unwrap_or(i32::MAX),
             };
             let bytes = self.client.encode_line(&custom_id(id, line.line), &messages);
-            built.push((line, Built::Line { rendered: rendered_line, bytes }));
+            built.push((line, Built::Line { rendered: rendered_line, bytes, run_id: task.run_id }));
         }
         // Answers the ledger holds already complete their tasks without a line.
         let keys: Vec<OutputKey> = built
@@ -504,7 +495,7 @@ impl BatchSubmitter {
             .collect();
         let existing = self.store.existing_outputs(&keys).await?;
         for (line, b) in &mut built {
-            if let Built::Line { rendered, .. } = b
+            if let Built::Line { rendered, run_id, .. } = b
                 && existing.contains(&rendered.output_key)
             {
                 let kind = FinishKind::Complete {
@@ -512,10 +503,9 @@ impl BatchSubmitter {
                     output: None,
                     history_truncated: rendered.history_truncated,
                 };
-                let run_id = bundles.get(&line.task_id).map(|b| b.task.run_id).unwrap_or_default();
                 let f = Finish {
                     task_id: line.task_id,
-                    run_id,
+                    run_id: *run_id,
                     inputs_version: line.inputs_version,
                     kind,
                     attempts: vec![],

@@ -71,6 +71,9 @@ pub struct BatchChaos {
 
 /// The batch endpoint's name in the run's settings and the workers' config.
 const BATCH_ENDPOINT: &str = "mock-batch";
+/// The run's batch rows still open (must be none at the end: an open batch holds its tasks).
+const OPEN_BATCHES_SQL: &str =
+    "SELECT count(*) FROM batches WHERE run_id = $1 AND state IN ('building', 'submitting', 'submitted')";
 /// The live endpoint's name (as [`TestEnv`] names it).
 const LIVE_ENDPOINT: &str = "mock";
 /// Estimated prompt tokens of one reasoning line of the scenario's dataset (history of 10
@@ -410,9 +413,7 @@ async fn batch_figures(
     f.rows = q("SELECT count(*) FROM batches WHERE run_id = $1").await?;
     f.rows_submitted = q("SELECT count(*) FROM batches WHERE run_id = $1 AND provider_id IS NOT NULL").await?;
     f.rows_failed = q("SELECT count(*) FROM batches WHERE run_id = $1 AND state = 'failed'").await?;
-    f.rows_open =
-        q("SELECT count(*) FROM batches WHERE run_id = $1 AND state IN ('building', 'submitting', 'submitted')")
-            .await?;
+    f.rows_open = q(OPEN_BATCHES_SQL).await?;
     // The mock serves this run only: its batches are all this run's.
     f.provider_batches = stats.batches_created;
     f.duplicate_submissions = stats.batches_repeating_custom_ids;
@@ -599,11 +600,9 @@ pub async fn run(cfg: ChaosConfig) -> anyhow::Result<ChaosReport> {
         // A holder killed between finishing a batch's tasks and closing its row leaves the row
         // open under a completed run; the next holder closes it (reading the results again
         // changes nothing). Give it that chance, without kills, before the count.
-        let open_sql =
-            "SELECT count(*) FROM batches WHERE run_id = $1 AND state IN ('building', 'submitting', 'submitted')";
         let settle = Instant::now();
         while settle.elapsed() < Duration::from_secs(30) {
-            if matches!(crate::count(&env.store, open_sql, run_id).await, Ok(0)) {
+            if matches!(crate::count(&env.store, OPEN_BATCHES_SQL, run_id).await, Ok(0)) {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(250)).await;

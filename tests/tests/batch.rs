@@ -5,7 +5,7 @@
 //! (one batch there, not two); a cancelled run cancels its open batch and keeps what finished.
 
 use reasonrec_coordinator::create_run;
-use reasonrec_core::settings::{EndpointMode, EndpointSettings, Protocol};
+use reasonrec_core::settings::{EndpointMode, EndpointSettings, Protocol, Reask};
 use reasonrec_mock_teacher::{MockConfig, MockHandle};
 use reasonrec_tests::{TestEnv, count};
 use uuid::Uuid;
@@ -297,6 +297,166 @@ async fn a_run_with_a_deadline_spills_to_live_endpoints_and_pays_no_line_twice()
     let open = scalar(&env, "SELECT count(*) FROM batches WHERE run_id = $1 AND state NOT IN ('ended', 'failed')", run)
         .await?;
     assert_eq!(open, 0, "a batch still open would hold its tasks");
+    env.cleanup().await
+}
+
+/// `reask = "live"` on the batch endpoint: a rejected batch answer is re-asked at once by the
+/// live workers, not in the task's next batch. The live call carries the rejected answer and the
+/// validator's reason on; only such tasks go live; no batch line is a re-ask.
+#[tokio::test]
+async fn rejected_batch_answers_are_reasked_live_when_the_endpoint_says_so() -> anyhow::Result<()> {
+    let cfg = MockConfig {
+        api_key: key(),
+        rate_contradict: 0.2,
+        record_requests: 100_000,
+        seed: 17,
+        ..MockConfig::default()
+    };
+    let mut env = TestEnv::with_mock(cfg).await?;
+    env.full_method();
+    let batch = EndpointSettings { reask: Reask::Live, ..batch_endpoint(&env.mock, Protocol::OpenAi) };
+    let live = EndpointSettings {
+        name: "live".into(),
+        mode: EndpointMode::Live,
+        ..batch_endpoint(&env.mock, Protocol::OpenAi)
+    };
+    env.settings.teacher.endpoints = vec![batch, live];
+    env.settings.batch.first_lines = 20;
+    env.settings.batch.max_lines = 400;
+    env.settings.validate()?;
+    env.ingest_sample().await?;
+    let run = create_run(&env.store, &env.settings, "sample").await?.run_id;
+
+    let subs = env.batch_submitters()?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let ticking = {
+        let (subs, stop) = (subs.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut sum = reasonrec_worker::batch::TickReport::default();
+            while !stop.is_cancelled() {
+                for s in &subs {
+                    sum.add(&s.tick().await?);
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Ok::<_, anyhow::Error>(sum)
+        })
+    };
+    let driven = env.run_to_completion(run).await;
+    stop.cancel();
+    let report = ticking.await??;
+    driven?;
+
+    assert!(report.reasked > 0, "answers were rejected: {report:?}");
+    let tasks = scalar(&env, "SELECT count(*) FROM tasks WHERE run_id = $1", run).await?;
+    let finished =
+        scalar(&env, "SELECT count(*) FROM tasks WHERE run_id = $1 AND state IN ('done', 'failed')", run).await?;
+    assert_eq!(finished, tasks, "every task finished");
+    let in_batch = |sql: &'static str| {
+        let env = &env;
+        async move { scalar(env, sql, run).await }
+    };
+    let rejected_live = in_batch(
+        "SELECT count(*) FROM batch_lines l JOIN batches b ON b.id = l.batch_id
+         WHERE b.run_id = $1 AND l.outcome = 'rejected_live'",
+    )
+    .await?;
+    assert_eq!(rejected_live, i64::from(report.reasked), "every rejected line went live");
+    let batch_reasks = in_batch(
+        "SELECT count(*) FROM batch_lines l JOIN batches b ON b.id = l.batch_id WHERE b.run_id = $1 AND l.reasks > 0",
+    )
+    .await?;
+    assert_eq!(batch_reasks, 0, "no re-ask went into a batch");
+    // Only the re-asked tasks went through RabbitMQ and the live endpoint.
+    let live_not_reasked = in_batch(
+        "SELECT count(*) FROM tasks t WHERE t.run_id = $1
+           AND (t.publishes > 0 OR EXISTS (SELECT 1 FROM attempts a WHERE a.task_id = t.id AND a.endpoint = 'live'))
+           AND NOT EXISTS (SELECT 1 FROM batch_lines l WHERE l.task_id = t.id AND l.outcome = 'rejected_live')",
+    )
+    .await?;
+    assert_eq!(live_not_reasked, 0);
+    let reasked_live = in_batch(
+        "SELECT count(DISTINCT t.id) FROM tasks t JOIN attempts a ON a.task_id = t.id AND a.endpoint = 'live'
+         WHERE t.run_id = $1 AND t.publishes > 0",
+    )
+    .await?;
+    assert_eq!(reasked_live, rejected_live, "each rejected task was asked live");
+    // Each live call of a re-asked task carried the batch's rejected answer and its reason on.
+    let rejected: Vec<String> = sqlx::query_scalar(
+        "SELECT l.conversation -> -1 ->> 0 FROM batch_lines l JOIN batches b ON b.id = l.batch_id
+         WHERE b.run_id = $1 AND l.outcome = 'rejected_live'",
+    )
+    .bind(run)
+    .fetch_all(env.store.pool())
+    .await?;
+    let recorded = env.mock.recorded();
+    for answer in &rejected {
+        let carried = recorded.iter().any(|messages| {
+            messages.windows(2).any(|w| {
+                w[0].role == "assistant" && w[0].content == *answer && w[1].content.contains("was not accepted")
+            })
+        });
+        assert!(carried, "no live request carried the rejected answer {answer:?}");
+    }
+    env.cleanup().await
+}
+
+/// A task marked for a live re-ask, against the other events of its life: the outbox offers it
+/// although its run is routed to batches, no batch claims it, the live worker finds the
+/// conversation to carry on (not once its inputs changed), and after it fails `run retry-failed`
+/// puts it back on its run's route, afresh.
+#[tokio::test]
+async fn a_live_reask_is_published_not_batched_and_retry_failed_starts_it_afresh() -> anyhow::Result<()> {
+    use reasonrec_store::batches::REJECTED_LIVE;
+    use reasonrec_store::finish::{Finish, FinishKind};
+    let (env, run) = env_with(MockConfig { api_key: key(), ..MockConfig::default() }, Protocol::OpenAi).await?;
+    let (owner, ep) = (Uuid::now_v7(), "openai-batch");
+    let Some((batch, lines)) = env.store.claim_batch(owner, run, ep, Protocol::OpenAi, 3).await? else {
+        anyhow::bail!("no ready task to claim");
+    };
+    let (first, other) = (&lines[0], &lines[1]);
+    let conversation = vec![("an answer".to_string(), "Your answer was not accepted: why.".to_string())];
+    env.store
+        .settle_lines(
+            owner,
+            batch,
+            &[(first.line, REJECTED_LIVE, Some(conversation.clone()))],
+            &[first.task_id, other.task_id],
+            &[first.task_id],
+        )
+        .await?;
+    let offered: Vec<Uuid> = env.store.ready_tasks(run, Uuid::nil(), 1_000).await?.into_iter().map(|t| t.0).collect();
+    assert_eq!(offered, vec![first.task_id], "the outbox offers the live re-ask only, not the task sent back");
+    let carried = env.store.live_reask_conversation(first.task_id, first.inputs_version).await?;
+    assert_eq!(carried.as_ref().map(|c| (c.reasks, &c.conversation)), Some((1, &conversation)));
+    assert_eq!(
+        env.store.live_reask_conversation(first.task_id, first.inputs_version + 1).await?,
+        None,
+        "inputs changed"
+    );
+    let Some((_, next)) = env.store.claim_batch(owner, run, ep, Protocol::OpenAi, 1_000).await? else {
+        anyhow::bail!("the task sent back is claimable");
+    };
+    assert!(next.iter().all(|l| l.task_id != first.task_id), "no batch claims a live re-ask");
+    assert!(next.iter().any(|l| l.task_id == other.task_id));
+
+    // The live re-ask fails; retry-failed puts it back on the batch route with no conversation.
+    let fail = FinishKind::Fail { error: "answer rejected".into() };
+    let finish = Finish {
+        task_id: first.task_id,
+        run_id: run,
+        inputs_version: first.inputs_version,
+        kind: fail,
+        attempts: vec![],
+    };
+    env.store.finish_tasks(&[finish]).await?;
+    assert_eq!(env.store.retry_failed(run).await?, 1);
+    assert!(env.store.ready_tasks(run, Uuid::nil(), 1_000).await?.is_empty(), "back on the batch route");
+    let Some((_, again)) = env.store.claim_batch(owner, run, ep, Protocol::OpenAi, 1_000).await? else {
+        anyhow::bail!("the retried task is claimable");
+    };
+    let line = again.iter().find(|l| l.task_id == first.task_id);
+    assert_eq!(line.map(|l| (l.reasks, l.conversation.len())), Some((0, 0)), "afresh: {again:?}");
     env.cleanup().await
 }
 

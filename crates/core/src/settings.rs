@@ -442,7 +442,22 @@ pub struct EndpointSettings {
     pub mode: EndpointMode,
     /// The share of the configured prices a batch answer costs (both providers: 0.5).
     pub batch_price_factor: f64,
+    /// Where a batch endpoint's rejected answers are asked again: in the task's next batch
+    /// (default) or at once by the live endpoints (`live`), with the rejected answer and the
+    /// validator's reason. A live endpoint always re-asks live.
+    pub reask: Reask,
     pub params: SamplingParams,
+}
+
+/// Where a batch endpoint's rejected answers are re-asked ([`EndpointSettings::reask`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reask {
+    /// In the task's next batch: half the price, a batch turnaround later.
+    #[default]
+    NextBatch,
+    /// By the live endpoints (RabbitMQ and the live workers): the list price, at once.
+    Live,
 }
 
 /// The wire protocol of a teacher endpoint.
@@ -542,6 +557,7 @@ impl Default for EndpointSettings {
             chars_per_token: 3.0,
             mode: EndpointMode::Live,
             batch_price_factor: 0.5,
+            reask: Reask::NextBatch,
             params: SamplingParams::default(),
         }
     }
@@ -834,10 +850,19 @@ impl Settings {
                 return bad(&format!("teacher.endpoints[{i}].name"), format!("{:?} is used twice", ep.name));
             }
         }
+        let has_live = self.teacher.endpoints.iter().any(|e| e.mode == EndpointMode::Live);
+        for (i, ep) in self.teacher.endpoints.iter().enumerate() {
+            if ep.mode == EndpointMode::Batch && ep.reask == Reask::Live && !has_live {
+                return bad(
+                    &format!("teacher.endpoints[{i}].reask"),
+                    "\"live\" needs a live endpoint to re-ask on".into(),
+                );
+            }
+        }
         let b = &self.batch;
         match b.deadline_after(chrono::Utc::now()) {
             Err(e) => return bad("batch.deadline", e),
-            Ok(Some(_)) if !self.teacher.endpoints.iter().any(|e| e.mode == EndpointMode::Live) => {
+            Ok(Some(_)) if !has_live => {
                 return bad("batch.deadline", "needs a live endpoint to spill the rest to".into());
             }
             Ok(_) => {}
@@ -1091,6 +1116,22 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn live_reasks_of_a_batch_endpoint_need_a_live_endpoint() {
+        let batch = EndpointSettings {
+            name: "b".into(),
+            mode: EndpointMode::Batch,
+            reask: Reask::Live,
+            ..EndpointSettings::default()
+        };
+        let mut s = Settings::default();
+        s.teacher.endpoints = vec![batch.clone()];
+        let err = s.validate().err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("teacher.endpoints[0].reask"), "{err}");
+        s.teacher.endpoints.push(EndpointSettings { name: "l".into(), ..EndpointSettings::default() });
+        assert!(s.validate().is_ok());
+    }
 
     #[test]
     fn defaults_are_valid() {

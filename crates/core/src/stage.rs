@@ -41,7 +41,8 @@ impl FromStr for Stage {
 /// Life of a task row. `waiting` -> `ready` (inputs exist) -> `published` (broker confirmed)
 /// -> `done` | `failed`. `cancelled` when its run is cancelled. A run routed to a provider's
 /// Batch API moves `ready` -> `batched` (claimed into a batch row) instead of `published`; a
-/// line that errored, expired or must be re-asked puts it back to `ready`.
+/// line that errored, expired or must be re-asked puts it back to `ready` (a re-ask the endpoint
+/// sends live is marked `live_reask` and goes `ready` -> `published` like a live run's task).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskState {

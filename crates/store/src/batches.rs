@@ -173,6 +173,56 @@ fn conversation_of(v: Option<serde_json::Value>) -> Vec<(String, String)> {
     v.and_then(|v| serde_json::from_value(v).ok()).unwrap_or_default()
 }
 
+/// The outcome of a line whose answer was rejected and is re-asked in the task's next batch.
+pub const REJECTED: &str = "rejected";
+/// The outcome of a line whose answer was rejected and is re-asked by the live endpoints
+/// (`[[teacher.endpoints]] reask = "live"`): the task goes back `ready` with `live_reask`.
+pub const REJECTED_LIVE: &str = "rejected_live";
+
+/// A re-ask carried on from a task's latest rejected line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CarriedReask {
+    /// The inputs the rejected line was rendered from: a task whose inputs changed since starts
+    /// afresh.
+    pub inputs_version: i32,
+    /// Re-asks made once this one is asked (the rejected line's count plus one).
+    pub reasks: i32,
+    /// `[[answer, feedback], ...]` so far, the rejected line's own answer last.
+    pub conversation: Vec<(String, String)>,
+}
+
+/// Per task of `ids` whose latest settled line (lines sent back unanswered aside) has outcome
+/// `outcome`: the re-ask it carries on. The one definition of "the task's last rejected line",
+/// for the next batch ([`REJECTED`]) and the live worker ([`REJECTED_LIVE`]).
+async fn carried_reasks(
+    db: impl sqlx::PgExecutor<'_>,
+    ids: &[Uuid],
+    outcome: &str,
+) -> Result<std::collections::HashMap<Uuid, CarriedReask>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT task_id, inputs_version, reasks, conversation FROM (
+             SELECT DISTINCT ON (l.task_id) l.task_id, l.inputs_version, l.reasks, l.conversation, l.outcome
+             FROM batch_lines l JOIN batches b ON b.id = l.batch_id
+             WHERE l.task_id = ANY($1) AND l.outcome IS NOT NULL AND l.outcome NOT IN ('expired', 'canceled', 'errored', 'deferred')
+             ORDER BY l.task_id, b.created_at DESC, l.line DESC
+         ) latest WHERE outcome = $2",
+    )
+    .bind(ids)
+    .bind(outcome)
+    .fetch_all(db)
+    .await?;
+    rows.into_iter()
+        .map(|r| {
+            let carried = CarriedReask {
+                inputs_version: r.try_get(1)?,
+                reasks: r.try_get::<i32, _>(2)? + 1,
+                conversation: conversation_of(r.try_get(3)?),
+            };
+            Ok((r.try_get(0)?, carried))
+        })
+        .collect()
+}
+
 impl Store {
     /// The submitter lock of `endpoint`, when no other process holds it.
     pub async fn endpoint_lock(&self, endpoint: &str) -> Result<Option<EndpointLock>, StoreError> {
@@ -197,7 +247,7 @@ impl Store {
                     EXISTS (SELECT 1 FROM tasks w WHERE w.run_id = r.id AND w.state = 'waiting') AS waiting
              FROM runs r
              WHERE r.state = 'running' AND r.route = 'batch'
-               AND EXISTS (SELECT 1 FROM tasks t WHERE t.run_id = r.id AND t.state = 'ready')
+               AND EXISTS (SELECT 1 FROM tasks t WHERE t.run_id = r.id AND t.state = 'ready' AND NOT t.live_reask)
              ORDER BY r.priority DESC, r.created_at",
         )
         .fetch_all(self.pool())
@@ -213,7 +263,8 @@ impl Store {
     pub async fn batch_deadlines(&self) -> Result<Vec<DeadlineRun>, StoreError> {
         let rows = sqlx::query(
             "SELECT r.id, r.deadline,
-                    (SELECT count(*) FROM tasks t WHERE t.run_id = r.id AND t.state IN ('ready', 'waiting')) AS unsent,
+                    (SELECT count(*) FROM tasks t WHERE t.run_id = r.id AND t.state IN ('ready', 'waiting')
+                                                        AND NOT t.live_reask) AS unsent,
                     (SELECT count(*) FROM tasks t WHERE t.run_id = r.id AND t.state = 'batched') AS batched,
                     ARRAY(SELECT b.submitted_at FROM batches b
                           WHERE b.run_id = r.id AND b.state IN ('building', 'submitting', 'submitted')) AS open
@@ -309,8 +360,8 @@ impl Store {
         .await?;
         let claimed = sqlx::query(
             "WITH picked AS (
-                 SELECT id FROM tasks WHERE run_id = $1 AND state = 'ready' ORDER BY id LIMIT $2
-                 FOR UPDATE SKIP LOCKED
+                 SELECT id FROM tasks WHERE run_id = $1 AND state = 'ready' AND NOT live_reask
+                 ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED
              )
              UPDATE tasks t SET state = 'batched', batch_id = $3 FROM picked WHERE t.id = picked.id
              RETURNING t.id, t.inputs_version",
@@ -328,31 +379,15 @@ impl Store {
             claimed.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect::<Result<_, sqlx::Error>>()?;
         tasks.sort_unstable();
         let ids: Vec<Uuid> = tasks.iter().map(|t| t.0).collect();
-        let previous = sqlx::query(
-            // The task's latest settled line: a re-ask only when that one was rejected (a task
-            // that failed and was put back by `run retry-failed` starts afresh).
-            "SELECT task_id, inputs_version, reasks, conversation FROM (
-                 SELECT DISTINCT ON (l.task_id) l.task_id, l.inputs_version, l.reasks, l.conversation, l.outcome
-                 FROM batch_lines l JOIN batches b ON b.id = l.batch_id
-                 WHERE l.task_id = ANY($1) AND l.outcome IS NOT NULL AND l.outcome NOT IN ('expired', 'canceled', 'errored', 'deferred')
-                 ORDER BY l.task_id, b.created_at DESC, l.line DESC
-             ) latest WHERE outcome = 'rejected'",
-        )
-        .bind(&ids)
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut carried = std::collections::HashMap::new();
-        for r in previous {
-            let task: Uuid = r.try_get(0)?;
-            let version: i32 = r.try_get(1)?;
-            carried.insert(task, (version, r.try_get::<i32, _>(2)?, conversation_of(r.try_get(3)?)));
-        }
+        // A task whose latest line was rejected carries its conversation on (a task that failed
+        // and was put back by `run retry-failed` starts afresh).
+        let mut carried = carried_reasks(&mut *tx, &ids, REJECTED).await?;
         let lines: Vec<ClaimedLine> = tasks
             .iter()
             .enumerate()
             .map(|(i, (task_id, inputs_version))| {
                 let (reasks, conversation) = match carried.remove(task_id) {
-                    Some((v, reasks, conv)) if v == *inputs_version => (reasks + 1, conv),
+                    Some(c) if c.inputs_version == *inputs_version => (c.reasks, c.conversation),
                     _ => (0, Vec::new()),
                 };
                 ClaimedLine {
@@ -608,13 +643,14 @@ impl Store {
 
     /// Writes each line's outcome (and, for a rejected answer, the conversation its next line
     /// carries), and puts the tasks of `back` that are still `batched` in this batch back to
-    /// `ready`, in one transaction.
+    /// `ready` (those of `live` marked for a live re-ask), in one transaction.
     pub async fn settle_lines(
         &self,
         owner: Uuid,
         batch_id: Uuid,
         outcomes: &[LineOutcome],
         back: &[Uuid],
+        live: &[Uuid],
     ) -> Result<u64, StoreError> {
         let mut tx = self.pool().begin().await?;
         lock_owned(&mut tx, batch_id, owner, "settle_lines").await?;
@@ -633,9 +669,21 @@ impl Store {
         .bind(&convs)
         .execute(&mut *tx)
         .await?;
-        let n = if back.is_empty() { 0 } else { unbatch(&mut tx, batch_id, back).await? };
+        let n = if back.is_empty() { 0 } else { unbatch(&mut tx, batch_id, back, live).await? };
         tx.commit().await?;
         Ok(n)
+    }
+
+    /// The conversation a live re-ask of `task_id` carries on: its latest line's, when that line
+    /// was rejected for a live re-ask and rendered from inputs `inputs_version`; None starts the
+    /// task afresh.
+    pub async fn live_reask_conversation(
+        &self,
+        task_id: Uuid,
+        inputs_version: i32,
+    ) -> Result<Option<CarriedReask>, StoreError> {
+        let mut carried = carried_reasks(self.pool(), &[task_id], REJECTED_LIVE).await?;
+        Ok(carried.remove(&task_id).filter(|c| c.inputs_version == inputs_version))
     }
 
     /// Ends a batch: `ended` with its cost, or `failed` with the provider's reason; every task
@@ -662,7 +710,7 @@ impl Store {
         .bind(cost_usd)
         .execute(&mut *tx)
         .await?;
-        let n = unbatch(&mut tx, batch_id, &[]).await?;
+        let n = unbatch(&mut tx, batch_id, &[], &[]).await?;
         tx.commit().await?;
         Ok(n)
     }
@@ -672,7 +720,7 @@ impl Store {
     pub async fn abandon_batch(&self, owner: Uuid, batch_id: Uuid) -> Result<u64, StoreError> {
         let mut tx = self.pool().begin().await?;
         lock_owned(&mut tx, batch_id, owner, "abandon_batch").await?;
-        let n = unbatch(&mut tx, batch_id, &[]).await?;
+        let n = unbatch(&mut tx, batch_id, &[], &[]).await?;
         sqlx::query("DELETE FROM batches WHERE id = $1 AND state = 'building'")
             .bind(batch_id)
             .execute(&mut *tx)
@@ -723,11 +771,13 @@ async fn lock_owned(
 }
 
 /// Tasks of `batch_id` still `batched` go back to `ready`: those of `only` (sorted), or all when
-/// `only` is empty. Locked in id order, as the finishing transaction locks them.
+/// `only` is empty; those of `live` marked for a live re-ask. Locked in id order, as the
+/// finishing transaction locks them.
 async fn unbatch(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     batch_id: Uuid,
     only: &[Uuid],
+    live: &[Uuid],
 ) -> Result<u64, StoreError> {
     let res = sqlx::query(
         "WITH locked AS (
@@ -735,10 +785,12 @@ async fn unbatch(
                AND (cardinality($2::uuid[]) = 0 OR id = ANY($2))
              ORDER BY id FOR UPDATE
          )
-         UPDATE tasks SET state = 'ready' FROM locked WHERE tasks.id = locked.id",
+         UPDATE tasks SET state = 'ready', live_reask = tasks.live_reask OR tasks.id = ANY($3)
+         FROM locked WHERE tasks.id = locked.id",
     )
     .bind(batch_id)
     .bind(only)
+    .bind(live)
     .execute(&mut **tx)
     .await?;
     Ok(res.rows_affected())

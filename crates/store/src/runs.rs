@@ -256,14 +256,19 @@ impl Store {
             .await?)
     }
 
-    /// Outbox read: ready tasks of a run after `after` in id order (keyset pagination). None
-    /// for a run routed to a provider's Batch API (`runs.route = 'batch'`): the batch submitter
-    /// claims those (`store::batches`).
+    /// Outbox read: ready tasks of a run after `after` in id order (keyset pagination). For a
+    /// run routed to a provider's Batch API (`runs.route = 'batch'`) only the tasks marked for a
+    /// live re-ask (`live_reask`): the batch submitter claims the others (`store::batches`).
     pub async fn ready_tasks(&self, run_id: Uuid, after: Uuid, limit: i64) -> Result<Vec<(Uuid, Stage)>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, stage FROM tasks WHERE run_id = $1 AND state = 'ready' AND id > $2
-               AND EXISTS (SELECT 1 FROM runs WHERE id = $1 AND route = 'live')
-             ORDER BY id LIMIT $3",
+            "(SELECT id, stage FROM tasks WHERE run_id = $1 AND state = 'ready' AND id > $2
+                AND EXISTS (SELECT 1 FROM runs WHERE id = $1 AND route = 'live')
+              ORDER BY id LIMIT $3)
+             UNION ALL
+             (SELECT id, stage FROM tasks WHERE run_id = $1 AND state = 'ready' AND live_reask AND id > $2
+                AND EXISTS (SELECT 1 FROM runs WHERE id = $1 AND route = 'batch')
+              ORDER BY id LIMIT $3)
+             ORDER BY id",
         )
         .bind(run_id)
         .bind(after)
@@ -382,12 +387,13 @@ impl Store {
     /// Puts a run's failed tasks back to `ready` (their attempt history stays) and reopens the
     /// run. They stay `released`: their dependents were counted down when they failed and are
     /// not counted down again; a dependent that went ahead without the output is re-planned
-    /// when the task succeeds ([`reasonrec_core::finishing`]). Returns how many tasks were put
-    /// back.
+    /// when the task succeeds ([`reasonrec_core::finishing`]). A task that failed in a live
+    /// re-ask goes back to its run's route, afresh. Returns how many tasks were put back.
     pub async fn retry_failed(&self, run_id: Uuid) -> Result<u64, StoreError> {
         let mut tx = self.pool().begin().await?;
         let res = sqlx::query(
-            "UPDATE tasks SET state = 'ready', last_error = NULL, published_at = NULL, carried_from = NULL
+            "UPDATE tasks SET state = 'ready', last_error = NULL, published_at = NULL, carried_from = NULL,
+                              live_reask = false
              WHERE run_id = $1 AND state = 'failed'",
         )
         .bind(run_id)

@@ -30,6 +30,9 @@ pub struct TaskContext {
     /// Bumped when an upstream output changed after the task was made ready; a completion
     /// rendered from an older version is superseded.
     pub inputs_version: i32,
+    /// A batch endpoint's answer was rejected and the task is re-asked live, carrying on that
+    /// conversation ([`Store::live_reask_conversation`]).
+    pub live_reask: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -95,7 +98,7 @@ impl Store {
     pub async fn load_tasks(&self, ids: &[Uuid]) -> Result<Vec<TaskContext>, StoreError> {
         let rows = sqlx::query(
             "SELECT t.id, t.run_id, t.stage, t.state, r.state AS run_state, r.dataset_id, d.family,
-                    t.user_id, t.item_id, t.split, t.label, t.input, t.inputs_version
+                    t.user_id, t.item_id, t.split, t.label, t.input, t.inputs_version, t.live_reask
              FROM tasks t JOIN runs r ON r.id = t.run_id JOIN datasets d ON d.id = r.dataset_id
              WHERE t.id = ANY($1)",
         )
@@ -121,6 +124,7 @@ impl Store {
                     label: r.try_get("label")?,
                     input: r.try_get("input")?,
                     inputs_version: r.try_get("inputs_version")?,
+                    live_reask: r.try_get("live_reask")?,
                 })
             })
             .collect()

@@ -18,22 +18,26 @@
 //!
 //! Results go through the same validation and finishing as live answers
 //! (`core::validate`, `Store::finish_tasks`): an accepted answer completes its task; a rejected
-//! one is re-asked in the task's next batch with the validator's reason (up to
-//! `stages.max_reasks`); an errored, expired or cancelled line puts its task back to `ready`
-//! (the next batch sends it again); an invalid request fails the task. Every line is an attempt
-//! row with its cost, its id derived from the batch and line so a second reading records nothing
-//! twice.
+//! one is re-asked with the validator's reason (up to `stages.max_reasks`): in the task's next
+//! batch, or by the live workers when the endpoint says `reask = "live"` (the task goes back
+//! `ready` marked `live_reask`, the outbox publishes it, and the live worker carries the
+//! conversation on: `Store::live_reask_conversation`). An errored, expired or cancelled line
+//! puts its task back to `ready` (the next batch sends it again); an invalid request fails the
+//! task. Every line is an attempt row with its cost, its id derived from the batch and line so a
+//! second reading records nothing twice.
 
 use crate::error::WorkerError;
 use crate::process::{accepted_output, reask_feedback, rejected_error, render_failure};
 use crate::render::{PromptCap, render_capped};
 use reasonrec_core::attempt::{AttemptRecord, ErrorClass};
-use reasonrec_core::settings::{BatchSettings, EndpointMode, Settings};
+use reasonrec_core::settings::{BatchSettings, EndpointMode, Reask, Settings};
 use reasonrec_core::stage::RunState;
 use reasonrec_core::validate::validate_answer;
 use reasonrec_core::{OutputKey, PromptLibrary, RenderedPrompt};
 use reasonrec_store::Store;
-use reasonrec_store::batches::{BatchRow, BatchState, ClaimedLine, LineOutcome, LineRow, RenderedLine};
+use reasonrec_store::batches::{
+    BatchRow, BatchState, ClaimedLine, LineOutcome, LineRow, REJECTED, REJECTED_LIVE, RenderedLine,
+};
 use reasonrec_store::finish::{Finish, FinishKind};
 use reasonrec_store::lifecycle::Gate;
 use reasonrec_teacher::batch::{BatchFile, BatchPhase, LineResult, ProviderBatch, ResultLine};
@@ -440,7 +444,7 @@ impl BatchSubmitter {
         }
         if !settled.is_empty() {
             back.sort_unstable();
-            self.store.settle_lines(self.owner, id, &settled, &back).await?;
+            self.store.settle_lines(self.owner, id, &settled, &back, &[]).await?;
         }
         Ok((lines, file))
     }
@@ -715,6 +719,8 @@ impl BatchSubmitter {
         let mut loose: Vec<(Uuid, Uuid, AttemptRecord)> = Vec::new();
         let mut settled: Vec<LineOutcome> = Vec::new();
         let mut back: Vec<Uuid> = Vec::new();
+        let mut live: Vec<Uuid> = Vec::new();
+        let reask_live = ep.reask == Reask::Live;
         let mut cost = 0.0;
         for r in results {
             let Some(line) = by_id.get(&r.custom_id) else {
@@ -752,8 +758,12 @@ impl BatchSubmitter {
                 Judged::Reask(conversation) => {
                     report.reasked += 1;
                     loose.push((line.task_id, line.run_id, attempt));
-                    settled.push((line.line, "rejected", Some(conversation)));
+                    let outcome = if reask_live { REJECTED_LIVE } else { REJECTED };
+                    settled.push((line.line, outcome, Some(conversation)));
                     back.push(line.task_id);
+                    if reask_live {
+                        live.push(line.task_id);
+                    }
                 }
                 Judged::Again(word) => {
                     report.sent_back += 1;
@@ -784,7 +794,7 @@ impl BatchSubmitter {
         if !settled.is_empty() {
             back.sort_unstable();
             back.dedup();
-            self.store.settle_lines(self.owner, b.id, &settled, &back).await?;
+            self.store.settle_lines(self.owner, b.id, &settled, &back, &live).await?;
         }
         Ok(cost)
     }

@@ -205,13 +205,21 @@ impl TaskProcessor {
         // dependency outputs: tens of KB) is let go before the call, which is where a task
         // waits longest (2,000 in flight x 200 ms). Measured in BENCHMARKS.md (scenario 2).
         let (id, run_id, stage, label) = (task.id, task.run_id, task.stage, task.label);
+        let (live_reask, inputs_version) = (task.live_reask, task.inputs_version);
         drop(bundle);
 
         // Ask, validate, and re-ask with the validator's reason, up to `max_reasks` times. The
-        // content key is the one of the original prompt and the endpoint that answered.
+        // content key is the one of the original prompt and the endpoint that answered. A batch
+        // endpoint's rejected answer re-asked here carries its conversation on.
         let mut messages = prompt.messages.clone();
         let mut attempts = Vec::new();
         let mut reasks = 0;
+        if live_reask && let Some(carried) = self.store.live_reask_conversation(id, inputs_version).await? {
+            for (answer, feedback) in carried.conversation {
+                self.options.prompt_cap.reask(&mut messages, answer, feedback);
+            }
+            reasks = u32::try_from(carried.reasks).unwrap_or(u32::MAX);
+        }
         let (answer, ep) = loop {
             let call = self.teacher.call(&messages).await;
             attempts.extend(call.attempts);

@@ -222,6 +222,35 @@ impl TestEnv {
         }
     }
 
+    /// Runs `run` to completion with both paths at work: `submitters` ticking (every 50 ms) beside
+    /// the outbox and a live worker ([`Self::run_to_completion`]). Returns the ticks' reports
+    /// summed.
+    pub async fn run_with_batches_to_completion(
+        &self,
+        submitters: &[BatchSubmitter],
+        run: Uuid,
+    ) -> anyhow::Result<TickReport> {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let ticking = {
+            let (subs, stop) = (submitters.to_vec(), stop.clone());
+            tokio::spawn(async move {
+                let mut sum = TickReport::default();
+                while !stop.is_cancelled() {
+                    for s in &subs {
+                        sum.add(&s.tick().await?);
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                Ok::<_, anyhow::Error>(sum)
+            })
+        };
+        let driven = self.run_to_completion(run).await;
+        stop.cancel();
+        let report = ticking.await??;
+        driven?;
+        Ok(report)
+    }
+
     /// Drops the database and the broker objects now (Drop does it too, on a helper thread).
     pub async fn cleanup(mut self) -> anyhow::Result<()> {
         self.cleaned = true;

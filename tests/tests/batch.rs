@@ -251,25 +251,7 @@ async fn a_run_with_a_deadline_spills_to_live_endpoints_and_pays_no_line_twice()
     // a busy machine): room for a few batches, not for all of them.
     env.store.set_run_deadline(run, Some(chrono::Utc::now() + chrono::TimeDelta::seconds(6))).await?;
 
-    let subs = env.batch_submitters()?;
-    let stop = tokio_util::sync::CancellationToken::new();
-    let ticking = {
-        let (subs, stop) = (subs.clone(), stop.clone());
-        tokio::spawn(async move {
-            let mut sum = reasonrec_worker::batch::TickReport::default();
-            while !stop.is_cancelled() {
-                for s in &subs {
-                    sum.add(&s.tick().await?);
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-            Ok::<_, anyhow::Error>(sum)
-        })
-    };
-    let driven = env.run_to_completion(run).await;
-    stop.cancel();
-    let report = ticking.await??;
-    driven?;
+    let report = env.run_with_batches_to_completion(&env.batch_submitters()?, run).await?;
 
     assert_eq!(report.spilled, 1, "{report:?}");
     let route: String =
@@ -327,25 +309,7 @@ async fn rejected_batch_answers_are_reasked_live_when_the_endpoint_says_so() -> 
     env.ingest_sample().await?;
     let run = create_run(&env.store, &env.settings, "sample").await?.run_id;
 
-    let subs = env.batch_submitters()?;
-    let stop = tokio_util::sync::CancellationToken::new();
-    let ticking = {
-        let (subs, stop) = (subs.clone(), stop.clone());
-        tokio::spawn(async move {
-            let mut sum = reasonrec_worker::batch::TickReport::default();
-            while !stop.is_cancelled() {
-                for s in &subs {
-                    sum.add(&s.tick().await?);
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-            Ok::<_, anyhow::Error>(sum)
-        })
-    };
-    let driven = env.run_to_completion(run).await;
-    stop.cancel();
-    let report = ticking.await??;
-    driven?;
+    let report = env.run_with_batches_to_completion(&env.batch_submitters()?, run).await?;
 
     assert!(report.reasked > 0, "answers were rejected: {report:?}");
     let tasks = scalar(&env, "SELECT count(*) FROM tasks WHERE run_id = $1", run).await?;

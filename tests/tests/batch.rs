@@ -179,6 +179,86 @@ async fn a_lost_create_answer_is_found_at_the_provider_not_sent_twice() -> anyho
     Ok(())
 }
 
+/// Two batches at OpenAI name one row (the create answer was lost, and a second create of the
+/// same file reached the provider too): the oldest is adopted, the other is recorded as a copy,
+/// cancelled, and what it finished is read and paid for: every batch's cost is its results'
+/// attempts, and the run's spend counts both copies. No task is done twice.
+#[tokio::test]
+async fn a_second_copy_at_the_provider_is_cancelled_and_what_it_finished_is_paid_for() -> anyhow::Result<()> {
+    let cfg = MockConfig { api_key: key(), batch_lose_create_response: 1, ..MockConfig::default() };
+    let (mut env, run) = env_with(cfg, Protocol::OpenAi).await?;
+    env.settings.batch.max_open = 1;
+    let first = env.batch_submitters()?;
+    first[0].tick().await?;
+    drop(first);
+    // The second create of the same file, as another client call would have made it.
+    let http = reqwest::Client::new();
+    let auth = format!("Bearer {}", key().unwrap_or_default());
+    let list: serde_json::Value = http
+        .get(format!("{}/batches", env.mock.base_url()))
+        .header("authorization", &auth)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let original = &list["data"][0];
+    let copy = serde_json::json!({
+        "input_file_id": original["input_file_id"],
+        "endpoint": "/v1/chat/completions",
+        "completion_window": "24h",
+        "metadata": original["metadata"],
+    });
+    let made =
+        http.post(format!("{}/batches", env.mock.base_url())).header("authorization", &auth).json(&copy).send().await?;
+    anyhow::ensure!(made.status().is_success(), "second create: {}", made.status());
+    assert_eq!(env.mock.stats().batches_created, 2);
+
+    let second = env.batch_submitters()?;
+    let r = second[0].tick().await?;
+    assert_eq!((r.adopted, r.duplicates_cancelled), (1, 1), "{r:?}");
+    env.tick_until_completed(&second, run, 120).await?;
+    check_complete(&env, run).await?;
+    let (copies, copy_lines, copy_cost): (i64, i64, f64) = sqlx::query_as(
+        "SELECT count(*), COALESCE(sum(b.lines), 0)::int8, COALESCE(sum(b.cost_usd), 0)::float8 FROM batches b
+         WHERE b.run_id = $1 AND b.copy_of IS NOT NULL AND b.state = 'ended' AND b.cancel_requested_at IS NOT NULL",
+    )
+    .bind(run)
+    .fetch_one(env.store.pool())
+    .await?;
+    assert_eq!(copies, 1, "the copy is a row of its own, cancelled and ended");
+    let rows = scalar(&env, "SELECT count(*) FROM batches WHERE run_id = $1 AND provider_id IS NOT NULL", run).await?;
+    assert_eq!(rows, env.mock.stats().batches_created as i64, "every batch at the provider is a row");
+    // The copy finished its lines before the cancel reached it (0 s turnaround): each one an
+    // attempt with its cost, and the batches' costs add up to the run's spend.
+    let read = scalar(
+        &env,
+        "SELECT count(*) FROM batch_lines l JOIN batches b ON b.id = l.batch_id
+         WHERE b.run_id = $1 AND b.copy_of IS NOT NULL AND l.outcome IS NOT NULL",
+        run,
+    )
+    .await?;
+    assert!(copy_lines > 0 && read == copy_lines && copy_cost > 0.0, "{read} of {copy_lines} lines read, ${copy_cost}");
+    let (batches, attempts): (f64, f64) = sqlx::query_as(
+        "SELECT (SELECT sum(cost_usd) FROM batches WHERE run_id = $1)::float8,
+                (SELECT sum(cost_usd) FROM attempts WHERE run_id = $1)::float8",
+    )
+    .bind(run)
+    .fetch_one(env.store.pool())
+    .await?;
+    assert!((batches - attempts).abs() < 1e-9, "batches ${batches}, attempts ${attempts}");
+    // Both copies answered the copied lines: each of those tasks has two accepted (paid)
+    // answers on record, and one output.
+    let answered_twice = scalar(
+        &env,
+        "SELECT count(*) FROM (SELECT task_id FROM attempts WHERE run_id = $1 AND error_class IS NULL
+                               GROUP BY task_id HAVING count(*) = 2) t",
+        run,
+    )
+    .await?;
+    assert_eq!(answered_twice, copy_lines);
+    env.cleanup().await
+}
+
 /// `run cancel` while a batch is at the provider: the batch is cancelled there, the lines that
 /// finished are recorded (ledger and attempts), the tasks stay cancelled.
 #[tokio::test]

@@ -68,6 +68,17 @@ pub struct BatchRow {
     pub cancel_requested: bool,
     /// The run was spilled to live endpoints (`route = 'live'`) and must be done by this time.
     pub spilled_deadline: Option<chrono::DateTime<chrono::Utc>>,
+    /// A second copy at the provider of this batch row (sql/0017): cancelled, its results
+    /// recorded; its results' custom ids name that row.
+    pub copy_of: Option<Uuid>,
+}
+
+/// A batch found at the provider ([`Store::adopt_batch`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Found<'a> {
+    pub provider_id: &'a str,
+    pub input_file_id: Option<&'a str>,
+    pub status: &'a str,
 }
 
 /// A run the batch submitter feeds.
@@ -267,7 +278,8 @@ impl Store {
                                                         AND NOT t.live_reask) AS unsent,
                     (SELECT count(*) FROM tasks t WHERE t.run_id = r.id AND t.state = 'batched') AS batched,
                     ARRAY(SELECT b.submitted_at FROM batches b
-                          WHERE b.run_id = r.id AND b.state IN ('building', 'submitting', 'submitted')) AS open
+                          WHERE b.run_id = r.id AND b.state IN ('building', 'submitting', 'submitted')
+                            AND b.copy_of IS NULL) AS open
              FROM runs r WHERE r.state = 'running' AND r.route = 'batch' AND r.deadline IS NOT NULL",
         )
         .fetch_all(self.pool())
@@ -327,7 +339,7 @@ impl Store {
     /// How many batches `endpoint` has submitted for `run_id` so far (the next one's size
     /// doubles with each).
     pub async fn batches_of_run(&self, run_id: Uuid, endpoint: &str) -> Result<i64, StoreError> {
-        Ok(sqlx::query_scalar("SELECT count(*) FROM batches WHERE run_id = $1 AND endpoint = $2")
+        Ok(sqlx::query_scalar("SELECT count(*) FROM batches WHERE run_id = $1 AND endpoint = $2 AND copy_of IS NULL")
             .bind(run_id)
             .bind(endpoint)
             .fetch_one(self.pool())
@@ -523,22 +535,69 @@ impl Store {
         input_file_id: Option<&str>,
         status: &str,
     ) -> Result<(), StoreError> {
+        self.adopt_batch(owner, batch_id, Found { provider_id, input_file_id, status }, &[]).await.map(|_| ())
+    }
+
+    /// A row left `submitting` whose batch was found at the provider: `adopted` (the oldest
+    /// found) becomes its provider batch, and each of `copies` (later ones naming the row too) a
+    /// `submitted` row of its own, `copy_of` it, with its lines sent copied, to be cancelled and its
+    /// results recorded (sql/0017). One transaction, so a crash leaves either the row still
+    /// `submitting` (it is reconciled again) or every copy recorded.
+    pub async fn adopt_batch(
+        &self,
+        owner: Uuid,
+        batch_id: Uuid,
+        adopted: Found<'_>,
+        copies: &[Found<'_>],
+    ) -> Result<Vec<Uuid>, StoreError> {
+        let mut tx = self.pool().begin().await?;
         let r = sqlx::query(
             "UPDATE batches SET state = 'submitted', provider_id = $2, input_file_id = $3, provider_status = $4,
                                 submitted_at = now(), create_attempted_at = NULL
              WHERE id = $1 AND state = 'submitting' AND owner = $5",
         )
         .bind(batch_id)
-        .bind(provider_id)
-        .bind(input_file_id)
-        .bind(status)
+        .bind(adopted.provider_id)
+        .bind(adopted.input_file_id)
+        .bind(adopted.status)
         .bind(owner)
-        .execute(self.pool())
+        .execute(&mut *tx)
         .await?;
         if r.rows_affected() == 0 {
             return Err(StoreError::Taken(batch_id, "submitted"));
         }
-        Ok(())
+        let mut ids = Vec::with_capacity(copies.len());
+        for copy in copies {
+            let id = Uuid::now_v7();
+            sqlx::query(
+                "INSERT INTO batches (id, run_id, endpoint, protocol, state, lines, owner, provider_id, input_file_id,
+                                      provider_status, reserved_usd, submit_started_at, submitted_at, copy_of)
+                 SELECT $2, run_id, endpoint, protocol, 'submitted', lines, owner, $3, $4, $5, reserved_usd,
+                        submit_started_at, now(), id
+                 FROM batches WHERE id = $1",
+            )
+            .bind(batch_id)
+            .bind(id)
+            .bind(copy.provider_id)
+            .bind(copy.input_file_id)
+            .bind(copy.status)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO batch_lines (batch_id, line, task_id, inputs_version, reasks, conversation, output_key,
+                                          template, template_version, history_truncated, prompt_tokens)
+                 SELECT $2, line, task_id, inputs_version, reasks, conversation, output_key, template, template_version,
+                        history_truncated, prompt_tokens
+                 FROM batch_lines WHERE batch_id = $1 AND outcome IS NULL",
+            )
+            .bind(batch_id)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+            ids.push(id);
+        }
+        tx.commit().await?;
+        Ok(ids)
     }
 
     /// The open batches of `endpoint`, oldest first.
@@ -546,7 +605,7 @@ impl Store {
         let rows = sqlx::query(
             "SELECT b.id, b.run_id, r.state AS run_state, b.state, b.lines, b.provider_id, b.submit_started_at,
                     b.submitted_at, b.create_attempted_at, b.cancel_requested_at IS NOT NULL AS cancel_requested,
-                    CASE WHEN r.route = 'live' THEN r.deadline END AS spilled_deadline
+                    CASE WHEN r.route = 'live' THEN r.deadline END AS spilled_deadline, b.copy_of
              FROM batches b JOIN runs r ON r.id = b.run_id
              WHERE b.endpoint = $1 AND b.state IN ('building', 'submitting', 'submitted')
              ORDER BY b.created_at, b.id",
@@ -570,6 +629,7 @@ impl Store {
                     create_attempted_at: r.try_get("create_attempted_at")?,
                     cancel_requested: r.try_get("cancel_requested")?,
                     spilled_deadline: r.try_get("spilled_deadline")?,
+                    copy_of: r.try_get("copy_of")?,
                 })
             })
             .collect()

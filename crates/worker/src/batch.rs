@@ -6,7 +6,8 @@
 //! 1. Open batch rows, oldest first. `building`: left by a submitter that died before sending
 //!    anything: its tasks go back to `ready`. `submitting`: the create call may or may not have
 //!    reached the provider: the provider's list is searched for it ([`BatchClient::find`]); found,
-//!    it is adopted (any second copy is cancelled); not found, it is created again. `submitted`:
+//!    it is adopted (a second copy is recorded as a row of its own, `copy_of` it, cancelled, and
+//!    what it finished is read and paid for); not found, it is created again. `submitted`:
 //!    polled; a cancelled run's batch is cancelled at the provider; an ended one has its
 //!    results finished; a failed one (refused as a whole) puts its tasks back.
 //! 2. New batches, while fewer than `batch.max_open` are open: ready tasks of each batch run are
@@ -36,7 +37,7 @@ use reasonrec_core::validate::validate_answer;
 use reasonrec_core::{OutputKey, PromptLibrary, RenderedPrompt};
 use reasonrec_store::Store;
 use reasonrec_store::batches::{
-    BatchRow, BatchState, ClaimedLine, LineOutcome, LineRow, REJECTED, REJECTED_LIVE, RenderedLine,
+    BatchRow, BatchState, ClaimedLine, Found, LineOutcome, LineRow, REJECTED, REJECTED_LIVE, RenderedLine,
 };
 use reasonrec_store::finish::{Finish, FinishKind};
 use reasonrec_store::lifecycle::Gate;
@@ -580,23 +581,24 @@ impl BatchSubmitter {
         };
         // Newest first: the oldest is the one our first create made.
         if let Some(first) = found.pop() {
-            self.store
-                .mark_submitted(self.owner, b.id, &first.id, first.input_file_id.as_deref(), &first.status)
-                .await?;
+            // Only OpenAI's match is certain (our id in its metadata): an Anthropic batch that
+            // merely looks like ours may be someone else's, so it is left alone.
+            let (copies, others): (Vec<_>, Vec<_>) =
+                found.iter().partition(|extra| extra.tag.as_deref() == Some(tag(b.id).as_str()));
+            for other in others {
+                tracing::warn!(provider_id = %other.id, "another unknown batch of as many requests; left alone");
+            }
+            let copy_rows: Vec<Found> = copies.iter().map(|c| found_row(c)).collect();
+            let copy_ids = self.store.adopt_batch(self.owner, b.id, found_row(&first), &copy_rows).await?;
             tracing::warn!(endpoint = %self.endpoint(), batch = %b.id, provider_id = %first.id,
                            "a batch whose create answer was lost was found at the provider; adopted");
             report.adopted += 1;
-            for extra in found {
-                // Only OpenAI's match is certain (our id in its metadata): an Anthropic batch
-                // that merely looks like ours may be someone else's, so it is left alone.
-                if extra.tag.as_deref() != Some(tag(b.id).as_str()) {
-                    tracing::warn!(provider_id = %extra.id, "another unknown batch of as many requests; left alone");
-                    continue;
-                }
-                tracing::warn!(endpoint = %self.endpoint(), batch = %b.id, provider_id = %extra.id, "second copy at the provider; cancelling it");
-                if let Err(e) = self.client.cancel(&extra.id).await {
-                    tracing::warn!(provider_id = %extra.id, error = %e, "cannot cancel the second copy");
-                }
+            for (copy, id) in copies.iter().zip(copy_ids) {
+                // Recorded as a row of its own: cancelled now (or by its next poll), what it
+                // finished before is read and paid for like any batch's results.
+                tracing::warn!(endpoint = %self.endpoint(), batch = %b.id, provider_id = %copy.id, copy = %id,
+                               "second copy at the provider; cancelling it");
+                self.cancel_at_provider(id, &copy.id).await?;
                 report.duplicates_cancelled += 1;
             }
             return Ok(true);
@@ -625,16 +627,8 @@ impl BatchSubmitter {
         let late =
             b.spilled_deadline.is_some_and(|d| overdue || expected_end >= d - self.live_time(i64::from(b.lines)));
         let closed = !b.run_state.is_open() && b.run_state != RunState::Completed;
-        if (closed || late) && !b.cancel_requested {
-            match self.client.cancel(provider_id).await {
-                Ok(_) => self.store.mark_cancel_requested(b.id).await?,
-                // 409: it ended meanwhile (expired, completed); read below like any ended batch.
-                Err(e) if e.http_status() == Some(409) => {
-                    tracing::debug!(batch = %b.id, error = %e, "the batch ended before its cancel");
-                    self.store.mark_cancel_requested(b.id).await?
-                }
-                Err(e) => tracing::warn!(batch = %b.id, error = %e, "cannot cancel the batch; trying again"),
-            }
+        if (closed || late || b.copy_of.is_some()) && !b.cancel_requested {
+            self.cancel_at_provider(b.id, provider_id).await?;
         }
         let pb = match self.client.retrieve(provider_id).await {
             Ok(pb) => pb,
@@ -648,7 +642,9 @@ impl BatchSubmitter {
             BatchPhase::Failed => {
                 let why = pb.errors.clone().unwrap_or_else(|| pb.status.clone());
                 tracing::warn!(endpoint = %self.endpoint(), batch = %b.id, error = %why, "the provider failed the batch; its tasks go back");
-                self.refused(b.id, &why);
+                if b.copy_of.is_none() {
+                    self.refused(b.id, &why);
+                }
                 self.store.end_batch(self.owner, b.id, BatchState::Failed, &pb.status, Some(&why), 0.0).await?;
                 report.failed += 1;
                 Ok(true)
@@ -661,12 +657,29 @@ impl BatchSubmitter {
         }
     }
 
+    /// Asks the provider to cancel batch row `id`'s batch and records that it was asked (also
+    /// when it answers 409: the batch ended meanwhile and is read like any ended one). A cancel
+    /// that fails otherwise is asked again at the row's next poll.
+    async fn cancel_at_provider(&self, id: Uuid, provider_id: &str) -> Result<(), WorkerError> {
+        match self.client.cancel(provider_id).await {
+            Ok(_) => self.store.mark_cancel_requested(id).await?,
+            Err(e) if e.http_status() == Some(409) => {
+                tracing::debug!(batch = %id, error = %e, "the batch ended before its cancel");
+                self.store.mark_cancel_requested(id).await?
+            }
+            Err(e) => tracing::warn!(batch = %id, error = %e, "cannot cancel the batch; trying again"),
+        }
+        Ok(())
+    }
+
     /// Feeds an ended batch's results through validation and finishing, [`RESULT_CHUNK`] at a
     /// time as they are read. A reading cut short leaves the batch open: the next poll reads
     /// again from the start, and lines settled meanwhile are only counted.
     async fn finish(&self, b: &BatchRow, pb: &ProviderBatch, report: &mut TickReport) -> Result<(), WorkerError> {
         let rows = self.store.batch_lines(b.id).await?;
-        let by_id: HashMap<String, &LineRow> = rows.iter().map(|l| (custom_id(b.id, l.line), l)).collect();
+        // A second copy's requests are the adopted row's file: their custom ids name that row.
+        let named = b.copy_of.unwrap_or(b.id);
+        let by_id: HashMap<String, &LineRow> = rows.iter().map(|l| (custom_id(named, l.line), l)).collect();
         let estimate = |c: &str| by_id.get(c).map_or(0, |l| l.prompt_tokens.max(0) as u32);
         let mut results = self.client.results(pb);
         let (mut cost, mut read) = (0.0, 0usize);
@@ -884,6 +897,11 @@ pub fn batch_work_ends(
     let rounds = if unsent == 0 { 0 } else { unsent.div_ceil(per_round.max(1)) };
     let feed_end = now + turnaround * i32::try_from(rounds).unwrap_or(i32::MAX);
     open_end.max(feed_end)
+}
+
+/// What a batch row records of a batch found at the provider.
+fn found_row(p: &ProviderBatch) -> Found<'_> {
+    Found { provider_id: &p.id, input_file_id: p.input_file_id.as_deref(), status: &p.status }
 }
 
 /// Our batch id as the provider sees it (OpenAI metadata, file name).

@@ -94,18 +94,35 @@ async fn retry_after_is_honoured_by_the_retry_loop() -> anyhow::Result<()> {
 #[tokio::test]
 async fn server_errors_and_malformed_bodies_are_retried_and_recorded() -> anyhow::Result<()> {
     let m = mock(MockConfig { rate_5xx: 0.4, rate_malformed: 0.4, seed: 11, ..MockConfig::default() }).await?;
-    let c = client(&m, 5)?;
+    let c = TeacherClient::new(&EndpointSettings {
+        base_url: m.base_url(),
+        timeout_secs: 5,
+        price_input_per_mtok: 1.0,
+        ..EndpointSettings::default()
+    })?;
+    let (mut malformed, mut failed) = (0, 0);
     for _ in 0..10 {
         let (r, attempts) = call_with_retries(&c, &messages(), &SamplingParams::default(), fast_policy(30)).await;
         assert!(r.is_ok(), "{r:?}");
         let last = attempts.last().map(|a| a.error_class);
         assert_eq!(last, Some(None), "the last attempt is the accepted one");
-        assert!(
-            attempts[..attempts.len() - 1]
-                .iter()
-                .all(|a| matches!(a.error_class, Some(ErrorClass::Server | ErrorClass::Malformed)))
-        );
+        for a in &attempts[..attempts.len() - 1] {
+            match a.error_class {
+                // A 2xx body we cannot use was billed: its reported usage, else its prompt.
+                Some(ErrorClass::Malformed) => {
+                    malformed += 1;
+                    assert!(a.input_tokens > 0 && a.cost_usd > 0.0, "{a:?}");
+                }
+                // A 5xx was not.
+                Some(ErrorClass::Server) => {
+                    failed += 1;
+                    assert!(a.input_tokens == 0 && a.cost_usd == 0.0, "{a:?}");
+                }
+                other => panic!("unexpected attempt {other:?}"),
+            }
+        }
     }
+    assert!(malformed > 0 && failed > 0, "{malformed} malformed, {failed} failed");
     let s = m.stats();
     assert_eq!(s.ok, 10);
     assert!(s.injected_5xx > 0 && s.malformed > 0, "{s:?}");

@@ -640,12 +640,15 @@ async fn serve(state: &AppState, wire: Wire, headers: &axum::http::HeaderMap, bo
         state.stats(|s| s.malformed += 1);
         let body = match (wire, draw < edge - cfg.rate_malformed / 2.0) {
             (Wire::OpenAi, true) => "{\"id\":\"chatcmpl-x\",\"choices\":[{\"message\":{\"content\":\"trunc",
-            (Wire::OpenAi, false) => "{\"id\":\"chatcmpl-x\",\"object\":\"chat.completion\",\"choices\":[]}",
+            // No answer, but usage: billed all the same.
+            (Wire::OpenAi, false) => {
+                "{\"id\":\"chatcmpl-x\",\"object\":\"chat.completion\",\"choices\":[],\"usage\":{\"prompt_tokens\":12,\"completion_tokens\":0,\"total_tokens\":12}}"
+            }
             (Wire::Anthropic, true) => {
                 "{\"id\":\"msg_x\",\"type\":\"message\",\"content\":[{\"type\":\"text\",\"text\":\"trunc"
             }
             (Wire::Anthropic, false) => {
-                "{\"id\":\"msg_x\",\"type\":\"message\",\"content\":[],\"stop_reason\":\"end_turn\"}"
+                "{\"id\":\"msg_x\",\"type\":\"message\",\"content\":[],\"stop_reason\":\"end_turn\",\"usage\":{\"input_tokens\":12,\"output_tokens\":0}}"
             }
         };
         return (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body).into_response();

@@ -69,9 +69,16 @@ pub struct ProviderBatch {
 pub enum LineResult {
     /// An answer (not yet validated for content), with the HTTP status of the line.
     Answer(crate::ChatAnswer),
-    /// The line failed at the provider; `permanent` when sending it again cannot help (an invalid
-    /// request).
-    Error { class: ErrorClass, http_status: Option<u16>, message: String, permanent: bool },
+    /// The line failed at the provider, or its answer could not be used; `permanent` when
+    /// sending it again cannot help (an invalid request). `billed`: what an answer we could not
+    /// use cost ([`TeacherError::billed`]); None for a line that failed at the provider.
+    Error {
+        class: ErrorClass,
+        http_status: Option<u16>,
+        message: String,
+        permanent: bool,
+        billed: Option<reasonrec_core::settings::TokenUsage>,
+    },
     /// The batch's window ended before the line ran (not billed).
     Expired,
     /// The batch was cancelled before the line ran (not billed).
@@ -354,6 +361,7 @@ impl BatchClient {
                     http_status: None,
                     message: format!("{}: {}", code.unwrap_or("error"), e.message.unwrap_or_default()),
                     permanent: false,
+                    billed: None,
                 },
             },
             (None, None) => LineResult::Error {
@@ -361,6 +369,7 @@ impl BatchClient {
                 http_status: None,
                 message: "result line without response or error".into(),
                 permanent: false,
+                billed: None,
             },
         };
         Ok(ResultLine { custom_id: l.custom_id, result })
@@ -399,6 +408,7 @@ impl BatchClient {
                     http_status: None,
                     message: format!("{kind}: {}", message.chars().take(300).collect::<String>()),
                     permanent,
+                    billed: None,
                 }
             }
         };
@@ -514,6 +524,7 @@ impl Results<'_> {
                     status: 200,
                     what: "batch result line",
                     limit: RESULT_LINE_LIMIT as u64,
+                    billed: None,
                 });
             }
             match self.body.as_mut() {
@@ -525,6 +536,7 @@ impl Results<'_> {
                                 status: 200,
                                 what: "batch results",
                                 limit: RESULTS_LIMIT,
+                                billed: None,
                             });
                         }
                         self.buf.drain(..self.start);
@@ -551,8 +563,8 @@ impl Results<'_> {
 }
 
 impl ResultLine {
-    /// The line as a row of the cost ledger: an answer at the endpoint's (batch) price, a failed,
-    /// expired or cancelled line at none. `id` must be the same each time the line is read, so
+    /// The line as a row of the cost ledger: an answer at the endpoint's (batch) price, one we
+    /// could not use at what it was billed, a failed, expired or cancelled line at none. `id` must be the same each time the line is read, so
     /// that reading the results again records nothing twice.
     pub fn attempt(
         &self,
@@ -582,10 +594,13 @@ impl ResultLine {
                 cost_usd: endpoint.cost_usd(&a.usage()),
                 ..base
             },
-            LineResult::Error { class, http_status, message, .. } => AttemptRecord {
+            LineResult::Error { class, http_status, message, billed, .. } => AttemptRecord {
                 http_status: http_status.map(i32::from),
                 error_class: Some(*class),
                 error: Some(message.clone()),
+                input_tokens: billed.map_or(0, |u| i32::try_from(u.input).unwrap_or(i32::MAX)),
+                output_tokens: billed.map_or(0, |u| i32::try_from(u.output).unwrap_or(i32::MAX)),
+                cost_usd: billed.map_or(0.0, |u| endpoint.cost_usd(&u)),
                 ..base
             },
             LineResult::Expired => AttemptRecord {
@@ -605,7 +620,7 @@ impl ResultLine {
 }
 
 fn malformed(status: u16, e: &serde_json::Error) -> TeacherError {
-    TeacherError::Malformed { status, message: format!("batch API answer: {e}") }
+    TeacherError::Malformed { status, message: format!("batch API answer: {e}"), billed: None }
 }
 
 fn line_error(e: &TeacherError) -> LineResult {
@@ -614,6 +629,7 @@ fn line_error(e: &TeacherError) -> LineResult {
         http_status: e.http_status(),
         message: e.to_string(),
         permanent: !e.is_retryable(),
+        billed: e.billed(),
     }
 }
 
@@ -727,6 +743,27 @@ mod tests {
             serde_json::from_slice(&client(Protocol::Anthropic).encode_line("b_1", &msgs)).expect("json");
         assert_eq!(anthropic["params"]["system"], "be brief");
         assert!(anthropic["params"]["max_tokens"].as_u64().is_some());
+    }
+
+    #[test]
+    fn a_line_whose_answer_cannot_be_used_is_priced_as_billed_and_a_failed_one_at_nothing() {
+        let ep = EndpointSettings {
+            mode: reasonrec_core::settings::EndpointMode::Batch,
+            price_input_per_mtok: 2.0,
+            price_output_per_mtok: 8.0,
+            ..EndpointSettings::default()
+        };
+        let c = BatchClient::new(&ep).expect("client");
+        let line = |body: &str| c.result_line(body, &|_: &str| 40).expect("a result line");
+        let unusable = line(
+            r#"{"custom_id":"b_1","response":{"status_code":200,"body":{"choices":[],"usage":{"prompt_tokens":1000,"completion_tokens":500}}}}"#,
+        );
+        let a = unusable.attempt(&ep, uuid::Uuid::nil(), Utc::now(), 0);
+        assert_eq!((a.error_class, a.input_tokens, a.output_tokens), (Some(ErrorClass::Malformed), 1000, 500));
+        assert!((a.cost_usd - (1000.0 * 2.0 + 500.0 * 8.0) / 1e6 * 0.5).abs() < 1e-12, "{a:?}");
+        let failed = line(r#"{"custom_id":"b_2","error":{"code":"server_error","message":"boom"}}"#);
+        let a = failed.attempt(&ep, uuid::Uuid::nil(), Utc::now(), 0);
+        assert_eq!((a.input_tokens, a.cost_usd), (0, 0.0), "{a:?}");
     }
 
     #[tokio::test]

@@ -188,7 +188,7 @@ fn same_origin_redirects() -> reqwest::redirect::Policy {
 /// Reads a body of at most `limit` bytes; a longer one is dropped unread past the limit.
 async fn read_capped(mut resp: reqwest::Response, limit: u64, timeout: Duration) -> Result<String, TeacherError> {
     let status = resp.status().as_u16();
-    let too_large = || TeacherError::TooLarge { status, what: "response body", limit };
+    let too_large = || TeacherError::TooLarge { status, what: "response body", limit, billed: None };
     if resp.content_length().is_some_and(|n| n > limit) {
         return Err(too_large());
     }
@@ -379,7 +379,10 @@ impl TeacherClient {
         let protocol = self.endpoint.protocol;
         let retry_after = retry_after_of(resp.headers(), protocol).map(|d| d.min(self.max_wait));
         let pause = exhausted_budget_reset(resp.headers(), protocol).map(|d| d.min(self.max_wait));
-        let text = read_capped(resp, self.endpoint.max_response_bytes, timeout).await?;
+        let least = TokenUsage { input: estimate_prompt_tokens(messages), ..TokenUsage::default() };
+        let text = read_capped(resp, self.endpoint.max_response_bytes, timeout)
+            .await
+            .map_err(|e| if (200..=299).contains(&status) { e.billed_at(least) } else { e })?;
         match status {
             200..=299 => {
                 self.parse_answer(status, &text, estimate_prompt_tokens(messages)).map(|a| ChatAnswer { pause, ..a })
@@ -451,7 +454,7 @@ impl TeacherClient {
 
     /// A 2xx body in the endpoint's protocol: (text, finish reason in OpenAI's words, usage).
     fn decode(status: u16, protocol: Protocol, body: &str) -> Result<Decoded, TeacherError> {
-        let malformed = |message: String| TeacherError::Malformed { status, message };
+        let malformed = |message: String| TeacherError::Malformed { status, message, billed: None };
         match protocol {
             Protocol::OpenAi => {
                 let parsed: ChatCompletionResponse =
@@ -486,6 +489,24 @@ impl TeacherClient {
         }
     }
 
+    /// The usage a 2xx body reports although the rest of it does not decode (no choices, no
+    /// text); None when even that is missing or not JSON.
+    fn reported_usage(protocol: Protocol, body: &str) -> Option<TokenUsage> {
+        #[derive(serde::Deserialize)]
+        struct UsageOnly<U> {
+            usage: Option<U>,
+        }
+        match protocol {
+            Protocol::OpenAi => serde_json::from_str::<UsageOnly<crate::protocol::Usage>>(body)
+                .ok()?
+                .usage
+                .map(|u| TokenUsage { input: u.prompt_tokens, output: u.completion_tokens, ..TokenUsage::default() }),
+            Protocol::Anthropic => {
+                serde_json::from_str::<UsageOnly<crate::anthropic::MessagesUsage>>(body).ok()?.usage.map(|u| u.tokens())
+            }
+        }
+    }
+
     /// A 2xx answer body checked as every answer is (NUL, length, plausible usage);
     /// `prompt_estimate` is the prompt's estimated tokens.
     pub(crate) fn parse_answer(
@@ -494,14 +515,24 @@ impl TeacherClient {
         body: &str,
         prompt_estimate: u32,
     ) -> Result<ChatAnswer, TeacherError> {
-        let Decoded { text, finish_reason, usage } = Self::decode(status, self.endpoint.protocol, body)?;
+        // A 2xx answer is billed even when we cannot use it: what its body reports, else (a body
+        // that does not parse) at least the prompt.
+        let least = TokenUsage { input: prompt_estimate, ..TokenUsage::default() };
+        let Decoded { text, finish_reason, usage } = Self::decode(status, self.endpoint.protocol, body)
+            .map_err(|e| e.billed_at(Self::reported_usage(self.endpoint.protocol, body).unwrap_or(least)))?;
+        let billed = Some(usage.unwrap_or(least));
         if text.contains('\0') {
             let message = "the answer holds NUL characters (U+0000), which cannot be stored".into();
-            return Err(TeacherError::Malformed { status, message });
+            return Err(TeacherError::Malformed { status, message, billed });
         }
         let limit = self.endpoint.max_answer_chars;
         if text.chars().nth(limit as usize).is_some() {
-            return Err(TeacherError::TooLarge { status, what: "answer (characters)", limit: u64::from(limit) });
+            return Err(TeacherError::TooLarge {
+                status,
+                what: "answer (characters)",
+                limit: u64::from(limit),
+                billed,
+            });
         }
         let finish_reason = finish_reason.map(|r| r.replace('\0', ""));
         let completion_estimate = estimate_tokens(&text);
@@ -579,7 +610,7 @@ fn classify_transport(e: reqwest::Error, timeout: Duration) -> TeacherError {
     if e.is_timeout() {
         TeacherError::Timeout(timeout)
     } else if e.is_decode() || e.is_body() {
-        TeacherError::Malformed { status: 0, message }
+        TeacherError::Malformed { status: 0, message, billed: None }
     } else {
         TeacherError::Connect(message)
     }
@@ -674,6 +705,38 @@ mod tests {
             None,
         );
         assert_eq!(reason.err().map(|r| r.code), Some("refusal"), "the validator says why, not just 'empty'");
+    }
+
+    #[test]
+    fn a_2xx_answer_we_cannot_use_is_billed_as_reported_or_at_least_its_prompt() -> Result<(), TeacherError> {
+        for protocol in [Protocol::OpenAi, Protocol::Anthropic] {
+            let c = TeacherClient::new(&EndpointSettings {
+                protocol,
+                max_answer_chars: 10,
+                ..EndpointSettings::default()
+            })?;
+            let billed = |body: &str| c.parse_answer(200, body, 40).err().and_then(|e| e.billed());
+            let (no_text, nul, long) = match protocol {
+                Protocol::OpenAi => (
+                    r#"{"choices":[],"usage":{"prompt_tokens":37,"completion_tokens":5}}"#,
+                    r#"{"choices":[{"message":{"content":"a\u0000b"}}],"usage":{"prompt_tokens":37,"completion_tokens":5}}"#,
+                    r#"{"choices":[{"message":{"content":"far more than ten"}}],"usage":{"prompt_tokens":37,"completion_tokens":5}}"#,
+                ),
+                Protocol::Anthropic => (
+                    r#"{"content":[],"stop_reason":"end_turn","usage":{"input_tokens":37,"output_tokens":5}}"#,
+                    r#"{"content":[{"type":"text","text":"a\u0000b"}],"usage":{"input_tokens":37,"output_tokens":5}}"#,
+                    r#"{"content":[{"type":"text","text":"far more than ten"}],"usage":{"input_tokens":37,"output_tokens":5}}"#,
+                ),
+            };
+            let reported = Some(TokenUsage { input: 37, output: 5, ..TokenUsage::default() });
+            assert_eq!(billed(no_text), reported, "{protocol}: usage beside an answer with no text");
+            assert_eq!(billed(nul), reported, "{protocol}: NUL answer");
+            assert_eq!(billed(long), reported, "{protocol}: answer over the cap");
+            let least = Some(TokenUsage { input: 40, ..TokenUsage::default() });
+            assert_eq!(billed(r#"{"choices":[{"message":{"content":"trunc"#), least, "{protocol}: cut off: the prompt");
+            assert_eq!(c.refusal(500, None, "oops").billed(), None, "{protocol}: a failed request is not billed");
+        }
+        Ok(())
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Errors of a teacher call.
 
 use reasonrec_core::attempt::ErrorClass;
+use reasonrec_core::settings::TokenUsage;
 use std::time::Duration;
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -13,8 +14,9 @@ pub enum TeacherError {
     Timeout(Duration),
     #[error("connection failed: {0}")]
     Connect(String),
+    /// `billed`: what a 2xx answer we could not use cost at the provider ([`Self::billed`]).
     #[error("malformed answer (HTTP {status}): {message}")]
-    Malformed { status: u16, message: String },
+    Malformed { status: u16, message: String, billed: Option<TokenUsage> },
     #[error("prompt exceeds the model's context (HTTP {status}): {body}")]
     ContextTooLong { status: u16, body: String },
     #[error("endpoint refused our credentials (HTTP {status})")]
@@ -30,7 +32,7 @@ pub enum TeacherError {
     #[error("no teacher endpoint can take requests: {reason}")]
     NoEndpoint { reason: String },
     #[error("{what} over the cap of {limit} (HTTP {status})")]
-    TooLarge { status: u16, what: &'static str, limit: u64 },
+    TooLarge { status: u16, what: &'static str, limit: u64, billed: Option<TokenUsage> },
     #[error("redirected (HTTP {status}) to another origin; not followed")]
     Redirect { status: u16 },
     /// An API key would travel in clear text to another machine.
@@ -62,6 +64,26 @@ impl TeacherError {
             self,
             TeacherError::NoEndpoint { .. } | TeacherError::MissingApiKey { .. } | TeacherError::InsecureKey { .. }
         )
+    }
+
+    /// The tokens a provider billed for a 2xx answer we could not use (a body that does not
+    /// parse, an answer over a cap or with NUL characters): its reported usage where the body
+    /// still says it, else the prompt's estimate (the least it cost). None for every other error:
+    /// a refused or failed request is not billed.
+    pub fn billed(&self) -> Option<TokenUsage> {
+        match self {
+            TeacherError::Malformed { billed, .. } | TeacherError::TooLarge { billed, .. } => *billed,
+            _ => None,
+        }
+    }
+
+    /// This error with `usage` as what it was billed (only for the kinds a 2xx answer can end
+    /// in: malformed, too large), unless it already says.
+    pub fn billed_at(mut self, usage: TokenUsage) -> Self {
+        if let TeacherError::Malformed { billed, .. } | TeacherError::TooLarge { billed, .. } = &mut self {
+            billed.get_or_insert(usage);
+        }
+        self
     }
 
     /// What the server asked us to wait, if it said.

@@ -72,9 +72,10 @@ pub fn record(
             http_status: e.http_status().map(i32::from),
             error_class: Some(e.class()),
             error: Some(e.to_string()),
-            input_tokens: 0,
-            output_tokens: 0,
-            cost_usd: 0.0,
+            // A 2xx answer we could not use was billed all the same ([`TeacherError::billed`]).
+            input_tokens: e.billed().map_or(0, |u| i32::try_from(u.input).unwrap_or(i32::MAX)),
+            output_tokens: e.billed().map_or(0, |u| i32::try_from(u.output).unwrap_or(i32::MAX)),
+            cost_usd: e.billed().map_or(0.0, |u| client.cost_usd(&u)),
         },
     };
     reasonrec_core::metrics::metrics().attempt(&rec);

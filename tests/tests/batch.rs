@@ -329,7 +329,16 @@ async fn a_run_with_a_deadline_spills_to_live_endpoints_and_pays_no_line_twice()
     assert_eq!(planned.map(|d| d.to_rfc3339()).as_deref(), Some("2099-01-01T06:00:00+00:00"), "[batch] deadline");
     // The deadline counts from the run's start, not from before the ingest and the plan (slow on
     // a busy machine): room for a few batches, not for all of them.
-    env.store.set_run_deadline(run, Some(chrono::Utc::now() + chrono::TimeDelta::seconds(6))).await?;
+    let deadline = chrono::Utc::now() + chrono::TimeDelta::seconds(6);
+    env.store.set_run_deadline(run, Some(deadline)).await?;
+    // `run status` projects the batch work's end: nothing sent yet, so one round of `max_open`
+    // batches at the configured turnaround (1 s) from now; and it shows the deadline.
+    let t0 = chrono::Utc::now();
+    let status = reasonrec_coordinator::status::run_status(&env.store, run).await?;
+    let b = status.batches.as_ref().ok_or_else(|| anyhow::anyhow!("a batch run shows its batches"))?;
+    assert_eq!(b.deadline.map(|d| d.timestamp_micros()), Some(deadline.timestamp_micros()));
+    let projected = b.projected_finish.ok_or_else(|| anyhow::anyhow!("a projected finish"))?;
+    assert!(projected > t0 && projected < t0 + chrono::TimeDelta::seconds(4), "{projected} vs {t0}");
 
     let report = env.run_with_batches_to_completion(&env.batch_submitters()?, run).await?;
 
@@ -359,6 +368,10 @@ async fn a_run_with_a_deadline_spills_to_live_endpoints_and_pays_no_line_twice()
     let open = scalar(&env, "SELECT count(*) FROM batches WHERE run_id = $1 AND state NOT IN ('ended', 'failed')", run)
         .await?;
     assert_eq!(open, 0, "a batch still open would hold its tasks");
+    let status = reasonrec_coordinator::status::run_status(&env.store, run).await?;
+    let b = status.batches.as_ref().ok_or_else(|| anyhow::anyhow!("a spilled run still shows its batches"))?;
+    assert_eq!((b.done_by_batch, b.done_by_batch + b.done_live), (by_batch, done), "batch and live counts");
+    assert_eq!(b.projected_finish, None, "nothing left to project");
     env.cleanup().await
 }
 

@@ -488,6 +488,7 @@ pub async fn plan_run(
             "name": e.name, "protocol": e.protocol, "mode": e.mode, "model": e.model, "params": e.params,
         })).collect::<Vec<_>>(),
         "dataset": {"name": ds.name, "version": ds.version, "content_hash": ds.content_hash, "family": ds.family},
+        "batch": settings.batch,
     });
     if !templates.is_empty() {
         let t: BTreeMap<&str, _> = templates.iter().map(|(s, t)| (s.as_str(), t)).collect();

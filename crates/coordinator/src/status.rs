@@ -1,6 +1,8 @@
 //! Run progress for people (`run status`) and machines (`run status --json`).
 
 use crate::error::CoordinatorError;
+use reasonrec_core::batching::{batch_work_ends, lines_per_round};
+use reasonrec_core::settings::{BatchSettings, Protocol, RunRoute};
 use reasonrec_core::stage::{RunState, TaskState};
 use reasonrec_store::Store;
 use reasonrec_store::lifecycle::{Budget, dollars};
@@ -51,7 +53,41 @@ pub struct RunStatus {
 pub struct BatchStatus {
     pub batched_now: i64,
     pub done_by_batch: i64,
+    /// Done by live calls (after a spill, or re-asked live), tasks carried over aside.
+    pub done_live: i64,
+    /// When the run must be finished (`run create --deadline`, `[batch] deadline`).
+    pub deadline: Option<chrono::DateTime<chrono::Utc>>,
+    /// While the run is worked by batches: when its batch work is projected to end, at its
+    /// batch endpoint's observed turnaround ([`reasonrec_core::batching::batch_work_ends`]).
+    pub projected_finish: Option<chrono::DateTime<chrono::Utc>>,
     pub by_state: Vec<reasonrec_store::batches::BatchCount>,
+}
+
+/// When a running batch run's batch work is projected to end, and its deadline: open batches a
+/// turnaround after they went, the tasks not yet sent in rounds of `max_open` batches, at the
+/// mean turnaround of the run's batch endpoint (its configured `turnaround_secs` before any
+/// batch ended). None for a run not worked by batches now (finished, or spilled to live).
+async fn projected_batch_finish(
+    store: &Store,
+    run_id: Uuid,
+    snapshot: &serde_json::Value,
+) -> Result<Option<(Option<chrono::DateTime<chrono::Utc>>, chrono::DateTime<chrono::Utc>)>, CoordinatorError> {
+    let Some(work) = store.batch_work(run_id).await? else { return Ok(None) };
+    // What the run was planned with: its batch settings and its batch endpoint.
+    let batch: BatchSettings = serde_json::from_value(snapshot["batch"].clone()).unwrap_or_default();
+    let endpoint = snapshot["teacher"].as_array().into_iter().flatten().find(|e| e["mode"] == "batch");
+    let name = endpoint.and_then(|e| e["name"].as_str()).unwrap_or_default();
+    let protocol: Protocol =
+        endpoint.and_then(|e| serde_json::from_value(e["protocol"].clone()).ok()).unwrap_or_default();
+    let secs = match store.observed_turnaround(name).await? {
+        Some(s) if s.is_finite() && s >= 0.0 => s,
+        _ => batch.turnaround_secs as f64,
+    };
+    let turnaround = chrono::TimeDelta::milliseconds((secs * 1000.0) as i64);
+    let per_round = lines_per_round(&batch, protocol);
+    let ends =
+        batch_work_ends(chrono::Utc::now(), turnaround, &work.open_submitted, work.unsent.max(0) as u64, per_round);
+    Ok(Some((work.deadline, ends)))
 }
 
 pub async fn run_status(store: &Store, run_id: Uuid) -> Result<RunStatus, CoordinatorError> {
@@ -75,12 +111,20 @@ pub async fn run_status(store: &Store, run_id: Uuid) -> Result<RunStatus, Coordi
     let projected_cost_usd = scale.map(|k| c.cost_usd * k);
     let projected_tokens = scale.map(|k| ((c.input_tokens + c.output_tokens) as f64 * k).round() as i64);
     let by_state = store.batch_summary(run_id).await?;
-    let batches =
-        (row.route == reasonrec_core::settings::RunRoute::Batch || !by_state.is_empty()).then(|| BatchStatus {
+    let batches = if row.route == RunRoute::Batch || !by_state.is_empty() {
+        let projected = projected_batch_finish(store, run_id, &row.settings).await?;
+        let done_by_batch = by_state.iter().map(|b| b.done_lines).sum();
+        Some(BatchStatus {
             batched_now: c.state(TaskState::Batched),
-            done_by_batch: by_state.iter().map(|b| b.done_lines).sum(),
+            done_by_batch,
+            done_live: (c.done - c.carried_done - done_by_batch).max(0),
+            deadline: projected.and_then(|p| p.0),
+            projected_finish: projected.map(|p| p.1),
             by_state,
-        });
+        })
+    } else {
+        None
+    };
     Ok(RunStatus {
         run_id,
         state,
@@ -197,9 +241,13 @@ impl RunStatus {
                 "  batch API: {} tasks in a batch now, {} done by batch answers, {} by live calls; batches: {}\n",
                 b.batched_now,
                 b.done_by_batch,
-                (self.done - c.carried_done - b.done_by_batch).max(0),
+                b.done_live,
                 if parts.is_empty() { "none yet".to_string() } else { parts.join(", ") }
             ));
+            if let Some(end) = b.projected_finish {
+                let deadline = b.deadline.map(|d| format!(" (deadline {})", d.to_rfc3339())).unwrap_or_default();
+                out.push_str(&format!("  batch work projected to end {}{deadline}\n", end.to_rfc3339()));
+            }
         }
         for (stage, states) in &c.by_stage {
             let parts: Vec<String> = states.iter().map(|(s, n)| format!("{s} {n}")).collect();

@@ -2,6 +2,7 @@
 //!
 //! Layout:
 //! - [`attempt`]: one teacher call as recorded in the cost ledger.
+//! - [`batching`]: batch planning arithmetic (when a run's batch work would end).
 //! - [`data`]: users, items and interactions as loaded from a dataset.
 //! - [`error`]: the crate's error enum, with a retryable/permanent split.
 //! - [`finishing`]: the finishing state machine (what a completion or failure does to a task).
@@ -20,6 +21,7 @@
 
 pub mod attempt;
 pub mod audit;
+pub mod batching;
 pub mod data;
 pub mod error;
 pub mod finishing;

@@ -90,11 +90,12 @@ pub struct BatchRun {
     pub waiting: bool,
 }
 
-/// A batch run with a deadline and the work it has left ([`Store::batch_deadlines`]).
+/// A running batch run and the batch work it has left ([`Store::batch_deadlines`],
+/// [`Store::batch_work`]).
 #[derive(Debug, Clone)]
 pub struct DeadlineRun {
     pub id: Uuid,
-    pub deadline: chrono::DateTime<chrono::Utc>,
+    pub deadline: Option<chrono::DateTime<chrono::Utc>>,
     /// Tasks not yet in a batch (ready or waiting for inputs).
     pub unsent: i64,
     /// Tasks in its open batches.
@@ -272,6 +273,17 @@ impl Store {
     /// tasks not yet in a batch (ready or waiting) and when each open batch was submitted
     /// (None: not yet).
     pub async fn batch_deadlines(&self) -> Result<Vec<DeadlineRun>, StoreError> {
+        self.batch_runs_left(None).await
+    }
+
+    /// The batch work `run_id` has left, when it is running and routed to batches (`run
+    /// status`'s projected finish).
+    pub async fn batch_work(&self, run_id: Uuid) -> Result<Option<DeadlineRun>, StoreError> {
+        Ok(self.batch_runs_left(Some(run_id)).await?.pop())
+    }
+
+    /// Running batch runs with their work left: `run_id`, or every one with a deadline.
+    async fn batch_runs_left(&self, run_id: Option<Uuid>) -> Result<Vec<DeadlineRun>, StoreError> {
         let rows = sqlx::query(
             "SELECT r.id, r.deadline,
                     (SELECT count(*) FROM tasks t WHERE t.run_id = r.id AND t.state IN ('ready', 'waiting')
@@ -280,8 +292,10 @@ impl Store {
                     ARRAY(SELECT b.submitted_at FROM batches b
                           WHERE b.run_id = r.id AND b.state IN ('building', 'submitting', 'submitted')
                             AND b.copy_of IS NULL) AS open
-             FROM runs r WHERE r.state = 'running' AND r.route = 'batch' AND r.deadline IS NOT NULL",
+             FROM runs r WHERE r.state = 'running' AND r.route = 'batch'
+               AND (r.id = $1 OR ($1 IS NULL AND r.deadline IS NOT NULL))",
         )
+        .bind(run_id)
         .fetch_all(self.pool())
         .await?;
         rows.into_iter()

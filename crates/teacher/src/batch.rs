@@ -109,10 +109,7 @@ impl BatchClient {
 
     /// The most lines the provider takes in one batch.
     pub fn max_lines(&self) -> u32 {
-        match self.endpoint().protocol {
-            Protocol::OpenAi => 50_000,
-            Protocol::Anthropic => 100_000,
-        }
+        reasonrec_core::batching::provider_max_lines(self.endpoint().protocol)
     }
 
     /// The most bytes of requests the provider takes in one batch (OpenAI's file limit;

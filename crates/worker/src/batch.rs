@@ -31,6 +31,7 @@ use crate::error::WorkerError;
 use crate::process::{accepted_output, reask_feedback, rejected_error, render_failure};
 use crate::render::{PromptCap, render_capped};
 use reasonrec_core::attempt::{AttemptRecord, ErrorClass};
+use reasonrec_core::batching::{batch_work_ends, lines_per_round};
 use reasonrec_core::settings::{BatchSettings, EndpointMode, Reask, Settings};
 use reasonrec_core::stage::RunState;
 use reasonrec_core::validate::validate_answer;
@@ -317,14 +318,15 @@ impl BatchSubmitter {
     /// cancelled when polled; those that end in time still count.
     async fn spill_late_runs(&self, turnaround: chrono::TimeDelta, report: &mut TickReport) -> Result<(), WorkerError> {
         let now = chrono::Utc::now();
-        let per_round = u64::from(self.batch.max_open) * u64::from(self.batch.max_lines.min(self.client.max_lines()));
+        let per_round = lines_per_round(&self.batch, self.client.endpoint().protocol);
         for run in self.store.batch_deadlines().await? {
+            let Some(deadline) = run.deadline else { continue };
             let ends = batch_work_ends(now, turnaround, &run.open_submitted, run.unsent.max(0) as u64, per_round);
             // Time kept for the live endpoints to do all that is left, should batches fail us.
             let margin = self.live_time(run.unsent + run.batched);
-            if ends >= run.deadline - margin && self.store.spill_run(run.id).await? {
+            if ends >= deadline - margin && self.store.spill_run(run.id).await? {
                 tracing::warn!(endpoint = %self.endpoint(), run_id = %run.id, turnaround_secs = turnaround.num_seconds(),
-                               projected_end = %ends, deadline = %run.deadline,
+                               projected_end = %ends, deadline = %deadline,
                                "the deadline cannot be met by batches; the run's remaining tasks go to live endpoints");
                 report.spilled += 1;
             }
@@ -879,26 +881,6 @@ enum Judged {
     Recorded,
 }
 
-/// When a run's batch work would end: each open batch a turnaround after it was submitted (a
-/// late one, or one not yet submitted, a turnaround from now), and the `unsent` tasks in rounds
-/// of `per_round` lines (`max_open` batches of `max_lines`), each round a turnaround, from now.
-pub fn batch_work_ends(
-    now: chrono::DateTime<chrono::Utc>,
-    turnaround: chrono::TimeDelta,
-    open_submitted: &[Option<chrono::DateTime<chrono::Utc>>],
-    unsent: u64,
-    per_round: u64,
-) -> chrono::DateTime<chrono::Utc> {
-    let open_end = open_submitted
-        .iter()
-        .map(|s| s.map(|t| t + turnaround).filter(|e| *e > now).unwrap_or(now + turnaround))
-        .max()
-        .unwrap_or(now);
-    let rounds = if unsent == 0 { 0 } else { unsent.div_ceil(per_round.max(1)) };
-    let feed_end = now + turnaround * i32::try_from(rounds).unwrap_or(i32::MAX);
-    open_end.max(feed_end)
-}
-
 /// What a batch row records of a batch found at the provider.
 fn found_row(p: &ProviderBatch) -> Found<'_> {
     Found { provider_id: &p.id, input_file_id: p.input_file_id.as_deref(), status: &p.status }
@@ -925,23 +907,6 @@ fn attempt_id(batch: Uuid, line: i32) -> Uuid {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn batch_work_ends_with_its_latest_open_batch_or_its_last_round() {
-        let now = chrono::Utc::now();
-        let t = chrono::TimeDelta::seconds(60);
-        assert_eq!(batch_work_ends(now, t, &[], 0, 100), now, "nothing left");
-        assert_eq!(batch_work_ends(now, t, &[], 250, 100), now + t * 3, "three rounds of 100");
-        let early = now - chrono::TimeDelta::seconds(20);
-        assert_eq!(
-            batch_work_ends(now, t, &[Some(early)], 0, 100),
-            early + t,
-            "an open batch ends a turnaround after it went"
-        );
-        let late = now - chrono::TimeDelta::seconds(600);
-        assert_eq!(batch_work_ends(now, t, &[Some(late), None], 0, 100), now + t, "a late one: a turnaround from now");
-        assert_eq!(batch_work_ends(now, t, &[Some(early)], 100, 100), now + t, "the feed's round ends last");
-    }
 
     #[test]
     fn a_hold_doubles_with_each_refusal_and_ends_with_a_batch() {

@@ -222,11 +222,29 @@ async fn corpus_audit_samples_reads_marks_back_and_estimates_the_error_rate() ->
         &["corpus", "audit", &run_arg, "--marks", marks.to_str().unwrap_or_default(), "--reviewer", "ana"],
     )?);
     assert!(text.contains("3 outputs marked by ana"), "{text}");
-    assert!(text.contains("3 audited (2 approved, 1 rejected): error rate 33.3 %"), "{text}");
     let summary = json(&reasonrec(&config, &["corpus", "audit", &run_arg, "--json"])?)?;
     let rate = &summary["stages"][0]["error_rate"];
     assert_eq!((rate["audited"].as_u64(), rate["rejected"].as_u64()), (Some(3), Some(1)));
-    assert!(rate["low"].as_f64() < Some(0.34) && rate["high"].as_f64() > Some(0.34), "{rate}");
+    // Each label's rejected share, weighted by the label's share of the done outputs (the sample
+    // drew as many of each): not 1 in 3 unless the labels are as balanced as the sample.
+    let labels: Vec<(f64, f64, f64)> = summary["stages"][0]["counts"]["labels"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|l| {
+            let n = |k: &str| l[k].as_f64().unwrap_or(0.0);
+            (n("done"), n("approved") + n("rejected"), n("rejected"))
+        })
+        .filter(|l| l.1 > 0.0)
+        .collect();
+    assert_eq!(labels.len(), 2, "both labels audited: {summary}");
+    let done: f64 = labels.iter().map(|l| l.0).sum();
+    let expected: f64 = labels.iter().map(|(d, a, r)| d / done * r / a).sum();
+    let got = rate["rate"].as_f64().unwrap_or(-1.0);
+    assert!((got - expected).abs() < 1e-9, "{got} vs {expected}: {summary}");
+    assert!(rate["low"].as_f64() < Some(got) && rate["high"].as_f64() > Some(got), "{rate}");
+    let line = format!("3 audited (2 approved, 1 rejected): error rate {:.1} %", expected * 100.0);
+    assert!(text.contains(&line) && text.contains("each label weighted by its share"), "{text}");
     // The text sample shows the marks.
     let shown = ok(&reasonrec(&config, &["corpus", "audit", &run_arg, "--sample", "2", "--seed", "3"])?);
     assert!(shown.contains("[rejected: cites a film not in the history]") && shown.contains("[approved]"), "{shown}");

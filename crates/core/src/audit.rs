@@ -72,21 +72,70 @@ pub struct ErrorRate {
     pub rate: f64,
     pub low: f64,
     pub high: f64,
+    /// Done outputs of strata nobody audited: the estimate says nothing of them.
+    pub unaudited_done: u64,
 }
 
+/// One stratum of a stage's done outputs (one label): how many, and how many of them were
+/// audited and rejected.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Stratum {
+    pub done: u64,
+    pub audited: u64,
+    pub rejected: u64,
+}
+
+/// z of a two-sided 95 % interval.
+const Z: f64 = 1.959_963_984_540_054;
+
 impl ErrorRate {
-    /// None when nothing was audited.
+    /// `rejected` of `audited` drawn from one population. None when nothing was audited.
     pub fn estimate(rejected: u64, audited: u64) -> Option<Self> {
-        if audited == 0 || rejected > audited {
+        Self::stratified(&[Stratum { done: audited, audited, rejected }])
+    }
+
+    /// The stage's error rate from a sample drawn per stratum (the review sample draws as many
+    /// of each label): each stratum's rejected share weighted by its share of the done outputs,
+    /// so that a label the sample over-represents does not pull the rate its way. The interval
+    /// is Wilson's at the effective sample size `p (1 - p) / variance` (the stratified
+    /// variance, `sum W_h^2 p_h (1 - p_h) / n_h`), or at the audited count when `p` is 0 or 1;
+    /// with one stratum, exactly the plain Wilson interval. Strata nobody audited are left out
+    /// (counted in `unaudited_done`). None when nothing was audited.
+    pub fn stratified(strata: &[Stratum]) -> Option<Self> {
+        if strata.iter().any(|s| s.rejected > s.audited) {
             return None;
         }
-        const Z: f64 = 1.959_963_984_540_054;
-        let n = audited as f64;
-        let p = rejected as f64 / n;
+        let covered: Vec<&Stratum> = strata.iter().filter(|s| s.audited > 0).collect();
+        let audited: u64 = covered.iter().map(|s| s.audited).sum();
+        if audited == 0 {
+            return None;
+        }
+        let rejected = covered.iter().map(|s| s.rejected).sum();
+        let unaudited_done = strata.iter().filter(|s| s.audited == 0).map(|s| s.done).sum();
+        // A stratum's weight is its done outputs (at least its audited ones: marks may outlive
+        // a count taken a moment earlier).
+        let size = |s: &Stratum| s.done.max(s.audited) as f64;
+        let total: f64 = covered.iter().map(|s| size(s)).sum();
+        let (mut p, mut variance) = (0.0, 0.0);
+        for s in &covered {
+            let (w, n) = (size(s) / total, s.audited as f64);
+            let ph = s.rejected as f64 / n;
+            p += w * ph;
+            variance += w * w * ph * (1.0 - ph) / n;
+        }
+        let p = p.clamp(0.0, 1.0);
+        let n = if variance > 0.0 { (p * (1.0 - p) / variance).max(1.0) } else { audited as f64 };
         let z2 = Z * Z;
         let centre = (p + z2 / (2.0 * n)) / (1.0 + z2 / n);
         let half = Z * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt() / (1.0 + z2 / n);
-        Some(Self { audited, rejected, rate: p, low: (centre - half).max(0.0), high: (centre + half).min(1.0) })
+        Some(Self {
+            audited,
+            rejected,
+            rate: p,
+            low: (centre - half).max(0.0),
+            high: (centre + half).min(1.0),
+            unaudited_done,
+        })
     }
 }
 
@@ -105,6 +154,33 @@ mod tests {
         assert!(!ExcludeRejected.admits(Some(Verdict::Rejected)));
         assert!(ApprovedOnly.admits(Some(Verdict::Approved)));
         assert!(!ApprovedOnly.admits(None) && !ApprovedOnly.admits(Some(Verdict::Rejected)));
+    }
+
+    #[test]
+    fn a_sample_drawn_per_label_is_weighted_by_the_labels_shares() {
+        // 900 liked, 100 disliked; 50 of each audited, 5 and 25 rejected: the unweighted share
+        // (30 %) would count the rare label nine times over.
+        let strata =
+            [Stratum { done: 900, audited: 50, rejected: 5 }, Stratum { done: 100, audited: 50, rejected: 25 }];
+        let e = ErrorRate::stratified(&strata).unwrap_or_else(|| panic!("an estimate"));
+        assert!((e.rate - (0.9 * 0.1 + 0.1 * 0.5)).abs() < 1e-12, "{e:?}");
+        assert_eq!((e.audited, e.rejected, e.unaudited_done), (100, 30, 0));
+        assert!(e.low < e.rate && e.rate < e.high && e.high < 0.30, "{e:?}");
+        // One stratum: the plain Wilson interval.
+        assert_eq!(
+            ErrorRate::stratified(&[Stratum { done: 7, audited: 100, rejected: 10 }]),
+            ErrorRate::estimate(10, 100)
+        );
+        // A stratum nobody audited is left out and said.
+        let e = ErrorRate::stratified(&[
+            Stratum { done: 10, audited: 4, rejected: 1 },
+            Stratum { done: 30, audited: 0, rejected: 0 },
+        ]);
+        assert_eq!(e.map(|e| (e.rate, e.unaudited_done)), Some((0.25, 30)));
+        assert_eq!(ErrorRate::stratified(&[Stratum { done: 10, audited: 0, rejected: 0 }]), None);
+        // None rejected: an interval from 0, not of width 0.
+        let e = ErrorRate::stratified(&strata.map(|s| Stratum { rejected: 0, ..s }));
+        assert!(e.is_some_and(|e| e.rate == 0.0 && e.high > 0.0), "{e:?}");
     }
 
     #[test]

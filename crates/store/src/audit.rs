@@ -4,7 +4,7 @@
 
 use crate::error::StoreError;
 use crate::pool::Store;
-use reasonrec_core::audit::{ErrorRate, Verdict};
+use reasonrec_core::audit::{ErrorRate, Stratum, Verdict};
 use reasonrec_core::stage::Stage;
 use serde::Serialize;
 use sqlx::Row;
@@ -36,10 +36,21 @@ pub struct SampleRow {
 }
 
 /// What was audited of a run's done outputs, per stage: `done` counts tasks, `approved` and
-/// `rejected` distinct outputs (an output several tasks share was one judgement).
+/// `rejected` distinct outputs (an output several tasks share was one judgement); the same per
+/// label in `labels` (the review sample's strata).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct StageAudit {
     pub stage: String,
+    pub done: i64,
+    pub approved: i64,
+    pub rejected: i64,
+    pub labels: Vec<LabelAudit>,
+}
+
+/// One label's share of a stage's audit (profiles have none: one stratum).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct LabelAudit {
+    pub label: Option<bool>,
     pub done: i64,
     pub approved: i64,
     pub rejected: i64,
@@ -67,12 +78,18 @@ impl AuditSummary {
 }
 
 impl StageAudit {
-    /// The stage's error rate as its audited outputs suggest (None: none audited yet): the
-    /// rejected share of every audited output, unweighted — a sample drawn per label from a run
-    /// whose labels are unbalanced, or marks made after a filtered search, bias it.
+    /// The stage's error rate as its audited outputs suggest (None: none audited yet), each
+    /// label's rejected share weighted by its share of the done outputs
+    /// ([`ErrorRate::stratified`]): the review sample draws as many of each label, so an
+    /// unweighted share would over-count the rarer label.
     pub fn error_rate(&self) -> Option<ErrorRate> {
-        let audited = (self.approved + self.rejected).max(0) as u64;
-        ErrorRate::estimate(self.rejected.max(0) as u64, audited)
+        let n = |v: i64| v.max(0) as u64;
+        let strata: Vec<Stratum> = self
+            .labels
+            .iter()
+            .map(|l| Stratum { done: n(l.done), audited: n(l.approved + l.rejected), rejected: n(l.rejected) })
+            .collect();
+        ErrorRate::stratified(&strata)
     }
 }
 
@@ -158,28 +175,39 @@ impl Store {
             .collect()
     }
 
-    /// Per stage: the run's done tasks and how many of their outputs are approved and rejected.
+    /// Per stage and label: the run's done tasks and how many of their outputs are approved
+    /// and rejected.
     pub async fn audit_counts(&self, run: Uuid) -> Result<Vec<StageAudit>, StoreError> {
         let rows = sqlx::query(
-            "SELECT t.stage, count(*) AS done,
+            "SELECT t.stage, t.label, count(*) AS done,
                     count(DISTINCT a.output_key) FILTER (WHERE a.verdict = 'approved') AS approved,
                     count(DISTINCT a.output_key) FILTER (WHERE a.verdict = 'rejected') AS rejected
              FROM tasks t LEFT JOIN audit_marks a ON a.output_key = t.output_key
-             WHERE t.run_id = $1 AND t.state = 'done' GROUP BY t.stage ORDER BY t.stage",
+             WHERE t.run_id = $1 AND t.state = 'done' GROUP BY t.stage, t.label ORDER BY t.stage, t.label",
         )
         .bind(run)
         .fetch_all(self.pool())
         .await?;
-        rows.into_iter()
-            .map(|r| {
-                Ok(StageAudit {
-                    stage: r.try_get("stage")?,
-                    done: r.try_get("done")?,
-                    approved: r.try_get("approved")?,
-                    rejected: r.try_get("rejected")?,
-                })
-            })
-            .collect()
+        let mut stages: Vec<StageAudit> = Vec::new();
+        for r in rows {
+            let stage: String = r.try_get("stage")?;
+            let label = LabelAudit {
+                label: r.try_get("label")?,
+                done: r.try_get("done")?,
+                approved: r.try_get("approved")?,
+                rejected: r.try_get("rejected")?,
+            };
+            if stages.last().is_none_or(|s| s.stage != stage) {
+                stages.push(StageAudit { stage, ..StageAudit::default() });
+            }
+            if let Some(s) = stages.last_mut() {
+                s.done += label.done;
+                s.approved += label.approved;
+                s.rejected += label.rejected;
+                s.labels.push(label);
+            }
+        }
+        Ok(stages)
     }
 }
 

@@ -212,7 +212,18 @@ fn render_audit(run: uuid::Uuid, counts: &[StageAudit]) -> String {
         let audited = (c.approved + c.rejected) as u64;
         let rate = match c.error_rate() {
             Some(e) => {
-                format!("error rate {:.1} % (95 % CI {:.1}-{:.1} %)", e.rate * 100.0, e.low * 100.0, e.high * 100.0)
+                let weighted = if c.labels.len() > 1 { ", each label weighted by its share" } else { "" };
+                let uncovered = if e.unaudited_done > 0 {
+                    format!("; {} done of labels nobody audited not covered", e.unaudited_done)
+                } else {
+                    String::new()
+                };
+                format!(
+                    "error rate {:.1} % (95 % CI {:.1}-{:.1} %{weighted}){uncovered}",
+                    e.rate * 100.0,
+                    e.low * 100.0,
+                    e.high * 100.0
+                )
             }
             None => "not audited yet".into(),
         };

@@ -4,9 +4,10 @@
 //! Pages are `id > after ORDER BY id LIMIT n` within the run: a run's ids are UUIDv7 made at
 //! planning, so they sit together in the primary key and a page costs the rows it reads, not
 //! the run's size. A filter that few rows pass reads further to fill a page. Text search is a
-//! case-insensitive substring test on the answers it reads, without an index: a full-text (GIN)
-//! or trigram index on `outputs.text` would be paid on every output the workers write, for a
-//! search reviewers run now and then.
+//! case-insensitive substring test (`lower(text) LIKE '%...%'`) that the trigram index on the
+//! answers (sql/0018) answers: a rare word reads the outputs that hold it, not the whole run.
+//! Its statement is planned for its values each time (not a cached generic plan), so the
+//! planner sees how rare the searched text is.
 
 use crate::error::StoreError;
 use crate::pool::Store;
@@ -147,6 +148,21 @@ fn list_row(r: &sqlx::postgres::PgRow) -> Result<TaskListRow, StoreError> {
     })
 }
 
+/// A `LIKE` pattern (escape character `\`) matching any text that contains `text` as it is:
+/// its `%`, `_` and `\` stand for themselves.
+fn contains_pattern(text: &str) -> String {
+    let mut p = String::with_capacity(text.len() + 2);
+    p.push('%');
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            p.push('\\');
+        }
+        p.push(c);
+    }
+    p.push('%');
+    p
+}
+
 /// Appends `filter`'s conditions (every value bound, never spliced into the SQL).
 fn push_filter(q: &mut QueryBuilder<'_, Postgres>, run: Uuid, f: &TaskFilter) {
     if let Some(stage) = f.stage {
@@ -184,7 +200,7 @@ fn push_filter(q: &mut QueryBuilder<'_, Postgres>, run: Uuid, f: &TaskFilter) {
         None => {}
     }
     if let Some(text) = f.text.as_deref().filter(|t| !t.is_empty()) {
-        q.push(" AND strpos(lower(o.text), lower(").push_bind(text.to_string()).push(")) > 0");
+        q.push(" AND lower(o.text) LIKE lower(").push_bind(contains_pattern(text)).push(")");
     }
     const WORDS: &str = "array_length(regexp_split_to_array(btrim(o.text), '\\s+'), 1)";
     if let Some(min) = f.min_words {
@@ -231,7 +247,8 @@ impl Store {
         q.push(" AND t.id > ").push_bind(after.unwrap_or(Uuid::nil()));
         push_filter(&mut q, run, filter);
         q.push(" ORDER BY t.id LIMIT ").push_bind(limit.clamp(1, 500));
-        let rows = q.build().fetch_all(self.pool()).await?;
+        // Planned with its values: a cached generic plan would not know a searched text is rare.
+        let rows = q.build().persistent(false).fetch_all(self.pool()).await?;
         rows.iter().map(list_row).collect()
     }
 
@@ -319,5 +336,16 @@ impl Store {
             attempts,
             upstream,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_searched_text_is_matched_as_it_is() {
+        assert_eq!(contains_pattern("liked"), "%liked%");
+        assert_eq!(contains_pattern("100%_a\\b"), "%100\\%\\_a\\\\b%", "LIKE's wildcards stand for themselves");
     }
 }

@@ -100,10 +100,19 @@ async fn the_corpus_browser_pages_filters_checks_prompts_and_takes_marks() -> an
     let found: HashSet<&str> =
         found["tasks"].as_array().into_iter().flatten().filter_map(|t| t["id"].as_str()).collect();
     assert_eq!(found, HashSet::from([seen[3].as_str()]));
-    // A searched `%` is a percent sign, not LIKE's wildcard (the search goes through the answers'
-    // trigram index as `LIKE`).
+    // The same through the answers' trigram index (`corpus text-index`), which the search uses
+    // when it exists; a searched `%` is a percent sign, not LIKE's wildcard.
+    assert_eq!(s.text_index().await?, None, "opt-in");
+    s.set_text_index(true).await?;
+    assert_eq!(s.text_index().await?, Some(true));
+    let indexed = get(format!("/api/runs/{run}/tasks?text=onError")).await?;
+    let indexed: HashSet<&str> =
+        indexed["tasks"].as_array().into_iter().flatten().filter_map(|t| t["id"].as_str()).collect();
+    assert_eq!(indexed, found);
     let wild = get(format!("/api/runs/{run}/tasks?text=e%25e")).await?;
     assert_eq!(wild["tasks"].as_array().map(Vec::len), Some(0), "{wild}");
+    s.set_text_index(false).await?;
+    assert_eq!(s.text_index().await?, None);
 
     // The task page: the prompt rendered again is the one the teacher received, and its key is
     // the output's.

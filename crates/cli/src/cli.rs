@@ -405,6 +405,17 @@ pub enum CorpusCommand {
     /// label (`--sample`), record verdicts from a file (`--marks`), or, with neither, print
     /// what was audited and the error rate it suggests per stage.
     Audit(CorpusAuditArgs),
+    /// Build the answers' trigram index, which makes the corpus browser's text search fast on
+    /// large runs (built while workers go on writing); `--drop` drops it. Every output written
+    /// afterwards pays for it (BENCHMARKS.md, session 10), so it is not built by default.
+    TextIndex(TextIndexArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TextIndexArgs {
+    /// Drop the index instead.
+    #[arg(long)]
+    pub drop: bool,
 }
 
 #[derive(Debug, Args)]

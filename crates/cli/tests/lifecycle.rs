@@ -250,3 +250,20 @@ async fn corpus_audit_samples_reads_marks_back_and_estimates_the_error_rate() ->
     assert!(shown.contains("[rejected: cites a film not in the history]") && shown.contains("[approved]"), "{shown}");
     env.cleanup().await
 }
+
+/// `corpus text-index`: builds the answers' trigram index (again: nothing to do) and drops it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_text_index_is_built_once_and_dropped_on_request() -> anyhow::Result<()> {
+    let env = TestEnv::new().await?;
+    let dir = tempfile::tempdir()?;
+    let config = write_config(&env, dir.path())?;
+    for _ in 0..2 {
+        let out = ok(&reasonrec(&config, &["corpus", "text-index"])?);
+        assert!(out.contains("trigram index present"), "{out}");
+    }
+    assert_eq!(env.store.text_index().await?, Some(true));
+    let out = ok(&reasonrec(&config, &["corpus", "text-index", "--drop"])?);
+    assert!(out.contains("trigram index absent"), "{out}");
+    assert_eq!(env.store.text_index().await?, None);
+    env.cleanup().await
+}

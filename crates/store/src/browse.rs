@@ -4,10 +4,12 @@
 //! Pages are `id > after ORDER BY id LIMIT n` within the run: a run's ids are UUIDv7 made at
 //! planning, so they sit together in the primary key and a page costs the rows it reads, not
 //! the run's size. A filter that few rows pass reads further to fill a page. Text search is a
-//! case-insensitive substring test (`lower(text) LIKE '%...%'`) that the trigram index on the
-//! answers (sql/0018) answers: a rare word reads the outputs that hold it, not the whole run.
-//! Its statement is planned for its values each time (not a cached generic plan), so the
-//! planner sees how rare the searched text is.
+//! case-insensitive substring test (`lower(text) LIKE '%...%'`). Without an index it reads the
+//! run's answers until a page fills (a word 1 in 100,000 answers hold: seconds on a 1M-task
+//! run). The trigram index on the answers (`reasonrec corpus text-index`, [`TEXT_INDEX`]) answers
+//! it from the outputs that hold the text; it is opt-in because every output the workers write
+//! pays for it (BENCHMARKS.md, session 10). The statement is planned for its values each time
+//! (not a cached generic plan), so the planner sees how rare the searched text is.
 
 use crate::error::StoreError;
 use crate::pool::Store;
@@ -223,7 +225,44 @@ fn push_filter(q: &mut QueryBuilder<'_, Postgres>, run: Uuid, f: &TaskFilter) {
     }
 }
 
+/// The trigram index on the answers that text search uses when it exists: opt-in, a GIN index
+/// of `pg_trgm` (a trusted extension, which a database owner may create). Trigram rather than
+/// full-text: the search is a case-insensitive substring (a word's stem, a title's fragment, a
+/// number), which a tsvector index cannot answer, and it needs no language configuration.
+pub const TEXT_INDEX: &str = "outputs_text_trgm";
+
 impl Store {
+    /// Builds the answers' trigram index (`CONCURRENTLY`: workers go on writing meanwhile) or,
+    /// with `on` false, drops it. Does nothing when it is already as asked.
+    pub async fn set_text_index(&self, on: bool) -> Result<(), StoreError> {
+        if on {
+            sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_trgm").execute(self.pool()).await?;
+            // A build that was interrupted leaves an invalid index of that name: dropped first.
+            if !self.text_index().await?.unwrap_or(true) {
+                sqlx::query(&format!("DROP INDEX CONCURRENTLY IF EXISTS {TEXT_INDEX}")).execute(self.pool()).await?;
+            }
+            sqlx::query(&format!(
+                "CREATE INDEX CONCURRENTLY IF NOT EXISTS {TEXT_INDEX} ON outputs USING gin (lower(text) gin_trgm_ops)"
+            ))
+            .execute(self.pool())
+            .await?;
+        } else {
+            sqlx::query(&format!("DROP INDEX CONCURRENTLY IF EXISTS {TEXT_INDEX}")).execute(self.pool()).await?;
+        }
+        Ok(())
+    }
+
+    /// Whether the answers' trigram index exists: Some(valid), None when it does not.
+    pub async fn text_index(&self) -> Result<Option<bool>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+             WHERE c.relname = $1 AND pg_table_is_visible(c.oid)",
+        )
+        .bind(TEXT_INDEX)
+        .fetch_optional(self.pool())
+        .await?)
+    }
+
     /// A task's output key (None: no output, or no such task).
     pub async fn output_key_of(&self, task: Uuid) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(sqlx::query_scalar::<_, Option<Vec<u8>>>("SELECT output_key FROM tasks WHERE id = $1")

@@ -1,7 +1,7 @@
 //! `corpus snapshot`, `corpus snapshots`, `corpus diff`, `corpus audit`.
 
 use super::connect_store;
-use crate::cli::{CorpusAuditArgs, CorpusDiffArgs, SnapshotArgs, SnapshotsArgs};
+use crate::cli::{CorpusAuditArgs, CorpusDiffArgs, SnapshotArgs, SnapshotsArgs, TextIndexArgs};
 use reasonrec_core::Settings;
 use reasonrec_core::audit::Verdict;
 use reasonrec_core::terminal::terminal_safe as safe;
@@ -31,6 +31,19 @@ pub async fn snapshot(settings: &Settings, a: SnapshotArgs) -> anyhow::Result<Ex
             anyhow::bail!("run {} is {state}: only a completed run's corpus can be snapshotted", a.run)
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn text_index(settings: &Settings, a: TextIndexArgs) -> anyhow::Result<ExitCode> {
+    let store = connect_store(settings).await?;
+    let started = std::time::Instant::now();
+    store.set_text_index(!a.drop).await?;
+    let state = match store.text_index().await? {
+        Some(true) => "present",
+        Some(false) => "invalid (a build was interrupted: run the command again)",
+        None => "absent",
+    };
+    println!("answers' trigram index {state} ({:.1} s)", started.elapsed().as_secs_f64());
     Ok(ExitCode::SUCCESS)
 }
 

@@ -53,6 +53,7 @@ pub async fn dispatch(args: Cli) -> anyhow::Result<ExitCode> {
         Command::Corpus(CorpusCommand::Snapshots(a)) => corpus::snapshots(&settings, a).await,
         Command::Corpus(CorpusCommand::Diff(a)) => corpus::diff(&settings, a).await,
         Command::Corpus(CorpusCommand::Audit(a)) => corpus::audit(&settings, a).await,
+        Command::Corpus(CorpusCommand::TextIndex(a)) => corpus::text_index(&settings, a).await,
     }
 }
 

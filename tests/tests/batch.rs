@@ -179,19 +179,12 @@ async fn a_lost_create_answer_is_found_at_the_provider_not_sent_twice() -> anyho
     Ok(())
 }
 
-/// Two batches at OpenAI name one row (the create answer was lost, and a second create of the
-/// same file reached the provider too): the oldest is adopted, the other is recorded as a copy,
-/// cancelled, and what it finished is read and paid for: every batch's cost is its results'
-/// attempts, and the run's spend counts both copies. No task is done twice.
-#[tokio::test]
-async fn a_second_copy_at_the_provider_is_cancelled_and_what_it_finished_is_paid_for() -> anyhow::Result<()> {
-    let cfg = MockConfig { api_key: key(), batch_lose_create_response: 1, ..MockConfig::default() };
-    let (mut env, run) = env_with(cfg, Protocol::OpenAi).await?;
-    env.settings.batch.max_open = 1;
+/// A first tick whose create answer is lost, then a second create of the same file at the mock,
+/// as another client call would have made it: two batches at OpenAI naming one row.
+async fn second_copy_of_the_first_batch(env: &TestEnv) -> anyhow::Result<()> {
     let first = env.batch_submitters()?;
     first[0].tick().await?;
     drop(first);
-    // The second create of the same file, as another client call would have made it.
     let http = reqwest::Client::new();
     let auth = format!("Bearer {}", key().unwrap_or_default());
     let list: serde_json::Value = http
@@ -212,6 +205,68 @@ async fn a_second_copy_at_the_provider_is_cancelled_and_what_it_finished_is_paid
         http.post(format!("{}/batches", env.mock.base_url())).header("authorization", &auth).json(&copy).send().await?;
     anyhow::ensure!(made.status().is_success(), "second create: {}", made.status());
     assert_eq!(env.mock.stats().batches_created, 2);
+    Ok(())
+}
+
+/// A second copy's lines never stand for the task's last line: a line rejected in the adopted
+/// batch is re-asked in the next with its conversation (one re-ask more), whatever the copy
+/// answered for it meanwhile.
+#[tokio::test]
+async fn a_second_copy_does_not_hide_a_rejected_lines_conversation() -> anyhow::Result<()> {
+    let cfg = MockConfig {
+        api_key: key(),
+        batch_lose_create_response: 1,
+        rate_contradict: 0.5,
+        seed: 3,
+        ..MockConfig::default()
+    };
+    let mut env = TestEnv::with_mock(cfg).await?;
+    // Reasoning only, so the first batch (and its copy) holds answers the validator rejects.
+    env.settings.teacher.endpoints = vec![batch_endpoint(&env.mock, Protocol::OpenAi)];
+    env.settings.batch.first_lines = 60;
+    env.settings.batch.max_lines = 400;
+    env.settings.batch.max_open = 1;
+    env.ingest_sample().await?;
+    let run = create_run(&env.store, &env.settings, "sample").await?.run_id;
+    second_copy_of_the_first_batch(&env).await?;
+    let subs = env.batch_submitters()?;
+    env.tick_until_completed(&subs, run, 120).await?;
+    let (followed, broken): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(*) FILTER (WHERE nx.reasks <> r.reasks + 1)
+         FROM batch_lines r JOIN batches rb ON rb.id = r.batch_id
+         JOIN LATERAL (SELECT n.reasks FROM batch_lines n JOIN batches nb ON nb.id = n.batch_id
+                       WHERE n.task_id = r.task_id AND nb.copy_of IS NULL AND nb.created_at > rb.created_at
+                       ORDER BY nb.created_at LIMIT 1) nx ON true
+         WHERE rb.run_id = $1 AND rb.copy_of IS NULL AND r.outcome = 'rejected'",
+    )
+    .bind(run)
+    .fetch_one(env.store.pool())
+    .await?;
+    let copied_rejections = scalar(
+        &env,
+        "SELECT count(*) FROM batch_lines l JOIN batches b ON b.id = l.batch_id
+         WHERE b.run_id = $1 AND b.copy_of IS NOT NULL AND l.outcome = 'stale'",
+        run,
+    )
+    .await?;
+    assert!(
+        followed > 0 && copied_rejections > 0,
+        "{followed} rejected lines re-asked, {copied_rejections} copy lines stale"
+    );
+    assert_eq!(broken, 0, "a re-ask started afresh");
+    env.cleanup().await
+}
+
+/// Two batches at OpenAI name one row (the create answer was lost, and a second create of the
+/// same file reached the provider too): the oldest is adopted, the other is recorded as a copy,
+/// cancelled, and what it finished is read and paid for: every batch's cost is its results'
+/// attempts, and the run's spend counts both copies. No task is done twice.
+#[tokio::test]
+async fn a_second_copy_at_the_provider_is_cancelled_and_what_it_finished_is_paid_for() -> anyhow::Result<()> {
+    let cfg = MockConfig { api_key: key(), batch_lose_create_response: 1, ..MockConfig::default() };
+    let (mut env, run) = env_with(cfg, Protocol::OpenAi).await?;
+    env.settings.batch.max_open = 1;
+    second_copy_of_the_first_batch(&env).await?;
 
     let second = env.batch_submitters()?;
     let r = second[0].tick().await?;

@@ -63,7 +63,7 @@ pub struct BatchStatus {
     pub by_state: Vec<reasonrec_store::batches::BatchCount>,
 }
 
-/// When a running batch run's batch work is projected to end, and its deadline: open batches a
+/// When a running batch run's batch work is projected to end: open batches a
 /// turnaround after they went, the tasks not yet sent in rounds of `max_open` batches, at the
 /// mean turnaround of the run's batch endpoint (its configured `turnaround_secs` before any
 /// batch ended). None for a run not worked by batches now (finished, or spilled to live).
@@ -71,7 +71,7 @@ async fn projected_batch_finish(
     store: &Store,
     run_id: Uuid,
     snapshot: &serde_json::Value,
-) -> Result<Option<(Option<chrono::DateTime<chrono::Utc>>, chrono::DateTime<chrono::Utc>)>, CoordinatorError> {
+) -> Result<Option<chrono::DateTime<chrono::Utc>>, CoordinatorError> {
     let Some(work) = store.batch_work(run_id).await? else { return Ok(None) };
     // What the run was planned with: its batch settings and its batch endpoint.
     let batch: BatchSettings = serde_json::from_value(snapshot["batch"].clone()).unwrap_or_default();
@@ -87,7 +87,7 @@ async fn projected_batch_finish(
     let per_round = lines_per_round(&batch, protocol);
     let ends =
         batch_work_ends(chrono::Utc::now(), turnaround, &work.open_submitted, work.unsent.max(0) as u64, per_round);
-    Ok(Some((work.deadline, ends)))
+    Ok(Some(ends))
 }
 
 pub async fn run_status(store: &Store, run_id: Uuid) -> Result<RunStatus, CoordinatorError> {
@@ -118,8 +118,8 @@ pub async fn run_status(store: &Store, run_id: Uuid) -> Result<RunStatus, Coordi
             batched_now: c.state(TaskState::Batched),
             done_by_batch,
             done_live: (c.done - c.carried_done - done_by_batch).max(0),
-            deadline: projected.and_then(|p| p.0),
-            projected_finish: projected.map(|p| p.1),
+            deadline: row.deadline,
+            projected_finish: projected,
             by_state,
         })
     } else {

@@ -124,7 +124,9 @@ impl ErrorRate {
             variance += w * w * ph * (1.0 - ph) / n;
         }
         let p = p.clamp(0.0, 1.0);
-        let n = if variance > 0.0 { (p * (1.0 - p) / variance).max(1.0) } else { audited as f64 };
+        // A stratum whose few marks are all alike has a plug-in variance of 0: the effective size
+        // is never taken above the marks there are.
+        let n = if variance > 0.0 { (p * (1.0 - p) / variance).clamp(1.0, audited as f64) } else { audited as f64 };
         let z2 = Z * Z;
         let centre = (p + z2 / (2.0 * n)) / (1.0 + z2 / n);
         let half = Z * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt() / (1.0 + z2 / n);

@@ -203,8 +203,9 @@ pub struct CarriedReask {
     pub conversation: Vec<(String, String)>,
 }
 
-/// Per task of `ids` whose latest settled line (lines sent back unanswered aside) has outcome
-/// `outcome`: the re-ask it carries on. The one definition of "the task's last rejected line",
+/// Per task of `ids` whose latest settled line (lines sent back unanswered, lines of a task no
+/// longer held by their batch and lines of second copies aside) has outcome `outcome`: the
+/// re-ask it carries on. The one definition of "the task's last rejected line",
 /// for the next batch ([`REJECTED`]) and the live worker ([`REJECTED_LIVE`]).
 async fn carried_reasks(
     db: impl sqlx::PgExecutor<'_>,
@@ -215,7 +216,8 @@ async fn carried_reasks(
         "SELECT task_id, inputs_version, reasks, conversation FROM (
              SELECT DISTINCT ON (l.task_id) l.task_id, l.inputs_version, l.reasks, l.conversation, l.outcome
              FROM batch_lines l JOIN batches b ON b.id = l.batch_id
-             WHERE l.task_id = ANY($1) AND l.outcome IS NOT NULL AND l.outcome NOT IN ('expired', 'canceled', 'errored', 'deferred')
+             WHERE l.task_id = ANY($1) AND b.copy_of IS NULL AND l.outcome IS NOT NULL
+               AND l.outcome NOT IN ('expired', 'canceled', 'errored', 'deferred', 'stale')
              ORDER BY l.task_id, b.created_at DESC, l.line DESC
          ) latest WHERE outcome = $2",
     )
@@ -554,7 +556,8 @@ impl Store {
 
     /// A row left `submitting` whose batch was found at the provider: `adopted` (the oldest
     /// found) becomes its provider batch, and each of `copies` (later ones naming the row too) a
-    /// `submitted` row of its own, `copy_of` it, with its lines sent copied, to be cancelled and its
+    /// `submitted` row of its own, `copy_of` it, with its lines sent copied (reserving nothing
+    /// against the budget: it is cancelled at once; what it finished is priced when read), to be cancelled and its
     /// results recorded (sql/0017). One transaction, so a crash leaves either the row still
     /// `submitting` (it is reconciled again) or every copy recorded.
     pub async fn adopt_batch(
@@ -586,7 +589,7 @@ impl Store {
             sqlx::query(
                 "INSERT INTO batches (id, run_id, endpoint, protocol, state, lines, owner, provider_id, input_file_id,
                                       provider_status, reserved_usd, submit_started_at, submitted_at, copy_of)
-                 SELECT $2, run_id, endpoint, protocol, 'submitted', lines, owner, $3, $4, $5, reserved_usd,
+                 SELECT $2, run_id, endpoint, protocol, 'submitted', lines, owner, $3, $4, $5, 0,
                         submit_started_at, now(), id
                  FROM batches WHERE id = $1",
             )
@@ -808,7 +811,8 @@ impl Store {
     pub async fn batch_summary(&self, run_id: Uuid) -> Result<Vec<BatchCount>, StoreError> {
         let rows = sqlx::query(
             "SELECT b.state, count(*), COALESCE(sum(b.lines), 0)::int8,
-                    COALESCE(sum((SELECT count(*) FROM batch_lines l WHERE l.batch_id = b.id AND l.outcome = 'done')), 0)::int8,
+                    COALESCE(sum((SELECT count(*) FROM batch_lines l WHERE l.batch_id = b.id AND l.outcome = 'done'
+                                   AND b.copy_of IS NULL)), 0)::int8,
                     COALESCE(sum(COALESCE(b.cost_usd, b.reserved_usd)), 0)::float8
              FROM batches b WHERE b.run_id = $1 GROUP BY b.state ORDER BY b.state",
         )

@@ -389,7 +389,8 @@ async fn replan_dependents(tx: &mut Tx<'_>, upstream: &[Uuid]) -> Result<(), Sto
                           output_key = CASE WHEN locked.finished THEN NULL ELSE tasks.output_key END,
                           last_error = CASE WHEN locked.finished THEN 'upstream_changed' ELSE tasks.last_error END,
                           done_at = CASE WHEN locked.finished THEN NULL ELSE tasks.done_at END,
-                          carried_from = CASE WHEN locked.finished THEN NULL ELSE tasks.carried_from END
+                          carried_from = CASE WHEN locked.finished THEN NULL ELSE tasks.carried_from END,
+                          live_reask = tasks.live_reask AND NOT locked.finished
          FROM locked WHERE tasks.id = locked.id",
     )
     .bind(upstream)

@@ -57,6 +57,8 @@ pub struct RunRow {
     pub pruned_at: Option<chrono::DateTime<chrono::Utc>>,
     /// Where its ready tasks go: RabbitMQ (`live`) or provider batches (`batch`).
     pub route: RunRoute,
+    /// When it must be finished (`run create --deadline`, `[batch] deadline`).
+    pub deadline: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// Progress of a run, from the task and attempt tables.
@@ -221,7 +223,7 @@ impl Store {
 
     pub async fn get_run(&self, run_id: Uuid) -> Result<RunRow, StoreError> {
         let r = sqlx::query(
-            "SELECT id, dataset_id, state, settings, created_at, finished_at, failed_reason, pruned_at, route
+            "SELECT id, dataset_id, state, settings, created_at, finished_at, failed_reason, pruned_at, route, deadline
              FROM runs WHERE id = $1",
         )
         .bind(run_id)
@@ -238,6 +240,7 @@ impl Store {
             failed_reason: r.try_get("failed_reason")?,
             pruned_at: r.try_get("pruned_at")?,
             route: r.try_get::<String, _>("route")?.parse().map_err(StoreError::Corrupt)?,
+            deadline: r.try_get("deadline")?,
         })
     }
 

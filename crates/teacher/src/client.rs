@@ -304,7 +304,11 @@ impl TeacherClient {
             Ok(a) => self.limiter.settle(admission, a.input_tokens, a.output_tokens),
             // A refused request used nothing; any other failure may have been counted, keep the input.
             Err(TeacherError::RateLimited { .. }) => self.limiter.settle(admission, 0, 0),
-            Err(_) => self.limiter.settle(admission, estimate_prompt_tokens(messages), 0),
+            // An unusable 2xx answer counted what it was billed.
+            Err(e) => match e.billed() {
+                Some(u) => self.limiter.settle(admission, u.input, u.output),
+                None => self.limiter.settle(admission, estimate_prompt_tokens(messages), 0),
+            },
         }
         if let Some(p) = result.as_ref().ok().and_then(|a| a.pause) {
             self.limiter.pause_for(p);
@@ -465,12 +469,7 @@ impl TeacherClient {
                 let Some(text) = choice.message.content else {
                     return Err(malformed("the first choice has no text content".into()));
                 };
-                let usage = parsed.usage.map(|u| TokenUsage {
-                    input: u.prompt_tokens,
-                    output: u.completion_tokens,
-                    ..TokenUsage::default()
-                });
-                Ok(Decoded { text, finish_reason: choice.finish_reason, usage })
+                Ok(Decoded { text, finish_reason: choice.finish_reason, usage: parsed.usage.map(|u| u.tokens()) })
             }
             Protocol::Anthropic => {
                 let parsed: MessagesResponse =
@@ -489,6 +488,25 @@ impl TeacherClient {
         }
     }
 
+    /// The usage to record: `reported` when it is plausible next to `estimate`, else the
+    /// estimate (`true`: estimated). A broken server's counts would stall the token buckets,
+    /// overflow the ledger's columns and skew the budget: an implausible one is counted.
+    fn believed(&self, reported: Option<TokenUsage>, estimate: TokenUsage) -> (TokenUsage, bool) {
+        match reported {
+            Some(u) if plausible(u.input, estimate.input) && plausible(u.output, estimate.output) => (u, false),
+            Some(u) => {
+                tracing::warn!(endpoint = %self.endpoint().name, reported_in = u.input, reported_out = u.output,
+                               estimate_in = estimate.input, estimate_out = estimate.output, "implausible token usage; using estimates");
+                reasonrec_core::metrics::metrics()
+                    .teacher_usage_anomalies
+                    .get_or_create(&vec![("endpoint", self.endpoint().name.clone())])
+                    .inc();
+                (estimate, true)
+            }
+            None => (estimate, true),
+        }
+    }
+
     /// The usage a 2xx body reports although the rest of it does not decode (no choices, no
     /// text); None when even that is missing or not JSON.
     fn reported_usage(protocol: Protocol, body: &str) -> Option<TokenUsage> {
@@ -497,10 +515,9 @@ impl TeacherClient {
             usage: Option<U>,
         }
         match protocol {
-            Protocol::OpenAi => serde_json::from_str::<UsageOnly<crate::protocol::Usage>>(body)
-                .ok()?
-                .usage
-                .map(|u| TokenUsage { input: u.prompt_tokens, output: u.completion_tokens, ..TokenUsage::default() }),
+            Protocol::OpenAi => {
+                serde_json::from_str::<UsageOnly<crate::protocol::Usage>>(body).ok()?.usage.map(|u| u.tokens())
+            }
             Protocol::Anthropic => {
                 serde_json::from_str::<UsageOnly<crate::anthropic::MessagesUsage>>(body).ok()?.usage.map(|u| u.tokens())
             }
@@ -515,12 +532,15 @@ impl TeacherClient {
         body: &str,
         prompt_estimate: u32,
     ) -> Result<ChatAnswer, TeacherError> {
-        // A 2xx answer is billed even when we cannot use it: what its body reports, else (a body
-        // that does not parse) at least the prompt.
+        // A 2xx answer is billed even when we cannot use it: what its body reports (when
+        // plausible), else at least the prompt (a body that does not parse: no output known).
         let least = TokenUsage { input: prompt_estimate, ..TokenUsage::default() };
         let Decoded { text, finish_reason, usage } = Self::decode(status, self.endpoint.protocol, body)
-            .map_err(|e| e.billed_at(Self::reported_usage(self.endpoint.protocol, body).unwrap_or(least)))?;
-        let billed = Some(usage.unwrap_or(least));
+            .map_err(|e| e.billed_at(self.believed(Self::reported_usage(self.endpoint.protocol, body), least).0))?;
+        let completion_estimate = estimate_tokens(&text);
+        let estimate = TokenUsage { input: prompt_estimate, output: completion_estimate, ..TokenUsage::default() };
+        let (usage, usage_estimated) = self.believed(usage, estimate);
+        let billed = Some(usage);
         if text.contains('\0') {
             let message = "the answer holds NUL characters (U+0000), which cannot be stored".into();
             return Err(TeacherError::Malformed { status, message, billed });
@@ -535,23 +555,6 @@ impl TeacherClient {
             });
         }
         let finish_reason = finish_reason.map(|r| r.replace('\0', ""));
-        let completion_estimate = estimate_tokens(&text);
-        let estimate = TokenUsage { input: prompt_estimate, output: completion_estimate, ..TokenUsage::default() };
-        let (usage, usage_estimated) = match usage {
-            Some(u) if plausible(u.input, prompt_estimate) && plausible(u.output, completion_estimate) => (u, false),
-            Some(u) => {
-                // A broken server's counts would stall the token buckets, overflow the ledger's
-                // columns and skew the budget: use the estimates and count the anomaly.
-                tracing::warn!(endpoint = %self.endpoint().name, reported_in = u.input, reported_out = u.output,
-                               estimate_in = prompt_estimate, estimate_out = completion_estimate, "implausible token usage; using estimates");
-                reasonrec_core::metrics::metrics()
-                    .teacher_usage_anomalies
-                    .get_or_create(&vec![("endpoint", self.endpoint().name.clone())])
-                    .inc();
-                (estimate, true)
-            }
-            None => (estimate, true),
-        };
         Ok(ChatAnswer {
             text,
             finish_reason,
@@ -735,6 +738,13 @@ mod tests {
             let least = Some(TokenUsage { input: 40, ..TokenUsage::default() });
             assert_eq!(billed(r#"{"choices":[{"message":{"content":"trunc"#), least, "{protocol}: cut off: the prompt");
             assert_eq!(c.refusal(500, None, "oops").billed(), None, "{protocol}: a failed request is not billed");
+            let absurd = match protocol {
+                Protocol::OpenAi => r#"{"choices":[],"usage":{"prompt_tokens":4294967295,"completion_tokens":5}}"#,
+                Protocol::Anthropic => {
+                    r#"{"content":[],"stop_reason":"end_turn","usage":{"input_tokens":4294967295,"output_tokens":5}}"#
+                }
+            };
+            assert_eq!(billed(absurd), least, "{protocol}: an implausible count is not believed");
         }
         Ok(())
     }

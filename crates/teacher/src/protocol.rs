@@ -58,6 +58,17 @@ pub struct Usage {
     pub total_tokens: u32,
 }
 
+impl Usage {
+    /// The counts as the ledger keeps them.
+    pub fn tokens(&self) -> reasonrec_core::settings::TokenUsage {
+        reasonrec_core::settings::TokenUsage {
+            input: self.prompt_tokens,
+            output: self.completion_tokens,
+            ..Default::default()
+        }
+    }
+}
+
 /// Documented estimate used when a server omits `usage`: one token per 4 characters, rounded up
 /// (the usual rule of thumb for English text with BPE tokenizers). Also used by the mock teacher.
 pub fn estimate_tokens(text: &str) -> u32 {

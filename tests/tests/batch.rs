@@ -572,6 +572,61 @@ async fn a_live_reask_is_published_not_batched_and_retry_failed_starts_it_afresh
     env.cleanup().await
 }
 
+/// A task marked for a live re-ask meets the live path's other events: its message confirmed
+/// and then found gone (`requeue_departed`: offered again, still live), two copies of its
+/// message at a live worker (asked once, done once), a spill (the run's other tasks go live),
+/// and `run cancel` (nothing offered, the done task stays done).
+#[tokio::test]
+async fn a_live_reask_meets_republish_duplicates_spill_and_cancel() -> anyhow::Result<()> {
+    use reasonrec_store::batches::REJECTED_LIVE;
+    let (mut env, run) = env_with(MockConfig { api_key: key(), ..MockConfig::default() }, Protocol::OpenAi).await?;
+    let (owner, ep) = (Uuid::now_v7(), "openai-batch");
+    let Some((batch, lines)) = env.store.claim_batch(owner, run, ep, Protocol::OpenAi, 3).await? else {
+        anyhow::bail!("no ready task to claim");
+    };
+    let (first, other) = (&lines[0], &lines[1]);
+    let back = [first.task_id, other.task_id];
+    env.store
+        .settle_lines(owner, batch, &[(first.line, REJECTED_LIVE, Some(Vec::new()))], &back, &[first.task_id])
+        .await?;
+    let offered = |after: Uuid| {
+        let s = env.store.clone();
+        async move { anyhow::Ok(s.ready_tasks(run, after, 10_000).await?.into_iter().map(|t| t.0).collect::<Vec<_>>()) }
+    };
+    // Published, then its message found gone: offered again, still as a live re-ask.
+    env.store.mark_published(&[first.task_id]).await?;
+    assert!(offered(Uuid::nil()).await?.is_empty(), "published: not offered twice");
+    env.store.requeue_departed(chrono::Utc::now() + chrono::TimeDelta::seconds(1)).await?;
+    assert_eq!(offered(Uuid::nil()).await?, vec![first.task_id]);
+    // Two copies of its message, worked by a live worker: done once, the second is a no-op.
+    env.settings.teacher.endpoints.push(EndpointSettings {
+        name: "live".into(),
+        mode: EndpointMode::Live,
+        ..batch_endpoint(&env.mock, Protocol::OpenAi)
+    });
+    let processor = env.processor()?;
+    let stage = env.store.load_task(first.task_id).await?.stage;
+    let msg = reasonrec_core::TaskMessage::new(first.task_id, run, stage);
+    use reasonrec_worker::process::Outcome;
+    assert_eq!(processor.process(&msg).await?, Outcome::Completed { reused: false });
+    assert_eq!(processor.process(&msg).await?, Outcome::AlreadyDone, "the duplicate copy");
+    let live_calls = scalar(&env, "SELECT count(*) FROM attempts WHERE run_id = $1 AND endpoint = 'live'", run).await?;
+    assert_eq!(live_calls, 1, "asked once");
+    // Spilled: the run's other ready tasks go to the live route.
+    assert!(env.store.spill_run(run).await?);
+    let after_spill = offered(Uuid::nil()).await?;
+    assert!(after_spill.contains(&other.task_id) && !after_spill.contains(&first.task_id), "{after_spill:?}");
+    // Cancelled: nothing is offered; the re-asked task stays done.
+    env.store.cancel_run(run).await?;
+    assert!(offered(Uuid::nil()).await?.is_empty());
+    let state: String = sqlx::query_scalar("SELECT state FROM tasks WHERE id = $1")
+        .bind(first.task_id)
+        .fetch_one(env.store.pool())
+        .await?;
+    assert_eq!(state, "done");
+    env.cleanup().await
+}
+
 /// The submitter killed at random points (its tick dropped mid-flight, as a SIGKILL stops a
 /// process between any two awaits: after claiming, during a create, while finishing results)
 /// and started again, over and over, with lost create answers and line faults on: the run

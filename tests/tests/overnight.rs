@@ -126,6 +126,8 @@ async fn a_failure_then_a_late_copy_counts_the_dependent_down_once_and_replans_i
     s.finish_tasks(&[complete(r, run, 0, "reasoning without u")]).await?;
     assert_eq!(row(s, r).await?.state, "done");
 
+    // Had r been a batch answer re-asked live, its re-plan sends it back to its run's route.
+    sqlx::query("UPDATE tasks SET live_reask = true WHERE id = $1").bind(r).execute(s.pool()).await?;
     // A late copy of u's message completes it: u is done, r is re-planned (not counted down).
     let out = s.finish_tasks(&[complete(u, run, 0, "profile u")]).await?;
     assert!(out[0].newly_done);
@@ -139,6 +141,9 @@ async fn a_failure_then_a_late_copy_counts_the_dependent_down_once_and_replans_i
     let reason: Option<String> =
         sqlx::query_scalar("SELECT last_error FROM tasks WHERE id = $1").bind(r).fetch_one(s.pool()).await?;
     assert_eq!(reason.as_deref(), Some("upstream_changed"));
+    let live: bool =
+        sqlx::query_scalar("SELECT live_reask FROM tasks WHERE id = $1").bind(r).fetch_one(s.pool()).await?;
+    assert!(!live, "a re-planned task starts afresh on its run's route");
 
     // A third copy of u changes nothing.
     let again = s.finish_tasks(&[complete(u, run, 0, "profile u")]).await?;

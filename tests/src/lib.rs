@@ -149,7 +149,7 @@ impl TestEnv {
 
     fn processor_on(&self, store: Store) -> anyhow::Result<TaskProcessor> {
         let prompts = PromptLibrary::load(&self.settings.prompts.dir)?;
-        let pool = TeacherPool::new(&self.settings.teacher)?;
+        let pool = TeacherPool::for_worker(&self.settings)?;
         Ok(TaskProcessor::new(store, pool, Arc::new(prompts), ProcessorOptions::from_settings(&self.settings)))
     }
 

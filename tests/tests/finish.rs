@@ -21,6 +21,7 @@ fn output(key: OutputKey, text: &str) -> Option<Box<NewOutput>> {
         params: serde_json::json!({}),
         input_tokens: 10,
         output_tokens: 5,
+        score: None,
     }))
 }
 

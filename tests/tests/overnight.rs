@@ -45,6 +45,7 @@ fn complete(task_id: Uuid, run_id: Uuid, inputs_version: i32, text: &str) -> Fin
         params: serde_json::json!({}),
         input_tokens: 1,
         output_tokens: 1,
+        score: None,
     };
     let kind = FinishKind::Complete { key, output: Some(Box::new(output)), history_truncated: 0 };
     Finish { task_id, run_id, inputs_version, kind, attempts: Vec::new() }

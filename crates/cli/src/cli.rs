@@ -96,6 +96,10 @@ pub struct TrainExportArgs {
     /// Export what is done now instead of waiting for the run to complete.
     #[arg(long)]
     pub partial: bool,
+    /// Keep only rationales their judge scored at least this (1-5; `[stages] judge`); rows
+    /// without a score are dropped too.
+    #[arg(long, value_parser = clap::value_parser!(i16).range(1..=5))]
+    pub min_judge_score: Option<i16>,
     /// Drop rationales with fewer words.
     #[arg(long)]
     pub min_words: Option<usize>,

@@ -10,7 +10,9 @@
 //!   has reviews, their digest and the item's id (the worker's review sample is seeded by it);
 //! - user profile: per window entry, the item's digest, the like flag and the item profile's
 //!   fingerprint (when that stage is on);
-//! - reasoning: the label, the user profile's fingerprint, then history and target like a window.
+//! - reasoning: the label, the user profile's fingerprint, then history and target like a window;
+//! - judge: its reasoning task's fingerprint (the judge's prompt shows what the reasoning prompt
+//!   showed, plus the reasoning's answer, which changes only when the reasoning is redone).
 //!
 //! Not in it: the teacher. Which model and parameters made an output is read from the ledger row
 //! (`outputs.model`, `outputs.params`) when an incremental run compares, so adding an endpoint or
@@ -187,6 +189,12 @@ impl Fingerprinter {
             f.entry(e);
         }
         f.entry(target);
+        f.finish()
+    }
+
+    pub fn judge(&self, reasoning: &Digest32) -> Digest32 {
+        let mut f = self.begin(Stage::Judge);
+        f.0.update(reasoning);
         f.finish()
     }
 }

@@ -96,6 +96,10 @@ impl TaskKey {
     pub fn reasoning(user: i32, item: i32, split: &str) -> Self {
         Self { stage: Stage::Reasoning, user, item, split: split_code(Some(split)) }
     }
+
+    pub fn judge(user: i32, item: i32, split: &str) -> Self {
+        Self { stage: Stage::Judge, user, item, split: split_code(Some(split)) }
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -326,21 +326,61 @@ impl Planner<'_> {
         }
         let carried = self.carried(&d);
         let input = ReasoningInput { user, target: t.item, rating: t.rating, history: t.history };
-        let input = self.input(&d, serde_json::to_value(input).unwrap_or_default());
+        let input = serde_json::to_value(input).unwrap_or_default();
+        let r = TaskRef { id: Uuid::now_v7(), fingerprint, redone: matches!(d, Decision::Redo(_)) };
+        let subject = format!("u{user}:i{}:{}", t.item, t.split);
+        let judge = self.settings.stages.judge.then(|| (input.clone(), all.clone()));
         self.push(NewTask {
-            id: Uuid::now_v7(),
+            id: r.id,
             stage: Stage::Reasoning,
-            subject: format!("u{user}:i{}:{}", t.item, t.split),
+            subject: subject.clone(),
             user_id: Some(user),
             item_id: Some(t.item),
             split: Some(t.split.to_string()),
             label: Some(t.label),
-            input,
+            input: self.input(&d, input),
             deps,
             pending_deps: if carried.is_some() { 0 } else { pending },
             fingerprint,
             carried,
         });
+        if let Some((input, mut upstream)) = judge {
+            upstream.push(Some(r));
+            let key = TaskKey::judge(user, t.item, t.split);
+            let task = NewTask {
+                id: Uuid::now_v7(),
+                stage: Stage::Judge,
+                subject,
+                user_id: Some(user),
+                item_id: Some(t.item),
+                split: Some(t.split.to_string()),
+                label: Some(t.label),
+                input,
+                deps: Vec::new(),
+                pending_deps: 0,
+                fingerprint: None,
+                carried: None,
+            };
+            self.judge(key, task, &upstream, items.len());
+        }
+    }
+
+    /// The judge of reasoning task `upstream.last()`: same subject and input, and the reasoning's
+    /// dependencies besides (its prompt shows the same facts).
+    /// `task`: the judge's row as far as the reasoning task decides it (subject, ids, input).
+    fn judge(&mut self, key: TaskKey, mut task: NewTask, upstream: &[Option<TaskRef>], items: usize) {
+        let reasoning_fp = upstream.last().copied().flatten().and_then(|r| r.fingerprint);
+        task.fingerprint = match (&self.content, reasoning_fp) {
+            (Some(c), Some(fp)) => Some(c.fp.judge(&fp)),
+            _ => None,
+        };
+        let (deps, pending) = edges(upstream);
+        let d = self.decide(Stage::Judge, key, task.fingerprint.as_ref(), pending > 0, items);
+        task.carried = self.carried(&d);
+        task.input = self.input(&d, std::mem::take(&mut task.input));
+        task.pending_deps = if task.carried.is_some() { 0 } else { pending };
+        task.deps = deps;
+        self.push(task);
     }
 }
 
@@ -451,6 +491,7 @@ pub async fn plan_run(
         (Stage::ItemProfile, settings.stages.item_profile),
         (Stage::UserProfile, settings.stages.user_profile),
         (Stage::Reasoning, true),
+        (Stage::Judge, settings.stages.judge),
     ]
     .into_iter()
     .filter_map(|(s, on)| on.then_some(s))

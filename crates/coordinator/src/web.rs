@@ -215,6 +215,8 @@ struct TasksQuery {
     text: Option<String>,
     min_words: Option<String>,
     max_words: Option<String>,
+    min_score: Option<String>,
+    max_score: Option<String>,
     mark: Option<String>,
     after: Option<String>,
     limit: Option<String>,
@@ -255,6 +257,8 @@ impl TasksQuery {
             min_words: param("min_words", &self.min_words)?,
             max_words: param("max_words", &self.max_words)?,
             mark,
+            min_score: param("min_score", &self.min_score)?,
+            max_score: param("max_score", &self.max_score)?,
         };
         let limit: i64 = param("limit", &self.limit)?.unwrap_or(50);
         Ok((filter, param("after", &self.after)?, limit.clamp(1, 500)))

@@ -6,7 +6,10 @@
 //! - A task finishes only while its run is open (`running` or `paused`): a completed,
 //!   cancelled or failed run (a snapshotted one included) never changes through a late copy.
 //! - `done` is final; a second completion, or a failure after it, changes nothing.
-//! - A failure moves only an unfinished task (`ready`, `published`, `batched`) to `failed`.
+//! - A failure moves only an unfinished task (`ready`, `published`, `batched`) to `failed`. A
+//!   failure to render the prompt (`Unrenderable`: a judge whose reasoning has no answer yet) is
+//!   a fact about the inputs it was rendered from: when they changed since, it is superseded like
+//!   an answer and the worker renders again.
 //! - A completion moves `ready`, `published`, `batched` or `failed` (a late copy after a failure) to
 //!   `done`, unless it was worked from an older version of the task's inputs (an upstream output
 //!   changed meanwhile): then it is superseded and the worker renders the prompt again.
@@ -25,6 +28,8 @@ pub enum FinishEvent {
     Complete { inputs_version: i32 },
     /// A permanent failure, spent retries or a dead-lettered message.
     Fail,
+    /// The prompt could not be rendered from `inputs_version` of the task's inputs.
+    Unrenderable { inputs_version: i32 },
 }
 
 /// What the machine reads of a locked task row.
@@ -73,12 +78,14 @@ pub fn decide(row: &mut TaskRow, event: FinishEvent) -> Decision {
     let to = match (row.state, event) {
         (Done, _) => return Decision::Keep(Kept::AlreadyDone),
         (Waiting | Cancelled, _) => return Decision::Keep(Kept::NotOpen),
-        (Failed, FinishEvent::Fail) => return Decision::Keep(Kept::AlreadyFailed),
-        (_, FinishEvent::Complete { inputs_version }) if inputs_version != row.inputs_version => {
+        (Failed, FinishEvent::Fail | FinishEvent::Unrenderable { .. }) => return Decision::Keep(Kept::AlreadyFailed),
+        (_, FinishEvent::Complete { inputs_version } | FinishEvent::Unrenderable { inputs_version })
+            if inputs_version != row.inputs_version =>
+        {
             return Decision::Keep(Kept::Superseded);
         }
         (Ready | Published | Batched | Failed, FinishEvent::Complete { .. }) => Done,
-        (Ready | Published | Batched, FinishEvent::Fail) => Failed,
+        (Ready | Published | Batched, FinishEvent::Fail | FinishEvent::Unrenderable { .. }) => Failed,
     };
     let decision = Decision::Move { to, release: !row.released, replan: row.released && to == Done };
     row.state = to;
@@ -177,5 +184,25 @@ mod tests {
         assert_eq!(decide(&mut r, Complete { inputs_version: 2 }), DONE);
         let mut r = TaskRow { inputs_version: 2, ..row(Published, false) };
         assert_eq!(decide(&mut r, Fail), FAILED);
+    }
+
+    #[test]
+    fn a_render_failure_from_older_inputs_is_superseded_and_from_current_ones_fails() {
+        // A judge rendered before its reasoning's answer existed; the answer arrived meanwhile
+        // (the dependent's inputs version was bumped): render again, do not fail.
+        let mut r = TaskRow { inputs_version: 1, ..row(Published, true) };
+        assert_eq!(decide(&mut r, Unrenderable { inputs_version: 0 }), Decision::Keep(Kept::Superseded));
+        assert_eq!(r.state, Published);
+        let failed = Decision::Move { to: Failed, release: false, replan: false };
+        assert_eq!(decide(&mut r, Unrenderable { inputs_version: 1 }), failed);
+        assert_eq!(decide(&mut r, Unrenderable { inputs_version: 1 }), Decision::Keep(Kept::AlreadyFailed));
+        assert_eq!(
+            decide(&mut r, Complete { inputs_version: 1 }),
+            Decision::Move { to: Done, release: false, replan: true }
+        );
+        let mut r = row(Ready, false);
+        assert_eq!(decide(&mut r, Unrenderable { inputs_version: 0 }), FAILED);
+        let mut r = row(Waiting, false);
+        assert_eq!(decide(&mut r, Unrenderable { inputs_version: 0 }), Decision::Keep(Kept::NotOpen));
     }
 }

@@ -51,7 +51,10 @@ pub fn item_ids(stage: crate::stage::Stage, input: &serde_json::Value) -> Vec<i3
         Stage::UserProfile => {
             serde_json::from_value::<UserProfileInput>(input.clone()).map(|i| i.window.iter().map(|h| h.item).collect())
         }
-        Stage::Reasoning => serde_json::from_value::<ReasoningInput>(input.clone()).map(|i| i.item_ids()),
+        // A judge task shows its reasoning task's prompt again: it has the same input.
+        Stage::Reasoning | Stage::Judge => {
+            serde_json::from_value::<ReasoningInput>(input.clone()).map(|i| i.item_ids())
+        }
     }
     .unwrap_or_default()
 }

@@ -5,6 +5,7 @@
 //! its API key (`api_key_env`), and the key is read at the moment a client is built.
 
 use crate::error::CoreError;
+use crate::stage::Stage;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -369,12 +370,31 @@ pub struct StageSettings {
     pub user_profile: bool,
     /// Re-asks after a rejected answer (the validator's reason is added to the conversation).
     pub max_reasks: u32,
+    /// A judge task per reasoning task: a teacher scores the answer's faithfulness to the
+    /// prompt's facts and its agreement with the label (`prompts/judge.*.j2`, "Score: 1-5").
+    pub judge: bool,
+    /// The live endpoints (by name) that answer judge tasks, and only those; the other stages
+    /// never go to them. Empty: every endpoint answers every stage.
+    pub judge_endpoints: Vec<String>,
 }
 
 impl Default for StageSettings {
     fn default() -> Self {
-        Self { item_profile: true, user_profile: true, max_reasks: 2 }
+        Self { item_profile: true, user_profile: true, max_reasks: 2, judge: false, judge_endpoints: Vec::new() }
     }
+}
+
+impl StageSettings {
+    /// Whether endpoint `name` answers tasks of `stage`.
+    pub fn endpoint_serves(&self, name: &str, stage: Stage) -> bool {
+        serves_stage(&self.judge_endpoints, name, stage)
+    }
+}
+
+/// Whether endpoint `name` answers tasks of `stage` when `judge_endpoints` are the judges' own
+/// (`stages.judge_endpoints`; empty: every endpoint answers every stage).
+pub fn serves_stage(judge_endpoints: &[String], name: &str, stage: Stage) -> bool {
+    judge_endpoints.is_empty() || judge_endpoints.iter().any(|j| j == name) == (stage == Stage::Judge)
 }
 
 /// Parameters sent with every chat completion; they are part of an output's content key.
@@ -807,6 +827,33 @@ impl Settings {
     }
 
     /// Checks that serde cannot express; each message names the key.
+    /// `stages.judge_endpoints`: live endpoints that exist, with another endpoint left for the
+    /// other stages. A batch endpoint answers every stage of the runs routed to it, so the two
+    /// cannot be combined.
+    fn validate_judge_endpoints(&self) -> Result<(), CoreError> {
+        let judges = &self.stages.judge_endpoints;
+        if judges.is_empty() {
+            return Ok(());
+        }
+        let bad = |why: String| Err(CoreError::Config(format!("stages.judge_endpoints: {why}")));
+        for name in judges {
+            match self.teacher.endpoints.iter().find(|e| &e.name == name) {
+                None => return bad(format!("{name:?} is not the name of a teacher endpoint")),
+                Some(e) if e.mode != EndpointMode::Live => {
+                    return bad(format!("{name:?} is a batch endpoint; judges are asked live"));
+                }
+                Some(_) => {}
+            }
+        }
+        if self.teacher.endpoints.iter().any(|e| e.mode == EndpointMode::Batch) {
+            return bad("cannot be combined with a batch endpoint (it answers every stage of its runs)".into());
+        }
+        if self.teacher.endpoints.iter().all(|e| judges.contains(&e.name)) {
+            return bad("every endpoint is a judge endpoint: none is left for the other stages".into());
+        }
+        Ok(())
+    }
+
     pub fn validate(&self) -> Result<(), CoreError> {
         let bad = |key: &str, why: String| Err(CoreError::Config(format!("{key}: {why}")));
         if !(self.database.url.starts_with("postgres://") || self.database.url.starts_with("postgresql://")) {
@@ -859,6 +906,7 @@ impl Settings {
                 );
             }
         }
+        self.validate_judge_endpoints()?;
         let b = &self.batch;
         match b.deadline_after(chrono::Utc::now()) {
             Err(e) => return bad("batch.deadline", e),
@@ -1131,6 +1179,29 @@ mod tests {
         assert!(err.contains("teacher.endpoints[0].reask"), "{err}");
         s.teacher.endpoints.push(EndpointSettings { name: "l".into(), ..EndpointSettings::default() });
         assert!(s.validate().is_ok());
+    }
+
+    #[test]
+    fn judge_endpoints_name_live_endpoints_and_leave_one_for_the_other_stages() {
+        let ep = |name: &str| EndpointSettings { name: name.into(), ..EndpointSettings::default() };
+        let mut s = Settings::default();
+        s.teacher.endpoints = vec![ep("main"), ep("cheap")];
+        s.stages.judge_endpoints = vec!["cheap".into()];
+        assert!(s.validate().is_ok());
+        assert!(s.stages.endpoint_serves("cheap", Stage::Judge));
+        assert!(!s.stages.endpoint_serves("cheap", Stage::Reasoning));
+        assert!(s.stages.endpoint_serves("main", Stage::Reasoning));
+        assert!(!s.stages.endpoint_serves("main", Stage::Judge));
+        let err = |s: &Settings| s.validate().err().map(|e| e.to_string()).unwrap_or_default();
+        s.stages.judge_endpoints = vec!["nope".into()];
+        assert!(err(&s).contains("\"nope\" is not the name"), "{}", err(&s));
+        s.stages.judge_endpoints = vec!["main".into(), "cheap".into()];
+        assert!(err(&s).contains("none is left"), "{}", err(&s));
+        s.stages.judge_endpoints = vec!["cheap".into()];
+        s.teacher.endpoints.push(EndpointSettings { mode: EndpointMode::Batch, ..ep("b") });
+        assert!(err(&s).contains("batch endpoint"), "{}", err(&s));
+        s.stages.judge_endpoints.clear();
+        assert!(s.stages.endpoint_serves("cheap", Stage::Judge) && s.stages.endpoint_serves("cheap", Stage::Reasoning));
     }
 
     #[test]

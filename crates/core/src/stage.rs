@@ -4,23 +4,26 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
 
-/// The three teacher stages of ReasoningRec. Item profiles feed user profiles, both feed reasoning.
+/// The teacher stages of ReasoningRec. Item profiles feed user profiles, both feed reasoning. The
+/// optional judge (`[stages] judge`) scores each reasoning answer against the facts of its prompt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
 #[serde(rename_all = "snake_case")]
 pub enum Stage {
     ItemProfile,
     UserProfile,
     Reasoning,
+    Judge,
 }
 
 impl Stage {
-    pub const ALL: [Stage; 3] = [Stage::ItemProfile, Stage::UserProfile, Stage::Reasoning];
+    pub const ALL: [Stage; 4] = [Stage::ItemProfile, Stage::UserProfile, Stage::Reasoning, Stage::Judge];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Stage::ItemProfile => "item_profile",
             Stage::UserProfile => "user_profile",
             Stage::Reasoning => "reasoning",
+            Stage::Judge => "judge",
         }
     }
 }

@@ -16,7 +16,31 @@ pub fn word_bounds(stage: Stage) -> (usize, usize) {
         Stage::ItemProfile => (5, 120),
         Stage::UserProfile => (10, 300),
         Stage::Reasoning => (15, 400),
+        Stage::Judge => (3, 200),
     }
+}
+
+/// The best and worst score a judge gives.
+pub const JUDGE_SCORES: std::ops::RangeInclusive<i16> = 1..=5;
+
+/// The score of a judge's answer: the first line that starts with `Score:` (any case, markdown
+/// emphasis ignored) followed by a whole number in [`JUDGE_SCORES`]. None when there is none.
+pub fn judge_score(text: &str) -> Option<i16> {
+    text.lines().find_map(|line| {
+        let line = line.trim().trim_start_matches(['*', '#', ' ']);
+        let head = line.get(..6)?;
+        if !head.eq_ignore_ascii_case("score:") {
+            return None;
+        }
+        let rest = line[6..].trim().trim_start_matches('*').trim();
+        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        let after = rest[digits.len()..].trim_start_matches('*').trim_start();
+        // "4/5" and "4 out of 5" name the same score; "4.5" is not a whole score.
+        if after.starts_with('.') && after[1..].starts_with(|c: char| c.is_ascii_digit()) {
+            return None;
+        }
+        digits.parse::<i16>().ok().filter(|n| JUDGE_SCORES.contains(n))
+    })
 }
 
 const REFUSALS: &[&str] =
@@ -125,6 +149,20 @@ pub fn validate_answer(
     if let Some(p) = REFUSALS.iter().find(|p| lower.contains(*p)) {
         return reject("refusal", format!("the answer contains refusal boilerplate ({p:?})"));
     }
+    if stage == Stage::Judge {
+        // A judge is asked about the given outcome: leakage phrases are its subject, not a fault.
+        return match judge_score(trimmed) {
+            Some(_) => Ok(()),
+            None => reject(
+                "no_score",
+                format!(
+                    "the answer has no line \"Score: N\" with N a whole number from {} to {}",
+                    JUDGE_SCORES.start(),
+                    JUDGE_SCORES.end()
+                ),
+            ),
+        };
+    }
     if let Some(p) = LEAKAGE.iter().find(|p| lower.contains(*p)) {
         return reject("leakage", format!("the answer refers to the given outcome ({p:?})"));
     }
@@ -143,6 +181,32 @@ pub fn validate_answer(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_judge_answer_needs_a_whole_score_in_range() {
+        assert_eq!(judge_score("Faithful: yes\nScore: 4\nReason: grounded."), Some(4));
+        assert_eq!(judge_score("**Score:** 2/5"), Some(2));
+        assert_eq!(judge_score("score: 5 out of 5"), Some(5));
+        assert_eq!(judge_score("Score: 4.5"), None);
+        assert_eq!(judge_score("Score: 0"), None);
+        assert_eq!(judge_score("Score: 9"), None);
+        assert_eq!(judge_score("Score: high"), None);
+        assert_eq!(judge_score("The score is 4"), None);
+        assert_eq!(judge_score("Scores: 4"), None);
+        let first = "Score: 3\nScore: 5";
+        assert_eq!(judge_score(first), Some(3), "the first score line counts");
+        let ok = "Faithful: yes. Label agreement: yes.\nScore: 5\nReason: the label says like and it argues like.";
+        assert_eq!(
+            validate_answer(Stage::Judge, ok, Some("stop"), Some(true)),
+            Ok(()),
+            "leakage words are a judge's subject"
+        );
+        let code =
+            validate_answer(Stage::Judge, "Faithful: yes, fully grounded.", None, Some(true)).err().map(|r| r.code);
+        assert_eq!(code, Some("no_score"));
+        let code = validate_answer(Stage::Judge, "Score: 4", Some("length"), None).err().map(|r| r.code);
+        assert_eq!(code, Some("truncated"), "a cut-off judge is re-asked like any answer");
+    }
 
     const GOOD: &str = "The user enjoys tense crime dramas and ensemble thrillers, and tends to dislike \
                         broad comedies; the target is a slow-burning heist film with strong leads.";

@@ -1,14 +1,22 @@
 //! Deterministic, prompt-aware answers.
 //!
 //! The mock recognises the section headings of reasonrec's own templates (`## Target`,
-//! `## Known outcome`, `## Item`, `## Profile window`) and the «…» delimiters around data. For any
-//! other prompt it answers with a generic paragraph that still quotes what it found between « ».
+//! `## Known outcome`, `## Item`, `## Profile window`, and the judge's `## Stated outcome` and
+//! `## Explanation to judge`) and the «…» delimiters around data. For any other prompt it answers
+//! with a generic paragraph that still quotes what it found between « ».
 
 use sha2::{Digest, Sha256};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
-    Reasoning { like: bool },
+    Reasoning {
+        like: bool,
+    },
+    /// A judge prompt: the stated outcome and the outcome the explanation argues (if any).
+    Judge {
+        like: bool,
+        argued: Option<bool>,
+    },
     ItemProfile,
     UserProfile,
     Other,
@@ -44,10 +52,25 @@ pub fn parse(prompt: &str) -> Parsed {
     let mut p = Parsed { kind: Kind::Other, liked: vec![], disliked: vec![], target: None, titles: vec![] };
     let mut section = String::new();
     let mut outcome: Option<bool> = None;
+    let mut stated: Option<bool> = None;
+    let mut explanation = String::new();
     for line in prompt.lines() {
         let t = line.trim();
         if let Some(h) = t.strip_prefix("## ") {
             section = h.to_lowercase();
+            continue;
+        }
+        if section.starts_with("stated outcome") && stated.is_none() {
+            let upper = t.to_uppercase();
+            if upper.contains("DISLIKED") {
+                stated = Some(false);
+            } else if upper.contains("LIKED") {
+                stated = Some(true);
+            }
+        }
+        if section.starts_with("explanation to judge") {
+            explanation.push_str(t);
+            explanation.push('\n');
             continue;
         }
         let q = quoted(t);
@@ -83,6 +106,9 @@ pub fn parse(prompt: &str) -> Parsed {
     }
     if let Some(like) = outcome {
         p.kind = Kind::Reasoning { like };
+    }
+    if let (Some(like), false) = (stated, explanation.is_empty()) {
+        p.kind = Kind::Judge { like, argued: reasonrec_core::validate::argued_outcome(&explanation) };
     }
     p
 }
@@ -161,6 +187,16 @@ pub fn answer_with(prompt: &str, contradict: bool) -> String {
             };
             format!("{summary}\n{reasoning}")
         }
+        Kind::Judge { like, argued } => {
+            if argued == Some(!like) {
+                return "Faithful: no, it argues against the stated outcome.\nAgrees with the outcome: no.\nScore: 1"
+                    .into();
+            }
+            // A spread of scores (same prompt, same score), so a score filter has work to do.
+            let score = pick(&seed, 6, &["2", "3", "4", "5", "5"]);
+            let faithful = if score == "2" { "no, it adds a claim the facts do not support" } else { "yes" };
+            format!("Faithful: {faithful}.\nAgrees with the outcome: yes.\nScore: {score}")
+        }
         Kind::ItemProfile => {
             let title = p.titles.first().cloned().unwrap_or_else(|| "This item".into());
             let strong =
@@ -209,6 +245,26 @@ mod tests {
         assert_eq!(a, answer(PROMPT), "deterministic");
         let liked = answer(&PROMPT.replace("will DISLIKE", "will LIKE"));
         assert!(liked.contains("strong match"), "{liked}");
+    }
+
+    #[test]
+    fn a_judge_prompt_gets_a_score_and_a_contradicting_explanation_the_lowest() {
+        let judge = |outcome: &str, explanation: &str| {
+            format!(
+                "## Recent history (oldest first)\n1. [Liked] «Heat (1995)»\n\n## Target item\n«Casino (1995)»\n\n\
+                 ## Stated outcome\nThe user {outcome} the target item.\n\n## Explanation to judge\n«{explanation}»\n"
+            )
+        };
+        let agreeing = judge("liked", "Reasoning: it is a strong match for this viewer.");
+        assert_eq!(parse(&agreeing).kind, Kind::Judge { like: true, argued: Some(true) });
+        let a = answer(&agreeing);
+        let score = reasonrec_core::validate::judge_score(&a);
+        assert!(score.is_some_and(|s| s >= 2), "{a}");
+        let r = reasonrec_core::validate::validate_answer(reasonrec_core::Stage::Judge, &a, Some("stop"), Some(true));
+        assert_eq!(r, Ok(()), "{a}");
+        let contradicting = judge("disliked", "Reasoning: it is a strong match for this viewer.");
+        assert_eq!(parse(&contradicting).kind, Kind::Judge { like: false, argued: Some(true) });
+        assert_eq!(reasonrec_core::validate::judge_score(&answer(&contradicting)), Some(1));
     }
 
     #[test]

@@ -424,6 +424,7 @@ impl Reply {
             Kind::Reasoning { like: false } => "reasoning_dislike",
             Kind::ItemProfile => "item_profile",
             Kind::UserProfile => "user_profile",
+            Kind::Judge { .. } => "judge",
             Kind::Other => "other",
         };
         let prompt_tokens = estimate_prompt_tokens(&asked.messages);

@@ -48,6 +48,10 @@ pub struct TaskFilter {
     pub min_words: Option<i32>,
     pub max_words: Option<i32>,
     pub mark: Option<MarkFilter>,
+    /// The judge's score (`[stages] judge`) at least / at most this: a judge task's own, a
+    /// reasoning task's judge's.
+    pub min_score: Option<i16>,
+    pub max_score: Option<i16>,
 }
 
 /// A task as a page lists it.
@@ -64,6 +68,8 @@ pub struct TaskListRow {
     pub template_version: Option<String>,
     pub words: Option<i32>,
     pub verdict: Option<Verdict>,
+    /// The judge's score: a judge task's own, a reasoning task's judge's (None: not judged).
+    pub score: Option<i16>,
     /// The answer's first 200 characters.
     pub excerpt: Option<String>,
     pub last_error: Option<String>,
@@ -124,7 +130,7 @@ pub struct Upstream {
 
 /// The columns of a [`TaskListRow`] over `tasks t`, `outputs o` and `audit_marks a`.
 const LIST_COLUMNS: &str = "t.id, t.stage, t.state, t.subject, t.split, t.label, t.carried_from IS NOT NULL AS carried,
-       o.model, o.template_version, a.verdict, left(o.text, 200) AS excerpt, t.last_error,
+       o.model, o.template_version, a.verdict, left(o.text, 200) AS excerpt, t.last_error, o.score,
        array_length(regexp_split_to_array(btrim(o.text), '\\s+'), 1) AS words";
 
 const LIST_FROM: &str = " FROM tasks t LEFT JOIN outputs o ON o.key = t.output_key
@@ -145,6 +151,7 @@ fn list_row(r: &sqlx::postgres::PgRow) -> Result<TaskListRow, StoreError> {
         template_version: r.try_get("template_version")?,
         words: r.try_get("words")?,
         verdict: crate::audit::verdict_in(r, "verdict")?,
+        score: r.try_get("score")?,
         excerpt: r.try_get("excerpt")?,
         last_error: r.try_get("last_error")?,
     })
@@ -223,6 +230,15 @@ fn push_filter(q: &mut QueryBuilder<'_, Postgres>, run: Uuid, f: &TaskFilter) {
         }
         None => {}
     }
+    // A reasoning task's judge shares its subject: one probe of the (run, stage, subject) index.
+    const SCORE: &str = "COALESCE(o.score, (SELECT jo.score FROM tasks j JOIN outputs jo ON jo.key = j.output_key
+         WHERE t.stage = 'reasoning' AND j.run_id = t.run_id AND j.stage = 'judge' AND j.subject = t.subject))";
+    if let Some(min) = f.min_score {
+        q.push(format!(" AND {SCORE} >= ")).push_bind(min);
+    }
+    if let Some(max) = f.max_score {
+        q.push(format!(" AND {SCORE} <= ")).push_bind(max);
+    }
 }
 
 /// The trigram index on the answers that text search uses when it exists: opt-in, a GIN index
@@ -288,7 +304,32 @@ impl Store {
         q.push(" ORDER BY t.id LIMIT ").push_bind(limit.clamp(1, 500));
         // Planned with its values: a cached generic plan would not know a searched text is rare.
         let rows = q.build().persistent(false).fetch_all(self.pool()).await?;
-        rows.iter().map(list_row).collect()
+        let mut rows = rows.iter().map(list_row).collect::<Result<Vec<_>, _>>()?;
+        self.add_judge_scores(run, &mut rows).await?;
+        Ok(rows)
+    }
+
+    /// Sets the score of each reasoning row from its judge task (one read for the page).
+    async fn add_judge_scores(&self, run: Uuid, rows: &mut [TaskListRow]) -> Result<(), StoreError> {
+        let subjects: Vec<&str> =
+            rows.iter().filter(|r| r.stage == Stage::Reasoning).map(|r| r.subject.as_str()).collect();
+        if subjects.is_empty() {
+            return Ok(());
+        }
+        let scores: std::collections::HashMap<String, Option<i16>> = sqlx::query_as(
+            "SELECT j.subject, o.score FROM tasks j JOIN outputs o ON o.key = j.output_key
+             WHERE j.run_id = $1 AND j.stage = 'judge' AND j.subject = ANY($2)",
+        )
+        .bind(run)
+        .bind(&subjects)
+        .fetch_all(self.pool())
+        .await?
+        .into_iter()
+        .collect();
+        for r in rows.iter_mut().filter(|r| r.stage == Stage::Reasoning) {
+            r.score = scores.get(&r.subject).copied().flatten();
+        }
+        Ok(())
     }
 
     /// One task with its output, mark, attempts (oldest first) and upstream tasks.
@@ -303,7 +344,9 @@ impl Store {
         .fetch_optional(self.pool())
         .await?
         .ok_or_else(|| StoreError::NotFound(format!("task {id}")))?;
-        let row = list_row(&r)?;
+        let mut row = list_row(&r)?;
+        let run_id: Uuid = r.try_get("run_id")?;
+        self.add_judge_scores(run_id, std::slice::from_mut(&mut row)).await?;
         let output = match r.try_get::<Option<String>, _>("key")? {
             Some(key) => Some(OutputView {
                 key,

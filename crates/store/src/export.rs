@@ -34,6 +34,8 @@ pub struct ExportTask {
     pub params: serde_json::Value,
     /// The output's audit mark (`audit_marks`), if a reviewer marked it.
     pub audit: Option<reasonrec_core::audit::Verdict>,
+    /// The score of the task's judge (`[stages] judge`), when asked for and the judge is done.
+    pub judge_score: Option<i16>,
 }
 
 /// Task counts of a run, for the export manifest.
@@ -51,12 +53,28 @@ pub struct ExportCounts {
 /// rows spilled to disk at the default `work_mem`.
 const TASK_COLUMNS: &str = "t.id, t.split, t.label, t.input, t.history_truncated, t.user_id, t.item_id,
        u.ext_id AS user_ext, i.ext_id AS item_ext,
-       o.text, o.template, o.template_version, o.model, o.params, a.verdict
+       o.text, o.template, o.template_version, o.model, o.params, a.verdict";
+const TASK_FROM: &str = "
 FROM page t
 JOIN outputs o ON o.key = t.output_key
 LEFT JOIN audit_marks a ON a.output_key = t.output_key
 JOIN users u ON u.dataset_id = $2 AND u.id = t.user_id
 JOIN items i ON i.dataset_id = $2 AND i.id = t.item_id";
+
+/// The select list and joins of an export read; with `judged`, each row's judge score too (its
+/// judge task shares its subject: one probe of the (run, stage, subject) index per row, paid
+/// only when a score filter asks for it).
+fn task_select(judged: bool) -> String {
+    if judged {
+        format!(
+            "{TASK_COLUMNS}, jo.score AS judge_score {TASK_FROM}
+LEFT JOIN tasks j ON j.run_id = t.run_id AND j.stage = 'judge' AND j.subject = t.subject AND j.state = 'done'
+LEFT JOIN outputs jo ON jo.key = j.output_key"
+        )
+    } else {
+        format!("{TASK_COLUMNS}, NULL::smallint AS judge_score {TASK_FROM}")
+    }
+}
 
 fn in_id_order(rows: &[sqlx::postgres::PgRow]) -> Result<Vec<ExportTask>, StoreError> {
     let mut tasks = rows.iter().map(export_task).collect::<Result<Vec<_>, _>>()?;
@@ -86,18 +104,21 @@ fn export_task(r: &sqlx::postgres::PgRow) -> Result<ExportTask, StoreError> {
         model: r.try_get("model")?,
         params: r.try_get("params")?,
         audit: crate::audit::verdict_in(r, "verdict")?,
+        judge_score: r.try_get("judge_score")?,
     })
 }
 
 impl Store {
     /// The next page of a run's done reasoning tasks after `after` in id order (keyset
-    /// pagination; start with `Uuid::nil()`). `dataset_id` is the run's dataset.
+    /// pagination; start with `Uuid::nil()`). `dataset_id` is the run's dataset; `judged`: read
+    /// each row's judge score.
     pub async fn export_page(
         &self,
         run_id: Uuid,
         dataset_id: i64,
         after: Uuid,
         limit: i64,
+        judged: bool,
     ) -> Result<Vec<ExportTask>, StoreError> {
         // The page is chosen first (an ordered range of `tasks_by_run_state_id`), then joined:
         // left to itself the planner joined and sorted every remaining task to keep 2,000.
@@ -106,7 +127,8 @@ impl Store {
                  SELECT * FROM tasks
                  WHERE run_id = $1 AND state = 'done' AND id > $3 AND stage = 'reasoning'
                  ORDER BY id LIMIT $4)
-             SELECT {TASK_COLUMNS}"
+             SELECT {}",
+            task_select(judged)
         );
         let rows =
             sqlx::query(&sql).bind(run_id).bind(dataset_id).bind(after).bind(limit).fetch_all(self.pool()).await?;
@@ -124,7 +146,8 @@ impl Store {
             "WITH page AS MATERIALIZED (
                  SELECT * FROM tasks
                  WHERE id = ANY($3) AND run_id = $1 AND stage = 'reasoning' AND state = 'done')
-             SELECT {TASK_COLUMNS}"
+             SELECT {}",
+            task_select(false)
         );
         let rows = sqlx::query(&sql).bind(run_id).bind(dataset_id).bind(ids).fetch_all(self.pool()).await?;
         in_id_order(&rows)

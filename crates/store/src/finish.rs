@@ -28,6 +28,9 @@ pub enum FinishKind {
     Complete { key: OutputKey, output: Option<Box<NewOutput>>, history_truncated: i32 },
     /// Failed permanently (or retries spent) with this error.
     Fail { error: String },
+    /// The prompt cannot be rendered from the finish's `inputs_version` (a judge whose reasoning
+    /// has no answer): fails the task unless its inputs changed since (then it is superseded).
+    Unrenderable { error: String },
 }
 
 #[derive(Debug, Clone)]
@@ -45,6 +48,7 @@ impl Finish {
         match self.kind {
             FinishKind::Complete { .. } => FinishEvent::Complete { inputs_version: self.inputs_version },
             FinishKind::Fail { .. } => FinishEvent::Fail,
+            FinishKind::Unrenderable { .. } => FinishEvent::Unrenderable { inputs_version: self.inputs_version },
         }
     }
 }
@@ -166,11 +170,12 @@ async fn insert_outputs(tx: &mut Tx<'_>, batch: &[Finish]) -> Result<HashSet<Vec
     let tout: Vec<i32> = outputs.iter().map(|(_, o)| o.output_tokens).collect();
     let runs: Vec<Uuid> = outputs.iter().map(|(f, _)| f.run_id).collect();
     let tasks: Vec<Uuid> = outputs.iter().map(|(f, _)| f.task_id).collect();
+    let scores: Vec<Option<i16>> = outputs.iter().map(|(_, o)| o.score).collect();
     Ok(sqlx::query_scalar(
         "INSERT INTO outputs (key, stage, text, template, template_version, model, params,
-                              input_tokens, output_tokens, run_id, task_id)
+                              input_tokens, output_tokens, run_id, task_id, score)
          SELECT * FROM UNNEST($1::bytea[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                              $7::jsonb[], $8::int[], $9::int[], $10::uuid[], $11::uuid[])
+                              $7::jsonb[], $8::int[], $9::int[], $10::uuid[], $11::uuid[], $12::smallint[])
          ON CONFLICT (key) DO NOTHING
          RETURNING key",
     )
@@ -185,6 +190,7 @@ async fn insert_outputs(tx: &mut Tx<'_>, batch: &[Finish]) -> Result<HashSet<Vec
     .bind(&tout)
     .bind(&runs)
     .bind(&tasks)
+    .bind(&scores)
     .fetch_all(&mut **tx)
     .await?
     .into_iter()
@@ -209,7 +215,7 @@ async fn write_moves(
                 done_trunc.push(*history_truncated);
                 done_n.push(n);
             }
-            (FinishKind::Fail { error }, TaskState::Failed) => {
+            (FinishKind::Fail { error } | FinishKind::Unrenderable { error }, TaskState::Failed) => {
                 fail_ids.push(*id);
                 fail_err.push(error.clone());
                 fail_n.push(n);

@@ -63,6 +63,8 @@ pub struct NewOutput {
     pub params: serde_json::Value,
     pub input_tokens: i32,
     pub output_tokens: i32,
+    /// A judge's score (`core::validate::judge_score`); None for the other stages.
+    pub score: Option<i16>,
 }
 
 /// What rendering one task needs, read for many tasks at once ([`Store::load_bundles`]).

@@ -13,13 +13,16 @@ use crate::retry::{RetryPolicy, record};
 use rand::Rng;
 use reasonrec_core::ChatMessage;
 use reasonrec_core::attempt::AttemptRecord;
-use reasonrec_core::settings::{EndpointMode, EndpointSettings, TeacherSettings};
+use reasonrec_core::settings::{EndpointMode, EndpointSettings, TeacherSettings, serves_stage};
+use reasonrec_core::stage::Stage;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone)]
 pub struct TeacherPool {
     clients: Vec<TeacherClient>,
     policy: RetryPolicy,
+    /// `stages.judge_endpoints`: they answer judge tasks, and only those.
+    judge_endpoints: Vec<String>,
 }
 
 /// The result of [`TeacherPool::call`] and one record per HTTP attempt.
@@ -37,6 +40,11 @@ enum Pick<'a> {
 }
 
 impl TeacherPool {
+    /// The live pool of a worker: [`Self::new`] with `stages.judge_endpoints`.
+    pub fn for_worker(settings: &reasonrec_core::Settings) -> Result<Self, TeacherError> {
+        Ok(Self::new(&settings.teacher)?.with_judge_endpoints(&settings.stages.judge_endpoints))
+    }
+
     pub fn new(settings: &TeacherSettings) -> Result<Self, TeacherError> {
         let cooldown = Duration::from_secs(settings.breaker_cooldown_secs.max(1));
         // Batch endpoints are asked through their Batch API (`batch::BatchClient`), never live.
@@ -55,20 +63,34 @@ impl TeacherPool {
     }
 
     pub fn from_clients(clients: Vec<TeacherClient>, policy: RetryPolicy) -> Self {
-        Self { clients, policy }
+        Self { clients, policy, judge_endpoints: Vec::new() }
+    }
+
+    /// Sends judge tasks to `names` only, and the other stages never there
+    /// (`stages.judge_endpoints`; empty: every endpoint answers every stage).
+    pub fn with_judge_endpoints(mut self, names: &[String]) -> Self {
+        self.judge_endpoints = names.to_vec();
+        self
     }
 
     pub fn clients(&self) -> &[TeacherClient] {
         &self.clients
     }
 
+    /// The endpoints that answer tasks of `stage`.
+    pub fn clients_for(&self, stage: Stage) -> impl Iterator<Item = &TeacherClient> {
+        self.clients.iter().filter(move |c| serves_stage(&self.judge_endpoints, &c.endpoint().name, stage))
+    }
+
     /// An endpoint chosen at random in proportion to its weight among those that may take a
     /// request now (weight 0 = only when no weighted one may).
-    fn pick(&self) -> Pick<'_> {
+    fn pick(&self, stage: Option<Stage>) -> Pick<'_> {
         let mut open: Vec<&TeacherClient> = Vec::new();
         let mut earliest: Option<tokio::time::Instant> = None;
         let mut disabled = Vec::new();
-        for c in &self.clients {
+        let serves =
+            |c: &TeacherClient| stage.is_none_or(|s| serves_stage(&self.judge_endpoints, &c.endpoint().name, s));
+        for c in self.clients.iter().filter(|c| serves(c)) {
             match c.breaker().try_acquire() {
                 Availability::Available => open.push(c),
                 Availability::WaitUntil(t) => earliest = Some(earliest.map_or(t, |e| e.min(t))),
@@ -110,12 +132,21 @@ impl TeacherPool {
     /// spent, no endpoint is left, or a wait would carry the call past `policy.max_call`
     /// ([`TeacherError::Deferred`]: the task goes back to the queue, its delivery is not held).
     pub async fn call(&self, messages: &[ChatMessage]) -> CallOutcome {
+        self.call_with(None, messages).await
+    }
+
+    /// [`Self::call`] for a task of `stage`: only the endpoints that answer it are asked.
+    pub async fn call_for(&self, stage: Stage, messages: &[ChatMessage]) -> CallOutcome {
+        self.call_with(Some(stage), messages).await
+    }
+
+    async fn call_with(&self, stage: Option<Stage>, messages: &[ChatMessage]) -> CallOutcome {
         let mut attempts = Vec::new();
         let mut delays = self.policy.delays();
         let deadline = Instant::now() + self.policy.max_call;
         let past_deadline = |wait: Duration| Instant::now() + wait > deadline;
         loop {
-            let client = match self.pick() {
+            let client = match self.pick(stage) {
                 Pick::Client(c) => c,
                 Pick::Wait(d) if past_deadline(d) => {
                     let e = TeacherError::Deferred { wait: d, limit: self.policy.max_call };
@@ -197,7 +228,7 @@ mod tests {
         let Ok(pool) = TeacherPool::new(&settings) else { panic!("pool") };
         let mut counts = std::collections::HashMap::new();
         for _ in 0..8000 {
-            let name = match pool.pick() {
+            let name = match pool.pick(None) {
                 Pick::Client(c) => c.endpoint().name.clone(),
                 _ => String::new(),
             };
@@ -208,5 +239,25 @@ mod tests {
         assert_eq!(counts.get("c"), None);
         assert!((5600..=6400).contains(&a), "a={a} b={b}");
         assert_eq!(a + b, 8000);
+    }
+
+    #[test]
+    fn judge_tasks_go_to_the_judge_endpoints_only_and_the_others_never_there() {
+        let ep = |name: &str| EndpointSettings { name: name.into(), ..EndpointSettings::default() };
+        let settings = TeacherSettings { endpoints: vec![ep("main"), ep("cheap")], ..TeacherSettings::default() };
+        let Ok(pool) = TeacherPool::new(&settings) else { panic!("pool") };
+        let pool = pool.with_judge_endpoints(&["cheap".to_string()]);
+        let picked = |stage| match pool.pick(Some(stage)) {
+            Pick::Client(c) => c.endpoint().name.clone(),
+            _ => String::new(),
+        };
+        for _ in 0..200 {
+            assert_eq!(picked(Stage::Judge), "cheap");
+            assert_eq!(picked(Stage::Reasoning), "main");
+            assert_eq!(picked(Stage::ItemProfile), "main");
+        }
+        let names = |stage| pool.clients_for(stage).map(|c| c.endpoint().name.clone()).collect::<Vec<_>>();
+        assert_eq!(names(Stage::Judge), ["cheap"]);
+        assert_eq!(names(Stage::UserProfile), ["main"]);
     }
 }

@@ -200,6 +200,7 @@ mod tests {
             model: String::new(),
             params: serde_json::json!({}),
             audit: None,
+            judge_score: None,
         };
         cut_to_seen_history(&mut task);
         assert_eq!(task.input.history.iter().map(|h| h.item).collect::<Vec<_>>(), vec![3]);

@@ -247,10 +247,11 @@ pub async fn export_run(
     let mut train_rows: Vec<(Uuid, bool)> = Vec::new();
     let page_size = opts.page_size.max(1);
     let mut lookups = Lookups::new(run_id, dataset.id, opts.audit);
+    let judged = opts.filters.min_judge_score.is_some();
     // The next page is read while this one is rendered (and the one before written).
     let read = |after: Uuid| {
         let store = store.clone();
-        tokio::spawn(async move { store.export_page(run_id, dataset.id, after, page_size as i64).await })
+        tokio::spawn(async move { store.export_page(run_id, dataset.id, after, page_size as i64, judged).await })
     };
     let mut next = read(Uuid::nil());
     loop {
@@ -263,7 +264,7 @@ pub async fn export_run(
                 continue;
             }
             let reasoning = extract_reasoning(&task.text).to_string();
-            if !filters.keep(&reasoning, task.label) {
+            if !filters.keep(&reasoning, task.label, task.judge_score) {
                 continue;
             }
             cut_to_seen_history(&mut task);

@@ -1,5 +1,7 @@
 //! Optional quality filters of the export, applied to each done task's reasoning in this order
 //! (a row is counted against the first filter that removes it):
+//! 0. `min_judge_score`: the row's judge (`[stages] judge`) scored it at least this; a row its
+//!    judge did not score (the judge failed, or the run planned none) is removed too.
 //! 1. `min_words` / `max_words`: whitespace-separated words of the reasoning.
 //! 2. `label_consistent`: the reasoning's conclusion must argue the example's label, as
 //!    `core::validate::argued_outcome` reads it. The worker already rejected answers that argue
@@ -17,6 +19,7 @@ use sha2::{Digest, Sha256};
 /// Which filters are on.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct FilterOptions {
+    pub min_judge_score: Option<i16>,
     pub min_words: Option<usize>,
     pub max_words: Option<usize>,
     pub label_consistent: bool,
@@ -45,6 +48,17 @@ pub struct Removed {
     pub removed: u64,
 }
 
+/// The judge-score filter's removals, by reason.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct JudgeFilter {
+    pub min_score: i16,
+    pub removed: u64,
+    /// Scored below `min_score`.
+    pub below: u64,
+    /// No score: the judge failed or was not planned.
+    pub unjudged: u64,
+}
+
 /// What the filters did, for the manifest. A filter that was off is `null`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct FilterReport {
@@ -52,6 +66,7 @@ pub struct FilterReport {
     pub rows_read: u64,
     /// Rows written to the split files.
     pub rows_kept: u64,
+    pub min_judge_score: Option<JudgeFilter>,
     pub min_words: Option<WordBound>,
     pub max_words: Option<WordBound>,
     pub label_consistent: Option<LabelFilter>,
@@ -94,6 +109,9 @@ fn text_hash(text: &str) -> u128 {
 impl Filters {
     pub fn new(options: FilterOptions) -> Self {
         let report = FilterReport {
+            min_judge_score: options
+                .min_judge_score
+                .map(|min_score| JudgeFilter { min_score, ..JudgeFilter::default() }),
             min_words: options.min_words.map(|words| WordBound { words, removed: 0 }),
             max_words: options.max_words.map(|words| WordBound { words, removed: 0 }),
             label_consistent: options.label_consistent.then(LabelFilter::default),
@@ -103,9 +121,24 @@ impl Filters {
         Self { options, seen: HashSet::new(), report }
     }
 
-    /// True when the row with this reasoning and label is kept.
-    pub fn keep(&mut self, reasoning: &str, label: bool) -> bool {
+    /// True when the row with this reasoning, label and judge score is kept.
+    pub fn keep(&mut self, reasoning: &str, label: bool, judge_score: Option<i16>) -> bool {
         self.report.rows_read += 1;
+        if let Some(j) = self.report.min_judge_score.as_mut() {
+            match judge_score {
+                Some(s) if s >= j.min_score => {}
+                Some(_) => {
+                    j.below += 1;
+                    j.removed += 1;
+                    return false;
+                }
+                None => {
+                    j.unjudged += 1;
+                    j.removed += 1;
+                    return false;
+                }
+            }
+        }
         let words = reasoning.split_whitespace().count();
         if let Some(b) = self.report.min_words.as_mut().filter(|b| words < b.words) {
             b.removed += 1;
@@ -158,19 +191,20 @@ mod tests {
     #[test]
     fn each_filter_counts_what_it_removed() {
         let mut f = Filters::new(FilterOptions {
+            min_judge_score: None,
             min_words: Some(3),
             max_words: Some(12),
             label_consistent: true,
             dedup: true,
         });
         let like = "It is a strong match for this viewer.";
-        assert!(f.keep(like, true));
-        assert!(!f.keep("too short", true), "min_words");
-        assert!(!f.keep(&"word ".repeat(13), true), "max_words");
-        assert!(!f.keep(like, false), "argues like, label dislike");
-        assert!(!f.keep("Nothing in particular is said here.", true), "argues neither");
-        assert!(!f.keep("it is a STRONG match for this viewer", true), "duplicate after normalising");
-        assert!(f.keep("It is a poor match for this viewer.", false));
+        assert!(f.keep(like, true, None));
+        assert!(!f.keep("too short", true, None), "min_words");
+        assert!(!f.keep(&"word ".repeat(13), true, None), "max_words");
+        assert!(!f.keep(like, false, None), "argues like, label dislike");
+        assert!(!f.keep("Nothing in particular is said here.", true, None), "argues neither");
+        assert!(!f.keep("it is a STRONG match for this viewer", true, None), "duplicate after normalising");
+        assert!(f.keep("It is a poor match for this viewer.", false, None));
         let r = f.report();
         assert_eq!((r.rows_read, r.rows_kept), (7, 2));
         assert_eq!(r.min_words, Some(WordBound { words: 3, removed: 1 }));
@@ -180,9 +214,22 @@ mod tests {
     }
 
     #[test]
+    fn the_judge_score_filter_removes_low_and_unscored_rows_first() {
+        let mut f = Filters::new(FilterOptions { min_judge_score: Some(4), ..FilterOptions::default() });
+        let like = "It is a strong match for this viewer.";
+        assert!(f.keep(like, true, Some(4)));
+        assert!(f.keep(like, true, Some(5)));
+        assert!(!f.keep(like, true, Some(3)), "below");
+        assert!(!f.keep(like, true, None), "unjudged");
+        let r = f.report();
+        assert_eq!((r.rows_read, r.rows_kept), (4, 2));
+        assert_eq!(r.min_judge_score, Some(JudgeFilter { min_score: 4, removed: 2, below: 1, unjudged: 1 }));
+    }
+
+    #[test]
     fn no_filter_keeps_everything() {
         let mut f = Filters::new(FilterOptions::default());
-        assert!(f.keep("x", true) && f.keep("x", false));
+        assert!(f.keep("x", true, None) && f.keep("x", false, None));
         let r = f.report();
         assert_eq!((r.rows_read, r.rows_kept, r.min_words, r.dedup), (2, 2, None, None));
     }

@@ -469,8 +469,9 @@ impl BatchSubmitter {
             let rendered = match render_capped(&self.store, &self.prompts, bundle, self.cap).await {
                 Ok(r) => r,
                 Err(e) => {
-                    let kind = FinishKind::Fail { error: render_failure(e)? };
-                    let f = Finish { task_id: task.id, run_id: task.run_id, inputs_version: 0, kind, attempts: vec![] };
+                    let kind = FinishKind::Unrenderable { error: render_failure(e)? };
+                    let inputs_version = task.inputs_version;
+                    let f = Finish { task_id: task.id, run_id: task.run_id, inputs_version, kind, attempts: vec![] };
                     built.push((line, Built::Failed(f)));
                     continue;
                 }

@@ -7,7 +7,7 @@ use crate::render::{PromptCap, render_capped};
 use reasonrec_core::attempt::{AttemptRecord, ErrorClass};
 use reasonrec_core::settings::EndpointSettings;
 use reasonrec_core::stage::{RunState, TaskState};
-use reasonrec_core::validate::{Rejection, validate_answer};
+use reasonrec_core::validate::{Rejection, judge_score, validate_answer};
 use reasonrec_core::{OutputKey, PromptLibrary, TaskMessage};
 use reasonrec_store::Store;
 use reasonrec_store::finish::{Finish, FinishKind};
@@ -174,15 +174,22 @@ impl TaskProcessor {
         }
         let inputs_version = task.inputs_version;
 
-        let (prompt, truncated) =
-            match render_capped(&self.store, &self.prompts, &bundle, self.options.prompt_cap).await {
-                Ok(r) => (r.prompt, r.truncated),
-                Err(e) => {
-                    let error = render_failure(e)?;
-                    self.fail(task.id, task.run_id, &error, Vec::new()).await?;
-                    return Ok(Pass::Finished(Outcome::Failed { error }));
+        let (prompt, truncated) = match render_capped(&self.store, &self.prompts, &bundle, self.options.prompt_cap)
+            .await
+        {
+            Ok(r) => (r.prompt, r.truncated),
+            Err(e) => {
+                // A fact about the inputs rendered: superseded when they changed meanwhile.
+                let error = render_failure(e)?;
+                let kind = FinishKind::Unrenderable { error: error.clone() };
+                let finish = Finish { task_id: task.id, run_id: task.run_id, inputs_version, kind, attempts: vec![] };
+                let c = self.committer.commit(finish).await?;
+                if c.superseded {
+                    return Ok(Pass::Superseded);
                 }
-            };
+                return Ok(Pass::Finished(Outcome::Failed { error }));
+            }
+        };
         // An accepted answer to this prompt from any configured teacher (model + parameters) is
         // reused: the content key names it. An incremental run salts the key of a task whose
         // answer expired (`regenerate.ttl_days`), so the same prompt is asked again.
@@ -190,8 +197,7 @@ impl TaskProcessor {
         let salt = salt.as_deref();
         let keys: Vec<OutputKey> = self
             .teacher
-            .clients()
-            .iter()
+            .clients_for(task.stage)
             .map(|c| OutputKey::for_endpoint(task.stage, &prompt, c.endpoint(), salt))
             .collect();
         if let Some(key) = self.store.first_existing_output(&keys).await? {
@@ -221,7 +227,7 @@ impl TaskProcessor {
             reasks = u32::try_from(carried.reasks).unwrap_or(u32::MAX);
         }
         let (answer, ep) = loop {
-            let call = self.teacher.call(&messages).await;
+            let call = self.teacher.call_for(stage, &messages).await;
             attempts.extend(call.attempts);
             let (answer, ep) = match call.result {
                 Ok(r) => r,
@@ -298,6 +304,7 @@ pub(crate) fn accepted_output(
     ep: &EndpointSettings,
     answer: ChatAnswer,
 ) -> NewOutput {
+    let score = if stage == reasonrec_core::Stage::Judge { judge_score(&answer.text) } else { None };
     NewOutput {
         key,
         stage,
@@ -308,5 +315,6 @@ pub(crate) fn accepted_output(
         params: serde_json::to_value(&ep.params).unwrap_or_default(),
         input_tokens: i32::try_from(answer.input_tokens).unwrap_or(i32::MAX),
         output_tokens: i32::try_from(answer.output_tokens).unwrap_or(i32::MAX),
+        score,
     }
 }

@@ -38,6 +38,14 @@ struct ReasoningContext {
     label: bool,
 }
 
+/// A judge sees what its reasoning task's prompt showed, and the reasoning's answer.
+#[derive(Serialize)]
+struct JudgeContext {
+    #[serde(flatten)]
+    shown: ReasoningContext,
+    rationale: String,
+}
+
 fn bad_input(task: &TaskContext, e: impl std::fmt::Display) -> CoreError {
     CoreError::BadMessage(format!("task {} ({}) has a malformed input: {e}", task.id, task.stage))
 }
@@ -47,11 +55,14 @@ struct Inputs<'a> {
     items: &'a HashMap<i32, ItemRow>,
     item_profiles: HashMap<i32, String>,
     user_profile: Option<String>,
+    /// A judge task's reasoning output.
+    rationale: Option<String>,
 }
 
 fn inputs(bundle: &TaskBundle) -> Inputs<'_> {
     let mut item_profiles = HashMap::new();
     let mut user_profile = None;
+    let mut rationale = None;
     for dep in &bundle.deps {
         match (dep.stage, &dep.text) {
             (Stage::ItemProfile, Some(t)) => {
@@ -60,10 +71,11 @@ fn inputs(bundle: &TaskBundle) -> Inputs<'_> {
                 }
             }
             (Stage::UserProfile, Some(t)) => user_profile = Some(t.clone()),
+            (Stage::Reasoning, Some(t)) => rationale = Some(t.clone()),
             _ => {}
         }
     }
-    Inputs { items: &bundle.items, item_profiles, user_profile }
+    Inputs { items: &bundle.items, item_profiles, user_profile, rationale }
 }
 
 impl Inputs<'_> {
@@ -74,6 +86,18 @@ impl Inputs<'_> {
 
     fn window(&self, task: &TaskContext, entries: &[HistoryEntry]) -> Result<Vec<ItemView>, CoreError> {
         entries.iter().map(|h| self.item(task, h.item, Some(h.liked))).collect()
+    }
+
+    /// What a reasoning prompt shows (a judge's prompt shows it again).
+    fn reasoning(&self, task: &TaskContext) -> Result<ReasoningContext, CoreError> {
+        let input: ReasoningInput = Deserialize::deserialize(&task.input).map_err(|e| bad_input(task, e))?;
+        let label = task.label.ok_or_else(|| bad_input(task, "no label"))?;
+        Ok(ReasoningContext {
+            user_profile: self.user_profile.clone(),
+            history: self.window(task, &input.history)?,
+            target: self.item(task, input.target, None)?,
+            label,
+        })
     }
 }
 
@@ -234,20 +258,28 @@ pub async fn render_capped(
             prompt
         }
         Stage::Reasoning => {
-            let input: ReasoningInput = Deserialize::deserialize(&task.input).map_err(|e| bad_input(task, e))?;
-            let label = task.label.ok_or_else(|| bad_input(task, "no label"))?;
-            let inputs = inputs(bundle);
-            let mut ctx = ReasoningContext {
-                user_profile: inputs.user_profile.clone(),
-                history: inputs.window(task, &input.history)?,
-                target: inputs.item(task, input.target, None)?,
-                label,
-            };
+            let mut ctx = inputs(bundle).reasoning(task)?;
             let mut prompt = prompts.render(Stage::Reasoning, family, &ctx)?;
             while cap.trims(&prompt) && ctx.history.len() > 1 {
                 ctx.history.remove(0);
                 truncated += 1;
                 prompt = prompts.render(Stage::Reasoning, family, &ctx)?;
+            }
+            prompt
+        }
+        Stage::Judge => {
+            let inputs = inputs(bundle);
+            // The reasoning failed (its dependents are released all the same): nothing to judge.
+            // Should it succeed later, this task is planned again with its answer.
+            let rationale = inputs.rationale.clone().ok_or_else(|| {
+                CoreError::BadMessage(format!("task {} (judge): its reasoning task has no answer to judge", task.id))
+            })?;
+            let mut ctx = JudgeContext { shown: inputs.reasoning(task)?, rationale };
+            let mut prompt = prompts.render(Stage::Judge, family, &ctx)?;
+            while cap.trims(&prompt) && ctx.shown.history.len() > 1 {
+                ctx.shown.history.remove(0);
+                truncated += 1;
+                prompt = prompts.render(Stage::Judge, family, &ctx)?;
             }
             prompt
         }

@@ -33,6 +33,7 @@ pub async fn export(settings: &Settings, a: TrainExportArgs) -> anyhow::Result<E
     opts.partial = a.partial;
     opts.snapshot = a.snapshot;
     opts.filters = FilterOptions {
+        min_judge_score: a.min_judge_score,
         min_words: a.min_words,
         max_words: a.max_words,
         label_consistent: a.label_consistent,
@@ -98,6 +99,12 @@ fn render(m: &Manifest, out: &std::path::Path, secs: f64) -> String {
     }
     let r = &m.filters;
     let mut removed = Vec::new();
+    if let Some(j) = r.min_judge_score {
+        removed.push(format!(
+            "min_judge_score {}: {} ({} below, {} unjudged)",
+            j.min_score, j.removed, j.below, j.unjudged
+        ));
+    }
     if let Some(b) = r.min_words {
         removed.push(format!("min_words {}: {}", b.words, b.removed));
     }

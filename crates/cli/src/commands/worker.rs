@@ -19,7 +19,7 @@ pub async fn worker(mut settings: Settings, a: WorkerArgs) -> anyhow::Result<Exi
     let name = a.name.unwrap_or_else(|| format!("worker-{}-{}", hostname(), std::process::id()));
     let prompts = PromptLibrary::load(&settings.prompts.dir)
         .with_context(|| format!("loading prompt templates from {}", settings.prompts.dir.display()))?;
-    let teacher = TeacherPool::new(&settings.teacher)?;
+    let teacher = TeacherPool::for_worker(&settings)?;
     let store = connect_store(&settings).await?;
     // Workers never migrate; they refuse to start on an old schema.
     store.ensure_migrated().await?;

@@ -308,3 +308,78 @@ async fn rejections_are_counted_per_template_version_and_reason() -> anyhow::Res
     stop.cancel();
     env.cleanup().await
 }
+
+/// A reviewer opens a task in the real browser, types a name and a reason and clicks Reject (a
+/// page of the same origin drives the corpus page in a frame, as a person's clicks would): the
+/// mark is stored with who and why, the page shows it, and `train export` leaves that answer out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reviewer_clicking_reject_in_the_browser_keeps_the_answer_out_of_the_export() -> anyhow::Result<()> {
+    let mut env = TestEnv::new().await?;
+    env.settings.sampling.max_users = 20;
+    env.ingest_sample().await?;
+    let run = create_run(&env.store, &env.settings, "sample").await?.run_id;
+    env.run_to_completion(run).await?;
+    let s = &env.store;
+    let done = reasonrec_store::browse::TaskFilter {
+        stage: Some(reasonrec_core::Stage::Reasoning),
+        state: Some(reasonrec_core::TaskState::Done),
+        ..Default::default()
+    };
+    let tasks = s.browse_tasks(run, &done, None, 500).await?;
+    let task = tasks.get(3).ok_or_else(|| anyhow::anyhow!("too few tasks: {}", tasks.len()))?.id;
+
+    // The driver: waits for the task's Reject button in the frame, fills reviewer and reason,
+    // clicks, and copies what the page then says of the mark into its own body.
+    let driver = format!(
+        r##"<!doctype html><iframe id="f" src="/corpus?run={run}#task={task}" width="1200" height="900"></iframe>
+<div id="result">waiting</div>
+<script>
+const f = document.getElementById("f"), out = document.getElementById("result");
+function waitFor(find, then, tries) {{
+  const found = find();
+  if (found) then(found); else if (tries > 0) setTimeout(() => waitFor(find, then, tries - 1), 50);
+  else out.textContent = "gave up";
+}}
+f.addEventListener("load", () => waitFor(() => f.contentDocument.getElementById("reject"), button => {{
+  const inputs = f.contentDocument.querySelectorAll("#task input");
+  inputs[0].value = "bea"; inputs[1].value = "clicked: argues from a title not in the history";
+  button.click();
+  waitFor(() => {{ const m = f.contentDocument.getElementById("mark"); return m && m.textContent.startsWith("Marked") ? m : null; }},
+          m => {{ out.textContent = "after the click: " + m.textContent; }}, 60);
+}}, 60));
+</script>"##
+    );
+    let stop = CancellationToken::new();
+    let ready: reasonrec_ops::ReadyCheck = Arc::new(|| Box::pin(async { Ok(()) }));
+    let app = reasonrec_coordinator::web::router(s.clone(), Access::Loopback, ready, Arc::new(AtomicBool::new(true)))
+        .route("/test/review", axum::routing::get(move || async move { axum::response::Html(driver) }));
+    let base = format!("http://{}", reasonrec_ops::serve("127.0.0.1:0", app, stop.clone()).await?);
+    let dir = tempfile::tempdir()?;
+    let (profile, url) = (dir.path().join("p"), format!("{base}/test/review"));
+    let dom = tokio::task::spawn_blocking(move || dump_dom(&profile, &url)).await??;
+    assert!(
+        dom.contains("after the click: Marked rejected: clicked: argues from a title not in the history by bea"),
+        "the page shows the mark it made:\n{dom}"
+    );
+    let (verdict, reviewer, reason): (String, String, String) = sqlx::query_as(
+        "SELECT m.verdict, m.reviewer, m.reason FROM audit_marks m JOIN tasks t ON t.output_key = m.output_key
+         WHERE t.id = $1",
+    )
+    .bind(task)
+    .fetch_one(s.pool())
+    .await?;
+    assert_eq!(
+        (verdict.as_str(), reviewer.as_str(), reason.as_str()),
+        ("rejected", "bea", "clicked: argues from a title not in the history")
+    );
+    let prompts = reasonrec_core::PromptLibrary::load(&env.settings.prompts.dir)?;
+    let out = tempfile::tempdir()?;
+    let opts = reasonrec_trainer::export::ExportOptions::new(out.path());
+    let manifest = reasonrec_trainer::export::export_run(s, &prompts, run, &opts, &mut |_| {}).await?;
+    assert_eq!(manifest.audit.rejected_excluded, 1);
+    let written = std::fs::read_to_string(out.path().join("test.jsonl"))?;
+    assert_eq!(written.lines().count(), tasks.len() - 1, "every done reasoning answer but the rejected one");
+    assert!(!written.contains(&task.to_string()), "the rejected answer is not exported");
+    stop.cancel();
+    env.cleanup().await
+}

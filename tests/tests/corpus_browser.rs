@@ -305,6 +305,10 @@ async fn rejections_are_counted_per_template_version_and_reason() -> anyhow::Res
     assert!(dom.contains("Quality — sample, 2 runs") && dom.contains("label_contradiction"), "{dom}");
     assert!(dom.contains("aria-label=\"rejection rate per hour\"") && dom.matches("<rect").count() >= 1, "{dom}");
     assert!(dom.contains("id=\"quality-audit-days\"") && dom.contains("rejected</td>"), "marks per day:\n{dom}");
+    assert!(
+        dom.contains("id=\"quality-audit-chart\"") && dom.contains("1 of 1 marks rejected"),
+        "audit rejections per day drawn:\n{dom}"
+    );
     stop.cancel();
     env.cleanup().await
 }

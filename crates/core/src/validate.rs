@@ -114,6 +114,12 @@ pub fn argued_outcome(text: &str) -> Option<bool> {
     }
 }
 
+/// An answer's words: whitespace-separated, the one count the validator's bounds, the stored
+/// `outputs.words` (the corpus browser's filter) and the export's word filter use.
+pub fn word_count(text: &str) -> usize {
+    text.split_whitespace().count()
+}
+
 /// Validates an answer of `stage`. `finish_reason` is in OpenAI's words (the Anthropic client
 /// translates): `length` means it was cut off, `refusal`/`content_filter` a safety stop. For a
 /// reasoning, `label` is the outcome the prompt stated: an answer that argues the opposite is
@@ -137,7 +143,7 @@ pub fn validate_answer(
     if trimmed.is_empty() {
         return reject("empty", "the answer is empty".into());
     }
-    let words = trimmed.split_whitespace().count();
+    let words = word_count(trimmed);
     let (min, max) = word_bounds(stage);
     if words < min {
         return reject("too_short", format!("{words} words, at least {min} expected"));

@@ -9,7 +9,7 @@
 //! concurrent batches (and `run cancel`) queue instead of deadlocking.
 
 use crate::error::StoreError;
-use crate::pool::Store;
+use crate::pool::{Store, Tx};
 use crate::tasks::{Completion, NewOutput};
 use reasonrec_core::attempt::AttemptRecord;
 use reasonrec_core::finishing::{Decision, FinishEvent, Kept, TaskRow, decide};
@@ -18,8 +18,6 @@ use reasonrec_core::stage::TaskState;
 use sqlx::Row;
 use std::collections::{HashMap, HashSet};
 use uuid::Uuid;
-
-type Tx<'c> = sqlx::Transaction<'c, sqlx::Postgres>;
 
 /// How one task of a batch ends.
 #[derive(Debug, Clone)]
@@ -171,11 +169,16 @@ async fn insert_outputs(tx: &mut Tx<'_>, batch: &[Finish]) -> Result<HashSet<Vec
     let runs: Vec<Uuid> = outputs.iter().map(|(f, _)| f.run_id).collect();
     let tasks: Vec<Uuid> = outputs.iter().map(|(f, _)| f.task_id).collect();
     let scores: Vec<Option<i16>> = outputs.iter().map(|(_, o)| o.score).collect();
+    let words: Vec<i32> = outputs
+        .iter()
+        .map(|(_, o)| i32::try_from(reasonrec_core::validate::word_count(&o.text)).unwrap_or(i32::MAX))
+        .collect();
     Ok(sqlx::query_scalar(
         "INSERT INTO outputs (key, stage, text, template, template_version, model, params,
-                              input_tokens, output_tokens, run_id, task_id, score)
+                              input_tokens, output_tokens, run_id, task_id, score, words)
          SELECT * FROM UNNEST($1::bytea[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                              $7::jsonb[], $8::int[], $9::int[], $10::uuid[], $11::uuid[], $12::smallint[])
+                              $7::jsonb[], $8::int[], $9::int[], $10::uuid[], $11::uuid[], $12::smallint[],
+                              $13::int[])
          ON CONFLICT (key) DO NOTHING
          RETURNING key",
     )
@@ -191,6 +194,7 @@ async fn insert_outputs(tx: &mut Tx<'_>, batch: &[Finish]) -> Result<HashSet<Vec
     .bind(&runs)
     .bind(&tasks)
     .bind(&scores)
+    .bind(&words)
     .fetch_all(&mut **tx)
     .await?
     .into_iter()

@@ -7,6 +7,9 @@ use sqlx::{ConnectOptions, PgPool};
 use std::str::FromStr;
 use std::time::Duration;
 
+/// A transaction on the store's pool.
+pub(crate) type Tx<'c> = sqlx::Transaction<'c, sqlx::Postgres>;
+
 /// Handle on the database; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Store {

@@ -139,7 +139,7 @@ impl Filters {
                 }
             }
         }
-        let words = reasoning.split_whitespace().count();
+        let words = reasonrec_core::validate::word_count(reasoning);
         if let Some(b) = self.report.min_words.as_mut().filter(|b| words < b.words) {
             b.removed += 1;
             return false;

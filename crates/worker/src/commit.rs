@@ -8,12 +8,10 @@
 //! A retryable error (deadlock, lost connection) retries the batch with backoff; any other
 //! error re-commits the batch one task at a time, so one bad row fails only its own task.
 
+use crate::batcher::{Batcher, Handler, shared_error};
 use backon::{ExponentialBuilder, Retryable};
 use reasonrec_store::finish::{Finish, FinishOutcome};
 use reasonrec_store::{Store, StoreError};
-use tokio::sync::{mpsc, oneshot};
-
-type Reply = oneshot::Sender<Result<FinishOutcome, StoreError>>;
 
 /// Retries of a commit after a retryable store error (deadlock, serialization, lost connection).
 pub(crate) fn commit_backoff() -> ExponentialBuilder {
@@ -24,83 +22,53 @@ pub(crate) fn commit_backoff() -> ExponentialBuilder {
         .with_jitter()
 }
 
-/// Handle to a running batcher; cheap to clone. The batcher stops when every handle is gone.
+/// Handle to a running commit batcher; cheap to clone.
 #[derive(Clone)]
-pub struct Committer {
-    store: Store,
-    tx: Option<mpsc::Sender<(Finish, Reply)>>,
-}
+pub struct Committer(Batcher<Commits>);
 
 impl Committer {
     /// `max_batch` <= 1 commits each task in its own transaction, without a batcher task.
     pub fn start(store: Store, max_batch: usize) -> Self {
-        if max_batch <= 1 {
-            return Self { store, tx: None };
-        }
-        let (tx, rx) = mpsc::channel(max_batch * 4);
-        tokio::spawn(run(store.clone(), rx, max_batch));
-        Self { store, tx: Some(tx) }
+        Self(Batcher::start(Commits(store), max_batch))
     }
 
     /// Commits `finish` (with others) and returns what happened to it.
     pub async fn commit(&self, finish: Finish) -> Result<FinishOutcome, StoreError> {
-        let Some(tx) = &self.tx else {
-            return commit_one(&self.store, finish).await;
-        };
-        let (reply, answer) = oneshot::channel();
-        if let Err(mpsc::error::SendError((finish, _))) = tx.send((finish, reply)).await {
-            return commit_one(&self.store, finish).await;
-        }
-        match answer.await {
-            Ok(result) => result,
-            // The batcher went away with our entry: nothing is known to be committed, and a
-            // retry is idempotent.
-            Err(_) => Err(StoreError::Batch("the batcher stopped".into())),
-        }
+        self.0.call(finish).await
     }
 }
 
-async fn commit_one(store: &Store, finish: Finish) -> Result<FinishOutcome, StoreError> {
-    let batch = [finish];
-    let mut out = (|| store.finish_tasks(&batch)).retry(commit_backoff()).when(StoreError::is_retryable).await?;
-    out.pop().ok_or_else(|| StoreError::Batch("no result for the task".into()))
-}
+struct Commits(Store);
 
-async fn run(store: Store, mut rx: mpsc::Receiver<(Finish, Reply)>, max_batch: usize) {
-    let mut entries: Vec<(Finish, Reply)> = Vec::with_capacity(max_batch);
-    while let Some(first) = rx.recv().await {
-        entries.push(first);
-        while entries.len() < max_batch {
-            match rx.try_recv() {
-                Ok(e) => entries.push(e),
-                Err(_) => break,
-            }
-        }
-        let (batch, replies): (Vec<Finish>, Vec<Reply>) = entries.drain(..).unzip();
+impl Handler for Commits {
+    type Request = Finish;
+    type Answer = FinishOutcome;
+
+    async fn handle(&self, batch: Vec<Finish>) -> Vec<Result<FinishOutcome, StoreError>> {
+        let store = &self.0;
         reasonrec_core::metrics::metrics().commit_batch.observe(batch.len() as f64);
-        let result = (|| store.finish_tasks(&batch)).retry(commit_backoff()).when(StoreError::is_retryable).await;
+        let result = finish_with_retry(store, &batch).await;
         tracing::debug!(batch = batch.len(), ok = result.is_ok(), "commit batch");
         match result {
-            Ok(outcomes) => {
-                for (reply, outcome) in replies.into_iter().zip(outcomes) {
-                    let _ = reply.send(Ok(outcome));
-                }
-            }
-            Err(e) if e.is_retryable() || batch.len() == 1 => {
-                let msg = e.to_string();
-                let mut e = Some(e);
-                for reply in replies {
-                    // Every entry gets the error; only the first gets the original value.
-                    let err = e.take().unwrap_or_else(|| StoreError::Batch(msg.clone()));
-                    let _ = reply.send(Err(err));
-                }
-            }
+            Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
+            Err(e) if e.is_retryable() || batch.len() == 1 => shared_error(e, batch.len()),
             Err(e) => {
                 tracing::warn!(error = %e, batch = batch.len(), "commit batch failed; committing its tasks one by one");
-                for (finish, reply) in batch.into_iter().zip(replies) {
-                    let _ = reply.send(commit_one(&store, finish).await);
+                let mut out = Vec::with_capacity(batch.len());
+                for finish in batch {
+                    let result = finish_with_retry(store, &[finish]).await;
+                    out.push(
+                        result.and_then(|mut o| {
+                            o.pop().ok_or_else(|| StoreError::Batch("no result for the task".into()))
+                        }),
+                    );
                 }
+                out
             }
         }
     }
+}
+
+async fn finish_with_retry(store: &Store, batch: &[Finish]) -> Result<Vec<FinishOutcome>, StoreError> {
+    (|| store.finish_tasks(batch)).retry(commit_backoff()).when(StoreError::is_retryable).await
 }

@@ -6,6 +6,7 @@
 //! - [`reviews`]: the reviews an item profile sees (verified, sampled by star share).
 //! - [`process`]: one task from id to committed row: reuse by content key, or call the teacher
 //!   with retries, validate, and complete or fail the task in one transaction.
+//! - [`batcher`]: the one batcher loop: requests that arrive together are served by one call.
 //! - [`commit`]: the commit batcher: tasks finished together share one transaction; each
 //!   message is still acked only after its own task's commit.
 //! - [`load`]: the read batcher: deliveries in flight are read in a few statements.
@@ -16,6 +17,7 @@
 //!   reconnect on broker loss, graceful drain on shutdown.
 
 pub mod batch;
+pub mod batcher;
 pub mod commit;
 pub mod consume;
 pub mod error;

@@ -2,7 +2,7 @@
 
 use crate::error::{QueueError, deadline};
 use crate::topology::Topology;
-use lapin::options::{BasicConsumeOptions, BasicQosOptions};
+use lapin::options::{BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties, Consumer};
 use reasonrec_core::settings::BrokerSettings;
@@ -62,6 +62,18 @@ impl Broker {
         Ok(channel)
     }
 
+    /// A channel in confirm mode (`confirm_select` once per channel): every publish on it is
+    /// confirmed or nacked by the broker, within `broker.confirm_timeout_secs`.
+    pub(crate) async fn confirm_channel(&self) -> Result<ConfirmChannel, QueueError> {
+        let channel = self.channel().await?;
+        deadline("confirm.select", 30, channel.confirm_select(ConfirmSelectOptions::default())).await?;
+        Ok(ConfirmChannel {
+            channel,
+            topology: self.topology().clone(),
+            confirm_timeout: std::time::Duration::from_secs(self.settings().confirm_timeout_secs),
+        })
+    }
+
     /// A consumer on the work queue with manual acks and `prefetch` unacked deliveries at most.
     pub async fn consume(&self, prefetch: u16, tag: &str) -> Result<(Channel, Consumer), QueueError> {
         let ch = self.channel().await?;
@@ -100,4 +112,12 @@ impl Broker {
             );
         }
     }
+}
+
+/// What every confirmed publisher holds: its channel in confirm mode, the names it publishes to
+/// and how long a confirm may take.
+pub(crate) struct ConfirmChannel {
+    pub(crate) channel: Channel,
+    pub(crate) topology: Topology,
+    pub(crate) confirm_timeout: std::time::Duration,
 }

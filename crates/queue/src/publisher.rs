@@ -4,18 +4,16 @@
 //! counts as published only when the broker acked it *and* did not return it as unroutable
 //! (`mandatory`): an unroutable message is confirmed with an Ack that carries the returned message.
 
-use crate::error::{QueueError, deadline};
-use crate::topology::{TASK_ROUTING_KEY, Topology};
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::{BasicProperties, Channel, Confirmation};
+use crate::broker::ConfirmChannel;
+use crate::error::QueueError;
+use crate::topology::TASK_ROUTING_KEY;
+use lapin::options::BasicPublishOptions;
+use lapin::{BasicProperties, Confirmation};
 use reasonrec_core::TaskMessage;
-use std::time::Duration;
 use uuid::Uuid;
 
 pub struct Publisher {
-    channel: Channel,
-    topology: Topology,
-    confirm_timeout: Duration,
+    ch: ConfirmChannel,
 }
 
 /// What happened to one batch.
@@ -32,13 +30,7 @@ pub struct PublishReport {
 impl Publisher {
     /// Opens a channel in confirm mode (`confirm_select` once per channel).
     pub async fn new(broker: &crate::Broker) -> Result<Self, QueueError> {
-        let channel = broker.channel().await?;
-        deadline("confirm.select", 30, channel.confirm_select(ConfirmSelectOptions::default())).await?;
-        Ok(Self {
-            channel,
-            topology: broker.topology().clone(),
-            confirm_timeout: Duration::from_secs(broker.settings().confirm_timeout_secs),
-        })
+        Ok(Self { ch: broker.confirm_channel().await? })
     }
 
     pub async fn publish_batch(&self, messages: &[TaskMessage]) -> Result<PublishReport, QueueError> {
@@ -49,9 +41,10 @@ impl Publisher {
                 .with_content_type("application/json".into())
                 .with_message_id(m.task_id.to_string().into());
             let confirm = self
+                .ch
                 .channel
                 .basic_publish(
-                    self.topology.exchange.as_str().into(),
+                    self.ch.topology.exchange.as_str().into(),
                     TASK_ROUTING_KEY.into(),
                     BasicPublishOptions { mandatory: true, ..Default::default() },
                     &m.encode(),
@@ -60,12 +53,14 @@ impl Publisher {
                 .await?;
             pending.push((m.task_id, confirm));
         }
-        let secs = self.confirm_timeout.as_secs();
+        let secs = self.ch.confirm_timeout.as_secs();
         let ids: Vec<Uuid> = pending.iter().map(|(id, _)| *id).collect();
-        let confirms =
-            tokio::time::timeout(self.confirm_timeout, futures::future::join_all(pending.into_iter().map(|(_, c)| c)))
-                .await
-                .map_err(|_| QueueError::Timeout { what: "publisher confirms", secs })?;
+        let confirms = tokio::time::timeout(
+            self.ch.confirm_timeout,
+            futures::future::join_all(pending.into_iter().map(|(_, c)| c)),
+        )
+        .await
+        .map_err(|_| QueueError::Timeout { what: "publisher confirms", secs })?;
         let mut report = PublishReport { confirmed: Vec::with_capacity(ids.len()), ..Default::default() };
         for (id, confirm) in ids.into_iter().zip(confirms) {
             match confirm? {

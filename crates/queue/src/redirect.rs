@@ -2,12 +2,12 @@
 //! dead-letter exchange, or the parked queue. Each publish is confirmed before the caller acks
 //! the original delivery, so a message is never acked without its copy being safe.
 
-use crate::error::{QueueError, deadline};
-use crate::topology::{DEAD_ROUTING_KEY, Topology};
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use crate::broker::ConfirmChannel;
+use crate::error::QueueError;
+use crate::topology::DEAD_ROUTING_KEY;
+use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel, Confirmation};
-use std::time::Duration;
+use lapin::{BasicProperties, Confirmation};
 
 /// Header with the reason a message was parked, retried or dead-lettered by reasonrec.
 pub const ERROR_HEADER: &str = "x-reasonrec-error";
@@ -15,9 +15,7 @@ pub const ERROR_HEADER: &str = "x-reasonrec-error";
 pub const RETRIES_HEADER: &str = "x-reasonrec-retries";
 
 pub struct Redirector {
-    channel: Channel,
-    topology: Topology,
-    confirm_timeout: Duration,
+    ch: ConfirmChannel,
 }
 
 /// Where [`Redirector::retry_or_dead`] sent a message.
@@ -31,18 +29,12 @@ pub enum Redirected {
 
 impl Redirector {
     pub async fn new(broker: &crate::Broker) -> Result<Self, QueueError> {
-        let channel = broker.channel().await?;
-        deadline("confirm.select", 30, channel.confirm_select(ConfirmSelectOptions::default())).await?;
-        Ok(Self {
-            channel,
-            topology: broker.topology().clone(),
-            confirm_timeout: Duration::from_secs(broker.settings().confirm_timeout_secs),
-        })
+        Ok(Self { ch: broker.confirm_channel().await? })
     }
 
     /// Parks an undecodable message with `reason`.
     pub async fn park(&self, payload: &[u8], reason: &str) -> Result<(), QueueError> {
-        let queue = self.topology.parked_queue.clone();
+        let queue = self.ch.topology.parked_queue.clone();
         self.publish("", &queue, payload, reason, None).await
     }
 
@@ -55,14 +47,14 @@ impl Redirector {
         max_retries: u32,
         reason: &str,
     ) -> Result<Redirected, QueueError> {
-        match self.topology.retry_queue(retries_done) {
+        match self.ch.topology.retry_queue(retries_done) {
             Some((delay, queue)) if retries_done < max_retries => {
                 let (delay, queue) = (*delay, queue.clone());
                 self.publish("", &queue, payload, reason, Some(retries_done + 1)).await?;
                 Ok(Redirected::Retry { delay_secs: delay })
             }
             _ => {
-                let exchange = self.topology.dead_exchange.clone();
+                let exchange = self.ch.topology.dead_exchange.clone();
                 let reason = format!("retries spent ({retries_done}): {reason}");
                 self.publish(&exchange, DEAD_ROUTING_KEY, payload, &reason, Some(retries_done)).await?;
                 Ok(Redirected::Dead)
@@ -86,6 +78,7 @@ impl Redirector {
         }
         let props = BasicProperties::default().with_delivery_mode(2).with_headers(headers);
         let confirm = self
+            .ch
             .channel
             .basic_publish(
                 exchange.into(),
@@ -95,8 +88,8 @@ impl Redirector {
                 props,
             )
             .await?;
-        let secs = self.confirm_timeout.as_secs();
-        match tokio::time::timeout(self.confirm_timeout, confirm).await {
+        let secs = self.ch.confirm_timeout.as_secs();
+        match tokio::time::timeout(self.ch.confirm_timeout, confirm).await {
             Ok(Ok(Confirmation::Ack(None))) => Ok(()),
             Ok(Ok(_)) => Err(QueueError::Refused { what: "redirect publish (nacked or unroutable)" }),
             Ok(Err(e)) => Err(e.into()),

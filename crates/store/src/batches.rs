@@ -10,7 +10,7 @@
 //! not write itself was left by one that died.
 
 use crate::error::StoreError;
-use crate::pool::Store;
+use crate::pool::{Store, Tx};
 use reasonrec_core::key::OutputKey;
 use reasonrec_core::settings::Protocol;
 use reasonrec_core::stage::{RunState, Stage};
@@ -406,42 +406,7 @@ impl Store {
         let mut tasks: Vec<(Uuid, i32)> =
             claimed.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect::<Result<_, sqlx::Error>>()?;
         tasks.sort_unstable();
-        let ids: Vec<Uuid> = tasks.iter().map(|t| t.0).collect();
-        // A task whose latest line was rejected carries its conversation on (a task that failed
-        // and was put back by `run retry-failed` starts afresh).
-        let mut carried = carried_reasks(&mut *tx, &ids, REJECTED).await?;
-        let lines: Vec<ClaimedLine> = tasks
-            .iter()
-            .enumerate()
-            .map(|(i, (task_id, inputs_version))| {
-                let (reasks, conversation) = match carried.remove(task_id) {
-                    Some(c) if c.inputs_version == *inputs_version => (c.reasks, c.conversation),
-                    _ => (0, Vec::new()),
-                };
-                ClaimedLine {
-                    line: i32::try_from(i).unwrap_or(i32::MAX),
-                    task_id: *task_id,
-                    inputs_version: *inputs_version,
-                    reasks,
-                    conversation,
-                }
-            })
-            .collect();
-        let col = |f: fn(&ClaimedLine) -> i32| lines.iter().map(f).collect::<Vec<i32>>();
-        let convs: Vec<serde_json::Value> =
-            lines.iter().map(|l| serde_json::to_value(&l.conversation).unwrap_or_default()).collect();
-        sqlx::query(
-            "INSERT INTO batch_lines (batch_id, line, task_id, inputs_version, reasks, conversation)
-             SELECT $1, * FROM UNNEST($2::int[], $3::uuid[], $4::int[], $5::int[], $6::jsonb[])",
-        )
-        .bind(id)
-        .bind(col(|l| l.line))
-        .bind(&ids)
-        .bind(col(|l| l.inputs_version))
-        .bind(col(|l| l.reasks))
-        .bind(&convs)
-        .execute(&mut *tx)
-        .await?;
+        let lines = write_lines(&mut tx, id, &tasks).await?;
         sqlx::query("UPDATE batches SET lines = $2 WHERE id = $1")
             .bind(id)
             .bind(i32::try_from(lines.len()).unwrap_or(i32::MAX))
@@ -834,12 +799,7 @@ impl Store {
 }
 
 /// Locks the batch row for the transaction, unless another submitter owns it now.
-async fn lock_owned(
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    batch_id: Uuid,
-    owner: Uuid,
-    what: &'static str,
-) -> Result<(), StoreError> {
+async fn lock_owned(tx: &mut Tx<'_>, batch_id: Uuid, owner: Uuid, what: &'static str) -> Result<(), StoreError> {
     let mine: Option<Uuid> = sqlx::query_scalar("SELECT id FROM batches WHERE id = $1 AND owner = $2 FOR UPDATE")
         .bind(batch_id)
         .bind(owner)
@@ -851,12 +811,7 @@ async fn lock_owned(
 /// Tasks of `batch_id` still `batched` go back to `ready`: those of `only` (sorted), or all when
 /// `only` is empty; those of `live` marked for a live re-ask. Locked in id order, as the
 /// finishing transaction locks them.
-async fn unbatch(
-    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-    batch_id: Uuid,
-    only: &[Uuid],
-    live: &[Uuid],
-) -> Result<u64, StoreError> {
+async fn unbatch(tx: &mut Tx<'_>, batch_id: Uuid, only: &[Uuid], live: &[Uuid]) -> Result<u64, StoreError> {
     let res = sqlx::query(
         "WITH locked AS (
              SELECT id FROM tasks WHERE batch_id = $1 AND state = 'batched'
@@ -872,4 +827,45 @@ async fn unbatch(
     .execute(&mut **tx)
     .await?;
     Ok(res.rows_affected())
+}
+
+/// The lines of a new batch `batch_id`, one per claimed (task, inputs version) in task order:
+/// a task whose latest line was rejected carries its conversation on (a task that failed and
+/// was put back by `run retry-failed` starts afresh).
+async fn write_lines(tx: &mut Tx<'_>, batch_id: Uuid, tasks: &[(Uuid, i32)]) -> Result<Vec<ClaimedLine>, StoreError> {
+    let ids: Vec<Uuid> = tasks.iter().map(|t| t.0).collect();
+    let mut carried = carried_reasks(&mut **tx, &ids, REJECTED).await?;
+    let lines: Vec<ClaimedLine> = tasks
+        .iter()
+        .enumerate()
+        .map(|(i, (task_id, inputs_version))| {
+            let (reasks, conversation) = match carried.remove(task_id) {
+                Some(c) if c.inputs_version == *inputs_version => (c.reasks, c.conversation),
+                _ => (0, Vec::new()),
+            };
+            ClaimedLine {
+                line: i32::try_from(i).unwrap_or(i32::MAX),
+                task_id: *task_id,
+                inputs_version: *inputs_version,
+                reasks,
+                conversation,
+            }
+        })
+        .collect();
+    let col = |f: fn(&ClaimedLine) -> i32| lines.iter().map(f).collect::<Vec<i32>>();
+    let convs: Vec<serde_json::Value> =
+        lines.iter().map(|l| serde_json::to_value(&l.conversation).unwrap_or_default()).collect();
+    sqlx::query(
+        "INSERT INTO batch_lines (batch_id, line, task_id, inputs_version, reasks, conversation)
+         SELECT $1, * FROM UNNEST($2::int[], $3::uuid[], $4::int[], $5::int[], $6::jsonb[])",
+    )
+    .bind(batch_id)
+    .bind(col(|l| l.line))
+    .bind(&ids)
+    .bind(col(|l| l.inputs_version))
+    .bind(col(|l| l.reasks))
+    .bind(&convs)
+    .execute(&mut **tx)
+    .await?;
+    Ok(lines)
 }

@@ -24,7 +24,7 @@ impl IngestOutcome {
 }
 
 /// One dataset version as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct DatasetRow {
     pub id: i64,
     pub name: String,
@@ -36,6 +36,9 @@ pub struct DatasetRow {
     pub n_items: i32,
     pub n_interactions: i64,
 }
+
+/// The columns of a [`DatasetRow`], read by name.
+const DATASET_COLUMNS: &str = "id, name, version, format, family, content_hash, n_users, n_items, n_interactions";
 
 /// Escapes one field for COPY's text format.
 fn copy_field(out: &mut String, value: &str) {
@@ -165,32 +168,29 @@ impl Store {
 
     /// The newest version of a dataset, or a given one.
     pub async fn find_dataset(&self, name: &str, version: Option<i32>) -> Result<DatasetRow, StoreError> {
-        let row = sqlx::query(
-            "SELECT id, name, version, format, family, content_hash, n_users, n_items, n_interactions
-             FROM datasets WHERE name = $1 AND ($2::int IS NULL OR version = $2)
-             ORDER BY version DESC LIMIT 1",
-        )
+        let row = sqlx::query_as::<_, DatasetRow>(&format!(
+            "SELECT {DATASET_COLUMNS} FROM datasets WHERE name = $1 AND ($2::int IS NULL OR version = $2)
+             ORDER BY version DESC LIMIT 1"
+        ))
         .bind(name)
         .bind(version)
         .fetch_optional(self.pool())
         .await?;
-        let Some(r) = row else {
-            return Err(StoreError::NotFound(match version {
+        row.ok_or_else(|| {
+            StoreError::NotFound(match version {
                 Some(v) => format!("dataset {name:?} version {v}"),
                 None => format!("dataset {name:?} (run `reasonrec ingest` first)"),
-            }));
-        };
-        Ok(DatasetRow {
-            id: r.try_get("id")?,
-            name: r.try_get("name")?,
-            version: r.try_get("version")?,
-            format: r.try_get("format")?,
-            family: r.try_get("family")?,
-            content_hash: r.try_get("content_hash")?,
-            n_users: r.try_get("n_users")?,
-            n_items: r.try_get("n_items")?,
-            n_interactions: r.try_get("n_interactions")?,
+            })
         })
+    }
+
+    /// The dataset row of a dataset version by id.
+    pub async fn dataset_by_id(&self, dataset_id: i64) -> Result<DatasetRow, StoreError> {
+        sqlx::query_as::<_, DatasetRow>(&format!("SELECT {DATASET_COLUMNS} FROM datasets WHERE id = $1"))
+            .bind(dataset_id)
+            .fetch_optional(self.pool())
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("dataset id {dataset_id}")))
     }
 
     /// All interactions of a dataset ordered by user, then time, then item: the order planning

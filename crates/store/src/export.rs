@@ -231,27 +231,4 @@ impl Store {
             reasoning_failed: r.try_get(4)?,
         })
     }
-
-    /// The dataset row of a dataset version by id.
-    pub async fn dataset_by_id(&self, dataset_id: i64) -> Result<crate::datasets::DatasetRow, StoreError> {
-        let r = sqlx::query(
-            "SELECT id, name, version, format, family, content_hash, n_users, n_items, n_interactions
-             FROM datasets WHERE id = $1",
-        )
-        .bind(dataset_id)
-        .fetch_optional(self.pool())
-        .await?
-        .ok_or_else(|| StoreError::NotFound(format!("dataset id {dataset_id}")))?;
-        Ok(crate::datasets::DatasetRow {
-            id: r.try_get("id")?,
-            name: r.try_get("name")?,
-            version: r.try_get("version")?,
-            format: r.try_get("format")?,
-            family: r.try_get("family")?,
-            content_hash: r.try_get("content_hash")?,
-            n_users: r.try_get("n_users")?,
-            n_items: r.try_get("n_items")?,
-            n_interactions: r.try_get("n_interactions")?,
-        })
-    }
 }

@@ -1,7 +1,7 @@
 //! Runs, task planning, the outbox and progress counts.
 
 use crate::error::StoreError;
-use crate::pool::Store;
+use crate::pool::{Store, Tx};
 use reasonrec_core::settings::RunRoute;
 use reasonrec_core::stage::{RunState, Stage, TaskState};
 use sqlx::Row;
@@ -111,52 +111,7 @@ impl Store {
         if tasks.is_empty() {
             return Ok(0);
         }
-        let mut ids = Vec::with_capacity(tasks.len());
-        let mut stages = Vec::with_capacity(tasks.len());
-        let mut subjects = Vec::with_capacity(tasks.len());
-        let mut users = Vec::with_capacity(tasks.len());
-        let mut items = Vec::with_capacity(tasks.len());
-        let mut splits = Vec::with_capacity(tasks.len());
-        let mut labels = Vec::with_capacity(tasks.len());
-        let mut inputs = Vec::with_capacity(tasks.len());
-        let mut deps = Vec::with_capacity(tasks.len());
-        let mut fingerprints: Vec<Option<&[u8]>> = Vec::with_capacity(tasks.len());
-        let mut states: Vec<Option<&str>> = Vec::with_capacity(tasks.len());
-        let mut output_keys: Vec<Option<&[u8]>> = Vec::with_capacity(tasks.len());
-        let mut errors: Vec<Option<&str>> = Vec::with_capacity(tasks.len());
-        let mut carried_from: Vec<Option<Uuid>> = Vec::with_capacity(tasks.len());
-        for t in tasks {
-            ids.push(t.id);
-            stages.push(t.stage.as_str());
-            subjects.push(t.subject.as_str());
-            users.push(t.user_id);
-            items.push(t.item_id);
-            splits.push(t.split.as_deref());
-            labels.push(t.label);
-            inputs.push(t.input.to_string());
-            deps.push(t.pending_deps);
-            fingerprints.push(t.fingerprint.as_ref().map(|f| f.as_slice()));
-            match &t.carried {
-                None => {
-                    states.push(None);
-                    output_keys.push(None);
-                    errors.push(None);
-                    carried_from.push(None);
-                }
-                Some(Carried::Done { from, output_key }) => {
-                    states.push(Some("done"));
-                    output_keys.push(Some(output_key.as_slice()));
-                    errors.push(None);
-                    carried_from.push(Some(*from));
-                }
-                Some(Carried::Failed { from, error }) => {
-                    states.push(Some("failed"));
-                    output_keys.push(None);
-                    errors.push(Some(error.as_str()));
-                    carried_from.push(Some(*from));
-                }
-            }
-        }
+        let c = TaskColumns::of(tasks);
         let mut tx = self.pool().begin().await?;
         let res = sqlx::query(
             "INSERT INTO tasks (id, run_id, stage, subject, user_id, item_id, split, label, input, pending_deps, state,
@@ -171,39 +126,23 @@ impl Store {
              ON CONFLICT (run_id, stage, subject) DO NOTHING",
         )
         .bind(run_id)
-        .bind(&ids)
-        .bind(&stages)
-        .bind(&subjects)
-        .bind(&users)
-        .bind(&items)
-        .bind(&splits)
-        .bind(&labels)
-        .bind(&inputs)
-        .bind(&deps)
-        .bind(&fingerprints)
-        .bind(&states)
-        .bind(&output_keys)
-        .bind(&errors)
-        .bind(&carried_from)
+        .bind(&c.ids)
+        .bind(&c.stages)
+        .bind(&c.subjects)
+        .bind(&c.users)
+        .bind(&c.items)
+        .bind(&c.splits)
+        .bind(&c.labels)
+        .bind(&c.inputs)
+        .bind(&c.deps)
+        .bind(&c.fingerprints)
+        .bind(&c.states)
+        .bind(&c.output_keys)
+        .bind(&c.errors)
+        .bind(&c.carried_from)
         .execute(&mut *tx)
         .await?;
-        // Edges by COPY: the planner never repeats an edge, and COPY is the cheapest bulk path.
-        let edges: usize = tasks.iter().map(|t| t.deps.len()).sum();
-        if edges > 0 {
-            let mut buf = String::with_capacity(edges * 74);
-            for t in tasks {
-                for d in &t.deps {
-                    use std::fmt::Write;
-                    let _ = writeln!(buf, "{}\t{}", t.id, d);
-                }
-            }
-            let mut copy = tx.copy_in_raw("COPY task_deps (task_id, depends_on) FROM STDIN").await?;
-            if let Err(e) = copy.send(buf.as_bytes()).await {
-                let _ = copy.abort("reasonrec planning failed").await;
-                return Err(e.into());
-            }
-            copy.finish().await?;
-        }
+        copy_edges(&mut tx, tasks).await?;
         tx.commit().await?;
         Ok(res.rows_affected())
     }
@@ -541,4 +480,92 @@ impl Store {
         }
         Ok(c)
     }
+}
+
+/// Planned tasks as one array per column of `tasks` (what [`Store::insert_tasks`] binds).
+struct TaskColumns<'a> {
+    ids: Vec<Uuid>,
+    stages: Vec<&'a str>,
+    subjects: Vec<&'a str>,
+    users: Vec<Option<i32>>,
+    items: Vec<Option<i32>>,
+    splits: Vec<Option<&'a str>>,
+    labels: Vec<Option<bool>>,
+    inputs: Vec<String>,
+    deps: Vec<i32>,
+    fingerprints: Vec<Option<&'a [u8]>>,
+    /// `done` / `failed` for a carried task; None: `ready` or `waiting` by its deps.
+    states: Vec<Option<&'a str>>,
+    output_keys: Vec<Option<&'a [u8]>>,
+    errors: Vec<Option<&'a str>>,
+    carried_from: Vec<Option<Uuid>>,
+}
+
+impl<'a> TaskColumns<'a> {
+    fn of(tasks: &'a [NewTask]) -> Self {
+        let n = tasks.len();
+        let mut c = Self {
+            ids: Vec::with_capacity(n),
+            stages: Vec::with_capacity(n),
+            subjects: Vec::with_capacity(n),
+            users: Vec::with_capacity(n),
+            items: Vec::with_capacity(n),
+            splits: Vec::with_capacity(n),
+            labels: Vec::with_capacity(n),
+            inputs: Vec::with_capacity(n),
+            deps: Vec::with_capacity(n),
+            fingerprints: Vec::with_capacity(n),
+            states: Vec::with_capacity(n),
+            output_keys: Vec::with_capacity(n),
+            errors: Vec::with_capacity(n),
+            carried_from: Vec::with_capacity(n),
+        };
+        for t in tasks {
+            c.ids.push(t.id);
+            c.stages.push(t.stage.as_str());
+            c.subjects.push(t.subject.as_str());
+            c.users.push(t.user_id);
+            c.items.push(t.item_id);
+            c.splits.push(t.split.as_deref());
+            c.labels.push(t.label);
+            c.inputs.push(t.input.to_string());
+            c.deps.push(t.pending_deps);
+            c.fingerprints.push(t.fingerprint.as_ref().map(|f| f.as_slice()));
+            let (state, output_key, error, from) = match &t.carried {
+                None => (None, None, None, None),
+                Some(Carried::Done { from, output_key }) => {
+                    (Some("done"), Some(output_key.as_slice()), None, Some(*from))
+                }
+                Some(Carried::Failed { from, error }) => (Some("failed"), None, Some(error.as_str()), Some(*from)),
+            };
+            c.states.push(state);
+            c.output_keys.push(output_key);
+            c.errors.push(error);
+            c.carried_from.push(from);
+        }
+        c
+    }
+}
+
+/// Writes the tasks' dependency edges by COPY: the planner never repeats an edge, and COPY is
+/// the cheapest bulk path.
+async fn copy_edges(tx: &mut Tx<'_>, tasks: &[NewTask]) -> Result<(), StoreError> {
+    let edges: usize = tasks.iter().map(|t| t.deps.len()).sum();
+    if edges == 0 {
+        return Ok(());
+    }
+    let mut buf = String::with_capacity(edges * 74);
+    for t in tasks {
+        for d in &t.deps {
+            use std::fmt::Write;
+            let _ = writeln!(buf, "{}\t{}", t.id, d);
+        }
+    }
+    let mut copy = tx.copy_in_raw("COPY task_deps (task_id, depends_on) FROM STDIN").await?;
+    if let Err(e) = copy.send(buf.as_bytes()).await {
+        let _ = copy.abort("reasonrec planning failed").await;
+        return Err(e.into());
+    }
+    copy.finish().await?;
+    Ok(())
 }

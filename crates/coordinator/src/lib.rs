@@ -41,5 +41,5 @@ pub mod web;
 pub use error::CoordinatorError;
 pub use lifecycle::prune;
 pub use outbox::{Outbox, PumpReport};
-pub use run::{PlanOptions, RunPlan, create_run, plan_run, unfinished_run};
+pub use run::{Incremental, PlanOptions, RunPlan, create_incremental_run, create_run, plan_run, unfinished_run};
 pub use service::{Target, supervise};

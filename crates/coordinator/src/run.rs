@@ -13,13 +13,13 @@
 
 use crate::error::CoordinatorError;
 use crate::estimate::{Estimate, StaleStage, estimate};
-use crate::fingerprint::{Digest32, Entry, Fingerprinter, item_digest};
+use crate::fingerprint::{Digest32, Entry, Fingerprinter, TemplateId, item_digest};
 use crate::plan::{PlanParams, Target, plan_user};
 use crate::regenerate::{Decision, Previous, Reason, Regeneration, TaskKey};
 use futures::Stream;
 use futures::TryStreamExt;
 use reasonrec_core::PromptLibrary;
-use reasonrec_core::data::Interaction;
+use reasonrec_core::data::{Family, Interaction};
 use reasonrec_core::inputs::{HistoryEntry, ItemProfileInput, ReasoningInput, UserProfileInput};
 use reasonrec_core::key::KEY_SALT_FIELD;
 use reasonrec_core::settings::{RunRoute, Settings};
@@ -27,6 +27,7 @@ use reasonrec_core::stage::Stage;
 use reasonrec_store::Store;
 use reasonrec_store::StoreError;
 use reasonrec_store::datasets::DatasetRow;
+use reasonrec_store::planning::PlanningLock;
 use reasonrec_store::runs::{Carried, NewTask};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::pin::Pin;
@@ -476,6 +477,34 @@ pub async fn unfinished_run(store: &Store, dataset: &str) -> Result<Option<Uuid>
     Ok(store.unfinished_run_of(dataset).await?)
 }
 
+/// What [`create_incremental_run`] did.
+#[derive(Debug)]
+pub enum Incremental {
+    Planned(Box<RunPlan>),
+    /// Not planned: this run of the dataset is not finished, and another would double it.
+    Unfinished(Uuid),
+}
+
+/// An incremental run of dataset name `dataset`: the one use case behind a scheduled tick and
+/// `run create --incremental`. Not planned while a run of the dataset is unfinished (a dry run
+/// writes nothing, so it is never refused). A planned run gets
+/// [`crate::lifecycle::INCREMENTAL_PRIORITY`]: regeneration yields to runs over new data.
+pub async fn create_incremental_run(
+    store: &Store,
+    settings: &Settings,
+    dataset: &str,
+    dry_run: bool,
+) -> Result<Incremental, CoordinatorError> {
+    if !dry_run && let Some(unfinished) = unfinished_run(store, dataset).await? {
+        return Ok(Incremental::Unfinished(unfinished));
+    }
+    let plan = plan_run(store, settings, dataset, PlanOptions { incremental: true, dry_run }).await?;
+    if !dry_run {
+        store.set_run_priority(plan.run_id, crate::lifecycle::INCREMENTAL_PRIORITY).await?;
+    }
+    Ok(Incremental::Planned(Box::new(plan)))
+}
+
 /// [`create_run`] with options: incremental (compare with the previous completed run of the
 /// dataset name and carry over what is not stale) and dry run (write nothing, report).
 pub async fn plan_run(
@@ -486,30 +515,7 @@ pub async fn plan_run(
 ) -> Result<RunPlan, CoordinatorError> {
     let ds = store.find_dataset(dataset, None).await?;
     let family = Store::parse_family(&ds.family)?;
-    let history_len = settings.sampling.history_len_for(family);
-    let stages: Vec<Stage> = [
-        (Stage::ItemProfile, settings.stages.item_profile),
-        (Stage::UserProfile, settings.stages.user_profile),
-        (Stage::Reasoning, true),
-        (Stage::Judge, settings.stages.judge),
-    ]
-    .into_iter()
-    .filter_map(|(s, on)| on.then_some(s))
-    .collect();
-    let fingerprinter = PromptLibrary::load(&settings.prompts.dir)
-        .and_then(|p| Fingerprinter::new(&p, family.as_str(), &stages, &settings.sampling));
-    let fingerprinter = match fingerprinter {
-        Ok(f) => Some(f),
-        Err(e) if opts.incremental => {
-            return Err(CoordinatorError::Plan(format!(
-                "incremental planning compares prompts, so it needs the templates (prompts.dir): {e}"
-            )));
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "no prompt templates: tasks get no fingerprint, so no later incremental run can reuse this run");
-            None
-        }
-    };
+    let fingerprinter = load_fingerprinter(settings, family, opts)?;
     let previous_run =
         if opts.incremental || opts.dry_run { store.latest_completed_run(&ds.name).await? } else { None };
     let previous = match (&previous_run, &fingerprinter) {
@@ -521,83 +527,13 @@ pub async fn plan_run(
         Some(fp) => Some(Content::load(store, &ds, fp, settings.stages.item_profile).await?),
         None => None,
     };
-    let mut snapshot = serde_json::json!({
-        "sampling": settings.sampling,
-        "history_len": history_len,
-        "stages": settings.stages,
-        "teacher": settings.teacher.endpoints.iter().map(|e| serde_json::json!({
-            "name": e.name, "protocol": e.protocol, "mode": e.mode, "model": e.model, "params": e.params,
-        })).collect::<Vec<_>>(),
-        "dataset": {"name": ds.name, "version": ds.version, "content_hash": ds.content_hash, "family": ds.family},
-        "batch": settings.batch,
-    });
-    if !templates.is_empty() {
-        let t: BTreeMap<&str, _> = templates.iter().map(|(s, t)| (s.as_str(), t)).collect();
-        snapshot["templates"] = serde_json::json!(t);
-    }
-    if opts.incremental {
-        snapshot["incremental"] = serde_json::json!({
-            "previous_run": previous.as_ref().map(|p| p.run_id),
-            "regenerate": settings.regenerate,
-        });
-    }
+    let snapshot = settings_snapshot(settings, &ds, family, &templates, opts, previous.as_ref());
     // The planning lock is held until the run is running (or failed): a planner that dies
     // releases it with its connection, and the run is then failed by the next
     // `unfinished_run` of its dataset instead of blocking it.
-    let lock = if opts.dry_run {
-        None
-    } else {
-        Some(store.create_planning_run(ds.id, &snapshot, RunRoute::of(&settings.teacher)).await?)
-    };
+    let lock = if opts.dry_run { None } else { Some(open_run(store, settings, &ds, &snapshot).await?) };
     let run_id = lock.as_ref().map_or(Uuid::nil(), |l| l.run_id());
-    if lock.is_some() {
-        let deadline = settings.batch.deadline_from_now().map_err(CoordinatorError::Plan)?;
-        if deadline.is_some() {
-            store.set_run_deadline(run_id, deadline).await?;
-        }
-    }
-    let batch_size = settings.coordinator.plan_batch.max(1);
-    let params = PlanParams::new(&settings.sampling, history_len, settings.stages.user_profile);
-    let dropped =
-        if settings.sampling.balance_labels { balance(store, ds.id, &params, settings).await? } else { HashSet::new() };
-    let regen = Regeneration {
-        incremental: opts.incremental,
-        previous_run: previous.as_ref().map(|p| p.run_id),
-        previous_dataset_version: previous.as_ref().map(|p| p.dataset_version),
-        ..Regeneration::default()
-    };
-    let regen_from = previous.as_ref().map_or(Uuid::nil(), |p| p.run_id);
-    let failed_note = match &previous {
-        Some(p) => format!("failed in run {}; not tried again (regenerate.redo_failed = false)", p.run_id),
-        None => String::new(),
-    };
-    let mut planner = Planner {
-        params,
-        settings,
-        plan: RunPlan {
-            run_id,
-            dry_run: opts.dry_run,
-            dataset: ds.name.clone(),
-            dataset_version: ds.version,
-            users_seen: 0,
-            skipped_users: 0,
-            tasks: 0,
-            by_stage: BTreeMap::new(),
-            labels: BTreeMap::new(),
-            dropped_for_balance: dropped.len() as u64,
-            regeneration: None,
-            estimate: None,
-        },
-        dropped,
-        item_tasks: HashMap::new(),
-        batch: Vec::with_capacity(batch_size + 64),
-        content,
-        previous,
-        regen,
-        stale: BTreeMap::new(),
-        from: regen_from,
-        failed_note,
-    };
+    let mut planner = Planner::new(store, settings, &ds, family, run_id, opts, content, previous).await?;
     let written = write_plan(store, &mut planner, ds.id, settings, run_id, opts).await;
     if let Some(lock) = lock {
         if let Err(e) = &written {
@@ -622,6 +558,151 @@ pub async fn plan_run(
     }
     tracing::info!(%run_id, dataset = %ds.name, version = ds.version, tasks = plan.tasks, to_work = plan.to_work(), dry_run = opts.dry_run, skipped_users = plan.skipped_users, "run planned");
     Ok(plan)
+}
+
+/// The stages the settings switch on, in the order their tasks depend on each other.
+fn enabled_stages(settings: &Settings) -> Vec<Stage> {
+    [
+        (Stage::ItemProfile, settings.stages.item_profile),
+        (Stage::UserProfile, settings.stages.user_profile),
+        (Stage::Reasoning, true),
+        (Stage::Judge, settings.stages.judge),
+    ]
+    .into_iter()
+    .filter_map(|(s, on)| on.then_some(s))
+    .collect()
+}
+
+/// The fingerprinter of the run's templates. Without templates a plain run goes on without
+/// fingerprints (no later incremental run can reuse it); an incremental run cannot.
+fn load_fingerprinter(
+    settings: &Settings,
+    family: Family,
+    opts: PlanOptions,
+) -> Result<Option<Fingerprinter>, CoordinatorError> {
+    let loaded = PromptLibrary::load(&settings.prompts.dir)
+        .and_then(|p| Fingerprinter::new(&p, family.as_str(), &enabled_stages(settings), &settings.sampling));
+    match loaded {
+        Ok(f) => Ok(Some(f)),
+        Err(e) if opts.incremental => Err(CoordinatorError::Plan(format!(
+            "incremental planning compares prompts, so it needs the templates (prompts.dir): {e}"
+        ))),
+        Err(e) => {
+            tracing::warn!(error = %e, "no prompt templates: tasks get no fingerprint, so no later incremental run can reuse this run");
+            Ok(None)
+        }
+    }
+}
+
+/// What `runs.settings` records of the run: sampling, stages, teachers, the dataset version,
+/// batching, the templates and, for an incremental run, what it was compared with.
+fn settings_snapshot(
+    settings: &Settings,
+    ds: &DatasetRow,
+    family: Family,
+    templates: &BTreeMap<Stage, TemplateId>,
+    opts: PlanOptions,
+    previous: Option<&Previous>,
+) -> serde_json::Value {
+    let mut snapshot = serde_json::json!({
+        "sampling": settings.sampling,
+        "history_len": settings.sampling.history_len_for(family),
+        "stages": settings.stages,
+        "teacher": settings.teacher.endpoints.iter().map(|e| serde_json::json!({
+            "name": e.name, "protocol": e.protocol, "mode": e.mode, "model": e.model, "params": e.params,
+        })).collect::<Vec<_>>(),
+        "dataset": {"name": ds.name, "version": ds.version, "content_hash": ds.content_hash, "family": ds.family},
+        "batch": settings.batch,
+    });
+    if !templates.is_empty() {
+        let t: BTreeMap<&str, _> = templates.iter().map(|(s, t)| (s.as_str(), t)).collect();
+        snapshot["templates"] = serde_json::json!(t);
+    }
+    if opts.incremental {
+        snapshot["incremental"] = serde_json::json!({
+            "previous_run": previous.map(|p| p.run_id),
+            "regenerate": settings.regenerate,
+        });
+    }
+    snapshot
+}
+
+/// Creates the run row (`planning`, its lock held) with its batch deadline.
+async fn open_run(
+    store: &Store,
+    settings: &Settings,
+    ds: &DatasetRow,
+    snapshot: &serde_json::Value,
+) -> Result<PlanningLock, CoordinatorError> {
+    let lock = store.create_planning_run(ds.id, snapshot, RunRoute::of(&settings.teacher)).await?;
+    let deadline = settings.batch.deadline_from_now().map_err(CoordinatorError::Plan)?;
+    if deadline.is_some() {
+        store.set_run_deadline(lock.run_id(), deadline).await?;
+    }
+    Ok(lock)
+}
+
+impl<'a> Planner<'a> {
+    /// A planner for run `run_id` of `ds`, with label balancing's drops decided up front.
+    #[allow(clippy::too_many_arguments)]
+    async fn new(
+        store: &Store,
+        settings: &'a Settings,
+        ds: &DatasetRow,
+        family: Family,
+        run_id: Uuid,
+        opts: PlanOptions,
+        content: Option<Content>,
+        previous: Option<Previous>,
+    ) -> Result<Self, CoordinatorError> {
+        let params = PlanParams::new(
+            &settings.sampling,
+            settings.sampling.history_len_for(family),
+            settings.stages.user_profile,
+        );
+        let dropped = if settings.sampling.balance_labels {
+            balance(store, ds.id, &params, settings).await?
+        } else {
+            HashSet::new()
+        };
+        let regen = Regeneration {
+            incremental: opts.incremental,
+            previous_run: previous.as_ref().map(|p| p.run_id),
+            previous_dataset_version: previous.as_ref().map(|p| p.dataset_version),
+            ..Regeneration::default()
+        };
+        let failed_note = match &previous {
+            Some(p) => format!("failed in run {}; not tried again (regenerate.redo_failed = false)", p.run_id),
+            None => String::new(),
+        };
+        Ok(Planner {
+            params,
+            settings,
+            plan: RunPlan {
+                run_id,
+                dry_run: opts.dry_run,
+                dataset: ds.name.clone(),
+                dataset_version: ds.version,
+                users_seen: 0,
+                skipped_users: 0,
+                tasks: 0,
+                by_stage: BTreeMap::new(),
+                labels: BTreeMap::new(),
+                dropped_for_balance: dropped.len() as u64,
+                regeneration: None,
+                estimate: None,
+            },
+            dropped,
+            item_tasks: HashMap::new(),
+            batch: Vec::with_capacity(settings.coordinator.plan_batch.max(1) + 64),
+            content,
+            from: previous.as_ref().map_or(Uuid::nil(), |p| p.run_id),
+            previous,
+            regen,
+            stale: BTreeMap::new(),
+            failed_note,
+        })
+    }
 }
 
 /// Streams the dataset's users through `planner` and writes the tasks (in the background, see

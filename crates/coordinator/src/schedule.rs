@@ -4,7 +4,7 @@
 //! (a run whose plan died is failed first: [`crate::run::unfinished_run`]).
 
 use crate::error::CoordinatorError;
-use crate::run::{PlanOptions, plan_run, unfinished_run};
+use crate::run::{Incremental, create_incremental_run};
 use chrono::{DateTime, Utc};
 use croner::Cron;
 use reasonrec_core::Settings;
@@ -52,13 +52,13 @@ pub fn parse_jobs(settings: &Settings) -> Result<Vec<Job>, CoordinatorError> {
 
 /// One tick of `job`: an incremental run of its dataset, unless one is unfinished.
 pub async fn fire(store: &Store, settings: &Settings, job: &Job) -> Result<Fired, CoordinatorError> {
-    if let Some(unfinished) = unfinished_run(store, &job.dataset).await? {
-        tracing::info!(job = %job.name, dataset = %job.dataset, %unfinished, "previous run still going; tick skipped");
-        return Ok(Fired::Skipped { unfinished });
-    }
-    let plan = plan_run(store, settings, &job.dataset, PlanOptions { incremental: true, dry_run: false }).await?;
-    // Regeneration yields to runs over new data (`run create` without --incremental).
-    store.set_run_priority(plan.run_id, crate::lifecycle::INCREMENTAL_PRIORITY).await?;
+    let plan = match create_incremental_run(store, settings, &job.dataset, false).await? {
+        Incremental::Planned(plan) => *plan,
+        Incremental::Unfinished(unfinished) => {
+            tracing::info!(job = %job.name, dataset = %job.dataset, %unfinished, "previous run still going; tick skipped");
+            return Ok(Fired::Skipped { unfinished });
+        }
+    };
     tracing::info!(job = %job.name, dataset = %job.dataset, run_id = %plan.run_id, to_work = plan.to_work(), "scheduled incremental run created");
     if settings.retention.on_schedule {
         // The new run is unfinished, so it and the latest completed run are kept.

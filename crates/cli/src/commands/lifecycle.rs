@@ -4,7 +4,6 @@
 use super::connect_store;
 use crate::cli::{RunArg, RunBudgetArgs, RunCreateArgs, RunListArgs, RunPauseArgs};
 use reasonrec_coordinator::RunPlan;
-use reasonrec_coordinator::lifecycle::INCREMENTAL_PRIORITY;
 use reasonrec_core::Settings;
 use reasonrec_core::terminal::terminal_safe;
 use reasonrec_store::Store;
@@ -13,13 +12,13 @@ use std::process::ExitCode;
 
 /// Stores `run create`'s priority and budget on the planned run, before anything is published
 /// by this command. (A coordinator already serving may publish a first page in between; the
-/// budget is checked before each later pass.) Incremental runs default to
-/// [`INCREMENTAL_PRIORITY`].
+/// budget is checked before each later pass.) Incremental runs were planned at
+/// [`reasonrec_coordinator::lifecycle::INCREMENTAL_PRIORITY`]; `--priority` overrides it.
 pub async fn apply_create_options(store: &Store, plan: &RunPlan, a: &RunCreateArgs) -> anyhow::Result<()> {
     if plan.dry_run {
         return Ok(());
     }
-    if let Some(priority) = a.priority.or(a.incremental.then_some(INCREMENTAL_PRIORITY)) {
+    if let Some(priority) = a.priority {
         store.set_run_priority(plan.run_id, priority).await?;
     }
     let budget = Budget { usd: a.budget_usd, tokens: a.budget_tokens };

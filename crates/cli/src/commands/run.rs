@@ -7,7 +7,7 @@
 use super::{connect_broker, connect_store};
 use crate::cli::{RetryFailedArgs, RunArg, RunCreateArgs, RunPruneArgs, RunStatusArgs};
 use reasonrec_coordinator::status::run_status;
-use reasonrec_coordinator::{Outbox, PlanOptions, Target, plan_run, supervise};
+use reasonrec_coordinator::{Incremental, Outbox, PlanOptions, Target, create_incremental_run, plan_run, supervise};
 use reasonrec_core::Settings;
 use reasonrec_core::stage::RunState;
 use std::process::ExitCode;
@@ -15,26 +15,26 @@ use std::process::ExitCode;
 pub async fn create(settings: &Settings, a: RunCreateArgs) -> anyhow::Result<ExitCode> {
     let store = connect_store(settings).await?;
     store.ensure_migrated().await?;
-    // A nightly job retried by its scheduler (or two overlapping crons) must not double a run
-    // that is still going: refuse, like the coordinator's scheduler skips its tick.
-    if a.incremental
-        && !a.dry_run
-        && let Some(unfinished) = reasonrec_coordinator::unfinished_run(&store, &a.dataset).await?
-    {
-        anyhow::bail!(
-            "run {unfinished} of dataset {:?} is not finished; an incremental run now would double it \
-             (wait for it, or cancel it with `reasonrec run cancel {unfinished}`)",
-            a.dataset
-        );
-    }
-    let opts = PlanOptions { incremental: a.incremental, dry_run: a.dry_run };
     let mut settings = settings.clone();
     if let Some(d) = &a.deadline {
         settings.batch.deadline = Some(d.clone());
         settings.validate().map_err(|e| anyhow::anyhow!("--deadline: {e}"))?;
     }
     let settings = &settings;
-    let plan = plan_run(&store, settings, &a.dataset, opts).await?;
+    let plan = if a.incremental {
+        match create_incremental_run(&store, settings, &a.dataset, a.dry_run).await? {
+            Incremental::Planned(plan) => *plan,
+            // A nightly job retried by its scheduler (or two overlapping crons) must not double
+            // a run that is still going: refused, as the coordinator's scheduler skips its tick.
+            Incremental::Unfinished(unfinished) => anyhow::bail!(
+                "run {unfinished} of dataset {:?} is not finished; an incremental run now would double it \
+                 (wait for it, or cancel it with `reasonrec run cancel {unfinished}`)",
+                a.dataset
+            ),
+        }
+    } else {
+        plan_run(&store, settings, &a.dataset, PlanOptions { incremental: false, dry_run: a.dry_run }).await?
+    };
     super::lifecycle::apply_create_options(&store, &plan, &a).await?;
     if a.dry_run {
         if a.json {

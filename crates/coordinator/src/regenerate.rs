@@ -136,6 +136,35 @@ fn id_map(prev: Vec<(i32, String)>, current: Vec<(i32, String)>) -> HashMap<i32,
     prev.into_iter().filter_map(|(id, ext)| by_ext.get(&ext).map(|&cur| (id, cur))).collect()
 }
 
+/// For each (model, params JSON) numbered in `teachers`: is it a configured endpoint's?
+fn configured_teachers(teachers: HashMap<(String, String), u32>, settings: &Settings) -> Vec<bool> {
+    let mut ok = vec![false; teachers.len()];
+    for ((model, params), i) in teachers {
+        // Stored as `serde_json::to_value(&endpoint.params)`; parsed back, floats compare equal.
+        let params: Option<SamplingParams> = serde_json::from_str(&params).ok();
+        ok[i as usize] = settings
+            .teacher
+            .endpoints
+            .iter()
+            .any(|e| e.model == model && params.as_ref().is_some_and(|p| *p == e.params));
+    }
+    ok
+}
+
+/// The stages whose template changed: the previous run's settings snapshot names another one.
+fn changed_templates(templates: &BTreeMap<Stage, TemplateId>, prev_settings: &serde_json::Value) -> Vec<Stage> {
+    templates
+        .iter()
+        .filter(|(stage, now)| {
+            let was = &prev_settings["templates"][stage.as_str()];
+            was.is_object()
+                && (was["name"].as_str() != Some(now.name.as_str())
+                    || was["version"].as_str() != Some(now.version.as_str()))
+        })
+        .map(|(stage, _)| *stage)
+        .collect()
+}
+
 impl Previous {
     /// Reads `prev`'s tasks. `templates`: the templates the new run renders with, per stage.
     pub async fn load(
@@ -187,27 +216,8 @@ impl Previous {
                 },
             );
         }
-        let mut teacher_ok = vec![false; teachers.len()];
-        for ((model, params), i) in teachers {
-            // Stored as `serde_json::to_value(&endpoint.params)`; parsed back, floats compare equal.
-            let params: Option<SamplingParams> = serde_json::from_str(&params).ok();
-            teacher_ok[i as usize] = settings
-                .teacher
-                .endpoints
-                .iter()
-                .any(|e| e.model == model && params.as_ref().is_some_and(|p| *p == e.params));
-        }
-        // A stage's template changed when the previous run's snapshot names another one.
-        let template_changed = templates
-            .iter()
-            .filter(|(stage, now)| {
-                let was = &prev.settings["templates"][stage.as_str()];
-                was.is_object()
-                    && (was["name"].as_str() != Some(now.name.as_str())
-                        || was["version"].as_str() != Some(now.version.as_str()))
-            })
-            .map(|(stage, _)| *stage)
-            .collect();
+        let teacher_ok = configured_teachers(teachers, settings);
+        let template_changed = changed_templates(templates, &prev.settings);
         let ttl = settings.regenerate.ttl_days;
         let expire_before = (ttl > 0).then(|| chrono::Utc::now().timestamp() - i64::from(ttl) * 86_400);
         Ok(Self {
@@ -312,5 +322,104 @@ impl Regeneration {
 
     pub fn reused_total(&self) -> u64 {
         self.reused.values().sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reasonrec_core::settings::EndpointSettings;
+
+    const FP: Digest32 = [1; 32];
+    const OTHER_FP: Digest32 = [2; 32];
+    const OUT: Digest32 = [9; 32];
+
+    /// A previous run holding `tasks` (teacher 0 is configured, teacher 1 is not).
+    fn previous(tasks: Vec<(TaskKey, PrevTask)>, rules: RegenerateSettings, template_changed: Vec<Stage>) -> Previous {
+        Previous {
+            run_id: Uuid::nil(),
+            dataset_version: 1,
+            tasks: tasks.into_iter().collect(),
+            teacher_ok: vec![true, false],
+            template_changed,
+            expire_before: None,
+            rules,
+        }
+    }
+
+    fn done(teacher: u32, created_at: i64) -> PrevTask {
+        PrevTask { fingerprint: Some(FP), state: TaskState::Done, output_key: Some(OUT), created_at, teacher }
+    }
+
+    fn failed() -> PrevTask {
+        PrevTask { fingerprint: Some(FP), state: TaskState::Failed, output_key: None, created_at: 0, teacher: u32::MAX }
+    }
+
+    #[test]
+    fn an_unchanged_done_task_is_reused_and_any_difference_redoes_it_with_its_reason() {
+        let key = TaskKey::reasoning(1, 2, "test");
+        let p = previous(vec![(key, done(0, 100))], RegenerateSettings::default(), vec![]);
+        assert_eq!(p.decide(&key, Some(&FP), false), Decision::Reuse { output_key: OUT, despite: None });
+        assert_eq!(p.decide(&TaskKey::reasoning(1, 3, "test"), Some(&FP), false), Decision::Redo(Reason::New));
+        assert_eq!(p.decide(&key, Some(&OTHER_FP), false), Decision::Redo(Reason::InputChanged));
+        assert_eq!(p.decide(&key, None, false), Decision::Redo(Reason::InputChanged), "no fingerprint: never reused");
+        assert_eq!(
+            p.decide(&key, Some(&FP), true),
+            Decision::Redo(Reason::InputChanged),
+            "a redone upstream task makes a new output, so this prompt changes"
+        );
+        let p = previous(vec![(key, done(0, 100))], RegenerateSettings::default(), vec![Stage::Reasoning]);
+        assert_eq!(p.decide(&key, Some(&OTHER_FP), false), Decision::Redo(Reason::TemplateChanged));
+    }
+
+    #[test]
+    fn failures_other_teachers_and_expiry_follow_the_regenerate_rules() {
+        let (ok, other, fail) = (TaskKey::item_profile(1), TaskKey::item_profile(2), TaskKey::user_profile(3));
+        let tasks = vec![(ok, done(0, 100)), (other, done(1, 100)), (fail, failed())];
+        let p = previous(tasks.clone(), RegenerateSettings::default(), vec![]);
+        assert_eq!(p.decide(&fail, Some(&FP), false), Decision::Redo(Reason::Failed));
+        assert_eq!(p.decide(&other, Some(&FP), false), Decision::Redo(Reason::TeacherChanged));
+
+        let keep = RegenerateSettings { ttl_days: 0, redo_failed: false, redo_other_teacher: false };
+        let p = previous(tasks.clone(), keep, vec![]);
+        assert_eq!(p.decide(&fail, Some(&FP), false), Decision::KeepFailed);
+        assert_eq!(
+            p.decide(&other, Some(&FP), false),
+            Decision::Reuse { output_key: OUT, despite: Some(Reason::TeacherChanged) }
+        );
+
+        let mut p = previous(tasks, RegenerateSettings::default(), vec![]);
+        p.expire_before = Some(101);
+        assert_eq!(p.decide(&ok, Some(&FP), false), Decision::Redo(Reason::Expired));
+        p.expire_before = Some(100);
+        assert!(matches!(p.decide(&ok, Some(&FP), false), Decision::Reuse { .. }), "made at the limit: kept");
+    }
+
+    #[test]
+    fn a_teacher_is_configured_only_with_the_same_model_and_parameters() {
+        let mut settings = Settings::default();
+        let ep = EndpointSettings { model: "m".into(), ..EndpointSettings::default() };
+        let params = serde_json::to_value(&ep.params).map(|v| v.to_string()).unwrap_or_default();
+        settings.teacher.endpoints = vec![ep];
+        let teachers: HashMap<(String, String), u32> = [
+            (("m".to_string(), params.clone()), 0),
+            (("other".to_string(), params), 1),
+            (("m".to_string(), "{\"temperature\": 2.0}".to_string()), 2),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(configured_teachers(teachers, &settings), vec![true, false, false]);
+    }
+
+    #[test]
+    fn a_template_changed_when_the_previous_snapshot_names_another_version() {
+        let id = |v: &str| TemplateId { name: "reasoning.movielens".into(), version: v.into() };
+        let now: BTreeMap<Stage, TemplateId> = [(Stage::Reasoning, id("v2")), (Stage::UserProfile, id("v1"))].into();
+        let was = serde_json::json!({"templates": {
+            "reasoning": {"name": "reasoning.movielens", "version": "v1"},
+            "user_profile": {"name": "reasoning.movielens", "version": "v1"},
+        }});
+        assert_eq!(changed_templates(&now, &was), vec![Stage::Reasoning]);
+        assert!(changed_templates(&now, &serde_json::json!({})).is_empty(), "no snapshot of templates: none changed");
     }
 }

@@ -167,8 +167,18 @@ impl RunStatus {
         out
     }
 
+    /// The status as `run status` prints it: the run's lines, then its spend, then its tasks.
     pub fn render(&self) -> String {
-        let mut out = format!(
+        let mut out = String::new();
+        self.render_run(&mut out);
+        self.render_spend(&mut out);
+        self.render_tasks(&mut out);
+        out
+    }
+
+    /// State, counts, why it is paused, pruned or failed, re-publishing, priority, carry-over.
+    fn render_run(&self, out: &mut String) {
+        out.push_str(&format!(
             "run {}  state: {}\n  planned {}  published {}  done {}  failed {}  (waiting {}, ready {}, in a batch {})\n",
             self.run_id,
             self.state,
@@ -179,7 +189,7 @@ impl RunStatus {
             self.waiting,
             self.ready,
             self.batches.as_ref().map_or(0, |b| b.batched_now)
-        );
+        ));
         if let Some(reason) = &self.paused_reason {
             let reason = reasonrec_core::terminal::terminal_safe(reason);
             out.push_str(&format!("  paused: {reason} (`reasonrec run resume {}` reopens it)\n", self.run_id));
@@ -201,7 +211,6 @@ impl RunStatus {
             out.push_str(&format!("  priority {}\n", self.priority));
         }
         if self.budget.is_set() {
-            let c = &self.counts;
             out.push_str(&format!(
                 "  budget {}: spent {}, {} tokens\n",
                 self.budget.render(),
@@ -209,12 +218,16 @@ impl RunStatus {
                 c.input_tokens + c.output_tokens
             ));
         }
-        if self.counts.carried_done + self.counts.carried_failed > 0 {
+        if c.carried_done + c.carried_failed > 0 {
             out.push_str(&format!(
                 "  carried over from an earlier run (no teacher call): {} done, {} failed\n",
-                self.counts.carried_done, self.counts.carried_failed
+                c.carried_done, c.carried_failed
             ));
         }
+    }
+
+    /// Rate and ETA, teacher calls, tokens and cost (with the projection), the batch API's share.
+    fn render_spend(&self, out: &mut String) {
         out.push_str(&format!("  rate {:.1} tasks/s", self.rate_per_sec));
         match self.eta_secs {
             Some(eta) => out.push_str(&format!("  ETA {:.0} s\n", eta)),
@@ -249,6 +262,11 @@ impl RunStatus {
                 out.push_str(&format!("  batch work projected to end {}{deadline}\n", end.to_rfc3339()));
             }
         }
+    }
+
+    /// Per stage by state, over-long prompts, rejections by code, failed attempts by class.
+    fn render_tasks(&self, out: &mut String) {
+        let c = &self.counts;
         for (stage, states) in &c.by_stage {
             let parts: Vec<String> = states.iter().map(|(s, n)| format!("{s} {n}")).collect();
             out.push_str(&format!("  {stage}: {}\n", parts.join(", ")));
@@ -267,6 +285,5 @@ impl RunStatus {
             let parts: Vec<String> = c.errors.iter().map(|(k, n)| format!("{k} {n}")).collect();
             out.push_str(&format!("  failed attempts by class: {}\n", parts.join(", ")));
         }
-        out
     }
 }

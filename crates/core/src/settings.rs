@@ -854,8 +854,21 @@ impl Settings {
         Ok(())
     }
 
+    /// Checks every section; the error names the first key at fault (`teacher.endpoints[1].model: ...`).
     pub fn validate(&self) -> Result<(), CoreError> {
-        let bad = |key: &str, why: String| Err(CoreError::Config(format!("{key}: {why}")));
+        self.validate_services()?;
+        self.validate_teacher()?;
+        self.validate_judge_endpoints()?;
+        self.validate_batch()?;
+        self.trainer.validate()?;
+        for (i, ep) in self.teacher.endpoints.iter().enumerate() {
+            ep.validate(i)?;
+        }
+        Ok(())
+    }
+
+    /// Database, broker, sampling, worker and retention.
+    fn validate_services(&self) -> Result<(), CoreError> {
         if !(self.database.url.starts_with("postgres://") || self.database.url.starts_with("postgresql://")) {
             return bad("database.url", "must start with postgres://".into());
         }
@@ -885,20 +898,26 @@ impl Settings {
         if self.worker.concurrency == 0 {
             return bad("worker.concurrency", "must be at least 1".into());
         }
-        if self.teacher.endpoints.is_empty() {
+        Ok(())
+    }
+
+    /// `[teacher]` as a whole: endpoints named once, re-asks with somewhere to go, call limits.
+    fn validate_teacher(&self) -> Result<(), CoreError> {
+        let t = &self.teacher;
+        if t.endpoints.is_empty() {
             return bad("teacher.endpoints", "at least one endpoint is needed".into());
         }
-        if self.teacher.lease_interval_ms < 100 {
+        if t.lease_interval_ms < 100 {
             return bad("teacher.lease_interval_ms", "must be at least 100".into());
         }
         let mut names = std::collections::HashSet::new();
-        for (i, ep) in self.teacher.endpoints.iter().enumerate() {
+        for (i, ep) in t.endpoints.iter().enumerate() {
             if !names.insert(ep.name.as_str()) {
                 return bad(&format!("teacher.endpoints[{i}].name"), format!("{:?} is used twice", ep.name));
             }
         }
-        let has_live = self.teacher.endpoints.iter().any(|e| e.mode == EndpointMode::Live);
-        for (i, ep) in self.teacher.endpoints.iter().enumerate() {
+        let has_live = self.has_live_endpoint();
+        for (i, ep) in t.endpoints.iter().enumerate() {
             if ep.mode == EndpointMode::Batch && ep.reask == Reask::Live && !has_live {
                 return bad(
                     &format!("teacher.endpoints[{i}].reask"),
@@ -906,11 +925,34 @@ impl Settings {
                 );
             }
         }
-        self.validate_judge_endpoints()?;
+        if t.max_attempts == 0 {
+            return bad("teacher.max_attempts", "must be at least 1".into());
+        }
+        if t.max_call_secs == 0 || t.max_call_secs >= 1_800 {
+            return bad(
+                "teacher.max_call_secs",
+                format!("{} is not within 1..1800 (below RabbitMQ's consumer timeout)", t.max_call_secs),
+            );
+        }
+        if t.max_retry_after_secs == 0 || t.max_retry_after_secs > t.max_call_secs {
+            return bad(
+                "teacher.max_retry_after_secs",
+                format!("{} is not within 1..=teacher.max_call_secs", t.max_retry_after_secs),
+            );
+        }
+        Ok(())
+    }
+
+    fn has_live_endpoint(&self) -> bool {
+        self.teacher.endpoints.iter().any(|e| e.mode == EndpointMode::Live)
+    }
+
+    /// `[batch]`: a deadline needs a live endpoint to spill to.
+    fn validate_batch(&self) -> Result<(), CoreError> {
         let b = &self.batch;
         match b.deadline_after(chrono::Utc::now()) {
             Err(e) => return bad("batch.deadline", e),
-            Ok(Some(_)) if !has_live => {
+            Ok(Some(_)) if !self.has_live_endpoint() => {
                 return bad("batch.deadline", "needs a live endpoint to spill the rest to".into());
             }
             Ok(_) => {}
@@ -925,7 +967,18 @@ impl Settings {
                     .into(),
             );
         }
-        let t = &self.trainer;
+        Ok(())
+    }
+}
+
+/// A configuration error naming `key`.
+fn bad(key: &str, why: String) -> Result<(), CoreError> {
+    Err(CoreError::Config(format!("{key}: {why}")))
+}
+
+impl TrainerSettings {
+    fn validate(&self) -> Result<(), CoreError> {
+        let t = self;
         if t.base_model.is_empty() {
             return bad("trainer.base_model", "must not be empty".into());
         }
@@ -956,80 +1009,71 @@ impl Settings {
         if t.command.is_empty() {
             return bad("trainer.command", "needs at least the program to run".into());
         }
-        if self.teacher.max_attempts == 0 {
-            return bad("teacher.max_attempts", "must be at least 1".into());
+        Ok(())
+    }
+}
+
+impl EndpointSettings {
+    /// Checks `teacher.endpoints[i]` on its own.
+    fn validate(&self, i: usize) -> Result<(), CoreError> {
+        let ep = self;
+        let key = |k: &str| format!("teacher.endpoints[{i}].{k}");
+        if !(ep.base_url.starts_with("http://") || ep.base_url.starts_with("https://")) {
+            return bad(&key("base_url"), format!("{:?} is not an http(s) URL", ep.base_url));
         }
-        if self.teacher.max_call_secs == 0 || self.teacher.max_call_secs >= 1_800 {
+        if ep.model.is_empty() {
+            return bad(&key("model"), "must not be empty".into());
+        }
+        if ep.timeout_secs == 0 {
+            return bad(&key("timeout_secs"), "must be at least 1".into());
+        }
+        if ep.params.max_tokens == 0 {
+            return bad(&key("params.max_tokens"), "must be at least 1".into());
+        }
+        if ep.max_response_bytes < 1024 {
+            return bad(&key("max_response_bytes"), "must be at least 1024".into());
+        }
+        if ep.max_answer_chars == 0 {
+            return bad(&key("max_answer_chars"), "must be at least 1".into());
+        }
+        if !(ep.chars_per_token.is_finite() && ep.chars_per_token >= 0.5) {
+            return bad(&key("chars_per_token"), format!("{} is not a number of at least 0.5", ep.chars_per_token));
+        }
+        if ep.context_tokens > 0 && ep.context_tokens <= ep.params.max_tokens {
             return bad(
-                "teacher.max_call_secs",
-                format!("{} is not within 1..1800 (below RabbitMQ's consumer timeout)", self.teacher.max_call_secs),
+                &key("context_tokens"),
+                format!(
+                    "{} leaves no room for a prompt beside params.max_tokens = {}",
+                    ep.context_tokens, ep.params.max_tokens
+                ),
             );
         }
-        if self.teacher.max_retry_after_secs == 0 || self.teacher.max_retry_after_secs > self.teacher.max_call_secs {
-            return bad(
-                "teacher.max_retry_after_secs",
-                format!("{} is not within 1..=teacher.max_call_secs", self.teacher.max_retry_after_secs),
-            );
-        }
-        for (i, ep) in self.teacher.endpoints.iter().enumerate() {
-            let key = |k: &str| format!("teacher.endpoints[{i}].{k}");
-            if !(ep.base_url.starts_with("http://") || ep.base_url.starts_with("https://")) {
-                return bad(&key("base_url"), format!("{:?} is not an http(s) URL", ep.base_url));
+        if ep.protocol == Protocol::Anthropic {
+            if !(0.0..=1.0).contains(&ep.params.temperature) {
+                let t = ep.params.temperature;
+                return bad(&key("params.temperature"), format!("{t} is not within 0..=1 (Anthropic's range)"));
             }
-            if ep.model.is_empty() {
-                return bad(&key("model"), "must not be empty".into());
-            }
-            if ep.timeout_secs == 0 {
-                return bad(&key("timeout_secs"), "must be at least 1".into());
-            }
-            if ep.params.max_tokens == 0 {
-                return bad(&key("params.max_tokens"), "must be at least 1".into());
-            }
-            if ep.max_response_bytes < 1024 {
-                return bad(&key("max_response_bytes"), "must be at least 1024".into());
-            }
-            if ep.max_answer_chars == 0 {
-                return bad(&key("max_answer_chars"), "must be at least 1".into());
-            }
-            if !(ep.chars_per_token.is_finite() && ep.chars_per_token >= 0.5) {
-                return bad(&key("chars_per_token"), format!("{} is not a number of at least 0.5", ep.chars_per_token));
-            }
-            if ep.context_tokens > 0 && ep.context_tokens <= ep.params.max_tokens {
+            if ep.params.top_p.is_some() {
                 return bad(
-                    &key("context_tokens"),
-                    format!(
-                        "{} leaves no room for a prompt beside params.max_tokens = {}",
-                        ep.context_tokens, ep.params.max_tokens
-                    ),
+                    &key("params.top_p"),
+                    "an anthropic endpoint takes temperature or top_p, not both (newer models refuse the pair \
+                     with a 400); leave top_p unset"
+                        .into(),
                 );
             }
-            if ep.protocol == Protocol::Anthropic {
-                if !(0.0..=1.0).contains(&ep.params.temperature) {
-                    let t = ep.params.temperature;
-                    return bad(&key("params.temperature"), format!("{t} is not within 0..=1 (Anthropic's range)"));
-                }
-                if ep.params.top_p.is_some() {
-                    return bad(
-                        &key("params.top_p"),
-                        "an anthropic endpoint takes temperature or top_p, not both (newer models refuse the pair \
-                         with a 400); leave top_p unset"
-                            .into(),
-                    );
-                }
-                if ep.anthropic_version.trim().is_empty() {
-                    return bad(&key("anthropic_version"), "must not be empty".into());
-                }
+            if ep.anthropic_version.trim().is_empty() {
+                return bad(&key("anthropic_version"), "must not be empty".into());
             }
-            if !(ep.batch_price_factor.is_finite() && ep.batch_price_factor > 0.0) {
-                return bad(&key("batch_price_factor"), "must be a positive number".into());
-            }
-            for (name, price) in [
-                ("price_cache_read_per_mtok", ep.price_cache_read_per_mtok),
-                ("price_cache_write_per_mtok", ep.price_cache_write_per_mtok),
-            ] {
-                if price.is_some_and(|p| !(p.is_finite() && p >= 0.0)) {
-                    return bad(&key(name), "must be a non-negative number".into());
-                }
+        }
+        if !(ep.batch_price_factor.is_finite() && ep.batch_price_factor > 0.0) {
+            return bad(&key("batch_price_factor"), "must be a positive number".into());
+        }
+        for (name, price) in [
+            ("price_cache_read_per_mtok", ep.price_cache_read_per_mtok),
+            ("price_cache_write_per_mtok", ep.price_cache_write_per_mtok),
+        ] {
+            if price.is_some_and(|p| !(p.is_finite() && p >= 0.0)) {
+                return bad(&key(name), "must be a non-negative number".into());
             }
         }
         Ok(())

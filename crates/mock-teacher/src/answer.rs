@@ -138,55 +138,7 @@ pub fn answer_with(prompt: &str, contradict: bool) -> String {
     let seed = Sha256::digest(prompt.as_bytes());
     let p = parse(prompt);
     match p.kind {
-        Kind::Reasoning { like } => {
-            let like = like ^ contradict;
-            let target = p.target.clone().unwrap_or_else(|| "the target".into());
-            let liked = if p.liked.is_empty() { "few titles so far".to_string() } else { list(&p.liked, 3) };
-            let disliked = if p.disliked.is_empty() { "hardly anything".to_string() } else { list(&p.disliked, 2) };
-            let taste = pick(
-                &seed,
-                1,
-                &[
-                    "character-driven stories with a clear emotional arc",
-                    "tightly plotted films that reward attention",
-                    "warm, well-paced stories with memorable leads",
-                ],
-            );
-            let summary = format!(
-                "Summary: This viewer rated {liked} highly and was let down by {disliked}. \
-                 Their choices point to a taste for {taste}, and a low tolerance for films that feel padded or derivative."
-            );
-            let reasoning = if like {
-                let why = pick(
-                    &seed,
-                    2,
-                    &[
-                        "shares the tone and pacing of the titles they enjoyed",
-                        "offers the kind of story their favourites are built on",
-                        "sits close to the genres they keep coming back to",
-                    ],
-                );
-                format!(
-                    "Reasoning: «{target}» {why}, and it avoids the weaknesses that sank {disliked}. \
-                     Given how consistently they reward such films, «{target}» is a strong match for this viewer."
-                )
-            } else {
-                let why = pick(
-                    &seed,
-                    3,
-                    &[
-                        "leans on elements this viewer has rejected before",
-                        "has little in common with the films they rated highly",
-                        "resembles the titles that disappointed them",
-                    ],
-                );
-                format!(
-                    "Reasoning: «{target}» {why}, much like {disliked}, while offering little of what made {liked} work for them. \
-                     It is therefore a poor match for this viewer's taste."
-                )
-            };
-            format!("{summary}\n{reasoning}")
-        }
+        Kind::Reasoning { like } => reasoning_answer(&p, &seed, like ^ contradict),
         Kind::Judge { like, argued } => {
             if argued == Some(!like) {
                 return "Faithful: no, it argues against the stated outcome.\nAgrees with the outcome: no.\nScore: 1"
@@ -222,6 +174,56 @@ pub fn answer_with(prompt: &str, contradict: bool) -> String {
             )
         }
     }
+}
+
+/// A reasoning for (`like`) or against the target, naming the history's titles.
+fn reasoning_answer(p: &Parsed, seed: &[u8], like: bool) -> String {
+    let target = p.target.clone().unwrap_or_else(|| "the target".into());
+    let liked = if p.liked.is_empty() { "few titles so far".to_string() } else { list(&p.liked, 3) };
+    let disliked = if p.disliked.is_empty() { "hardly anything".to_string() } else { list(&p.disliked, 2) };
+    let taste = pick(
+        seed,
+        1,
+        &[
+            "character-driven stories with a clear emotional arc",
+            "tightly plotted films that reward attention",
+            "warm, well-paced stories with memorable leads",
+        ],
+    );
+    let summary = format!(
+        "Summary: This viewer rated {liked} highly and was let down by {disliked}. \
+         Their choices point to a taste for {taste}, and a low tolerance for films that feel padded or derivative."
+    );
+    let reasoning = if like {
+        let why = pick(
+            seed,
+            2,
+            &[
+                "shares the tone and pacing of the titles they enjoyed",
+                "offers the kind of story their favourites are built on",
+                "sits close to the genres they keep coming back to",
+            ],
+        );
+        format!(
+            "Reasoning: «{target}» {why}, and it avoids the weaknesses that sank {disliked}. \
+             Given how consistently they reward such films, «{target}» is a strong match for this viewer."
+        )
+    } else {
+        let why = pick(
+            seed,
+            3,
+            &[
+                "leans on elements this viewer has rejected before",
+                "has little in common with the films they rated highly",
+                "resembles the titles that disappointed them",
+            ],
+        );
+        format!(
+            "Reasoning: «{target}» {why}, much like {disliked}, while offering little of what made {liked} work for them. \
+             It is therefore a poor match for this viewer's taste."
+        )
+    };
+    format!("{summary}\n{reasoning}")
 }
 
 #[cfg(test)]

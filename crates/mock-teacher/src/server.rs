@@ -580,104 +580,13 @@ async fn serve(state: &AppState, wire: Wire, headers: &axum::http::HeaderMap, bo
         return wire.error(StatusCode::BAD_REQUEST, "invalid_request_error", &message);
     }
 
-    let admitted = match state.window.lock() {
-        Ok(mut w) => w
-            .admit(
-                Instant::now(),
-                u64::from(reply.prompt_tokens + reply.completion_tokens),
-                cfg.requests_per_minute,
-                cfg.tokens_per_minute,
-            )
-            .map(|()| w.requests_left(cfg.requests_per_minute, Instant::now())),
-        Err(_) => Ok(None),
-    };
-    let requests_left = match admitted {
+    let requests_left = match rate_limit(state, &cfg, wire, &reply) {
         Ok(left) => left,
-        Err(wait) => {
-            state.stats(|s| s.over_limit += 1);
-            let mut resp = too_many(wire, wait, RetryAfterFormat::Seconds, "rate limit of the mock teacher reached");
-            if wire == Wire::Anthropic {
-                rate_limit_headers(&mut resp, cfg.requests_per_minute, 0, wait);
-            }
-            return resp;
-        }
+        Err(resp) => return *resp,
     };
-
-    if cfg.spend_limit {
-        state.stats(|s| s.injected_429 += 1);
-        let message = "You have reached your specified API usage limits.";
-        return wire.error(StatusCode::TOO_MANY_REQUESTS, "insufficient_quota", message);
-    }
     let latency = Duration::from_millis(cfg.latency_ms + jitter);
-    let mut edge = cfg.rate_429;
-    if draw < edge {
-        state.stats(|s| s.injected_429 += 1);
-        return too_many(wire, Duration::from_secs(cfg.retry_after_secs), cfg.retry_after_format, "injected 429");
-    }
-    edge += cfg.rate_5xx;
-    if draw < edge {
-        state.stats(|s| s.injected_5xx += 1);
-        tokio::time::sleep(latency).await;
-        let first_half = draw < edge - cfg.rate_5xx / 2.0;
-        return match (wire, first_half) {
-            (Wire::OpenAi, true) => error_json(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "injected failure"),
-            (Wire::OpenAi, false) => {
-                (StatusCode::BAD_GATEWAY, "<html><body>502 Bad Gateway</body></html>").into_response()
-            }
-            // Anthropic's API-wide overload, and its plain internal error.
-            (Wire::Anthropic, true) => wire.error(overloaded_status(), "", "Overloaded"),
-            (Wire::Anthropic, false) => wire.error(StatusCode::INTERNAL_SERVER_ERROR, "", "injected failure"),
-        };
-    }
-    edge += cfg.rate_hang;
-    if draw < edge {
-        state.stats(|s| s.hangs += 1);
-        tokio::time::sleep(Duration::from_secs(cfg.hang_secs)).await;
-        return wire.error(StatusCode::GATEWAY_TIMEOUT, "timeout", "injected hang");
-    }
-    edge += cfg.rate_malformed;
-    tokio::time::sleep(latency).await;
-    if draw < edge {
-        state.stats(|s| s.malformed += 1);
-        let body = match (wire, draw < edge - cfg.rate_malformed / 2.0) {
-            (Wire::OpenAi, true) => "{\"id\":\"chatcmpl-x\",\"choices\":[{\"message\":{\"content\":\"trunc",
-            // No answer, but usage: billed all the same.
-            (Wire::OpenAi, false) => {
-                "{\"id\":\"chatcmpl-x\",\"object\":\"chat.completion\",\"choices\":[],\"usage\":{\"prompt_tokens\":12,\"completion_tokens\":0,\"total_tokens\":12}}"
-            }
-            (Wire::Anthropic, true) => {
-                "{\"id\":\"msg_x\",\"type\":\"message\",\"content\":[{\"type\":\"text\",\"text\":\"trunc"
-            }
-            (Wire::Anthropic, false) => {
-                "{\"id\":\"msg_x\",\"type\":\"message\",\"content\":[],\"stop_reason\":\"end_turn\",\"usage\":{\"input_tokens\":12,\"output_tokens\":0}}"
-            }
-        };
-        return (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body).into_response();
-    }
-    edge += cfg.rate_huge_body;
-    if draw < edge {
-        state.stats(|s| s.huge_bodies += 1);
-        return huge_body(cfg.huge_body_bytes);
-    }
-    edge += cfg.rate_nul;
-    let nul = draw < edge;
-    if nul && draw < edge - cfg.rate_nul / 2.0 {
-        // Half of them an error page with a raw NUL byte, as a broken proxy sends.
-        state.stats(|s| s.nul_answers += 1);
-        return (StatusCode::INTERNAL_SERVER_ERROR, "upstream \0 failed \0").into_response();
-    }
-    edge += cfg.rate_redirect;
-    if !nul
-        && draw < edge
-        && let Some(to) = &cfg.redirect_to
-    {
-        state.stats(|s| s.redirects += 1);
-        let location = format!("{}/{}", to.trim_end_matches('/'), wire.path());
-        return (StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, location)]).into_response();
-    }
-    if nul {
-        state.stats(|s| s.nul_answers += 1);
-        reply.text = reply.text.replacen(' ', "\0", 3);
+    if let Some(resp) = injected_fault(state, &cfg, wire, draw, latency, &mut reply).await {
+        return resp;
     }
 
     let elapsed = state.started.elapsed().as_millis() as u64;
@@ -700,6 +609,136 @@ async fn serve(state: &AppState, wire: Wire, headers: &axum::http::HeaderMap, bo
             resp
         }
     }
+}
+
+/// The mock's own requests- and tokens-per-minute window: the requests left and when the window
+/// resets (Anthropic's headers report them), or the 429 of a request over the limit.
+fn rate_limit(
+    state: &AppState,
+    cfg: &MockConfig,
+    wire: Wire,
+    reply: &Reply,
+) -> Result<Option<(u32, Duration)>, Box<Response>> {
+    let admitted = match state.window.lock() {
+        Ok(mut w) => w
+            .admit(
+                Instant::now(),
+                u64::from(reply.prompt_tokens + reply.completion_tokens),
+                cfg.requests_per_minute,
+                cfg.tokens_per_minute,
+            )
+            .map(|()| w.requests_left(cfg.requests_per_minute, Instant::now())),
+        Err(_) => Ok(None),
+    };
+    match admitted {
+        Ok(left) => Ok(left),
+        Err(wait) => {
+            state.stats(|s| s.over_limit += 1);
+            let mut resp = too_many(wire, wait, RetryAfterFormat::Seconds, "rate limit of the mock teacher reached");
+            if wire == Wire::Anthropic {
+                rate_limit_headers(&mut resp, cfg.requests_per_minute, 0, wait);
+            }
+            Err(Box::new(resp))
+        }
+    }
+}
+
+/// The faults `cfg` injects, drawn by `draw` (one draw per request, each fault its share of
+/// [0, 1)): the response that replaces the answer, or None (a NUL fault may still garble
+/// `reply`). Waits the request's latency (a hang waits its own time).
+async fn injected_fault(
+    state: &AppState,
+    cfg: &MockConfig,
+    wire: Wire,
+    draw: f64,
+    latency: Duration,
+    reply: &mut Reply,
+) -> Option<Response> {
+    if cfg.spend_limit {
+        state.stats(|s| s.injected_429 += 1);
+        let message = "You have reached your specified API usage limits.";
+        return Some(wire.error(StatusCode::TOO_MANY_REQUESTS, "insufficient_quota", message));
+    }
+    let mut edge = cfg.rate_429;
+    if draw < edge {
+        state.stats(|s| s.injected_429 += 1);
+        return Some(too_many(wire, Duration::from_secs(cfg.retry_after_secs), cfg.retry_after_format, "injected 429"));
+    }
+    edge += cfg.rate_5xx;
+    if draw < edge {
+        state.stats(|s| s.injected_5xx += 1);
+        tokio::time::sleep(latency).await;
+        let first_half = draw < edge - cfg.rate_5xx / 2.0;
+        return Some(server_error(wire, first_half));
+    }
+    edge += cfg.rate_hang;
+    if draw < edge {
+        state.stats(|s| s.hangs += 1);
+        tokio::time::sleep(Duration::from_secs(cfg.hang_secs)).await;
+        return Some(wire.error(StatusCode::GATEWAY_TIMEOUT, "timeout", "injected hang"));
+    }
+    edge += cfg.rate_malformed;
+    tokio::time::sleep(latency).await;
+    if draw < edge {
+        state.stats(|s| s.malformed += 1);
+        return Some(malformed(wire, draw < edge - cfg.rate_malformed / 2.0));
+    }
+    edge += cfg.rate_huge_body;
+    if draw < edge {
+        state.stats(|s| s.huge_bodies += 1);
+        return Some(huge_body(cfg.huge_body_bytes));
+    }
+    edge += cfg.rate_nul;
+    let nul = draw < edge;
+    if nul && draw < edge - cfg.rate_nul / 2.0 {
+        // Half of them an error page with a raw NUL byte, as a broken proxy sends.
+        state.stats(|s| s.nul_answers += 1);
+        return Some((StatusCode::INTERNAL_SERVER_ERROR, "upstream \0 failed \0").into_response());
+    }
+    edge += cfg.rate_redirect;
+    if !nul
+        && draw < edge
+        && let Some(to) = &cfg.redirect_to
+    {
+        state.stats(|s| s.redirects += 1);
+        let location = format!("{}/{}", to.trim_end_matches('/'), wire.path());
+        return Some((StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, location)]).into_response());
+    }
+    if nul {
+        state.stats(|s| s.nul_answers += 1);
+        reply.text = reply.text.replacen(' ', "\0", 3);
+    }
+    None
+}
+
+/// An injected server error: half of them the protocol's JSON error (Anthropic's: its API-wide
+/// overload), half a bare gateway page (OpenAI) or a plain internal error (Anthropic).
+fn server_error(wire: Wire, first_half: bool) -> Response {
+    match (wire, first_half) {
+        (Wire::OpenAi, true) => error_json(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "injected failure"),
+        (Wire::OpenAi, false) => (StatusCode::BAD_GATEWAY, "<html><body>502 Bad Gateway</body></html>").into_response(),
+        (Wire::Anthropic, true) => wire.error(overloaded_status(), "", "Overloaded"),
+        (Wire::Anthropic, false) => wire.error(StatusCode::INTERNAL_SERVER_ERROR, "", "injected failure"),
+    }
+}
+
+/// An injected 200 whose body is no answer: `cut` off mid-way, or complete with no content but
+/// its usage (billed all the same).
+fn malformed(wire: Wire, cut: bool) -> Response {
+    let body = match (wire, cut) {
+        (Wire::OpenAi, true) => "{\"id\":\"chatcmpl-x\",\"choices\":[{\"message\":{\"content\":\"trunc",
+        // No answer, but usage: billed all the same.
+        (Wire::OpenAi, false) => {
+            "{\"id\":\"chatcmpl-x\",\"object\":\"chat.completion\",\"choices\":[],\"usage\":{\"prompt_tokens\":12,\"completion_tokens\":0,\"total_tokens\":12}}"
+        }
+        (Wire::Anthropic, true) => {
+            "{\"id\":\"msg_x\",\"type\":\"message\",\"content\":[{\"type\":\"text\",\"text\":\"trunc"
+        }
+        (Wire::Anthropic, false) => {
+            "{\"id\":\"msg_x\",\"type\":\"message\",\"content\":[],\"stop_reason\":\"end_turn\",\"usage\":{\"input_tokens\":12,\"output_tokens\":0}}"
+        }
+    };
+    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 /// Anthropic's 529 (API-wide overload).

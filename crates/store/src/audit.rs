@@ -213,7 +213,7 @@ impl Store {
 
 /// Validator rejections of one hour, for one (stage, template version, endpoint, model, reason)
 /// of a run of the dataset: what makes a prompt edit's effect visible the morning after.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
 pub struct RejectionCount {
     /// The hour's start.
     pub hour: chrono::DateTime<chrono::Utc>,
@@ -231,7 +231,7 @@ pub struct RejectionCount {
 }
 
 /// Audit marks of the outputs made with one (stage, template version, model).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
 pub struct AuditByTemplate {
     pub stage: String,
     pub template_version: String,
@@ -281,7 +281,16 @@ impl Store {
         .await?
         .ok_or_else(|| StoreError::NotFound(format!("run {run}")))?;
         let runs: Vec<Uuid> = head.try_get("runs")?;
-        let rejections = sqlx::query(
+        let rejections = self.rejection_counts(&runs).await?;
+        let audit = self.audit_by_template(&runs).await?;
+        let audit_by_day = self.audit_by_day(&runs).await?;
+        Ok(Quality { dataset: head.try_get("name")?, runs, rejections, audit, audit_by_day })
+    }
+
+    /// Accepted and rejected answers of `runs` per hour, stage, template version, endpoint,
+    /// model and reason.
+    async fn rejection_counts(&self, runs: &[Uuid]) -> Result<Vec<RejectionCount>, StoreError> {
+        Ok(sqlx::query_as(
             "SELECT date_trunc('hour', a.started_at) AS hour, a.run_id, t.stage,
                     r.settings->'templates'->t.stage->>'version' AS template_version, a.endpoint, a.model,
                     CASE WHEN a.error_class = 'rejected' THEN split_part(a.error, ':', 1) END AS reason,
@@ -290,24 +299,14 @@ impl Store {
              WHERE a.run_id = ANY($1) AND (a.error_class IS NULL OR a.error_class = 'rejected')
              GROUP BY 1, 2, 3, 4, 5, 6, 7 ORDER BY 1, 2, 3, 4, 5, 6, 7",
         )
-        .bind(&runs)
+        .bind(runs)
         .fetch_all(self.pool())
-        .await?
-        .iter()
-        .map(|r| {
-            Ok(RejectionCount {
-                hour: r.try_get("hour")?,
-                run_id: r.try_get("run_id")?,
-                stage: r.try_get("stage")?,
-                template_version: r.try_get("template_version")?,
-                endpoint: r.try_get("endpoint")?,
-                model: r.try_get("model")?,
-                reason: r.try_get("reason")?,
-                attempts: r.try_get("attempts")?,
-            })
-        })
-        .collect::<Result<Vec<_>, StoreError>>()?;
-        let audit = sqlx::query(
+        .await?)
+    }
+
+    /// Audit marks on the outputs `runs`' tasks hold, per stage, template version and model.
+    async fn audit_by_template(&self, runs: &[Uuid]) -> Result<Vec<AuditByTemplate>, StoreError> {
+        Ok(sqlx::query_as(
             "SELECT o.stage, o.template_version, o.model,
                     count(*) FILTER (WHERE m.verdict = 'approved') AS approved,
                     count(*) FILTER (WHERE m.verdict = 'rejected') AS rejected
@@ -315,27 +314,20 @@ impl Store {
              WHERE m.output_key IN (SELECT output_key FROM tasks WHERE run_id = ANY($1) AND output_key IS NOT NULL)
              GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
         )
-        .bind(&runs)
+        .bind(runs)
         .fetch_all(self.pool())
-        .await?
-        .iter()
-        .map(|r| {
-            Ok(AuditByTemplate {
-                stage: r.try_get("stage")?,
-                template_version: r.try_get("template_version")?,
-                model: r.try_get("model")?,
-                approved: r.try_get("approved")?,
-                rejected: r.try_get("rejected")?,
-            })
-        })
-        .collect::<Result<Vec<_>, StoreError>>()?;
-        let audit_by_day = sqlx::query(
+        .await?)
+    }
+
+    /// The same marks per day they were made, stage, template version and verdict.
+    async fn audit_by_day(&self, runs: &[Uuid]) -> Result<Vec<AuditByDay>, StoreError> {
+        sqlx::query(
             "SELECT date_trunc('day', m.marked_at) AS day, o.stage, o.template_version, m.verdict, count(*) AS marks
              FROM audit_marks m JOIN outputs o ON o.key = m.output_key
              WHERE m.output_key IN (SELECT output_key FROM tasks WHERE run_id = ANY($1) AND output_key IS NOT NULL)
              GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4",
         )
-        .bind(&runs)
+        .bind(runs)
         .fetch_all(self.pool())
         .await?
         .iter()
@@ -348,7 +340,6 @@ impl Store {
                 marks: r.try_get("marks")?,
             })
         })
-        .collect::<Result<Vec<_>, StoreError>>()?;
-        Ok(Quality { dataset: head.try_get("name")?, runs, rejections, audit, audit_by_day })
+        .collect()
     }
 }

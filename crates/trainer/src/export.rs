@@ -228,73 +228,13 @@ pub async fn export_run(
     let family = dataset.family.as_str();
     let student_name = prompts.kind_template_name(STUDENT_KIND, family)?;
     let student_version = prompts.version_of(&student_name).unwrap_or_default().to_string();
-
-    std::fs::create_dir_all(&opts.out).map_err(|e| TrainerError::io(&opts.out, e))?;
-    // A manifest left by an earlier export must never describe the files being rewritten.
-    let manifest_path = opts.out.join(MANIFEST_FILE);
-    match std::fs::remove_file(&manifest_path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(TrainerError::io(&manifest_path, e)),
-    }
-
-    let sinks = SPLITS.iter().map(|s| ExampleSink::create(&opts.out, s, opts.format)).collect::<Result<Vec<_>, _>>()?;
-    let mut sinks = BackgroundSinks::spawn(sinks)?;
-    let mut filters = Filters::new(opts.filters.clone());
-    let mut audit = AuditCounts::new(opts.audit);
-    let mut provenance = Provenance::default();
-    let mut counts = [LabelCounts::default(); 3];
-    let mut train_rows: Vec<(Uuid, bool)> = Vec::new();
-    let page_size = opts.page_size.max(1);
-    let mut lookups = Lookups::new(run_id, dataset.id, opts.audit);
-    let judged = opts.filters.min_judge_score.is_some();
-    // The next page is read while this one is rendered (and the one before written).
-    let read = |after: Uuid| {
-        let store = store.clone();
-        tokio::spawn(async move { store.export_page(run_id, dataset.id, after, page_size as i64, judged).await })
-    };
-    let mut next = read(Uuid::nil());
-    loop {
-        let tasks = next.await.map_err(|e| TrainerError::Invalid(format!("the export read stopped: {e}")))??;
-        let Some(last) = tasks.last() else { break };
-        next = read(last.id);
-        let mut page = Vec::with_capacity(tasks.len());
-        for mut task in tasks {
-            if !audit.admit(task.audit) {
-                continue;
-            }
-            let reasoning = extract_reasoning(&task.text).to_string();
-            if !filters.keep(&reasoning, task.label, task.judge_score) {
-                continue;
-            }
-            cut_to_seen_history(&mut task);
-            page.push(Pending { task, reasoning });
-        }
-        let data = lookups.load(store, &page).await?;
-        let rows = examples(prompts, family, &page, data)?;
-        let mut by_split: Vec<Vec<StudentExample>> = vec![Vec::new(); SPLITS.len()];
-        for (p, row) in page.iter().zip(rows) {
-            let split = split_index(&p.task)?;
-            by_split[split].push(row);
-            counts[split].add(p.task.label);
-            if split == 0 {
-                train_rows.push((p.task.id, p.task.label));
-            }
-            provenance.add(&p.task.template, &p.task.template_version, &p.task.model, &p.task.params);
-        }
-        sinks.send(by_split)?;
-        let report = filters.report();
-        progress(Progress::Exported { read: report.rows_read, kept: report.rows_kept });
-    }
-    let mut files: Vec<FileEntry> = sinks.finish()?;
-    audit.profiles_left_out = lookups.profiles_left_out;
-
-    let draw = fewshot::draw(&train_rows, &opts.few_shot, opts.seed);
-    drop(train_rows);
+    clear_out_dir(&opts.out)?;
+    let (mut files, mut tally) = write_examples(store, prompts, run_id, dataset.id, family, opts, progress).await?;
+    let draw = fewshot::draw(&tally.train_rows, &opts.few_shot, opts.seed);
+    drop(std::mem::take(&mut tally.train_rows));
     files.extend(write_few_shot(store, prompts, run_id, dataset.id, family, &draw, opts).await?);
-
     let c = store.export_counts(run_id).await?;
-    let report = filters.report();
+    let report = tally.filters.report();
     let manifest = Manifest {
         manifest_version: MANIFEST_VERSION,
         run: RunInfo {
@@ -318,14 +258,14 @@ pub async fn export_run(
             exported: report.rows_kept,
         },
         templates: Templates {
-            teacher: provenance.templates(),
+            teacher: tally.provenance.templates(),
             student: TemplateInfo { name: student_name, version: student_version },
         },
-        teachers: provenance.teachers(),
-        splits: Splits { train: counts[0], validation: counts[1], test: counts[2] },
+        teachers: tally.provenance.teachers(),
+        splits: Splits { train: tally.counts[0], validation: tally.counts[1], test: tally.counts[2] },
         few_shot: draw.sets.clone(),
         filters: report,
-        audit,
+        audit: tally.audit,
         options: ExportOptionsInfo {
             format: opts.format,
             partial: opts.partial,
@@ -338,6 +278,106 @@ pub async fn export_run(
     // Retention keeps a run an export manifest names.
     store.record_export(run_id, &opts.out.display().to_string()).await?;
     Ok(manifest)
+}
+
+/// Creates `out`, without the manifest an earlier export left there: a manifest must never
+/// describe the files being rewritten.
+fn clear_out_dir(out: &Path) -> Result<(), TrainerError> {
+    std::fs::create_dir_all(out).map_err(|e| TrainerError::io(out, e))?;
+    let manifest_path = out.join(MANIFEST_FILE);
+    match std::fs::remove_file(&manifest_path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(TrainerError::io(&manifest_path, e)),
+    }
+}
+
+/// What the pass over the run's pages gathers for the manifest and the few-shot draw.
+struct Tally {
+    filters: Filters,
+    audit: AuditCounts,
+    provenance: Provenance,
+    /// Per split, in [`SPLITS`] order.
+    counts: [LabelCounts; 3],
+    /// (id, label) of the kept training rows.
+    train_rows: Vec<(Uuid, bool)>,
+}
+
+impl Tally {
+    /// The page's tasks the audit marks and the filters let through, ready to render.
+    fn admit(&mut self, tasks: Vec<ExportTask>) -> Vec<Pending> {
+        let mut page = Vec::with_capacity(tasks.len());
+        for mut task in tasks {
+            if !self.audit.admit(task.audit) {
+                continue;
+            }
+            let reasoning = extract_reasoning(&task.text).to_string();
+            if !self.filters.keep(&reasoning, task.label, task.judge_score) {
+                continue;
+            }
+            cut_to_seen_history(&mut task);
+            page.push(Pending { task, reasoning });
+        }
+        page
+    }
+
+    /// Counts the rendered page and sorts its rows by split.
+    fn sort(&mut self, page: &[Pending], rows: Vec<StudentExample>) -> Result<Vec<Vec<StudentExample>>, TrainerError> {
+        let mut by_split: Vec<Vec<StudentExample>> = vec![Vec::new(); SPLITS.len()];
+        for (p, row) in page.iter().zip(rows) {
+            let split = split_index(&p.task)?;
+            by_split[split].push(row);
+            self.counts[split].add(p.task.label);
+            if split == 0 {
+                self.train_rows.push((p.task.id, p.task.label));
+            }
+            self.provenance.add(&p.task.template, &p.task.template_version, &p.task.model, &p.task.params);
+        }
+        Ok(by_split)
+    }
+}
+
+/// The pass over the run's done reasoning tasks: each page read (the next one while this one
+/// renders), filtered, rendered and handed to the writer thread. Returns the split files.
+async fn write_examples(
+    store: &Store,
+    prompts: &PromptLibrary,
+    run_id: Uuid,
+    dataset_id: i64,
+    family: &str,
+    opts: &ExportOptions,
+    progress: &mut impl FnMut(Progress),
+) -> Result<(Vec<FileEntry>, Tally), TrainerError> {
+    let sinks = SPLITS.iter().map(|s| ExampleSink::create(&opts.out, s, opts.format)).collect::<Result<Vec<_>, _>>()?;
+    let mut sinks = BackgroundSinks::spawn(sinks)?;
+    let mut tally = Tally {
+        filters: Filters::new(opts.filters.clone()),
+        audit: AuditCounts::new(opts.audit),
+        provenance: Provenance::default(),
+        counts: [LabelCounts::default(); 3],
+        train_rows: Vec::new(),
+    };
+    let page_size = opts.page_size.max(1);
+    let mut lookups = Lookups::new(run_id, dataset_id, opts.audit);
+    let judged = opts.filters.min_judge_score.is_some();
+    let read = |after: Uuid| {
+        let store = store.clone();
+        tokio::spawn(async move { store.export_page(run_id, dataset_id, after, page_size as i64, judged).await })
+    };
+    let mut next = read(Uuid::nil());
+    loop {
+        let tasks = next.await.map_err(|e| TrainerError::Invalid(format!("the export read stopped: {e}")))??;
+        let Some(last) = tasks.last() else { break };
+        next = read(last.id);
+        let page = tally.admit(tasks);
+        let data = lookups.load(store, &page).await?;
+        let rows = examples(prompts, family, &page, data)?;
+        sinks.send(tally.sort(&page, rows)?)?;
+        let report = tally.filters.report();
+        progress(Progress::Exported { read: report.rows_read, kept: report.rows_kept });
+    }
+    tally.audit.profiles_left_out = lookups.profiles_left_out;
+    Ok((sinks.finish()?, tally))
 }
 
 /// Reads the drawn rows again by id (in id order, a page at a time) and writes each into every

@@ -731,12 +731,8 @@ impl BatchSubmitter {
         let started = pb.created_at;
         let duration_ms = i32::try_from((chrono::Utc::now() - started).num_milliseconds().max(0)).unwrap_or(i32::MAX);
         let ep = self.client.endpoint();
-        let mut finishes: Vec<(i32, Finish)> = Vec::new();
-        let mut loose: Vec<(Uuid, Uuid, AttemptRecord)> = Vec::new();
-        let mut settled: Vec<LineOutcome> = Vec::new();
-        let mut back: Vec<Uuid> = Vec::new();
-        let mut live: Vec<Uuid> = Vec::new();
         let reask_live = ep.reask == Reask::Live;
+        let mut s = Settlement::default();
         let mut cost = 0.0;
         for r in results {
             let Some(line) = by_id.get(&r.custom_id) else {
@@ -757,72 +753,32 @@ impl BatchSubmitter {
                 _ if !line.held_here => Judged::Recorded,
                 other => other,
             };
-            match judged {
-                Judged::Recorded => {
-                    loose.push((line.task_id, line.run_id, attempt));
-                    settled.push((line.line, "stale", None));
-                }
-                Judged::Done(kind) => {
-                    finishes.push((line.line, self.finish_of(line, kind, attempt)));
-                    settled.push((line.line, "done", None));
-                }
-                Judged::Fail(error) => {
-                    report.task_failures += 1;
-                    finishes.push((line.line, self.finish_of(line, FinishKind::Fail { error }, attempt)));
-                    settled.push((line.line, "failed", None));
-                }
-                Judged::Reask(conversation) => {
-                    report.reasked += 1;
-                    loose.push((line.task_id, line.run_id, attempt));
-                    let outcome = if reask_live { REJECTED_LIVE } else { REJECTED };
-                    settled.push((line.line, outcome, Some(conversation)));
-                    back.push(line.task_id);
-                    if reask_live {
-                        live.push(line.task_id);
-                    }
-                }
-                Judged::Again(word) => {
-                    report.sent_back += 1;
-                    loose.push((line.task_id, line.run_id, attempt));
-                    settled.push((line.line, word, None));
-                    back.push(line.task_id);
-                }
-            }
+            s.add(line, judged, attempt, reask_live, report);
         }
-        if !finishes.is_empty() {
-            let only: Vec<Finish> = finishes.iter().map(|(_, f)| f.clone()).collect();
+        if !s.finishes.is_empty() {
+            let only: Vec<Finish> = s.finishes.iter().map(|(_, f)| f.clone()).collect();
             let outcomes = self.store.finish_tasks(&only).await?;
-            for ((n, f), c) in finishes.iter().zip(outcomes) {
+            for ((n, f), c) in s.finishes.iter().zip(outcomes) {
                 if c.newly_done && matches!(f.kind, FinishKind::Complete { .. }) {
                     report.done += 1;
                 }
                 if c.superseded {
                     // Asked from inputs that changed meanwhile: sent again, rendered anew.
-                    back.push(f.task_id);
-                    if let Some(s) = settled.iter_mut().find(|s| s.0 == *n) {
-                        s.1 = "superseded";
+                    s.back.push(f.task_id);
+                    if let Some(line) = s.settled.iter_mut().find(|l| l.0 == *n) {
+                        line.1 = "superseded";
                     }
                 }
             }
         }
-        let loose_refs: Vec<(Uuid, Uuid, &AttemptRecord)> = loose.iter().map(|(t, r, a)| (*t, *r, a)).collect();
+        let loose_refs: Vec<(Uuid, Uuid, &AttemptRecord)> = s.loose.iter().map(|(t, r, a)| (*t, *r, a)).collect();
         self.store.record_attempt_rows(&loose_refs).await?;
-        if !settled.is_empty() {
-            back.sort_unstable();
-            back.dedup();
-            self.store.settle_lines(self.owner, b.id, &settled, &back, &live).await?;
+        if !s.settled.is_empty() {
+            s.back.sort_unstable();
+            s.back.dedup();
+            self.store.settle_lines(self.owner, b.id, &s.settled, &s.back, &s.live).await?;
         }
         Ok(cost)
-    }
-
-    fn finish_of(&self, line: &LineRow, kind: FinishKind, attempt: AttemptRecord) -> Finish {
-        Finish {
-            task_id: line.task_id,
-            run_id: line.run_id,
-            inputs_version: line.inputs_version,
-            kind,
-            attempts: vec![attempt],
-        }
     }
 
     /// What one result means for its task.
@@ -869,6 +825,68 @@ impl BatchSubmitter {
             LineResult::Error { .. } => Judged::Again("errored"),
             LineResult::Expired => Judged::Again("expired"),
             LineResult::Canceled => Judged::Again("canceled"),
+        }
+    }
+}
+
+/// What reading a batch's results decided, gathered before it is written: the tasks to finish,
+/// the attempts recorded without a finish, each line's outcome, the tasks sent back to be
+/// asked again (and of those, the ones re-asked live).
+#[derive(Default)]
+struct Settlement {
+    finishes: Vec<(i32, Finish)>,
+    loose: Vec<(Uuid, Uuid, AttemptRecord)>,
+    settled: Vec<LineOutcome>,
+    back: Vec<Uuid>,
+    live: Vec<Uuid>,
+}
+
+impl Settlement {
+    fn add(
+        &mut self,
+        line: &LineRow,
+        judged: Judged,
+        attempt: AttemptRecord,
+        reask_live: bool,
+        report: &mut TickReport,
+    ) {
+        let finish = |kind, attempt| Finish {
+            task_id: line.task_id,
+            run_id: line.run_id,
+            inputs_version: line.inputs_version,
+            kind,
+            attempts: vec![attempt],
+        };
+        match judged {
+            Judged::Recorded => {
+                self.loose.push((line.task_id, line.run_id, attempt));
+                self.settled.push((line.line, "stale", None));
+            }
+            Judged::Done(kind) => {
+                self.finishes.push((line.line, finish(kind, attempt)));
+                self.settled.push((line.line, "done", None));
+            }
+            Judged::Fail(error) => {
+                report.task_failures += 1;
+                self.finishes.push((line.line, finish(FinishKind::Fail { error }, attempt)));
+                self.settled.push((line.line, "failed", None));
+            }
+            Judged::Reask(conversation) => {
+                report.reasked += 1;
+                self.loose.push((line.task_id, line.run_id, attempt));
+                let outcome = if reask_live { REJECTED_LIVE } else { REJECTED };
+                self.settled.push((line.line, outcome, Some(conversation)));
+                self.back.push(line.task_id);
+                if reask_live {
+                    self.live.push(line.task_id);
+                }
+            }
+            Judged::Again(word) => {
+                report.sent_back += 1;
+                self.loose.push((line.task_id, line.run_id, attempt));
+                self.settled.push((line.line, word, None));
+                self.back.push(line.task_id);
+            }
         }
     }
 }

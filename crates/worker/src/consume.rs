@@ -46,6 +46,20 @@ pub struct WorkerCounters {
 }
 
 impl WorkerCounters {
+    /// Counts a processed task's outcome; its name in the `tasks` metric.
+    fn count(&self, outcome: &Outcome) -> &'static str {
+        let (counter, name) = match outcome {
+            Outcome::Completed { reused: false } => (&self.completed, "completed"),
+            Outcome::Completed { reused: true } => (&self.reused, "reused"),
+            Outcome::AlreadyDone => (&self.already_done, "already_done"),
+            Outcome::Failed { .. } => (&self.failed, "failed"),
+            Outcome::Skipped { .. } => (&self.skipped, "skipped"),
+            Outcome::Mismatch { .. } => (&self.bad_messages, "mismatch"),
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        name
+    }
+
     pub fn snapshot(&self) -> serde_json::Value {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         serde_json::json!({
@@ -104,16 +118,7 @@ async fn handle(
             park_or_reject(&redirect, delivery, &reason).await;
         }
         Ok(outcome) => {
-            let (counter, name) = match &outcome {
-                Outcome::Completed { reused: false } => (&counters.completed, "completed"),
-                Outcome::Completed { reused: true } => (&counters.reused, "reused"),
-                Outcome::AlreadyDone => (&counters.already_done, "already_done"),
-                Outcome::Failed { .. } => (&counters.failed, "failed"),
-                Outcome::Skipped { .. } => (&counters.skipped, "skipped"),
-                Outcome::Mismatch { .. } => (&counters.bad_messages, "mismatch"),
-            };
-            counter.fetch_add(1, Ordering::Relaxed);
-            metrics.task(msg.stage.as_str(), name);
+            metrics.task(msg.stage.as_str(), counters.count(&outcome));
             tracing::debug!(task_id = %msg.task_id, run_id = %msg.run_id, stage = %msg.stage, ?outcome, "task processed");
             if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
                 // Committed but not acked: the broker redelivers and the redelivery is a no-op.
@@ -132,29 +137,34 @@ async fn handle(
             if matches!(e, WorkerError::Panicked(_)) {
                 tracing::error!(task_id = %msg.task_id, error = %e, "task handler panicked; nothing committed");
             }
-            let retries = header_u32(&delivery.properties, RETRIES_HEADER).unwrap_or(0);
-            let reason = e.to_string();
-            match redirect.retry_or_dead(&delivery.data, retries, max_retries, &reason).await {
-                Ok(to) => {
-                    match to {
-                        Redirected::Retry { delay_secs } => {
-                            tracing::warn!(task_id = %msg.task_id, error = %e, retries, delay_secs, "task not committed; retrying after a delay")
-                        }
-                        Redirected::Dead => {
-                            tracing::error!(task_id = %msg.task_id, error = %e, retries, "task not committed and retries spent; dead-lettered")
-                        }
-                    }
-                    if let Err(ae) = delivery.acker.ack(BasicAckOptions::default()).await {
-                        // The copy is safe; a redelivery of the original is absorbed.
-                        tracing::warn!(task_id = %msg.task_id, error = %ae, "ack failed after redirect");
-                    }
+            retry_later(&redirect, delivery, &msg, &e, max_retries).await;
+        }
+    }
+}
+
+/// A task that was not committed goes to a retry tier (or, retries spent, to the dead letters)
+/// and its delivery is acked; with no tier reachable the delivery is handed back.
+async fn retry_later(redirect: &Redirector, delivery: Delivery, msg: &TaskMessage, e: &WorkerError, max_retries: u32) {
+    let retries = header_u32(&delivery.properties, RETRIES_HEADER).unwrap_or(0);
+    match redirect.retry_or_dead(&delivery.data, retries, max_retries, &e.to_string()).await {
+        Ok(to) => {
+            match to {
+                Redirected::Retry { delay_secs } => {
+                    tracing::warn!(task_id = %msg.task_id, error = %e, retries, delay_secs, "task not committed; retrying after a delay")
                 }
-                Err(re) => {
-                    tracing::warn!(task_id = %msg.task_id, error = %e, redirect_error = %re, "task not committed and no retry tier reachable; handing it back");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    let _ = delivery.acker.nack(BasicNackOptions { requeue: true, multiple: false }).await;
+                Redirected::Dead => {
+                    tracing::error!(task_id = %msg.task_id, error = %e, retries, "task not committed and retries spent; dead-lettered")
                 }
             }
+            if let Err(ae) = delivery.acker.ack(BasicAckOptions::default()).await {
+                // The copy is safe; a redelivery of the original is absorbed.
+                tracing::warn!(task_id = %msg.task_id, error = %ae, "ack failed after redirect");
+            }
+        }
+        Err(re) => {
+            tracing::warn!(task_id = %msg.task_id, error = %e, redirect_error = %re, "task not committed and no retry tier reachable; handing it back");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let _ = delivery.acker.nack(BasicNackOptions { requeue: true, multiple: false }).await;
         }
     }
 }

@@ -3,10 +3,10 @@
 use crate::commit::Committer;
 use crate::error::WorkerError;
 use crate::load::Loader;
-use crate::render::{PromptCap, render_capped};
+use crate::render::{PromptCap, Rendered, render_capped};
 use reasonrec_core::attempt::{AttemptRecord, ErrorClass};
 use reasonrec_core::settings::EndpointSettings;
-use reasonrec_core::stage::{RunState, TaskState};
+use reasonrec_core::stage::{RunState, Stage, TaskState};
 use reasonrec_core::validate::{Rejection, judge_score, validate_answer};
 use reasonrec_core::{OutputKey, PromptLibrary, TaskMessage};
 use reasonrec_store::Store;
@@ -172,55 +172,74 @@ impl TaskProcessor {
         if let Some(outcome) = self.admit(msg, task).await? {
             return Ok(Pass::Finished(outcome));
         }
-        let inputs_version = task.inputs_version;
-
-        let (prompt, truncated) = match render_capped(&self.store, &self.prompts, &bundle, self.options.prompt_cap)
-            .await
-        {
-            Ok(r) => (r.prompt, r.truncated),
-            Err(e) => {
-                // A fact about the inputs rendered: superseded when they changed meanwhile.
-                let error = render_failure(e)?;
-                let kind = FinishKind::Unrenderable { error: error.clone() };
-                let finish = Finish { task_id: task.id, run_id: task.run_id, inputs_version, kind, attempts: vec![] };
-                let c = self.committer.commit(finish).await?;
-                if c.superseded {
-                    return Ok(Pass::Superseded);
-                }
-                return Ok(Pass::Finished(Outcome::Failed { error }));
-            }
-        };
-        // An accepted answer to this prompt from any configured teacher (model + parameters) is
-        // reused: the content key names it. An incremental run salts the key of a task whose
-        // answer expired (`regenerate.ttl_days`), so the same prompt is asked again.
-        let salt = OutputKey::salt_of(&task.input).map(str::to_owned);
-        let salt = salt.as_deref();
-        let keys: Vec<OutputKey> = self
-            .teacher
-            .clients_for(task.stage)
-            .map(|c| OutputKey::for_endpoint(task.stage, &prompt, c.endpoint(), salt))
-            .collect();
-        if let Some(key) = self.store.first_existing_output(&keys).await? {
-            let kind = FinishKind::Complete { key, output: None, history_truncated: truncated };
-            let finish = Finish { task_id: task.id, run_id: task.run_id, inputs_version, kind, attempts: Vec::new() };
-            let c = self.committer.commit(finish).await?;
-            return Ok(Pass::of(c, Outcome::Completed { reused: true }));
-        }
-
         // What the rest needs of the task; the loaded bundle (input, the load batch's items,
         // dependency outputs: tens of KB) is let go before the call, which is where a task
         // waits longest (2,000 in flight x 200 ms). Measured in BENCHMARKS.md (scenario 2).
-        let (id, run_id, stage, label) = (task.id, task.run_id, task.stage, task.label);
-        let (live_reask, inputs_version) = (task.live_reask, task.inputs_version);
+        let asked = Asked {
+            id: task.id,
+            run_id: task.run_id,
+            stage: task.stage,
+            label: task.label,
+            live_reask: task.live_reask,
+            inputs_version: task.inputs_version,
+            // An incremental run salts the key of a task whose answer expired
+            // (`regenerate.ttl_days`), so the same prompt is asked again.
+            salt: OutputKey::salt_of(&task.input).map(str::to_owned),
+        };
+        let rendered = match render_capped(&self.store, &self.prompts, &bundle, self.options.prompt_cap).await {
+            Ok(r) => r,
+            Err(e) => return self.unrenderable(&asked, e).await,
+        };
         drop(bundle);
+        if let Some(pass) = self.reuse(&asked, &rendered).await? {
+            return Ok(pass);
+        }
+        self.ask(&asked, rendered).await
+    }
 
-        // Ask, validate, and re-ask with the validator's reason, up to `max_reasks` times. The
-        // content key is the one of the original prompt and the endpoint that answered. A batch
-        // endpoint's rejected answer re-asked here carries its conversation on.
+    /// A render failure is a fact about the inputs rendered: superseded when they changed meanwhile.
+    async fn unrenderable(&self, t: &Asked, e: WorkerError) -> Result<Pass, WorkerError> {
+        let error = render_failure(e)?;
+        let kind = FinishKind::Unrenderable { error: error.clone() };
+        let finish =
+            Finish { task_id: t.id, run_id: t.run_id, inputs_version: t.inputs_version, kind, attempts: vec![] };
+        let c = self.committer.commit(finish).await?;
+        if c.superseded {
+            return Ok(Pass::Superseded);
+        }
+        Ok(Pass::Finished(Outcome::Failed { error }))
+    }
+
+    /// An accepted answer to this prompt from any configured teacher (model + parameters) is
+    /// reused: the content key names it.
+    async fn reuse(&self, t: &Asked, r: &Rendered) -> Result<Option<Pass>, WorkerError> {
+        let keys: Vec<OutputKey> = self
+            .teacher
+            .clients_for(t.stage)
+            .map(|c| OutputKey::for_endpoint(t.stage, &r.prompt, c.endpoint(), t.salt.as_deref()))
+            .collect();
+        let Some(key) = self.store.first_existing_output(&keys).await? else {
+            return Ok(None);
+        };
+        let kind = FinishKind::Complete { key, output: None, history_truncated: r.truncated };
+        let finish =
+            Finish { task_id: t.id, run_id: t.run_id, inputs_version: t.inputs_version, kind, attempts: Vec::new() };
+        let c = self.committer.commit(finish).await?;
+        Ok(Some(Pass::of(c, Outcome::Completed { reused: true })))
+    }
+
+    /// Ask, validate, and re-ask with the validator's reason, up to `max_reasks` times. The
+    /// content key is the one of the original prompt and the endpoint that answered. A batch
+    /// endpoint's rejected answer re-asked here carries its conversation on.
+    async fn ask(&self, t: &Asked, r: Rendered) -> Result<Pass, WorkerError> {
+        let Rendered { prompt, truncated } = r;
+        let (id, run_id, stage) = (t.id, t.run_id, t.stage);
         let mut messages = prompt.messages.clone();
         let mut attempts = Vec::new();
         let mut reasks = 0;
-        if live_reask && let Some(carried) = self.store.live_reask_conversation(id, inputs_version).await? {
+        if t.live_reask
+            && let Some(carried) = self.store.live_reask_conversation(id, t.inputs_version).await?
+        {
             for (answer, feedback) in carried.conversation {
                 self.options.prompt_cap.reask(&mut messages, answer, feedback);
             }
@@ -248,7 +267,7 @@ impl TaskProcessor {
                     return Ok(Pass::Finished(Outcome::Failed { error }));
                 }
             };
-            let Err(rejection) = validate_answer(stage, &answer.text, answer.finish_reason.as_deref(), label) else {
+            let Err(rejection) = validate_answer(stage, &answer.text, answer.finish_reason.as_deref(), t.label) else {
                 break (answer, ep);
             };
             if let Some(last) = attempts.last_mut() {
@@ -264,14 +283,27 @@ impl TaskProcessor {
             reasks += 1;
             self.options.prompt_cap.reask(&mut messages, answer.text, reask_feedback(&rejection));
         };
-        let key = OutputKey::for_endpoint(stage, &prompt, &ep, salt);
+        let key = OutputKey::for_endpoint(stage, &prompt, &ep, t.salt.as_deref());
         let output = accepted_output(key, stage, prompt.template, prompt.version, &ep, answer);
         // The answer is paid for: a deadlock or a dropped connection retries the commit (in the
         // batcher) rather than sending the task back to be asked again.
         let kind = FinishKind::Complete { key, output: Some(Box::new(output)), history_truncated: truncated };
-        let c = self.committer.commit(Finish { task_id: id, run_id, inputs_version, kind, attempts }).await?;
+        let finish = Finish { task_id: id, run_id, inputs_version: t.inputs_version, kind, attempts };
+        let c = self.committer.commit(finish).await?;
         Ok(Pass::of(c, Outcome::Completed { reused: !c.output_inserted }))
     }
+}
+
+/// What a pass keeps of a loaded task once its bundle is let go.
+struct Asked {
+    id: Uuid,
+    run_id: Uuid,
+    stage: Stage,
+    label: Option<bool>,
+    live_reask: bool,
+    inputs_version: i32,
+    /// The content key's salt (`OutputKey::salt_of`).
+    salt: Option<String>,
 }
 
 /// The failure of a task whose prompt cannot be rendered; a retryable error (the store's) is

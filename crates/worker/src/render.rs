@@ -235,59 +235,81 @@ pub async fn render_capped(
     cap: PromptCap,
 ) -> Result<Rendered, WorkerError> {
     let task = &bundle.task;
-    let family = task.family.as_str();
-    let mut truncated = 0;
-    let rendered = match task.stage {
+    // The one read rendering makes beyond the bundle: an item profile's reviews.
+    let reviews = match task.stage {
         Stage::ItemProfile => {
             let input: ItemProfileInput = Deserialize::deserialize(&task.input).map_err(|e| bad_input(task, e))?;
-            let inputs = inputs(bundle);
-            let reviews = sample_reviews(input.item, &store.item_reviews(task.dataset_id, input.item).await?);
+            sample_reviews(input.item, &store.item_reviews(task.dataset_id, input.item).await?)
+        }
+        _ => Vec::new(),
+    };
+    render_bundle(prompts, bundle, reviews, cap)
+}
+
+/// [`render_capped`] once the reviews are read: no I/O.
+fn render_bundle(
+    prompts: &PromptLibrary,
+    bundle: &TaskBundle,
+    reviews: Vec<ReviewView>,
+    cap: PromptCap,
+) -> Result<Rendered, WorkerError> {
+    let task = &bundle.task;
+    let family = task.family.as_str();
+    let inputs = inputs(bundle);
+    let trimmed = Trimmed { prompts, family, cap };
+    let (prompt, truncated) = match task.stage {
+        Stage::ItemProfile => {
+            let input: ItemProfileInput = Deserialize::deserialize(&task.input).map_err(|e| bad_input(task, e))?;
             let ctx = ItemProfileContext { item: inputs.item(task, input.item, None)?, reviews };
-            prompts.render(Stage::ItemProfile, family, &ctx)?
+            (prompts.render(Stage::ItemProfile, family, &ctx)?, 0)
         }
         Stage::UserProfile => {
             let input: UserProfileInput = Deserialize::deserialize(&task.input).map_err(|e| bad_input(task, e))?;
-            let inputs = inputs(bundle);
-            let mut ctx = UserProfileContext { window: inputs.window(task, &input.window)? };
-            let mut prompt = prompts.render(Stage::UserProfile, family, &ctx)?;
-            while cap.trims(&prompt) && ctx.window.len() > 1 {
-                ctx.window.remove(0);
-                truncated += 1;
-                prompt = prompts.render(Stage::UserProfile, family, &ctx)?;
-            }
-            prompt
+            let ctx = UserProfileContext { window: inputs.window(task, &input.window)? };
+            trimmed.render(Stage::UserProfile, ctx, |c| &mut c.window)?
         }
-        Stage::Reasoning => {
-            let mut ctx = inputs(bundle).reasoning(task)?;
-            let mut prompt = prompts.render(Stage::Reasoning, family, &ctx)?;
-            while cap.trims(&prompt) && ctx.history.len() > 1 {
-                ctx.history.remove(0);
-                truncated += 1;
-                prompt = prompts.render(Stage::Reasoning, family, &ctx)?;
-            }
-            prompt
-        }
+        Stage::Reasoning => trimmed.render(Stage::Reasoning, inputs.reasoning(task)?, |c| &mut c.history)?,
         Stage::Judge => {
-            let inputs = inputs(bundle);
             // The reasoning failed (its dependents are released all the same): nothing to judge.
             // Should it succeed later, this task is planned again with its answer.
             let rationale = inputs.rationale.clone().ok_or_else(|| {
                 CoreError::BadMessage(format!("task {} (judge): its reasoning task has no answer to judge", task.id))
             })?;
-            let mut ctx = JudgeContext { shown: inputs.reasoning(task)?, rationale };
-            let mut prompt = prompts.render(Stage::Judge, family, &ctx)?;
-            while cap.trims(&prompt) && ctx.shown.history.len() > 1 {
-                ctx.shown.history.remove(0);
-                truncated += 1;
-                prompt = prompts.render(Stage::Judge, family, &ctx)?;
-            }
-            prompt
+            let ctx = JudgeContext { shown: inputs.reasoning(task)?, rationale };
+            trimmed.render(Stage::Judge, ctx, |c| &mut c.shown.history)?
         }
     };
-    if let Some(over) = cap.over(&rendered) {
+    if let Some(over) = cap.over(&prompt) {
         return Err(cap.too_long(over));
     }
-    Ok(Rendered { prompt: rendered, truncated })
+    Ok(Rendered { prompt, truncated })
+}
+
+/// Renders a context whose list of items (a history or a profile window) may be cut to fit.
+struct Trimmed<'a> {
+    prompts: &'a PromptLibrary,
+    family: &'a str,
+    cap: PromptCap,
+}
+
+impl Trimmed<'_> {
+    /// Renders `ctx` with `stage`'s template, dropping the oldest entry of `entries(ctx)` while
+    /// the cap says to trim (keeping one); returns the prompt and how many entries were dropped.
+    fn render<C: Serialize>(
+        &self,
+        stage: Stage,
+        mut ctx: C,
+        entries: impl Fn(&mut C) -> &mut Vec<ItemView>,
+    ) -> Result<(RenderedPrompt, i32), CoreError> {
+        let mut truncated = 0;
+        let mut prompt = self.prompts.render(stage, self.family, &ctx)?;
+        while self.cap.trims(&prompt) && entries(&mut ctx).len() > 1 {
+            entries(&mut ctx).remove(0);
+            truncated += 1;
+            prompt = self.prompts.render(stage, self.family, &ctx)?;
+        }
+        Ok((prompt, truncated))
+    }
 }
 
 /// A task's prompt rendered again from its stored inputs, as the task page shows it, and
@@ -353,6 +375,105 @@ pub fn prompt_checker(store: Store, settings: &Settings) -> Result<reasonrec_cor
 mod tests {
     use super::*;
     use reasonrec_core::ChatMessage;
+    use reasonrec_core::data::Family;
+    use reasonrec_core::stage::{RunState, TaskState};
+    use reasonrec_store::tasks::DependencyOutput;
+    use std::sync::Arc;
+
+    fn prompts() -> PromptLibrary {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../prompts");
+        PromptLibrary::load(&dir).unwrap_or_else(|e| panic!("the repository's prompts load: {e}"))
+    }
+
+    /// A reasoning task (or, with `stage`, its judge) of user 1: `history` items 1..=n liked in
+    /// turn, target item 100; items 1..=n and 100 exist.
+    fn bundle(stage: Stage, n: i32, deps: Vec<DependencyOutput>) -> TaskBundle {
+        let history: Vec<serde_json::Value> =
+            (1..=n).map(|i| serde_json::json!({"item": i, "liked": i % 2 == 0, "rating": 4.0})).collect();
+        let items = (1..=n)
+            .chain([100])
+            .map(|i| {
+                (i, ItemRow { id: i, title: format!("Film {i}"), attrs: serde_json::json!({"genres": ["Drama"]}) })
+            })
+            .collect();
+        TaskBundle {
+            task: TaskContext {
+                id: uuid::Uuid::nil(),
+                run_id: uuid::Uuid::nil(),
+                stage,
+                state: TaskState::Ready,
+                run_state: RunState::Running,
+                dataset_id: 1,
+                family: Family::Movielens,
+                user_id: Some(1),
+                item_id: Some(100),
+                split: Some("test".into()),
+                label: Some(true),
+                input: serde_json::json!({"user": 1, "target": 100, "rating": 5.0, "history": history}),
+                inputs_version: 0,
+                live_reask: false,
+            },
+            items: Arc::new(items),
+            deps,
+        }
+    }
+
+    fn text(r: &Rendered) -> String {
+        r.prompt.messages.iter().map(|m| m.content.as_str()).collect::<Vec<_>>().join("\n")
+    }
+
+    #[test]
+    fn a_reasoning_prompt_shows_its_history_target_and_upstream_profile() {
+        let profile = DependencyOutput {
+            stage: Stage::UserProfile,
+            user_id: Some(1),
+            item_id: None,
+            text: Some("Loves slow dramas.".into()),
+        };
+        let r = render_bundle(&prompts(), &bundle(Stage::Reasoning, 3, vec![profile]), vec![], PromptCap::NONE)
+            .unwrap_or_else(|e| panic!("renders: {e}"));
+        let t = text(&r);
+        for shown in ["Film 1", "Film 2", "Film 3", "Film 100", "Loves slow dramas."] {
+            assert!(t.contains(shown), "{shown:?} missing from:\n{t}");
+        }
+        assert_eq!(r.truncated, 0);
+    }
+
+    #[test]
+    fn an_overlong_history_is_cut_from_the_oldest_until_the_cap_is_met() {
+        let full = render_bundle(&prompts(), &bundle(Stage::Reasoning, 12, vec![]), vec![], PromptCap::NONE)
+            .unwrap_or_else(|e| panic!("renders: {e}"));
+        let words = full.prompt.messages.iter().map(|m| m.content.split_whitespace().count()).sum::<usize>();
+        let cap = PromptCap { max_words: words - 1, overlong: Overlong::Truncate, ..PromptCap::NONE };
+        let cut = render_bundle(&prompts(), &bundle(Stage::Reasoning, 12, vec![]), vec![], cap)
+            .unwrap_or_else(|e| panic!("renders: {e}"));
+        assert!(cut.truncated >= 1, "cut to fit");
+        let t = text(&cut);
+        assert!(!t.contains("Film 1\n") && !t.contains("Film 1 "), "the oldest entry went first:\n{t}");
+        assert!(t.contains("Film 12"), "the newest stays");
+        let drop = PromptCap { overlong: Overlong::Drop, ..cap };
+        let refused = render_bundle(&prompts(), &bundle(Stage::Reasoning, 12, vec![]), vec![], drop);
+        assert!(matches!(refused, Err(WorkerError::PromptTooLong { unit: "words", .. })), "{refused:?}");
+    }
+
+    #[test]
+    fn a_judge_needs_the_answer_it_judges_and_a_missing_item_is_a_bad_input() {
+        let judged = render_bundle(&prompts(), &bundle(Stage::Judge, 2, vec![]), vec![], PromptCap::NONE);
+        assert!(matches!(&judged, Err(e) if e.to_string().contains("no answer to judge")), "{judged:?}");
+        let answer = DependencyOutput {
+            stage: Stage::Reasoning,
+            user_id: Some(1),
+            item_id: Some(100),
+            text: Some("Prediction: Yes. Because.".into()),
+        };
+        let r = render_bundle(&prompts(), &bundle(Stage::Judge, 2, vec![answer]), vec![], PromptCap::NONE)
+            .unwrap_or_else(|e| panic!("renders: {e}"));
+        assert!(text(&r).contains("Prediction: Yes. Because."));
+        let mut b = bundle(Stage::Reasoning, 2, vec![]);
+        b.items = Arc::new(HashMap::new());
+        let missing = render_bundle(&prompts(), &b, vec![], PromptCap::NONE);
+        assert!(matches!(&missing, Err(e) if e.to_string().contains("item 1 is not in its dataset")), "{missing:?}");
+    }
 
     fn user(text: &str) -> ChatMessage {
         ChatMessage { role: "user".into(), content: text.into() }

@@ -9,6 +9,7 @@ use reasonrec_core::data::{DatasetHeader, Interaction};
 use reasonrec_core::settings::redact_url;
 use reasonrec_dataset::generate::{GenerateSpec, generate_ml1m};
 use reasonrec_dataset::{DatasetError, InteractionSink};
+use reasonrec_store::Store;
 use reasonrec_store::datasets::{IngestMessage, IngestOutcome};
 use std::process::ExitCode;
 use std::time::Instant;
@@ -43,41 +44,7 @@ pub async fn ingest(settings: &Settings, a: IngestArgs) -> anyhow::Result<ExitCo
     let t0 = Instant::now();
     let store = connect_store(settings).await?;
     store.ensure_migrated().await?;
-    let (path, format, name) = (a.path.clone(), a.format.clone(), a.dataset.clone());
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    // Parsing is CPU work on a thread of its own; rows go to Postgres as they are parsed.
-    let parser = tokio::task::spawn_blocking(move || -> Result<serde_json::Value, DatasetError> {
-        let ds = reasonrec_dataset::load_streaming(&format, &path, &name, Box::new(ToWriter(tx.clone())))?;
-        let source = ds.source.clone();
-        tx.blocking_send(IngestMessage::Finish { dataset: Box::new(ds), deduplicated: false })
-            .map_err(|_| DatasetError::SinkClosed)?;
-        Ok(source)
-    });
-    let bar = indicatif::ProgressBar::new_spinner().with_style(
-        indicatif::ProgressStyle::with_template("{spinner} ingesting {path}: {pos} rows written ({per_sec})")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner())
-            .with_key("path", {
-                let shown = a.path.display().to_string();
-                move |_: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
-                    let _ = w.write_str(&shown);
-                }
-            }),
-    );
-    bar.enable_steady_tick(std::time::Duration::from_millis(120));
-    let written = store.ingest_stream(rx, &mut |n| bar.set_position(n)).await;
-    bar.finish_and_clear();
-    let parsed = parser.await.context("loader task")?;
-    let (outcome, source) = match (written, parsed) {
-        // Unchanged: the writer stopped the loader on purpose.
-        (Ok(o @ IngestOutcome::Unchanged { .. }), _) => (o, serde_json::Value::Null),
-        (Ok(o), Ok(source)) => (o, source),
-        // The loader's error is the cause; the writer only saw the stream end.
-        (_, Err(e)) if !matches!(e, DatasetError::SinkClosed) => {
-            return Err(anyhow::Error::new(e).context("nothing of the dataset was stored"));
-        }
-        (Err(e), _) => return Err(anyhow::Error::new(e).context("writing the dataset (nothing of it was stored)")),
-        (Ok(_), Err(e)) => return Err(e.into()),
-    };
+    let (outcome, source) = ingest_files(&store, &a).await?;
     let (verb, id, version) = match outcome {
         IngestOutcome::Created { dataset_id, version } => ("ingested", dataset_id, version),
         IngestOutcome::Unchanged { dataset_id, version } => ("unchanged", dataset_id, version),
@@ -120,6 +87,51 @@ pub async fn ingest(settings: &Settings, a: IngestArgs) -> anyhow::Result<ExitCo
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Parses the files on a thread of their own while their rows go to Postgres as they are
+/// parsed; the outcome and the source's description (files, sizes, encodings).
+async fn ingest_files(store: &Store, a: &IngestArgs) -> anyhow::Result<(IngestOutcome, serde_json::Value)> {
+    let (path, format, name) = (a.path.clone(), a.format.clone(), a.dataset.clone());
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let parser = tokio::task::spawn_blocking(move || -> Result<serde_json::Value, DatasetError> {
+        let ds = reasonrec_dataset::load_streaming(&format, &path, &name, Box::new(ToWriter(tx.clone())))?;
+        let source = ds.source.clone();
+        tx.blocking_send(IngestMessage::Finish { dataset: Box::new(ds), deduplicated: false })
+            .map_err(|_| DatasetError::SinkClosed)?;
+        Ok(source)
+    });
+    let bar = progress_bar(&a.path);
+    let written = store.ingest_stream(rx, &mut |n| bar.set_position(n)).await;
+    bar.finish_and_clear();
+    let parsed = parser.await.context("loader task")?;
+    match (written, parsed) {
+        // Unchanged: the writer stopped the loader on purpose.
+        (Ok(o @ IngestOutcome::Unchanged { .. }), _) => Ok((o, serde_json::Value::Null)),
+        (Ok(o), Ok(source)) => Ok((o, source)),
+        // The loader's error is the cause; the writer only saw the stream end.
+        (_, Err(e)) if !matches!(e, DatasetError::SinkClosed) => {
+            Err(anyhow::Error::new(e).context("nothing of the dataset was stored"))
+        }
+        (Err(e), _) => Err(anyhow::Error::new(e).context("writing the dataset (nothing of it was stored)")),
+        (Ok(_), Err(e)) => Err(e.into()),
+    }
+}
+
+/// A spinner counting the rows written from `path`.
+fn progress_bar(path: &std::path::Path) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new_spinner().with_style(
+        indicatif::ProgressStyle::with_template("{spinner} ingesting {path}: {pos} rows written ({per_sec})")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner())
+            .with_key("path", {
+                let shown = path.display().to_string();
+                move |_: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                    let _ = w.write_str(&shown);
+                }
+            }),
+    );
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    bar
 }
 
 /// What the ingest summary prints, read back from the stored dataset row.

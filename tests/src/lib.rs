@@ -7,14 +7,17 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod chaos;
+pub mod cli;
 pub mod pg;
 pub mod proxy;
 pub mod soak;
 pub mod teacher_calls;
 
 use anyhow::Context;
+use reasonrec_coordinator::{Outbox, RunPlan};
 use reasonrec_core::PromptLibrary;
 use reasonrec_core::settings::{EndpointSettings, QueueType, Settings};
+use reasonrec_core::stage::TaskState;
 use reasonrec_mock_teacher::{MockConfig, MockHandle};
 use reasonrec_queue::Broker;
 use reasonrec_store::Store;
@@ -143,6 +146,46 @@ impl TestEnv {
         Ok(Broker::connect(&self.settings.broker, "test").await?)
     }
 
+    /// Ingests the bundled sample and plans a run of its first `users` users (with the
+    /// settings as they are: by default one reasoning task per user).
+    pub async fn plan_sample_run(&mut self, users: usize) -> anyhow::Result<RunPlan> {
+        self.settings.sampling.max_users = users;
+        self.ingest_sample().await?;
+        Ok(reasonrec_coordinator::create_run(&self.store, &self.settings, "sample").await?)
+    }
+
+    /// A broker connection and an outbox publishing through it.
+    pub async fn outbox(&self) -> anyhow::Result<(Broker, Outbox)> {
+        let broker = self.broker().await?;
+        let outbox = Outbox::new(self.store.clone(), &broker).await?;
+        Ok((broker, outbox))
+    }
+
+    /// Tasks of `run` in `state`.
+    pub async fn tasks_in(&self, run: Uuid, state: TaskState) -> anyhow::Result<i64> {
+        Ok(sqlx::query_scalar("SELECT count(*) FROM tasks WHERE run_id = $1 AND state = $2")
+            .bind(run)
+            .bind(state.as_str())
+            .fetch_one(self.store.pool())
+            .await?)
+    }
+
+    /// Every one of `run`'s `n` tasks is done, and the run paid for exactly `n` answers: one
+    /// rationale per task, none twice.
+    pub async fn expect_each_done_once(&self, run: Uuid, n: i64) -> anyhow::Result<()> {
+        let (outputs, done) = (self.outputs_made(run).await?, self.tasks_in(run, TaskState::Done).await?);
+        anyhow::ensure!(
+            (outputs, done) == (n, n),
+            "run {run}: {outputs} outputs and {done} done tasks, expected {n} of each"
+        );
+        Ok(())
+    }
+
+    /// Ledger outputs `run` made (answers it paid for, whichever task uses them now).
+    pub async fn outputs_made(&self, run: Uuid) -> anyhow::Result<i64> {
+        count(&self.store, "SELECT count(*) FROM outputs WHERE run_id = $1", run).await
+    }
+
     pub fn processor(&self) -> anyhow::Result<TaskProcessor> {
         self.processor_on(self.store.clone())
     }
@@ -178,8 +221,7 @@ impl TestEnv {
     /// Publishes `run` and works it with one in-process worker until it is completed (two
     /// minutes at most).
     pub async fn run_to_completion(&self, run: Uuid) -> anyhow::Result<()> {
-        let broker = self.broker().await?;
-        let outbox = reasonrec_coordinator::Outbox::new(self.store.clone(), &broker).await?;
+        let (broker, outbox) = self.outbox().await?;
         let w = self.spawn_worker("w")?;
         drive_to_completion(&outbox, run, 120).await?;
         w.shutdown().await?;
@@ -311,6 +353,37 @@ pub async fn drive_to_completion(
     let poll = std::time::Duration::from_millis(50);
     let state = tokio::time::timeout(std::time::Duration::from_secs(secs), outbox.drive(run_id, poll)).await??;
     anyhow::ensure!(state == "completed", "run {run_id} ended {state}, not completed");
+    Ok(())
+}
+
+/// How a scenario binary (`chaos`, `soak`) ends: prints the report's text and JSON, writes the
+/// JSON to `json_path` when given; exit 0 when the report's checks passed.
+pub fn finish_report(
+    text: &str,
+    report: &impl serde::Serialize,
+    passed: bool,
+    json_path: Option<&std::path::Path>,
+) -> anyhow::Result<std::process::ExitCode> {
+    print!("{text}");
+    let json = serde_json::to_string_pretty(report)?;
+    println!("{json}");
+    if let Some(p) = json_path {
+        std::fs::write(p, &json)?;
+    }
+    Ok(if passed { std::process::ExitCode::SUCCESS } else { std::process::ExitCode::FAILURE })
+}
+
+/// Polls `cond` every 20 ms until it holds; an error naming `what` once `within` has passed.
+pub async fn wait_until<F, Fut>(what: &str, within: std::time::Duration, mut cond: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<bool>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    while !cond().await? {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "not reached within {within:?}: {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     Ok(())
 }
 

@@ -6,6 +6,7 @@
 use reasonrec_coordinator::create_run;
 use reasonrec_core::ChatMessage;
 use reasonrec_core::settings::{EndpointSettings, Protocol};
+use reasonrec_core::stage::TaskState;
 use reasonrec_mock_teacher::{MockConfig, MockHandle};
 use reasonrec_teacher::{TeacherClient, TeacherError};
 use reasonrec_tests::teacher_calls::{PROMPT, mock, pool};
@@ -181,7 +182,7 @@ async fn a_run_through_an_anthropic_endpoint_completes_and_pays_every_request() 
 
     let stats = env.mock.stats();
     let tasks = count(&env.store, "SELECT count(*) FROM tasks WHERE run_id = $1", run).await?;
-    let done = count(&env.store, "SELECT count(*) FROM tasks WHERE run_id = $1 AND state = 'done'", run).await?;
+    let done = env.tasks_in(run, TaskState::Done).await?;
     assert!(tasks > 0 && done == tasks, "{done} of {tasks} done");
     let rows = count(&env.store, "SELECT count(*) FROM attempts WHERE run_id = $1", run).await?;
     assert_eq!(rows as u64, stats.requests, "every request is in the ledger: {stats:?}");
@@ -203,7 +204,7 @@ async fn a_run_through_an_anthropic_endpoint_completes_and_pays_every_request() 
         env.settings.teacher.endpoints[0].protocol = protocol;
         let again = create_run(&env.store, &env.settings, "sample").await?.run_id;
         env.run_to_completion(again).await?;
-        let done = count(&env.store, "SELECT count(*) FROM tasks WHERE run_id = $1 AND state = 'done'", again).await?;
+        let done = env.tasks_in(again, TaskState::Done).await?;
         assert_eq!(done, tasks);
         assert_eq!(env.mock.stats().ok, asked, "{protocol}: {:?}", env.mock.stats());
     }

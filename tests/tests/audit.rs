@@ -6,8 +6,9 @@
 use reasonrec_coordinator::create_run;
 use reasonrec_core::PromptLibrary;
 use reasonrec_core::audit::{AuditPolicy, Verdict};
+use reasonrec_core::stage::TaskState;
 use reasonrec_store::audit::{NewMark, SampleRow};
-use reasonrec_tests::{TestEnv, count};
+use reasonrec_tests::TestEnv;
 use reasonrec_trainer::export::{ExportOptions, export_run};
 use std::collections::HashSet;
 use uuid::Uuid;
@@ -86,7 +87,7 @@ async fn marks_follow_the_output_and_the_export_honours_them() -> anyhow::Result
     let mut opts = ExportOptions::new(dir.path().join("all"));
     opts.format = reasonrec_trainer::files::Format::Jsonl;
     let m = export_run(s, &prompts, run, &opts, &mut |_| {}).await?;
-    let done = count(s, "SELECT count(*) FROM tasks WHERE run_id = $1 AND state = 'done'", run).await? as u64;
+    let done = env.tasks_in(run, TaskState::Done).await? as u64;
     assert_eq!(m.tasks.exported, done - 1);
     assert_eq!((m.audit.approved, m.audit.rejected_excluded, m.audit.unreviewed_excluded), (2, 1, 0));
     let written = exported_tasks(&opts.out)?;

@@ -5,6 +5,7 @@
 
 use reasonrec_coordinator::create_run;
 use reasonrec_core::settings::Protocol;
+use reasonrec_core::stage::TaskState;
 use reasonrec_mock_teacher::MockConfig;
 use reasonrec_tests::{TestEnv, count};
 
@@ -54,7 +55,7 @@ async fn prompts_are_trimmed_to_the_context_window_instead_of_drawing_a_400() ->
     for (protocol, chars_per_token) in [(Protocol::OpenAi, 4.0), (Protocol::Anthropic, 3.0)] {
         let (env, run) = run_with_window(protocol, Some(chars_per_token)).await?;
         assert_eq!(env.mock.stats().context_overflows, 0, "{protocol}: {:?}", env.mock.stats());
-        let done = count(&env.store, "SELECT count(*) FROM tasks WHERE run_id = $1 AND state = 'done'", run).await?;
+        let done = env.tasks_in(run, TaskState::Done).await?;
         assert_eq!(done, tasks, "{protocol}");
         let trimmed =
             count(&env.store, "SELECT count(*) FROM tasks WHERE run_id = $1 AND history_truncated > 0", run).await?;

@@ -6,6 +6,7 @@
 use reasonrec_coordinator::create_run;
 use reasonrec_coordinator::web::Access;
 use reasonrec_core::ChatMessage;
+use reasonrec_core::stage::TaskState;
 use reasonrec_mock_teacher::MockConfig;
 use reasonrec_tests::{TestEnv, count};
 use serde_json::Value;
@@ -72,6 +73,7 @@ async fn the_corpus_browser_pages_filters_checks_prompts_and_takes_marks() -> an
         let ids: Vec<String> =
             page["tasks"].as_array().into_iter().flatten().filter_map(|t| t["id"].as_str().map(String::from)).collect();
         seen.extend(ids);
+        anyhow::ensure!(seen.len() as i64 <= total, "the pages go on past the run's {total} tasks");
         match page["next"].as_str() {
             Some(n) => after = n.to_string(),
             None => break,
@@ -290,8 +292,7 @@ async fn rejections_are_counted_per_template_version_and_reason() -> anyhow::Res
     .await?;
     assert!(contradictions > 0 && contradictions == expected, "{contradictions} vs {expected}");
     let accepted: i64 = q.rejections.iter().filter(|r| r.reason.is_none()).map(|r| r.attempts).sum();
-    let done = count(s, "SELECT count(*) FROM tasks WHERE run_id = $1 AND state = 'done'", before).await?
-        + count(s, "SELECT count(*) FROM tasks WHERE run_id = $1 AND state = 'done'", after).await?;
+    let done = env.tasks_in(before, TaskState::Done).await? + env.tasks_in(after, TaskState::Done).await?;
     assert_eq!(accepted, done, "every done task was one accepted answer");
 
     let stop = CancellationToken::new();

@@ -4,6 +4,7 @@
 use lapin::options::{BasicGetOptions, QueueDeleteOptions};
 use reasonrec_coordinator::{Outbox, create_run};
 use reasonrec_core::TaskMessage;
+use reasonrec_core::stage::TaskState;
 use reasonrec_tests::{TestEnv, count};
 use reasonrec_worker::Outcome;
 use std::sync::atomic::Ordering;
@@ -12,11 +13,8 @@ use std::time::Duration;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_committed_but_not_acked_is_redelivered_and_absorbed() -> anyhow::Result<()> {
     let mut env = TestEnv::new().await?;
-    env.settings.sampling.max_users = 10;
-    env.ingest_sample().await?;
-    let plan = create_run(&env.store, &env.settings, "sample").await?;
-    let broker = env.broker().await?;
-    let outbox = Outbox::new(env.store.clone(), &broker).await?;
+    let plan = env.plan_sample_run(10).await?;
+    let (broker, outbox) = env.outbox().await?;
     assert_eq!(outbox.pump(plan.run_id).await?.published, 10);
 
     // A "worker" takes one message, commits its task, and dies before acking.
@@ -37,9 +35,7 @@ async fn a_task_committed_but_not_acked_is_redelivered_and_absorbed() -> anyhow:
     assert_eq!(counters.already_done.load(Ordering::Relaxed), 1, "the redelivery was recognised");
     assert_eq!(counters.completed.load(Ordering::Relaxed), 9);
     assert_eq!(env.mock.stats().ok, 10, "no second teacher call for the redelivered task");
-    let s = &env.store;
-    assert_eq!(count(s, "SELECT count(*) FROM outputs WHERE run_id = $1", plan.run_id).await?, 10);
-    assert_eq!(count(s, "SELECT count(*) FROM tasks WHERE run_id = $1 AND state = 'done'", plan.run_id).await?, 10);
+    env.expect_each_done_once(plan.run_id, 10).await?;
     broker.close().await;
     env.cleanup().await
 }
@@ -47,11 +43,8 @@ async fn a_task_committed_but_not_acked_is_redelivered_and_absorbed() -> anyhow:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_message_published_twice_still_yields_one_rationale_per_task() -> anyhow::Result<()> {
     let mut env = TestEnv::new().await?;
-    env.settings.sampling.max_users = 40;
-    env.ingest_sample().await?;
-    let plan = create_run(&env.store, &env.settings, "sample").await?;
-    let broker = env.broker().await?;
-    let outbox = Outbox::new(env.store.clone(), &broker).await?;
+    let plan = env.plan_sample_run(40).await?;
+    let (broker, outbox) = env.outbox().await?;
     assert_eq!(outbox.pump(plan.run_id).await?.published, 40);
     // A coordinator that crashed after publishing but before marking publishes everything again.
     sqlx::query("UPDATE tasks SET state = 'ready', published_at = NULL WHERE run_id = $1")
@@ -77,13 +70,8 @@ async fn every_message_published_twice_still_yields_one_rationale_per_task() -> 
     };
     assert_eq!(sum(|c| &c.completed) + sum(|c| &c.reused) + sum(|c| &c.already_done), 80, "80 deliveries handled");
     assert_eq!(sum(|c| &c.completed), 40 - sum(|c| &c.reused));
-    let s = &env.store;
-    assert_eq!(
-        count(s, "SELECT count(*) FROM outputs WHERE run_id = $1", plan.run_id).await?,
-        40,
-        "one rationale per task"
-    );
-    assert_eq!(count(s, "SELECT count(*) FROM tasks WHERE run_id = $1 AND state = 'done'", plan.run_id).await?, 40);
+    assert_eq!(env.outputs_made(plan.run_id).await?, 40, "one rationale per task");
+    assert_eq!(env.tasks_in(plan.run_id, TaskState::Done).await?, 40);
     broker.close().await;
     env.cleanup().await
 }
@@ -98,20 +86,17 @@ async fn tasks_are_marked_published_only_after_the_broker_confirms() -> anyhow::
     env.settings.broker.queue_type = reasonrec_core::settings::QueueType::Classic;
     env.ingest_sample().await?;
     let plan = create_run(&env.store, &env.settings, "sample").await?;
-    let broker = env.broker().await?;
-    let outbox = Outbox::new(env.store.clone(), &broker).await?;
+    let (broker, outbox) = env.outbox().await?;
     let report = outbox.pump(plan.run_id).await?;
     assert_eq!((report.published, report.nacked, report.returned), (5, 25, 0));
-    let s = &env.store;
-    assert_eq!(count(s, "SELECT count(*) FROM tasks WHERE run_id = $1 AND state = 'published'", plan.run_id).await?, 5);
-    assert_eq!(count(s, "SELECT count(*) FROM tasks WHERE run_id = $1 AND state = 'ready'", plan.run_id).await?, 25);
+    assert_eq!(env.tasks_in(plan.run_id, TaskState::Published).await?, 5);
+    assert_eq!(env.tasks_in(plan.run_id, TaskState::Ready).await?, 25);
 
     // Nacked tasks stay ready and go out on later passes as the queue drains.
     let w = env.spawn_worker("w")?;
     reasonrec_tests::drive_to_completion(&outbox, plan.run_id, 60).await?;
     w.shutdown().await?;
-    assert_eq!(count(s, "SELECT count(*) FROM outputs WHERE run_id = $1", plan.run_id).await?, 30);
-    assert_eq!(count(s, "SELECT count(*) FROM tasks WHERE run_id = $1 AND state = 'done'", plan.run_id).await?, 30);
+    env.expect_each_done_once(plan.run_id, 30).await?;
     broker.close().await;
     env.cleanup().await
 }
@@ -119,9 +104,7 @@ async fn tasks_are_marked_published_only_after_the_broker_confirms() -> anyhow::
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unroutable_publishes_are_not_marked_published() -> anyhow::Result<()> {
     let mut env = TestEnv::new().await?;
-    env.settings.sampling.max_users = 12;
-    env.ingest_sample().await?;
-    let plan = create_run(&env.store, &env.settings, "sample").await?;
+    let plan = env.plan_sample_run(12).await?;
     let broker = env.broker().await?;
     // The exchange exists but nothing is bound to it: the broker confirms and returns each message.
     let ch = broker.channel().await?;
@@ -162,7 +145,7 @@ async fn lost_messages_are_published_again_and_failed_tasks_can_be_retried() -> 
     // the outbox published the lost tasks again
     reasonrec_tests::drive_to_completion(&outbox, plan.run_id, 60).await?;
     let s = &env.store;
-    assert_eq!(count(s, "SELECT count(*) FROM tasks WHERE run_id = $1 AND state = 'failed'", plan.run_id).await?, 20);
+    assert_eq!(env.tasks_in(plan.run_id, TaskState::Failed).await?, 20);
 
     // The teacher recovers; the failed tasks are put back and done, their history kept.
     env.mock.set_config(reasonrec_mock_teacher::MockConfig::default()).map_err(anyhow::Error::msg)?;
@@ -170,8 +153,8 @@ async fn lost_messages_are_published_again_and_failed_tasks_can_be_retried() -> 
     assert_eq!(s.get_run(plan.run_id).await?.state, "running");
     reasonrec_tests::drive_to_completion(&outbox, plan.run_id, 60).await?;
     w.shutdown().await?;
-    assert_eq!(count(s, "SELECT count(*) FROM tasks WHERE run_id = $1 AND state = 'done'", plan.run_id).await?, 20);
-    assert_eq!(count(s, "SELECT count(*) FROM outputs WHERE run_id = $1", plan.run_id).await?, 20);
+    assert_eq!(env.tasks_in(plan.run_id, TaskState::Done).await?, 20);
+    assert_eq!(env.outputs_made(plan.run_id).await?, 20);
     assert_eq!(
         count(s, "SELECT count(*) FROM attempts WHERE run_id = $1 AND error_class = 'server'", plan.run_id).await?,
         40
@@ -221,9 +204,7 @@ async fn an_undecodable_message_is_parked_with_its_reason_and_work_goes_on() -> 
 async fn a_worker_whose_broker_connection_is_cut_reconnects_and_nothing_is_doubled() -> anyhow::Result<()> {
     let mut env =
         TestEnv::with_mock(reasonrec_mock_teacher::MockConfig { latency_ms: 40, ..Default::default() }).await?;
-    env.settings.sampling.max_users = 150;
-    env.ingest_sample().await?;
-    let plan = create_run(&env.store, &env.settings, "sample").await?;
+    let plan = env.plan_sample_run(150).await?;
     let broker = env.broker().await?; // the outbox talks to the broker directly
     let outbox = Outbox::new(env.store.clone(), &broker).await?;
     outbox.pump(plan.run_id).await?;
@@ -248,11 +229,7 @@ async fn a_worker_whose_broker_connection_is_cut_reconnects_and_nothing_is_doubl
     assert!(counters.reconnects.load(Ordering::Relaxed) >= 3, "reconnected after each cut");
     let s = &env.store;
     assert_eq!(count(s, done_sql, plan.run_id).await?, 150);
-    assert_eq!(
-        count(s, "SELECT count(*) FROM outputs WHERE run_id = $1", plan.run_id).await?,
-        150,
-        "one rationale per task"
-    );
+    assert_eq!(env.outputs_made(plan.run_id).await?, 150, "one rationale per task");
     let calls = env.mock.stats().ok;
     assert!((150..=150 + 3 * 16).contains(&calls), "at most the in-flight tasks of each cut are asked again: {calls}");
     broker.close().await;
@@ -267,8 +244,7 @@ async fn a_cancelled_run_stops_costing_its_queued_messages_are_acked_and_skipped
     env.settings.worker.concurrency = 4;
     env.ingest_sample().await?;
     let plan = create_run(&env.store, &env.settings, "sample").await?;
-    let broker = env.broker().await?;
-    let outbox = Outbox::new(env.store.clone(), &broker).await?;
+    let (broker, outbox) = env.outbox().await?;
     assert_eq!(outbox.pump(plan.run_id).await?.published, 100);
     let w = env.spawn_worker("w")?;
     let s = &env.store;
@@ -295,10 +271,7 @@ async fn a_cancelled_run_stops_costing_its_queued_messages_are_acked_and_skipped
     assert_eq!(broker.topology().ready_messages(&ch).await?, 0);
     let done = count(s, done_sql, plan.run_id).await?;
     assert!(counters.skipped.load(Ordering::Relaxed) > 50);
-    assert_eq!(
-        done + count(s, "SELECT count(*) FROM tasks WHERE run_id = $1 AND state = 'cancelled'", plan.run_id).await?,
-        100
-    );
+    assert_eq!(done + env.tasks_in(plan.run_id, TaskState::Cancelled).await?, 100);
     assert!(env.mock.stats().ok <= done as u64 + 4, "at most the tasks in flight at the cancel were still asked");
     assert_eq!(s.get_run(plan.run_id).await?.state, "cancelled");
     assert!(s.cancel_run(uuid::Uuid::now_v7()).await.is_err(), "an unknown run is an error");
@@ -310,11 +283,8 @@ async fn a_cancelled_run_stops_costing_its_queued_messages_are_acked_and_skipped
 async fn a_worker_whose_database_connections_are_cut_commits_nothing_twice_and_finishes() -> anyhow::Result<()> {
     let mut env =
         TestEnv::with_mock(reasonrec_mock_teacher::MockConfig { latency_ms: 30, ..Default::default() }).await?;
-    env.settings.sampling.max_users = 150;
-    env.ingest_sample().await?;
-    let plan = create_run(&env.store, &env.settings, "sample").await?;
-    let broker = env.broker().await?;
-    let outbox = Outbox::new(env.store.clone(), &broker).await?;
+    let plan = env.plan_sample_run(150).await?;
+    let (broker, outbox) = env.outbox().await?;
     outbox.pump(plan.run_id).await?;
 
     // The worker's database pool goes through a proxy this test owns; the test's own pool does not.
@@ -338,11 +308,7 @@ async fn a_worker_whose_database_connections_are_cut_commits_nothing_twice_and_f
     worker_store.close().await;
     let s = &env.store;
     assert_eq!(count(s, done_sql, plan.run_id).await?, 150);
-    assert_eq!(
-        count(s, "SELECT count(*) FROM outputs WHERE run_id = $1", plan.run_id).await?,
-        150,
-        "one rationale per task"
-    );
+    assert_eq!(env.outputs_made(plan.run_id).await?, 150, "one rationale per task");
     assert_eq!(
         count(s, "SELECT count(*) FROM attempts WHERE run_id = $1 AND error_class IS NULL", plan.run_id).await?,
         count(
@@ -364,8 +330,7 @@ async fn a_message_delivered_too_often_is_dead_lettered_and_its_task_fails_with_
     env.settings.broker.delivery_limit = 2;
     env.ingest_sample().await?;
     let plan = create_run(&env.store, &env.settings, "sample").await?;
-    let broker = env.broker().await?;
-    let outbox = Outbox::new(env.store.clone(), &broker).await?;
+    let (broker, outbox) = env.outbox().await?;
     assert_eq!(outbox.pump(plan.run_id).await?.published, 3);
 
     // A consumer that "crashes" on every delivery: takes it and hands it back, until the
@@ -399,7 +364,7 @@ async fn a_message_delivered_too_often_is_dead_lettered_and_its_task_fails_with_
     let w = env.spawn_worker("w")?;
     reasonrec_tests::drive_to_completion(&outbox, plan.run_id, 60).await?;
     w.shutdown().await?;
-    assert_eq!(count(&env.store, "SELECT count(*) FROM outputs WHERE run_id = $1", plan.run_id).await?, 3);
+    assert_eq!(env.outputs_made(plan.run_id).await?, 3);
     broker.close().await;
     env.cleanup().await
 }
@@ -414,8 +379,7 @@ async fn with_postgres_down_tasks_wait_in_retry_tiers_then_are_dead_lettered_the
     env.settings.database.acquire_timeout_secs = 1;
     env.ingest_sample().await?;
     let plan = create_run(&env.store, &env.settings, "sample").await?;
-    let broker = env.broker().await?;
-    let outbox = Outbox::new(env.store.clone(), &broker).await?;
+    let (broker, outbox) = env.outbox().await?;
     assert_eq!(outbox.pump(plan.run_id).await?.published, 20);
 
     let worker_store = reasonrec_store::Store::connect(&env.settings.database).await?;
@@ -456,12 +420,9 @@ async fn with_postgres_down_tasks_wait_in_retry_tiers_then_are_dead_lettered_the
     let again = reasonrec_coordinator::supervise(&env.store, &env.settings, target, stop);
     let state = tokio::time::timeout(Duration::from_secs(60), again).await??;
     assert_eq!(state, Some(reasonrec_core::stage::RunState::Completed));
-    assert_eq!(
-        count(&env.store, "SELECT count(*) FROM tasks WHERE run_id = $1 AND state = 'done'", plan.run_id).await?,
-        20
-    );
+    assert_eq!(env.tasks_in(plan.run_id, TaskState::Done).await?, 20);
     w.shutdown().await?;
-    assert_eq!(count(&env.store, "SELECT count(*) FROM outputs WHERE run_id = $1", plan.run_id).await?, 20);
+    assert_eq!(env.outputs_made(plan.run_id).await?, 20);
     broker.close().await;
     env.cleanup().await
 }
@@ -481,7 +442,7 @@ async fn pipelined_outbox_pages_publish_each_ready_task_once_within_the_cap() ->
     assert_eq!(outbox.pump(plan.run_id).await?.published, 0, "no room left");
     let published = "SELECT count(*) FROM tasks WHERE run_id = $1 AND state = 'published' AND published_at IS NOT NULL";
     assert_eq!(count(s, published, plan.run_id).await?, 30, "every confirmed page was marked, the last one too");
-    assert_eq!(count(s, "SELECT count(*) FROM tasks WHERE run_id = $1 AND state = 'ready'", plan.run_id).await?, 10);
+    assert_eq!(env.tasks_in(plan.run_id, TaskState::Ready).await?, 10);
 
     // A task a worker finished (here: failed) before its mark stays so and records when it was
     // published.

@@ -1,6 +1,7 @@
 //! The whole path on the bundled sample: ingest -> plan -> publish -> two workers -> stored.
 
-use reasonrec_coordinator::{Outbox, create_run};
+use reasonrec_coordinator::create_run;
+use reasonrec_core::stage::TaskState;
 use reasonrec_tests::{TestEnv, count};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -12,8 +13,7 @@ async fn every_pair_gets_exactly_one_rationale() -> anyhow::Result<()> {
     let plan = create_run(&env.store, &env.settings, "sample").await?;
     assert_eq!(plan.tasks, 300, "one test-split reasoning task per sample user");
 
-    let broker = env.broker().await?;
-    let outbox = Outbox::new(env.store.clone(), &broker).await?;
+    let (broker, outbox) = env.outbox().await?;
     let w1 = env.spawn_worker("w1")?;
     let w2 = env.spawn_worker("w2")?;
     reasonrec_tests::drive_to_completion(&outbox, plan.run_id, 120).await?;
@@ -25,13 +25,13 @@ async fn every_pair_gets_exactly_one_rationale() -> anyhow::Result<()> {
 
     let run = plan.run_id;
     let s = &env.store;
-    assert_eq!(count(s, "SELECT count(*) FROM tasks WHERE run_id = $1 AND state = 'done'", run).await?, 300);
+    assert_eq!(env.tasks_in(run, TaskState::Done).await?, 300);
     assert_eq!(
         count(s, "SELECT count(DISTINCT t.output_key) FROM tasks t JOIN outputs o ON o.key = t.output_key WHERE t.run_id = $1", run).await?,
         300,
         "each pair has its own stored rationale"
     );
-    assert_eq!(count(s, "SELECT count(*) FROM outputs WHERE run_id = $1", run).await?, 300, "no extra ledger rows");
+    assert_eq!(env.outputs_made(run).await?, 300, "no extra ledger rows");
     assert_eq!(
         count(s, "SELECT count(*) FROM attempts WHERE run_id = $1 AND error_class IS NULL AND input_tokens > 0 AND output_tokens > 0", run).await?,
         300,
@@ -82,12 +82,9 @@ async fn a_teacher_that_keeps_failing_fails_tasks_with_their_error_and_cost_rows
     env.settings.teacher.max_attempts = 3;
     // This test is about retries running out; keep the circuit breaker out of the way.
     env.settings.teacher.breaker_failures = 1_000;
-    env.settings.sampling.max_users = 20;
-    env.ingest_sample().await?;
-    let plan = create_run(&env.store, &env.settings, "sample").await?;
+    let plan = env.plan_sample_run(20).await?;
     assert_eq!(plan.tasks, 20);
-    let broker = env.broker().await?;
-    let outbox = Outbox::new(env.store.clone(), &broker).await?;
+    let (broker, outbox) = env.outbox().await?;
     let w = env.spawn_worker("w")?;
     // a run whose tasks all failed is still finished
     reasonrec_tests::drive_to_completion(&outbox, plan.run_id, 60).await?;
@@ -109,7 +106,7 @@ async fn a_teacher_that_keeps_failing_fails_tasks_with_their_error_and_cost_rows
         "3 attempts each"
     );
     assert_eq!(count(s, "SELECT count(*) FROM tasks WHERE run_id = $1 AND attempts = 3", run).await?, 20);
-    assert_eq!(count(s, "SELECT count(*) FROM outputs WHERE run_id = $1", run).await?, 0);
+    assert_eq!(env.outputs_made(run).await?, 0);
     assert_eq!(env.mock.stats().injected_5xx, 60);
     broker.close().await;
     env.cleanup().await

@@ -45,9 +45,7 @@ fn attempt() -> AttemptRecord {
 async fn one_batch_completes_fails_reuses_and_releases_dependents_once() -> anyhow::Result<()> {
     let mut env = TestEnv::new().await?;
     env.full_method();
-    env.settings.sampling.max_users = 5;
-    env.ingest_sample().await?;
-    let plan = create_run(&env.store, &env.settings, "sample").await?;
+    let plan = env.plan_sample_run(5).await?;
     let run = plan.run_id;
     let s = &env.store;
     // Two item profiles that share a user-profile dependent, and an item profile it does not wait for.
@@ -114,7 +112,7 @@ async fn one_batch_completes_fails_reuses_and_releases_dependents_once() -> anyh
         sqlx::query_scalar::<_, String>("SELECT state FROM tasks WHERE id = $1").bind(id).fetch_one(s.pool()).await
     };
     assert_eq!((state(a).await?, state(b).await?, state(c).await?), ("done".into(), "failed".into(), "done".into()));
-    assert_eq!(count(s, "SELECT count(*) FROM outputs WHERE run_id = $1", run).await?, 1);
+    assert_eq!(env.outputs_made(run).await?, 1);
     assert_eq!(
         count(s, "SELECT count(*) FROM attempts WHERE run_id = $1", run).await?,
         2,

@@ -4,6 +4,7 @@
 
 use reasonrec_coordinator::create_run;
 use reasonrec_core::settings::{EndpointSettings, TeacherSettings};
+use reasonrec_core::stage::TaskState;
 use reasonrec_mock_teacher::{MockConfig, MockHandle, RetryAfterFormat};
 use reasonrec_teacher::{TeacherClient, TeacherError, TeacherPool};
 use reasonrec_tests::teacher_calls::{messages, mock, pool};
@@ -219,7 +220,7 @@ async fn a_secret_in_an_endpoint_url_leaves_the_process_nowhere() -> anyhow::Res
     let run = create_run(&env.store, &env.settings, "sample").await?.run_id;
     env.run_to_completion(run).await?;
 
-    let failed = count(&env.store, "SELECT count(*) FROM tasks WHERE run_id = $1 AND state = 'failed'", run).await?;
+    let failed = env.tasks_in(run, TaskState::Failed).await?;
     assert!(failed > 0, "the calls failed, so their errors were written");
     let in_rows = count(
         &env.store,
@@ -263,14 +264,14 @@ async fn tasks_told_to_wait_past_their_time_go_back_to_the_queue_and_finish_late
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         // ... and none is done while the server still refuses: then it recovers.
-        let done = count(&env.store, "SELECT count(*) FROM tasks WHERE run_id = $1 AND state = 'done'", run).await?;
+        let done = env.tasks_in(run, TaskState::Done).await?;
         env.mock.set_config(MockConfig::default()).map_err(anyhow::Error::msg)?;
         Ok::<_, anyhow::Error>(done)
     };
     let (completed, done_while_busy) = tokio::join!(env.run_to_completion(run), recover);
     completed?;
     assert_eq!(done_while_busy?, 0);
-    let done = count(&env.store, "SELECT count(*) FROM tasks WHERE run_id = $1 AND state = 'done'", run).await?;
+    let done = env.tasks_in(run, TaskState::Done).await?;
     assert_eq!(done, tasks, "every task finished after the server recovered");
     let rows = count(&env.store, "SELECT count(*) FROM attempts WHERE run_id = $1", run).await?;
     assert_eq!(rows as u64, env.mock.stats().requests, "every request is in the ledger, the handed-back ones included");

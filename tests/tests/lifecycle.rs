@@ -49,9 +49,7 @@ async fn complete(env: &TestEnv, run: Uuid) -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_run_publishes_nothing_and_resumes_to_completion() -> anyhow::Result<()> {
     let mut env = TestEnv::with_mock(MockConfig { latency_ms: 40, ..MockConfig::default() }).await?;
-    env.settings.sampling.max_users = 30;
-    env.ingest_sample().await?;
-    let plan = create_run(&env.store, &env.settings, "sample").await?;
+    let plan = env.plan_sample_run(30).await?;
     let run = plan.run_id;
     let broker = env.broker().await?;
     let outbox = Arc::new(Outbox::new(env.store.clone(), &broker).await?.with_max_outstanding(4));
@@ -100,8 +98,7 @@ async fn a_paused_run_with_nothing_left_is_not_completed_until_resumed() -> anyh
     env.settings.sampling.max_users = 10;
     env.ingest_sample().await?;
     let run = create_run(&env.store, &env.settings, "sample").await?.run_id;
-    let broker = env.broker().await?;
-    let outbox = Outbox::new(env.store.clone(), &broker).await?;
+    let (broker, outbox) = env.outbox().await?;
     assert_eq!(outbox.pump(run).await?.published, 10);
     env.store.pause_run(run, "paused by hand").await?;
     let w = env.spawn_worker("w")?;
@@ -191,8 +188,7 @@ async fn a_zero_token_budget_pauses_the_run_before_anything_is_published() -> an
     env.ingest_sample().await?;
     let run = create_run(&env.store, &env.settings, "sample").await?.run_id;
     env.store.set_run_budget(run, &Budget { usd: None, tokens: Some(0) }).await?;
-    let broker = env.broker().await?;
-    let outbox = Outbox::new(env.store.clone(), &broker).await?;
+    let (broker, outbox) = env.outbox().await?;
     assert_eq!(outbox.pump(run).await?.published, 0);
     let l = env.store.run_lifecycle(run).await?;
     assert_eq!((l.state.as_str(), l.paused_reason.as_deref()), ("paused", Some("budget reached: 0 of 0 tokens")));

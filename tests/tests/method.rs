@@ -2,6 +2,7 @@
 //! answers validated against the stated label and re-asked when they contradict it.
 
 use reasonrec_coordinator::{Outbox, create_run};
+use reasonrec_core::stage::TaskState;
 use reasonrec_core::validate::argued_outcome;
 use reasonrec_core::{OutputKey, prompt::clean_data};
 use reasonrec_mock_teacher::MockConfig;
@@ -12,9 +13,7 @@ use sqlx::Row;
 async fn three_stages_every_reasoning_saw_its_user_profile_and_item_profiles() -> anyhow::Result<()> {
     let mut env = TestEnv::with_mock(MockConfig { latency_ms: 30, ..MockConfig::default() }).await?;
     env.full_method();
-    env.settings.sampling.max_users = 60;
-    env.ingest_sample().await?;
-    let plan = create_run(&env.store, &env.settings, "sample").await?;
+    let plan = env.plan_sample_run(60).await?;
     assert_eq!(plan.by_stage.get("user_profile"), Some(&60));
     assert_eq!(plan.by_stage.get("reasoning"), Some(&180), "train, validation and test per user");
     let run = plan.run_id;
@@ -118,8 +117,7 @@ async fn answers_that_contradict_the_label_are_re_asked_and_never_stored() -> an
     env.settings.stages.max_reasks = 3;
     env.ingest_sample().await?;
     let plan = create_run(&env.store, &env.settings, "sample").await?;
-    let broker = env.broker().await?;
-    let outbox = Outbox::new(env.store.clone(), &broker).await?;
+    let (broker, outbox) = env.outbox().await?;
     let w = env.spawn_worker("w")?;
     reasonrec_tests::drive_to_completion(&outbox, plan.run_id, 60).await?;
     w.shutdown().await?;
@@ -141,7 +139,7 @@ async fn answers_that_contradict_the_label_are_re_asked_and_never_stored() -> an
         assert_eq!(argued_outcome(&text), Some(label), "{text}");
     }
     // A task fails only after 1 + 3 rejected answers, with the raw answer kept.
-    let failed = count(s, "SELECT count(*) FROM tasks WHERE run_id = $1 AND state = 'failed'", plan.run_id).await?;
+    let failed = env.tasks_in(plan.run_id, TaskState::Failed).await?;
     assert_eq!(
         count(
             s,
@@ -163,9 +161,7 @@ async fn with_profile_stages_off_reasoning_sees_raw_item_text() -> anyhow::Resul
     env.full_method();
     env.settings.stages.item_profile = false;
     env.settings.stages.user_profile = false;
-    env.settings.sampling.max_users = 10;
-    env.ingest_sample().await?;
-    let plan = create_run(&env.store, &env.settings, "sample").await?;
+    let plan = env.plan_sample_run(10).await?;
     assert_eq!(plan.by_stage.keys().collect::<Vec<_>>(), vec!["reasoning"]);
     assert_eq!(plan.tasks, 30);
     assert_eq!(
@@ -177,15 +173,11 @@ async fn with_profile_stages_off_reasoning_sees_raw_item_text() -> anyhow::Resul
         .await?,
         0
     );
-    let broker = env.broker().await?;
-    let outbox = Outbox::new(env.store.clone(), &broker).await?;
+    let (broker, outbox) = env.outbox().await?;
     let w = env.spawn_worker("w")?;
     reasonrec_tests::drive_to_completion(&outbox, plan.run_id, 60).await?;
     w.shutdown().await?;
-    assert_eq!(
-        count(&env.store, "SELECT count(*) FROM tasks WHERE run_id = $1 AND state = 'done'", plan.run_id).await?,
-        30
-    );
+    assert_eq!(env.tasks_in(plan.run_id, TaskState::Done).await?, 30);
     broker.close().await;
     env.cleanup().await
 }
@@ -209,8 +201,7 @@ async fn amazon_items_are_profiled_from_their_reviews_and_reasoning_uses_k_4() -
         count(s, "SELECT max(jsonb_array_length(input->'history'))::int8 FROM tasks WHERE run_id = $1 AND stage = 'reasoning'", plan.run_id).await?,
         4
     );
-    let broker = env.broker().await?;
-    let outbox = Outbox::new(env.store.clone(), &broker).await?;
+    let (broker, outbox) = env.outbox().await?;
     let w = env.spawn_worker("w")?;
     reasonrec_tests::drive_to_completion(&outbox, plan.run_id, 90).await?;
     w.shutdown().await?;
@@ -275,8 +266,7 @@ async fn prompts_over_the_word_cap_are_truncated_or_dropped_and_counted() -> any
     env.settings.sampling.max_prompt_words = 170;
     env.ingest_sample().await?;
     let plan = create_run(&env.store, &env.settings, "sample").await?;
-    let broker = env.broker().await?;
-    let outbox = Outbox::new(env.store.clone(), &broker).await?;
+    let (broker, outbox) = env.outbox().await?;
     let w = env.spawn_worker("w")?;
     reasonrec_tests::drive_to_completion(&outbox, plan.run_id, 60).await?;
     w.shutdown().await?;

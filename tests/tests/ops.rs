@@ -3,7 +3,7 @@
 
 use reasonrec_coordinator::leader::acquire;
 use reasonrec_coordinator::web::Access;
-use reasonrec_coordinator::{Outbox, create_run};
+
 use reasonrec_tests::TestEnv;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -29,11 +29,8 @@ fn ready_ok() -> reasonrec_ops::ReadyCheck {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_status_page_shows_runs_in_a_real_browser_and_needs_its_token() -> anyhow::Result<()> {
     let mut env = TestEnv::new().await?;
-    env.settings.sampling.max_users = 40;
-    env.ingest_sample().await?;
-    let plan = create_run(&env.store, &env.settings, "sample").await?;
-    let broker = env.broker().await?;
-    let outbox = Outbox::new(env.store.clone(), &broker).await?;
+    let plan = env.plan_sample_run(40).await?;
+    let (broker, outbox) = env.outbox().await?;
     let w = env.spawn_worker("w")?;
     reasonrec_tests::drive_to_completion(&outbox, plan.run_id, 60).await?;
     w.shutdown().await?;

@@ -1,7 +1,6 @@
 //! Scheduled regeneration: cron jobs fired by the leading coordinator only, never doubling a
 //! run that is still going.
 
-use reasonrec_coordinator::Outbox;
 use reasonrec_coordinator::leader::acquire;
 use reasonrec_coordinator::schedule::{Fired, fire, parse_jobs, run_scheduler};
 use reasonrec_core::settings::ScheduleJob;
@@ -43,8 +42,7 @@ async fn two_racing_schedulers_make_one_run_and_a_finished_run_lets_the_next_tic
 
     // Finish that run; the next tick creates an incremental run that carries everything over.
     let run_id: uuid::Uuid = sqlx::query_scalar("SELECT id FROM runs").fetch_one(env.store.pool()).await?;
-    let broker = env.broker().await?;
-    let outbox = Outbox::new(env.store.clone(), &broker).await?;
+    let (broker, outbox) = env.outbox().await?;
     let w = env.spawn_worker("w")?;
     reasonrec_tests::drive_to_completion(&outbox, run_id, 60).await?;
     w.shutdown().await?;

@@ -1,7 +1,7 @@
 //! Limits shared by worker processes through leases in Postgres, and a worker that stops rather
 //! than fail tasks when no endpoint accepts its credentials.
 
-use reasonrec_coordinator::{Outbox, create_run};
+use reasonrec_coordinator::create_run;
 use reasonrec_mock_teacher::MockConfig;
 use reasonrec_teacher::TeacherPool;
 use reasonrec_tests::{TestEnv, count};
@@ -38,8 +38,7 @@ async fn two_workers_together_stay_at_the_endpoint_limit() -> anyhow::Result<()>
     env.settings.teacher.lease_interval_ms = 200;
     env.ingest_sample().await?;
     let plan = create_run(&env.store, &env.settings, "sample").await?;
-    let broker = env.broker().await?;
-    let outbox = Outbox::new(env.store.clone(), &broker).await?;
+    let (broker, outbox) = env.outbox().await?;
     let (w1, w2) = (env.spawn_worker("w1")?, env.spawn_worker("w2")?);
     reasonrec_tests::drive_to_completion(&outbox, plan.run_id, 60).await?;
     let (c1, c2) = (w1.shutdown().await?, w2.shutdown().await?);
@@ -62,11 +61,8 @@ async fn a_worker_whose_credentials_are_refused_stops_without_failing_tasks() ->
     let mut env =
         TestEnv::with_mock(MockConfig { api_key: Some("the-right-key".into()), ..MockConfig::default() }).await?;
     env.settings.teacher.endpoints[0].api_key_env = Some("PATH".into()); // set, and not the key
-    env.settings.sampling.max_users = 20;
-    env.ingest_sample().await?;
-    let plan = create_run(&env.store, &env.settings, "sample").await?;
-    let broker = env.broker().await?;
-    let outbox = Outbox::new(env.store.clone(), &broker).await?;
+    let plan = env.plan_sample_run(20).await?;
+    let (broker, outbox) = env.outbox().await?;
     outbox.pump(plan.run_id).await?;
     let w = env.spawn_worker("w")?;
     let ended = tokio::time::timeout(Duration::from_secs(30), w.join).await?;

@@ -9,7 +9,7 @@ use arrow_array::cast::AsArray;
 use arrow_array::types::Int64Type;
 use arrow_array::{Array, RecordBatch};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use reasonrec_coordinator::{Outbox, create_run};
+use reasonrec_coordinator::create_run;
 use reasonrec_core::PromptLibrary;
 use reasonrec_core::prompt::clean_data;
 use reasonrec_tests::{TestEnv, count};
@@ -29,15 +29,8 @@ const FIELDS: [&str; 10] =
 async fn completed_run(users: usize) -> anyhow::Result<(TestEnv, Uuid)> {
     let mut env = TestEnv::new().await?;
     env.full_method();
-    env.settings.sampling.max_users = users;
-    env.ingest_sample().await?;
-    let plan = create_run(&env.store, &env.settings, "sample").await?;
-    let broker = env.broker().await?;
-    let outbox = Outbox::new(env.store.clone(), &broker).await?;
-    let w = env.spawn_worker("w")?;
-    reasonrec_tests::drive_to_completion(&outbox, plan.run_id, 120).await?;
-    w.shutdown().await?;
-    broker.close().await;
+    let plan = env.plan_sample_run(users).await?;
+    env.run_to_completion(plan.run_id).await?;
     Ok((env, plan.run_id))
 }
 
@@ -448,9 +441,7 @@ async fn partial_exports_say_so_waiting_exports_wait_and_a_cancelled_run_is_an_e
     let mut env =
         TestEnv::with_mock(reasonrec_mock_teacher::MockConfig { latency_ms: 20, ..Default::default() }).await?;
     env.full_method();
-    env.settings.sampling.max_users = 12;
-    env.ingest_sample().await?;
-    let plan = create_run(&env.store, &env.settings, "sample").await?;
+    let plan = env.plan_sample_run(12).await?;
     let run = plan.run_id;
     let tmp = tempfile::tempdir()?;
 
@@ -465,18 +456,12 @@ async fn partial_exports_say_so_waiting_exports_wait_and_a_cancelled_run_is_an_e
     assert_eq!(m.few_shot[0].rows, 0);
 
     // A few reasoning tasks done, then the worker stops.
-    let broker = env.broker().await?;
-    let outbox = Outbox::new(env.store.clone(), &broker).await?;
+    let (broker, outbox) = env.outbox().await?;
     let w = env.spawn_worker("w")?;
     let done_sql = "SELECT count(*) FROM tasks WHERE run_id = $1 AND stage = 'reasoning' AND state = 'done'";
-    let some_done = async {
-        loop {
-            if count(&env.store, done_sql, run).await? >= 3 {
-                return anyhow::Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
+    let some_done = reasonrec_tests::wait_until("3 reasoning tasks done", Duration::from_secs(60), || async {
+        Ok(count(&env.store, done_sql, run).await? >= 3)
+    });
     tokio::time::timeout(Duration::from_secs(60), async {
         tokio::select! {
             r = outbox.drive(run, Duration::from_millis(50)) => anyhow::bail!("the run ended early: {r:?}"),

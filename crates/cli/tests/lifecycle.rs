@@ -2,11 +2,11 @@
 //! | diff` and `train export --snapshot` as operators run them: the real binary against the
 //! test's private database.
 
-use reasonrec_coordinator::Outbox;
 use reasonrec_tests::TestEnv;
+use reasonrec_tests::cli::{self, json, ok, refused};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use uuid::Uuid;
 
 const BIN: &str = env!("CARGO_BIN_EXE_reasonrec");
@@ -14,49 +14,16 @@ const USERS: i64 = 6;
 
 /// A config file for the test's database and broker names: one reasoning task per user.
 fn write_config(env: &TestEnv, dir: &Path) -> anyhow::Result<PathBuf> {
-    let s = &env.settings;
-    let text = format!(
-        "[database]\nurl = {:?}\n[broker]\nurl = {:?}\nprefix = {:?}\n[prompts]\ndir = {:?}\n[log]\nfilter = \"warn\"\n\
-         [sampling]\nmax_users = {USERS}\nhistory_len = 10\nsplits = [\"test\"]\n\
-         [stages]\nitem_profile = false\nuser_profile = false\n\
-         [[teacher.endpoints]]\nname = \"mock\"\nbase_url = {:?}\n",
-        s.database.url,
-        s.broker.url,
-        s.broker.prefix,
-        s.prompts.dir.display().to_string(),
-        s.teacher.endpoints[0].base_url,
+    let extra = format!(
+        "[sampling]\nmax_users = {USERS}\nhistory_len = 10\nsplits = [\"test\"]\n\
+         [stages]\nitem_profile = false\nuser_profile = false\n{}",
+        cli::mock_endpoint(env)
     );
-    let path = dir.join("reasonrec.toml");
-    std::fs::write(&path, text)?;
-    Ok(path)
+    cli::write_config(env, dir, &extra)
 }
 
 fn reasonrec(config: &Path, args: &[&str]) -> anyhow::Result<Output> {
-    let mut all = vec!["--config", config.to_str().unwrap_or_default()];
-    all.extend_from_slice(args);
-    Ok(Command::new(BIN).args(&all).output()?)
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "exit {}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Fails, and says `what` on stderr.
-fn refused(out: &Output, what: &str) {
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "expected a refusal, got exit 0: {}", String::from_utf8_lossy(&out.stdout));
-    assert!(err.contains(what), "stderr lacks {what:?}:\n{err}");
-}
-
-fn json(out: &Output) -> anyhow::Result<Value> {
-    Ok(serde_json::from_str(&ok(out))?)
+    cli::run(BIN, config, args)
 }
 
 fn listed(list: &Value, run: Uuid) -> Value {
@@ -91,12 +58,7 @@ async fn runs_are_listed_paused_resumed_snapshotted_and_diffed_through_the_binar
     ok(&reasonrec(&config, &["run", "resume", &run.to_string()])?);
     refused(&reasonrec(&config, &["run", "resume", &run.to_string()])?, "is running, not paused");
 
-    let broker = env.broker().await?;
-    let outbox = Outbox::new(env.store.clone(), &broker).await?;
-    let w = env.spawn_worker("w")?;
-    reasonrec_tests::drive_to_completion(&outbox, run, 60).await?;
-    w.shutdown().await?;
-    broker.close().await;
+    env.run_to_completion(run).await?;
 
     ok(&reasonrec(&config, &["corpus", "snapshot", &run.to_string(), "--name", "base", "--note", "first"])?);
     refused(&reasonrec(&config, &["corpus", "snapshot", &run.to_string(), "--name", "base"])?, "already exists");

@@ -1,6 +1,6 @@
 //! The `reasonrec` binary as operators run it: real processes, real services, kill -9.
 
-use reasonrec_coordinator::{Outbox, create_run};
+use reasonrec_coordinator::create_run;
 use reasonrec_mock_teacher::MockConfig;
 use reasonrec_tests::{TestEnv, count};
 use std::path::PathBuf;
@@ -45,8 +45,7 @@ async fn a_worker_killed_mid_run_loses_nothing_and_duplicates_nothing() -> anyho
     env.ingest_sample().await?;
     let config = write_config(&env, 20)?;
     let plan = create_run(&env.store, &env.settings, "sample").await?;
-    let broker = env.broker().await?;
-    let outbox = Outbox::new(env.store.clone(), &broker).await?;
+    let (broker, outbox) = env.outbox().await?;
     outbox.pump(plan.run_id).await?;
 
     let mut first = worker(&config, "doomed")?;
@@ -82,11 +81,7 @@ async fn a_worker_killed_mid_run_loses_nothing_and_duplicates_nothing() -> anyho
 
     let s = &env.store;
     assert_eq!(count(s, done_sql, plan.run_id).await?, 120);
-    assert_eq!(
-        count(s, "SELECT count(*) FROM outputs WHERE run_id = $1", plan.run_id).await?,
-        120,
-        "exactly one rationale per task"
-    );
+    assert_eq!(env.outputs_made(plan.run_id).await?, 120, "exactly one rationale per task");
     let calls = env.mock.stats().ok;
     // Calls in flight at the kill (at most the prefetch, 20) may be made again; nothing else is.
     assert!((120..=140).contains(&calls), "teacher calls {calls}");

@@ -2,8 +2,8 @@
 //! test's private database. A 200k-row corpus written by SQL exports with flat memory; a real
 //! export feeds the Python training script's dry run and the evaluation.
 
-use reasonrec_coordinator::{Outbox, create_run};
-use reasonrec_tests::TestEnv;
+use reasonrec_tests::cli::{self, ok};
+use reasonrec_tests::{TestEnv, repo_root};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -12,55 +12,20 @@ use uuid::Uuid;
 
 const BIN: &str = env!("CARGO_BIN_EXE_reasonrec");
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
 /// A config file pointing the binary at the test's database, with small few-shot sets.
 fn write_config(env: &TestEnv, dir: &Path) -> anyhow::Result<PathBuf> {
-    let s = &env.settings;
-    let text = format!(
-        "[database]\nurl = {:?}\n[broker]\nurl = {:?}\nprefix = {:?}\n[prompts]\ndir = {:?}\n\
-         [log]\nfilter = \"warn\"\n[trainer]\nfew_shot = [4, 8]\n",
-        s.database.url,
-        s.broker.url,
-        s.broker.prefix,
-        s.prompts.dir.display().to_string(),
-    );
-    let path = dir.join("reasonrec.toml");
-    std::fs::write(&path, text)?;
-    Ok(path)
+    cli::write_config(env, dir, "[trainer]\nfew_shot = [4, 8]\n")
 }
 
 fn reasonrec(config: &Path, args: &[&str]) -> anyhow::Result<Output> {
-    let mut all = vec!["--config", config.to_str().unwrap_or_default()];
-    all.extend_from_slice(args);
-    Ok(Command::new(BIN).args(&all).current_dir(repo_root()).output()?)
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "exit {}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    cli::run(BIN, config, args)
 }
 
 /// A completed three-stage run of 12 sample users, exported by the binary into `dir/export`.
 async fn exported_run(env: &mut TestEnv, dir: &Path) -> anyhow::Result<(PathBuf, PathBuf, Value)> {
     env.full_method();
-    env.settings.sampling.max_users = 12;
-    env.ingest_sample().await?;
-    let plan = create_run(&env.store, &env.settings, "sample").await?;
-    let broker = env.broker().await?;
-    let outbox = Outbox::new(env.store.clone(), &broker).await?;
-    let w = env.spawn_worker("w")?;
-    reasonrec_tests::drive_to_completion(&outbox, plan.run_id, 120).await?;
-    w.shutdown().await?;
-    broker.close().await;
+    let plan = env.plan_sample_run(12).await?;
+    env.run_to_completion(plan.run_id).await?;
     let config = write_config(env, dir)?;
     let export = dir.join("export");
     // By dataset name: its latest completed run.

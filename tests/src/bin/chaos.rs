@@ -74,11 +74,5 @@ async fn main() -> anyhow::Result<ExitCode> {
         worker_logs: a.worker_logs,
     };
     let report = run(cfg).await?;
-    print!("{}", report.render());
-    let json = serde_json::to_string_pretty(&report)?;
-    println!("{json}");
-    if let Some(p) = a.json {
-        std::fs::write(p, &json)?;
-    }
-    Ok(if report.ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    reasonrec_tests::finish_report(&report.render(), &report, report.ok(), a.json.as_deref())
 }

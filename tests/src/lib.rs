@@ -21,9 +21,8 @@ use reasonrec_core::stage::TaskState;
 use reasonrec_mock_teacher::{MockConfig, MockHandle};
 use reasonrec_queue::Broker;
 use reasonrec_store::Store;
-use reasonrec_teacher::TeacherPool;
 use reasonrec_worker::batch::{BatchSubmitter, TickReport};
-use reasonrec_worker::{ProcessorOptions, TaskProcessor, WorkerConfig, WorkerCounters, run_worker};
+use reasonrec_worker::{TaskProcessor, WorkerConfig, WorkerCounters, run_worker};
 use sqlx::Connection;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -191,9 +190,8 @@ impl TestEnv {
     }
 
     fn processor_on(&self, store: Store) -> anyhow::Result<TaskProcessor> {
-        let prompts = PromptLibrary::load(&self.settings.prompts.dir)?;
-        let pool = TeacherPool::for_worker(&self.settings)?;
-        Ok(TaskProcessor::new(store, pool, Arc::new(prompts), ProcessorOptions::from_settings(&self.settings)))
+        let prompts = Arc::new(PromptLibrary::load(&self.settings.prompts.dir)?);
+        Ok(TaskProcessor::from_settings(store, prompts, &self.settings)?)
     }
 
     /// Starts an in-process worker (its own broker connection, the test's database pool).
@@ -207,13 +205,7 @@ impl TestEnv {
         let processor = self.processor_on(store)?;
         let stop = CancellationToken::new();
         let counters = Arc::new(WorkerCounters::default());
-        let cfg = WorkerConfig {
-            processor,
-            broker: self.settings.broker.clone(),
-            worker: self.settings.worker.clone(),
-            name: name.to_string(),
-            lease_interval: self.settings.teacher.lease_interval(),
-        };
+        let cfg = WorkerConfig::new(processor, &self.settings, name.to_string());
         let join = tokio::spawn(run_worker(cfg, stop.clone(), counters.clone()));
         Ok(WorkerHandle { stop, counters, join })
     }

@@ -10,8 +10,9 @@ use crate::outbox::Outbox;
 use reasonrec_core::Settings;
 use reasonrec_core::stage::RunState;
 use reasonrec_queue::Broker;
+use reasonrec_queue::session::reconnecting;
 use reasonrec_store::Store;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -33,25 +34,13 @@ pub async fn supervise(
     stop: CancellationToken,
 ) -> Result<Option<RunState>, CoordinatorError> {
     let poll = Duration::from_millis(settings.coordinator.poll_interval_ms);
-    let mut backoff = Duration::from_millis(200);
-    loop {
-        let started = Instant::now();
-        match session(store, settings, target, poll, &stop).await {
-            Ok(state) => return Ok(state),
-            Err(e) if !e.is_retryable() => return Err(e),
-            Err(e) => {
-                if started.elapsed() > Duration::from_secs(30) {
-                    backoff = Duration::from_millis(200);
-                }
-                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "coordinator session ended; reconnecting");
-                tokio::select! {
-                    _ = stop.cancelled() => return Ok(None),
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(10));
-            }
-        }
-    }
+    let ended = |e: &CoordinatorError, wait: Duration| {
+        tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "coordinator session ended; reconnecting");
+    };
+    let state =
+        reconnecting(&stop, CoordinatorError::is_retryable, ended, || session(store, settings, target, poll, &stop))
+            .await?;
+    Ok(state.flatten())
 }
 
 async fn session(

@@ -7,6 +7,7 @@
 //! - [`broker`]: a connection with channels for publishing and consuming.
 //! - [`publisher`]: pipelined publishes whose confirms are awaited per batch; only confirmed,
 //!   routed messages count as published.
+//! - [`session`]: the reconnect loop every broker client runs its sessions in.
 //! - [`redirect`]: confirmed publishes of a delivery to a retry tier, the dead-letter exchange
 //!   or the parked queue, and the headers that say why.
 //!
@@ -16,6 +17,7 @@ pub mod broker;
 pub mod error;
 pub mod publisher;
 pub mod redirect;
+pub mod session;
 pub mod topology;
 
 pub use broker::Broker;

@@ -23,10 +23,11 @@ use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicNackOptions, Basi
 use reasonrec_core::TaskMessage;
 use reasonrec_core::settings::{BrokerSettings, WorkerSettings};
 use reasonrec_queue::redirect::{RETRIES_HEADER, header_u32};
+use reasonrec_queue::session::reconnecting;
 use reasonrec_queue::{Broker, QueueError, Redirected, Redirector};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -266,6 +267,20 @@ pub struct WorkerConfig {
     pub lease_interval: Option<Duration>,
 }
 
+impl WorkerConfig {
+    /// A worker named `name` (it keys the worker's endpoint leases: unique per process) that
+    /// runs `processor` with the settings' broker, `[worker]` and lease interval.
+    pub fn new(processor: TaskProcessor, settings: &reasonrec_core::Settings, name: String) -> Self {
+        Self {
+            processor,
+            broker: settings.broker.clone(),
+            worker: settings.worker.clone(),
+            name,
+            lease_interval: settings.teacher.lease_interval(),
+        }
+    }
+}
+
 /// Runs a worker until `stop` is cancelled, reconnecting to the broker with backoff.
 pub async fn run_worker(
     cfg: WorkerConfig,
@@ -295,32 +310,16 @@ async fn consume_loop(
     stop: &CancellationToken,
     counters: &Arc<WorkerCounters>,
 ) -> Result<(), WorkerError> {
-    let mut backoff = Duration::from_millis(200);
     let fatal = Fatal::default();
-    loop {
-        let started = Instant::now();
-        match session(cfg, stop, counters, &fatal).await {
-            Ok(()) if fatal.token.is_cancelled() => {
-                return Err(WorkerError::Teacher(reasonrec_teacher::TeacherError::NoEndpoint {
-                    reason: fatal.reason(),
-                }));
-            }
-            Ok(()) => return Ok(()),
-            Err(e) if !e.is_retryable() => return Err(e),
-            Err(e) => {
-                counters.reconnects.fetch_add(1, Ordering::Relaxed);
-                if started.elapsed() > Duration::from_secs(30) {
-                    backoff = Duration::from_millis(200);
-                }
-                tracing::warn!(worker = %cfg.name, error = %e, retry_in_ms = backoff.as_millis() as u64, "broker session ended; reconnecting");
-                tokio::select! {
-                    _ = stop.cancelled() => return Ok(()),
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(10));
-            }
-        }
+    let ended = |e: &WorkerError, wait: Duration| {
+        counters.reconnects.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(worker = %cfg.name, error = %e, retry_in_ms = wait.as_millis() as u64, "broker session ended; reconnecting");
+    };
+    let ran = reconnecting(stop, WorkerError::is_retryable, ended, || session(cfg, stop, counters, &fatal)).await?;
+    if ran.is_some() && fatal.token.is_cancelled() {
+        return Err(WorkerError::Teacher(reasonrec_teacher::TeacherError::NoEndpoint { reason: fatal.reason() }));
     }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use reasonrec_core::attempt::{AttemptRecord, ErrorClass};
 use reasonrec_core::settings::EndpointSettings;
 use reasonrec_core::stage::{RunState, Stage, TaskState};
 use reasonrec_core::validate::{Rejection, judge_score, validate_answer};
-use reasonrec_core::{OutputKey, PromptLibrary, TaskMessage};
+use reasonrec_core::{OutputKey, PromptLibrary, Settings, TaskMessage};
 use reasonrec_store::Store;
 use reasonrec_store::finish::{Finish, FinishKind};
 use reasonrec_store::tasks::NewOutput;
@@ -90,6 +90,13 @@ impl TaskProcessor {
         // Reads are batched like commits (same bound): both follow the deliveries in flight.
         let loader = Loader::start(store.clone(), options.commit_batch);
         Self { store, teacher, prompts, options, committer, loader }
+    }
+
+    /// The processor a worker process runs: its live endpoints from `settings` (the judge's
+    /// apart), the templates `prompts`, the options of `[worker]` and `[sampling]`.
+    pub fn from_settings(store: Store, prompts: Arc<PromptLibrary>, settings: &Settings) -> Result<Self, WorkerError> {
+        let teacher = TeacherPool::for_worker(settings)?;
+        Ok(Self::new(store, teacher, prompts, ProcessorOptions::from_settings(settings)))
     }
 
     async fn fail(

@@ -47,13 +47,7 @@ pub async fn worker(mut settings: Settings, a: WorkerArgs) -> anyhow::Result<Exi
     let counters = Arc::new(WorkerCounters::default());
     serve_ops(&settings.metrics.bind, store, counters.clone(), stop.clone()).await;
     tracing::info!(worker = %name, concurrency = settings.worker.concurrency, "worker starting");
-    let cfg = WorkerConfig {
-        processor,
-        broker: settings.broker.clone(),
-        worker: settings.worker.clone(),
-        name: name.clone(),
-        lease_interval: settings.teacher.lease_interval(),
-    };
+    let cfg = WorkerConfig::new(processor, &settings, name.clone());
     let consumed = run_worker(cfg, stop.clone(), counters.clone()).await;
     stop.cancel();
     for s in submitters {

@@ -7,6 +7,7 @@ use reasonrec_coordinator::create_run;
 use reasonrec_coordinator::web::Access;
 use reasonrec_core::ChatMessage;
 use reasonrec_core::stage::TaskState;
+use reasonrec_core::validate::word_count;
 use reasonrec_mock_teacher::MockConfig;
 use reasonrec_tests::{TestEnv, count};
 use serde_json::Value;
@@ -90,6 +91,27 @@ async fn the_corpus_browser_pages_filters_checks_prompts_and_takes_marks() -> an
     let bad = http.get(format!("{base}/api/runs/{run}/tasks?stage=nope")).send().await?;
     assert_eq!(bad.status(), 400);
     assert!(bad.text().await?.contains("stage"), "the bad parameter is named");
+
+    // Each answer's word count is stored with it as the validator counts it, and the range
+    // filter reads it: the tasks of the median count, exactly.
+    let rows: Vec<(Uuid, String, Option<i32>)> = sqlx::query_as(
+        "SELECT t.id, o.text, o.words FROM tasks t JOIN outputs o ON o.key = t.output_key WHERE t.run_id = $1",
+    )
+    .bind(run)
+    .fetch_all(s.pool())
+    .await?;
+    assert!(!rows.is_empty());
+    for (id, text, words) in &rows {
+        assert_eq!(*words, i32::try_from(word_count(text)).ok(), "task {id}");
+    }
+    let mut counts: Vec<i32> = rows.iter().filter_map(|r| r.2).collect();
+    counts.sort_unstable();
+    let median = counts[counts.len() / 2];
+    let within = get(format!("/api/runs/{run}/tasks?min_words={median}&max_words={median}&limit=500")).await?;
+    let within: HashSet<String> =
+        within["tasks"].as_array().into_iter().flatten().filter_map(|t| t["id"].as_str().map(String::from)).collect();
+    let expected: HashSet<String> = rows.iter().filter(|r| r.2 == Some(median)).map(|r| r.0.to_string()).collect();
+    assert_eq!(within, expected);
 
     // One answer full of markup: found by a text search, shown as text.
     let xss_task = Uuid::parse_str(&seen[3])?;

@@ -79,7 +79,12 @@ impl TeacherPool {
 
     /// The endpoints that answer tasks of `stage`.
     pub fn clients_for(&self, stage: Stage) -> impl Iterator<Item = &TeacherClient> {
-        self.clients.iter().filter(move |c| serves_stage(&self.judge_endpoints, &c.endpoint().name, stage))
+        self.clients.iter().filter(move |c| self.serves(c, Some(stage)))
+    }
+
+    /// Whether `c` answers tasks of `stage` (any stage: None): a judge endpoint judges only.
+    fn serves(&self, c: &TeacherClient, stage: Option<Stage>) -> bool {
+        stage.is_none_or(|s| serves_stage(&self.judge_endpoints, &c.endpoint().name, s))
     }
 
     /// An endpoint chosen at random in proportion to its weight among those that may take a
@@ -88,9 +93,7 @@ impl TeacherPool {
         let mut open: Vec<&TeacherClient> = Vec::new();
         let mut earliest: Option<tokio::time::Instant> = None;
         let mut disabled = Vec::new();
-        let serves =
-            |c: &TeacherClient| stage.is_none_or(|s| serves_stage(&self.judge_endpoints, &c.endpoint().name, s));
-        for c in self.clients.iter().filter(|c| serves(c)) {
+        for c in self.clients.iter().filter(|c| self.serves(c, stage)) {
             match c.breaker().try_acquire() {
                 Availability::Available => open.push(c),
                 Availability::WaitUntil(t) => earliest = Some(earliest.map_or(t, |e| e.min(t))),

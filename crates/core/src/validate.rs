@@ -114,8 +114,9 @@ pub fn argued_outcome(text: &str) -> Option<bool> {
     }
 }
 
-/// An answer's words: whitespace-separated, the one count the validator's bounds, the stored
-/// `outputs.words` (the corpus browser's filter) and the export's word filter use.
+/// Whitespace-separated words: the one count the validator's bounds, the stored `outputs.words`
+/// (the corpus browser's filter), the export's word filter and the prompt cap
+/// (`sampling.max_prompt_words`) use.
 pub fn word_count(text: &str) -> usize {
     text.split_whitespace().count()
 }

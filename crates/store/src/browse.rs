@@ -390,6 +390,7 @@ impl Store {
             upstream,
         })
     }
+
     /// A task's attempts, oldest first.
     async fn attempt_views(&self, run_id: Uuid, task: Uuid) -> Result<Vec<AttemptView>, StoreError> {
         sqlx::query(

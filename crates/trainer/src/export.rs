@@ -360,6 +360,7 @@ async fn write_examples(
     let page_size = opts.page_size.max(1);
     let mut lookups = Lookups::new(run_id, dataset_id, opts.audit);
     let judged = opts.filters.min_judge_score.is_some();
+    // The next page is read while this one is rendered (and the one before written).
     let read = |after: Uuid| {
         let store = store.clone();
         tokio::spawn(async move { store.export_page(run_id, dataset_id, after, page_size as i64, judged).await })

@@ -11,6 +11,7 @@ use reasonrec_core::Settings;
 use reasonrec_core::inputs::{HistoryEntry, ItemProfileInput, ReasoningInput, UserProfileInput};
 use reasonrec_core::settings::Overlong;
 use reasonrec_core::stage::Stage;
+use reasonrec_core::validate::word_count;
 use reasonrec_core::view::ItemView;
 use reasonrec_core::{CoreError, PromptLibrary, RenderedPrompt};
 use reasonrec_store::Store;
@@ -172,7 +173,7 @@ impl PromptCap {
                 return Some(Over::Tokens(tokens));
             }
         }
-        let words = prompt.messages.iter().map(|m| m.content.split_whitespace().count()).sum();
+        let words = prompt.messages.iter().map(|m| word_count(&m.content)).sum();
         (self.max_words > 0 && words > self.max_words).then_some(Over::Words(words))
     }
 
@@ -443,7 +444,7 @@ mod tests {
     fn an_overlong_history_is_cut_from_the_oldest_until_the_cap_is_met() {
         let full = render_bundle(&prompts(), &bundle(Stage::Reasoning, 12, vec![]), vec![], PromptCap::NONE)
             .unwrap_or_else(|e| panic!("renders: {e}"));
-        let words = full.prompt.messages.iter().map(|m| m.content.split_whitespace().count()).sum::<usize>();
+        let words = full.prompt.messages.iter().map(|m| word_count(&m.content)).sum::<usize>();
         let cap = PromptCap { max_words: words - 1, overlong: Overlong::Truncate, ..PromptCap::NONE };
         let cut = render_bundle(&prompts(), &bundle(Stage::Reasoning, 12, vec![]), vec![], cap)
             .unwrap_or_else(|e| panic!("renders: {e}"));

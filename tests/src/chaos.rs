@@ -493,7 +493,7 @@ pub async fn run(cfg: ChaosConfig) -> anyhow::Result<ChaosReport> {
     let work = tempfile::Builder::new().prefix("rr-chaos-").tempdir()?;
 
     // A generated MovieLens-shaped dataset: about six reasoning tasks per user.
-    env.settings.sampling.splits = vec!["train".into(), "validation".into(), "test".into()];
+    env.settings.sampling.splits = reasonrec_core::Split::ALL.to_vec();
     env.settings.sampling.train_targets_per_user = 4;
     let users = cfg.tasks.div_ceil(6) + cfg.tasks / 50 + 10;
     let data = work.path().join("data");

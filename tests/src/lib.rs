@@ -120,7 +120,7 @@ impl TestEnv {
         settings.sampling.history_len = 10;
         // The spine's shape by default: one reasoning task (test split) per user, no profile
         // stages. Tests of the three-stage graph switch them on (`TestEnv::full_method`).
-        settings.sampling.splits = vec!["test".into()];
+        settings.sampling.splits = vec![reasonrec_core::Split::Test];
         settings.stages.item_profile = false;
         settings.stages.user_profile = false;
         let store = Store::connect(&settings.database).await?;

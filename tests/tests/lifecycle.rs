@@ -76,7 +76,7 @@ async fn a_paused_run_publishes_nothing_and_resumes_to_completion() -> anyhow::R
     assert!(!driving.is_finished(), "drive waits through a pause instead of returning");
 
     assert_eq!(env.store.resume_run(run).await?, ResumeOutcome::Resumed);
-    assert_eq!(env.store.resume_run(run).await?, ResumeOutcome::NotPaused { state: "running".into() });
+    assert_eq!(env.store.resume_run(run).await?, ResumeOutcome::NotPaused { state: reasonrec_core::RunState::Running });
     let state = tokio::time::timeout(Duration::from_secs(60), driving).await???;
     assert_eq!(state, "completed");
     w.shutdown().await?;
@@ -85,7 +85,7 @@ async fn a_paused_run_publishes_nothing_and_resumes_to_completion() -> anyhow::R
     assert_eq!(env.store.run_lifecycle(run).await?.paused_reason, None, "resume clears the reason");
     assert_eq!(
         env.store.pause_run(run, "late").await?,
-        PauseOutcome::NotRunning { state: "completed".into() },
+        PauseOutcome::NotRunning { state: reasonrec_core::RunState::Completed },
         "only a running run pauses"
     );
     broker.close().await;
@@ -251,7 +251,7 @@ async fn snapshots_name_completed_runs_once_and_freeze_them() -> anyhow::Result<
     let s = &env.store;
     assert_eq!(
         s.create_snapshot("nightly", run, None).await?,
-        SnapshotOutcome::RunNotCompleted { state: "running".into() }
+        SnapshotOutcome::RunNotCompleted { state: reasonrec_core::RunState::Running }
     );
     complete(&env, run).await?;
     assert_eq!(s.create_snapshot("nightly", run, Some("first")).await?, SnapshotOutcome::Created);

@@ -13,6 +13,7 @@
 use reasonrec_core::data::Interaction;
 use reasonrec_core::inputs::HistoryEntry;
 use reasonrec_core::settings::SamplingSettings;
+use reasonrec_core::stage::Split;
 
 pub use reasonrec_core::inputs::ReasoningInput;
 
@@ -33,16 +34,16 @@ pub struct PlanParams {
 
 impl PlanParams {
     pub fn new(s: &SamplingSettings, history_len: usize, user_profiles: bool) -> Self {
-        let has = |name: &str| s.splits.iter().any(|x| x == name);
+        let has = |split: Split| s.splits.contains(&split);
         Self {
             like_threshold: s.like_threshold,
             history_len: history_len.max(1),
             min_interactions: s.min_interactions,
             min_history: s.min_history.max(1),
             profile_window: if user_profiles { s.profile_window } else { 0 },
-            train: has("train"),
-            validation: has("validation"),
-            test: has("test"),
+            train: has(Split::Train),
+            validation: has(Split::Validation),
+            test: has(Split::Test),
             train_targets_per_user: s.train_targets_per_user,
         }
     }
@@ -51,7 +52,7 @@ impl PlanParams {
 /// One reasoning target of a user.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Target {
-    pub split: &'static str,
+    pub split: Split,
     pub item: i32,
     pub rating: f32,
     pub label: bool,
@@ -76,7 +77,7 @@ pub fn plan_user(rows: &[Interaction], p: &PlanParams) -> Option<UserPlan> {
         return None;
     }
     let window = p.profile_window.min(n.saturating_sub(2 + p.min_history));
-    let target_at = |t: usize, split: &'static str| -> Option<Target> {
+    let target_at = |t: usize, split: Split| -> Option<Target> {
         let start = window.max(t.saturating_sub(p.history_len));
         if t < start + p.min_history {
             return None;
@@ -97,7 +98,7 @@ pub fn plan_user(rows: &[Interaction], p: &PlanParams) -> Option<UserPlan> {
             if p.train_targets_per_user > 0 && taken == p.train_targets_per_user {
                 break;
             }
-            match target_at(t, "train") {
+            match target_at(t, Split::Train) {
                 Some(target) => {
                     targets.push(target);
                     taken += 1;
@@ -108,10 +109,10 @@ pub fn plan_user(rows: &[Interaction], p: &PlanParams) -> Option<UserPlan> {
         targets.reverse();
     }
     if p.validation && n >= 2 {
-        targets.extend(target_at(n - 2, "validation"));
+        targets.extend(target_at(n - 2, Split::Validation));
     }
     if p.test {
-        targets.extend(target_at(n - 1, "test"));
+        targets.extend(target_at(n - 1, Split::Test));
     }
     if targets.is_empty() {
         return None;
@@ -147,7 +148,7 @@ mod tests {
         let plan = plan_user(&rows(&[5.0, 1.0, 4.0, 2.0, 5.0, 3.0, 4.0, 1.0]), &params()).unwrap_or_default();
         assert_eq!(items(&plan.profile_window), vec![100, 101, 102]);
         let t: Vec<(&str, i32, Vec<i32>, bool)> =
-            plan.targets.iter().map(|t| (t.split, t.item, items(&t.history), t.label)).collect();
+            plan.targets.iter().map(|t| (t.split.as_str(), t.item, items(&t.history), t.label)).collect();
         assert_eq!(
             t,
             vec![
@@ -166,7 +167,7 @@ mod tests {
         // n = 4, min_history 1: P = min(3, 4 - 2 - 1) = 1.
         let plan = plan_user(&rows(&[4.0, 4.0, 2.0, 5.0]), &params()).unwrap_or_default();
         assert_eq!(items(&plan.profile_window), vec![100]);
-        let t: Vec<(&str, Vec<i32>)> = plan.targets.iter().map(|t| (t.split, items(&t.history))).collect();
+        let t: Vec<(&str, Vec<i32>)> = plan.targets.iter().map(|t| (t.split.as_str(), items(&t.history))).collect();
         assert_eq!(t, vec![("validation", vec![101]), ("test", vec![101, 102])], "no train target fits");
     }
 
@@ -175,19 +176,19 @@ mod tests {
         let s = SamplingSettings {
             profile_window: 0,
             train_targets_per_user: 0,
-            splits: vec!["train".into()],
+            splits: vec![Split::Train],
             ..SamplingSettings::default()
         };
         let p = PlanParams::new(&s, 20, true);
         let plan = plan_user(&rows(&[4.0; 6]), &p).unwrap_or_default();
         assert!(plan.profile_window.is_empty());
         assert_eq!(plan.targets.iter().map(|t| t.item).collect::<Vec<_>>(), vec![101, 102, 103]);
-        assert!(plan.targets.iter().all(|t| t.split == "train"));
+        assert!(plan.targets.iter().all(|t| t.split == Split::Train));
     }
 
     #[test]
     fn user_profiles_off_means_no_window_and_longer_histories() {
-        let s = SamplingSettings { splits: vec!["test".into()], ..SamplingSettings::default() };
+        let s = SamplingSettings { splits: vec![Split::Test], ..SamplingSettings::default() };
         let plan = plan_user(&rows(&[4.0; 10]), &PlanParams::new(&s, 20, false)).unwrap_or_default();
         assert!(plan.profile_window.is_empty());
         assert_eq!(plan.targets[0].history.len(), 9);
@@ -201,7 +202,7 @@ mod tests {
 
     #[test]
     fn label_shares_follow_the_threshold() {
-        let s = SamplingSettings { like_threshold: 2.0, splits: vec!["test".into()], ..SamplingSettings::default() };
+        let s = SamplingSettings { like_threshold: 2.0, splits: vec![Split::Test], ..SamplingSettings::default() };
         let p = PlanParams::new(&s, 4, true);
         let like = plan_user(&rows(&[1.0, 1.0, 1.0, 3.0]), &p).map(|u| u.targets[0].label);
         let dislike = plan_user(&rows(&[5.0, 5.0, 5.0, 2.0]), &p).map(|u| u.targets[0].label);

@@ -14,7 +14,7 @@ use crate::error::CoordinatorError;
 use crate::fingerprint::{Digest32, TemplateId};
 use futures::TryStreamExt;
 use reasonrec_core::settings::{RegenerateSettings, SamplingParams, Settings};
-use reasonrec_core::stage::{Stage, TaskState};
+use reasonrec_core::stage::{Split, Stage, TaskState};
 use reasonrec_store::Store;
 use reasonrec_store::datasets::DatasetRow;
 use reasonrec_store::incremental::PreviousRun;
@@ -71,34 +71,24 @@ pub struct TaskKey {
     stage: Stage,
     user: i32,
     item: i32,
-    split: u8,
-}
-
-fn split_code(split: Option<&str>) -> u8 {
-    match split {
-        None => 0,
-        Some("train") => 1,
-        Some("validation") => 2,
-        Some("test") => 3,
-        Some(_) => 255,
-    }
+    split: Option<Split>,
 }
 
 impl TaskKey {
     pub fn item_profile(item: i32) -> Self {
-        Self { stage: Stage::ItemProfile, user: -1, item, split: 0 }
+        Self { stage: Stage::ItemProfile, user: -1, item, split: None }
     }
 
     pub fn user_profile(user: i32) -> Self {
-        Self { stage: Stage::UserProfile, user, item: -1, split: 0 }
+        Self { stage: Stage::UserProfile, user, item: -1, split: None }
     }
 
-    pub fn reasoning(user: i32, item: i32, split: &str) -> Self {
-        Self { stage: Stage::Reasoning, user, item, split: split_code(Some(split)) }
+    pub fn reasoning(user: i32, item: i32, split: Split) -> Self {
+        Self { stage: Stage::Reasoning, user, item, split: Some(split) }
     }
 
-    pub fn judge(user: i32, item: i32, split: &str) -> Self {
-        Self { stage: Stage::Judge, user, item, split: split_code(Some(split)) }
+    pub fn judge(user: i32, item: i32, split: Split) -> Self {
+        Self { stage: Stage::Judge, user, item, split: Some(split) }
     }
 }
 
@@ -197,7 +187,7 @@ impl Previous {
             let (Some(user), Some(item)) = (translate(t.user_id, true), translate(t.item_id, false)) else {
                 continue;
             };
-            let key = TaskKey { stage: t.stage, user, item, split: split_code(t.split.as_deref()) };
+            let key = TaskKey { stage: t.stage, user, item, split: t.split };
             let teacher = match (t.model, t.params) {
                 (Some(model), Some(params)) => {
                     let n = teachers.len() as u32;
@@ -357,10 +347,10 @@ mod tests {
 
     #[test]
     fn an_unchanged_done_task_is_reused_and_any_difference_redoes_it_with_its_reason() {
-        let key = TaskKey::reasoning(1, 2, "test");
+        let key = TaskKey::reasoning(1, 2, Split::Test);
         let p = previous(vec![(key, done(0, 100))], RegenerateSettings::default(), vec![]);
         assert_eq!(p.decide(&key, Some(&FP), false), Decision::Reuse { output_key: OUT, despite: None });
-        assert_eq!(p.decide(&TaskKey::reasoning(1, 3, "test"), Some(&FP), false), Decision::Redo(Reason::New));
+        assert_eq!(p.decide(&TaskKey::reasoning(1, 3, Split::Test), Some(&FP), false), Decision::Redo(Reason::New));
         assert_eq!(p.decide(&key, Some(&OTHER_FP), false), Decision::Redo(Reason::InputChanged));
         assert_eq!(p.decide(&key, None, false), Decision::Redo(Reason::InputChanged), "no fingerprint: never reused");
         assert_eq!(

@@ -23,7 +23,7 @@ use reasonrec_core::data::{Family, Interaction};
 use reasonrec_core::inputs::{HistoryEntry, ItemProfileInput, ReasoningInput, UserProfileInput};
 use reasonrec_core::key::KEY_SALT_FIELD;
 use reasonrec_core::settings::{RunRoute, Settings};
-use reasonrec_core::stage::Stage;
+use reasonrec_core::stage::{Split, Stage};
 use reasonrec_store::Store;
 use reasonrec_store::StoreError;
 use reasonrec_store::datasets::DatasetRow;
@@ -158,7 +158,7 @@ struct Planner<'a> {
     params: PlanParams,
     settings: &'a Settings,
     /// (user, split) targets left out by label balancing.
-    dropped: HashSet<(i32, &'static str)>,
+    dropped: HashSet<(i32, Split)>,
     item_tasks: HashMap<i32, TaskRef>,
     batch: Vec<NewTask>,
     plan: RunPlan,
@@ -337,7 +337,7 @@ impl Planner<'_> {
             subject: subject.clone(),
             user_id: Some(user),
             item_id: Some(t.item),
-            split: Some(t.split.to_string()),
+            split: Some(t.split),
             label: Some(t.label),
             input: self.input(&d, input),
             deps,
@@ -354,7 +354,7 @@ impl Planner<'_> {
                 subject,
                 user_id: Some(user),
                 item_id: Some(t.item),
-                split: Some(t.split.to_string()),
+                split: Some(t.split),
                 label: Some(t.label),
                 input,
                 deps: Vec::new(),
@@ -424,8 +424,8 @@ impl<'a> UserGroups<'a> {
 }
 
 /// Deterministic order for label balancing.
-fn mix(seed: u64, user: i32, split: &str) -> u64 {
-    let mut x = seed ^ (u64::from(user as u32) << 8) ^ split.len() as u64 ^ 0x9E37_79B9_7F4A_7C15;
+fn mix(seed: u64, user: i32, split: Split) -> u64 {
+    let mut x = seed ^ (u64::from(user as u32) << 8) ^ split.as_str().len() as u64 ^ 0x9E37_79B9_7F4A_7C15;
     x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     x ^ (x >> 31)
@@ -438,8 +438,8 @@ async fn balance(
     dataset_id: i64,
     params: &PlanParams,
     s: &Settings,
-) -> Result<HashSet<(i32, &'static str)>, CoordinatorError> {
-    let mut by_split: HashMap<&'static str, (Vec<i32>, Vec<i32>)> = HashMap::new();
+) -> Result<HashSet<(i32, Split)>, CoordinatorError> {
+    let mut by_split: HashMap<Split, (Vec<i32>, Vec<i32>)> = HashMap::new();
     let mut users = UserGroups::new(store, dataset_id, s.sampling.max_users);
     while let Some(rows) = users.next_user().await? {
         let user = rows[0].user_id;
@@ -514,7 +514,7 @@ pub async fn plan_run(
     opts: PlanOptions,
 ) -> Result<RunPlan, CoordinatorError> {
     let ds = store.find_dataset(dataset, None).await?;
-    let family = Store::parse_family(&ds.family)?;
+    let family = ds.family;
     let fingerprinter = load_fingerprinter(settings, family, opts)?;
     let previous_run =
         if opts.incremental || opts.dry_run { store.latest_completed_run(&ds.name).await? } else { None };

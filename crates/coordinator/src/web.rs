@@ -247,7 +247,7 @@ impl TasksQuery {
         let filter = reasonrec_store::browse::TaskFilter {
             stage: param("stage", &self.stage)?,
             state: param("state", &self.state)?,
-            split: text(&self.split),
+            split: param("split", &self.split)?,
             label: param("label", &self.label)?,
             error_class: text(&self.error_class),
             model: text(&self.model),

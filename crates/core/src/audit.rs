@@ -2,8 +2,6 @@
 //! the error rate a stage's audited sample suggests.
 
 use serde::{Deserialize, Serialize};
-use std::fmt;
-use std::str::FromStr;
 
 /// A reviewer's verdict on an output (`audit_marks.verdict`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -13,32 +11,10 @@ pub enum Verdict {
     Rejected,
 }
 
-impl Verdict {
-    pub const ALL: [Verdict; 2] = [Verdict::Approved, Verdict::Rejected];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Verdict::Approved => "approved",
-            Verdict::Rejected => "rejected",
-        }
-    }
-}
-
-impl fmt::Display for Verdict {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Verdict {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Verdict::ALL
-            .into_iter()
-            .find(|v| v.as_str() == s)
-            .ok_or_else(|| format!("unknown verdict {s:?} (approved or rejected)"))
-    }
-}
+crate::vocabulary!(Verdict, "verdict", {
+    Approved => "approved",
+    Rejected => "rejected",
+});
 
 /// Which outputs `train export` writes, by their marks.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -13,15 +13,11 @@ pub enum Family {
     Generic,
 }
 
-impl Family {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Family::Movielens => "movielens",
-            Family::Amazon => "amazon",
-            Family::Generic => "generic",
-        }
-    }
-}
+crate::vocabulary!(Family, "dataset family", {
+    Movielens => "movielens",
+    Amazon => "amazon",
+    Generic => "generic",
+});
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct User {

@@ -18,6 +18,8 @@
 //! - [`key`]: content keys of the output ledger (what makes a write idempotent and reusable).
 //! - [`validate`]: checks applied to a teacher's answer before it is stored.
 //! - [`view`]: items as prompt templates see them (shared by teacher and student prompts).
+//! - [`vocab`]: how a word of the vocabulary (stage, state, split, family, verdict) is spelled
+//!   and parsed; what the store's rows decode through.
 
 pub mod attempt;
 pub mod audit;
@@ -37,10 +39,11 @@ pub mod task_view;
 pub mod terminal;
 pub mod validate;
 pub mod view;
+pub mod vocab;
 
 pub use error::CoreError;
 pub use key::OutputKey;
 pub use message::TaskMessage;
 pub use prompt::{ChatMessage, PromptLibrary, RenderedPrompt};
 pub use settings::Settings;
-pub use stage::{Stage, TaskState};
+pub use stage::{RunState, Split, Stage, TaskState};

@@ -142,25 +142,12 @@ impl RunRoute {
     pub fn of(teacher: &TeacherSettings) -> Self {
         if teacher.endpoints.iter().any(|e| e.mode == EndpointMode::Batch) { RunRoute::Batch } else { RunRoute::Live }
     }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RunRoute::Live => "live",
-            RunRoute::Batch => "batch",
-        }
-    }
 }
 
-impl std::str::FromStr for RunRoute {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "live" => Ok(RunRoute::Live),
-            "batch" => Ok(RunRoute::Batch),
-            other => Err(format!("unknown run route {other:?}")),
-        }
-    }
-}
+crate::vocabulary!(RunRoute, "run route", {
+    Live => "live",
+    Batch => "batch",
+});
 
 /// What `reasonrec run prune` (and, with `on_schedule`, the leader after each scheduled tick)
 /// deletes: the task rows of finished runs outside the policy, the ledger outputs no remaining
@@ -304,7 +291,7 @@ pub struct SamplingSettings {
     pub profile_window: usize,
     /// Which leave-last-out splits get reasoning tasks: test = last interaction, validation =
     /// second to last, train = the ones before.
-    pub splits: Vec<String>,
+    pub splits: Vec<crate::stage::Split>,
     /// Train targets per user, latest first (0 = every eligible one).
     pub train_targets_per_user: usize,
     /// Cap on the number of users planned (0 = all), taken in user order.
@@ -337,7 +324,7 @@ impl Default for SamplingSettings {
             min_interactions: 3,
             min_history: 1,
             profile_window: 15,
-            splits: vec!["train".into(), "validation".into(), "test".into()],
+            splits: crate::stage::Split::ALL.to_vec(),
             train_targets_per_user: 1,
             max_users: 0,
             balance_labels: false,
@@ -889,11 +876,6 @@ impl Settings {
         }
         if self.broker.retry_delays_secs.is_empty() || self.broker.retry_delays_secs.contains(&0) {
             return bad("broker.retry_delays_secs", "needs at least one delay, each at least 1 second".into());
-        }
-        for split in &self.sampling.splits {
-            if !matches!(split.as_str(), "train" | "validation" | "test") {
-                return bad("sampling.splits", format!("{split:?} is not one of train, validation, test"));
-            }
         }
         if self.worker.concurrency == 0 {
             return bad("worker.concurrency", "must be at least 1".into());

@@ -1,8 +1,6 @@
 //! Generation stages and task states.
 
 use serde::{Deserialize, Serialize};
-use std::fmt;
-use std::str::FromStr;
 
 /// The teacher stages of ReasoningRec. Item profiles feed user profiles, both feed reasoning. The
 /// optional judge (`[stages] judge`) scores each reasoning answer against the facts of its prompt.
@@ -15,31 +13,12 @@ pub enum Stage {
     Judge,
 }
 
-impl Stage {
-    pub const ALL: [Stage; 4] = [Stage::ItemProfile, Stage::UserProfile, Stage::Reasoning, Stage::Judge];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Stage::ItemProfile => "item_profile",
-            Stage::UserProfile => "user_profile",
-            Stage::Reasoning => "reasoning",
-            Stage::Judge => "judge",
-        }
-    }
-}
-
-impl fmt::Display for Stage {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Stage {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Stage::ALL.into_iter().find(|st| st.as_str() == s).ok_or_else(|| format!("unknown stage {s:?}"))
-    }
-}
+crate::vocabulary!(Stage, "stage", {
+    ItemProfile => "item_profile",
+    UserProfile => "user_profile",
+    Reasoning => "reasoning",
+    Judge => "judge",
+});
 
 /// Life of a task row. `waiting` -> `ready` (inputs exist) -> `published` (broker confirmed)
 /// -> `done` | `failed`. `cancelled` when its run is cancelled. A run routed to a provider's
@@ -58,40 +37,39 @@ pub enum TaskState {
     Cancelled,
 }
 
+crate::vocabulary!(TaskState, "task state", {
+    Waiting => "waiting",
+    Ready => "ready",
+    Published => "published",
+    Batched => "batched",
+    Done => "done",
+    Failed => "failed",
+    Cancelled => "cancelled",
+});
+
 impl TaskState {
-    pub const ALL: [TaskState; 7] = [
-        TaskState::Waiting,
-        TaskState::Ready,
-        TaskState::Published,
-        TaskState::Batched,
-        TaskState::Done,
-        TaskState::Failed,
-        TaskState::Cancelled,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TaskState::Waiting => "waiting",
-            TaskState::Ready => "ready",
-            TaskState::Published => "published",
-            TaskState::Batched => "batched",
-            TaskState::Done => "done",
-            TaskState::Failed => "failed",
-            TaskState::Cancelled => "cancelled",
-        }
-    }
-
     pub fn is_terminal(self) -> bool {
         matches!(self, TaskState::Done | TaskState::Failed | TaskState::Cancelled)
     }
 }
 
-impl FromStr for TaskState {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        TaskState::ALL.into_iter().find(|st| st.as_str() == s).ok_or_else(|| format!("unknown task state {s:?}"))
-    }
+/// Which part of a user's history a reasoning task's target comes from (`tasks.split`):
+/// leave-last-out gives each user's last interaction to `test`, the one before to `validation`
+/// and earlier ones to `train` ([`crate::settings::SamplingSettings::splits`] picks which are
+/// planned).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Split {
+    Train,
+    Validation,
+    Test,
 }
+
+crate::vocabulary!(Split, "split", {
+    Train => "train",
+    Validation => "validation",
+    Test => "test",
+});
 
 /// Life of a run row (`runs.state`). `planning` -> `running` <-> `paused` -> `completed` |
 /// `cancelled`; `planning` -> `failed` when the plan errored or died. `run retry-failed` moves
@@ -107,27 +85,16 @@ pub enum RunState {
     Failed,
 }
 
+crate::vocabulary!(RunState, "run state", {
+    Planning => "planning",
+    Running => "running",
+    Paused => "paused",
+    Completed => "completed",
+    Cancelled => "cancelled",
+    Failed => "failed",
+});
+
 impl RunState {
-    pub const ALL: [RunState; 6] = [
-        RunState::Planning,
-        RunState::Running,
-        RunState::Paused,
-        RunState::Completed,
-        RunState::Cancelled,
-        RunState::Failed,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RunState::Planning => "planning",
-            RunState::Running => "running",
-            RunState::Paused => "paused",
-            RunState::Completed => "completed",
-            RunState::Cancelled => "cancelled",
-            RunState::Failed => "failed",
-        }
-    }
-
     /// Its tasks may still finish (`running` or `paused`): the finishing state machine's
     /// "open run".
     pub fn is_open(self) -> bool {
@@ -137,19 +104,6 @@ impl RunState {
     /// Nothing of it will change any more (unless `run retry-failed` reopens a completed run).
     pub fn is_finished(self) -> bool {
         matches!(self, RunState::Completed | RunState::Cancelled | RunState::Failed)
-    }
-}
-
-impl fmt::Display for RunState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for RunState {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        RunState::ALL.into_iter().find(|st| st.as_str() == s).ok_or_else(|| format!("unknown run state {s:?}"))
     }
 }
 
@@ -181,6 +135,20 @@ mod tests {
         let open: Vec<_> = RunState::ALL.into_iter().filter(|s| s.is_open()).collect();
         assert_eq!(open, vec![RunState::Running, RunState::Paused]);
         assert!("done".parse::<RunState>().is_err());
+    }
+
+    #[test]
+    fn every_word_round_trips_through_its_stored_name() {
+        for sp in Split::ALL {
+            assert_eq!(Split::try_from(sp.as_str().to_string()), Ok(sp));
+            assert_eq!(serde_json::to_value(sp).ok(), Some(serde_json::Value::from(sp.as_str())));
+        }
+        for st in TaskState::ALL {
+            assert_eq!(TaskState::try_from(st.to_string()), Ok(st));
+            assert_eq!(serde_json::to_value(st).ok(), Some(serde_json::Value::from(st.as_str())));
+        }
+        let e = Split::try_from("dev".to_string()).err().map(|e| e.to_string());
+        assert_eq!(e.as_deref(), Some("unknown split \"dev\" (one of: train, validation, test)"));
     }
 
     #[test]

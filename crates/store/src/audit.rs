@@ -5,9 +5,8 @@
 use crate::error::StoreError;
 use crate::pool::Store;
 use reasonrec_core::audit::{ErrorRate, Stratum, Verdict};
-use reasonrec_core::stage::Stage;
+use reasonrec_core::stage::{Split, Stage};
 use serde::Serialize;
-use sqlx::Row;
 use std::collections::HashMap;
 use uuid::Uuid;
 
@@ -21,13 +20,15 @@ pub struct NewMark {
 }
 
 /// One output of a review sample.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
 pub struct SampleRow {
+    #[sqlx(rename = "id")]
     pub task: Uuid,
     pub stage: Stage,
     pub label: Option<bool>,
-    pub split: Option<String>,
+    pub split: Option<Split>,
     /// Hex of the output's content key.
+    #[sqlx(rename = "key")]
     pub output_key: String,
     pub text: String,
     /// The output's current mark, if it has one.
@@ -38,9 +39,9 @@ pub struct SampleRow {
 /// What was audited of a run's done outputs, per stage: `done` counts tasks, `approved` and
 /// `rejected` distinct outputs (an output several tasks share was one judgement); the same per
 /// label in `labels` (the review sample's strata).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct StageAudit {
-    pub stage: String,
+    pub stage: Stage,
     pub done: i64,
     pub approved: i64,
     pub rejected: i64,
@@ -93,24 +94,17 @@ impl StageAudit {
     }
 }
 
-/// The audit mark in column `column` of `r` (NULL: none), for every read that joins `audit_marks`.
-pub(crate) fn verdict_in<I: sqlx::ColumnIndex<sqlx::postgres::PgRow>>(
-    r: &sqlx::postgres::PgRow,
-    column: I,
-) -> Result<Option<Verdict>, StoreError> {
-    r.try_get::<Option<String>, _>(column)?.map(|v| v.parse().map_err(StoreError::Corrupt)).transpose()
-}
-
 impl Store {
     /// The output keys of those of `tasks` that are done in `run`.
     pub async fn done_output_keys(&self, run: Uuid, tasks: &[Uuid]) -> Result<HashMap<Uuid, Vec<u8>>, StoreError> {
-        let rows =
-            sqlx::query("SELECT id, output_key FROM tasks WHERE run_id = $1 AND id = ANY($2) AND state = 'done'")
-                .bind(run)
-                .bind(tasks)
-                .fetch_all(self.pool())
-                .await?;
-        rows.into_iter().map(|r| Ok((r.try_get("id")?, r.try_get("output_key")?))).collect()
+        let rows = sqlx::query_as::<_, (Uuid, Vec<u8>)>(
+            "SELECT id, output_key FROM tasks WHERE run_id = $1 AND id = ANY($2) AND state = 'done'",
+        )
+        .bind(run)
+        .bind(tasks)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows.into_iter().collect())
     }
 
     /// Records `marks` in one statement; a later mark of the same output replaces the earlier one
@@ -142,7 +136,7 @@ impl Store {
     /// Up to `per_stratum` done outputs of `run` for each (stage, label), chosen by `seed` (the
     /// same seed gives the same sample), in stage, label and draw order.
     pub async fn audit_sample(&self, run: Uuid, per_stratum: i64, seed: u64) -> Result<Vec<SampleRow>, StoreError> {
-        let rows = sqlx::query(
+        Ok(sqlx::query_as::<_, SampleRow>(
             "WITH drawn AS (
                  SELECT t.id, t.stage, t.label, t.split, t.output_key,
                         row_number() OVER (PARTITION BY t.stage, t.label ORDER BY md5(t.id::text || $3)) AS draw
@@ -157,28 +151,13 @@ impl Store {
         .bind(per_stratum)
         .bind(seed.to_string())
         .fetch_all(self.pool())
-        .await?;
-        rows.into_iter()
-            .map(|r| {
-                let stage: String = r.try_get("stage")?;
-                Ok(SampleRow {
-                    task: r.try_get("id")?,
-                    stage: stage.parse().map_err(StoreError::Corrupt)?,
-                    label: r.try_get("label")?,
-                    split: r.try_get("split")?,
-                    output_key: r.try_get("key")?,
-                    text: r.try_get("text")?,
-                    verdict: verdict_in(&r, "verdict")?,
-                    reason: r.try_get("reason")?,
-                })
-            })
-            .collect()
+        .await?)
     }
 
     /// Per stage and label: the run's done tasks and how many of their outputs are approved
     /// and rejected.
     pub async fn audit_counts(&self, run: Uuid) -> Result<Vec<StageAudit>, StoreError> {
-        let rows = sqlx::query(
+        let rows = sqlx::query_as::<_, (Stage, Option<bool>, i64, i64, i64)>(
             "SELECT t.stage, t.label, count(*) AS done,
                     count(DISTINCT a.output_key) FILTER (WHERE a.verdict = 'approved') AS approved,
                     count(DISTINCT a.output_key) FILTER (WHERE a.verdict = 'rejected') AS rejected
@@ -189,16 +168,10 @@ impl Store {
         .fetch_all(self.pool())
         .await?;
         let mut stages: Vec<StageAudit> = Vec::new();
-        for r in rows {
-            let stage: String = r.try_get("stage")?;
-            let label = LabelAudit {
-                label: r.try_get("label")?,
-                done: r.try_get("done")?,
-                approved: r.try_get("approved")?,
-                rejected: r.try_get("rejected")?,
-            };
+        for (stage, label, done, approved, rejected) in rows {
+            let label = LabelAudit { label, done, approved, rejected };
             if stages.last().is_none_or(|s| s.stage != stage) {
-                stages.push(StageAudit { stage, ..StageAudit::default() });
+                stages.push(StageAudit { stage, done: 0, approved: 0, rejected: 0, labels: Vec::new() });
             }
             if let Some(s) = stages.last_mut() {
                 s.done += label.done;
@@ -219,7 +192,7 @@ pub struct RejectionCount {
     pub hour: chrono::DateTime<chrono::Utc>,
     pub run_id: Uuid,
     /// None once retention pruned the run's tasks (its attempts stay).
-    pub stage: Option<String>,
+    pub stage: Option<Stage>,
     /// The stage's template version in the run's settings snapshot.
     pub template_version: Option<String>,
     pub endpoint: String,
@@ -233,7 +206,7 @@ pub struct RejectionCount {
 /// Audit marks of the outputs made with one (stage, template version, model).
 #[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
 pub struct AuditByTemplate {
-    pub stage: String,
+    pub stage: Stage,
     pub template_version: String,
     pub model: String,
     pub approved: i64,
@@ -253,10 +226,10 @@ pub struct Quality {
 }
 
 /// The marks made on one day on the outputs of one (stage, template version).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
 pub struct AuditByDay {
     pub day: chrono::DateTime<chrono::Utc>,
-    pub stage: String,
+    pub stage: Stage,
     pub template_version: String,
     pub verdict: Verdict,
     pub marks: i64,
@@ -268,7 +241,7 @@ impl Store {
     /// `run`'s dataset name created within `days` days of it. Each run's attempts are read
     /// through their run index; the marks through the outputs those runs' tasks hold.
     pub async fn quality(&self, run: Uuid, days: i32) -> Result<Quality, StoreError> {
-        let head = sqlx::query(
+        let (dataset, runs) = sqlx::query_as::<_, (String, Vec<Uuid>)>(
             "SELECT d.name, array_agg(r2.id ORDER BY r2.created_at) AS runs
              FROM runs r JOIN datasets d ON d.id = r.dataset_id
              JOIN datasets d2 ON d2.name = d.name JOIN runs r2 ON r2.dataset_id = d2.id
@@ -280,11 +253,10 @@ impl Store {
         .fetch_optional(self.pool())
         .await?
         .ok_or_else(|| StoreError::NotFound(format!("run {run}")))?;
-        let runs: Vec<Uuid> = head.try_get("runs")?;
         let rejections = self.rejection_counts(&runs).await?;
         let audit = self.audit_by_template(&runs).await?;
         let audit_by_day = self.audit_by_day(&runs).await?;
-        Ok(Quality { dataset: head.try_get("name")?, runs, rejections, audit, audit_by_day })
+        Ok(Quality { dataset, runs, rejections, audit, audit_by_day })
     }
 
     /// Accepted and rejected answers of `runs` per hour, stage, template version, endpoint,
@@ -321,7 +293,7 @@ impl Store {
 
     /// The same marks per day they were made, stage, template version and verdict.
     async fn audit_by_day(&self, runs: &[Uuid]) -> Result<Vec<AuditByDay>, StoreError> {
-        sqlx::query(
+        Ok(sqlx::query_as(
             "SELECT date_trunc('day', m.marked_at) AS day, o.stage, o.template_version, m.verdict, count(*) AS marks
              FROM audit_marks m JOIN outputs o ON o.key = m.output_key
              WHERE m.output_key IN (SELECT output_key FROM tasks WHERE run_id = ANY($1) AND output_key IS NOT NULL)
@@ -329,17 +301,6 @@ impl Store {
         )
         .bind(runs)
         .fetch_all(self.pool())
-        .await?
-        .iter()
-        .map(|r| {
-            Ok(AuditByDay {
-                day: r.try_get("day")?,
-                stage: r.try_get("stage")?,
-                template_version: r.try_get("template_version")?,
-                verdict: r.try_get::<String, _>("verdict")?.parse().map_err(StoreError::Corrupt)?,
-                marks: r.try_get("marks")?,
-            })
-        })
-        .collect()
+        .await?)
     }
 }

@@ -13,7 +13,7 @@ use crate::error::StoreError;
 use crate::pool::{Store, Tx};
 use reasonrec_core::key::OutputKey;
 use reasonrec_core::settings::Protocol;
-use reasonrec_core::stage::{RunState, Stage};
+use reasonrec_core::stage::{RunState, Stage, TaskState};
 use sqlx::{Connection, Row};
 use std::collections::HashSet;
 use uuid::Uuid;
@@ -22,7 +22,8 @@ use uuid::Uuid;
 const LOCK_CLASS: i32 = 0x7272_6274;
 
 /// The state of a batch row.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum BatchState {
     Building,
     Submitting,
@@ -31,30 +32,16 @@ pub enum BatchState {
     Failed,
 }
 
-impl BatchState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BatchState::Building => "building",
-            BatchState::Submitting => "submitting",
-            BatchState::Submitted => "submitted",
-            BatchState::Ended => "ended",
-            BatchState::Failed => "failed",
-        }
-    }
-}
-
-impl std::str::FromStr for BatchState {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        [BatchState::Building, BatchState::Submitting, BatchState::Submitted, BatchState::Ended, BatchState::Failed]
-            .into_iter()
-            .find(|b| b.as_str() == s)
-            .ok_or_else(|| format!("unknown batch state {s:?}"))
-    }
-}
+reasonrec_core::vocabulary!(BatchState, "batch state", {
+    Building => "building",
+    Submitting => "submitting",
+    Submitted => "submitted",
+    Ended => "ended",
+    Failed => "failed",
+});
 
 /// An open batch row.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct BatchRow {
     pub id: Uuid,
     pub run_id: Uuid,
@@ -82,7 +69,7 @@ pub struct Found<'a> {
 }
 
 /// A run the batch submitter feeds.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct BatchRun {
     pub id: Uuid,
     pub deadline: Option<chrono::DateTime<chrono::Utc>>,
@@ -92,7 +79,7 @@ pub struct BatchRun {
 
 /// A running batch run and the batch work it has left ([`Store::batch_deadlines`],
 /// [`Store::batch_work`]).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct DeadlineRun {
     pub id: Uuid,
     pub deadline: Option<chrono::DateTime<chrono::Utc>>,
@@ -144,9 +131,9 @@ pub struct LineRow {
 pub type LineOutcome = (i32, &'static str, Option<Vec<(String, String)>>);
 
 /// A run's batches in one state (`run status`).
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
 pub struct BatchCount {
-    pub state: String,
+    pub state: BatchState,
     pub batches: i64,
     pub lines: i64,
     pub done_lines: i64,
@@ -256,7 +243,7 @@ impl Store {
 
     /// Running runs routed to a Batch API that have ready tasks, by priority then age.
     pub async fn batch_runs(&self) -> Result<Vec<BatchRun>, StoreError> {
-        let rows = sqlx::query(
+        Ok(sqlx::query_as(
             "SELECT r.id, r.deadline,
                     EXISTS (SELECT 1 FROM tasks w WHERE w.run_id = r.id AND w.state = 'waiting') AS waiting
              FROM runs r
@@ -265,10 +252,7 @@ impl Store {
              ORDER BY r.priority DESC, r.created_at",
         )
         .fetch_all(self.pool())
-        .await?;
-        rows.into_iter()
-            .map(|r| Ok(BatchRun { id: r.try_get(0)?, deadline: r.try_get(1)?, waiting: r.try_get(2)? }))
-            .collect()
+        .await?)
     }
 
     /// Running runs routed to a Batch API that have a deadline, with the work they have left:
@@ -286,31 +270,20 @@ impl Store {
 
     /// Running batch runs with their work left: `run_id`, or every one with a deadline.
     async fn batch_runs_left(&self, run_id: Option<Uuid>) -> Result<Vec<DeadlineRun>, StoreError> {
-        let rows = sqlx::query(
+        Ok(sqlx::query_as(
             "SELECT r.id, r.deadline,
                     (SELECT count(*) FROM tasks t WHERE t.run_id = r.id AND t.state IN ('ready', 'waiting')
                                                         AND NOT t.live_reask) AS unsent,
                     (SELECT count(*) FROM tasks t WHERE t.run_id = r.id AND t.state = 'batched') AS batched,
                     ARRAY(SELECT b.submitted_at FROM batches b
                           WHERE b.run_id = r.id AND b.state IN ('building', 'submitting', 'submitted')
-                            AND b.copy_of IS NULL) AS open
+                            AND b.copy_of IS NULL) AS open_submitted
              FROM runs r WHERE r.state = 'running' AND r.route = 'batch'
                AND (r.id = $1 OR ($1 IS NULL AND r.deadline IS NOT NULL))",
         )
         .bind(run_id)
         .fetch_all(self.pool())
-        .await?;
-        rows.into_iter()
-            .map(|r| {
-                Ok(DeadlineRun {
-                    id: r.try_get(0)?,
-                    deadline: r.try_get(1)?,
-                    unsent: r.try_get(2)?,
-                    batched: r.try_get(3)?,
-                    open_submitted: r.try_get(4)?,
-                })
-            })
-            .collect()
+        .await?)
     }
 
     /// Sets (or clears) the time by which a run must be finished.
@@ -386,7 +359,7 @@ impl Store {
         .bind(owner)
         .execute(&mut *tx)
         .await?;
-        let claimed = sqlx::query(
+        let claimed = sqlx::query_as::<_, (Uuid, i32)>(
             "WITH picked AS (
                  SELECT id FROM tasks WHERE run_id = $1 AND state = 'ready' AND NOT live_reask
                  ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED
@@ -403,8 +376,7 @@ impl Store {
             tx.rollback().await?;
             return Ok(None);
         }
-        let mut tasks: Vec<(Uuid, i32)> =
-            claimed.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect::<Result<_, sqlx::Error>>()?;
+        let mut tasks = claimed;
         tasks.sort_unstable();
         let lines = write_lines(&mut tx, id, &tasks).await?;
         sqlx::query("UPDATE batches SET lines = $2 WHERE id = $1")
@@ -584,7 +556,7 @@ impl Store {
 
     /// The open batches of `endpoint`, oldest first.
     pub async fn open_batches(&self, endpoint: &str) -> Result<Vec<BatchRow>, StoreError> {
-        let rows = sqlx::query(
+        Ok(sqlx::query_as(
             "SELECT b.id, b.run_id, r.state AS run_state, b.state, b.lines, b.provider_id, b.submit_started_at,
                     b.submitted_at, b.create_attempted_at, b.cancel_requested_at IS NOT NULL AS cancel_requested,
                     CASE WHEN r.route = 'live' THEN r.deadline END AS spilled_deadline, b.copy_of
@@ -594,27 +566,7 @@ impl Store {
         )
         .bind(endpoint)
         .fetch_all(self.pool())
-        .await?;
-        rows.into_iter()
-            .map(|r| {
-                let run_state: String = r.try_get("run_state")?;
-                let state: String = r.try_get("state")?;
-                Ok(BatchRow {
-                    id: r.try_get("id")?,
-                    run_id: r.try_get("run_id")?,
-                    run_state: run_state.parse().map_err(StoreError::Corrupt)?,
-                    state: state.parse().map_err(StoreError::Corrupt)?,
-                    lines: r.try_get("lines")?,
-                    provider_id: r.try_get("provider_id")?,
-                    submit_started_at: r.try_get("submit_started_at")?,
-                    submitted_at: r.try_get("submitted_at")?,
-                    create_attempted_at: r.try_get("create_attempted_at")?,
-                    cancel_requested: r.try_get("cancel_requested")?,
-                    spilled_deadline: r.try_get("spilled_deadline")?,
-                    copy_of: r.try_get("copy_of")?,
-                })
-            })
-            .collect()
+        .await?)
     }
 
     /// The provider ids our rows hold, of every endpoint (several endpoints may share one
@@ -652,13 +604,12 @@ impl Store {
         .await?;
         rows.into_iter()
             .map(|r| {
-                let stage: String = r.try_get("stage")?;
                 let key: Option<Vec<u8>> = r.try_get("output_key")?;
                 Ok(LineRow {
                     line: r.try_get("line")?,
                     task_id: r.try_get("task_id")?,
                     run_id: r.try_get("run_id")?,
-                    stage: stage.parse().map_err(StoreError::Corrupt)?,
+                    stage: r.try_get("stage")?,
                     label: r.try_get("label")?,
                     inputs_version: r.try_get("inputs_version")?,
                     reasks: r.try_get("reasks")?,
@@ -675,7 +626,7 @@ impl Store {
                     history_truncated: r.try_get("history_truncated")?,
                     prompt_tokens: r.try_get("prompt_tokens")?,
                     outcome: r.try_get("outcome")?,
-                    held_here: r.try_get::<String, _>("task_state")? == "batched"
+                    held_here: r.try_get::<TaskState, _>("task_state")? == TaskState::Batched
                         && r.try_get::<Option<Uuid>, _>("task_batch")? == Some(batch_id),
                     errors_before: r.try_get("errors_before")?,
                 })
@@ -774,27 +725,16 @@ impl Store {
     /// Batches of a run by state: how many, their lines, the lines done by their answers, and
     /// spend (reserved while open, paid once ended) (`run status`).
     pub async fn batch_summary(&self, run_id: Uuid) -> Result<Vec<BatchCount>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT b.state, count(*), COALESCE(sum(b.lines), 0)::int8,
+        Ok(sqlx::query_as(
+            "SELECT b.state, count(*) AS batches, COALESCE(sum(b.lines), 0)::int8 AS lines,
                     COALESCE(sum((SELECT count(*) FROM batch_lines l WHERE l.batch_id = b.id AND l.outcome = 'done'
-                                   AND b.copy_of IS NULL)), 0)::int8,
-                    COALESCE(sum(COALESCE(b.cost_usd, b.reserved_usd)), 0)::float8
+                                   AND b.copy_of IS NULL)), 0)::int8 AS done_lines,
+                    COALESCE(sum(COALESCE(b.cost_usd, b.reserved_usd)), 0)::float8 AS usd
              FROM batches b WHERE b.run_id = $1 GROUP BY b.state ORDER BY b.state",
         )
         .bind(run_id)
         .fetch_all(self.pool())
-        .await?;
-        rows.into_iter()
-            .map(|r| {
-                Ok(BatchCount {
-                    state: r.try_get(0)?,
-                    batches: r.try_get(1)?,
-                    lines: r.try_get(2)?,
-                    done_lines: r.try_get(3)?,
-                    usd: r.try_get(4)?,
-                })
-            })
-            .collect()
+        .await?)
     }
 }
 

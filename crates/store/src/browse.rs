@@ -14,9 +14,9 @@
 use crate::error::StoreError;
 use crate::pool::Store;
 use reasonrec_core::audit::Verdict;
-use reasonrec_core::stage::{Stage, TaskState};
+use reasonrec_core::stage::{Split, Stage, TaskState};
 use serde::{Deserialize, Serialize};
-use sqlx::{Postgres, QueryBuilder, Row};
+use sqlx::{Postgres, QueryBuilder};
 use uuid::Uuid;
 
 /// Which marks a page shows.
@@ -34,7 +34,7 @@ pub enum MarkFilter {
 pub struct TaskFilter {
     pub stage: Option<Stage>,
     pub state: Option<TaskState>,
-    pub split: Option<String>,
+    pub split: Option<Split>,
     pub label: Option<bool>,
     /// An attempt of the task ended with this error class (`rejected` for validator rejections).
     pub error_class: Option<String>,
@@ -55,13 +55,13 @@ pub struct TaskFilter {
 }
 
 /// A task as a page lists it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
 pub struct TaskListRow {
     pub id: Uuid,
     pub stage: Stage,
     pub state: TaskState,
     pub subject: String,
-    pub split: Option<String>,
+    pub split: Option<Split>,
     pub label: Option<bool>,
     pub carried: bool,
     pub model: Option<String>,
@@ -106,7 +106,7 @@ pub struct OutputView {
     pub marked_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
 pub struct AttemptView {
     pub endpoint: String,
     pub model: String,
@@ -120,7 +120,7 @@ pub struct AttemptView {
     pub cost_usd: f64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
 pub struct Upstream {
     pub id: Uuid,
     pub stage: Stage,
@@ -135,25 +135,46 @@ const LIST_COLUMNS: &str = "t.id, t.stage, t.state, t.subject, t.split, t.label,
 const LIST_FROM: &str = " FROM tasks t LEFT JOIN outputs o ON o.key = t.output_key
        LEFT JOIN audit_marks a ON a.output_key = t.output_key";
 
-fn list_row(r: &sqlx::postgres::PgRow) -> Result<TaskListRow, StoreError> {
-    let stage: String = r.try_get("stage")?;
-    let state: String = r.try_get("state")?;
-    Ok(TaskListRow {
-        id: r.try_get("id")?,
-        stage: stage.parse().map_err(StoreError::Corrupt)?,
-        state: state.parse().map_err(StoreError::Corrupt)?,
-        subject: r.try_get("subject")?,
-        split: r.try_get("split")?,
-        label: r.try_get("label")?,
-        carried: r.try_get("carried")?,
-        model: r.try_get("model")?,
-        template_version: r.try_get("template_version")?,
-        words: r.try_get("words")?,
-        verdict: crate::audit::verdict_in(r, "verdict")?,
-        score: r.try_get("score")?,
-        excerpt: r.try_get("excerpt")?,
-        last_error: r.try_get("last_error")?,
-    })
+/// What the task page reads in one statement: the list row and the output's, mark's and
+/// task's other columns (the output's are None when the task has none).
+#[derive(sqlx::FromRow)]
+struct DetailRow {
+    #[sqlx(flatten)]
+    row: TaskListRow,
+    run_id: Uuid,
+    input: serde_json::Value,
+    history_truncated: i32,
+    key: Option<String>,
+    text: Option<String>,
+    template: Option<String>,
+    params: Option<serde_json::Value>,
+    input_tokens: Option<i32>,
+    output_tokens: Option<i32>,
+    created_at: Option<chrono::DateTime<chrono::Utc>>,
+    reason: Option<String>,
+    reviewer: Option<String>,
+    marked_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl DetailRow {
+    /// The output as the page shows it; None without one (every output column is set with it).
+    fn output(&self) -> Option<OutputView> {
+        Some(OutputView {
+            key: self.key.clone()?,
+            text: self.text.clone()?,
+            template: self.template.clone()?,
+            template_version: self.row.template_version.clone().unwrap_or_default(),
+            model: self.row.model.clone().unwrap_or_default(),
+            params: self.params.clone()?,
+            input_tokens: self.input_tokens?,
+            output_tokens: self.output_tokens?,
+            created_at: self.created_at?,
+            verdict: self.row.verdict,
+            reason: self.reason.clone(),
+            reviewer: self.reviewer.clone(),
+            marked_at: self.marked_at,
+        })
+    }
 }
 
 /// A `LIKE` pattern (escape character `\`) matching any text that contains `text` as it is:
@@ -174,13 +195,13 @@ fn contains_pattern(text: &str) -> String {
 /// Appends `filter`'s conditions (every value bound, never spliced into the SQL).
 fn push_filter(q: &mut QueryBuilder<'_, Postgres>, run: Uuid, f: &TaskFilter) {
     if let Some(stage) = f.stage {
-        q.push(" AND t.stage = ").push_bind(stage.as_str());
+        q.push(" AND t.stage = ").push_bind(stage);
     }
     if let Some(state) = f.state {
-        q.push(" AND t.state = ").push_bind(state.as_str());
+        q.push(" AND t.state = ").push_bind(state);
     }
-    if let Some(split) = &f.split {
-        q.push(" AND t.split = ").push_bind(split.clone());
+    if let Some(split) = f.split {
+        q.push(" AND t.split = ").push_bind(split);
     }
     if let Some(label) = f.label {
         q.push(" AND t.label = ").push_bind(label);
@@ -315,9 +336,8 @@ impl Store {
         if filter.text.as_deref().is_none_or(str::is_empty) {
             sqlx::query("SET LOCAL max_parallel_workers_per_gather = 0").execute(&mut *tx).await?;
         }
-        let rows = q.build().persistent(false).fetch_all(&mut *tx).await?;
+        let mut rows = q.build_query_as::<TaskListRow>().persistent(false).fetch_all(&mut *tx).await?;
         tx.commit().await?;
-        let mut rows = rows.iter().map(list_row).collect::<Result<Vec<_>, _>>()?;
         self.add_judge_scores(run, &mut rows).await?;
         Ok(rows)
     }
@@ -347,7 +367,7 @@ impl Store {
 
     /// One task with its output, mark, attempts (oldest first) and upstream tasks.
     pub async fn task_detail(&self, id: Uuid) -> Result<TaskDetail, StoreError> {
-        let r = sqlx::query(&format!(
+        let r = sqlx::query_as::<_, DetailRow>(&format!(
             "SELECT {LIST_COLUMNS}, t.run_id, t.input, t.history_truncated, encode(o.key, 'hex') AS key, o.text,
                     o.template, o.params, o.input_tokens, o.output_tokens, o.created_at,
                     a.reason, a.reviewer, a.marked_at
@@ -357,43 +377,17 @@ impl Store {
         .fetch_optional(self.pool())
         .await?
         .ok_or_else(|| StoreError::NotFound(format!("task {id}")))?;
-        let mut row = list_row(&r)?;
-        let run_id: Uuid = r.try_get("run_id")?;
+        let output = r.output();
+        let DetailRow { mut row, run_id, input, history_truncated, .. } = r;
         self.add_judge_scores(run_id, std::slice::from_mut(&mut row)).await?;
-        let output = match r.try_get::<Option<String>, _>("key")? {
-            Some(key) => Some(OutputView {
-                key,
-                text: r.try_get("text")?,
-                template: r.try_get("template")?,
-                template_version: r.try_get::<Option<String>, _>("template_version")?.unwrap_or_default(),
-                model: r.try_get::<Option<String>, _>("model")?.unwrap_or_default(),
-                params: r.try_get("params")?,
-                input_tokens: r.try_get("input_tokens")?,
-                output_tokens: r.try_get("output_tokens")?,
-                created_at: r.try_get("created_at")?,
-                verdict: row.verdict,
-                reason: r.try_get("reason")?,
-                reviewer: r.try_get("reviewer")?,
-                marked_at: r.try_get("marked_at")?,
-            }),
-            None => None,
-        };
         let attempts = self.attempt_views(run_id, id).await?;
         let upstream = self.upstream_of(id).await?;
-        Ok(TaskDetail {
-            row,
-            run_id,
-            input: r.try_get("input")?,
-            history_truncated: r.try_get("history_truncated")?,
-            output,
-            attempts,
-            upstream,
-        })
+        Ok(TaskDetail { row, run_id, input, history_truncated, output, attempts, upstream })
     }
 
     /// A task's attempts, oldest first.
     async fn attempt_views(&self, run_id: Uuid, task: Uuid) -> Result<Vec<AttemptView>, StoreError> {
-        sqlx::query(
+        Ok(sqlx::query_as(
             "SELECT endpoint, model, started_at, duration_ms, http_status, error_class, error, input_tokens,
                     output_tokens, cost_usd
              FROM attempts WHERE run_id = $1 AND task_id = $2 ORDER BY started_at, id",
@@ -401,46 +395,18 @@ impl Store {
         .bind(run_id)
         .bind(task)
         .fetch_all(self.pool())
-        .await?
-        .iter()
-        .map(|a| {
-            Ok(AttemptView {
-                endpoint: a.try_get("endpoint")?,
-                model: a.try_get("model")?,
-                started_at: a.try_get("started_at")?,
-                duration_ms: a.try_get("duration_ms")?,
-                http_status: a.try_get("http_status")?,
-                error_class: a.try_get("error_class")?,
-                error: a.try_get("error")?,
-                input_tokens: a.try_get("input_tokens")?,
-                output_tokens: a.try_get("output_tokens")?,
-                cost_usd: a.try_get("cost_usd")?,
-            })
-        })
-        .collect()
+        .await?)
     }
 
     /// The tasks whose outputs a task's prompt uses.
     async fn upstream_of(&self, task: Uuid) -> Result<Vec<Upstream>, StoreError> {
-        sqlx::query(
+        Ok(sqlx::query_as(
             "SELECT u.id, u.stage, u.state, u.subject FROM task_deps d JOIN tasks u ON u.id = d.depends_on
              WHERE d.task_id = $1 ORDER BY u.stage, u.subject",
         )
         .bind(task)
         .fetch_all(self.pool())
-        .await?
-        .iter()
-        .map(|u| {
-            let stage: String = u.try_get("stage")?;
-            let state: String = u.try_get("state")?;
-            Ok(Upstream {
-                id: u.try_get("id")?,
-                stage: stage.parse().map_err(StoreError::Corrupt)?,
-                state: state.parse().map_err(StoreError::Corrupt)?,
-                subject: u.try_get("subject")?,
-            })
-        })
-        .collect()
+        .await?)
     }
 }
 

@@ -4,7 +4,6 @@ use crate::error::StoreError;
 use crate::pool::Store;
 use futures::{Stream, TryStreamExt};
 use reasonrec_core::data::{DatasetHeader, Family, Interaction, NewDataset};
-use sqlx::Row;
 
 /// What an ingest did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,7 +29,7 @@ pub struct DatasetRow {
     pub name: String,
     pub version: i32,
     pub format: String,
-    pub family: String,
+    pub family: Family,
     pub content_hash: String,
     pub n_users: i32,
     pub n_items: i32,
@@ -111,14 +110,15 @@ impl Store {
         let mut tx = self.pool().begin().await?;
         // Serialise concurrent ingests of one name so versions stay dense and hashes unique.
         sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 7701))").bind(&h.name).execute(&mut *tx).await?;
-        if let Some(row) = sqlx::query("SELECT id, version FROM datasets WHERE name = $1 AND content_hash = $2")
-            .bind(&h.name)
-            .bind(&h.content_hash)
-            .fetch_optional(&mut *tx)
-            .await?
+        if let Some((dataset_id, version)) =
+            sqlx::query_as::<_, (i64, i32)>("SELECT id, version FROM datasets WHERE name = $1 AND content_hash = $2")
+                .bind(&h.name)
+                .bind(&h.content_hash)
+                .fetch_optional(&mut *tx)
+                .await?
         {
             tx.rollback().await?;
-            return Ok(IngestOutcome::Unchanged { dataset_id: row.try_get(0)?, version: row.try_get(1)? });
+            return Ok(IngestOutcome::Unchanged { dataset_id, version });
         }
         let version: i32 = sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) + 1 FROM datasets WHERE name = $1")
             .bind(&h.name)
@@ -132,7 +132,7 @@ impl Store {
         .bind(&h.name)
         .bind(version)
         .bind(&h.format)
-        .bind(h.family.as_str())
+        .bind(h.family)
         .bind(&h.content_hash)
         .bind(&h.source)
         .fetch_one(&mut *tx)
@@ -199,22 +199,14 @@ impl Store {
         &self,
         dataset_id: i64,
     ) -> impl Stream<Item = Result<Interaction, StoreError>> + Send + '_ {
-        sqlx::query(
+        sqlx::query_as::<_, (i32, i32, f32, i64)>(
             "SELECT user_id, item_id, rating, ts FROM interactions WHERE dataset_id = $1
              ORDER BY user_id, ts, item_id",
         )
         .bind(dataset_id)
         .fetch(self.pool())
         .map_err(StoreError::from)
-        .and_then(|r| async move {
-            Ok(Interaction {
-                user_id: r.try_get(0)?,
-                item_id: r.try_get(1)?,
-                rating: r.try_get(2)?,
-                ts: r.try_get(3)?,
-                review: None,
-            })
-        })
+        .map_ok(|(user_id, item_id, rating, ts)| Interaction { user_id, item_id, rating, ts, review: None })
     }
 
     /// Deletes a dataset version (users, items, interactions). Refused by the database while a run
@@ -230,21 +222,10 @@ impl Store {
 
     /// (rating, count) over a dataset's interactions, ascending by rating.
     pub async fn rating_histogram(&self, dataset_id: i64) -> Result<Vec<(f32, i64)>, StoreError> {
-        let rows = sqlx::query("SELECT rating, count(*) FROM interactions WHERE dataset_id = $1 GROUP BY 1 ORDER BY 1")
+        Ok(sqlx::query_as("SELECT rating, count(*) FROM interactions WHERE dataset_id = $1 GROUP BY 1 ORDER BY 1")
             .bind(dataset_id)
             .fetch_all(self.pool())
-            .await?;
-        rows.into_iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
-    }
-
-    /// Family of a stored dataset, for template selection.
-    pub fn parse_family(name: &str) -> Result<Family, StoreError> {
-        match name {
-            "movielens" => Ok(Family::Movielens),
-            "amazon" => Ok(Family::Amazon),
-            "generic" => Ok(Family::Generic),
-            other => Err(StoreError::Corrupt(format!("unknown dataset family {other:?}"))),
-        }
+            .await?)
     }
 }
 

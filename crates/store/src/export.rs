@@ -5,8 +5,9 @@
 
 use crate::error::StoreError;
 use crate::pool::Store;
-use reasonrec_core::audit::AuditPolicy;
+use reasonrec_core::audit::{AuditPolicy, Verdict};
 use reasonrec_core::inputs::ReasoningInput;
+use reasonrec_core::stage::Split;
 use sqlx::Row;
 use std::collections::HashMap;
 use uuid::Uuid;
@@ -15,7 +16,7 @@ use uuid::Uuid;
 #[derive(Debug, Clone, PartialEq)]
 pub struct ExportTask {
     pub id: Uuid,
-    pub split: String,
+    pub split: Split,
     pub label: bool,
     /// The task's input, decoded straight from the stored JSON (through a `serde_json::Value`
     /// it cost a tenth of the export's CPU).
@@ -39,7 +40,7 @@ pub struct ExportTask {
 }
 
 /// Task counts of a run, for the export manifest.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, sqlx::FromRow)]
 pub struct ExportCounts {
     pub tasks: i64,
     pub done: i64,
@@ -87,7 +88,7 @@ fn export_task(r: &sqlx::postgres::PgRow) -> Result<ExportTask, StoreError> {
     let missing = |what: &str| StoreError::Corrupt(format!("reasoning task {id} has no {what}"));
     Ok(ExportTask {
         id,
-        split: r.try_get::<Option<String>, _>("split")?.ok_or_else(|| missing("split"))?,
+        split: r.try_get::<Option<Split>, _>("split")?.ok_or_else(|| missing("split"))?,
         label: r.try_get::<Option<bool>, _>("label")?.ok_or_else(|| missing("label"))?,
         input: r
             .try_get::<sqlx::types::Json<ReasoningInput>, _>("input")
@@ -103,7 +104,7 @@ fn export_task(r: &sqlx::postgres::PgRow) -> Result<ExportTask, StoreError> {
         template_version: r.try_get("template_version")?,
         model: r.try_get("model")?,
         params: r.try_get("params")?,
-        audit: crate::audit::verdict_in(r, "verdict")?,
+        audit: r.try_get("verdict")?,
         judge_score: r.try_get("judge_score")?,
     })
 }
@@ -194,17 +195,21 @@ impl Store {
              LEFT JOIN audit_marks m ON m.output_key = t.output_key
              WHERE t.run_id = $1 AND t.stage = $2 AND t.subject = ANY($3) AND t.state = 'done'"
         );
-        let rows = sqlx::query(&sql).bind(run_id).bind(stage).bind(subjects).fetch_all(self.pool()).await?;
+        let rows = sqlx::query_as::<_, (Option<i32>, String, Option<Verdict>)>(&sql)
+            .bind(run_id)
+            .bind(stage)
+            .bind(subjects)
+            .fetch_all(self.pool())
+            .await?;
         let mut out = HashMap::with_capacity(rows.len());
         let mut left_out = 0;
-        for r in rows {
-            if !policy.admits(crate::audit::verdict_in(&r, 2)?) {
+        for (id, text, verdict) in rows {
+            if !policy.admits(verdict) {
                 left_out += 1;
                 continue;
             }
-            let id: Option<i32> = r.try_get(0)?;
             if let Some(id) = id {
-                out.insert(id, r.try_get(1)?);
+                out.insert(id, text);
             }
         }
         Ok((out, left_out))
@@ -212,23 +217,16 @@ impl Store {
 
     /// How many tasks of a run there are and how many are done, overall and for reasoning.
     pub async fn export_counts(&self, run_id: Uuid) -> Result<ExportCounts, StoreError> {
-        let r = sqlx::query(
-            "SELECT count(*),
-                    count(*) FILTER (WHERE state = 'done'),
-                    count(*) FILTER (WHERE stage = 'reasoning'),
-                    count(*) FILTER (WHERE stage = 'reasoning' AND state = 'done'),
-                    count(*) FILTER (WHERE stage = 'reasoning' AND state = 'failed')
+        Ok(sqlx::query_as::<_, ExportCounts>(
+            "SELECT count(*) AS tasks,
+                    count(*) FILTER (WHERE state = 'done') AS done,
+                    count(*) FILTER (WHERE stage = 'reasoning') AS reasoning,
+                    count(*) FILTER (WHERE stage = 'reasoning' AND state = 'done') AS reasoning_done,
+                    count(*) FILTER (WHERE stage = 'reasoning' AND state = 'failed') AS reasoning_failed
              FROM tasks WHERE run_id = $1",
         )
         .bind(run_id)
         .fetch_one(self.pool())
-        .await?;
-        Ok(ExportCounts {
-            tasks: r.try_get(0)?,
-            done: r.try_get(1)?,
-            reasoning: r.try_get(2)?,
-            reasoning_done: r.try_get(3)?,
-            reasoning_failed: r.try_get(4)?,
-        })
+        .await?)
     }
 }

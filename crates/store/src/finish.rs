@@ -15,7 +15,6 @@ use reasonrec_core::attempt::AttemptRecord;
 use reasonrec_core::finishing::{Decision, FinishEvent, Kept, TaskRow, decide};
 use reasonrec_core::key::OutputKey;
 use reasonrec_core::stage::TaskState;
-use sqlx::Row;
 use std::collections::{HashMap, HashSet};
 use uuid::Uuid;
 
@@ -123,7 +122,7 @@ impl Store {
 
 /// Locks the rows of `ids` (sorted) in id order; returns what the state machine reads of them.
 async fn lock_rows(tx: &mut Tx<'_>, ids: &[Uuid]) -> Result<HashMap<Uuid, TaskRow>, StoreError> {
-    let rows = sqlx::query(
+    let rows = sqlx::query_as::<_, (Uuid, TaskState, bool, i32, bool)>(
         "SELECT t.id, t.state, t.released, t.inputs_version, r.state IN ('running', 'paused') AS run_open
          FROM tasks t JOIN runs r ON r.id = t.run_id
          WHERE t.id = ANY($1) ORDER BY t.id FOR UPDATE OF t",
@@ -131,18 +130,12 @@ async fn lock_rows(tx: &mut Tx<'_>, ids: &[Uuid]) -> Result<HashMap<Uuid, TaskRo
     .bind(ids)
     .fetch_all(&mut **tx)
     .await?;
-    rows.into_iter()
-        .map(|r| {
-            let state: String = r.try_get("state")?;
-            let row = TaskRow {
-                state: state.parse().map_err(StoreError::Corrupt)?,
-                released: r.try_get("released")?,
-                inputs_version: r.try_get("inputs_version")?,
-                run_open: r.try_get("run_open")?,
-            };
-            Ok((r.try_get("id")?, row))
+    Ok(rows
+        .into_iter()
+        .map(|(id, state, released, inputs_version, run_open)| {
+            (id, TaskRow { state, released, inputs_version, run_open })
         })
-        .collect()
+        .collect())
 }
 
 /// Inserts the batch's new answers into the ledger, each key once, whether or not its task

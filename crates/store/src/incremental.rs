@@ -6,12 +6,11 @@
 use crate::error::StoreError;
 use crate::pool::Store;
 use futures::{Stream, TryStreamExt};
-use reasonrec_core::stage::{Stage, TaskState};
-use sqlx::Row;
+use reasonrec_core::stage::{Split, Stage, TaskState};
 use uuid::Uuid;
 
 /// The run an incremental run is compared with.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct PreviousRun {
     pub id: Uuid,
     pub dataset_id: i64,
@@ -22,16 +21,17 @@ pub struct PreviousRun {
 }
 
 /// One task of the previous run, with the ledger row it ended with.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct PreviousTask {
     pub stage: Stage,
     pub user_id: Option<i32>,
     pub item_id: Option<i32>,
-    pub split: Option<String>,
+    pub split: Option<Split>,
     pub state: TaskState,
     pub fingerprint: Option<Vec<u8>>,
     pub output_key: Option<Vec<u8>>,
     /// When the output was first made (`outputs.created_at`), by whichever run made it.
+    #[sqlx(rename = "created_at")]
     pub output_created_at: Option<chrono::DateTime<chrono::Utc>>,
     /// Model and sampling parameters (JSON text) of the endpoint that made the output.
     pub model: Option<String>,
@@ -39,7 +39,7 @@ pub struct PreviousTask {
 }
 
 /// Per stage, what the previous run's outputs cost, for the dry run's estimate.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, sqlx::FromRow)]
 pub struct StageTokens {
     pub stage: String,
     /// Done tasks with an output.
@@ -57,25 +57,15 @@ impl Store {
     /// `finished_at` instead picked an older run that `run retry-failed` had reopened and
     /// finished again.)
     pub async fn latest_completed_run(&self, name: &str) -> Result<Option<PreviousRun>, StoreError> {
-        let row = sqlx::query(
-            "SELECT r.id, r.dataset_id, d.version, r.settings, r.created_at
+        Ok(sqlx::query_as::<_, PreviousRun>(
+            "SELECT r.id, r.dataset_id, d.version AS dataset_version, r.settings, r.created_at
              FROM runs r JOIN datasets d ON d.id = r.dataset_id
              WHERE d.name = $1 AND r.state = 'completed'
              ORDER BY r.created_at DESC, r.id DESC LIMIT 1",
         )
         .bind(name)
         .fetch_optional(self.pool())
-        .await?;
-        row.map(|r| {
-            Ok(PreviousRun {
-                id: r.try_get(0)?,
-                dataset_id: r.try_get(1)?,
-                dataset_version: r.try_get(2)?,
-                settings: r.try_get(3)?,
-                created_at: r.try_get(4)?,
-            })
-        })
-        .transpose()
+        .await?)
     }
 
     /// Every task of a run with its output's age and teacher, streamed (a run may have millions).
@@ -83,31 +73,15 @@ impl Store {
         &self,
         run_id: Uuid,
     ) -> impl Stream<Item = Result<PreviousTask, StoreError>> + Send + '_ {
-        sqlx::query(
+        sqlx::query_as::<_, PreviousTask>(
             "SELECT t.stage, t.user_id, t.item_id, t.split, t.state, t.fingerprint, t.output_key,
-                    o.created_at, o.model, o.params::text
+                    o.created_at, o.model, o.params::text AS params
              FROM tasks t LEFT JOIN outputs o ON o.key = t.output_key
              WHERE t.run_id = $1",
         )
         .bind(run_id)
         .fetch(self.pool())
         .map_err(StoreError::from)
-        .and_then(|r| async move {
-            let stage: String = r.try_get(0)?;
-            let state: String = r.try_get(4)?;
-            Ok(PreviousTask {
-                stage: stage.parse().map_err(StoreError::Corrupt)?,
-                user_id: r.try_get(1)?,
-                item_id: r.try_get(2)?,
-                split: r.try_get(3)?,
-                state: state.parse().map_err(StoreError::Corrupt)?,
-                fingerprint: r.try_get(5)?,
-                output_key: r.try_get(6)?,
-                output_created_at: r.try_get(7)?,
-                model: r.try_get(8)?,
-                params: r.try_get(9)?,
-            })
-        })
     }
 
     /// Every item of a dataset as (id, title, attrs as JSONB text: canonical key order), streamed.
@@ -115,66 +89,55 @@ impl Store {
         &self,
         dataset_id: i64,
     ) -> impl Stream<Item = Result<(i32, String, String), StoreError>> + Send + '_ {
-        sqlx::query("SELECT id, title, attrs::text FROM items WHERE dataset_id = $1")
+        sqlx::query_as("SELECT id, title, attrs::text FROM items WHERE dataset_id = $1")
             .bind(dataset_id)
             .fetch(self.pool())
             .map_err(StoreError::from)
-            .and_then(|r| async move { Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)) })
     }
 
     /// Per item that has reviews: SHA-256 over its reviews (rating and review JSON) in the order
     /// the worker reads them (`Store::item_reviews`), computed by Postgres in one grouped pass.
     pub async fn review_digests(&self, dataset_id: i64) -> Result<Vec<(i32, Vec<u8>)>, StoreError> {
-        let rows = sqlx::query(
+        Ok(sqlx::query_as(
             "SELECT item_id,
                     sha256(convert_to(string_agg(rating::text || ' ' || review::text, E'\\n' ORDER BY ts, user_id), 'UTF8'))
              FROM interactions WHERE dataset_id = $1 AND review IS NOT NULL GROUP BY item_id",
         )
         .bind(dataset_id)
         .fetch_all(self.pool())
-        .await?;
-        rows.into_iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
+        .await?)
     }
 
     /// (dense id, source id) of a dataset version's users.
     pub async fn user_ext_ids(&self, dataset_id: i64) -> Result<Vec<(i32, String)>, StoreError> {
-        let rows = sqlx::query("SELECT id, ext_id FROM users WHERE dataset_id = $1")
+        Ok(sqlx::query_as("SELECT id, ext_id FROM users WHERE dataset_id = $1")
             .bind(dataset_id)
             .fetch_all(self.pool())
-            .await?;
-        rows.into_iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
+            .await?)
     }
 
     /// (dense id, source id) of a dataset version's items.
     pub async fn item_ext_ids(&self, dataset_id: i64) -> Result<Vec<(i32, String)>, StoreError> {
-        let rows = sqlx::query("SELECT id, ext_id FROM items WHERE dataset_id = $1")
+        Ok(sqlx::query_as("SELECT id, ext_id FROM items WHERE dataset_id = $1")
             .bind(dataset_id)
             .fetch_all(self.pool())
-            .await?;
-        rows.into_iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
+            .await?)
     }
 
     /// Per stage: average tokens of a run's outputs and teacher calls per task it asked.
     pub async fn stage_tokens(&self, run_id: Uuid) -> Result<Vec<StageTokens>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT t.stage, count(*), avg(o.input_tokens)::float8, avg(o.output_tokens)::float8
+        let mut out = sqlx::query_as::<_, StageTokens>(
+            "SELECT t.stage, count(*) AS outputs,
+                    COALESCE(avg(o.input_tokens), 0)::float8 AS avg_input_tokens,
+                    COALESCE(avg(o.output_tokens), 0)::float8 AS avg_output_tokens,
+                    NULL::float8 AS calls_per_task
              FROM tasks t JOIN outputs o ON o.key = t.output_key
              WHERE t.run_id = $1 GROUP BY 1",
         )
         .bind(run_id)
         .fetch_all(self.pool())
         .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for r in rows {
-            out.push(StageTokens {
-                stage: r.try_get(0)?,
-                outputs: r.try_get(1)?,
-                avg_input_tokens: r.try_get::<Option<f64>, _>(2)?.unwrap_or(0.0),
-                avg_output_tokens: r.try_get::<Option<f64>, _>(3)?.unwrap_or(0.0),
-                calls_per_task: None,
-            });
-        }
-        let calls = sqlx::query(
+        let calls = sqlx::query_as::<_, (String, f64)>(
             "SELECT t.stage, count(*)::float8 / count(DISTINCT a.task_id)
              FROM attempts a JOIN tasks t ON t.id = a.task_id
              WHERE a.run_id = $1 GROUP BY 1",
@@ -182,9 +145,7 @@ impl Store {
         .bind(run_id)
         .fetch_all(self.pool())
         .await?;
-        for r in calls {
-            let stage: String = r.try_get(0)?;
-            let per_task: f64 = r.try_get(1)?;
+        for (stage, per_task) in calls {
             if let Some(s) = out.iter_mut().find(|s| s.stage == stage) {
                 s.calls_per_task = Some(per_task);
             }

@@ -2,7 +2,6 @@
 
 use crate::error::StoreError;
 use crate::pool::Store;
-use sqlx::Row;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -32,12 +31,12 @@ impl Store {
         .bind(ttl_ms)
         .execute(&mut *tx)
         .await?;
-        let rows = sqlx::query("SELECT endpoint, count(*) FROM endpoint_leases WHERE endpoint = ANY($1) GROUP BY 1")
+        let rows = sqlx::query_as("SELECT endpoint, count(*) FROM endpoint_leases WHERE endpoint = ANY($1) GROUP BY 1")
             .bind(endpoints)
             .fetch_all(&mut *tx)
             .await?;
         tx.commit().await?;
-        rows.into_iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
+        Ok(rows.into_iter().collect())
     }
 
     /// Gives up `worker`'s leases (graceful stop): the others take its share at their next renewal.

@@ -6,13 +6,14 @@
 
 use crate::error::StoreError;
 use crate::pool::Store;
+use reasonrec_core::stage::RunState;
 use serde::Serialize;
 use sqlx::Row;
 use std::collections::BTreeMap;
 use uuid::Uuid;
 
 /// A run's spending limits; None = no limit.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, sqlx::FromRow)]
 pub struct Budget {
     pub usd: Option<f64>,
     /// Input plus output tokens of every attempt.
@@ -61,7 +62,7 @@ pub fn dollars(x: f64) -> String {
 }
 
 /// What a run's teacher attempts cost so far.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, sqlx::FromRow)]
 pub struct Spend {
     pub cost_usd: f64,
     /// Input plus output tokens.
@@ -69,10 +70,11 @@ pub struct Spend {
 }
 
 /// A run's lifecycle columns.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
 pub struct Lifecycle {
-    pub state: String,
+    pub state: RunState,
     pub priority: i32,
+    #[sqlx(flatten)]
     pub budget: Budget,
     pub paused_reason: Option<String>,
 }
@@ -83,7 +85,7 @@ pub enum Gate {
     Open,
     /// The run is not `running` (paused, planning, completed, cancelled).
     Closed {
-        state: String,
+        state: RunState,
     },
     /// Spend reached the budget: the run is paused now (by this call when `paused_now`).
     BudgetReached {
@@ -98,7 +100,7 @@ pub enum PauseOutcome {
     AlreadyPaused,
     /// Only a running run can be paused.
     NotRunning {
-        state: String,
+        state: RunState,
     },
 }
 
@@ -106,7 +108,7 @@ pub enum PauseOutcome {
 pub enum ResumeOutcome {
     Resumed,
     NotPaused {
-        state: String,
+        state: RunState,
     },
     /// Spend is still at or over the budget: raise it first (`run budget`).
     OverBudget {
@@ -123,7 +125,7 @@ pub enum SnapshotOutcome {
     },
     /// Only a completed run's corpus is frozen.
     RunNotCompleted {
-        state: String,
+        state: RunState,
     },
 }
 
@@ -133,7 +135,7 @@ pub struct RunListing {
     pub run_id: Uuid,
     pub dataset: String,
     pub dataset_version: i32,
-    pub state: String,
+    pub state: RunState,
     pub paused_reason: Option<String>,
     pub priority: i32,
     pub created_at: chrono::DateTime<chrono::Utc>,
@@ -145,7 +147,7 @@ pub struct RunListing {
     pub budget: Budget,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
 pub struct Snapshot {
     pub name: String,
     pub run_id: Uuid,
@@ -154,6 +156,7 @@ pub struct Snapshot {
     pub created_at: chrono::DateTime<chrono::Utc>,
     pub note: Option<String>,
     /// Done tasks of the run, by stage.
+    #[sqlx(json)]
     pub done: BTreeMap<String, i64>,
 }
 
@@ -164,7 +167,7 @@ pub struct CorpusRef {
     pub snapshot: Option<String>,
     pub dataset: String,
     pub dataset_version: i32,
-    pub state: String,
+    pub state: RunState,
 }
 
 /// Tasks of one stage by how they differ between corpus A and corpus B.
@@ -222,17 +225,13 @@ const DONE_BY_SOURCE_ID: &str = "SELECT t.stage, concat_ws(':', 'u' || u.ext_id,
 impl Store {
     /// State, priority, budget and pause reason of a run.
     pub async fn run_lifecycle(&self, run_id: Uuid) -> Result<Lifecycle, StoreError> {
-        let r = sqlx::query("SELECT state, priority, budget_usd, budget_tokens, paused_reason FROM runs WHERE id = $1")
-            .bind(run_id)
-            .fetch_optional(self.pool())
-            .await?
-            .ok_or_else(|| StoreError::NotFound(format!("run {run_id}")))?;
-        Ok(Lifecycle {
-            state: r.try_get(0)?,
-            priority: r.try_get(1)?,
-            budget: Budget { usd: r.try_get(2)?, tokens: r.try_get(3)? },
-            paused_reason: r.try_get(4)?,
-        })
+        sqlx::query_as::<_, Lifecycle>(
+            "SELECT state, priority, budget_usd AS usd, budget_tokens AS tokens, paused_reason FROM runs WHERE id = $1",
+        )
+        .bind(run_id)
+        .fetch_optional(self.pool())
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("run {run_id}")))
     }
 
     pub async fn set_run_priority(&self, run_id: Uuid, priority: i32) -> Result<(), StoreError> {
@@ -280,16 +279,17 @@ impl Store {
     /// while deciding, so a concurrent budget change or pause waits for it.
     pub async fn resume_run(&self, run_id: Uuid) -> Result<ResumeOutcome, StoreError> {
         let mut tx = self.pool().begin().await?;
-        let r = sqlx::query("SELECT state, budget_usd, budget_tokens FROM runs WHERE id = $1 FOR UPDATE")
-            .bind(run_id)
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(format!("run {run_id}")))?;
-        let state: String = r.try_get(0)?;
-        if state != "paused" {
+        let (state, usd, tokens) = sqlx::query_as::<_, (RunState, Option<f64>, Option<i64>)>(
+            "SELECT state, budget_usd, budget_tokens FROM runs WHERE id = $1 FOR UPDATE",
+        )
+        .bind(run_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("run {run_id}")))?;
+        if state != RunState::Paused {
             return Ok(ResumeOutcome::NotPaused { state });
         }
-        let budget = Budget { usd: r.try_get(1)?, tokens: r.try_get(2)? };
+        let budget = Budget { usd, tokens };
         if budget.is_set()
             && let Some(reason) = budget.reached(&spend(&mut *tx, run_id).await?)
         {
@@ -377,12 +377,12 @@ impl Store {
         note: Option<&str>,
     ) -> Result<SnapshotOutcome, StoreError> {
         let mut tx = self.pool().begin().await?;
-        let state: String = sqlx::query_scalar("SELECT state FROM runs WHERE id = $1 FOR SHARE")
+        let state: RunState = sqlx::query_scalar("SELECT state FROM runs WHERE id = $1 FOR SHARE")
             .bind(run_id)
             .fetch_optional(&mut *tx)
             .await?
             .ok_or_else(|| StoreError::NotFound(format!("run {run_id}")))?;
-        if state != "completed" {
+        if state != RunState::Completed {
             return Ok(SnapshotOutcome::RunNotCompleted { state });
         }
         let res =
@@ -405,32 +405,16 @@ impl Store {
 
     /// Every snapshot, newest first, with its run's done tasks by stage.
     pub async fn snapshots(&self) -> Result<Vec<Snapshot>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT s.name, s.run_id, d.name, d.version, s.created_at, s.note,
+        Ok(sqlx::query_as(
+            "SELECT s.name, s.run_id, d.name AS dataset, d.version AS dataset_version, s.created_at, s.note,
                     COALESCE((SELECT jsonb_object_agg(stage, n) FROM (
                         SELECT stage, count(*) AS n FROM tasks WHERE run_id = s.run_id AND state = 'done' GROUP BY stage
-                    ) c), '{}'::jsonb)
+                    ) c), '{}'::jsonb) AS done
              FROM snapshots s JOIN runs r ON r.id = s.run_id JOIN datasets d ON d.id = r.dataset_id
              ORDER BY s.created_at DESC, s.name",
         )
         .fetch_all(self.pool())
-        .await?;
-        rows.into_iter()
-            .map(|r| {
-                let done: serde_json::Value = r.try_get(6)?;
-                let done =
-                    serde_json::from_value(done).map_err(|e| StoreError::Corrupt(format!("done counts: {e}")))?;
-                Ok(Snapshot {
-                    name: r.try_get(0)?,
-                    run_id: r.try_get(1)?,
-                    dataset: r.try_get(2)?,
-                    dataset_version: r.try_get(3)?,
-                    created_at: r.try_get(4)?,
-                    note: r.try_get(5)?,
-                    done,
-                })
-            })
-            .collect()
+        .await?)
     }
 
     /// Names of the snapshots of a run, in name order (empty: none).
@@ -456,14 +440,14 @@ impl Store {
             Ok(id) => (id, None),
             Err(_) => (self.snapshot_run(reference).await?, Some(reference.to_string())),
         };
-        let r = sqlx::query(
+        let (dataset, dataset_version, state) = sqlx::query_as::<_, (String, i32, RunState)>(
             "SELECT d.name, d.version, r.state FROM runs r JOIN datasets d ON d.id = r.dataset_id WHERE r.id = $1",
         )
         .bind(run_id)
         .fetch_optional(self.pool())
         .await?
         .ok_or_else(|| StoreError::NotFound(format!("run {run_id}")))?;
-        Ok(CorpusRef { run_id, snapshot, dataset: r.try_get(0)?, dataset_version: r.try_get(1)?, state: r.try_get(2)? })
+        Ok(CorpusRef { run_id, snapshot, dataset, dataset_version, state })
     }
 
     /// Compares the done tasks of run `a` with those of run `b`, in one statement: tasks match
@@ -491,12 +475,10 @@ impl Store {
             DONE_BY_SOURCE_ID.replace("$run", "$1"),
             DONE_BY_SOURCE_ID.replace("$run", "$2"),
         );
-        let rows = sqlx::query(&sql).bind(a).bind(b).bind(examples).fetch_all(self.pool()).await?;
+        type DiffRow = (String, String, Option<i64>, Option<i64>, Option<String>, Option<bool>, Option<bool>);
+        let rows = sqlx::query_as::<_, DiffRow>(&sql).bind(a).bind(b).bind(examples).fetch_all(self.pool()).await?;
         let mut diff = CorpusDiff::default();
-        for r in rows {
-            let stage: String = r.try_get(0)?;
-            let category: String = r.try_get(1)?;
-            let n: Option<i64> = r.try_get(2)?;
+        for (stage, category, n, label_changed, subject, label_a, label_b) in rows {
             match n {
                 Some(n) => {
                     let c = diff.by_stage.entry(stage).or_default();
@@ -505,16 +487,16 @@ impl Store {
                         "removed" => c.removed = n,
                         "changed" => {
                             c.changed = n;
-                            c.label_changed = r.try_get::<Option<i64>, _>(3)?.unwrap_or(0);
+                            c.label_changed = label_changed.unwrap_or(0);
                         }
                         _ => c.unchanged = n,
                     }
                 }
                 None => diff.examples.entry(category).or_default().push(DiffExample {
                     stage,
-                    subject: r.try_get(4)?,
-                    label_a: r.try_get(5)?,
-                    label_b: r.try_get(6)?,
+                    subject: subject.unwrap_or_default(),
+                    label_a,
+                    label_b,
                 }),
             }
         }
@@ -535,17 +517,16 @@ fn found(rows: u64, run_id: Uuid) -> Result<(), StoreError> {
 /// What a run has spent: its attempts, plus what its provider batches still open reserve (their
 /// estimated cost, counted when they are submitted, replaced by the attempts when they end).
 async fn spend<'e>(db: impl sqlx::PgExecutor<'e>, run_id: Uuid) -> Result<Spend, StoreError> {
-    let r = sqlx::query(
+    Ok(sqlx::query_as::<_, Spend>(
         "SELECT COALESCE(sum(cost_usd), 0)::float8
                   + (SELECT COALESCE(sum(reserved_usd), 0)::float8 FROM batches
-                     WHERE run_id = $1 AND state IN ('submitting', 'submitted')),
-                COALESCE(sum(input_tokens::int8 + output_tokens), 0)::int8
+                     WHERE run_id = $1 AND state IN ('submitting', 'submitted')) AS cost_usd,
+                COALESCE(sum(input_tokens::int8 + output_tokens), 0)::int8 AS tokens
          FROM attempts WHERE run_id = $1",
     )
     .bind(run_id)
     .fetch_one(db)
-    .await?;
-    Ok(Spend { cost_usd: r.try_get(0)?, tokens: r.try_get(1)? })
+    .await?)
 }
 
 #[cfg(test)]

@@ -2,16 +2,16 @@
 
 use crate::error::StoreError;
 use crate::pool::Store;
+use reasonrec_core::stage::RunState;
 use serde::Serialize;
-use sqlx::Row;
 use uuid::Uuid;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct RunSummary {
     pub run_id: Uuid,
     pub dataset: String,
     pub dataset_version: i32,
-    pub state: String,
+    pub state: RunState,
     pub priority: i32,
     pub created_at: chrono::DateTime<chrono::Utc>,
     pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
@@ -20,27 +20,15 @@ pub struct RunSummary {
 impl Store {
     /// The `limit` most recent runs, newest first, running ones before the others.
     pub async fn recent_runs(&self, limit: i64) -> Result<Vec<RunSummary>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT r.id, d.name, d.version, r.state, r.priority, r.created_at, r.finished_at
+        Ok(sqlx::query_as(
+            "SELECT r.id AS run_id, d.name AS dataset, d.version AS dataset_version, r.state, r.priority, r.created_at,
+                    r.finished_at
              FROM runs r JOIN datasets d ON d.id = r.dataset_id
              ORDER BY (r.state = 'running') DESC, r.created_at DESC LIMIT $1",
         )
         .bind(limit)
         .fetch_all(self.pool())
-        .await?;
-        rows.into_iter()
-            .map(|r| {
-                Ok(RunSummary {
-                    run_id: r.try_get(0)?,
-                    dataset: r.try_get(1)?,
-                    dataset_version: r.try_get(2)?,
-                    state: r.try_get(3)?,
-                    priority: r.try_get(4)?,
-                    created_at: r.try_get(5)?,
-                    finished_at: r.try_get(6)?,
-                })
-            })
-            .collect()
+        .await?)
     }
 
     /// A run of the dataset called `name` (any version) that is not finished yet, if any.
@@ -57,7 +45,7 @@ impl Store {
     /// Tasks of `run_id` finished per minute over its last `minutes` minutes of activity:
     /// (minute start as unix seconds, done, failed), oldest first.
     pub async fn completions_per_minute(&self, run_id: Uuid, minutes: i32) -> Result<Vec<(i64, i64, i64)>, StoreError> {
-        let rows = sqlx::query(
+        Ok(sqlx::query_as(
             "WITH last AS (SELECT max(done_at) AS t FROM tasks WHERE run_id = $1)
              SELECT extract(epoch FROM date_trunc('minute', t.done_at))::bigint AS m,
                     count(*) FILTER (WHERE t.state = 'done'), count(*) FILTER (WHERE t.state = 'failed')
@@ -69,7 +57,6 @@ impl Store {
         .bind(run_id)
         .bind(minutes)
         .fetch_all(self.pool())
-        .await?;
-        rows.into_iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?))).collect()
+        .await?)
     }
 }

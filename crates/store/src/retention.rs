@@ -13,7 +13,6 @@
 
 use crate::error::StoreError;
 use crate::pool::Store;
-use sqlx::Row;
 use uuid::Uuid;
 
 /// Which runs to keep.
@@ -143,7 +142,7 @@ impl Store {
     /// version of their name, and no run outside `pruning` (runs about to be pruned) that is
     /// not pruned uses them.
     async fn prunable_versions(&self, pruning: &[Uuid]) -> Result<Vec<(i64, String, i32)>, StoreError> {
-        let rows = sqlx::query(
+        Ok(sqlx::query_as(
             "SELECT d.id, d.name, d.version FROM datasets d
              WHERE d.pruned_at IS NULL
                AND d.version < (SELECT max(version) FROM datasets l WHERE l.name = d.name)
@@ -153,8 +152,7 @@ impl Store {
         )
         .bind(pruning)
         .fetch_all(self.pool())
-        .await?;
-        rows.into_iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?))).collect()
+        .await?)
     }
 
     /// Deletes a dataset version's interactions, users and items; its row stays, marked.

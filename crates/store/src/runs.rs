@@ -3,8 +3,7 @@
 use crate::error::StoreError;
 use crate::pool::{Store, Tx};
 use reasonrec_core::settings::RunRoute;
-use reasonrec_core::stage::{RunState, Stage, TaskState};
-use sqlx::Row;
+use reasonrec_core::stage::{RunState, Split, Stage, TaskState};
 use std::collections::BTreeMap;
 use uuid::Uuid;
 
@@ -17,7 +16,7 @@ pub struct NewTask {
     pub subject: String,
     pub user_id: Option<i32>,
     pub item_id: Option<i32>,
-    pub split: Option<String>,
+    pub split: Option<Split>,
     pub label: Option<bool>,
     pub input: serde_json::Value,
     /// Tasks of the same run whose outputs this one's prompt needs; it is `waiting` until they
@@ -43,7 +42,7 @@ pub enum Carried {
     Failed { from: Uuid, error: String },
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct RunRow {
     pub id: Uuid,
     pub dataset_id: i64,
@@ -161,26 +160,14 @@ impl Store {
     }
 
     pub async fn get_run(&self, run_id: Uuid) -> Result<RunRow, StoreError> {
-        let r = sqlx::query(
+        sqlx::query_as::<_, RunRow>(
             "SELECT id, dataset_id, state, settings, created_at, finished_at, failed_reason, pruned_at, route, deadline
              FROM runs WHERE id = $1",
         )
         .bind(run_id)
         .fetch_optional(self.pool())
         .await?
-        .ok_or_else(|| StoreError::NotFound(format!("run {run_id}")))?;
-        Ok(RunRow {
-            id: r.try_get("id")?,
-            dataset_id: r.try_get("dataset_id")?,
-            state: r.try_get::<String, _>("state")?.parse().map_err(StoreError::Corrupt)?,
-            settings: r.try_get("settings")?,
-            created_at: r.try_get("created_at")?,
-            finished_at: r.try_get("finished_at")?,
-            failed_reason: r.try_get("failed_reason")?,
-            pruned_at: r.try_get("pruned_at")?,
-            route: r.try_get::<String, _>("route")?.parse().map_err(StoreError::Corrupt)?,
-            deadline: r.try_get("deadline")?,
-        })
+        .ok_or_else(|| StoreError::NotFound(format!("run {run_id}")))
     }
 
     /// The most recently created run, for `run status` without an id.
@@ -202,7 +189,7 @@ impl Store {
     /// run routed to a provider's Batch API (`runs.route = 'batch'`) only the tasks marked for a
     /// live re-ask (`live_reask`): the batch submitter claims the others (`store::batches`).
     pub async fn ready_tasks(&self, run_id: Uuid, after: Uuid, limit: i64) -> Result<Vec<(Uuid, Stage)>, StoreError> {
-        let rows = sqlx::query(
+        let rows = sqlx::query_as::<_, (Uuid, Stage)>(
             "(SELECT id, stage FROM tasks WHERE run_id = $1 AND state = 'ready' AND id > $2
                 AND EXISTS (SELECT 1 FROM runs WHERE id = $1 AND route = 'live')
               ORDER BY id LIMIT $3)
@@ -217,13 +204,7 @@ impl Store {
         .bind(limit)
         .fetch_all(self.pool())
         .await?;
-        rows.into_iter()
-            .map(|r| {
-                let stage: String = r.try_get(1)?;
-                let stage = stage.parse::<Stage>().map_err(StoreError::Corrupt)?;
-                Ok((r.try_get(0)?, stage))
-            })
-            .collect()
+        Ok(rows)
     }
 
     /// Tasks of a run that are published and not finished.
@@ -247,7 +228,7 @@ impl Store {
         if ids.is_empty() {
             return Ok((0, None));
         }
-        let r = sqlx::query(
+        let (n, at) = sqlx::query_as::<_, (i64, chrono::DateTime<chrono::Utc>)>(
             "WITH marked AS (
                  UPDATE tasks
                  SET state = CASE WHEN state = 'ready' THEN 'published' ELSE state END,
@@ -261,7 +242,7 @@ impl Store {
         .bind(ids)
         .fetch_one(self.pool())
         .await?;
-        Ok((r.try_get::<i64, _>(0)? as u64, Some(r.try_get(1)?)))
+        Ok((n as u64, Some(at)))
     }
 
     /// The database's clock: timestamps the outbox compares with `published_at`.
@@ -389,11 +370,13 @@ impl Store {
     /// What the coordinator's run gauges show: the run's tasks by state and its spend. Two
     /// statements (`run_counts` runs seven, three of them over every task of the run).
     pub async fn run_gauges(&self, run_id: Uuid) -> Result<(BTreeMap<String, i64>, f64), StoreError> {
-        let rows = sqlx::query("SELECT state, count(*) FROM tasks WHERE run_id = $1 GROUP BY 1")
-            .bind(run_id)
-            .fetch_all(self.pool())
-            .await?;
-        let by_state = rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect::<Result<_, sqlx::Error>>()?;
+        let by_state =
+            sqlx::query_as::<_, (String, i64)>("SELECT state, count(*) FROM tasks WHERE run_id = $1 GROUP BY 1")
+                .bind(run_id)
+                .fetch_all(self.pool())
+                .await?
+                .into_iter()
+                .collect();
         let cost: f64 = sqlx::query_scalar("SELECT COALESCE(sum(cost_usd), 0)::float8 FROM attempts WHERE run_id = $1")
             .bind(run_id)
             .fetch_one(self.pool())
@@ -403,12 +386,13 @@ impl Store {
 
     pub async fn run_counts(&self, run_id: Uuid) -> Result<RunCounts, StoreError> {
         let mut c = RunCounts::default();
-        let rows = sqlx::query("SELECT stage, state, count(*) FROM tasks WHERE run_id = $1 GROUP BY 1, 2")
-            .bind(run_id)
-            .fetch_all(self.pool())
-            .await?;
-        for r in rows {
-            let (stage, state, n): (String, String, i64) = (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
+        let rows = sqlx::query_as::<_, (String, String, i64)>(
+            "SELECT stage, state, count(*) FROM tasks WHERE run_id = $1 GROUP BY 1, 2",
+        )
+        .bind(run_id)
+        .fetch_all(self.pool())
+        .await?;
+        for (stage, state, n) in rows {
             c.total += n;
             match state.as_str() {
                 "done" => c.done += n,
@@ -417,7 +401,7 @@ impl Store {
             }
             c.by_stage.entry(stage).or_default().insert(state, n);
         }
-        let r = sqlx::query(
+        (c.truncated_prompts, c.dropped_overlong, c.carried_done, c.carried_failed) = sqlx::query_as(
             "SELECT count(*) FILTER (WHERE history_truncated > 0),
                     count(*) FILTER (WHERE state = 'failed' AND last_error LIKE 'prompt too long%'),
                     count(*) FILTER (WHERE carried_from IS NOT NULL AND state = 'done'),
@@ -427,11 +411,7 @@ impl Store {
         .bind(run_id)
         .fetch_one(self.pool())
         .await?;
-        c.truncated_prompts = r.try_get(0)?;
-        c.dropped_overlong = r.try_get(1)?;
-        c.carried_done = r.try_get(2)?;
-        c.carried_failed = r.try_get(3)?;
-        let r = sqlx::query(
+        (c.published_ever, c.messages_published, c.replanned, c.done_last_minute, c.elapsed_secs) = sqlx::query_as(
             "SELECT count(*) FILTER (WHERE published_at IS NOT NULL),
                     COALESCE(sum(publishes), 0)::int8, COALESCE(sum(replanned), 0)::int8,
                     count(*) FILTER (WHERE done_at > now() - interval '60 seconds'),
@@ -441,12 +421,7 @@ impl Store {
         .bind(run_id)
         .fetch_one(self.pool())
         .await?;
-        c.published_ever = r.try_get(0)?;
-        c.messages_published = r.try_get(1)?;
-        c.replanned = r.try_get(2)?;
-        c.done_last_minute = r.try_get(3)?;
-        c.elapsed_secs = r.try_get(4)?;
-        let r = sqlx::query(
+        (c.teacher_calls, c.input_tokens, c.output_tokens, c.cost_usd) = sqlx::query_as(
             "SELECT count(*), COALESCE(sum(input_tokens), 0)::int8, COALESCE(sum(output_tokens), 0)::int8,
                     COALESCE(sum(cost_usd), 0)::float8
              FROM attempts WHERE run_id = $1",
@@ -454,28 +429,22 @@ impl Store {
         .bind(run_id)
         .fetch_one(self.pool())
         .await?;
-        c.teacher_calls = r.try_get(0)?;
-        c.input_tokens = r.try_get(1)?;
-        c.output_tokens = r.try_get(2)?;
-        c.cost_usd = r.try_get(3)?;
-        let rows = sqlx::query(
+        c.errors = sqlx::query_as::<_, (String, i64)>(
             "SELECT error_class, count(*) FROM attempts WHERE run_id = $1 AND error_class IS NOT NULL GROUP BY 1 ORDER BY 2 DESC",
         )
         .bind(run_id)
         .fetch_all(self.pool())
-        .await?;
-        for r in rows {
-            c.errors.insert(r.try_get(0)?, r.try_get(1)?);
-        }
-        let rows = sqlx::query(
+        .await?
+        .into_iter()
+        .collect();
+        let rows = sqlx::query_as::<_, (String, String, i64)>(
             "SELECT t.stage, split_part(a.error, ':', 1), count(*) FROM attempts a JOIN tasks t ON t.id = a.task_id
              WHERE a.run_id = $1 AND a.error_class = 'rejected' GROUP BY 1, 2",
         )
         .bind(run_id)
         .fetch_all(self.pool())
         .await?;
-        for r in rows {
-            let (stage, code, n): (String, String, i64) = (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
+        for (stage, code, n) in rows {
             c.rejections.entry(stage).or_default().insert(code, n);
         }
         Ok(c)
@@ -526,7 +495,7 @@ impl<'a> TaskColumns<'a> {
             c.subjects.push(t.subject.as_str());
             c.users.push(t.user_id);
             c.items.push(t.item_id);
-            c.splits.push(t.split.as_deref());
+            c.splits.push(t.split.map(Split::as_str));
             c.labels.push(t.label);
             c.inputs.push(t.input.to_string());
             c.deps.push(t.pending_deps);

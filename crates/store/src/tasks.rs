@@ -7,13 +7,12 @@ use crate::error::StoreError;
 use crate::pool::Store;
 use reasonrec_core::data::Family;
 use reasonrec_core::key::OutputKey;
-use reasonrec_core::stage::{RunState, Stage, TaskState};
-use sqlx::Row;
+use reasonrec_core::stage::{RunState, Split, Stage, TaskState};
 use std::collections::HashMap;
 use uuid::Uuid;
 
 /// A task with what its prompt is rendered from.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct TaskContext {
     pub id: Uuid,
     pub run_id: Uuid,
@@ -24,7 +23,7 @@ pub struct TaskContext {
     pub family: Family,
     pub user_id: Option<i32>,
     pub item_id: Option<i32>,
-    pub split: Option<String>,
+    pub split: Option<Split>,
     pub label: Option<bool>,
     pub input: serde_json::Value,
     /// Bumped when an upstream output changed after the task was made ready; a completion
@@ -35,7 +34,7 @@ pub struct TaskContext {
     pub live_reask: bool,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct ItemRow {
     pub id: i32,
     pub title: String,
@@ -43,7 +42,7 @@ pub struct ItemRow {
 }
 
 /// The output of an upstream task, as a downstream prompt uses it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct DependencyOutput {
     pub stage: Stage,
     pub user_id: Option<i32>,
@@ -98,7 +97,7 @@ impl Store {
 
     /// The tasks of `ids` that exist, with their run's state and dataset (one query).
     pub async fn load_tasks(&self, ids: &[Uuid]) -> Result<Vec<TaskContext>, StoreError> {
-        let rows = sqlx::query(
+        Ok(sqlx::query_as::<_, TaskContext>(
             "SELECT t.id, t.run_id, t.stage, t.state, r.state AS run_state, r.dataset_id, d.family,
                     t.user_id, t.item_id, t.split, t.label, t.input, t.inputs_version, t.live_reask
              FROM tasks t JOIN runs r ON r.id = t.run_id JOIN datasets d ON d.id = r.dataset_id
@@ -106,30 +105,7 @@ impl Store {
         )
         .bind(ids)
         .fetch_all(self.pool())
-        .await?;
-        rows.into_iter()
-            .map(|r| {
-                let stage: String = r.try_get("stage")?;
-                let state: String = r.try_get("state")?;
-                let family: String = r.try_get("family")?;
-                Ok(TaskContext {
-                    id: r.try_get("id")?,
-                    run_id: r.try_get("run_id")?,
-                    stage: stage.parse().map_err(StoreError::Corrupt)?,
-                    state: state.parse().map_err(StoreError::Corrupt)?,
-                    run_state: r.try_get::<String, _>("run_state")?.parse().map_err(StoreError::Corrupt)?,
-                    dataset_id: r.try_get("dataset_id")?,
-                    family: Store::parse_family(&family)?,
-                    user_id: r.try_get("user_id")?,
-                    item_id: r.try_get("item_id")?,
-                    split: r.try_get("split")?,
-                    label: r.try_get("label")?,
-                    input: r.try_get("input")?,
-                    inputs_version: r.try_get("inputs_version")?,
-                    live_reask: r.try_get("live_reask")?,
-                })
-            })
-            .collect()
+        .await?)
     }
 
     /// Tasks with the items their prompts mention and their dependencies' outputs, for many
@@ -163,17 +139,13 @@ impl Store {
     }
 
     pub async fn load_items(&self, dataset_id: i64, ids: &[i32]) -> Result<HashMap<i32, ItemRow>, StoreError> {
-        let rows = sqlx::query("SELECT id, title, attrs FROM items WHERE dataset_id = $1 AND id = ANY($2)")
-            .bind(dataset_id)
-            .bind(ids)
-            .fetch_all(self.pool())
-            .await?;
-        let mut out = HashMap::with_capacity(rows.len());
-        for r in rows {
-            let item = ItemRow { id: r.try_get(0)?, title: r.try_get(1)?, attrs: r.try_get(2)? };
-            out.insert(item.id, item);
-        }
-        Ok(out)
+        let rows =
+            sqlx::query_as::<_, ItemRow>("SELECT id, title, attrs FROM items WHERE dataset_id = $1 AND id = ANY($2)")
+                .bind(dataset_id)
+                .bind(ids)
+                .fetch_all(self.pool())
+                .await?;
+        Ok(rows.into_iter().map(|item| (item.id, item)).collect())
     }
 
     /// The first of `keys` (in order) that the ledger holds.
@@ -211,7 +183,7 @@ impl Store {
         &self,
         task_ids: &[Uuid],
     ) -> Result<HashMap<Uuid, Vec<DependencyOutput>>, StoreError> {
-        let rows = sqlx::query(
+        let rows = sqlx::query_as::<_, (Uuid, Stage, Option<i32>, Option<i32>, Option<String>)>(
             "SELECT d.task_id, t.stage, t.user_id, t.item_id, o.text
              FROM task_deps d JOIN tasks t ON t.id = d.depends_on LEFT JOIN outputs o ON o.key = t.output_key
              WHERE d.task_id = ANY($1)",
@@ -220,14 +192,8 @@ impl Store {
         .fetch_all(self.pool())
         .await?;
         let mut out: HashMap<Uuid, Vec<DependencyOutput>> = HashMap::new();
-        for r in rows {
-            let stage: String = r.try_get(1)?;
-            out.entry(r.try_get(0)?).or_default().push(DependencyOutput {
-                stage: stage.parse().map_err(StoreError::Corrupt)?,
-                user_id: r.try_get(2)?,
-                item_id: r.try_get(3)?,
-                text: r.try_get(4)?,
-            });
+        for (task_id, stage, user_id, item_id, text) in rows {
+            out.entry(task_id).or_default().push(DependencyOutput { stage, user_id, item_id, text });
         }
         Ok(out)
     }
@@ -238,15 +204,14 @@ impl Store {
         dataset_id: i64,
         item_id: i32,
     ) -> Result<Vec<(f32, serde_json::Value)>, StoreError> {
-        let rows = sqlx::query(
+        Ok(sqlx::query_as(
             "SELECT rating, review FROM interactions
              WHERE dataset_id = $1 AND item_id = $2 AND review IS NOT NULL ORDER BY ts, user_id",
         )
         .bind(dataset_id)
         .bind(item_id)
         .fetch_all(self.pool())
-        .await?;
-        rows.into_iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
+        .await?)
     }
 
     /// Marks a task of a cancelled run cancelled.

@@ -143,7 +143,7 @@ pub fn build_example(
     messages.push(ChatMessage { role: "assistant".into(), content: output.clone() });
     Ok(StudentExample {
         id: task.id.to_string(),
-        split: task.split.clone(),
+        split: task.split.to_string(),
         user_id: task.user_ext_id.clone(),
         item_id: task.item_ext_id.clone(),
         label: u8::from(task.label),
@@ -181,7 +181,7 @@ mod tests {
         let entry = |item, liked| reasonrec_core::inputs::HistoryEntry { item, liked, rating: 4.0 };
         let mut task = ExportTask {
             id: uuid::Uuid::nil(),
-            split: "test".into(),
+            split: reasonrec_core::Split::Test,
             label: true,
             input: reasonrec_core::inputs::ReasoningInput {
                 user: 1,

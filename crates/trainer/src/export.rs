@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use reasonrec_core::PromptLibrary;
 use reasonrec_core::audit::AuditPolicy;
-use reasonrec_core::stage::RunState;
+use reasonrec_core::stage::{RunState, Split};
 use reasonrec_store::Store;
 use reasonrec_store::export::{ExportCounts, ExportTask};
 use uuid::Uuid;
@@ -41,8 +41,6 @@ use crate::manifest::{
 pub const PAGE_SIZE: usize = 500;
 /// The manifest's file name.
 pub const MANIFEST_FILE: &str = "manifest.json";
-/// The splits, in file order.
-pub const SPLITS: [&str; 3] = ["train", "validation", "test"];
 
 /// What to export.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -197,11 +195,13 @@ fn examples(
     page.iter().map(|p| build_example(prompts, family, &p.task, &p.reasoning, data)).collect()
 }
 
-fn split_index(task: &ExportTask) -> Result<usize, TrainerError> {
-    SPLITS.iter().position(|s| *s == task.split).ok_or_else(|| TrainerError::BadTask {
-        task: task.id,
-        message: format!("split {:?} is not one of train, validation, test", task.split),
-    })
+/// The task's file, in [`Split::ALL`] order.
+fn split_index(task: &ExportTask) -> usize {
+    match task.split {
+        Split::Train => 0,
+        Split::Validation => 1,
+        Split::Test => 2,
+    }
 }
 
 /// Exports the run's done reasoning tasks to `opts.out` and writes the manifest (see the module
@@ -246,7 +246,7 @@ pub async fn export_run(
         dataset: DatasetInfo {
             name: dataset.name.clone(),
             version: dataset.version,
-            family: dataset.family.clone(),
+            family: dataset.family.to_string(),
             content_hash: dataset.content_hash.clone(),
         },
         tasks: TaskCounts {
@@ -297,7 +297,7 @@ struct Tally {
     filters: Filters,
     audit: AuditCounts,
     provenance: Provenance,
-    /// Per split, in [`SPLITS`] order.
+    /// Per split, in [`Split::ALL`] order.
     counts: [LabelCounts; 3],
     /// (id, label) of the kept training rows.
     train_rows: Vec<(Uuid, bool)>,
@@ -323,9 +323,9 @@ impl Tally {
 
     /// Counts the rendered page and sorts its rows by split.
     fn sort(&mut self, page: &[Pending], rows: Vec<StudentExample>) -> Result<Vec<Vec<StudentExample>>, TrainerError> {
-        let mut by_split: Vec<Vec<StudentExample>> = vec![Vec::new(); SPLITS.len()];
+        let mut by_split: Vec<Vec<StudentExample>> = vec![Vec::new(); Split::ALL.len()];
         for (p, row) in page.iter().zip(rows) {
-            let split = split_index(&p.task)?;
+            let split = split_index(&p.task);
             by_split[split].push(row);
             self.counts[split].add(p.task.label);
             if split == 0 {
@@ -348,7 +348,10 @@ async fn write_examples(
     opts: &ExportOptions,
     progress: &mut impl FnMut(Progress),
 ) -> Result<(Vec<FileEntry>, Tally), TrainerError> {
-    let sinks = SPLITS.iter().map(|s| ExampleSink::create(&opts.out, s, opts.format)).collect::<Result<Vec<_>, _>>()?;
+    let sinks = Split::ALL
+        .iter()
+        .map(|s| ExampleSink::create(&opts.out, s.as_str(), opts.format))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut sinks = BackgroundSinks::spawn(sinks)?;
     let mut tally = Tally {
         filters: Filters::new(opts.filters.clone()),

@@ -408,7 +408,7 @@ mod tests {
                 family: Family::Movielens,
                 user_id: Some(1),
                 item_id: Some(100),
-                split: Some("test".into()),
+                split: Some(reasonrec_core::Split::Test),
                 label: Some(true),
                 input: serde_json::json!({"user": 1, "target": 100, "rating": 5.0, "history": history}),
                 inputs_version: 0,

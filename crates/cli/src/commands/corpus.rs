@@ -263,7 +263,7 @@ mod tests {
             snapshot: Some("night\u{1b}[2J".into()),
             dataset: dataset.into(),
             dataset_version: 1,
-            state: "completed".into(),
+            state: reasonrec_core::RunState::Completed,
         };
         let mut diff = CorpusDiff::default();
         let example =

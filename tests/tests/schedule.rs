@@ -1,10 +1,12 @@
 //! Scheduled regeneration: cron jobs fired by the leading coordinator only, never doubling a
 //! run that is still going.
 
-use reasonrec_coordinator::leader::acquire;
-use reasonrec_coordinator::schedule::{Fired, fire, parse_jobs, run_scheduler};
+use reasonrec_coordinator::schedule::{Fired, fire, parse_jobs};
+use reasonrec_coordinator::{Lead, serve};
 use reasonrec_core::settings::ScheduleJob;
 use reasonrec_tests::TestEnv;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -17,25 +19,22 @@ async fn two_racing_schedulers_make_one_run_and_a_finished_run_lets_the_next_tic
     env.ingest_sample().await?;
     let jobs = parse_jobs(&env.settings)?;
 
-    // Two coordinators: each schedules only while it leads (as `reasonrec coordinator` does).
+    // Two coordinators, as `reasonrec coordinator` runs them: each schedules (and publishes)
+    // only while it leads.
     let stop = CancellationToken::new();
+    let lead = Lead { every: Duration::from_millis(100), ..Lead::default() };
     let mut replicas = Vec::new();
-    for _ in 0..2 {
-        let (store, settings, jobs, stop) = (env.store.clone(), env.settings.clone(), jobs.clone(), stop.clone());
-        let url = settings.database.url.clone();
-        replicas.push(tokio::spawn(async move {
-            if let Ok(Some(leader)) = acquire(&url, 0x7363_6864, Duration::from_millis(100), &stop).await {
-                let lost = CancellationToken::new();
-                let hold = tokio::spawn(leader.hold(Duration::from_millis(200), lost.clone(), stop.clone()));
-                run_scheduler(&store, &settings, &jobs, lost).await;
-                let _ = hold.await;
-            }
-        }));
+    let leading: Vec<Arc<AtomicBool>> = (0..2).map(|_| Arc::new(AtomicBool::new(false))).collect();
+    for flag in &leading {
+        let (store, settings, stop, flag) = (env.store.clone(), env.settings.clone(), stop.clone(), flag.clone());
+        replicas.push(tokio::spawn(async move { serve(&store, &settings, lead, &flag, stop).await }));
     }
     tokio::time::sleep(Duration::from_millis(3500)).await;
+    let leaders = leading.iter().filter(|f| f.load(Ordering::Relaxed)).count();
+    assert_eq!(leaders, 1, "one replica leads, the other stands by");
     stop.cancel();
     for r in replicas {
-        r.await?;
+        r.await??;
     }
     let runs: i64 = sqlx::query_scalar("SELECT count(*) FROM runs").fetch_one(env.store.pool()).await?;
     assert_eq!(runs, 1, "three ticks, two schedulers: one run, the others skipped while it runs");

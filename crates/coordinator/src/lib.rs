@@ -15,7 +15,8 @@
 //!   `drive` loops outbox and completion until a run (or every run) is done; dead-lettered
 //!   task messages are recorded as failed tasks.
 //! - [`schedule`]: cron jobs that create incremental runs (run by the leader only).
-//! - [`service`]: `supervise` wraps the outbox in reconnection (broker or Postgres lost).
+//! - [`service`]: `serve`, the long-running coordinator (leadership, scheduler, outbox), used by
+//!   the binary and the tests; `supervise` wraps the outbox in reconnection.
 //! - [`leader`]: one acting coordinator: a Postgres advisory lock on a dedicated connection.
 //! - [`lifecycle`]: what the outbox may publish: paused runs, budgets (a run pauses itself),
 //!   priorities.
@@ -42,4 +43,4 @@ pub use error::CoordinatorError;
 pub use lifecycle::prune;
 pub use outbox::{Outbox, PumpReport};
 pub use run::{Incremental, PlanOptions, RunPlan, create_incremental_run, create_run, plan_run, unfinished_run};
-pub use service::{Target, supervise};
+pub use service::{Lead, Target, serve, supervise};

@@ -1,4 +1,6 @@
-//! The coordinator as a long-running service: the outbox loop wrapped in reconnection.
+//! The coordinator as a long-running service: [`serve`] (leadership, the scheduler and the
+//! supervised outbox: what `reasonrec coordinator` runs, and the tests with it) and
+//! [`supervise`], the outbox loop wrapped in reconnection.
 //!
 //! A lost broker connection or a Postgres restart ends one outbox session with a retryable
 //! error; a new session (new connection, topology declared again) starts after a backoff of
@@ -6,15 +8,68 @@
 //! publish whose confirm never came stays `ready` and is published again.
 
 use crate::error::CoordinatorError;
+use crate::leader::{COORDINATOR_LOCK, acquire};
 use crate::outbox::Outbox;
+use crate::schedule::{parse_jobs, run_scheduler};
 use reasonrec_core::Settings;
 use reasonrec_core::stage::RunState;
 use reasonrec_queue::Broker;
 use reasonrec_queue::session::reconnecting;
 use reasonrec_store::Store;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
+
+/// How a serving coordinator takes and keeps the lead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lead {
+    /// The advisory lock every replica of one deployment asks for.
+    pub lock: i64,
+    /// How often a standby asks for it and the leader checks it still holds it.
+    pub every: Duration,
+}
+
+impl Default for Lead {
+    fn default() -> Self {
+        Self { lock: COORDINATOR_LOCK, every: Duration::from_secs(5) }
+    }
+}
+
+/// The long-running coordinator: waits to lead (one replica acts, [`crate::leader`]); while it
+/// leads, serves every running run through the supervised outbox and fires the scheduled jobs
+/// (`[[schedule.jobs]]`); when the lead is lost, stops both and waits to lead again. Returns
+/// when `stop` is cancelled (or with an error that reconnecting cannot mend). `leading` says
+/// whether this replica leads, for the status page.
+pub async fn serve(
+    store: &Store,
+    settings: &Settings,
+    lead: Lead,
+    leading: &AtomicBool,
+    stop: CancellationToken,
+) -> Result<(), CoordinatorError> {
+    let jobs = parse_jobs(settings)?;
+    while !stop.is_cancelled() {
+        let Some(leadership) = acquire(&settings.database.url, lead.lock, lead.every, &stop).await? else {
+            break;
+        };
+        leading.store(true, Ordering::Relaxed);
+        let lost = CancellationToken::new();
+        let hold = tokio::spawn(leadership.hold(lead.every, lost.clone(), stop.clone()));
+        tracing::info!(scheduled_jobs = jobs.len(), "coordinator serving running runs");
+        let outbox = async {
+            let served = supervise(store, settings, Target::AllRuns, lost.clone()).await;
+            // The outbox ended (stop, lost lead, or an error): the scheduler ends with it.
+            lost.cancel();
+            served
+        };
+        let (served, ()) = tokio::join!(outbox, run_scheduler(store, settings, &jobs, lost.clone()));
+        leading.store(false, Ordering::Relaxed);
+        let _ = hold.await;
+        served?;
+    }
+    Ok(())
+}
 
 /// What a supervised coordinator works on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,48 +5,25 @@
 
 use super::connect_store;
 use anyhow::Context;
-use reasonrec_coordinator::leader::{COORDINATOR_LOCK, acquire};
+use reasonrec_coordinator::Lead;
 use reasonrec_coordinator::web::Access;
-use reasonrec_coordinator::{Target, supervise};
 use reasonrec_core::Settings;
 use reasonrec_store::Store;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::atomic::AtomicBool;
 use tokio_util::sync::CancellationToken;
 
 pub async fn coordinator(settings: &Settings) -> anyhow::Result<ExitCode> {
     let access = status_access(settings)?;
-    let jobs = reasonrec_coordinator::schedule::parse_jobs(settings)?;
+    // A bad cron expression is refused before anything starts.
+    reasonrec_coordinator::schedule::parse_jobs(settings)?;
     let store = connect_store(settings).await?;
     store.migrate().await?;
     let stop = crate::signals::shutdown_token();
     let leading = Arc::new(AtomicBool::new(false));
     serve_http(settings, &store, access, leading.clone(), stop.clone()).await?;
-    while !stop.is_cancelled() {
-        let Some(leadership) = acquire(&settings.database.url, COORDINATOR_LOCK, Duration::from_secs(5), &stop).await?
-        else {
-            break;
-        };
-        leading.store(true, Ordering::Relaxed);
-        let lost = CancellationToken::new();
-        let hold = tokio::spawn(leadership.hold(Duration::from_secs(5), lost.clone(), stop.clone()));
-        tracing::info!(scheduled_jobs = jobs.len(), "coordinator serving running runs");
-        let scheduler = {
-            let (store, settings, jobs, lost) = (store.clone(), settings.clone(), jobs.clone(), lost.clone());
-            tokio::spawn(
-                async move { reasonrec_coordinator::schedule::run_scheduler(&store, &settings, &jobs, lost).await },
-            )
-        };
-        let served = supervise(&store, settings, Target::AllRuns, lost.clone()).await;
-        lost.cancel();
-        let _ = scheduler.await;
-        served?;
-        leading.store(false, Ordering::Relaxed);
-        lost.cancel();
-        let _ = hold.await;
-    }
+    reasonrec_coordinator::serve(&store, settings, Lead::default(), &leading, stop).await?;
     Ok(ExitCode::SUCCESS)
 }
 

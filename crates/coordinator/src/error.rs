@@ -11,6 +11,9 @@ pub enum CoordinatorError {
     Queue(#[from] QueueError),
     #[error("planning: {0}")]
     Plan(String),
+    /// A chore of the outbox failed ([`crate::outbox`]): which one, and why.
+    #[error("{chore}: {source}")]
+    Chore { chore: &'static str, source: Box<CoordinatorError> },
 }
 
 impl CoordinatorError {
@@ -19,6 +22,7 @@ impl CoordinatorError {
             CoordinatorError::Store(e) => e.is_retryable(),
             CoordinatorError::Queue(e) => e.is_retryable(),
             CoordinatorError::Plan(_) => false,
+            CoordinatorError::Chore { source, .. } => source.is_retryable(),
         }
     }
 }

@@ -1,0 +1,105 @@
+//! The lost-message chore: a published task is published again only on evidence that its
+//! message left the work queue long ago ([`crate::departures`]), never because it waited long.
+
+use super::pace::Pace;
+use crate::departures::Departures;
+use crate::error::CoordinatorError;
+use lapin::Channel;
+use reasonrec_queue::{Broker, Topology};
+use reasonrec_store::Store;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The departure log (shared with the publishing chore, which logs every mark) and the channel
+/// that reads the work queue's depth into it.
+pub(crate) struct LostMessages {
+    store: Store,
+    topology: Topology,
+    /// Reads the work queue's depth (its own channel: a failed passive declare closes the
+    /// channel it ran on).
+    probe: Channel,
+    departures: Arc<Mutex<Departures>>,
+    republish_after: Duration,
+    /// Looks for lost messages at most every `republish_after / 10`.
+    pace: Pace,
+}
+
+impl LostMessages {
+    pub(crate) async fn open(
+        store: Store,
+        broker: &Broker,
+        republish_after: Duration,
+    ) -> Result<Self, CoordinatorError> {
+        let mut probe = broker.channel().await?;
+        let queued = match broker.topology().ready_messages(&probe).await {
+            Ok(n) => n,
+            // No work queue (deleted under us): nothing is queued; the failed declare closed
+            // the channel. Publishes are returned until the queue is declared again.
+            Err(e) if e.is_not_found() => {
+                probe = broker.channel().await?;
+                0
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let departures = Departures::new(store.now().await?, u64::from(queued), republish_after);
+        Ok(Self {
+            store,
+            topology: broker.topology().clone(),
+            probe,
+            departures: Arc::new(Mutex::new(departures)),
+            republish_after,
+            pace: Pace::after(every(republish_after)),
+        })
+    }
+
+    /// The log the publishing chore writes its marks into.
+    pub(crate) fn departures(&self) -> Arc<Mutex<Departures>> {
+        self.departures.clone()
+    }
+
+    /// A published task still unfinished this long after its message left the queue is
+    /// published again (`coordinator.republish_after_secs`).
+    pub(crate) fn set_republish_after(&mut self, after: Duration) {
+        self.republish_after = after;
+        self.pace = Pace::after(every(after));
+        if let Ok(mut d) = self.departures.lock() {
+            d.set_republish_after(after);
+        }
+    }
+
+    /// Puts back published tasks, of every run, whose message is known to be gone (at most
+    /// every `republish_after / 10`): reads the work queue's depth into the departure log and
+    /// requeues what it says left long ago. The evidence is about the one work queue, so one
+    /// statement covers all runs. Returns how many. A queue that cannot be read (deleted) is
+    /// an error: the supervisor reconnects, which declares it again, and the new log starts
+    /// from there.
+    pub(crate) async fn republish(&self) -> Result<u64, CoordinatorError> {
+        if !self.pace.due(every(self.republish_after)) {
+            return Ok(0);
+        }
+        let depth = self.topology.ready_messages(&self.probe).await?;
+        let now = self.store.now().await?;
+        let cut = match self.departures.lock() {
+            Ok(mut d) => {
+                d.observe(now, u64::from(depth));
+                d.lost_before(now)
+            }
+            Err(_) => None,
+        };
+        let Some(cut) = cut else { return Ok(0) };
+        let n = self.store.requeue_departed(cut).await?;
+        if n > 0 {
+            tracing::warn!(
+                tasks = n,
+                "messages left the queue long ago and their tasks are unfinished; publishing them again"
+            );
+        }
+        Ok(n)
+    }
+}
+
+/// How often to look for lost messages: a tenth of `republish_after` (nothing can be known lost
+/// sooner), between 100 ms and a minute.
+fn every(republish_after: Duration) -> Duration {
+    (republish_after / 10).clamp(Duration::from_millis(100), Duration::from_secs(60))
+}

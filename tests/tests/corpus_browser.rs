@@ -91,6 +91,15 @@ async fn the_corpus_browser_pages_filters_checks_prompts_and_takes_marks() -> an
     let bad = http.get(format!("{base}/api/runs/{run}/tasks?stage=nope")).send().await?;
     assert_eq!(bad.status(), 400);
     assert!(bad.text().await?.contains("stage"), "the bad parameter is named");
+    // A split is a word of the vocabulary too: filtered exactly, and an unknown one refused by name.
+    let tests = get(format!("/api/runs/{run}/tasks?split=test&limit=500")).await?;
+    let tests_n = count(s, "SELECT count(*) FROM tasks WHERE run_id = $1 AND split = 'test'", run).await?;
+    assert!(tests_n > 0);
+    assert_eq!(tests["tasks"].as_array().map(Vec::len), Some(tests_n as usize));
+    assert!(tests["tasks"].as_array().into_iter().flatten().all(|t| t["split"] == "test"));
+    let bad = http.get(format!("{base}/api/runs/{run}/tasks?split=dev")).send().await?;
+    assert_eq!(bad.status(), 400);
+    assert!(bad.text().await?.contains("unknown split \"dev\""), "the bad split is named");
 
     // Each answer's word count is stored with it as the validator counts it, and the range
     // filter reads it: the tasks of the median count, exactly.

@@ -13,8 +13,8 @@ use crate::error::StoreError;
 use crate::pool::{Store, Tx};
 use reasonrec_core::key::OutputKey;
 use reasonrec_core::settings::Protocol;
-use reasonrec_core::stage::{RunState, Stage, TaskState};
-use sqlx::{Connection, Row};
+use reasonrec_core::stage::{RunState, Stage};
+use sqlx::Connection;
 use std::collections::HashSet;
 use uuid::Uuid;
 
@@ -92,18 +92,19 @@ pub struct DeadlineRun {
 }
 
 /// A task claimed into a new batch, with what a re-ask carries over from its last rejected line.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ClaimedLine {
     pub line: i32,
     pub task_id: Uuid,
     pub inputs_version: i32,
     pub reasks: i32,
     /// `[[answer, feedback], ...]`: the answers rejected so far and the validator's reasons.
+    #[sqlx(try_from = "Conversation")]
     pub conversation: Vec<(String, String)>,
 }
 
 /// What the results of a line need of it (joined with its task).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct LineRow {
     pub line: i32,
     pub task_id: Uuid,
@@ -112,7 +113,9 @@ pub struct LineRow {
     pub label: Option<bool>,
     pub inputs_version: i32,
     pub reasks: i32,
+    #[sqlx(try_from = "Conversation")]
     pub conversation: Vec<(String, String)>,
+    #[sqlx(try_from = "LineKey")]
     pub output_key: Option<OutputKey>,
     pub template: Option<String>,
     pub template_version: Option<String>,
@@ -168,8 +171,62 @@ impl EndpointLock {
     }
 }
 
-fn conversation_of(v: Option<serde_json::Value>) -> Vec<(String, String)> {
-    v.and_then(|v| serde_json::from_value(v).ok()).unwrap_or_default()
+/// `batch_lines.conversation` as a column (JSONB `[[answer, feedback], ...]`): NULL, or a value
+/// that does not parse, reads as no conversation (the re-ask then starts afresh).
+struct Conversation(Vec<(String, String)>);
+
+impl sqlx::Type<sqlx::Postgres> for Conversation {
+    fn type_info() -> sqlx::postgres::PgTypeInfo {
+        <serde_json::Value as sqlx::Type<sqlx::Postgres>>::type_info()
+    }
+    fn compatible(ty: &sqlx::postgres::PgTypeInfo) -> bool {
+        <serde_json::Value as sqlx::Type<sqlx::Postgres>>::compatible(ty)
+    }
+}
+
+impl<'r> sqlx::Decode<'r, sqlx::Postgres> for Conversation {
+    fn decode(value: sqlx::postgres::PgValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+        if sqlx::ValueRef::is_null(&value) {
+            return Ok(Conversation(Vec::new()));
+        }
+        let v = <serde_json::Value as sqlx::Decode<sqlx::Postgres>>::decode(value)?;
+        Ok(Conversation(serde_json::from_value(v).unwrap_or_default()))
+    }
+}
+
+impl From<Conversation> for Vec<(String, String)> {
+    fn from(c: Conversation) -> Self {
+        c.0
+    }
+}
+
+/// `batch_lines.output_key`: NULL until the line is rendered, then a 32-byte content key.
+struct LineKey(Option<OutputKey>);
+
+impl sqlx::Type<sqlx::Postgres> for LineKey {
+    fn type_info() -> sqlx::postgres::PgTypeInfo {
+        <Vec<u8> as sqlx::Type<sqlx::Postgres>>::type_info()
+    }
+    fn compatible(ty: &sqlx::postgres::PgTypeInfo) -> bool {
+        <Vec<u8> as sqlx::Type<sqlx::Postgres>>::compatible(ty)
+    }
+}
+
+impl<'r> sqlx::Decode<'r, sqlx::Postgres> for LineKey {
+    fn decode(value: sqlx::postgres::PgValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+        if sqlx::ValueRef::is_null(&value) {
+            return Ok(LineKey(None));
+        }
+        let bytes = <&[u8] as sqlx::Decode<sqlx::Postgres>>::decode(value)?;
+        let key = OutputKey::from_slice(bytes).ok_or("batch line output key is not 32 bytes")?;
+        Ok(LineKey(Some(key)))
+    }
+}
+
+impl From<LineKey> for Option<OutputKey> {
+    fn from(k: LineKey) -> Self {
+        k.0
+    }
 }
 
 /// The outcome of a line whose answer was rejected and is re-asked in the task's next batch.
@@ -179,7 +236,7 @@ pub const REJECTED: &str = "rejected";
 pub const REJECTED_LIVE: &str = "rejected_live";
 
 /// A re-ask carried on from a task's latest rejected line.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct CarriedReask {
     /// The inputs the rejected line was rendered from: a task whose inputs changed since starts
     /// afresh.
@@ -187,6 +244,7 @@ pub struct CarriedReask {
     /// Re-asks made once this one is asked (the rejected line's count plus one).
     pub reasks: i32,
     /// `[[answer, feedback], ...]` so far, the rejected line's own answer last.
+    #[sqlx(try_from = "Conversation")]
     pub conversation: Vec<(String, String)>,
 }
 
@@ -199,8 +257,14 @@ async fn carried_reasks(
     ids: &[Uuid],
     outcome: &str,
 ) -> Result<std::collections::HashMap<Uuid, CarriedReask>, StoreError> {
-    let rows = sqlx::query(
-        "SELECT task_id, inputs_version, reasks, conversation FROM (
+    #[derive(sqlx::FromRow)]
+    struct Latest {
+        task_id: Uuid,
+        #[sqlx(flatten)]
+        reask: CarriedReask,
+    }
+    let rows = sqlx::query_as::<_, Latest>(
+        "SELECT task_id, inputs_version, reasks + 1 AS reasks, conversation FROM (
              SELECT DISTINCT ON (l.task_id) l.task_id, l.inputs_version, l.reasks, l.conversation, l.outcome
              FROM batch_lines l JOIN batches b ON b.id = l.batch_id
              WHERE l.task_id = ANY($1) AND b.copy_of IS NULL AND l.outcome IS NOT NULL
@@ -212,16 +276,7 @@ async fn carried_reasks(
     .bind(outcome)
     .fetch_all(db)
     .await?;
-    rows.into_iter()
-        .map(|r| {
-            let carried = CarriedReask {
-                inputs_version: r.try_get(1)?,
-                reasks: r.try_get::<i32, _>(2)? + 1,
-                conversation: conversation_of(r.try_get(3)?),
-            };
-            Ok((r.try_get(0)?, carried))
-        })
-        .collect()
+    Ok(rows.into_iter().map(|l| (l.task_id, l.reask)).collect())
 }
 
 impl Store {
@@ -390,24 +445,13 @@ impl Store {
 
     /// The claimed lines of a batch (to render them again after a restart).
     pub async fn claimed_lines(&self, batch_id: Uuid) -> Result<Vec<ClaimedLine>, StoreError> {
-        let rows = sqlx::query(
+        Ok(sqlx::query_as(
             "SELECT line, task_id, inputs_version, reasks, conversation FROM batch_lines
              WHERE batch_id = $1 AND outcome IS NULL ORDER BY line",
         )
         .bind(batch_id)
         .fetch_all(self.pool())
-        .await?;
-        rows.into_iter()
-            .map(|r| {
-                Ok(ClaimedLine {
-                    line: r.try_get("line")?,
-                    task_id: r.try_get("task_id")?,
-                    inputs_version: r.try_get("inputs_version")?,
-                    reasks: r.try_get("reasks")?,
-                    conversation: conversation_of(r.try_get("conversation")?),
-                })
-            })
-            .collect()
+        .await?)
     }
 
     /// Records what rendering made of the lines, and moves the batch to `submitting` with its
@@ -590,10 +634,10 @@ impl Store {
 
     /// Every line of a batch with what its results need, in line order.
     pub async fn batch_lines(&self, batch_id: Uuid) -> Result<Vec<LineRow>, StoreError> {
-        let rows = sqlx::query(
+        Ok(sqlx::query_as(
             "SELECT l.line, l.task_id, t.run_id, t.stage, t.label, l.inputs_version, l.reasks, l.conversation,
                     l.output_key, l.template, l.template_version, l.history_truncated, l.prompt_tokens, l.outcome,
-                    t.state AS task_state, t.batch_id AS task_batch,
+                    (t.state = 'batched' AND t.batch_id IS NOT DISTINCT FROM $1) AS held_here,
                     (SELECT count(*) FROM batch_lines e WHERE e.task_id = l.task_id AND e.outcome = 'errored')::int4
                         AS errors_before
              FROM batch_lines l JOIN tasks t ON t.id = l.task_id
@@ -601,37 +645,7 @@ impl Store {
         )
         .bind(batch_id)
         .fetch_all(self.pool())
-        .await?;
-        rows.into_iter()
-            .map(|r| {
-                let key: Option<Vec<u8>> = r.try_get("output_key")?;
-                Ok(LineRow {
-                    line: r.try_get("line")?,
-                    task_id: r.try_get("task_id")?,
-                    run_id: r.try_get("run_id")?,
-                    stage: r.try_get("stage")?,
-                    label: r.try_get("label")?,
-                    inputs_version: r.try_get("inputs_version")?,
-                    reasks: r.try_get("reasks")?,
-                    conversation: conversation_of(r.try_get("conversation")?),
-                    output_key: match key {
-                        Some(k) => Some(
-                            OutputKey::from_slice(&k)
-                                .ok_or_else(|| StoreError::Corrupt("batch line output key is not 32 bytes".into()))?,
-                        ),
-                        None => None,
-                    },
-                    template: r.try_get("template")?,
-                    template_version: r.try_get("template_version")?,
-                    history_truncated: r.try_get("history_truncated")?,
-                    prompt_tokens: r.try_get("prompt_tokens")?,
-                    outcome: r.try_get("outcome")?,
-                    held_here: r.try_get::<TaskState, _>("task_state")? == TaskState::Batched
-                        && r.try_get::<Option<Uuid>, _>("task_batch")? == Some(batch_id),
-                    errors_before: r.try_get("errors_before")?,
-                })
-            })
-            .collect()
+        .await?)
     }
 
     /// Writes each line's outcome (and, for a rejected answer, the conversation its next line

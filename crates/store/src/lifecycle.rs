@@ -8,7 +8,6 @@ use crate::error::StoreError;
 use crate::pool::Store;
 use reasonrec_core::stage::RunState;
 use serde::Serialize;
-use sqlx::Row;
 use std::collections::BTreeMap;
 use uuid::Uuid;
 
@@ -328,7 +327,26 @@ impl Store {
 
     /// The `limit` most recently created runs, newest first, with task counts and spend.
     pub async fn list_runs(&self, limit: i64) -> Result<Vec<RunListing>, StoreError> {
-        let rows = sqlx::query(
+        /// A listing as one flat row (spend and budget both have tokens).
+        #[derive(sqlx::FromRow)]
+        struct Row {
+            id: Uuid,
+            name: String,
+            version: i32,
+            state: RunState,
+            paused_reason: Option<String>,
+            priority: i32,
+            created_at: chrono::DateTime<chrono::Utc>,
+            finished_at: Option<chrono::DateTime<chrono::Utc>>,
+            total: i64,
+            done: i64,
+            failed: i64,
+            cost: f64,
+            tokens: i64,
+            budget_usd: Option<f64>,
+            budget_tokens: Option<i64>,
+        }
+        let rows = sqlx::query_as::<_, Row>(
             "SELECT r.id, d.name, d.version, r.state, r.paused_reason, r.priority, r.created_at, r.finished_at,
                     t.total, t.done, t.failed, a.cost, a.tokens, r.budget_usd, r.budget_tokens
              FROM (SELECT * FROM runs ORDER BY created_at DESC, id DESC LIMIT $1) r
@@ -346,25 +364,24 @@ impl Store {
         .bind(limit)
         .fetch_all(self.pool())
         .await?;
-        rows.into_iter()
-            .map(|r| {
-                Ok(RunListing {
-                    run_id: r.try_get(0)?,
-                    dataset: r.try_get(1)?,
-                    dataset_version: r.try_get(2)?,
-                    state: r.try_get(3)?,
-                    paused_reason: r.try_get(4)?,
-                    priority: r.try_get(5)?,
-                    created_at: r.try_get(6)?,
-                    finished_at: r.try_get(7)?,
-                    total: r.try_get(8)?,
-                    done: r.try_get(9)?,
-                    failed: r.try_get(10)?,
-                    spend: Spend { cost_usd: r.try_get(11)?, tokens: r.try_get(12)? },
-                    budget: Budget { usd: r.try_get(13)?, tokens: r.try_get(14)? },
-                })
+        Ok(rows
+            .into_iter()
+            .map(|r| RunListing {
+                run_id: r.id,
+                dataset: r.name,
+                dataset_version: r.version,
+                state: r.state,
+                paused_reason: r.paused_reason,
+                priority: r.priority,
+                created_at: r.created_at,
+                finished_at: r.finished_at,
+                total: r.total,
+                done: r.done,
+                failed: r.failed,
+                spend: Spend { cost_usd: r.cost, tokens: r.tokens },
+                budget: Budget { usd: r.budget_usd, tokens: r.budget_tokens },
             })
-            .collect()
+            .collect())
     }
 
     /// Names a completed run's corpus. The run row is share-locked while the name is written, so

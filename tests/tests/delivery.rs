@@ -79,13 +79,11 @@ async fn every_message_published_twice_still_yields_one_rationale_per_task() -> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tasks_are_marked_published_only_after_the_broker_confirms() -> anyhow::Result<()> {
     let mut env = TestEnv::new().await?;
-    env.settings.sampling.max_users = 30;
     // The queue holds at most 5 messages; the broker nacks publishes beyond that. (A classic
     // queue enforces the bound exactly; RabbitMQ 3.10's quorum queues overshoot it.)
     env.settings.broker.max_length = 5;
     env.settings.broker.queue_type = reasonrec_core::settings::QueueType::Classic;
-    env.ingest_sample().await?;
-    let plan = create_run(&env.store, &env.settings, "sample").await?;
+    let plan = env.plan_sample_run(30).await?;
     let (broker, outbox) = env.outbox().await?;
     let report = outbox.pump(plan.run_id).await?;
     assert_eq!((report.published, report.nacked, report.returned), (5, 25, 0));
@@ -130,11 +128,9 @@ async fn unroutable_publishes_are_not_marked_published() -> anyhow::Result<()> {
 async fn lost_messages_are_published_again_and_failed_tasks_can_be_retried() -> anyhow::Result<()> {
     let mut env =
         TestEnv::with_mock(reasonrec_mock_teacher::MockConfig { rate_5xx: 1.0, ..Default::default() }).await?;
-    env.settings.sampling.max_users = 20;
     env.settings.teacher.max_attempts = 2;
     env.settings.teacher.breaker_failures = 1_000;
-    env.ingest_sample().await?;
-    let plan = create_run(&env.store, &env.settings, "sample").await?;
+    let plan = env.plan_sample_run(20).await?;
     let broker = env.broker().await?;
     let outbox = Outbox::new(env.store.clone(), &broker).await?.with_republish_after(Duration::from_secs(1));
     assert_eq!(outbox.pump(plan.run_id).await?.published, 20);
@@ -240,10 +236,8 @@ async fn a_worker_whose_broker_connection_is_cut_reconnects_and_nothing_is_doubl
 async fn a_cancelled_run_stops_costing_its_queued_messages_are_acked_and_skipped() -> anyhow::Result<()> {
     let mut env =
         TestEnv::with_mock(reasonrec_mock_teacher::MockConfig { latency_ms: 100, ..Default::default() }).await?;
-    env.settings.sampling.max_users = 100;
     env.settings.worker.concurrency = 4;
-    env.ingest_sample().await?;
-    let plan = create_run(&env.store, &env.settings, "sample").await?;
+    let plan = env.plan_sample_run(100).await?;
     let (broker, outbox) = env.outbox().await?;
     assert_eq!(outbox.pump(plan.run_id).await?.published, 100);
     let w = env.spawn_worker("w")?;
@@ -326,10 +320,8 @@ async fn a_worker_whose_database_connections_are_cut_commits_nothing_twice_and_f
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_delivered_too_often_is_dead_lettered_and_its_task_fails_with_the_reason() -> anyhow::Result<()> {
     let mut env = TestEnv::new().await?;
-    env.settings.sampling.max_users = 3;
     env.settings.broker.delivery_limit = 2;
-    env.ingest_sample().await?;
-    let plan = create_run(&env.store, &env.settings, "sample").await?;
+    let plan = env.plan_sample_run(3).await?;
     let (broker, outbox) = env.outbox().await?;
     assert_eq!(outbox.pump(plan.run_id).await?.published, 3);
 
@@ -373,12 +365,10 @@ async fn a_message_delivered_too_often_is_dead_lettered_and_its_task_fails_with_
 async fn with_postgres_down_tasks_wait_in_retry_tiers_then_are_dead_lettered_then_retried() -> anyhow::Result<()> {
     let pg = reasonrec_tests::pg::PrivatePostgres::start()?;
     let mut env = TestEnv::on_server(reasonrec_mock_teacher::MockConfig::default(), pg.admin_url()).await?;
-    env.settings.sampling.max_users = 20;
     env.settings.broker.retry_delays_secs = vec![1, 2];
     env.settings.broker.max_retries = 3;
     env.settings.database.acquire_timeout_secs = 1;
-    env.ingest_sample().await?;
-    let plan = create_run(&env.store, &env.settings, "sample").await?;
+    let plan = env.plan_sample_run(20).await?;
     let (broker, outbox) = env.outbox().await?;
     assert_eq!(outbox.pump(plan.run_id).await?.published, 20);
 
@@ -430,11 +420,9 @@ async fn with_postgres_down_tasks_wait_in_retry_tiers_then_are_dead_lettered_the
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_outbox_pages_publish_each_ready_task_once_within_the_cap() -> anyhow::Result<()> {
     let mut env = TestEnv::new().await?;
-    env.settings.sampling.max_users = 40;
     // Pages of 7: page N is published while N-1 is marked and N+1 read.
     env.settings.broker.publish_batch = 7;
-    env.ingest_sample().await?;
-    let plan = create_run(&env.store, &env.settings, "sample").await?;
+    let plan = env.plan_sample_run(40).await?;
     let broker = env.broker().await?;
     let s = &env.store;
     let outbox = Outbox::new(env.store.clone(), &broker).await?.with_max_outstanding(30);

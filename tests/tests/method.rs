@@ -113,10 +113,8 @@ async fn three_stages_every_reasoning_saw_its_user_profile_and_item_profiles() -
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_that_contradict_the_label_are_re_asked_and_never_stored() -> anyhow::Result<()> {
     let mut env = TestEnv::with_mock(MockConfig { rate_contradict: 0.3, seed: 5, ..MockConfig::default() }).await?;
-    env.settings.sampling.max_users = 40;
     env.settings.stages.max_reasks = 3;
-    env.ingest_sample().await?;
-    let plan = create_run(&env.store, &env.settings, "sample").await?;
+    let plan = env.plan_sample_run(40).await?;
     let (broker, outbox) = env.outbox().await?;
     let w = env.spawn_worker("w")?;
     reasonrec_tests::drive_to_completion(&outbox, plan.run_id, 60).await?;
@@ -262,10 +260,8 @@ async fn balanced_labels_give_each_split_as_many_likes_as_dislikes() -> anyhow::
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prompts_over_the_word_cap_are_truncated_or_dropped_and_counted() -> anyhow::Result<()> {
     let mut env = TestEnv::new().await?;
-    env.settings.sampling.max_users = 20;
     env.settings.sampling.max_prompt_words = 170;
-    env.ingest_sample().await?;
-    let plan = create_run(&env.store, &env.settings, "sample").await?;
+    let plan = env.plan_sample_run(20).await?;
     let (broker, outbox) = env.outbox().await?;
     let w = env.spawn_worker("w")?;
     reasonrec_tests::drive_to_completion(&outbox, plan.run_id, 60).await?;

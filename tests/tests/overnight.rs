@@ -294,10 +294,8 @@ async fn a_slow_teacher_behind_a_long_queue_gets_each_task_published_and_asked_o
     // queue, five times `republish_after`.
     let mock = reasonrec_mock_teacher::MockConfig { latency_ms: 250, ..Default::default() };
     let mut env = TestEnv::with_mock(mock).await?;
-    env.settings.sampling.max_users = 40;
     env.settings.worker.concurrency = 2;
-    env.ingest_sample().await?;
-    let plan = create_run(&env.store, &env.settings, "sample").await?;
+    let plan = env.plan_sample_run(40).await?;
     let broker = env.broker().await?;
     let outbox = Outbox::new(env.store.clone(), &broker).await?.with_republish_after(Duration::from_secs(1));
     let w = env.spawn_worker("slow")?;

@@ -1,7 +1,6 @@
 //! Limits shared by worker processes through leases in Postgres, and a worker that stops rather
 //! than fail tasks when no endpoint accepts its credentials.
 
-use reasonrec_coordinator::create_run;
 use reasonrec_mock_teacher::MockConfig;
 use reasonrec_teacher::TeacherPool;
 use reasonrec_tests::{TestEnv, count};
@@ -33,11 +32,9 @@ async fn leases_split_an_endpoint_between_live_workers() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_workers_together_stay_at_the_endpoint_limit() -> anyhow::Result<()> {
     let mut env = TestEnv::new().await?;
-    env.settings.sampling.max_users = 60;
     env.settings.teacher.endpoints[0].requests_per_minute = 600; // 10/s for the whole fleet
     env.settings.teacher.lease_interval_ms = 200;
-    env.ingest_sample().await?;
-    let plan = create_run(&env.store, &env.settings, "sample").await?;
+    let plan = env.plan_sample_run(60).await?;
     let (broker, outbox) = env.outbox().await?;
     let (w1, w2) = (env.spawn_worker("w1")?, env.spawn_worker("w2")?);
     reasonrec_tests::drive_to_completion(&outbox, plan.run_id, 60).await?;

@@ -137,22 +137,28 @@ pub(in crate::batch) async fn upload(State(state): State<Arc<AppState>>, headers
     axum::Json(object).into_response()
 }
 
+/// The answer `f` gives about stored file `id`, after the request's checks (a 404 naming the
+/// file when there is none).
+fn with_file(state: &AppState, headers: &HeaderMap, id: &str, f: impl FnOnce(&File) -> Response) -> Response {
+    if let Err(resp) = enter(state, WIRE, headers) {
+        return *resp;
+    }
+    let Ok(store) = state.batches.lock() else {
+        return poisoned(WIRE);
+    };
+    match store.files.get(id) {
+        Some(file) => f(file),
+        None => not_found("file", id),
+    }
+}
+
 /// `GET /v1/files/{id}`.
 pub(in crate::batch) async fn file(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    if let Err(resp) = enter(&state, WIRE, &headers) {
-        return *resp;
-    }
-    let Ok(store) = state.batches.lock() else {
-        return poisoned(WIRE);
-    };
-    match store.files.get(&id) {
-        Some(f) => axum::Json(f.object()).into_response(),
-        None => not_found("file", &id),
-    }
+    with_file(&state, &headers, &id, |f| axum::Json(f.object()).into_response())
 }
 
 /// `GET /v1/files/{id}/content`: the file's bytes.
@@ -161,16 +167,9 @@ pub(in crate::batch) async fn file_content(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    if let Err(resp) = enter(&state, WIRE, &headers) {
-        return *resp;
-    }
-    let Ok(store) = state.batches.lock() else {
-        return poisoned(WIRE);
-    };
-    match store.files.get(&id) {
-        Some(f) => ([(header::CONTENT_TYPE, "application/octet-stream")], f.data.clone()).into_response(),
-        None => not_found("file", &id),
-    }
+    with_file(&state, &headers, &id, |f| {
+        ([(header::CONTENT_TYPE, "application/octet-stream")], f.data.clone()).into_response()
+    })
 }
 
 #[derive(Deserialize)]

@@ -11,9 +11,10 @@
 //! - [`regenerate`]: the previous completed run, indexed; why a task is stale or carried over.
 //! - [`estimate`]: calls, tokens and dollars of the stale tasks (dry run and plan report).
 //! - [`report`]: the plan report for people (stages, carried over, stale by reason, estimate).
-//! - [`outbox`]: publishes ready tasks with confirms and marks only confirmed ones published;
-//!   `drive` loops outbox and completion until a run (or every run) is done; dead-lettered
-//!   task messages are recorded as failed tasks.
+//! - [`outbox`]: the loop over the coordinator's chores, one type each in `outbox/`: publish
+//!   ready tasks with confirms (only confirmed ones are marked published), republish lost
+//!   messages on evidence, record dead letters as failed tasks, update the gauges, refresh
+//!   statistics; `drive` runs them until a run is done, `serve` for every running run.
 //! - [`schedule`]: cron jobs that create incremental runs (run by the leader only).
 //! - [`service`]: `serve`, the long-running coordinator (leadership, scheduler, outbox), used by
 //!   the binary and the tests; `supervise` wraps the outbox in reconnection.

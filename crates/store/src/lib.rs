@@ -24,8 +24,10 @@
 //! - [`export`]: the student export's reads: done reasoning tasks in keyset pages, with the items
 //!   and profile outputs of each page.
 //!
-//! Queries are checked at run time (`sqlx::query`), not with the compile-time macros: building
-//! needs no database and no committed `.sqlx/` cache. Integration tests cover every query.
+//! Queries are checked at run time (`sqlx::query`, `query_as`), not with the compile-time
+//! macros: building needs no database and no committed `.sqlx/` cache. Integration tests cover
+//! every query. Rows map by name (`sqlx::FromRow`) or, for aggregates and hot streams, into
+//! typed tuples; vocabulary columns decode straight into core's enums (`core::vocab`).
 
 pub mod audit;
 pub mod batches;

@@ -15,10 +15,10 @@
 macro_rules! vocabulary {
     ($ty:ident, $what:literal, { $($variant:ident => $name:literal),+ $(,)? }) => {
         impl $ty {
-            /// Every value, in declaration order.
+            /// Every value, in the order the vocabulary lists them.
             pub const ALL: [$ty; [$($name),+].len()] = [$($ty::$variant),+];
 
-            /// The name Postgres, the CLI and JSON use.
+            /// The name Postgres, the CLI and JSON use (serde's names are the same: tested).
             pub fn as_str(self) -> &'static str {
                 match self {
                     $($ty::$variant => $name),+
@@ -108,5 +108,36 @@ pub struct UnknownName {
 impl From<UnknownName> for String {
     fn from(e: UnknownName) -> String {
         e.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::audit::Verdict;
+    use crate::data::Family;
+    use crate::settings::RunRoute;
+    use crate::stage::{RunState, Split, Stage, TaskState};
+
+    /// Each word's stored name is also its JSON name and parses back to itself.
+    fn agree<T>(words: &[T])
+    where
+        T: serde::Serialize + std::str::FromStr + std::fmt::Display + PartialEq + std::fmt::Debug + Copy,
+        T::Err: std::fmt::Debug,
+    {
+        for &w in words {
+            assert_eq!(serde_json::to_value(w).ok(), Some(serde_json::Value::from(w.to_string())), "{w:?}");
+            assert_eq!(w.to_string().parse::<T>().ok(), Some(w));
+        }
+    }
+
+    #[test]
+    fn stored_names_json_names_and_parsing_agree_for_every_word() {
+        agree(&Stage::ALL);
+        agree(&TaskState::ALL);
+        agree(&RunState::ALL);
+        agree(&Split::ALL);
+        agree(&Family::ALL);
+        agree(&Verdict::ALL);
+        agree(&RunRoute::ALL);
     }
 }

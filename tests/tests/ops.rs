@@ -206,10 +206,9 @@ async fn silent_clients_are_cut_off_and_the_connection_limit_holds() -> anyhow::
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_coordinator_leads_and_a_standby_takes_over_when_it_goes() -> anyhow::Result<()> {
     let env = TestEnv::new().await?;
-    let url = env.settings.database.url.clone();
     let key = 0x7465_7374;
     let never = CancellationToken::new();
-    let first = acquire(&url, key, Duration::from_millis(100), &never).await?;
+    let first = acquire(&env.store, key, Duration::from_millis(100), &never).await?;
     let Some(first) = first else { anyhow::bail!("the first coordinator must lead") };
 
     // A second one stands by while the first holds the lock.
@@ -219,14 +218,14 @@ async fn one_coordinator_leads_and_a_standby_takes_over_when_it_goes() -> anyhow
         tokio::time::sleep(Duration::from_millis(600)).await;
         stop_soon.cancel();
     });
-    assert!(acquire(&url, key, Duration::from_millis(100), &give_up).await?.is_none(), "a standby does not lead");
+    assert!(acquire(&env.store, key, Duration::from_millis(100), &give_up).await?.is_none(), "a standby does not lead");
 
     // The leader steps down (its connection closes): the standby takes over.
     let (lost, stop) = (CancellationToken::new(), CancellationToken::new());
     let hold = tokio::spawn(first.hold(Duration::from_millis(100), lost.clone(), stop.clone()));
     let standby = tokio::spawn({
-        let url = url.clone();
-        async move { acquire(&url, key, Duration::from_millis(100), &CancellationToken::new()).await }
+        let store = env.store.clone();
+        async move { acquire(&store, key, Duration::from_millis(100), &CancellationToken::new()).await }
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!standby.is_finished(), "no takeover while the leader holds");

@@ -1,11 +1,11 @@
-//! One coordinator acts at a time: leadership is a Postgres advisory lock held on a dedicated
-//! connection (not a pooled one, which could hand the session to someone else). Replicas that
-//! do not get it wait; when the leader's connection dies its lock goes with it, and a standby
-//! takes over within one retry interval.
+//! One coordinator acts at a time: leadership is a Postgres session advisory lock held on a
+//! connection of its own (`store::locks`; not a pooled one, which could hand the session to
+//! someone else). Replicas that do not get it wait; when the leader's connection dies its lock
+//! goes with it, and a standby takes over within one retry interval.
 
 use crate::error::CoordinatorError;
-use reasonrec_store::StoreError;
-use sqlx::Connection;
+use reasonrec_store::Store;
+use reasonrec_store::locks::SessionLock;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -13,29 +13,23 @@ use tokio_util::sync::CancellationToken;
 pub const COORDINATOR_LOCK: i64 = 0x0072_7263_6f6f_7264;
 
 pub struct Leadership {
-    conn: sqlx::PgConnection,
+    lock: SessionLock,
 }
 
 /// Waits until this process holds the lock (None when `stop` fires first). Connection errors
 /// are retried every `retry`.
 pub async fn acquire(
-    url: &str,
+    store: &Store,
     key: i64,
     retry: Duration,
     stop: &CancellationToken,
 ) -> Result<Option<Leadership>, CoordinatorError> {
     let mut announced = false;
     loop {
-        let attempt = async {
-            let mut conn = sqlx::PgConnection::connect(url).await?;
-            let got: bool =
-                sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(key).fetch_one(&mut conn).await?;
-            Ok::<_, sqlx::Error>(got.then_some(conn))
-        };
-        match attempt.await {
-            Ok(Some(conn)) => {
+        match store.try_lock(key).await {
+            Ok(Some(lock)) => {
                 tracing::info!(key, "leadership acquired");
-                return Ok(Some(Leadership { conn }));
+                return Ok(Some(Leadership { lock }));
             }
             Ok(None) if !announced => {
                 tracing::info!(key, "another coordinator leads; standing by");
@@ -43,7 +37,6 @@ pub async fn acquire(
             }
             Ok(None) => {}
             Err(e) => {
-                let e = StoreError::from(e);
                 if !e.is_retryable() {
                     return Err(e.into());
                 }
@@ -64,14 +57,14 @@ impl Leadership {
         loop {
             tokio::select! {
                 _ = stop.cancelled() => {
-                    let _ = self.conn.close().await;
+                    self.lock.release().await;
                     lost.cancel();
                     return;
                 }
                 _ = tokio::time::sleep(every) => {}
             }
-            let alive = tokio::time::timeout(every.max(Duration::from_secs(1)), self.conn.ping()).await;
-            if !matches!(alive, Ok(Ok(()))) {
+            let alive = tokio::time::timeout(every.max(Duration::from_secs(1)), self.lock.alive()).await;
+            if !matches!(alive, Ok(true)) {
                 tracing::warn!("leadership connection lost; stepping down");
                 lost.cancel();
                 return;

@@ -50,7 +50,7 @@ pub async fn serve(
 ) -> Result<(), CoordinatorError> {
     let jobs = parse_jobs(settings)?;
     while !stop.is_cancelled() {
-        let Some(leadership) = acquire(&settings.database.url, lead.lock, lead.every, &stop).await? else {
+        let Some(leadership) = acquire(store, lead.lock, lead.every, &stop).await? else {
             break;
         };
         leading.store(true, Ordering::Relaxed);

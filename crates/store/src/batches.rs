@@ -14,12 +14,8 @@ use crate::pool::{Store, Tx};
 use reasonrec_core::key::OutputKey;
 use reasonrec_core::settings::Protocol;
 use reasonrec_core::stage::{RunState, Stage};
-use sqlx::Connection;
 use std::collections::HashSet;
 use uuid::Uuid;
-
-/// First key of the endpoint advisory locks ("rrbt"); the second is `hashtext(endpoint)`.
-const LOCK_CLASS: i32 = 0x7272_6274;
 
 /// The state of a batch row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -154,23 +150,6 @@ pub struct RenderedLine {
     pub prompt_tokens: i32,
 }
 
-/// Holds the endpoint's submitter lock (a session advisory lock on a connection of its own)
-/// until dropped or released; the lock goes with the connection if the process dies.
-pub struct EndpointLock {
-    conn: sqlx::PgConnection,
-}
-
-impl EndpointLock {
-    pub async fn release(self) {
-        let _ = self.conn.close().await;
-    }
-
-    /// Whether the lock's connection (so the lock) is still there.
-    pub async fn alive(&mut self) -> bool {
-        self.conn.ping().await.is_ok()
-    }
-}
-
 /// `batch_lines.conversation` as a column (JSONB `[[answer, feedback], ...]`): NULL, or a value
 /// that does not parse, reads as no conversation (the re-ask then starts afresh).
 struct Conversation(Vec<(String, String)>);
@@ -280,22 +259,6 @@ async fn carried_reasks(
 }
 
 impl Store {
-    /// The submitter lock of `endpoint`, when no other process holds it.
-    pub async fn endpoint_lock(&self, endpoint: &str) -> Result<Option<EndpointLock>, StoreError> {
-        let mut conn = self.pool().acquire().await?.detach();
-        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, hashtext($2))")
-            .bind(LOCK_CLASS)
-            .bind(endpoint)
-            .fetch_one(&mut conn)
-            .await?;
-        if got {
-            Ok(Some(EndpointLock { conn }))
-        } else {
-            let _ = conn.close().await;
-            Ok(None)
-        }
-    }
-
     /// Running runs routed to a Batch API that have ready tasks, by priority then age.
     pub async fn batch_runs(&self) -> Result<Vec<BatchRun>, StoreError> {
         Ok(sqlx::query_as(

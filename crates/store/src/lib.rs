@@ -15,6 +15,8 @@
 //! - [`retention`]: `run prune`: old runs' task rows, unused ledger outputs, old dataset versions.
 //! - [`monitor`]: recent runs and completions per minute, for the status page.
 //! - [`leases`]: worker leases on teacher endpoints (fleet-shared rate limits).
+//! - [`locks`]: session advisory locks on a connection of their own (the acting coordinator, a
+//!   batch endpoint's submitter).
 //! - [`lifecycle`]: pause and resume, budgets, priorities, the run list, snapshots, corpus diffs.
 //! - [`incremental`]: reads for incremental planning: the dataset's previous completed run and
 //!   its tasks in one stream, item and review content for fingerprints, token averages.
@@ -39,6 +41,7 @@ pub mod finish;
 pub mod incremental;
 pub mod leases;
 pub mod lifecycle;
+pub mod locks;
 pub mod monitor;
 pub mod planning;
 pub mod pool;

@@ -271,7 +271,7 @@ impl Store {
             return Ok(PauseOutcome::Paused);
         }
         let state = self.run_lifecycle(run_id).await?.state;
-        Ok(if state == "paused" { PauseOutcome::AlreadyPaused } else { PauseOutcome::NotRunning { state } })
+        Ok(if state == RunState::Paused { PauseOutcome::AlreadyPaused } else { PauseOutcome::NotRunning { state } })
     }
 
     /// Reopens a paused run, unless its spend is still at or over its budget. The row is locked
@@ -307,7 +307,7 @@ impl Store {
     /// without a budget; one more (its attempts, by the `attempts_by_run` index) with one.
     pub async fn publish_gate(&self, run_id: Uuid) -> Result<Gate, StoreError> {
         let l = self.run_lifecycle(run_id).await?;
-        if l.state != "running" {
+        if l.state != RunState::Running {
             return Ok(Gate::Closed { state: l.state });
         }
         if !l.budget.is_set() {

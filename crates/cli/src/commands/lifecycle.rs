@@ -121,7 +121,7 @@ pub async fn budget(settings: &Settings, a: RunBudgetArgs) -> anyhow::Result<Exi
     store.set_run_budget(a.run, &budget).await?;
     let spend = store.run_spend(a.run).await?;
     println!("run {}: budget {} (spent {}, {} tokens)", a.run, budget.render(), dollars(spend.cost_usd), spend.tokens);
-    if current.state == "paused" {
+    if current.state == reasonrec_core::RunState::Paused {
         match budget.reached(&spend) {
             Some(reason) => println!("  still {reason}: `run resume` would be refused"),
             None => println!("  the run is paused: `reasonrec run resume {}` reopens it", a.run),

@@ -499,7 +499,7 @@ pub async fn run(cfg: ChaosConfig) -> anyhow::Result<ChaosReport> {
     let data = work.path().join("data");
     generate_ml1m(&data, GenerateSpec { users, items: 1500, min_ratings: 30, max_ratings: 60, seed: cfg.seed })?;
     let ds = reasonrec_dataset::load("ml-1m", &data, "chaos")?;
-    env.store.ingest_dataset(&ds).await?;
+    env.store.datasets().ingest(&ds).await?;
 
     // Broker through a proxy we can cut; short retry tiers so the scenario ends in minutes.
     let target: std::net::SocketAddr = "127.0.0.1:5672".parse()?;
@@ -577,7 +577,7 @@ pub async fn run(cfg: ChaosConfig) -> anyhow::Result<ChaosReport> {
         if let Some(at) = spill_at
             && finished >= at
         {
-            match env.store.set_run_deadline(run_id, Some(chrono::Utc::now())).await {
+            match env.store.batches().set_run_deadline(run_id, Some(chrono::Utc::now())).await {
                 Ok(()) => {
                     tracing::warn!(finished, "chaos: the run's deadline is now; it spills to the live endpoint");
                     spill_at = None;

@@ -138,7 +138,7 @@ impl TestEnv {
     /// Ingests the bundled sample dataset as `sample`; returns its dataset id.
     pub async fn ingest_sample(&self) -> anyhow::Result<i64> {
         let ds = reasonrec_dataset::load("ml-1m", &sample_dir(), "sample")?;
-        Ok(self.store.ingest_dataset(&ds).await?.dataset_id())
+        Ok(self.store.datasets().ingest(&ds).await?.dataset_id())
     }
 
     pub async fn broker(&self) -> anyhow::Result<Broker> {
@@ -247,7 +247,7 @@ impl TestEnv {
             for s in submitters {
                 sum.add(&s.tick().await?);
             }
-            let state = self.store.refresh_run_state(run).await?;
+            let state = self.store.runs().refresh_state(run).await?;
             if state == reasonrec_core::stage::RunState::Completed {
                 return Ok(sum);
             }

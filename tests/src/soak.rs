@@ -231,12 +231,13 @@ pub async fn run(cfg: SoakConfig) -> anyhow::Result<SoakReport> {
             change_data(&data, night, cfg.users)?;
         }
         let ds = reasonrec_dataset::load("ml-1m", &data, DATASET)?;
-        let dataset_id = env.store.ingest_dataset(&ds).await?.dataset_id();
+        let dataset_id = env.store.datasets().ingest(&ds).await?.dataset_id();
         if night == 3 {
             // A planner that dies mid-way: its run stays `planning`, nobody holds its lock.
             let lock = env
                 .store
-                .create_planning_run(dataset_id, &serde_json::json!({"soak": "dead plan"}), RunRoute::Live)
+                .planning()
+                .create_run(dataset_id, &serde_json::json!({"soak": "dead plan"}), RunRoute::Live)
                 .await?;
             lock.release().await;
             n.events.push("a plan died".into());
@@ -264,7 +265,7 @@ pub async fn run(cfg: SoakConfig) -> anyhow::Result<SoakReport> {
             // An operator starts a duplicate run by hand, and cancels it once it is published.
             let dup = create_run(&env.store, &env.settings, DATASET).await?.run_id;
             outbox.pump(dup).await?;
-            env.store.cancel_run(dup).await?;
+            env.store.runs().cancel(dup).await?;
             n.events.push("duplicate run cancelled".into());
         }
         let (killed, retried) = work_night(&env, &outbox, run_id, cfg.night_timeout).await?;
@@ -274,7 +275,7 @@ pub async fn run(cfg: SoakConfig) -> anyhow::Result<SoakReport> {
             n.events.push(format!("{killed} worker killed"));
         }
         let after = env.mock.stats();
-        let c = env.store.run_counts(run_id).await?;
+        let c = env.store.runs().counts(run_id).await?;
         n.rows_written = c.total;
         n.done = c.done;
         n.replanned = c.replanned;
@@ -287,7 +288,7 @@ pub async fn run(cfg: SoakConfig) -> anyhow::Result<SoakReport> {
         n.runs_pruned = sqlx::query_scalar::<_, i64>("SELECT count(*) FROM runs WHERE pruned_at IS NOT NULL")
             .fetch_one(env.store.pool())
             .await? as usize;
-        n.corpus_bytes = env.store.corpus_bytes().await?;
+        n.corpus_bytes = env.store.pruning().corpus_bytes().await?;
         n.seconds = t0.elapsed().as_secs_f64();
         tracing::warn!(night, to_work = n.to_work, seconds = n.seconds, "soak: night done");
         report.nights.push(n);
@@ -328,11 +329,11 @@ async fn work_night(env: &TestEnv, outbox: &Outbox, run_id: Uuid, timeout: Durat
             }
         };
         anyhow::ensure!(state == "completed", "run {run_id} ended {state}");
-        let failed = env.store.run_counts(run_id).await?.failed;
+        let failed = env.store.runs().counts(run_id).await?.failed;
         if failed == 0 || pass == 1 {
             break;
         }
-        retried = env.store.retry_failed(run_id).await? as i64;
+        retried = env.store.runs().retry_failed(run_id).await? as i64;
     }
     worker.shutdown().await?;
     Ok((killed, retried))
@@ -373,10 +374,11 @@ async fn check(env: &TestEnv, report: &mut SoakReport) -> anyhow::Result<()> {
     let prompts = reasonrec_core::PromptLibrary::load(&env.settings.prompts.dir)?;
     let cap = reasonrec_worker::render::PromptCap::from_settings(&env.settings);
     for (id, model, params) in rows {
-        let task = s.load_task(id).await?;
+        let task = s.tasks().load(id).await?;
         let stored: Vec<u8> =
             sqlx::query_scalar("SELECT output_key FROM tasks WHERE id = $1").bind(id).fetch_one(s.pool()).await?;
-        let bundle = s.load_bundles(&[id]).await?.remove(&id).ok_or_else(|| anyhow::anyhow!("task {id} gone"))?;
+        let bundle =
+            s.tasks().load_bundles(&[id]).await?.remove(&id).ok_or_else(|| anyhow::anyhow!("task {id} gone"))?;
         let prompt = reasonrec_worker::render::render_capped(s, &prompts, &bundle, cap).await?.prompt;
         let params: SamplingParams = serde_json::from_value(params)?;
         let key = OutputKey::compute_salted(task.stage, &prompt, &model, &params, OutputKey::salt_of(&task.input));

@@ -53,8 +53,8 @@ async fn marks_follow_the_output_and_the_export_honours_them() -> anyhow::Result
     let s = &env.store;
 
     // A sample per (stage, label), the same for the same seed.
-    let sample = s.audit_sample(run, 3, 7).await?;
-    assert_eq!(sample, s.audit_sample(run, 3, 7).await?, "seeded");
+    let sample = s.audits().sample(run, 3, 7).await?;
+    assert_eq!(sample, s.audits().sample(run, 3, 7).await?, "seeded");
     let liked: Vec<&SampleRow> = sample.iter().filter(|r| r.label == Some(true)).collect();
     let disliked: Vec<&SampleRow> = sample.iter().filter(|r| r.label == Some(false)).collect();
     assert_eq!((liked.len(), disliked.len()), (3, 3), "three of each label: {sample:?}");
@@ -62,8 +62,9 @@ async fn marks_follow_the_output_and_the_export_honours_them() -> anyhow::Result
 
     // One rejected, two approved (the second time a mark replaces the first).
     let rejected = liked[0];
-    s.mark_outputs(&[mark(rejected, Verdict::Approved, None)?]).await?;
+    s.audits().mark_outputs(&[mark(rejected, Verdict::Approved, None)?]).await?;
     let marked = s
+        .audits()
         .mark_outputs(&[
             mark(rejected, Verdict::Rejected, Some("invents a genre"))?,
             mark(liked[1], Verdict::Approved, None)?,
@@ -71,9 +72,9 @@ async fn marks_follow_the_output_and_the_export_honours_them() -> anyhow::Result
         ])
         .await?;
     assert_eq!(marked, 3);
-    let counts = s.audit_counts(run).await?;
+    let counts = s.audits().counts(run).await?;
     assert_eq!((counts[0].stage.as_str(), counts[0].approved, counts[0].rejected), ("reasoning", 2, 1));
-    let again = s.audit_sample(run, 3, 7).await?;
+    let again = s.audits().sample(run, 3, 7).await?;
     let row = again.iter().find(|r| r.task == rejected.task);
     assert_eq!(
         row.map(|r| (r.verdict, r.reason.as_deref())),
@@ -107,7 +108,7 @@ async fn marks_follow_the_output_and_the_export_honours_them() -> anyhow::Result
 
     // A later run asks the same questions: the ledger hands back the same outputs, marks and all.
     let later = completed_run(&env).await?;
-    let counts = s.audit_counts(later).await?;
+    let counts = s.audits().counts(later).await?;
     assert_eq!((counts[0].approved, counts[0].rejected), (2, 1), "marks are per output key");
     env.cleanup().await
 }
@@ -152,7 +153,8 @@ async fn a_rejected_profile_is_left_out_of_the_examples_that_embed_it() -> anyho
     assert!(theirs > 0 && before_rows.iter().all(|(_, shown)| *shown), "every example shows its profile first");
     assert_eq!(before.audit.profiles_left_out, 0);
 
-    s.mark_outputs(&[NewMark { output_key: key, verdict: Verdict::Rejected, reason: None, reviewer: "t".into() }])
+    s.audits()
+        .mark_outputs(&[NewMark { output_key: key, verdict: Verdict::Rejected, reason: None, reviewer: "t".into() }])
         .await?;
     opts.out = dir.path().join("after");
     let after = export_run(s, &prompts, run, &opts, &mut |_| {}).await?;

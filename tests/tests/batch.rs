@@ -326,7 +326,7 @@ async fn a_cancelled_run_cancels_its_open_batch_and_keeps_what_finished() -> any
     let subs = env.batch_submitters()?;
     let r = subs[0].tick().await?;
     assert_eq!(r.created, 1);
-    env.store.cancel_run(run).await?;
+    env.store.runs().cancel(run).await?;
     let mut ended = false;
     for _ in 0..200 {
         let r = subs[0].tick().await?;
@@ -387,7 +387,7 @@ async fn a_run_with_a_deadline_spills_to_live_endpoints_and_pays_no_line_twice()
     // The deadline counts from the run's start, not from before the ingest and the plan (slow on
     // a busy machine): room for a few batches, not for all of them.
     let deadline = chrono::Utc::now() + chrono::TimeDelta::seconds(6);
-    env.store.set_run_deadline(run, Some(deadline)).await?;
+    env.store.batches().set_run_deadline(run, Some(deadline)).await?;
     // `run status` projects the batch work's end: nothing sent yet, so one round of `max_open`
     // batches at the configured turnaround (1 s) from now; and it shows the deadline.
     let t0 = chrono::Utc::now();
@@ -525,12 +525,13 @@ async fn a_live_reask_is_published_not_batched_and_retry_failed_starts_it_afresh
     use reasonrec_store::finish::{Finish, FinishKind};
     let (env, run) = env_with(MockConfig { api_key: key(), ..MockConfig::default() }, Protocol::OpenAi).await?;
     let (owner, ep) = (Uuid::now_v7(), "openai-batch");
-    let Some((batch, lines)) = env.store.claim_batch(owner, run, ep, Protocol::OpenAi, 3).await? else {
+    let Some((batch, lines)) = env.store.batches().claim(owner, run, ep, Protocol::OpenAi, 3).await? else {
         anyhow::bail!("no ready task to claim");
     };
     let (first, other) = (&lines[0], &lines[1]);
     let conversation = vec![("an answer".to_string(), "Your answer was not accepted: why.".to_string())];
     env.store
+        .batches()
         .settle_lines(
             owner,
             batch,
@@ -539,16 +540,17 @@ async fn a_live_reask_is_published_not_batched_and_retry_failed_starts_it_afresh
             &[first.task_id],
         )
         .await?;
-    let offered: Vec<Uuid> = env.store.ready_tasks(run, Uuid::nil(), 1_000).await?.into_iter().map(|t| t.0).collect();
+    let offered: Vec<Uuid> =
+        env.store.runs().ready_tasks(run, Uuid::nil(), 1_000).await?.into_iter().map(|t| t.0).collect();
     assert_eq!(offered, vec![first.task_id], "the outbox offers the live re-ask only, not the task sent back");
-    let carried = env.store.live_reask_conversation(first.task_id, first.inputs_version).await?;
+    let carried = env.store.batches().live_reask_conversation(first.task_id, first.inputs_version).await?;
     assert_eq!(carried.as_ref().map(|c| (c.reasks, &c.conversation)), Some((1, &conversation)));
     assert_eq!(
-        env.store.live_reask_conversation(first.task_id, first.inputs_version + 1).await?,
+        env.store.batches().live_reask_conversation(first.task_id, first.inputs_version + 1).await?,
         None,
         "inputs changed"
     );
-    let Some((_, next)) = env.store.claim_batch(owner, run, ep, Protocol::OpenAi, 1_000).await? else {
+    let Some((_, next)) = env.store.batches().claim(owner, run, ep, Protocol::OpenAi, 1_000).await? else {
         anyhow::bail!("the task sent back is claimable");
     };
     assert!(next.iter().all(|l| l.task_id != first.task_id), "no batch claims a live re-ask");
@@ -563,10 +565,10 @@ async fn a_live_reask_is_published_not_batched_and_retry_failed_starts_it_afresh
         kind: fail,
         attempts: vec![],
     };
-    env.store.finish_tasks(&[finish]).await?;
-    assert_eq!(env.store.retry_failed(run).await?, 1);
-    assert!(env.store.ready_tasks(run, Uuid::nil(), 1_000).await?.is_empty(), "back on the batch route");
-    let Some((_, again)) = env.store.claim_batch(owner, run, ep, Protocol::OpenAi, 1_000).await? else {
+    env.store.finishing().finish_tasks(&[finish]).await?;
+    assert_eq!(env.store.runs().retry_failed(run).await?, 1);
+    assert!(env.store.runs().ready_tasks(run, Uuid::nil(), 1_000).await?.is_empty(), "back on the batch route");
+    let Some((_, again)) = env.store.batches().claim(owner, run, ep, Protocol::OpenAi, 1_000).await? else {
         anyhow::bail!("the retried task is claimable");
     };
     let line = again.iter().find(|l| l.task_id == first.task_id);
@@ -583,22 +585,25 @@ async fn a_live_reask_meets_republish_duplicates_spill_and_cancel() -> anyhow::R
     use reasonrec_store::batches::REJECTED_LIVE;
     let (mut env, run) = env_with(MockConfig { api_key: key(), ..MockConfig::default() }, Protocol::OpenAi).await?;
     let (owner, ep) = (Uuid::now_v7(), "openai-batch");
-    let Some((batch, lines)) = env.store.claim_batch(owner, run, ep, Protocol::OpenAi, 3).await? else {
+    let Some((batch, lines)) = env.store.batches().claim(owner, run, ep, Protocol::OpenAi, 3).await? else {
         anyhow::bail!("no ready task to claim");
     };
     let (first, other) = (&lines[0], &lines[1]);
     let back = [first.task_id, other.task_id];
     env.store
+        .batches()
         .settle_lines(owner, batch, &[(first.line, REJECTED_LIVE, Some(Vec::new()))], &back, &[first.task_id])
         .await?;
     let offered = |after: Uuid| {
         let s = env.store.clone();
-        async move { anyhow::Ok(s.ready_tasks(run, after, 10_000).await?.into_iter().map(|t| t.0).collect::<Vec<_>>()) }
+        async move {
+            anyhow::Ok(s.runs().ready_tasks(run, after, 10_000).await?.into_iter().map(|t| t.0).collect::<Vec<_>>())
+        }
     };
     // Published, then its message found gone: offered again, still as a live re-ask.
-    env.store.mark_published(&[first.task_id]).await?;
+    env.store.runs().mark_published(&[first.task_id]).await?;
     assert!(offered(Uuid::nil()).await?.is_empty(), "published: not offered twice");
-    env.store.requeue_departed(chrono::Utc::now() + chrono::TimeDelta::seconds(1)).await?;
+    env.store.runs().requeue_departed(chrono::Utc::now() + chrono::TimeDelta::seconds(1)).await?;
     assert_eq!(offered(Uuid::nil()).await?, vec![first.task_id]);
     // Two copies of its message, worked by a live worker: done once, the second is a no-op.
     env.settings.teacher.endpoints.push(EndpointSettings {
@@ -607,7 +612,7 @@ async fn a_live_reask_meets_republish_duplicates_spill_and_cancel() -> anyhow::R
         ..batch_endpoint(&env.mock, Protocol::OpenAi)
     });
     let processor = env.processor()?;
-    let stage = env.store.load_task(first.task_id).await?.stage;
+    let stage = env.store.tasks().load(first.task_id).await?.stage;
     let msg = reasonrec_core::TaskMessage::new(first.task_id, run, stage);
     use reasonrec_worker::process::Outcome;
     assert_eq!(processor.process(&msg).await?, Outcome::Completed { reused: false });
@@ -615,11 +620,11 @@ async fn a_live_reask_meets_republish_duplicates_spill_and_cancel() -> anyhow::R
     let live_calls = scalar(&env, "SELECT count(*) FROM attempts WHERE run_id = $1 AND endpoint = 'live'", run).await?;
     assert_eq!(live_calls, 1, "asked once");
     // Spilled: the run's other ready tasks go to the live route.
-    assert!(env.store.spill_run(run).await?);
+    assert!(env.store.batches().spill_run(run).await?);
     let after_spill = offered(Uuid::nil()).await?;
     assert!(after_spill.contains(&other.task_id) && !after_spill.contains(&first.task_id), "{after_spill:?}");
     // Cancelled: nothing is offered; the re-asked task stays done.
-    env.store.cancel_run(run).await?;
+    env.store.runs().cancel(run).await?;
     assert!(offered(Uuid::nil()).await?.is_empty());
     let state: String = sqlx::query_scalar("SELECT state FROM tasks WHERE id = $1")
         .bind(first.task_id)
@@ -683,7 +688,7 @@ async fn a_submitter_killed_anywhere_never_submits_a_batch_twice() -> anyhow::Re
                 return Err(e);
             }
             kills += 1;
-            if env.store.refresh_run_state(run).await? == reasonrec_core::stage::RunState::Completed {
+            if env.store.runs().refresh_state(run).await? == reasonrec_core::stage::RunState::Completed {
                 break;
             }
             anyhow::ensure!(std::time::Instant::now() < deadline, "{protocol}: not completed after {kills} kills");
@@ -782,15 +787,15 @@ async fn retry_failed_and_snapshot_meet_batched_tasks() -> anyhow::Result<()> {
     };
     let (failed, batched) = (count_in("failed").await?, count_in("batched").await?);
     assert!(failed > 0 && batched > 0, "failed {failed}, batched {batched}");
-    assert_eq!(env.store.retry_failed(run).await?, u64::try_from(failed)?);
+    assert_eq!(env.store.runs().retry_failed(run).await?, u64::try_from(failed)?);
     assert_eq!((count_in("failed").await?, count_in("batched").await?), (0, batched), "batched tasks stay put");
-    let refused = env.store.create_snapshot("while-batched", run, None).await?;
+    let refused = env.store.lifecycle().create_snapshot("while-batched", run, None).await?;
     assert!(matches!(refused, SnapshotOutcome::RunNotCompleted { .. }), "{refused:?}");
 
     env.tick_until_completed(&subs, run, 60).await?;
     check_complete(&env, run).await?;
     assert_eq!(count_in("failed").await?, 0, "the retried tasks were done by a later batch");
-    assert!(matches!(env.store.create_snapshot("frozen", run, None).await?, SnapshotOutcome::Created));
+    assert!(matches!(env.store.lifecycle().create_snapshot("frozen", run, None).await?, SnapshotOutcome::Created));
 
     // The first batch's results once more, after the snapshot: its failed lines' tasks were
     // retried and done since; nothing of the frozen corpus moves and nothing is recorded twice.
@@ -827,7 +832,7 @@ async fn retry_failed_and_snapshot_meet_batched_tasks() -> anyhow::Result<()> {
     let r = subs[0].tick().await?;
     assert_eq!((r.ended, r.done, r.task_failures), (1, 0, 0), "{r:?}");
     assert_eq!(corpus(&env).await?, before, "attempts, outputs, done tasks, spend, keys");
-    assert_eq!(env.store.refresh_run_state(run).await?, reasonrec_core::stage::RunState::Completed);
+    assert_eq!(env.store.runs().refresh_state(run).await?, reasonrec_core::stage::RunState::Completed);
     env.cleanup().await
 }
 

@@ -135,17 +135,17 @@ async fn the_corpus_browser_pages_filters_checks_prompts_and_takes_marks() -> an
     assert_eq!(found, HashSet::from([seen[3].as_str()]));
     // The same through the answers' trigram index (`corpus text-index`), which the search uses
     // when it exists; a searched `%` is a percent sign, not LIKE's wildcard.
-    assert_eq!(s.text_index().await?, None, "opt-in");
-    s.set_text_index(true).await?;
-    assert_eq!(s.text_index().await?, Some(true));
+    assert_eq!(s.browser().text_index().await?, None, "opt-in");
+    s.browser().set_text_index(true).await?;
+    assert_eq!(s.browser().text_index().await?, Some(true));
     let indexed = get(format!("/api/runs/{run}/tasks?text=onError")).await?;
     let indexed: HashSet<&str> =
         indexed["tasks"].as_array().into_iter().flatten().filter_map(|t| t["id"].as_str()).collect();
     assert_eq!(indexed, found);
     let wild = get(format!("/api/runs/{run}/tasks?text=e%25e")).await?;
     assert_eq!(wild["tasks"].as_array().map(Vec::len), Some(0), "{wild}");
-    s.set_text_index(false).await?;
-    assert_eq!(s.text_index().await?, None);
+    s.browser().set_text_index(false).await?;
+    assert_eq!(s.browser().text_index().await?, None);
 
     // The task page: the prompt rendered again is the one the teacher received, and its key is
     // the output's.
@@ -300,14 +300,15 @@ async fn rejections_are_counted_per_template_version_and_reason() -> anyhow::Res
             .bind(after)
             .fetch_one(s.pool())
             .await?;
-    s.mark_outputs(&[reasonrec_store::audit::NewMark {
-        output_key: key,
-        verdict: reasonrec_core::audit::Verdict::Rejected,
-        reason: Some("vague".into()),
-        reviewer: "ana".into(),
-    }])
-    .await?;
-    let q = s.quality(after, 14).await?;
+    s.audits()
+        .mark_outputs(&[reasonrec_store::audit::NewMark {
+            output_key: key,
+            verdict: reasonrec_core::audit::Verdict::Rejected,
+            reason: Some("vague".into()),
+            reviewer: "ana".into(),
+        }])
+        .await?;
+    let q = s.audits().quality(after, 14).await?;
     assert_eq!(q.audit.iter().map(|a| a.rejected).sum::<i64>(), 1);
     assert_eq!(q.audit_by_day.len(), 1, "{:?}", q.audit_by_day);
     assert_eq!(q.audit_by_day[0].marks, 1);
@@ -361,7 +362,7 @@ async fn a_reviewer_clicking_reject_in_the_browser_keeps_the_answer_out_of_the_e
         state: Some(reasonrec_core::TaskState::Done),
         ..Default::default()
     };
-    let tasks = s.browse_tasks(run, &done, None, 500).await?;
+    let tasks = s.browser().tasks(run, &done, None, 500).await?;
     let task = tasks.get(3).ok_or_else(|| anyhow::anyhow!("too few tasks: {}", tasks.len()))?.id;
 
     // The driver: waits for the task's Reject button in the frame, fills reviewer and reason,

@@ -145,8 +145,8 @@ async fn lost_messages_are_published_again_and_failed_tasks_can_be_retried() -> 
 
     // The teacher recovers; the failed tasks are put back and done, their history kept.
     env.mock.set_config(reasonrec_mock_teacher::MockConfig::default()).map_err(anyhow::Error::msg)?;
-    assert_eq!(s.retry_failed(plan.run_id).await?, 20);
-    assert_eq!(s.get_run(plan.run_id).await?.state, "running");
+    assert_eq!(s.runs().retry_failed(plan.run_id).await?, 20);
+    assert_eq!(s.runs().get(plan.run_id).await?.state, "running");
     reasonrec_tests::drive_to_completion(&outbox, plan.run_id, 60).await?;
     w.shutdown().await?;
     assert_eq!(env.tasks_in(plan.run_id, TaskState::Done).await?, 20);
@@ -246,7 +246,7 @@ async fn a_cancelled_run_stops_costing_its_queued_messages_are_acked_and_skipped
     while count(s, done_sql, plan.run_id).await? < 8 {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let cancelled = s.cancel_run(plan.run_id).await?;
+    let cancelled = s.runs().cancel(plan.run_id).await?;
     assert!(cancelled > 50, "{cancelled}");
     // The queue drains: every remaining message is acked without a teacher call. Wait for the
     // worker to have handled all 100 (an empty queue alone still leaves up to `concurrency`
@@ -267,8 +267,8 @@ async fn a_cancelled_run_stops_costing_its_queued_messages_are_acked_and_skipped
     assert!(counters.skipped.load(Ordering::Relaxed) > 50);
     assert_eq!(done + env.tasks_in(plan.run_id, TaskState::Cancelled).await?, 100);
     assert!(env.mock.stats().ok <= done as u64 + 4, "at most the tasks in flight at the cancel were still asked");
-    assert_eq!(s.get_run(plan.run_id).await?.state, "cancelled");
-    assert!(s.cancel_run(uuid::Uuid::now_v7()).await.is_err(), "an unknown run is an error");
+    assert_eq!(s.runs().get(plan.run_id).await?.state, "cancelled");
+    assert!(s.runs().cancel(uuid::Uuid::now_v7()).await.is_err(), "an unknown run is an error");
     broker.close().await;
     env.cleanup().await
 }
@@ -352,7 +352,7 @@ async fn a_message_delivered_too_often_is_dead_lettered_and_its_task_fails_with_
     assert_eq!(topo.queue_depth(&ch, &topo.dead_queue).await?, 0, "recorded messages are acked");
 
     // retry-failed puts them back and a worker finishes them.
-    assert_eq!(env.store.retry_failed(plan.run_id).await?, 3);
+    assert_eq!(env.store.runs().retry_failed(plan.run_id).await?, 3);
     let w = env.spawn_worker("w")?;
     reasonrec_tests::drive_to_completion(&outbox, plan.run_id, 60).await?;
     w.shutdown().await?;
@@ -405,7 +405,7 @@ async fn with_postgres_down_tasks_wait_in_retry_tiers_then_are_dead_lettered_the
     assert_eq!(failed, 20);
 
     // retry-failed: the same worker (its pool reconnected) finishes them.
-    assert_eq!(env.store.retry_failed(plan.run_id).await?, 20);
+    assert_eq!(env.store.runs().retry_failed(plan.run_id).await?, 20);
     let target = reasonrec_coordinator::Target::Run(plan.run_id);
     let again = reasonrec_coordinator::supervise(&env.store, &env.settings, target, stop);
     let state = tokio::time::timeout(Duration::from_secs(60), again).await??;
@@ -443,7 +443,7 @@ async fn pipelined_outbox_pages_publish_each_ready_task_once_within_the_cap() ->
         .bind(done)
         .execute(s.pool())
         .await?;
-    assert_eq!(s.mark_published(&[done]).await?.0, 1);
+    assert_eq!(s.runs().mark_published(&[done]).await?.0, 1);
     let (state, at): (String, Option<chrono::DateTime<chrono::Utc>>) =
         sqlx::query_as("SELECT state, published_at FROM tasks WHERE id = $1").bind(done).fetch_one(s.pool()).await?;
     assert_eq!((state.as_str(), at.is_some()), ("failed", true));

@@ -1,4 +1,4 @@
-//! The batched finishing transaction (`Store::finish_tasks`), against the real Postgres: what a
+//! The batched finishing transaction (`Finishing::finish_tasks`), against the real Postgres: what a
 //! worker's commit batch does to tasks, the ledger, attempt rows and dependents.
 
 use reasonrec_coordinator::create_run;
@@ -104,7 +104,7 @@ async fn one_batch_completes_fails_reuses_and_releases_dependents_once() -> anyh
             attempts: vec![],
         },
     ];
-    let out = s.finish_tasks(&batch).await?;
+    let out = s.finishing().finish_tasks(&batch).await?;
     let flags: Vec<(bool, bool)> = out.iter().map(|c| (c.newly_done, c.output_inserted)).collect();
     assert_eq!(flags, vec![(true, true), (false, false), (true, false), (true, false)]);
 
@@ -123,7 +123,7 @@ async fn one_batch_completes_fails_reuses_and_releases_dependents_once() -> anyh
     assert_eq!(pending_after, pending_before - 2, "done A and failed B each count the dependent down once");
 
     // The same batch again (a redelivered batch) changes nothing.
-    let again = s.finish_tasks(&batch).await?;
+    let again = s.finishing().finish_tasks(&batch).await?;
     assert!(again.iter().all(|c| !c.newly_done && !c.output_inserted));
     let pending_again: i32 =
         sqlx::query_scalar("SELECT pending_deps FROM tasks WHERE id = $1").bind(dependent).fetch_one(s.pool()).await?;
@@ -158,7 +158,7 @@ async fn run_cancel_that_deadlocks_with_a_commit_batch_runs_again() -> anyhow::R
     // ... cancel takes the low one and waits for the high one ...
     let cancel = tokio::spawn({
         let s = s.clone();
-        async move { s.cancel_run(run).await }
+        async move { s.runs().cancel(run).await }
     });
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let waiting =

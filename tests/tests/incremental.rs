@@ -63,7 +63,7 @@ async fn tasks_of(env: &TestEnv, run: Uuid, sql_filter: &str) -> anyhow::Result<
 async fn ingest_version(env: &TestEnv, dir: &Path) -> anyhow::Result<()> {
     let ds = reasonrec_dataset::load("ml-1m", dir, "sample")?;
     let _ = std::fs::remove_dir_all(dir);
-    let out = env.store.ingest_dataset(&ds).await?;
+    let out = env.store.datasets().ingest(&ds).await?;
     anyhow::ensure!(matches!(out, reasonrec_store::datasets::IngestOutcome::Created { version: 2, .. }), "{out:?}");
     Ok(())
 }
@@ -89,7 +89,7 @@ async fn unchanged_data_plans_nothing_stale_and_the_teacher_is_not_called() -> a
     assert_eq!(run2.to_work(), 0, "{:?}", r.stale);
     assert_eq!(r.reused_total(), run1.tasks);
     assert_eq!((run2.tasks, &run2.by_stage), (run1.tasks, &run1.by_stage), "the same full graph");
-    assert_eq!(s.get_run(run2.run_id).await?.state, "completed", "nothing to work: complete at once");
+    assert_eq!(s.runs().get(run2.run_id).await?.state, "completed", "nothing to work: complete at once");
     complete(&env, run2.run_id).await?;
     assert_eq!(env.mock.stats().requests, requests, "not a single teacher request");
     assert_eq!(tasks_of(&env, run2.run_id, "state = 'done'").await?, run1.tasks as i64);
@@ -333,7 +333,7 @@ async fn failed_tasks_are_redone_unless_the_config_keeps_them() -> anyhow::Resul
     let kept = incremental(&env, false).await?;
     assert_eq!(kept.to_work(), 0, "{:?}", regen(&kept).stale);
     assert_eq!(regen(&kept).kept_failed.get("reasoning").copied(), Some(failed as u64));
-    assert_eq!(env.store.get_run(kept.run_id).await?.state, "completed");
+    assert_eq!(env.store.runs().get(kept.run_id).await?.state, "completed");
     assert_eq!(tasks_of(&env, kept.run_id, "state = 'failed' AND last_error LIKE 'failed in run %'").await?, failed);
     let status = reasonrec_coordinator::status::run_status(&env.store, kept.run_id).await?;
     assert_eq!((status.counts.carried_failed, status.counts.carried_done), (failed, run1.tasks as i64 - failed));
@@ -411,7 +411,7 @@ async fn a_changed_review_makes_its_item_profile_and_everything_that_used_it_sta
     reasonrec_dataset::generate::generate_amazon(&dir, spec)?;
     let ds = reasonrec_dataset::load("amazon", &dir, "amz")?;
     let _ = std::fs::remove_dir_all(&dir);
-    let dataset_id = env.store.ingest_dataset(&ds).await?.dataset_id();
+    let dataset_id = env.store.datasets().ingest(&ds).await?.dataset_id();
     let run1 = create_run(&env.store, &env.settings, "amz").await?;
     complete(&env, run1.run_id).await?;
     let amz = |incremental, dry_run| plan_run(&env.store, &env.settings, "amz", PlanOptions { incremental, dry_run });

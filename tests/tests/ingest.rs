@@ -19,11 +19,11 @@ async fn datasets(env: &TestEnv) -> anyhow::Result<(i64, i64)> {
 async fn the_sample_loads_once_and_reingesting_is_a_no_op() -> anyhow::Result<()> {
     let env = TestEnv::new().await?;
     let ds = reasonrec_dataset::load("ml-1m", &sample_dir(), "sample")?;
-    let first = env.store.ingest_dataset(&ds).await?;
+    let first = env.store.datasets().ingest(&ds).await?;
     assert!(matches!(first, IngestOutcome::Created { version: 1, .. }), "{first:?}");
-    let again = env.store.ingest_dataset(&ds).await?;
+    let again = env.store.datasets().ingest(&ds).await?;
     assert_eq!(again, IngestOutcome::Unchanged { dataset_id: first.dataset_id(), version: 1 });
-    let row = env.store.find_dataset("sample", None).await?;
+    let row = env.store.datasets().find("sample", None).await?;
     assert_eq!((row.n_users, row.n_items, row.n_interactions), (300, 400, ds.interactions.len() as i64));
     assert_eq!(datasets(&env).await?, (1, ds.interactions.len() as i64));
     // Latin-1 titles arrive as proper text.
@@ -38,16 +38,16 @@ async fn changed_files_make_a_new_version() -> anyhow::Result<()> {
     let env = TestEnv::new().await?;
     let dir = tmp_dir("v");
     generate_ml1m(&dir, GenerateSpec { users: 20, items: 30, ..GenerateSpec::default() })?;
-    let v1 = env.store.ingest_dataset(&reasonrec_dataset::load("ml-1m", &dir, "d")?).await?;
+    let v1 = env.store.datasets().ingest(&reasonrec_dataset::load("ml-1m", &dir, "d")?).await?;
     let mut ratings = std::fs::read_to_string(dir.join("ratings.dat"))?;
     ratings.push_str("1::1::5::1100000000\n");
     std::fs::write(dir.join("ratings.dat"), ratings)?;
-    let v2 = env.store.ingest_dataset(&reasonrec_dataset::load("ml-1m", &dir, "d")?).await?;
+    let v2 = env.store.datasets().ingest(&reasonrec_dataset::load("ml-1m", &dir, "d")?).await?;
     let _ = std::fs::remove_dir_all(&dir);
     assert!(matches!(v1, IngestOutcome::Created { version: 1, .. }));
     assert!(matches!(v2, IngestOutcome::Created { version: 2, .. }), "{v2:?}");
-    assert_eq!(env.store.find_dataset("d", None).await?.version, 2);
-    assert_eq!(env.store.find_dataset("d", Some(1)).await?.version, 1);
+    assert_eq!(env.store.datasets().find("d", None).await?.version, 2);
+    assert_eq!(env.store.datasets().find("d", Some(1)).await?.version, 1);
     env.cleanup().await
 }
 
@@ -70,7 +70,7 @@ async fn a_bad_line_names_file_line_and_field_and_writes_nothing() -> anyhow::Re
     // also leaves nothing behind.
     let mut ds = reasonrec_dataset::load("ml-1m", &sample_dir(), "broken")?;
     ds.users[1].id = ds.users[0].id;
-    assert!(env.store.ingest_dataset(&ds).await.is_err());
+    assert!(env.store.datasets().ingest(&ds).await.is_err());
     assert_eq!(datasets(&env).await?, before);
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM users").fetch_one(env.store.pool()).await?;
     assert_eq!(n, 300);
@@ -83,9 +83,9 @@ async fn deleting_a_version_removes_its_rows_and_is_refused_while_a_run_uses_it(
     let id = env.ingest_sample().await?;
     let dir = tmp_dir("del");
     generate_ml1m(&dir, GenerateSpec { users: 10, items: 20, ..GenerateSpec::default() })?;
-    let other = env.store.ingest_dataset(&reasonrec_dataset::load("ml-1m", &dir, "other")?).await?.dataset_id();
+    let other = env.store.datasets().ingest(&reasonrec_dataset::load("ml-1m", &dir, "other")?).await?.dataset_id();
     let _ = std::fs::remove_dir_all(&dir);
-    env.store.delete_dataset(other).await?;
+    env.store.datasets().delete(other).await?;
     let left: i64 = sqlx::query_scalar("SELECT count(*) FROM interactions WHERE dataset_id = $1")
         .bind(other)
         .fetch_one(env.store.pool())
@@ -97,7 +97,7 @@ async fn deleting_a_version_removes_its_rows_and_is_refused_while_a_run_uses_it(
         .await?;
     assert!(sample_rows > 0, "the other dataset is untouched");
     reasonrec_coordinator::create_run(&env.store, &env.settings, "sample").await?;
-    assert!(env.store.delete_dataset(id).await.is_err(), "a run still refers to it");
+    assert!(env.store.datasets().delete(id).await.is_err(), "a run still refers to it");
     let kept: i64 = sqlx::query_scalar("SELECT count(*) FROM interactions WHERE dataset_id = $1")
         .bind(id)
         .fetch_one(env.store.pool())

@@ -104,14 +104,14 @@ async fn a_judge_scores_every_reasoning_answer_on_its_own_endpoint_and_the_expor
 
     // The browser: a reasoning row shows its judge's score, and the score filters.
     let low = TaskFilter { stage: Some(reasonrec_core::Stage::Reasoning), max_score: Some(3), ..TaskFilter::default() };
-    let page = s.browse_tasks(run, &low, None, 500).await?;
+    let page = s.browser().tasks(run, &low, None, 500).await?;
     let expected_low = scores.values().filter(|s| s.is_some_and(|s| s <= 3)).count();
     assert_eq!(page.len(), expected_low);
     assert!(page.iter().all(|r| r.score.is_some_and(|s| s <= 3) && scores.get(&r.subject) == Some(&r.score)));
     let judges = TaskFilter { stage: Some(reasonrec_core::Stage::Judge), min_score: Some(4), ..TaskFilter::default() };
-    let page = s.browse_tasks(run, &judges, None, 500).await?;
+    let page = s.browser().tasks(run, &judges, None, 500).await?;
     assert_eq!(page.len(), scores.values().filter(|s| s.is_some_and(|s| s >= 4)).count());
-    let detail = s.task_detail(page[0].id).await?;
+    let detail = s.browser().task_detail(page[0].id).await?;
     assert_eq!(detail.row.score, page[0].score);
     assert!(detail.upstream.iter().any(|u| u.stage == reasonrec_core::Stage::Reasoning), "{:?}", detail.upstream);
 
@@ -212,7 +212,7 @@ async fn a_judge_whose_reasoning_failed_fails_without_a_call_and_is_judged_once_
     let mut cfg = env.mock.config();
     cfg.rate_contradict = 0.0;
     env.mock.set_config(cfg).map_err(anyhow::Error::msg)?;
-    assert_eq!(s.retry_failed(run).await? as i64, 2 * n);
+    assert_eq!(s.runs().retry_failed(run).await? as i64, 2 * n);
     env.run_to_completion(run).await?;
     let scores = judge_scores(&env, run).await?;
     assert_eq!(scores.len() as i64, n);

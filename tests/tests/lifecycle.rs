@@ -57,8 +57,8 @@ async fn a_paused_run_publishes_nothing_and_resumes_to_completion() -> anyhow::R
     let driving = drive(&outbox, run);
     wait_tasks(&env, run, "state = 'done'", 4).await?;
 
-    assert_eq!(env.store.pause_run(run, "paused by hand").await?, PauseOutcome::Paused);
-    assert_eq!(env.store.pause_run(run, "again").await?, PauseOutcome::AlreadyPaused);
+    assert_eq!(env.store.lifecycle().pause(run, "paused by hand").await?, PauseOutcome::Paused);
+    assert_eq!(env.store.lifecycle().pause(run, "again").await?, PauseOutcome::AlreadyPaused);
     // What was published before the pause is still worked (a pass of the outbox already past its
     // check when the pause came may still publish its page: give it time to end)...
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -71,20 +71,23 @@ async fn a_paused_run_publishes_nothing_and_resumes_to_completion() -> anyhow::R
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(tasks_of(&env, run, "published_at IS NOT NULL").await?, published, "nothing published while paused");
     assert_eq!(tasks_of(&env, run, "state = 'ready'").await?, 30 - published);
-    let l = env.store.run_lifecycle(run).await?;
+    let l = env.store.lifecycle().get(run).await?;
     assert_eq!((l.state.as_str(), l.paused_reason.as_deref()), ("paused", Some("paused by hand")));
     assert!(!driving.is_finished(), "drive waits through a pause instead of returning");
 
-    assert_eq!(env.store.resume_run(run).await?, ResumeOutcome::Resumed);
-    assert_eq!(env.store.resume_run(run).await?, ResumeOutcome::NotPaused { state: reasonrec_core::RunState::Running });
+    assert_eq!(env.store.lifecycle().resume(run).await?, ResumeOutcome::Resumed);
+    assert_eq!(
+        env.store.lifecycle().resume(run).await?,
+        ResumeOutcome::NotPaused { state: reasonrec_core::RunState::Running }
+    );
     let state = tokio::time::timeout(Duration::from_secs(60), driving).await???;
     assert_eq!(state, "completed");
     w.shutdown().await?;
     assert_eq!(tasks_of(&env, run, "state = 'done'").await?, 30);
     assert_eq!(env.mock.stats().ok, 30, "one teacher call per task");
-    assert_eq!(env.store.run_lifecycle(run).await?.paused_reason, None, "resume clears the reason");
+    assert_eq!(env.store.lifecycle().get(run).await?.paused_reason, None, "resume clears the reason");
     assert_eq!(
-        env.store.pause_run(run, "late").await?,
+        env.store.lifecycle().pause(run, "late").await?,
         PauseOutcome::NotRunning { state: reasonrec_core::RunState::Completed },
         "only a running run pauses"
     );
@@ -100,13 +103,13 @@ async fn a_paused_run_with_nothing_left_is_not_completed_until_resumed() -> anyh
     let run = create_run(&env.store, &env.settings, "sample").await?.run_id;
     let (broker, outbox) = env.outbox().await?;
     assert_eq!(outbox.pump(run).await?.published, 10);
-    env.store.pause_run(run, "paused by hand").await?;
+    env.store.lifecycle().pause(run, "paused by hand").await?;
     let w = env.spawn_worker("w")?;
     wait_tasks(&env, run, "state = 'done'", 10).await?;
-    assert_eq!(env.store.refresh_run_state(run).await?, "paused", "a paused run is not completed");
+    assert_eq!(env.store.runs().refresh_state(run).await?, "paused", "a paused run is not completed");
     let waited = tokio::time::timeout(Duration::from_millis(500), outbox.drive(run, POLL)).await;
     assert!(waited.is_err(), "drive keeps waiting on a paused run: {waited:?}");
-    env.store.resume_run(run).await?;
+    env.store.lifecycle().resume(run).await?;
     reasonrec_tests::drive_to_completion(&outbox, run, 30).await?;
     w.shutdown().await?;
     broker.close().await;
@@ -122,30 +125,30 @@ async fn a_run_pauses_itself_at_its_budget_and_resumes_only_under_it() -> anyhow
     env.settings.teacher.endpoints[0].price_output_per_mtok = 1000.0;
     env.ingest_sample().await?;
     let run = create_run(&env.store, &env.settings, "sample").await?.run_id;
-    env.store.set_run_budget(run, &Budget { usd: Some(0.5), tokens: None }).await?;
+    env.store.lifecycle().set_budget(run, &Budget { usd: Some(0.5), tokens: None }).await?;
     let broker = env.broker().await?;
     let outbox = Arc::new(Outbox::new(env.store.clone(), &broker).await?.with_max_outstanding(2));
     let w = env.spawn_worker("w")?;
     let driving = drive(&outbox, run);
 
     let t0 = Instant::now();
-    while env.store.run_lifecycle(run).await?.state != "paused" {
+    while env.store.lifecycle().get(run).await?.state != "paused" {
         anyhow::ensure!(t0.elapsed() < Duration::from_secs(60), "the run never paused");
         anyhow::ensure!(!driving.is_finished(), "the run ended instead of pausing");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     wait_drained(&env, run).await?;
-    let l = env.store.run_lifecycle(run).await?;
+    let l = env.store.lifecycle().get(run).await?;
     let reason = l.paused_reason.unwrap_or_default();
     assert!(reason.starts_with("budget reached: $") && reason.ends_with(" of $0.5000"), "{reason}");
-    let spend = env.store.run_spend(run).await?;
+    let spend = env.store.lifecycle().spend(run).await?;
     assert!(spend.cost_usd >= 0.5 && spend.tokens > 0, "{spend:?}");
     let done = tasks_of(&env, run, "state = 'done'").await?;
     assert!(done < 20, "paused long before the end ({done} done)");
     assert_eq!(tasks_of(&env, run, "published_at IS NOT NULL").await?, done, "nothing published past the budget");
 
     // Still over: refused, and it says why. The status says it too.
-    match env.store.resume_run(run).await? {
+    match env.store.lifecycle().resume(run).await? {
         ResumeOutcome::OverBudget { reason } => assert!(reason.starts_with("budget reached: $"), "{reason}"),
         other => panic!("resume over budget: {other:?}"),
     }
@@ -154,7 +157,7 @@ async fn a_run_pauses_itself_at_its_budget_and_resumes_only_under_it() -> anyhow
     assert_eq!(status.budget, Budget { usd: Some(0.5), tokens: None });
     assert!(status.render().contains("paused: budget reached: $"), "{}", status.render());
     // The run list shows state, reason, progress, spend and budget.
-    let listed = env.store.list_runs(10).await?;
+    let listed = env.store.lifecycle().list_runs(10).await?;
     let json = serde_json::to_value(&listed)?;
     assert_eq!(json[0]["run_id"], serde_json::json!(run));
     assert_eq!(json[0]["dataset"], "sample");
@@ -170,8 +173,8 @@ async fn a_run_pauses_itself_at_its_budget_and_resumes_only_under_it() -> anyhow
     assert_eq!(json[0]["budget"], serde_json::json!({"usd": 0.5, "tokens": null}));
 
     // Raised: it resumes and completes.
-    env.store.set_run_budget(run, &Budget { usd: Some(1000.0), tokens: None }).await?;
-    assert_eq!(env.store.resume_run(run).await?, ResumeOutcome::Resumed);
+    env.store.lifecycle().set_budget(run, &Budget { usd: Some(1000.0), tokens: None }).await?;
+    assert_eq!(env.store.lifecycle().resume(run).await?, ResumeOutcome::Resumed);
     let state = tokio::time::timeout(Duration::from_secs(60), driving).await???;
     assert_eq!(state, "completed");
     w.shutdown().await?;
@@ -187,14 +190,14 @@ async fn a_zero_token_budget_pauses_the_run_before_anything_is_published() -> an
     env.settings.sampling.max_users = 5;
     env.ingest_sample().await?;
     let run = create_run(&env.store, &env.settings, "sample").await?.run_id;
-    env.store.set_run_budget(run, &Budget { usd: None, tokens: Some(0) }).await?;
+    env.store.lifecycle().set_budget(run, &Budget { usd: None, tokens: Some(0) }).await?;
     let (broker, outbox) = env.outbox().await?;
     assert_eq!(outbox.pump(run).await?.published, 0);
-    let l = env.store.run_lifecycle(run).await?;
+    let l = env.store.lifecycle().get(run).await?;
     assert_eq!((l.state.as_str(), l.paused_reason.as_deref()), ("paused", Some("budget reached: 0 of 0 tokens")));
     assert_eq!(outbox.pump(run).await?.published, 0, "still paused");
-    env.store.set_run_budget(run, &Budget::default()).await?;
-    assert_eq!(env.store.resume_run(run).await?, ResumeOutcome::Resumed);
+    env.store.lifecycle().set_budget(run, &Budget::default()).await?;
+    assert_eq!(env.store.lifecycle().resume(run).await?, ResumeOutcome::Resumed);
     assert_eq!(outbox.pump(run).await?.published, 5);
     broker.close().await;
     env.cleanup().await
@@ -208,8 +211,8 @@ async fn a_higher_priority_run_is_published_first() -> anyhow::Result<()> {
     // The older run comes first by creation; priority must overtake it.
     let low = create_run(&env.store, &env.settings, "sample").await?.run_id;
     let high = create_run(&env.store, &env.settings, "sample").await?.run_id;
-    env.store.set_run_priority(high, 5).await?;
-    assert_eq!(env.store.active_runs().await?, vec![high, low]);
+    env.store.lifecycle().set_priority(high, 5).await?;
+    assert_eq!(env.store.runs().active().await?, vec![high, low]);
 
     let broker = env.broker().await?;
     let outbox = Outbox::new(env.store.clone(), &broker).await?.with_max_outstanding(3);
@@ -250,39 +253,46 @@ async fn snapshots_name_completed_runs_once_and_freeze_them() -> anyhow::Result<
     let run = create_run(&env.store, &env.settings, "sample").await?.run_id;
     let s = &env.store;
     assert_eq!(
-        s.create_snapshot("nightly", run, None).await?,
+        s.lifecycle().create_snapshot("nightly", run, None).await?,
         SnapshotOutcome::RunNotCompleted { state: reasonrec_core::RunState::Running }
     );
     complete(&env, run).await?;
-    assert_eq!(s.create_snapshot("nightly", run, Some("first")).await?, SnapshotOutcome::Created);
-    assert_eq!(s.create_snapshot("nightly", run, None).await?, SnapshotOutcome::NameTaken { run_id: run });
+    assert_eq!(s.lifecycle().create_snapshot("nightly", run, Some("first")).await?, SnapshotOutcome::Created);
+    assert_eq!(s.lifecycle().create_snapshot("nightly", run, None).await?, SnapshotOutcome::NameTaken { run_id: run });
     let other = create_run(s, &env.settings, "sample").await?.run_id;
     complete(&env, other).await?;
-    assert_eq!(s.create_snapshot("nightly", other, None).await?, SnapshotOutcome::NameTaken { run_id: run });
-    assert_eq!(s.create_snapshot("weekly", run, None).await?, SnapshotOutcome::Created, "a run may have two names");
+    assert_eq!(
+        s.lifecycle().create_snapshot("nightly", other, None).await?,
+        SnapshotOutcome::NameTaken { run_id: run }
+    );
+    assert_eq!(
+        s.lifecycle().create_snapshot("weekly", run, None).await?,
+        SnapshotOutcome::Created,
+        "a run may have two names"
+    );
 
-    assert_eq!(s.snapshot_run("nightly").await?, run);
-    let list = s.snapshots().await?;
+    assert_eq!(s.lifecycle().snapshot_run("nightly").await?, run);
+    let list = s.lifecycle().snapshots().await?;
     let nightly = list.iter().find(|x| x.name == "nightly").ok_or_else(|| anyhow::anyhow!("not listed"))?;
     assert_eq!((nightly.run_id, nightly.note.as_deref()), (run, Some("first")));
     assert_eq!(nightly.done.get("reasoning"), Some(&8));
-    let r = s.resolve_corpus("weekly").await?;
+    let r = s.lifecycle().resolve_corpus("weekly").await?;
     assert_eq!((r.run_id, r.snapshot.as_deref(), r.state.as_str()), (run, Some("weekly"), "completed"));
 
     // The run stays completed: cancelling it or reopening it is refused, and changes nothing.
-    let err = s.cancel_run(run).await.err().ok_or_else(|| anyhow::anyhow!("cancel of a snapshotted run"))?;
+    let err = s.runs().cancel(run).await.err().ok_or_else(|| anyhow::anyhow!("cancel of a snapshotted run"))?;
     assert!(err.to_string().contains("is snapshotted (nightly, weekly)"), "{err}");
     sqlx::query("UPDATE tasks SET state = 'failed', output_key = NULL, last_error = 'x' WHERE id = (SELECT id FROM tasks WHERE run_id = $1 LIMIT 1)")
         .bind(other)
         .execute(s.pool())
         .await?;
-    assert_eq!(s.retry_failed(other).await?, 1, "an unsnapshotted run reopens");
+    assert_eq!(s.runs().retry_failed(other).await?, 1, "an unsnapshotted run reopens");
     sqlx::query("UPDATE tasks SET state = 'failed', output_key = NULL, last_error = 'x' WHERE id = (SELECT id FROM tasks WHERE run_id = $1 LIMIT 1)")
         .bind(run)
         .execute(s.pool())
         .await?;
-    assert!(s.retry_failed(run).await.is_err(), "a snapshotted run does not reopen");
-    assert_eq!(s.get_run(run).await?.state, "completed");
+    assert!(s.runs().retry_failed(run).await.is_err(), "a snapshotted run does not reopen");
+    assert_eq!(s.runs().get(run).await?.state, "completed");
     assert_eq!(tasks_of(&env, run, "state = 'failed'").await?, 1, "the refused retry rolled back");
     // Its row cannot be deleted from under the snapshot.
     let deleted = sqlx::query("DELETE FROM runs WHERE id = $1").bind(run).execute(s.pool()).await;
@@ -297,7 +307,7 @@ async fn corpus_diff_counts_what_changed_between_two_runs() -> anyhow::Result<()
     let v1 = env.ingest_sample().await?;
     let a = create_run(&env.store, &env.settings, "sample").await?.run_id;
     complete(&env, a).await?;
-    assert_eq!(env.store.create_snapshot("v1", a, None).await?, SnapshotOutcome::Created);
+    assert_eq!(env.store.lifecycle().create_snapshot("v1", a, None).await?, SnapshotOutcome::Created);
     let s = &env.store;
 
     // Version 2: one user's leave-last-out target (their latest rating, alone at its timestamp)
@@ -327,13 +337,13 @@ async fn corpus_diff_counts_what_changed_between_two_runs() -> anyhow::Result<()
     let (user, item) = flipped.ok_or_else(|| anyhow::anyhow!("no user with a single latest rating"))?;
     let ds = reasonrec_dataset::load("ml-1m", &dir, "sample")?;
     let _ = std::fs::remove_dir_all(&dir);
-    s.ingest_dataset(&ds).await?;
+    s.datasets().ingest(&ds).await?;
     let requests = env.mock.stats().requests;
     let b = create_run(s, &env.settings, "sample").await?.run_id;
     complete(&env, b).await?;
     assert_eq!(env.mock.stats().requests, requests + 1, "only the changed prompt is asked again");
 
-    let d = s.corpus_diff(s.resolve_corpus("v1").await?.run_id, b, 10).await?;
+    let d = s.lifecycle().corpus_diff(s.lifecycle().resolve_corpus("v1").await?.run_id, b, 10).await?;
     let r = d.by_stage.get("reasoning").copied().unwrap_or_default();
     assert_eq!((r.added, r.removed, r.changed, r.label_changed, r.unchanged), (0, 0, 1, 1, 11), "{d:?}");
     assert_eq!(d.total, r);
@@ -347,14 +357,14 @@ async fn corpus_diff_counts_what_changed_between_two_runs() -> anyhow::Result<()
     env.settings.sampling.max_users = 14;
     let c = create_run(s, &env.settings, "sample").await?.run_id;
     complete(&env, c).await?;
-    let d = s.corpus_diff(b, c, 1).await?;
+    let d = s.lifecycle().corpus_diff(b, c, 1).await?;
     assert_eq!((d.total.added, d.total.removed, d.total.changed, d.total.unchanged), (2, 0, 0, 12), "{d:?}");
     assert_eq!(d.examples.get("added").map(Vec::len), Some(1), "examples are capped");
-    let d = s.corpus_diff(c, b, 10).await?;
+    let d = s.lifecycle().corpus_diff(c, b, 10).await?;
     assert_eq!((d.total.added, d.total.removed, d.total.changed, d.total.unchanged), (0, 2, 0, 12), "{d:?}");
     assert_eq!(d.examples.get("removed").map(Vec::len), Some(2));
     // A corpus against itself: nothing but unchanged.
-    let d = s.corpus_diff(c, c, 10).await?;
+    let d = s.lifecycle().corpus_diff(c, c, 10).await?;
     assert_eq!((d.total.added, d.total.removed, d.total.changed, d.total.unchanged), (0, 0, 0, 14));
     env.cleanup().await
 }

@@ -80,7 +80,7 @@ async fn three_stages_every_reasoning_saw_its_user_profile_and_item_profiles() -
         .fetch_all(s.pool())
         .await?;
     for id in ids {
-        let task = s.load_task(id).await?;
+        let task = s.tasks().load(id).await?;
         let prompt = reasonrec_worker::render::render_task(s, processor.prompts(), &task).await?;
         let key = OutputKey::compute(task.stage, &prompt, &ep.model, &ep.params);
         let stored: Vec<u8> =
@@ -192,7 +192,7 @@ async fn amazon_items_are_profiled_from_their_reviews_and_reasoning_uses_k_4() -
     reasonrec_dataset::generate::generate_amazon(&dir, spec)?;
     let ds = reasonrec_dataset::load("amazon", &dir, "amz")?;
     let _ = std::fs::remove_dir_all(&dir);
-    env.store.ingest_dataset(&ds).await?;
+    env.store.datasets().ingest(&ds).await?;
     let plan = create_run(&env.store, &env.settings, "amz").await?;
     let s = &env.store;
     assert_eq!(
@@ -213,7 +213,7 @@ async fn amazon_items_are_profiled_from_their_reviews_and_reasoning_uses_k_4() -
     .bind(plan.run_id)
     .fetch_one(s.pool())
     .await?;
-    let task = s.load_task(id).await?;
+    let task = s.tasks().load(id).await?;
     let prompt = reasonrec_worker::render::render_task(s, processor.prompts(), &task).await?;
     assert_eq!(prompt.template, "item_profile.amazon");
     let text = &prompt.messages[1].content;

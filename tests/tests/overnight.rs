@@ -85,7 +85,7 @@ async fn chain(s: &Store, run: Uuid) -> anyhow::Result<(Uuid, Uuid)> {
     let deps: Vec<Uuid> =
         sqlx::query_scalar("SELECT depends_on FROM task_deps WHERE task_id = $1").bind(u).fetch_all(s.pool()).await?;
     let batch: Vec<Finish> = deps.iter().map(|&id| complete(id, run, 0, &format!("item {id}"))).collect();
-    s.finish_tasks(&batch).await?;
+    s.finishing().finish_tasks(&batch).await?;
     anyhow::ensure!(row(s, u).await?.state == "ready", "u is ready once its item profiles are done");
     Ok((u, r))
 }
@@ -99,7 +99,7 @@ async fn finish_other_deps(s: &Store, run: Uuid, r: Uuid, u: Uuid) -> anyhow::Re
             .fetch_all(s.pool())
             .await?;
     let batch: Vec<Finish> = others.iter().map(|&id| complete(id, run, 0, &format!("other {id}"))).collect();
-    s.finish_tasks(&batch).await?;
+    s.finishing().finish_tasks(&batch).await?;
     Ok(())
 }
 
@@ -119,18 +119,18 @@ async fn a_failure_then_a_late_copy_counts_the_dependent_down_once_and_replans_i
     finish_other_deps(s, run, r, u).await?;
     assert_eq!(row(s, r).await?.pending_deps, 1, "r waits on u only");
 
-    s.finish_tasks(&[fail(u, run)]).await?;
+    s.finishing().finish_tasks(&[fail(u, run)]).await?;
     let after_fail = row(s, r).await?;
     assert_eq!((after_fail.state.as_str(), after_fail.pending_deps), ("ready", 0), "released once by the failure");
 
     // The reasoning task runs without u's profile and is done.
-    s.finish_tasks(&[complete(r, run, 0, "reasoning without u")]).await?;
+    s.finishing().finish_tasks(&[complete(r, run, 0, "reasoning without u")]).await?;
     assert_eq!(row(s, r).await?.state, "done");
 
     // Had r been a batch answer re-asked live, its re-plan sends it back to its run's route.
     sqlx::query("UPDATE tasks SET live_reask = true WHERE id = $1").bind(r).execute(s.pool()).await?;
     // A late copy of u's message completes it: u is done, r is re-planned (not counted down).
-    let out = s.finish_tasks(&[complete(u, run, 0, "profile u")]).await?;
+    let out = s.finishing().finish_tasks(&[complete(u, run, 0, "profile u")]).await?;
     assert!(out[0].newly_done);
     assert_eq!(row(s, u).await?.state, "done");
     let replanned = row(s, r).await?;
@@ -147,10 +147,10 @@ async fn a_failure_then_a_late_copy_counts_the_dependent_down_once_and_replans_i
     assert!(!live, "a re-planned task starts afresh on its run's route");
 
     // A third copy of u changes nothing.
-    let again = s.finish_tasks(&[complete(u, run, 0, "profile u")]).await?;
+    let again = s.finishing().finish_tasks(&[complete(u, run, 0, "profile u")]).await?;
     assert!(!again[0].newly_done);
     assert_eq!(row(s, r).await?, replanned);
-    let counts = s.run_counts(run).await?;
+    let counts = s.runs().counts(run).await?;
     assert_eq!(counts.replanned, 1);
     env.cleanup().await
 }
@@ -164,20 +164,20 @@ async fn retry_failed_never_counts_a_dependent_down_twice() -> anyhow::Result<()
     let pending = row(s, r).await?.pending_deps;
     assert!(pending >= 2, "r waits on u and at least one item profile");
 
-    s.finish_tasks(&[fail(u, run)]).await?;
+    s.finishing().finish_tasks(&[fail(u, run)]).await?;
     assert_eq!(row(s, r).await?.pending_deps, pending - 1);
-    assert!(s.retry_failed(run).await? >= 1);
+    assert!(s.runs().retry_failed(run).await? >= 1);
     assert_eq!(row(s, u).await?.state, "ready");
     // Fails again after the retry, and a dead letter of an old copy arrives too.
-    s.finish_tasks(&[fail(u, run)]).await?;
-    assert!(!s.record_dead_letter(u, run, "delivery limit").await?, "already failed");
+    s.finishing().finish_tasks(&[fail(u, run)]).await?;
+    assert!(!s.tasks().record_dead_letter(u, run, "delivery limit").await?, "already failed");
     assert_eq!(row(s, r).await?.pending_deps, pending - 1, "counted down once, whatever came after");
     assert_eq!(row(s, r).await?.state, "waiting", "still waits on its other inputs");
 
     // Retried again and done this time: r is still waiting, so nothing to re-plan; r's count
     // stays right and it renders with u's output when it becomes ready.
-    s.retry_failed(run).await?;
-    s.finish_tasks(&[complete(u, run, 0, "profile u at last")]).await?;
+    s.runs().retry_failed(run).await?;
+    s.finishing().finish_tasks(&[complete(u, run, 0, "profile u at last")]).await?;
     let now = row(s, r).await?;
     assert_eq!((now.state.as_str(), now.pending_deps, now.inputs_version), ("waiting", pending - 1, 0));
     finish_other_deps(s, run, r, u).await?;
@@ -192,15 +192,15 @@ async fn an_answer_rendered_before_an_upstream_output_arrived_is_superseded() ->
     let s = &env.store;
     let (u, r) = chain(s, run).await?;
     finish_other_deps(s, run, r, u).await?;
-    s.finish_tasks(&[fail(u, run)]).await?;
+    s.finishing().finish_tasks(&[fail(u, run)]).await?;
     // r is worked (rendered at inputs version 0) while u is retried and succeeds.
-    s.retry_failed(run).await?;
-    s.finish_tasks(&[complete(u, run, 0, "profile u")]).await?;
+    s.runs().retry_failed(run).await?;
+    s.finishing().finish_tasks(&[complete(u, run, 0, "profile u")]).await?;
     assert_eq!(row(s, r).await?.inputs_version, 1);
-    let stale = s.finish_tasks(&[complete(r, run, 0, "reasoning without u")]).await?;
+    let stale = s.finishing().finish_tasks(&[complete(r, run, 0, "reasoning without u")]).await?;
     assert!(stale[0].superseded && !stale[0].newly_done);
     assert_eq!(row(s, r).await?.state, "ready", "nothing moved");
-    let fresh = s.finish_tasks(&[complete(r, run, 1, "reasoning with u")]).await?;
+    let fresh = s.finishing().finish_tasks(&[complete(r, run, 1, "reasoning with u")]).await?;
     assert!(fresh[0].newly_done);
     env.cleanup().await
 }
@@ -217,14 +217,16 @@ async fn a_closed_run_never_changes_through_a_late_copy() -> anyhow::Result<()> 
         .fetch_all(s.pool())
         .await?;
     let [a, b, c, d] = tasks[..] else { anyhow::bail!("expected 4 tasks, got {}", tasks.len()) };
-    s.finish_tasks(&[fail(a, plan.run_id), complete(b, plan.run_id, 0, "b"), complete(c, plan.run_id, 0, "c")]).await?;
-    s.finish_tasks(&[complete(d, plan.run_id, 0, "d")]).await?;
-    assert_eq!(s.refresh_run_state(plan.run_id).await?, "completed");
-    s.create_snapshot("frozen", plan.run_id, None).await?;
+    s.finishing()
+        .finish_tasks(&[fail(a, plan.run_id), complete(b, plan.run_id, 0, "b"), complete(c, plan.run_id, 0, "c")])
+        .await?;
+    s.finishing().finish_tasks(&[complete(d, plan.run_id, 0, "d")]).await?;
+    assert_eq!(s.runs().refresh_state(plan.run_id).await?, "completed");
+    s.lifecycle().create_snapshot("frozen", plan.run_id, None).await?;
     // A late copy of the failed task, and a dead letter: the frozen corpus stays as it is.
-    let late = s.finish_tasks(&[complete(a, plan.run_id, 0, "late a")]).await?;
+    let late = s.finishing().finish_tasks(&[complete(a, plan.run_id, 0, "late a")]).await?;
     assert!(!late[0].newly_done);
-    assert!(!s.record_dead_letter(b, plan.run_id, "late").await?);
+    assert!(!s.tasks().record_dead_letter(b, plan.run_id, "late").await?);
     assert_eq!(row(s, a).await?.state, "failed");
     assert_eq!(row(s, b).await?.state, "done");
 
@@ -232,8 +234,8 @@ async fn a_closed_run_never_changes_through_a_late_copy() -> anyhow::Result<()> 
     let other = create_run(s, &env.settings, "sample").await?.run_id;
     let t: Uuid =
         sqlx::query_scalar("SELECT id FROM tasks WHERE run_id = $1 LIMIT 1").bind(other).fetch_one(s.pool()).await?;
-    s.cancel_run(other).await?;
-    assert!(!s.finish_tasks(&[complete(t, other, 0, "after cancel")]).await?[0].newly_done);
+    s.runs().cancel(other).await?;
+    assert!(!s.finishing().finish_tasks(&[complete(t, other, 0, "after cancel")]).await?[0].newly_done);
     assert_eq!(row(s, t).await?.state, "cancelled");
     env.cleanup().await
 }
@@ -252,7 +254,7 @@ async fn a_message_for_a_waiting_task_or_naming_another_stage_is_not_worked() ->
     assert!(matches!(wrong_stage, Outcome::Mismatch { .. }), "{wrong_stage:?}");
     let wrong_run = processor.process(&TaskMessage::new(u, Uuid::now_v7(), Stage::UserProfile)).await?;
     assert!(matches!(wrong_run, Outcome::Mismatch { .. }), "{wrong_run:?}");
-    s.finish_tasks(&[fail(u, run)]).await?;
+    s.finishing().finish_tasks(&[fail(u, run)]).await?;
     let failed = processor.process(&TaskMessage::new(u, run, Stage::UserProfile)).await?;
     assert!(matches!(failed, Outcome::Skipped { .. }), "a failed task's copy is not asked again: {failed:?}");
     assert_eq!(env.mock.stats().requests, before, "no teacher call for any of them");
@@ -266,14 +268,14 @@ async fn a_plan_that_died_is_failed_and_the_dataset_goes_on_a_live_one_is_left_a
     let dataset = env.ingest_sample().await?;
     let s = &env.store;
     // A live planner holds its run's lock.
-    let live = s.create_planning_run(dataset, &serde_json::json!({}), RunRoute::Live).await?;
+    let live = s.planning().create_run(dataset, &serde_json::json!({}), RunRoute::Live).await?;
     assert_eq!(unfinished_run(s, "sample").await?, Some(live.run_id()), "a live plan blocks a second run");
-    assert_eq!(s.get_run(live.run_id()).await?.state, "planning");
+    assert_eq!(s.runs().get(live.run_id()).await?.state, "planning");
     // The planner dies: its connection (and lock) go away, the row stays `planning`.
     let dead = live.run_id();
     live.release().await;
     assert_eq!(unfinished_run(s, "sample").await?, None, "a dead plan does not block the dataset");
-    assert_eq!(s.get_run(dead).await?.state, "failed");
+    assert_eq!(s.runs().get(dead).await?.state, "failed");
     let reason: Option<String> =
         sqlx::query_scalar("SELECT failed_reason FROM runs WHERE id = $1").bind(dead).fetch_one(s.pool()).await?;
     assert!(reason.is_some_and(|r| r.contains("planning died")));
@@ -301,7 +303,7 @@ async fn a_slow_teacher_behind_a_long_queue_gets_each_task_published_and_asked_o
     let w = env.spawn_worker("slow")?;
     reasonrec_tests::drive_to_completion(&outbox, plan.run_id, 120).await?;
     w.shutdown().await?;
-    let c = env.store.run_counts(plan.run_id).await?;
+    let c = env.store.runs().counts(plan.run_id).await?;
     assert_eq!(c.done, 40);
     assert_eq!((c.published_ever, c.messages_published), (40, 40), "one message per task");
     assert_eq!(env.mock.stats().requests, 40, "one teacher call per task");
@@ -329,7 +331,7 @@ async fn a_task_whose_inputs_keep_changing_is_handed_back_with_every_call_record
     let s = env.store.clone();
     let (u, r) = chain(&s, run).await?;
     finish_other_deps(&s, run, r, u).await?;
-    s.finish_tasks(&[complete(u, run, 0, "profile u")]).await?;
+    s.finishing().finish_tasks(&[complete(u, run, 0, "profile u")]).await?;
     assert_eq!(row(&s, r).await?.state, "ready");
 
     let stop = tokio_util::sync::CancellationToken::new();

@@ -10,7 +10,7 @@ use uuid::Uuid;
 /// An incremental run of `sample`, worked to completion.
 async fn night(env: &TestEnv) -> anyhow::Result<Uuid> {
     let plan = plan_run(&env.store, &env.settings, "sample", PlanOptions { incremental: true, dry_run: false }).await?;
-    if env.store.get_run(plan.run_id).await?.state != "completed" {
+    if env.store.runs().get(plan.run_id).await?.state != "completed" {
         env.run_to_completion(plan.run_id).await?;
     }
     Ok(plan.run_id)
@@ -27,7 +27,7 @@ async fn new_version(env: &TestEnv, n: usize) -> anyhow::Result<()> {
     })?;
     let ds = reasonrec_dataset::load("ml-1m", &dir, "sample")?;
     let _ = std::fs::remove_dir_all(&dir);
-    env.store.ingest_dataset(&ds).await?;
+    env.store.datasets().ingest(&ds).await?;
     Ok(())
 }
 
@@ -57,13 +57,13 @@ async fn prune_deletes_old_runs_unused_outputs_and_old_versions_and_keeps_what_i
     env.run_to_completion(run1).await?;
     let run2 = night(&env).await?;
     let run3 = create_run(s, &env.settings, "sample").await?.run_id;
-    s.cancel_run(run3).await?;
+    s.runs().cancel(run3).await?;
     // Version 2: two nights, one snapshotted, one exported. Version 3: the latest night.
     new_version(&env, 0).await?;
     let run4 = night(&env).await?;
-    s.create_snapshot("kept", run4, None).await?;
+    s.lifecycle().create_snapshot("kept", run4, None).await?;
     let run5 = night(&env).await?;
-    s.record_export(run5, "/exports/night5").await?;
+    s.pruning().record_export(run5, "/exports/night5").await?;
     new_version(&env, 1).await?;
     let run6 = night(&env).await?;
     // An answer no task uses (a superseded answer, written two hours ago).
@@ -94,7 +94,7 @@ async fn prune_deletes_old_runs_unused_outputs_and_old_versions_and_keeps_what_i
     assert_eq!(report.runs, vec![run1, run2, run3], "all but the snapshotted, exported and latest runs");
     for run in [run1, run2, run3] {
         assert_eq!(tasks(&env, run).await?, 0);
-        assert!(s.get_run(run).await?.pruned_at.is_some(), "the run row stays, marked");
+        assert!(s.runs().get(run).await?.pruned_at.is_some(), "the run row stays, marked");
     }
     assert_eq!((report.tasks_deleted, report.edges_deleted), (pruned_tasks, edges));
     let orphan_edges: i64 = sqlx::query_scalar(
@@ -117,7 +117,7 @@ async fn prune_deletes_old_runs_unused_outputs_and_old_versions_and_keeps_what_i
 
     // The next night still compares with the latest run and carries everything over.
     let run7 = night(&env).await?;
-    assert_eq!(s.get_run(run7).await?.state, "completed");
+    assert_eq!(s.runs().get(run7).await?.state, "completed");
     assert_eq!(tasks(&env, run7).await?, kept_before[2]);
     let status = reasonrec_coordinator::status::run_status(s, run1).await?;
     assert!(status.render().contains("pruned at"), "{}", status.render());

@@ -500,7 +500,7 @@ async fn partial_exports_say_so_waiting_exports_wait_and_a_cancelled_run_is_an_e
 
     // A cancelled run: an error without --partial, what it finished with.
     let second = create_run(&env.store, &env.settings, "sample").await?.run_id;
-    env.store.cancel_run(second).await?;
+    env.store.runs().cancel(second).await?;
     let err = export(&env, second, &options(&tmp.path().join("cancelled"))).await;
     assert!(matches!(err, Err(TrainerError::RunCancelled(id)) if id == second), "{err:?}");
     let mut o = options(&tmp.path().join("cancelled"));

@@ -223,9 +223,9 @@ async fn the_text_index_is_built_once_and_dropped_on_request() -> anyhow::Result
         let out = ok(&reasonrec(&config, &["corpus", "text-index"])?);
         assert!(out.contains("trigram index present"), "{out}");
     }
-    assert_eq!(env.store.text_index().await?, Some(true));
+    assert_eq!(env.store.browser().text_index().await?, Some(true));
     let out = ok(&reasonrec(&config, &["corpus", "text-index", "--drop"])?);
     assert!(out.contains("trigram index absent"), "{out}");
-    assert_eq!(env.store.text_index().await?, None);
+    assert_eq!(env.store.browser().text_index().await?, None);
     env.cleanup().await
 }

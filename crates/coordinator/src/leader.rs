@@ -26,7 +26,7 @@ pub async fn acquire(
 ) -> Result<Option<Leadership>, CoordinatorError> {
     let mut announced = false;
     loop {
-        match store.try_lock(key).await {
+        match store.locks().try_lock(key).await {
             Ok(Some(lock)) => {
                 tracing::info!(key, "leadership acquired");
                 return Ok(Some(Leadership { lock }));

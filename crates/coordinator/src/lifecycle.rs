@@ -5,7 +5,7 @@
 //! were published before the pause, and a worker does not look at the run's state except to skip
 //! a cancelled run's tasks), so a paused run's spend can still grow by what was outstanding, at
 //! most `coordinator.max_outstanding` tasks. A paused run is never marked completed
-//! (`Store::refresh_run_state` only completes running runs); `run create --wait` keeps waiting
+//! (`Runs::refresh_state` only completes running runs); `run create --wait` keeps waiting
 //! through a pause. On resume, tasks whose messages were lost meanwhile are published again by the
 //! usual republish of stale `published` tasks.
 //!
@@ -26,7 +26,7 @@ pub const INCREMENTAL_PRIORITY: i32 = -10;
 /// Whether the outbox may publish `run_id`'s tasks now; pauses the run (and says so) when its
 /// spend reached its budget.
 pub async fn may_publish(store: &Store, run_id: Uuid) -> Result<bool, CoordinatorError> {
-    match store.publish_gate(run_id).await? {
+    match store.lifecycle().publish_gate(run_id).await? {
         Gate::Open => Ok(true),
         Gate::Closed { state } => {
             tracing::trace!(%run_id, %state, "run not running; nothing published");
@@ -52,5 +52,5 @@ pub async fn prune(
         keep_completed: settings.keep_completed.max(1),
         keep_days: settings.keep_days,
     };
-    Ok(store.prune(policy, dry_run).await?)
+    Ok(store.pruning().prune(policy, dry_run).await?)
 }

@@ -135,7 +135,7 @@ impl Outbox {
         loop {
             self.housekeeping(&[run_id]).await?;
             let report = self.pump(run_id).await?;
-            let state = self.store.refresh_run_state(run_id).await?;
+            let state = self.store.runs().refresh_state(run_id).await?;
             if matches!(state, RunState::Completed | RunState::Cancelled) {
                 return Ok(state);
             }
@@ -154,11 +154,11 @@ impl Outbox {
         let mut stop = std::pin::pin!(stop);
         loop {
             let mut busy = false;
-            let runs = self.store.active_runs().await?;
+            let runs = self.store.runs().active().await?;
             self.housekeeping(&runs).await?;
             for run_id in runs {
                 busy |= self.pump(run_id).await?.published > 0;
-                let state = self.store.refresh_run_state(run_id).await?;
+                let state = self.store.runs().refresh_state(run_id).await?;
                 if state == RunState::Completed {
                     tracing::info!(%run_id, "run completed");
                 }

@@ -168,8 +168,14 @@ impl Previous {
         let maps = if prev.dataset_id == current.id {
             None
         } else {
-            let users = id_map(store.user_ext_ids(prev.dataset_id).await?, store.user_ext_ids(current.id).await?);
-            let items = id_map(store.item_ext_ids(prev.dataset_id).await?, store.item_ext_ids(current.id).await?);
+            let users = id_map(
+                store.incremental().user_ext_ids(prev.dataset_id).await?,
+                store.incremental().user_ext_ids(current.id).await?,
+            );
+            let items = id_map(
+                store.incremental().item_ext_ids(prev.dataset_id).await?,
+                store.incremental().item_ext_ids(current.id).await?,
+            );
             Some((users, items))
         };
         let translate = |id: Option<i32>, users: bool| -> Option<i32> {
@@ -181,7 +187,7 @@ impl Previous {
         };
         let mut teachers: HashMap<(String, String), u32> = HashMap::new();
         let mut tasks = HashMap::new();
-        let mut stream = std::pin::pin!(store.stream_previous_tasks(prev.id));
+        let mut stream = std::pin::pin!(store.incremental().stream_previous_tasks(prev.id));
         while let Some(t) = stream.try_next().await? {
             // A user or item the new version no longer has: nothing to carry over.
             let (Some(user), Some(item)) = (translate(t.user_id, true), translate(t.item_id, false)) else {

@@ -85,7 +85,7 @@ struct Content {
 impl Content {
     async fn load(store: &Store, ds: &DatasetRow, fp: Fingerprinter, reviews: bool) -> Result<Self, CoordinatorError> {
         let mut items: Vec<Option<Digest32>> = vec![None; ds.n_items.max(0) as usize];
-        let mut rows = std::pin::pin!(store.stream_item_contents(ds.id));
+        let mut rows = std::pin::pin!(store.incremental().stream_item_contents(ds.id));
         while let Some((id, title, attrs)) = rows.try_next().await? {
             let Ok(i) = usize::try_from(id) else { continue };
             if i >= items.len() {
@@ -95,6 +95,7 @@ impl Content {
         }
         let reviews = if reviews {
             store
+                .incremental()
                 .review_digests(ds.id)
                 .await?
                 .into_iter()
@@ -396,7 +397,7 @@ struct UserGroups<'a> {
 impl<'a> UserGroups<'a> {
     fn new(store: &'a Store, dataset_id: i64, max_users: usize) -> Self {
         Self {
-            stream: Box::pin(store.stream_interactions(dataset_id)),
+            stream: Box::pin(store.datasets().stream_interactions(dataset_id)),
             pending: None,
             users: 0,
             max_users: max_users as u64,
@@ -471,10 +472,10 @@ pub async fn create_run(store: &Store, settings: &Settings, dataset: &str) -> Re
 /// planner died (left `planning` with nobody holding its lock) is failed first, with the reason,
 /// so it never blocks the dataset.
 pub async fn unfinished_run(store: &Store, dataset: &str) -> Result<Option<Uuid>, CoordinatorError> {
-    for run_id in store.fail_abandoned_plans(dataset).await? {
+    for run_id in store.planning().fail_abandoned_plans(dataset).await? {
         tracing::warn!(%run_id, dataset, "a run's planning died (no planner holds its lock); marked failed");
     }
-    Ok(store.unfinished_run_of(dataset).await?)
+    Ok(store.monitor().unfinished_run_of(dataset).await?)
 }
 
 /// What [`create_incremental_run`] did.
@@ -500,7 +501,7 @@ pub async fn create_incremental_run(
     }
     let plan = plan_run(store, settings, dataset, PlanOptions { incremental: true, dry_run }).await?;
     if !dry_run {
-        store.set_run_priority(plan.run_id, crate::lifecycle::INCREMENTAL_PRIORITY).await?;
+        store.lifecycle().set_priority(plan.run_id, crate::lifecycle::INCREMENTAL_PRIORITY).await?;
     }
     Ok(Incremental::Planned(Box::new(plan)))
 }
@@ -513,11 +514,11 @@ pub async fn plan_run(
     dataset: &str,
     opts: PlanOptions,
 ) -> Result<RunPlan, CoordinatorError> {
-    let ds = store.find_dataset(dataset, None).await?;
+    let ds = store.datasets().find(dataset, None).await?;
     let family = ds.family;
     let fingerprinter = load_fingerprinter(settings, family, opts)?;
     let previous_run =
-        if opts.incremental || opts.dry_run { store.latest_completed_run(&ds.name).await? } else { None };
+        if opts.incremental || opts.dry_run { store.incremental().latest_completed_run(&ds.name).await? } else { None };
     let previous = match (&previous_run, &fingerprinter) {
         (Some(p), Some(f)) if opts.incremental => Some(Previous::load(store, p, &ds, f.templates(), settings).await?),
         _ => None,
@@ -538,7 +539,7 @@ pub async fn plan_run(
     if let Some(lock) = lock {
         if let Err(e) = &written {
             tracing::error!(%run_id, error = %e, "planning failed; the run is marked failed");
-            if let Err(fe) = store.fail_plan(run_id, &format!("planning failed: {e}")).await {
+            if let Err(fe) = store.planning().fail_plan(run_id, &format!("planning failed: {e}")).await {
                 // The lock goes with the connection: the next look at the dataset fails the run.
                 tracing::warn!(%run_id, error = %fe, "could not mark the run failed");
             }
@@ -549,7 +550,7 @@ pub async fn plan_run(
     let mut plan = planner.plan;
     if opts.incremental || opts.dry_run {
         let tokens = match &previous_run {
-            Some(p) => store.stage_tokens(p.id).await?,
+            Some(p) => store.incremental().stage_tokens(p.id).await?,
             None => Vec::new(),
         };
         let prev = previous_run.as_ref().map(|p| (p.id, tokens.as_slice()));
@@ -634,10 +635,10 @@ async fn open_run(
     ds: &DatasetRow,
     snapshot: &serde_json::Value,
 ) -> Result<PlanningLock, CoordinatorError> {
-    let lock = store.create_planning_run(ds.id, snapshot, RunRoute::of(&settings.teacher)).await?;
+    let lock = store.planning().create_run(ds.id, snapshot, RunRoute::of(&settings.teacher)).await?;
     let deadline = settings.batch.deadline_from_now().map_err(CoordinatorError::Plan)?;
     if deadline.is_some() {
-        store.set_run_deadline(lock.run_id(), deadline).await?;
+        store.batches().set_run_deadline(lock.run_id(), deadline).await?;
     }
     Ok(lock)
 }
@@ -740,10 +741,10 @@ async fn write_plan(
     }
     planner.plan.tasks += flush(store.clone(), run_id, std::mem::take(&mut planner.batch), opts.dry_run).await?;
     if !opts.dry_run {
-        store.start_run(run_id).await?;
+        store.runs().start(run_id).await?;
         if opts.incremental {
             // Nothing stale: every task is carried over and the run is complete already.
-            store.refresh_run_state(run_id).await?;
+            store.runs().refresh_state(run_id).await?;
         }
     }
     Ok(())
@@ -756,7 +757,7 @@ async fn flush(store: Store, run_id: Uuid, batch: Vec<NewTask>, dry_run: bool) -
     if dry_run {
         return Ok(batch.len() as u64);
     }
-    Ok(store.insert_tasks(run_id, &batch).await?)
+    Ok(store.runs().insert_tasks(run_id, &batch).await?)
 }
 
 /// Waits for a background insert; how many tasks it wrote.

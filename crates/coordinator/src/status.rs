@@ -72,14 +72,14 @@ async fn projected_batch_finish(
     run_id: Uuid,
     snapshot: &serde_json::Value,
 ) -> Result<Option<chrono::DateTime<chrono::Utc>>, CoordinatorError> {
-    let Some(work) = store.batch_work(run_id).await? else { return Ok(None) };
+    let Some(work) = store.batches().work(run_id).await? else { return Ok(None) };
     // What the run was planned with: its batch settings and its batch endpoint.
     let batch: BatchSettings = serde_json::from_value(snapshot["batch"].clone()).unwrap_or_default();
     let endpoint = snapshot["teacher"].as_array().into_iter().flatten().find(|e| e["mode"] == "batch");
     let name = endpoint.and_then(|e| e["name"].as_str()).unwrap_or_default();
     let protocol: Protocol =
         endpoint.and_then(|e| serde_json::from_value(e["protocol"].clone()).ok()).unwrap_or_default();
-    let secs = match store.observed_turnaround(name).await? {
+    let secs = match store.batches().observed_turnaround(name).await? {
         Some(s) if s.is_finite() && s >= 0.0 => s,
         _ => batch.turnaround_secs as f64,
     };
@@ -91,10 +91,10 @@ async fn projected_batch_finish(
 }
 
 pub async fn run_status(store: &Store, run_id: Uuid) -> Result<RunStatus, CoordinatorError> {
-    let state = store.refresh_run_state(run_id).await?;
-    let c = store.run_counts(run_id).await?;
-    let lifecycle = store.run_lifecycle(run_id).await?;
-    let row = store.get_run(run_id).await?;
+    let state = store.runs().refresh_state(run_id).await?;
+    let c = store.runs().counts(run_id).await?;
+    let lifecycle = store.lifecycle().get(run_id).await?;
+    let row = store.runs().get(run_id).await?;
     let (failed_reason, pruned_at) = (row.failed_reason, row.pruned_at);
     let remaining = c.total - c.done - c.failed - c.state(TaskState::Cancelled);
     let rate = if state == RunState::Completed || c.done_last_minute == 0 {
@@ -110,7 +110,7 @@ pub async fn run_status(store: &Store, run_id: Uuid) -> Result<RunStatus, Coordi
     let scale = (finished > 0).then(|| (c.total - carried) as f64 / finished as f64);
     let projected_cost_usd = scale.map(|k| c.cost_usd * k);
     let projected_tokens = scale.map(|k| ((c.input_tokens + c.output_tokens) as f64 * k).round() as i64);
-    let by_state = store.batch_summary(run_id).await?;
+    let by_state = store.batches().summary(run_id).await?;
     let batches = if row.route == RunRoute::Batch || !by_state.is_empty() {
         let projected = projected_batch_finish(store, run_id, &row.settings).await?;
         let done_by_batch = by_state.iter().map(|b| b.done_lines).sum();

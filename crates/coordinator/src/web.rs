@@ -298,7 +298,7 @@ async fn tasks(
         Ok(p) => p,
         Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
     };
-    match state.store.browse_tasks(run, &filter, after, limit).await {
+    match state.store.browser().tasks(run, &filter, after, limit).await {
         Ok(tasks) => {
             let next = (tasks.len() as i64 == limit).then(|| tasks.last().map(|t| t.id)).flatten();
             Json(TasksPage { tasks, next }).into_response()
@@ -325,7 +325,7 @@ async fn task(State(state): State<WebState>, headers: HeaderMap, Path(id): Path<
     if !authorized(&state, &headers) {
         return refused(&state);
     }
-    let detail = match state.store.task_detail(id).await {
+    let detail = match state.store.browser().task_detail(id).await {
         Ok(d) => d,
         Err(e) => return store_error(e),
     };
@@ -359,7 +359,7 @@ async fn sample(
     let Ok(Query(q)) = query else {
         return (StatusCode::BAD_REQUEST, "n and seed are numbers\n").into_response();
     };
-    match state.store.audit_sample(run, q.n.unwrap_or(5).clamp(1, 100), q.seed.unwrap_or(0)).await {
+    match state.store.audits().sample(run, q.n.unwrap_or(5).clamp(1, 100), q.seed.unwrap_or(0)).await {
         Ok(rows) => Json(serde_json::json!({ "sample": rows })).into_response(),
         Err(e) => store_error(e),
     }
@@ -370,7 +370,7 @@ async fn audit(State(state): State<WebState>, headers: HeaderMap, Path(run): Pat
     if !authorized(&state, &headers) {
         return refused(&state);
     }
-    match state.store.audit_counts(run).await {
+    match state.store.audits().counts(run).await {
         Ok(counts) => Json(reasonrec_store::audit::AuditSummary::new(run, counts)).into_response(),
         Err(e) => store_error(e),
     }
@@ -395,7 +395,7 @@ async fn quality(
     let Ok(Query(q)) = query else {
         return (StatusCode::BAD_REQUEST, "days is a number\n").into_response();
     };
-    match state.store.quality(run, q.days.unwrap_or(14).clamp(0, 366)).await {
+    match state.store.audits().quality(run, q.days.unwrap_or(14).clamp(0, 366)).await {
         Ok(quality) => Json(quality).into_response(),
         Err(e) => store_error(e),
     }
@@ -438,7 +438,7 @@ async fn mark(
     let reason = m.reason.map(|r| r.trim().chars().take(2_000).collect::<String>()).filter(|r| !r.is_empty());
     let new =
         reasonrec_store::audit::NewMark { output_key, verdict: m.verdict, reason, reviewer: reviewer.to_string() };
-    match state.store.mark_outputs(&[new]).await {
+    match state.store.audits().mark_outputs(&[new]).await {
         Ok(_) => StatusCode::NO_CONTENT.into_response(),
         // The key names no output of the ledger (the foreign key refused it).
         Err(reasonrec_store::StoreError::Database(sqlx::Error::Database(db)))
@@ -482,9 +482,9 @@ async fn cached_runs(state: &WebState) -> Result<Arc<Vec<RunView>>, crate::Coord
 
 async fn load_runs(store: &Store) -> Result<Vec<RunView>, crate::CoordinatorError> {
     let mut out = Vec::new();
-    for summary in store.recent_runs(10).await? {
+    for summary in store.monitor().recent_runs(10).await? {
         let status = run_status(store, summary.run_id).await?;
-        let per_minute = store.completions_per_minute(summary.run_id, 60).await?;
+        let per_minute = store.monitor().completions_per_minute(summary.run_id, 60).await?;
         out.push(RunView { summary, status, per_minute });
     }
     Ok(out)

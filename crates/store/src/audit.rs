@@ -94,22 +94,28 @@ impl StageAudit {
     }
 }
 
-impl Store {
+/// Audit marks on ledger outputs, review samples and audited counts. Reached through [`Store::audits`].
+#[derive(Debug, Clone, Copy)]
+pub struct Audits<'a> {
+    pub(crate) store: &'a Store,
+}
+
+impl<'a> Audits<'a> {
     /// The output keys of those of `tasks` that are done in `run`.
-    pub async fn done_output_keys(&self, run: Uuid, tasks: &[Uuid]) -> Result<HashMap<Uuid, Vec<u8>>, StoreError> {
+    pub async fn done_output_keys(self, run: Uuid, tasks: &[Uuid]) -> Result<HashMap<Uuid, Vec<u8>>, StoreError> {
         let rows = sqlx::query_as::<_, (Uuid, Vec<u8>)>(
             "SELECT id, output_key FROM tasks WHERE run_id = $1 AND id = ANY($2) AND state = 'done'",
         )
         .bind(run)
         .bind(tasks)
-        .fetch_all(self.pool())
+        .fetch_all(self.store.pool())
         .await?;
         Ok(rows.into_iter().collect())
     }
 
     /// Records `marks` in one statement; a later mark of the same output replaces the earlier one
     /// (within `marks` too: the last wins). Returns the outputs marked.
-    pub async fn mark_outputs(&self, marks: &[NewMark]) -> Result<u64, StoreError> {
+    pub async fn mark_outputs(self, marks: &[NewMark]) -> Result<u64, StoreError> {
         let mut last: HashMap<&[u8], &NewMark> = HashMap::with_capacity(marks.len());
         for m in marks {
             last.insert(&m.output_key, m);
@@ -128,14 +134,14 @@ impl Store {
         .bind(&verdicts)
         .bind(&reasons)
         .bind(&reviewers)
-        .execute(self.pool())
+        .execute(self.store.pool())
         .await?;
         Ok(done.rows_affected())
     }
 
     /// Up to `per_stratum` done outputs of `run` for each (stage, label), chosen by `seed` (the
     /// same seed gives the same sample), in stage, label and draw order.
-    pub async fn audit_sample(&self, run: Uuid, per_stratum: i64, seed: u64) -> Result<Vec<SampleRow>, StoreError> {
+    pub async fn sample(self, run: Uuid, per_stratum: i64, seed: u64) -> Result<Vec<SampleRow>, StoreError> {
         Ok(sqlx::query_as::<_, SampleRow>(
             "WITH drawn AS (
                  SELECT t.id, t.stage, t.label, t.split, t.output_key,
@@ -150,13 +156,13 @@ impl Store {
         .bind(run)
         .bind(per_stratum)
         .bind(seed.to_string())
-        .fetch_all(self.pool())
+        .fetch_all(self.store.pool())
         .await?)
     }
 
     /// Per stage and label: the run's done tasks and how many of their outputs are approved
     /// and rejected.
-    pub async fn audit_counts(&self, run: Uuid) -> Result<Vec<StageAudit>, StoreError> {
+    pub async fn counts(self, run: Uuid) -> Result<Vec<StageAudit>, StoreError> {
         let rows = sqlx::query_as::<_, (Stage, Option<bool>, i64, i64, i64)>(
             "SELECT t.stage, t.label, count(*) AS done,
                     count(DISTINCT a.output_key) FILTER (WHERE a.verdict = 'approved') AS approved,
@@ -165,7 +171,7 @@ impl Store {
              WHERE t.run_id = $1 AND t.state = 'done' GROUP BY t.stage, t.label ORDER BY t.stage, t.label",
         )
         .bind(run)
-        .fetch_all(self.pool())
+        .fetch_all(self.store.pool())
         .await?;
         let mut stages: Vec<StageAudit> = Vec::new();
         for (stage, label, done, approved, rejected) in rows {
@@ -214,7 +220,7 @@ pub struct AuditByTemplate {
 }
 
 /// Quality over the runs of a dataset name created in the last days (see
-/// [`Store::quality`]).
+/// [`Audits::quality`]).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Quality {
     pub dataset: String,
@@ -235,12 +241,12 @@ pub struct AuditByDay {
     pub marks: i64,
 }
 
-impl Store {
+impl<'a> Audits<'a> {
     /// Validator rejections and accepted answers per hour, stage, template version, endpoint,
     /// model and reason, and audit marks per stage, template version and model, over the runs of
     /// `run`'s dataset name created within `days` days of it. Each run's attempts are read
     /// through their run index; the marks through the outputs those runs' tasks hold.
-    pub async fn quality(&self, run: Uuid, days: i32) -> Result<Quality, StoreError> {
+    pub async fn quality(self, run: Uuid, days: i32) -> Result<Quality, StoreError> {
         let (dataset, runs) = sqlx::query_as::<_, (String, Vec<Uuid>)>(
             "SELECT d.name, array_agg(r2.id ORDER BY r2.created_at) AS runs
              FROM runs r JOIN datasets d ON d.id = r.dataset_id
@@ -250,18 +256,18 @@ impl Store {
         )
         .bind(run)
         .bind(days)
-        .fetch_optional(self.pool())
+        .fetch_optional(self.store.pool())
         .await?
         .ok_or_else(|| StoreError::NotFound(format!("run {run}")))?;
         let rejections = self.rejection_counts(&runs).await?;
-        let audit = self.audit_by_template(&runs).await?;
-        let audit_by_day = self.audit_by_day(&runs).await?;
+        let audit = self.by_template(&runs).await?;
+        let audit_by_day = self.by_day(&runs).await?;
         Ok(Quality { dataset, runs, rejections, audit, audit_by_day })
     }
 
     /// Accepted and rejected answers of `runs` per hour, stage, template version, endpoint,
     /// model and reason.
-    async fn rejection_counts(&self, runs: &[Uuid]) -> Result<Vec<RejectionCount>, StoreError> {
+    async fn rejection_counts(self, runs: &[Uuid]) -> Result<Vec<RejectionCount>, StoreError> {
         Ok(sqlx::query_as(
             "SELECT date_trunc('hour', a.started_at) AS hour, a.run_id, t.stage,
                     r.settings->'templates'->t.stage->>'version' AS template_version, a.endpoint, a.model,
@@ -272,12 +278,12 @@ impl Store {
              GROUP BY 1, 2, 3, 4, 5, 6, 7 ORDER BY 1, 2, 3, 4, 5, 6, 7",
         )
         .bind(runs)
-        .fetch_all(self.pool())
+        .fetch_all(self.store.pool())
         .await?)
     }
 
     /// Audit marks on the outputs `runs`' tasks hold, per stage, template version and model.
-    async fn audit_by_template(&self, runs: &[Uuid]) -> Result<Vec<AuditByTemplate>, StoreError> {
+    async fn by_template(self, runs: &[Uuid]) -> Result<Vec<AuditByTemplate>, StoreError> {
         Ok(sqlx::query_as(
             "SELECT o.stage, o.template_version, o.model,
                     count(*) FILTER (WHERE m.verdict = 'approved') AS approved,
@@ -287,12 +293,12 @@ impl Store {
              GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
         )
         .bind(runs)
-        .fetch_all(self.pool())
+        .fetch_all(self.store.pool())
         .await?)
     }
 
     /// The same marks per day they were made, stage, template version and verdict.
-    async fn audit_by_day(&self, runs: &[Uuid]) -> Result<Vec<AuditByDay>, StoreError> {
+    async fn by_day(self, runs: &[Uuid]) -> Result<Vec<AuditByDay>, StoreError> {
         Ok(sqlx::query_as(
             "SELECT date_trunc('day', m.marked_at) AS day, o.stage, o.template_version, m.verdict, count(*) AS marks
              FROM audit_marks m JOIN outputs o ON o.key = m.output_key
@@ -300,7 +306,7 @@ impl Store {
              GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4",
         )
         .bind(runs)
-        .fetch_all(self.pool())
+        .fetch_all(self.store.pool())
         .await?)
     }
 }

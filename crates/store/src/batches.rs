@@ -6,7 +6,7 @@
 //! writes the row and its lines) -> `submitting` (rendered; recorded before the create call)
 //! -> `submitted` (the provider's id recorded) -> `ended` (results finished) | `failed` (the
 //! provider refused it as a whole; its tasks went back to `ready`). One submitter works an
-//! endpoint at a time ([`Store::endpoint_lock`]), so a `building` or `submitting` row it did
+//! endpoint at a time ([`Locks::endpoint_lock`]), so a `building` or `submitting` row it did
 //! not write itself was left by one that died.
 
 use crate::error::StoreError;
@@ -56,7 +56,7 @@ pub struct BatchRow {
     pub copy_of: Option<Uuid>,
 }
 
-/// A batch found at the provider ([`Store::adopt_batch`]).
+/// A batch found at the provider ([`Batches::adopt`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Found<'a> {
     pub provider_id: &'a str,
@@ -73,8 +73,8 @@ pub struct BatchRun {
     pub waiting: bool,
 }
 
-/// A running batch run and the batch work it has left ([`Store::batch_deadlines`],
-/// [`Store::batch_work`]).
+/// A running batch run and the batch work it has left ([`Batches::deadlines`],
+/// [`Batches::work`]).
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct DeadlineRun {
     pub id: Uuid,
@@ -258,9 +258,15 @@ async fn carried_reasks(
     Ok(rows.into_iter().map(|l| (l.task_id, l.reask)).collect())
 }
 
-impl Store {
+/// Provider batches: claiming, submitting, reconciling and settling. Reached through [`Store::batches`].
+#[derive(Debug, Clone, Copy)]
+pub struct Batches<'a> {
+    pub(crate) store: &'a Store,
+}
+
+impl<'a> Batches<'a> {
     /// Running runs routed to a Batch API that have ready tasks, by priority then age.
-    pub async fn batch_runs(&self) -> Result<Vec<BatchRun>, StoreError> {
+    pub async fn runs(self) -> Result<Vec<BatchRun>, StoreError> {
         Ok(sqlx::query_as(
             "SELECT r.id, r.deadline,
                     EXISTS (SELECT 1 FROM tasks w WHERE w.run_id = r.id AND w.state = 'waiting') AS waiting
@@ -269,25 +275,25 @@ impl Store {
                AND EXISTS (SELECT 1 FROM tasks t WHERE t.run_id = r.id AND t.state = 'ready' AND NOT t.live_reask)
              ORDER BY r.priority DESC, r.created_at",
         )
-        .fetch_all(self.pool())
+        .fetch_all(self.store.pool())
         .await?)
     }
 
     /// Running runs routed to a Batch API that have a deadline, with the work they have left:
     /// tasks not yet in a batch (ready or waiting) and when each open batch was submitted
     /// (None: not yet).
-    pub async fn batch_deadlines(&self) -> Result<Vec<DeadlineRun>, StoreError> {
-        self.batch_runs_left(None).await
+    pub async fn deadlines(self) -> Result<Vec<DeadlineRun>, StoreError> {
+        self.runs_left(None).await
     }
 
     /// The batch work `run_id` has left, when it is running and routed to batches (`run
     /// status`'s projected finish).
-    pub async fn batch_work(&self, run_id: Uuid) -> Result<Option<DeadlineRun>, StoreError> {
-        Ok(self.batch_runs_left(Some(run_id)).await?.pop())
+    pub async fn work(self, run_id: Uuid) -> Result<Option<DeadlineRun>, StoreError> {
+        Ok(self.runs_left(Some(run_id)).await?.pop())
     }
 
     /// Running batch runs with their work left: `run_id`, or every one with a deadline.
-    async fn batch_runs_left(&self, run_id: Option<Uuid>) -> Result<Vec<DeadlineRun>, StoreError> {
+    async fn runs_left(self, run_id: Option<Uuid>) -> Result<Vec<DeadlineRun>, StoreError> {
         Ok(sqlx::query_as(
             "SELECT r.id, r.deadline,
                     (SELECT count(*) FROM tasks t WHERE t.run_id = r.id AND t.state IN ('ready', 'waiting')
@@ -300,37 +306,37 @@ impl Store {
                AND (r.id = $1 OR ($1 IS NULL AND r.deadline IS NOT NULL))",
         )
         .bind(run_id)
-        .fetch_all(self.pool())
+        .fetch_all(self.store.pool())
         .await?)
     }
 
     /// Sets (or clears) the time by which a run must be finished.
     pub async fn set_run_deadline(
-        &self,
+        self,
         run_id: Uuid,
         deadline: Option<chrono::DateTime<chrono::Utc>>,
     ) -> Result<(), StoreError> {
         sqlx::query("UPDATE runs SET deadline = $2 WHERE id = $1")
             .bind(run_id)
             .bind(deadline)
-            .execute(self.pool())
+            .execute(self.store.pool())
             .await?;
         Ok(())
     }
 
     /// Routes a batch run to the live endpoints from now on (its deadline cannot be met by
     /// batches): the outbox publishes its ready tasks. True when this call spilled it.
-    pub async fn spill_run(&self, run_id: Uuid) -> Result<bool, StoreError> {
+    pub async fn spill_run(self, run_id: Uuid) -> Result<bool, StoreError> {
         let r = sqlx::query("UPDATE runs SET route = 'live', spilled_at = now() WHERE id = $1 AND route = 'batch'")
             .bind(run_id)
-            .execute(self.pool())
+            .execute(self.store.pool())
             .await?;
         Ok(r.rows_affected() > 0)
     }
 
     /// The mean turnaround (submitted to ended) of the endpoint's last 20 ended batches; None
     /// before any ended.
-    pub async fn observed_turnaround(&self, endpoint: &str) -> Result<Option<f64>, StoreError> {
+    pub async fn observed_turnaround(self, endpoint: &str) -> Result<Option<f64>, StoreError> {
         Ok(sqlx::query_scalar(
             "SELECT avg(extract(epoch FROM ended_at - submitted_at))::float8 FROM (
                  SELECT ended_at, submitted_at FROM batches
@@ -339,17 +345,17 @@ impl Store {
              ) recent",
         )
         .bind(endpoint)
-        .fetch_one(self.pool())
+        .fetch_one(self.store.pool())
         .await?)
     }
 
     /// How many batches `endpoint` has submitted for `run_id` so far (the next one's size
     /// doubles with each).
-    pub async fn batches_of_run(&self, run_id: Uuid, endpoint: &str) -> Result<i64, StoreError> {
+    pub async fn of_run(self, run_id: Uuid, endpoint: &str) -> Result<i64, StoreError> {
         Ok(sqlx::query_scalar("SELECT count(*) FROM batches WHERE run_id = $1 AND endpoint = $2 AND copy_of IS NULL")
             .bind(run_id)
             .bind(endpoint)
-            .fetch_one(self.pool())
+            .fetch_one(self.store.pool())
             .await?)
     }
 
@@ -357,8 +363,8 @@ impl Store {
     /// `endpoint`, in one transaction: the row, its lines and the tasks' move to `batched`. A
     /// task whose last line was rejected brings its re-ask count and conversation along (when
     /// its inputs did not change since). None when no task was ready.
-    pub async fn claim_batch(
-        &self,
+    pub async fn claim(
+        self,
         owner: Uuid,
         run_id: Uuid,
         endpoint: &str,
@@ -366,7 +372,7 @@ impl Store {
         max: i64,
     ) -> Result<Option<(Uuid, Vec<ClaimedLine>)>, StoreError> {
         let id = Uuid::now_v7();
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.store.pool().begin().await?;
         sqlx::query(
             "INSERT INTO batches (id, run_id, endpoint, protocol, lines, owner) VALUES ($1, $2, $3, $4, 0, $5)",
         )
@@ -407,26 +413,26 @@ impl Store {
     }
 
     /// The claimed lines of a batch (to render them again after a restart).
-    pub async fn claimed_lines(&self, batch_id: Uuid) -> Result<Vec<ClaimedLine>, StoreError> {
+    pub async fn claimed_lines(self, batch_id: Uuid) -> Result<Vec<ClaimedLine>, StoreError> {
         Ok(sqlx::query_as(
             "SELECT line, task_id, inputs_version, reasks, conversation FROM batch_lines
              WHERE batch_id = $1 AND outcome IS NULL ORDER BY line",
         )
         .bind(batch_id)
-        .fetch_all(self.pool())
+        .fetch_all(self.store.pool())
         .await?)
     }
 
     /// Records what rendering made of the lines, and moves the batch to `submitting` with its
     /// reserved spend: from here on, the provider may have it.
     pub async fn mark_submitting(
-        &self,
+        self,
         owner: Uuid,
         batch_id: Uuid,
         rendered: &[RenderedLine],
         reserved_usd: f64,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.store.pool().begin().await?;
         lock_owned(&mut tx, batch_id, owner, "mark_submitting").await?;
         sqlx::query(
             "UPDATE batch_lines l SET output_key = u.key, template = u.template, template_version = u.version,
@@ -460,7 +466,7 @@ impl Store {
 
     /// A create call for the batch begins now (`true`), or ended with an answer from the
     /// provider, so nothing of it is still in flight (`false`).
-    pub async fn mark_create_attempt(&self, owner: Uuid, batch_id: Uuid, begins: bool) -> Result<(), StoreError> {
+    pub async fn mark_create_attempt(self, owner: Uuid, batch_id: Uuid, begins: bool) -> Result<(), StoreError> {
         let r = sqlx::query(
             "UPDATE batches SET create_attempted_at = CASE WHEN $3 THEN now() END
              WHERE id = $1 AND owner = $2 AND state = 'submitting'",
@@ -468,7 +474,7 @@ impl Store {
         .bind(batch_id)
         .bind(owner)
         .bind(begins)
-        .execute(self.pool())
+        .execute(self.store.pool())
         .await?;
         if r.rows_affected() == 0 {
             return Err(StoreError::Taken(batch_id, "create attempt"));
@@ -477,25 +483,25 @@ impl Store {
     }
 
     /// This submitter works the open row from now on (the one before it died or lost its lock).
-    pub async fn take_over(&self, owner: Uuid, batch_id: Uuid) -> Result<(), StoreError> {
+    pub async fn take_over(self, owner: Uuid, batch_id: Uuid) -> Result<(), StoreError> {
         sqlx::query("UPDATE batches SET owner = $2 WHERE id = $1 AND owner <> $2")
             .bind(batch_id)
             .bind(owner)
-            .execute(self.pool())
+            .execute(self.store.pool())
             .await?;
         Ok(())
     }
 
     /// The provider has the batch: its id (and input file) recorded.
     pub async fn mark_submitted(
-        &self,
+        self,
         owner: Uuid,
         batch_id: Uuid,
         provider_id: &str,
         input_file_id: Option<&str>,
         status: &str,
     ) -> Result<(), StoreError> {
-        self.adopt_batch(owner, batch_id, Found { provider_id, input_file_id, status }, &[]).await.map(|_| ())
+        self.adopt(owner, batch_id, Found { provider_id, input_file_id, status }, &[]).await.map(|_| ())
     }
 
     /// A row left `submitting` whose batch was found at the provider: `adopted` (the oldest
@@ -504,14 +510,14 @@ impl Store {
     /// against the budget: it is cancelled at once; what it finished is priced when read), to be cancelled and its
     /// results recorded (sql/0017). One transaction, so a crash leaves either the row still
     /// `submitting` (it is reconciled again) or every copy recorded.
-    pub async fn adopt_batch(
-        &self,
+    pub async fn adopt(
+        self,
         owner: Uuid,
         batch_id: Uuid,
         adopted: Found<'_>,
         copies: &[Found<'_>],
     ) -> Result<Vec<Uuid>, StoreError> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.store.pool().begin().await?;
         let r = sqlx::query(
             "UPDATE batches SET state = 'submitted', provider_id = $2, input_file_id = $3, provider_status = $4,
                                 submitted_at = now(), create_attempted_at = NULL
@@ -562,7 +568,7 @@ impl Store {
     }
 
     /// The open batches of `endpoint`, oldest first.
-    pub async fn open_batches(&self, endpoint: &str) -> Result<Vec<BatchRow>, StoreError> {
+    pub async fn open(self, endpoint: &str) -> Result<Vec<BatchRow>, StoreError> {
         Ok(sqlx::query_as(
             "SELECT b.id, b.run_id, r.state AS run_state, b.state, b.lines, b.provider_id, b.submit_started_at,
                     b.submitted_at, b.create_attempted_at, b.cancel_requested_at IS NOT NULL AS cancel_requested,
@@ -572,31 +578,31 @@ impl Store {
              ORDER BY b.created_at, b.id",
         )
         .bind(endpoint)
-        .fetch_all(self.pool())
+        .fetch_all(self.store.pool())
         .await?)
     }
 
     /// The provider ids our rows hold, of every endpoint (several endpoints may share one
     /// provider account): an Anthropic batch not among them may be the one a lost create answer
     /// made.
-    pub async fn known_provider_ids(&self) -> Result<HashSet<String>, StoreError> {
+    pub async fn known_provider_ids(self) -> Result<HashSet<String>, StoreError> {
         let ids: Vec<String> = sqlx::query_scalar("SELECT provider_id FROM batches WHERE provider_id IS NOT NULL")
-            .fetch_all(self.pool())
+            .fetch_all(self.store.pool())
             .await?;
         Ok(ids.into_iter().collect())
     }
 
     /// A cancel was sent to the provider for this batch (its run was cancelled or spilled).
-    pub async fn mark_cancel_requested(&self, batch_id: Uuid) -> Result<(), StoreError> {
+    pub async fn mark_cancel_requested(self, batch_id: Uuid) -> Result<(), StoreError> {
         sqlx::query("UPDATE batches SET cancel_requested_at = COALESCE(cancel_requested_at, now()) WHERE id = $1")
             .bind(batch_id)
-            .execute(self.pool())
+            .execute(self.store.pool())
             .await?;
         Ok(())
     }
 
     /// Every line of a batch with what its results need, in line order.
-    pub async fn batch_lines(&self, batch_id: Uuid) -> Result<Vec<LineRow>, StoreError> {
+    pub async fn lines(self, batch_id: Uuid) -> Result<Vec<LineRow>, StoreError> {
         Ok(sqlx::query_as(
             "SELECT l.line, l.task_id, t.run_id, t.stage, t.label, l.inputs_version, l.reasks, l.conversation,
                     l.output_key, l.template, l.template_version, l.history_truncated, l.prompt_tokens, l.outcome,
@@ -607,7 +613,7 @@ impl Store {
              WHERE l.batch_id = $1 ORDER BY l.line",
         )
         .bind(batch_id)
-        .fetch_all(self.pool())
+        .fetch_all(self.store.pool())
         .await?)
     }
 
@@ -615,14 +621,14 @@ impl Store {
     /// carries), and puts the tasks of `back` that are still `batched` in this batch back to
     /// `ready` (those of `live` marked for a live re-ask), in one transaction.
     pub async fn settle_lines(
-        &self,
+        self,
         owner: Uuid,
         batch_id: Uuid,
         outcomes: &[LineOutcome],
         back: &[Uuid],
         live: &[Uuid],
     ) -> Result<u64, StoreError> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.store.pool().begin().await?;
         lock_owned(&mut tx, batch_id, owner, "settle_lines").await?;
         let lines: Vec<i32> = outcomes.iter().map(|o| o.0).collect();
         let words: Vec<&str> = outcomes.iter().map(|o| o.1).collect();
@@ -648,18 +654,18 @@ impl Store {
     /// was rejected for a live re-ask and rendered from inputs `inputs_version`; None starts the
     /// task afresh.
     pub async fn live_reask_conversation(
-        &self,
+        self,
         task_id: Uuid,
         inputs_version: i32,
     ) -> Result<Option<CarriedReask>, StoreError> {
-        let mut carried = carried_reasks(self.pool(), &[task_id], REJECTED_LIVE).await?;
+        let mut carried = carried_reasks(self.store.pool(), &[task_id], REJECTED_LIVE).await?;
         Ok(carried.remove(&task_id).filter(|c| c.inputs_version == inputs_version))
     }
 
     /// Ends a batch: `ended` with its cost, or `failed` with the provider's reason; every task
     /// still `batched` in it goes back to `ready` (a line no result named).
-    pub async fn end_batch(
-        &self,
+    pub async fn end(
+        self,
         owner: Uuid,
         batch_id: Uuid,
         state: BatchState,
@@ -667,7 +673,7 @@ impl Store {
         error: Option<&str>,
         cost_usd: f64,
     ) -> Result<u64, StoreError> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.store.pool().begin().await?;
         lock_owned(&mut tx, batch_id, owner, "end_batch").await?;
         sqlx::query(
             "UPDATE batches SET state = $2, provider_status = $3, error = $4, cost_usd = $5, ended_at = now()
@@ -687,8 +693,8 @@ impl Store {
 
     /// A `building` batch left by a submitter that died before sending anything: its tasks go
     /// back to `ready` and the row goes.
-    pub async fn abandon_batch(&self, owner: Uuid, batch_id: Uuid) -> Result<u64, StoreError> {
-        let mut tx = self.pool().begin().await?;
+    pub async fn abandon(self, owner: Uuid, batch_id: Uuid) -> Result<u64, StoreError> {
+        let mut tx = self.store.pool().begin().await?;
         lock_owned(&mut tx, batch_id, owner, "abandon_batch").await?;
         let n = unbatch(&mut tx, batch_id, &[], &[]).await?;
         sqlx::query("DELETE FROM batches WHERE id = $1 AND state = 'building'")
@@ -701,7 +707,7 @@ impl Store {
 
     /// Batches of a run by state: how many, their lines, the lines done by their answers, and
     /// spend (reserved while open, paid once ended) (`run status`).
-    pub async fn batch_summary(&self, run_id: Uuid) -> Result<Vec<BatchCount>, StoreError> {
+    pub async fn summary(self, run_id: Uuid) -> Result<Vec<BatchCount>, StoreError> {
         Ok(sqlx::query_as(
             "SELECT b.state, count(*) AS batches, COALESCE(sum(b.lines), 0)::int8 AS lines,
                     COALESCE(sum((SELECT count(*) FROM batch_lines l WHERE l.batch_id = b.id AND l.outcome = 'done'
@@ -710,7 +716,7 @@ impl Store {
              FROM batches b WHERE b.run_id = $1 GROUP BY b.state ORDER BY b.state",
         )
         .bind(run_id)
-        .fetch_all(self.pool())
+        .fetch_all(self.store.pool())
         .await?)
     }
 }

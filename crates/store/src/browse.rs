@@ -267,51 +267,59 @@ fn push_filter(q: &mut QueryBuilder<'_, Postgres>, run: Uuid, f: &TaskFilter) {
 /// number), which a tsvector index cannot answer, and it needs no language configuration.
 pub const TEXT_INDEX: &str = "outputs_text_trgm";
 
-impl Store {
+/// The corpus browser's reads. Reached through [`Store::browser`].
+#[derive(Debug, Clone, Copy)]
+pub struct Browser<'a> {
+    pub(crate) store: &'a Store,
+}
+
+impl<'a> Browser<'a> {
     /// Builds the answers' trigram index (`CONCURRENTLY`: workers go on writing meanwhile) or,
     /// with `on` false, drops it. Does nothing when it is already as asked.
-    pub async fn set_text_index(&self, on: bool) -> Result<(), StoreError> {
+    pub async fn set_text_index(self, on: bool) -> Result<(), StoreError> {
         if on {
-            sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_trgm").execute(self.pool()).await?;
+            sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_trgm").execute(self.store.pool()).await?;
             // A build that was interrupted leaves an invalid index of that name: dropped first.
             if !self.text_index().await?.unwrap_or(true) {
-                sqlx::query(&format!("DROP INDEX CONCURRENTLY IF EXISTS {TEXT_INDEX}")).execute(self.pool()).await?;
+                sqlx::query(&format!("DROP INDEX CONCURRENTLY IF EXISTS {TEXT_INDEX}"))
+                    .execute(self.store.pool())
+                    .await?;
             }
             sqlx::query(&format!(
                 "CREATE INDEX CONCURRENTLY IF NOT EXISTS {TEXT_INDEX} ON outputs USING gin (lower(text) gin_trgm_ops)"
             ))
-            .execute(self.pool())
+            .execute(self.store.pool())
             .await?;
         } else {
-            sqlx::query(&format!("DROP INDEX CONCURRENTLY IF EXISTS {TEXT_INDEX}")).execute(self.pool()).await?;
+            sqlx::query(&format!("DROP INDEX CONCURRENTLY IF EXISTS {TEXT_INDEX}")).execute(self.store.pool()).await?;
         }
         Ok(())
     }
 
     /// Whether the answers' trigram index exists: Some(valid), None when it does not.
-    pub async fn text_index(&self) -> Result<Option<bool>, StoreError> {
+    pub async fn text_index(self) -> Result<Option<bool>, StoreError> {
         Ok(sqlx::query_scalar(
             "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
              WHERE c.relname = $1 AND pg_table_is_visible(c.oid)",
         )
         .bind(TEXT_INDEX)
-        .fetch_optional(self.pool())
+        .fetch_optional(self.store.pool())
         .await?)
     }
 
     /// A task's output key (None: no output, or no such task).
-    pub async fn output_key_of(&self, task: Uuid) -> Result<Option<Vec<u8>>, StoreError> {
+    pub async fn output_key_of(self, task: Uuid) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(sqlx::query_scalar::<_, Option<Vec<u8>>>("SELECT output_key FROM tasks WHERE id = $1")
             .bind(task)
-            .fetch_optional(self.pool())
+            .fetch_optional(self.store.pool())
             .await?
             .flatten())
     }
 
     /// Up to `limit` tasks of `run` passing `filter`, after task `after` (None: from the first)
     /// in id order; the next page starts after the last one returned.
-    pub async fn browse_tasks(
-        &self,
+    pub async fn tasks(
+        self,
         run: Uuid,
         filter: &TaskFilter,
         after: Option<Uuid>,
@@ -332,7 +340,7 @@ impl Store {
         // rows at most, and workers each read ahead on their own (at 10M tasks a rare mark's
         // page read 100k rows in 3 processes instead of 49k in one: 100 ms instead of 57). A
         // text search without the trigram index scans the answers, which workers halve.
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.store.pool().begin().await?;
         if filter.text.as_deref().is_none_or(str::is_empty) {
             sqlx::query("SET LOCAL max_parallel_workers_per_gather = 0").execute(&mut *tx).await?;
         }
@@ -343,7 +351,7 @@ impl Store {
     }
 
     /// Sets the score of each reasoning row from its judge task (one read for the page).
-    async fn add_judge_scores(&self, run: Uuid, rows: &mut [TaskListRow]) -> Result<(), StoreError> {
+    async fn add_judge_scores(self, run: Uuid, rows: &mut [TaskListRow]) -> Result<(), StoreError> {
         let subjects: Vec<&str> =
             rows.iter().filter(|r| r.stage == Stage::Reasoning).map(|r| r.subject.as_str()).collect();
         if subjects.is_empty() {
@@ -355,7 +363,7 @@ impl Store {
         )
         .bind(run)
         .bind(&subjects)
-        .fetch_all(self.pool())
+        .fetch_all(self.store.pool())
         .await?
         .into_iter()
         .collect();
@@ -366,7 +374,7 @@ impl Store {
     }
 
     /// One task with its output, mark, attempts (oldest first) and upstream tasks.
-    pub async fn task_detail(&self, id: Uuid) -> Result<TaskDetail, StoreError> {
+    pub async fn task_detail(self, id: Uuid) -> Result<TaskDetail, StoreError> {
         let r = sqlx::query_as::<_, DetailRow>(&format!(
             "SELECT {LIST_COLUMNS}, t.run_id, t.input, t.history_truncated, encode(o.key, 'hex') AS key, o.text,
                     o.template, o.params, o.input_tokens, o.output_tokens, o.created_at,
@@ -374,7 +382,7 @@ impl Store {
              {LIST_FROM} WHERE t.id = $1"
         ))
         .bind(id)
-        .fetch_optional(self.pool())
+        .fetch_optional(self.store.pool())
         .await?
         .ok_or_else(|| StoreError::NotFound(format!("task {id}")))?;
         let output = r.output();
@@ -386,7 +394,7 @@ impl Store {
     }
 
     /// A task's attempts, oldest first.
-    async fn attempt_views(&self, run_id: Uuid, task: Uuid) -> Result<Vec<AttemptView>, StoreError> {
+    async fn attempt_views(self, run_id: Uuid, task: Uuid) -> Result<Vec<AttemptView>, StoreError> {
         Ok(sqlx::query_as(
             "SELECT endpoint, model, started_at, duration_ms, http_status, error_class, error, input_tokens,
                     output_tokens, cost_usd
@@ -394,18 +402,18 @@ impl Store {
         )
         .bind(run_id)
         .bind(task)
-        .fetch_all(self.pool())
+        .fetch_all(self.store.pool())
         .await?)
     }
 
     /// The tasks whose outputs a task's prompt uses.
-    async fn upstream_of(&self, task: Uuid) -> Result<Vec<Upstream>, StoreError> {
+    async fn upstream_of(self, task: Uuid) -> Result<Vec<Upstream>, StoreError> {
         Ok(sqlx::query_as(
             "SELECT u.id, u.stage, u.state, u.subject FROM task_deps d JOIN tasks u ON u.id = d.depends_on
              WHERE d.task_id = $1 ORDER BY u.stage, u.subject",
         )
         .bind(task)
-        .fetch_all(self.pool())
+        .fetch_all(self.store.pool())
         .await?)
     }
 }

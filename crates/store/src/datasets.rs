@@ -54,17 +54,23 @@ fn copy_field(out: &mut String, value: &str) {
 
 const COPY_CHUNK: usize = 1 << 20;
 
-impl Store {
+/// Dataset versions: ingest, lookup, interaction streams. Reached through [`Store::datasets`].
+#[derive(Debug, Clone, Copy)]
+pub struct Datasets<'a> {
+    pub(crate) store: &'a Store,
+}
+
+impl<'a> Datasets<'a> {
     /// Writes a dataset version in one transaction: either all of it is stored or nothing.
-    pub async fn ingest_dataset(&self, ds: &NewDataset) -> Result<IngestOutcome, StoreError> {
-        self.ingest_dataset_with_progress(ds, &mut |_| {}).await
+    pub async fn ingest(self, ds: &NewDataset) -> Result<IngestOutcome, StoreError> {
+        self.ingest_with_progress(ds, &mut |_| {}).await
     }
 
-    /// [`Store::ingest_dataset`], calling `progress` with the number of rows sent so far
+    /// [`Datasets::ingest`], calling `progress` with the number of rows sent so far
     /// (interactions, then users and items). The dataset in memory is fed to
-    /// [`Store::ingest_stream`], the one writer.
-    pub async fn ingest_dataset_with_progress(
-        &self,
+    /// [`Datasets::ingest_stream`], the one writer.
+    pub async fn ingest_with_progress(
+        self,
         ds: &NewDataset,
         progress: &mut (dyn FnMut(u64) + Send),
     ) -> Result<IngestOutcome, StoreError> {
@@ -100,14 +106,14 @@ impl Store {
     /// users and items; exact repeats of (user, item, time) are dropped here unless the loader
     /// did it, keeping the first stored. A stream that ends before `Finish` stores nothing.
     pub async fn ingest_stream(
-        &self,
+        self,
         mut rx: tokio::sync::mpsc::Receiver<IngestMessage>,
         progress: &mut (dyn FnMut(u64) + Send),
     ) -> Result<IngestOutcome, StoreError> {
         let Some(IngestMessage::Start(h)) = rx.recv().await else {
             return Err(StoreError::Aborted("the loader stopped before announcing the dataset".into()));
         };
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.store.pool().begin().await?;
         // Serialise concurrent ingests of one name so versions stay dense and hashes unique.
         sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 7701))").bind(&h.name).execute(&mut *tx).await?;
         if let Some((dataset_id, version)) =
@@ -167,14 +173,14 @@ impl Store {
     }
 
     /// The newest version of a dataset, or a given one.
-    pub async fn find_dataset(&self, name: &str, version: Option<i32>) -> Result<DatasetRow, StoreError> {
+    pub async fn find(self, name: &str, version: Option<i32>) -> Result<DatasetRow, StoreError> {
         let row = sqlx::query_as::<_, DatasetRow>(&format!(
             "SELECT {DATASET_COLUMNS} FROM datasets WHERE name = $1 AND ($2::int IS NULL OR version = $2)
              ORDER BY version DESC LIMIT 1"
         ))
         .bind(name)
         .bind(version)
-        .fetch_optional(self.pool())
+        .fetch_optional(self.store.pool())
         .await?;
         row.ok_or_else(|| {
             StoreError::NotFound(match version {
@@ -185,10 +191,10 @@ impl Store {
     }
 
     /// The dataset row of a dataset version by id.
-    pub async fn dataset_by_id(&self, dataset_id: i64) -> Result<DatasetRow, StoreError> {
+    pub async fn by_id(self, dataset_id: i64) -> Result<DatasetRow, StoreError> {
         sqlx::query_as::<_, DatasetRow>(&format!("SELECT {DATASET_COLUMNS} FROM datasets WHERE id = $1"))
             .bind(dataset_id)
-            .fetch_optional(self.pool())
+            .fetch_optional(self.store.pool())
             .await?
             .ok_or_else(|| StoreError::NotFound(format!("dataset id {dataset_id}")))
     }
@@ -196,23 +202,23 @@ impl Store {
     /// All interactions of a dataset ordered by user, then time, then item: the order planning
     /// needs. Streams rows; never loads the table whole.
     pub fn stream_interactions(
-        &self,
+        self,
         dataset_id: i64,
-    ) -> impl Stream<Item = Result<Interaction, StoreError>> + Send + '_ {
+    ) -> impl Stream<Item = Result<Interaction, StoreError>> + Send + 'a {
         sqlx::query_as::<_, (i32, i32, f32, i64)>(
             "SELECT user_id, item_id, rating, ts FROM interactions WHERE dataset_id = $1
              ORDER BY user_id, ts, item_id",
         )
         .bind(dataset_id)
-        .fetch(self.pool())
+        .fetch(self.store.pool())
         .map_err(StoreError::from)
         .map_ok(|(user_id, item_id, rating, ts)| Interaction { user_id, item_id, rating, ts, review: None })
     }
 
     /// Deletes a dataset version (users, items, interactions). Refused by the database while a run
     /// refers to it.
-    pub async fn delete_dataset(&self, dataset_id: i64) -> Result<(), StoreError> {
-        let mut tx = self.pool().begin().await?;
+    pub async fn delete(self, dataset_id: i64) -> Result<(), StoreError> {
+        let mut tx = self.store.pool().begin().await?;
         // Interactions carry no foreign keys (bulk-load speed, sql/0003): delete them explicitly.
         sqlx::query("DELETE FROM interactions WHERE dataset_id = $1").bind(dataset_id).execute(&mut *tx).await?;
         sqlx::query("DELETE FROM datasets WHERE id = $1").bind(dataset_id).execute(&mut *tx).await?;
@@ -221,10 +227,10 @@ impl Store {
     }
 
     /// (rating, count) over a dataset's interactions, ascending by rating.
-    pub async fn rating_histogram(&self, dataset_id: i64) -> Result<Vec<(f32, i64)>, StoreError> {
+    pub async fn rating_histogram(self, dataset_id: i64) -> Result<Vec<(f32, i64)>, StoreError> {
         Ok(sqlx::query_as("SELECT rating, count(*) FROM interactions WHERE dataset_id = $1 GROUP BY 1 ORDER BY 1")
             .bind(dataset_id)
-            .fetch_all(self.pool())
+            .fetch_all(self.store.pool())
             .await?)
     }
 }
@@ -232,7 +238,7 @@ impl Store {
 /// Interactions sent to a streaming ingest at a time from memory.
 const STREAM_CHUNK: usize = 20_000;
 
-/// What [`Store::ingest_stream`] receives: `Start`, any number of `Rows`, then `Finish` with the
+/// What [`Datasets::ingest_stream`] receives: `Start`, any number of `Rows`, then `Finish` with the
 /// users, items and source (its `interactions` are not read). `deduplicated`: the loader
 /// already dropped exact repeats.
 #[derive(Debug)]

@@ -109,12 +109,18 @@ fn export_task(r: &sqlx::postgres::PgRow) -> Result<ExportTask, StoreError> {
     })
 }
 
-impl Store {
+/// The student export's reads. Reached through [`Store::exports`].
+#[derive(Debug, Clone, Copy)]
+pub struct Exports<'a> {
+    pub(crate) store: &'a Store,
+}
+
+impl<'a> Exports<'a> {
     /// The next page of a run's done reasoning tasks after `after` in id order (keyset
     /// pagination; start with `Uuid::nil()`). `dataset_id` is the run's dataset; `judged`: read
     /// each row's judge score.
-    pub async fn export_page(
-        &self,
+    pub async fn page(
+        self,
         run_id: Uuid,
         dataset_id: i64,
         after: Uuid,
@@ -131,18 +137,18 @@ impl Store {
              SELECT {}",
             task_select(judged)
         );
-        let rows =
-            sqlx::query(&sql).bind(run_id).bind(dataset_id).bind(after).bind(limit).fetch_all(self.pool()).await?;
+        let rows = sqlx::query(&sql)
+            .bind(run_id)
+            .bind(dataset_id)
+            .bind(after)
+            .bind(limit)
+            .fetch_all(self.store.pool())
+            .await?;
         in_id_order(&rows)
     }
 
     /// The done reasoning tasks of a run among `ids`, in id order (the few-shot re-read).
-    pub async fn export_tasks_by_id(
-        &self,
-        run_id: Uuid,
-        dataset_id: i64,
-        ids: &[Uuid],
-    ) -> Result<Vec<ExportTask>, StoreError> {
+    pub async fn tasks_by_id(self, run_id: Uuid, dataset_id: i64, ids: &[Uuid]) -> Result<Vec<ExportTask>, StoreError> {
         let sql = format!(
             "WITH page AS MATERIALIZED (
                  SELECT * FROM tasks
@@ -150,15 +156,15 @@ impl Store {
              SELECT {}",
             task_select(false)
         );
-        let rows = sqlx::query(&sql).bind(run_id).bind(dataset_id).bind(ids).fetch_all(self.pool()).await?;
+        let rows = sqlx::query(&sql).bind(run_id).bind(dataset_id).bind(ids).fetch_all(self.store.pool()).await?;
         in_id_order(&rows)
     }
 
     /// The outputs of the run's done user-profile tasks of `users` that `policy` admits, by user
     /// id, and how many it left out. Found through the unique index on (run, stage, subject),
     /// subject `u<user>`.
-    pub async fn export_user_profiles(
-        &self,
+    pub async fn user_profiles(
+        self,
         run_id: Uuid,
         users: &[i32],
         policy: AuditPolicy,
@@ -169,8 +175,8 @@ impl Store {
 
     /// The outputs of the run's done item-profile tasks of `items` that `policy` admits, by item
     /// id (subject `i<item>`), and how many it left out.
-    pub async fn export_item_profiles(
-        &self,
+    pub async fn item_profiles(
+        self,
         run_id: Uuid,
         items: &[i32],
         policy: AuditPolicy,
@@ -180,7 +186,7 @@ impl Store {
     }
 
     async fn profile_outputs(
-        &self,
+        self,
         run_id: Uuid,
         stage: &str,
         subjects: &[String],
@@ -199,7 +205,7 @@ impl Store {
             .bind(run_id)
             .bind(stage)
             .bind(subjects)
-            .fetch_all(self.pool())
+            .fetch_all(self.store.pool())
             .await?;
         let mut out = HashMap::with_capacity(rows.len());
         let mut left_out = 0;
@@ -216,7 +222,7 @@ impl Store {
     }
 
     /// How many tasks of a run there are and how many are done, overall and for reasoning.
-    pub async fn export_counts(&self, run_id: Uuid) -> Result<ExportCounts, StoreError> {
+    pub async fn counts(self, run_id: Uuid) -> Result<ExportCounts, StoreError> {
         Ok(sqlx::query_as::<_, ExportCounts>(
             "SELECT count(*) AS tasks,
                     count(*) FILTER (WHERE state = 'done') AS done,
@@ -226,7 +232,7 @@ impl Store {
              FROM tasks WHERE run_id = $1",
         )
         .bind(run_id)
-        .fetch_one(self.pool())
+        .fetch_one(self.store.pool())
         .await?)
     }
 }

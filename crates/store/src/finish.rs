@@ -61,15 +61,21 @@ struct Move<'a> {
     replan: bool,
 }
 
-impl Store {
+/// The one transaction that finishes tasks, and the attempt rows. Reached through [`Store::finishing`].
+#[derive(Debug, Clone, Copy)]
+pub struct Finishing<'a> {
+    pub(crate) store: &'a Store,
+}
+
+impl<'a> Finishing<'a> {
     /// Finishes every task of `batch` in one transaction; results are in batch order. Entries
     /// for one task are decided in order (the second copy of a completion finds it done), and
     /// every entry's attempts are recorded.
-    pub async fn finish_tasks(&self, batch: &[Finish]) -> Result<Vec<FinishOutcome>, StoreError> {
+    pub async fn finish_tasks(self, batch: &[Finish]) -> Result<Vec<FinishOutcome>, StoreError> {
         let mut ids: Vec<Uuid> = batch.iter().map(|f| f.task_id).collect();
         ids.sort_unstable();
         ids.dedup();
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.store.pool().begin().await?;
         let mut rows = lock_rows(&mut tx, &ids).await?;
 
         let decisions: Vec<Option<Decision>> =
@@ -250,11 +256,11 @@ async fn write_moves(
     Ok(())
 }
 
-impl Store {
+impl<'a> Finishing<'a> {
     /// Records the attempts of a call that finished nothing (the task went back to the queue):
     /// every paid call is in the ledger, whatever became of its task.
     pub async fn record_attempts(
-        &self,
+        self,
         task_id: Uuid,
         run_id: Uuid,
         attempts: &[AttemptRecord],
@@ -265,11 +271,11 @@ impl Store {
 
     /// Records attempts of many tasks, given as (task, run, attempt), in one transaction
     /// (idempotent by attempt id): a batch's lines that finished nothing.
-    pub async fn record_attempt_rows(&self, rows: &[(Uuid, Uuid, &AttemptRecord)]) -> Result<(), StoreError> {
+    pub async fn record_attempt_rows(self, rows: &[(Uuid, Uuid, &AttemptRecord)]) -> Result<(), StoreError> {
         if rows.is_empty() {
             return Ok(());
         }
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.store.pool().begin().await?;
         let new_attempts = insert_attempt_rows(&mut tx, rows).await?;
         count_attempts(&mut tx, &new_attempts).await?;
         tx.commit().await?;

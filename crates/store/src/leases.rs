@@ -5,17 +5,23 @@ use crate::pool::Store;
 use std::collections::HashMap;
 use std::time::Duration;
 
-impl Store {
+/// Worker leases on teacher endpoints. Reached through [`Store::leases`].
+#[derive(Debug, Clone, Copy)]
+pub struct Leases<'a> {
+    pub(crate) store: &'a Store,
+}
+
+impl<'a> Leases<'a> {
     /// Renews `worker`'s lease on each endpoint, drops leases older than `ttl`, and returns the
     /// number of live leases per endpoint (this worker included).
-    pub async fn renew_leases(
-        &self,
+    pub async fn renew(
+        self,
         worker: &str,
         endpoints: &[String],
         ttl: Duration,
     ) -> Result<HashMap<String, i64>, StoreError> {
         let ttl_ms = ttl.as_millis() as i64;
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.store.pool().begin().await?;
         sqlx::query(
             "INSERT INTO endpoint_leases (endpoint, worker, heartbeat_at)
              SELECT e, $2, now() FROM UNNEST($1::text[]) e
@@ -40,8 +46,8 @@ impl Store {
     }
 
     /// Gives up `worker`'s leases (graceful stop): the others take its share at their next renewal.
-    pub async fn release_leases(&self, worker: &str) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM endpoint_leases WHERE worker = $1").bind(worker).execute(self.pool()).await?;
+    pub async fn release(self, worker: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM endpoint_leases WHERE worker = $1").bind(worker).execute(self.store.pool()).await?;
         Ok(())
     }
 }

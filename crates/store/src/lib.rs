@@ -26,6 +26,11 @@
 //! - [`export`]: the student export's reads: done reasoning tasks in keyset pages, with the items
 //!   and profile outputs of each page.
 //!
+//! Each module above but `error` and `pool` holds one aggregate's queries as the methods of one
+//! small `Copy` type borrowing the pool, handed out by the [`Store`] handle (`store.runs()`,
+//! `store.tasks()`, `store.finishing()`, `store.batches()`, ...; `retention` is
+//! `store.pruning()`); `Store` itself only connects, migrates and hands them out.
+//!
 //! Queries are checked at run time (`sqlx::query`, `query_as`), not with the compile-time
 //! macros: building needs no database and no committed `.sqlx/` cache. Integration tests cover
 //! every query. Rows map by name (`sqlx::FromRow`) or, for aggregates and hot streams, into

@@ -78,7 +78,7 @@ pub struct Lifecycle {
     pub paused_reason: Option<String>,
 }
 
-/// Whether the outbox may publish a run's tasks now ([`Store::publish_gate`]).
+/// Whether the outbox may publish a run's tasks now ([`Lifecycles::publish_gate`]).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Gate {
     Open,
@@ -198,7 +198,7 @@ impl DiffCounts {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DiffExample {
     pub stage: String,
-    /// `u<user>:i<item>:<split>` in the dataset's own ids (see [`Store::corpus_diff`]).
+    /// `u<user>:i<item>:<split>` in the dataset's own ids (see [`Lifecycles::corpus_diff`]).
     pub subject: String,
     pub label_a: Option<bool>,
     pub label_b: Option<bool>,
@@ -221,63 +221,69 @@ const DONE_BY_SOURCE_ID: &str = "SELECT t.stage, concat_ws(':', 'u' || u.ext_id,
      LEFT JOIN items i ON i.dataset_id = r.dataset_id AND i.id = t.item_id
      WHERE t.run_id = $run AND t.state = 'done'";
 
-impl Store {
+/// Pause and resume, budgets, priorities, the run list, snapshots, corpus diffs. Reached through [`Store::lifecycle`].
+#[derive(Debug, Clone, Copy)]
+pub struct Lifecycles<'a> {
+    pub(crate) store: &'a Store,
+}
+
+impl<'a> Lifecycles<'a> {
     /// State, priority, budget and pause reason of a run.
-    pub async fn run_lifecycle(&self, run_id: Uuid) -> Result<Lifecycle, StoreError> {
+    pub async fn get(self, run_id: Uuid) -> Result<Lifecycle, StoreError> {
         sqlx::query_as::<_, Lifecycle>(
             "SELECT state, priority, budget_usd AS usd, budget_tokens AS tokens, paused_reason FROM runs WHERE id = $1",
         )
         .bind(run_id)
-        .fetch_optional(self.pool())
+        .fetch_optional(self.store.pool())
         .await?
         .ok_or_else(|| StoreError::NotFound(format!("run {run_id}")))
     }
 
-    pub async fn set_run_priority(&self, run_id: Uuid, priority: i32) -> Result<(), StoreError> {
+    pub async fn set_priority(self, run_id: Uuid, priority: i32) -> Result<(), StoreError> {
         let res = sqlx::query("UPDATE runs SET priority = $2 WHERE id = $1")
             .bind(run_id)
             .bind(priority)
-            .execute(self.pool())
+            .execute(self.store.pool())
             .await?;
         found(res.rows_affected(), run_id)
     }
 
     /// Replaces a run's budget (both limits; None removes one). A paused run stays paused:
     /// `resume_run` reopens it.
-    pub async fn set_run_budget(&self, run_id: Uuid, budget: &Budget) -> Result<(), StoreError> {
+    pub async fn set_budget(self, run_id: Uuid, budget: &Budget) -> Result<(), StoreError> {
         let res = sqlx::query("UPDATE runs SET budget_usd = $2, budget_tokens = $3 WHERE id = $1")
             .bind(run_id)
             .bind(budget.usd)
             .bind(budget.tokens)
-            .execute(self.pool())
+            .execute(self.store.pool())
             .await?;
         found(res.rows_affected(), run_id)
     }
 
     /// What the run's attempts cost so far (dollars, input + output tokens).
-    pub async fn run_spend(&self, run_id: Uuid) -> Result<Spend, StoreError> {
-        spend(self.pool(), run_id).await
+    pub async fn spend(self, run_id: Uuid) -> Result<Spend, StoreError> {
+        spend(self.store.pool(), run_id).await
     }
 
     /// Pauses a running run: the outbox publishes none of its tasks until `resume_run`.
-    pub async fn pause_run(&self, run_id: Uuid, reason: &str) -> Result<PauseOutcome, StoreError> {
+    pub async fn pause(self, run_id: Uuid, reason: &str) -> Result<PauseOutcome, StoreError> {
         let res =
             sqlx::query("UPDATE runs SET state = 'paused', paused_reason = $2 WHERE id = $1 AND state = 'running'")
                 .bind(run_id)
                 .bind(reason)
-                .execute(self.pool())
+                .execute(self.store.pool())
                 .await?;
         if res.rows_affected() == 1 {
             return Ok(PauseOutcome::Paused);
         }
-        let state = self.run_lifecycle(run_id).await?.state;
+        let state = self.get(run_id).await?.state;
         Ok(if state == RunState::Paused { PauseOutcome::AlreadyPaused } else { PauseOutcome::NotRunning { state } })
     }
 
     /// Reopens a paused run, unless its spend is still at or over its budget. The row is locked
     /// while deciding, so a concurrent budget change or pause waits for it.
-    pub async fn resume_run(&self, run_id: Uuid) -> Result<ResumeOutcome, StoreError> {
-        let mut tx = self.pool().begin().await?;
+    pub async fn resume(self, run_id: Uuid) -> Result<ResumeOutcome, StoreError> {
+        let mut tx = self.store.pool().begin().await?;
         let (state, usd, tokens) = sqlx::query_as::<_, (RunState, Option<f64>, Option<i64>)>(
             "SELECT state, budget_usd, budget_tokens FROM runs WHERE id = $1 FOR UPDATE",
         )
@@ -305,28 +311,28 @@ impl Store {
     /// The outbox asks before each pass over a run: only a `running` run is published, and one
     /// whose spend reached its budget is paused here, with the reason. One query for a run
     /// without a budget; one more (its attempts, by the `attempts_by_run` index) with one.
-    pub async fn publish_gate(&self, run_id: Uuid) -> Result<Gate, StoreError> {
-        let l = self.run_lifecycle(run_id).await?;
+    pub async fn publish_gate(self, run_id: Uuid) -> Result<Gate, StoreError> {
+        let l = self.get(run_id).await?;
         if l.state != RunState::Running {
             return Ok(Gate::Closed { state: l.state });
         }
         if !l.budget.is_set() {
             return Ok(Gate::Open);
         }
-        let Some(reason) = l.budget.reached(&self.run_spend(run_id).await?) else {
+        let Some(reason) = l.budget.reached(&self.spend(run_id).await?) else {
             return Ok(Gate::Open);
         };
         let res =
             sqlx::query("UPDATE runs SET state = 'paused', paused_reason = $2 WHERE id = $1 AND state = 'running'")
                 .bind(run_id)
                 .bind(&reason)
-                .execute(self.pool())
+                .execute(self.store.pool())
                 .await?;
         Ok(Gate::BudgetReached { reason, paused_now: res.rows_affected() == 1 })
     }
 
     /// The `limit` most recently created runs, newest first, with task counts and spend.
-    pub async fn list_runs(&self, limit: i64) -> Result<Vec<RunListing>, StoreError> {
+    pub async fn list_runs(self, limit: i64) -> Result<Vec<RunListing>, StoreError> {
         /// A listing as one flat row (spend and budget both have tokens).
         #[derive(sqlx::FromRow)]
         struct Row {
@@ -362,7 +368,7 @@ impl Store {
              ORDER BY r.created_at DESC, r.id DESC",
         )
         .bind(limit)
-        .fetch_all(self.pool())
+        .fetch_all(self.store.pool())
         .await?;
         Ok(rows
             .into_iter()
@@ -388,12 +394,12 @@ impl Store {
     /// a concurrent `retry-failed` or `cancel` either happens first (and the run is no longer
     /// completed) or finds the snapshot and is refused (migration 0010's trigger).
     pub async fn create_snapshot(
-        &self,
+        self,
         name: &str,
         run_id: Uuid,
         note: Option<&str>,
     ) -> Result<SnapshotOutcome, StoreError> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.store.pool().begin().await?;
         let state: RunState = sqlx::query_scalar("SELECT state FROM runs WHERE id = $1 FOR SHARE")
             .bind(run_id)
             .fetch_optional(&mut *tx)
@@ -421,7 +427,7 @@ impl Store {
     }
 
     /// Every snapshot, newest first, with its run's done tasks by stage.
-    pub async fn snapshots(&self) -> Result<Vec<Snapshot>, StoreError> {
+    pub async fn snapshots(self) -> Result<Vec<Snapshot>, StoreError> {
         Ok(sqlx::query_as(
             "SELECT s.name, s.run_id, d.name AS dataset, d.version AS dataset_version, s.created_at, s.note,
                     COALESCE((SELECT jsonb_object_agg(stage, n) FROM (
@@ -430,29 +436,29 @@ impl Store {
              FROM snapshots s JOIN runs r ON r.id = s.run_id JOIN datasets d ON d.id = r.dataset_id
              ORDER BY s.created_at DESC, s.name",
         )
-        .fetch_all(self.pool())
+        .fetch_all(self.store.pool())
         .await?)
     }
 
     /// Names of the snapshots of a run, in name order (empty: none).
-    pub async fn snapshots_of_run(&self, run_id: Uuid) -> Result<Vec<String>, StoreError> {
+    pub async fn snapshots_of_run(self, run_id: Uuid) -> Result<Vec<String>, StoreError> {
         Ok(sqlx::query_scalar("SELECT name FROM snapshots WHERE run_id = $1 ORDER BY name")
             .bind(run_id)
-            .fetch_all(self.pool())
+            .fetch_all(self.store.pool())
             .await?)
     }
 
     /// The run a snapshot names.
-    pub async fn snapshot_run(&self, name: &str) -> Result<Uuid, StoreError> {
+    pub async fn snapshot_run(self, name: &str) -> Result<Uuid, StoreError> {
         sqlx::query_scalar("SELECT run_id FROM snapshots WHERE name = $1")
             .bind(name)
-            .fetch_optional(self.pool())
+            .fetch_optional(self.store.pool())
             .await?
             .ok_or_else(|| StoreError::NotFound(format!("snapshot {name:?} (see `reasonrec corpus snapshots`)")))
     }
 
     /// A run id or a snapshot name (names that parse as a UUID are read as run ids).
-    pub async fn resolve_corpus(&self, reference: &str) -> Result<CorpusRef, StoreError> {
+    pub async fn resolve_corpus(self, reference: &str) -> Result<CorpusRef, StoreError> {
         let (run_id, snapshot) = match reference.parse::<Uuid>() {
             Ok(id) => (id, None),
             Err(_) => (self.snapshot_run(reference).await?, Some(reference.to_string())),
@@ -461,7 +467,7 @@ impl Store {
             "SELECT d.name, d.version, r.state FROM runs r JOIN datasets d ON d.id = r.dataset_id WHERE r.id = $1",
         )
         .bind(run_id)
-        .fetch_optional(self.pool())
+        .fetch_optional(self.store.pool())
         .await?
         .ok_or_else(|| StoreError::NotFound(format!("run {run_id}")))?;
         Ok(CorpusRef { run_id, snapshot, dataset, dataset_version, state })
@@ -471,7 +477,7 @@ impl Store {
     /// by stage and by the dataset's own ids of their user, item and split, so runs of two
     /// versions of a dataset compare even where the dense ids in `tasks.subject` differ.
     /// `examples`: how many subjects to list per category.
-    pub async fn corpus_diff(&self, a: Uuid, b: Uuid, examples: i64) -> Result<CorpusDiff, StoreError> {
+    pub async fn corpus_diff(self, a: Uuid, b: Uuid, examples: i64) -> Result<CorpusDiff, StoreError> {
         let sql = format!(
             "WITH a AS MATERIALIZED ({}), b AS MATERIALIZED ({}),
              j AS MATERIALIZED (
@@ -493,7 +499,8 @@ impl Store {
             DONE_BY_SOURCE_ID.replace("$run", "$2"),
         );
         type DiffRow = (String, String, Option<i64>, Option<i64>, Option<String>, Option<bool>, Option<bool>);
-        let rows = sqlx::query_as::<_, DiffRow>(&sql).bind(a).bind(b).bind(examples).fetch_all(self.pool()).await?;
+        let rows =
+            sqlx::query_as::<_, DiffRow>(&sql).bind(a).bind(b).bind(examples).fetch_all(self.store.pool()).await?;
         let mut diff = CorpusDiff::default();
         for (stage, category, n, label_changed, subject, label_a, label_b) in rows {
             match n {

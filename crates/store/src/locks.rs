@@ -1,7 +1,7 @@
 //! Session advisory locks held on a connection of their own (detached from the pool): a lock
 //! lives exactly as long as its connection, so a process that dies, or whose connection is cut,
-//! lets go of it. The acting coordinator ([`Store::try_lock`]) and a batch endpoint's submitter
-//! ([`Store::endpoint_lock`]) hold one each; a run's planning lock ([`crate::planning`]) is the
+//! lets go of it. The acting coordinator ([`Locks::try_lock`]) and a batch endpoint's submitter
+//! ([`Locks::endpoint_lock`]) hold one each; a run's planning lock ([`crate::planning`]) is the
 //! same kind, taken together with its run row.
 
 use crate::error::StoreError;
@@ -34,17 +34,23 @@ impl SessionLock {
     }
 }
 
-impl Store {
+/// Session advisory locks. Reached through [`Store::locks`].
+#[derive(Debug, Clone, Copy)]
+pub struct Locks<'a> {
+    pub(crate) store: &'a Store,
+}
+
+impl<'a> Locks<'a> {
     /// The lock `key`, when no other session holds it (None: someone does).
-    pub async fn try_lock(&self, key: i64) -> Result<Option<SessionLock>, StoreError> {
-        let mut conn = self.pool().acquire().await?.detach();
+    pub async fn try_lock(self, key: i64) -> Result<Option<SessionLock>, StoreError> {
+        let mut conn = self.store.pool().acquire().await?.detach();
         let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(key).fetch_one(&mut conn).await?;
         held(conn, got).await
     }
 
     /// The submitter lock of `endpoint`, when no other process holds it.
-    pub async fn endpoint_lock(&self, endpoint: &str) -> Result<Option<SessionLock>, StoreError> {
-        let mut conn = self.pool().acquire().await?.detach();
+    pub async fn endpoint_lock(self, endpoint: &str) -> Result<Option<SessionLock>, StoreError> {
+        let mut conn = self.store.pool().acquire().await?.detach();
         let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, hashtext($2))")
             .bind(ENDPOINT_LOCK_CLASS)
             .bind(endpoint)

@@ -1,7 +1,7 @@
 //! Recoverable planning: a run is planned under a session advisory lock held by the planner's
 //! own connection. A planner that dies (SIGKILL, OOM, a cut connection) loses its connection
 //! and with it the lock, so "planning and nobody holds the lock" is proof that the plan died:
-//! [`Store::fail_abandoned_plans`] marks such runs `failed` with the reason, and the dataset's
+//! [`Planning::fail_abandoned_plans`] marks such runs `failed` with the reason, and the dataset's
 //! next scheduled tick or `run create --incremental` goes on.
 
 use crate::error::StoreError;
@@ -37,17 +37,23 @@ impl PlanningLock {
     }
 }
 
-impl Store {
+/// A run's planning lock and the plans that died. Reached through [`Store::planning`].
+#[derive(Debug, Clone, Copy)]
+pub struct Planning<'a> {
+    pub(crate) store: &'a Store,
+}
+
+impl<'a> Planning<'a> {
     /// Creates a run in state `planning` and takes its planning lock before the row is visible,
     /// so no one can take the run for an abandoned plan in between.
-    pub async fn create_planning_run(
-        &self,
+    pub async fn create_run(
+        self,
         dataset_id: i64,
         settings: &serde_json::Value,
         route: RunRoute,
     ) -> Result<PlanningLock, StoreError> {
         let run_id = Uuid::now_v7();
-        let mut conn = self.pool().acquire().await?.detach();
+        let mut conn = self.store.pool().acquire().await?.detach();
         sqlx::query("SELECT pg_advisory_lock($1, hashtext($2::text))")
             .bind(LOCK_CLASS)
             .bind(run_id)
@@ -64,14 +70,14 @@ impl Store {
     }
 
     /// Marks a run whose planning failed `failed` with `reason` (only while it is `planning`).
-    pub async fn fail_plan(&self, run_id: Uuid, reason: &str) -> Result<(), StoreError> {
+    pub async fn fail_plan(self, run_id: Uuid, reason: &str) -> Result<(), StoreError> {
         sqlx::query(
             "UPDATE runs SET state = 'failed', failed_reason = $2, finished_at = now()
              WHERE id = $1 AND state = 'planning'",
         )
         .bind(run_id)
         .bind(reason)
-        .execute(self.pool())
+        .execute(self.store.pool())
         .await?;
         Ok(())
     }
@@ -79,17 +85,17 @@ impl Store {
     /// Runs of the dataset name `dataset` left `planning` by a planner that died (nobody holds
     /// their planning lock) become `failed` with the reason. Returns them. A live planner's run
     /// is left alone: its lock is held.
-    pub async fn fail_abandoned_plans(&self, dataset: &str) -> Result<Vec<Uuid>, StoreError> {
+    pub async fn fail_abandoned_plans(self, dataset: &str) -> Result<Vec<Uuid>, StoreError> {
         let planning: Vec<Uuid> = sqlx::query_scalar(
             "SELECT r.id FROM runs r JOIN datasets d ON d.id = r.dataset_id
              WHERE d.name = $1 AND r.state = 'planning' ORDER BY r.id",
         )
         .bind(dataset)
-        .fetch_all(self.pool())
+        .fetch_all(self.store.pool())
         .await?;
         let mut failed = Vec::new();
         for run_id in planning {
-            let mut tx = self.pool().begin().await?;
+            let mut tx = self.store.pool().begin().await?;
             // A transaction-level try: taken only when no planner holds the session lock, and
             // released at commit.
             let free: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1, hashtext($2::text))")

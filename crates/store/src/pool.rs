@@ -88,3 +88,53 @@ impl Store {
         self.pool.close().await;
     }
 }
+
+/// The store's parts, one per aggregate (a module of this crate each): every query is a method of
+/// one of them, e.g. `store.runs().get(id)`.
+impl Store {
+    pub fn audits(&self) -> crate::audit::Audits<'_> {
+        crate::audit::Audits { store: self }
+    }
+    pub fn batches(&self) -> crate::batches::Batches<'_> {
+        crate::batches::Batches { store: self }
+    }
+    pub fn browser(&self) -> crate::browse::Browser<'_> {
+        crate::browse::Browser { store: self }
+    }
+    pub fn datasets(&self) -> crate::datasets::Datasets<'_> {
+        crate::datasets::Datasets { store: self }
+    }
+    pub fn exports(&self) -> crate::export::Exports<'_> {
+        crate::export::Exports { store: self }
+    }
+    pub fn finishing(&self) -> crate::finish::Finishing<'_> {
+        crate::finish::Finishing { store: self }
+    }
+    pub fn incremental(&self) -> crate::incremental::Incremental<'_> {
+        crate::incremental::Incremental { store: self }
+    }
+    pub fn leases(&self) -> crate::leases::Leases<'_> {
+        crate::leases::Leases { store: self }
+    }
+    pub fn lifecycle(&self) -> crate::lifecycle::Lifecycles<'_> {
+        crate::lifecycle::Lifecycles { store: self }
+    }
+    pub fn locks(&self) -> crate::locks::Locks<'_> {
+        crate::locks::Locks { store: self }
+    }
+    pub fn monitor(&self) -> crate::monitor::Monitor<'_> {
+        crate::monitor::Monitor { store: self }
+    }
+    pub fn planning(&self) -> crate::planning::Planning<'_> {
+        crate::planning::Planning { store: self }
+    }
+    pub fn pruning(&self) -> crate::retention::Pruning<'_> {
+        crate::retention::Pruning { store: self }
+    }
+    pub fn runs(&self) -> crate::runs::Runs<'_> {
+        crate::runs::Runs { store: self }
+    }
+    pub fn tasks(&self) -> crate::tasks::Tasks<'_> {
+        crate::tasks::Tasks { store: self }
+    }
+}

@@ -39,9 +39,15 @@ pub struct PruneReport {
     pub bytes_after: i64,
 }
 
-impl Store {
+/// Retention: pruning old runs, unused outputs and dataset versions. Reached through [`Store::pruning`].
+#[derive(Debug, Clone, Copy)]
+pub struct Pruning<'a> {
+    pub(crate) store: &'a Store,
+}
+
+impl<'a> Pruning<'a> {
     /// Finished, unpruned runs outside `policy`, oldest first.
-    pub async fn prunable_runs(&self, policy: Retention) -> Result<Vec<Uuid>, StoreError> {
+    pub async fn prunable_runs(self, policy: Retention) -> Result<Vec<Uuid>, StoreError> {
         Ok(sqlx::query_scalar(
             "WITH ranked AS (
                  SELECT r.id, r.state, r.created_at, r.pruned_at,
@@ -63,12 +69,12 @@ impl Store {
         )
         .bind(i64::from(policy.keep_completed.max(1)))
         .bind(policy.keep_days as i32)
-        .fetch_all(self.pool())
+        .fetch_all(self.store.pool())
         .await?)
     }
 
     /// Applies `policy` (see the module). `dry_run` only lists the runs and dataset versions.
-    pub async fn prune(&self, policy: Retention, dry_run: bool) -> Result<PruneReport, StoreError> {
+    pub async fn prune(self, policy: Retention, dry_run: bool) -> Result<PruneReport, StoreError> {
         let mut report = PruneReport { dry_run, bytes_before: self.corpus_bytes().await?, ..PruneReport::default() };
         report.runs = self.prunable_runs(policy).await?;
         if dry_run {
@@ -99,8 +105,8 @@ impl Store {
     }
 
     /// Deletes a run's task rows and edges and marks it pruned; returns (tasks, edges) deleted.
-    async fn prune_run(&self, run_id: Uuid) -> Result<(i64, i64), StoreError> {
-        let mut tx = self.pool().begin().await?;
+    async fn prune_run(self, run_id: Uuid) -> Result<(i64, i64), StoreError> {
+        let mut tx = self.store.pool().begin().await?;
         // Only a finished run: one reopened meanwhile (`run retry-failed`) is left alone.
         let finished: Option<String> = sqlx::query_scalar(
             "SELECT state FROM runs WHERE id = $1 AND state IN ('completed', 'cancelled', 'failed')
@@ -127,12 +133,12 @@ impl Store {
 
     /// Deletes ledger outputs no task uses, older than an hour (a worker that found an output
     /// by key commits it within that time). Returns how many.
-    async fn collect_ledger(&self) -> Result<i64, StoreError> {
+    async fn collect_ledger(self) -> Result<i64, StoreError> {
         let n = sqlx::query(
             "DELETE FROM outputs o WHERE o.created_at < now() - interval '1 hour'
                AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.output_key = o.key)",
         )
-        .execute(self.pool())
+        .execute(self.store.pool())
         .await?
         .rows_affected();
         Ok(n as i64)
@@ -141,7 +147,7 @@ impl Store {
     /// Dataset versions (id, name, version) whose rows may go: not pruned, not the latest
     /// version of their name, and no run outside `pruning` (runs about to be pruned) that is
     /// not pruned uses them.
-    async fn prunable_versions(&self, pruning: &[Uuid]) -> Result<Vec<(i64, String, i32)>, StoreError> {
+    async fn prunable_versions(self, pruning: &[Uuid]) -> Result<Vec<(i64, String, i32)>, StoreError> {
         Ok(sqlx::query_as(
             "SELECT d.id, d.name, d.version FROM datasets d
              WHERE d.pruned_at IS NULL
@@ -151,13 +157,13 @@ impl Store {
              ORDER BY d.name, d.version",
         )
         .bind(pruning)
-        .fetch_all(self.pool())
+        .fetch_all(self.store.pool())
         .await?)
     }
 
     /// Deletes a dataset version's interactions, users and items; its row stays, marked.
-    async fn prune_dataset_version(&self, dataset_id: i64) -> Result<i64, StoreError> {
-        let mut tx = self.pool().begin().await?;
+    async fn prune_dataset_version(self, dataset_id: i64) -> Result<i64, StoreError> {
+        let mut tx = self.store.pool().begin().await?;
         let n = sqlx::query("DELETE FROM interactions WHERE dataset_id = $1")
             .bind(dataset_id)
             .execute(&mut *tx)
@@ -171,21 +177,21 @@ impl Store {
     }
 
     /// Bytes (tables with their indexes) of tasks, task_deps, outputs and interactions.
-    pub async fn corpus_bytes(&self) -> Result<i64, StoreError> {
+    pub async fn corpus_bytes(self) -> Result<i64, StoreError> {
         Ok(sqlx::query_scalar(
             "SELECT (pg_total_relation_size('tasks') + pg_total_relation_size('task_deps')
                      + pg_total_relation_size('outputs') + pg_total_relation_size('interactions'))::int8",
         )
-        .fetch_one(self.pool())
+        .fetch_one(self.store.pool())
         .await?)
     }
 
     /// Records that `train export` wrote run `run_id` to `path` (retention keeps the run).
-    pub async fn record_export(&self, run_id: Uuid, path: &str) -> Result<(), StoreError> {
+    pub async fn record_export(self, run_id: Uuid, path: &str) -> Result<(), StoreError> {
         sqlx::query("INSERT INTO exports (run_id, path) VALUES ($1, $2)")
             .bind(run_id)
             .bind(path)
-            .execute(self.pool())
+            .execute(self.store.pool())
             .await?;
         Ok(())
     }

@@ -100,18 +100,24 @@ impl RunCounts {
     }
 }
 
-impl Store {
+/// Run rows, task planning, the outbox and progress counts. Reached through [`Store::runs`].
+#[derive(Debug, Clone, Copy)]
+pub struct Runs<'a> {
+    pub(crate) store: &'a Store,
+}
+
+impl<'a> Runs<'a> {
     /// Inserts planned tasks in one statement (one array per column, so no bind limit), then
     /// their dependency edges. While the run is `planning` calls may run concurrently and in any
-    /// order: nothing reads its tasks before [`Store::start_run`], and edges carry no foreign
+    /// order: nothing reads its tasks before [`Runs::start`], and edges carry no foreign
     /// keys. A carried task is written `done` (or `failed`) as it is; the others `ready`
     /// when `pending_deps` is 0, else `waiting`. Returns how many tasks were new.
-    pub async fn insert_tasks(&self, run_id: Uuid, tasks: &[NewTask]) -> Result<u64, StoreError> {
+    pub async fn insert_tasks(self, run_id: Uuid, tasks: &[NewTask]) -> Result<u64, StoreError> {
         if tasks.is_empty() {
             return Ok(0);
         }
         let c = TaskColumns::of(tasks);
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.store.pool().begin().await?;
         let res = sqlx::query(
             "INSERT INTO tasks (id, run_id, stage, subject, user_id, item_id, split, label, input, pending_deps, state,
                                 fingerprint, output_key, last_error, carried_from, released)
@@ -150,45 +156,45 @@ impl Store {
     /// statistics of the task tables first: a run can add millions of rows by bulk insert, and
     /// with stale statistics Postgres picked parallel sequential scans of `task_deps` for the
     /// per-task lookups (measured: 14 completions/s instead of hundreds).
-    pub async fn start_run(&self, run_id: Uuid) -> Result<(), StoreError> {
-        sqlx::query("ANALYZE tasks, task_deps").execute(self.pool()).await?;
+    pub async fn start(self, run_id: Uuid) -> Result<(), StoreError> {
+        sqlx::query("ANALYZE tasks, task_deps").execute(self.store.pool()).await?;
         sqlx::query("UPDATE runs SET state = 'running', planned_at = now() WHERE id = $1 AND state = 'planning'")
             .bind(run_id)
-            .execute(self.pool())
+            .execute(self.store.pool())
             .await?;
         Ok(())
     }
 
-    pub async fn get_run(&self, run_id: Uuid) -> Result<RunRow, StoreError> {
+    pub async fn get(self, run_id: Uuid) -> Result<RunRow, StoreError> {
         sqlx::query_as::<_, RunRow>(
             "SELECT id, dataset_id, state, settings, created_at, finished_at, failed_reason, pruned_at, route, deadline
              FROM runs WHERE id = $1",
         )
         .bind(run_id)
-        .fetch_optional(self.pool())
+        .fetch_optional(self.store.pool())
         .await?
         .ok_or_else(|| StoreError::NotFound(format!("run {run_id}")))
     }
 
     /// The most recently created run, for `run status` without an id.
-    pub async fn latest_run(&self) -> Result<Uuid, StoreError> {
+    pub async fn latest(self) -> Result<Uuid, StoreError> {
         sqlx::query_scalar("SELECT id FROM runs ORDER BY created_at DESC, id DESC LIMIT 1")
-            .fetch_optional(self.pool())
+            .fetch_optional(self.store.pool())
             .await?
             .ok_or_else(|| StoreError::NotFound("no run yet (run `reasonrec run create`)".into()))
     }
 
     /// Runs whose tasks may still need publishing or finishing.
-    pub async fn active_runs(&self) -> Result<Vec<Uuid>, StoreError> {
+    pub async fn active(self) -> Result<Vec<Uuid>, StoreError> {
         Ok(sqlx::query_scalar("SELECT id FROM runs WHERE state = 'running' ORDER BY priority DESC, created_at")
-            .fetch_all(self.pool())
+            .fetch_all(self.store.pool())
             .await?)
     }
 
     /// Outbox read: ready tasks of a run after `after` in id order (keyset pagination). For a
     /// run routed to a provider's Batch API (`runs.route = 'batch'`) only the tasks marked for a
     /// live re-ask (`live_reask`): the batch submitter claims the others (`store::batches`).
-    pub async fn ready_tasks(&self, run_id: Uuid, after: Uuid, limit: i64) -> Result<Vec<(Uuid, Stage)>, StoreError> {
+    pub async fn ready_tasks(self, run_id: Uuid, after: Uuid, limit: i64) -> Result<Vec<(Uuid, Stage)>, StoreError> {
         let rows = sqlx::query_as::<_, (Uuid, Stage)>(
             "(SELECT id, stage FROM tasks WHERE run_id = $1 AND state = 'ready' AND id > $2
                 AND EXISTS (SELECT 1 FROM runs WHERE id = $1 AND route = 'live')
@@ -202,16 +208,16 @@ impl Store {
         .bind(run_id)
         .bind(after)
         .bind(limit)
-        .fetch_all(self.pool())
+        .fetch_all(self.store.pool())
         .await?;
         Ok(rows)
     }
 
     /// Tasks of a run that are published and not finished.
-    pub async fn outstanding_tasks(&self, run_id: Uuid) -> Result<i64, StoreError> {
+    pub async fn outstanding_tasks(self, run_id: Uuid) -> Result<i64, StoreError> {
         Ok(sqlx::query_scalar("SELECT count(*) FROM tasks WHERE run_id = $1 AND state = 'published'")
             .bind(run_id)
-            .fetch_one(self.pool())
+            .fetch_one(self.store.pool())
             .await?)
     }
 
@@ -222,7 +228,7 @@ impl Store {
     /// database's time of the mark (what `published_at` holds; None for no ids), which the
     /// outbox's departure log keys on.
     pub async fn mark_published(
-        &self,
+        self,
         ids: &[Uuid],
     ) -> Result<(u64, Option<chrono::DateTime<chrono::Utc>>), StoreError> {
         if ids.is_empty() {
@@ -240,14 +246,14 @@ impl Store {
              SELECT count(*), now() FROM marked",
         )
         .bind(ids)
-        .fetch_one(self.pool())
+        .fetch_one(self.store.pool())
         .await?;
         Ok((n as u64, Some(at)))
     }
 
     /// The database's clock: timestamps the outbox compares with `published_at`.
-    pub async fn now(&self) -> Result<chrono::DateTime<chrono::Utc>, StoreError> {
-        Ok(sqlx::query_scalar("SELECT now()").fetch_one(self.pool()).await?)
+    pub async fn now(self) -> Result<chrono::DateTime<chrono::Utc>, StoreError> {
+        Ok(sqlx::query_scalar("SELECT now()").fetch_one(self.store.pool()).await?)
     }
 
     /// Cancels a run: its unfinished tasks become `cancelled` (done ones stay). Messages still in
@@ -258,10 +264,10 @@ impl Store {
     /// profile and waiting for a dependent of its item profile can still cross this. Postgres
     /// breaks the cycle by aborting one transaction; when it is this one, it is run again (the
     /// batch side retries its own), so an operator's cancel never ends in a deadlock error.
-    pub async fn cancel_run(&self, run_id: Uuid) -> Result<u64, StoreError> {
+    pub async fn cancel(self, run_id: Uuid) -> Result<u64, StoreError> {
         let mut tries: u64 = 0;
         loop {
-            match self.cancel_run_once(run_id).await {
+            match self.cancel_once(run_id).await {
                 Err(e) if tries < 5 && e.is_transaction_conflict() => {
                     tries += 1;
                     tracing::debug!(%run_id, tries, error = %e, "run cancel crossed a commit batch; again");
@@ -273,8 +279,8 @@ impl Store {
         }
     }
 
-    async fn cancel_run_once(&self, run_id: Uuid) -> Result<u64, StoreError> {
-        let mut tx = self.pool().begin().await?;
+    async fn cancel_once(self, run_id: Uuid) -> Result<u64, StoreError> {
+        let mut tx = self.store.pool().begin().await?;
         let run = sqlx::query(
             "UPDATE runs SET state = 'cancelled', finished_at = now() WHERE id = $1 AND state <> 'cancelled'",
         )
@@ -312,8 +318,8 @@ impl Store {
     /// not counted down again; a dependent that went ahead without the output is re-planned
     /// when the task succeeds ([`reasonrec_core::finishing`]). A task that failed in a live
     /// re-ask goes back to its run's route, afresh. Returns how many tasks were put back.
-    pub async fn retry_failed(&self, run_id: Uuid) -> Result<u64, StoreError> {
-        let mut tx = self.pool().begin().await?;
+    pub async fn retry_failed(self, run_id: Uuid) -> Result<u64, StoreError> {
+        let mut tx = self.store.pool().begin().await?;
         let res = sqlx::query(
             "UPDATE tasks SET state = 'ready', last_error = NULL, published_at = NULL, carried_from = NULL,
                               live_reask = false
@@ -337,10 +343,10 @@ impl Store {
     /// outbox's departure evidence (`coordinator::departures`) says left the queue long enough
     /// ago to have been finished by now.
     /// A duplicate delivery, should the old message still exist, is absorbed by the worker.
-    pub async fn requeue_departed(&self, published_before: chrono::DateTime<chrono::Utc>) -> Result<u64, StoreError> {
+    pub async fn requeue_departed(self, published_before: chrono::DateTime<chrono::Utc>) -> Result<u64, StoreError> {
         let res = sqlx::query("UPDATE tasks SET state = 'ready' WHERE state = 'published' AND published_at <= $1")
             .bind(published_before)
-            .execute(self.pool())
+            .execute(self.store.pool())
             .await?;
         Ok(res.rows_affected())
     }
@@ -349,48 +355,48 @@ impl Store {
     /// they move on, statistics taken at the start make the planner walk the primary key past
     /// every finished task to find ready ones (measured: 4 ms -> 1.2 s per outbox page on a
     /// 100k-task run) instead of using the partial outbox index.
-    pub async fn analyze_tasks(&self) -> Result<(), StoreError> {
-        sqlx::query("ANALYZE tasks").execute(self.pool()).await?;
+    pub async fn analyze_tasks(self) -> Result<(), StoreError> {
+        sqlx::query("ANALYZE tasks").execute(self.store.pool()).await?;
         Ok(())
     }
 
     /// Marks the run completed when no task is left to do. Returns the run's state.
-    pub async fn refresh_run_state(&self, run_id: Uuid) -> Result<RunState, StoreError> {
+    pub async fn refresh_state(self, run_id: Uuid) -> Result<RunState, StoreError> {
         sqlx::query(
             "UPDATE runs SET state = 'completed', finished_at = now()
              WHERE id = $1 AND state = 'running'
                AND NOT EXISTS (SELECT 1 FROM tasks WHERE run_id = $1 AND state IN ('waiting', 'ready', 'published', 'batched'))",
         )
         .bind(run_id)
-        .execute(self.pool())
+        .execute(self.store.pool())
         .await?;
-        Ok(self.get_run(run_id).await?.state)
+        Ok(self.get(run_id).await?.state)
     }
 
     /// What the coordinator's run gauges show: the run's tasks by state and its spend. Two
     /// statements (`run_counts` runs seven, three of them over every task of the run).
-    pub async fn run_gauges(&self, run_id: Uuid) -> Result<(BTreeMap<String, i64>, f64), StoreError> {
+    pub async fn gauges(self, run_id: Uuid) -> Result<(BTreeMap<String, i64>, f64), StoreError> {
         let by_state =
             sqlx::query_as::<_, (String, i64)>("SELECT state, count(*) FROM tasks WHERE run_id = $1 GROUP BY 1")
                 .bind(run_id)
-                .fetch_all(self.pool())
+                .fetch_all(self.store.pool())
                 .await?
                 .into_iter()
                 .collect();
         let cost: f64 = sqlx::query_scalar("SELECT COALESCE(sum(cost_usd), 0)::float8 FROM attempts WHERE run_id = $1")
             .bind(run_id)
-            .fetch_one(self.pool())
+            .fetch_one(self.store.pool())
             .await?;
         Ok((by_state, cost))
     }
 
-    pub async fn run_counts(&self, run_id: Uuid) -> Result<RunCounts, StoreError> {
+    pub async fn counts(self, run_id: Uuid) -> Result<RunCounts, StoreError> {
         let mut c = RunCounts::default();
         let rows = sqlx::query_as::<_, (String, String, i64)>(
             "SELECT stage, state, count(*) FROM tasks WHERE run_id = $1 GROUP BY 1, 2",
         )
         .bind(run_id)
-        .fetch_all(self.pool())
+        .fetch_all(self.store.pool())
         .await?;
         for (stage, state, n) in rows {
             c.total += n;
@@ -409,7 +415,7 @@ impl Store {
              FROM tasks WHERE run_id = $1",
         )
         .bind(run_id)
-        .fetch_one(self.pool())
+        .fetch_one(self.store.pool())
         .await?;
         (c.published_ever, c.messages_published, c.replanned, c.done_last_minute, c.elapsed_secs) = sqlx::query_as(
             "SELECT count(*) FILTER (WHERE published_at IS NOT NULL),
@@ -419,7 +425,7 @@ impl Store {
              FROM tasks WHERE run_id = $1",
         )
         .bind(run_id)
-        .fetch_one(self.pool())
+        .fetch_one(self.store.pool())
         .await?;
         (c.teacher_calls, c.input_tokens, c.output_tokens, c.cost_usd) = sqlx::query_as(
             "SELECT count(*), COALESCE(sum(input_tokens), 0)::int8, COALESCE(sum(output_tokens), 0)::int8,
@@ -427,13 +433,13 @@ impl Store {
              FROM attempts WHERE run_id = $1",
         )
         .bind(run_id)
-        .fetch_one(self.pool())
+        .fetch_one(self.store.pool())
         .await?;
         c.errors = sqlx::query_as::<_, (String, i64)>(
             "SELECT error_class, count(*) FROM attempts WHERE run_id = $1 AND error_class IS NOT NULL GROUP BY 1 ORDER BY 2 DESC",
         )
         .bind(run_id)
-        .fetch_all(self.pool())
+        .fetch_all(self.store.pool())
         .await?
         .into_iter()
         .collect();
@@ -442,7 +448,7 @@ impl Store {
              WHERE a.run_id = $1 AND a.error_class = 'rejected' GROUP BY 1, 2",
         )
         .bind(run_id)
-        .fetch_all(self.pool())
+        .fetch_all(self.store.pool())
         .await?;
         for (stage, code, n) in rows {
             c.rejections.entry(stage).or_default().insert(code, n);
@@ -451,7 +457,7 @@ impl Store {
     }
 }
 
-/// Planned tasks as one array per column of `tasks` (what [`Store::insert_tasks`] binds).
+/// Planned tasks as one array per column of `tasks` (what [`Runs::insert_tasks`] binds).
 struct TaskColumns<'a> {
     ids: Vec<Uuid>,
     stages: Vec<&'a str>,

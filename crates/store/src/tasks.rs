@@ -30,7 +30,7 @@ pub struct TaskContext {
     /// rendered from an older version is superseded.
     pub inputs_version: i32,
     /// A batch endpoint's answer was rejected and the task is re-asked live, carrying on that
-    /// conversation ([`Store::live_reask_conversation`]).
+    /// conversation ([`Batches::live_reask_conversation`]).
     pub live_reask: bool,
 }
 
@@ -66,7 +66,7 @@ pub struct NewOutput {
     pub score: Option<i16>,
 }
 
-/// What rendering one task needs, read for many tasks at once ([`Store::load_bundles`]).
+/// What rendering one task needs, read for many tasks at once ([`Tasks::load_bundles`]).
 #[derive(Debug, Clone)]
 pub struct TaskBundle {
     pub task: TaskContext,
@@ -77,7 +77,7 @@ pub struct TaskBundle {
     pub deps: Vec<DependencyOutput>,
 }
 
-/// What finishing a task did ([`Store::finish_tasks`]).
+/// What finishing a task did ([`Finishing::finish_tasks`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Completion {
     /// The task moved to done in this transaction (false: it already was).
@@ -89,14 +89,20 @@ pub struct Completion {
     pub superseded: bool,
 }
 
-impl Store {
-    pub async fn load_task(&self, task_id: Uuid) -> Result<TaskContext, StoreError> {
+/// What a worker reads about a task, dead letters, single-task cancel. Reached through [`Store::tasks`].
+#[derive(Debug, Clone, Copy)]
+pub struct Tasks<'a> {
+    pub(crate) store: &'a Store,
+}
+
+impl<'a> Tasks<'a> {
+    pub async fn load(self, task_id: Uuid) -> Result<TaskContext, StoreError> {
         let mut tasks = self.load_tasks(&[task_id]).await?;
         tasks.pop().ok_or_else(|| StoreError::NotFound(format!("task {task_id}")))
     }
 
     /// The tasks of `ids` that exist, with their run's state and dataset (one query).
-    pub async fn load_tasks(&self, ids: &[Uuid]) -> Result<Vec<TaskContext>, StoreError> {
+    pub async fn load_tasks(self, ids: &[Uuid]) -> Result<Vec<TaskContext>, StoreError> {
         Ok(sqlx::query_as::<_, TaskContext>(
             "SELECT t.id, t.run_id, t.stage, t.state, r.state AS run_state, r.dataset_id, d.family,
                     t.user_id, t.item_id, t.split, t.label, t.input, t.inputs_version, t.live_reask
@@ -104,14 +110,14 @@ impl Store {
              WHERE t.id = ANY($1)",
         )
         .bind(ids)
-        .fetch_all(self.pool())
+        .fetch_all(self.store.pool())
         .await?)
     }
 
     /// Tasks with the items their prompts mention and their dependencies' outputs, for many
     /// tasks in three queries (tasks, dependency outputs, items per dataset). Missing ids are
     /// absent from the map.
-    pub async fn load_bundles(&self, ids: &[Uuid]) -> Result<HashMap<Uuid, TaskBundle>, StoreError> {
+    pub async fn load_bundles(self, ids: &[Uuid]) -> Result<HashMap<Uuid, TaskBundle>, StoreError> {
         let tasks = self.load_tasks(ids).await?;
         if tasks.is_empty() {
             return Ok(HashMap::new());
@@ -138,31 +144,31 @@ impl Store {
             .collect())
     }
 
-    pub async fn load_items(&self, dataset_id: i64, ids: &[i32]) -> Result<HashMap<i32, ItemRow>, StoreError> {
+    pub async fn load_items(self, dataset_id: i64, ids: &[i32]) -> Result<HashMap<i32, ItemRow>, StoreError> {
         let rows =
             sqlx::query_as::<_, ItemRow>("SELECT id, title, attrs FROM items WHERE dataset_id = $1 AND id = ANY($2)")
                 .bind(dataset_id)
                 .bind(ids)
-                .fetch_all(self.pool())
+                .fetch_all(self.store.pool())
                 .await?;
         Ok(rows.into_iter().map(|item| (item.id, item)).collect())
     }
 
     /// The first of `keys` (in order) that the ledger holds.
-    pub async fn first_existing_output(&self, keys: &[OutputKey]) -> Result<Option<OutputKey>, StoreError> {
+    pub async fn first_existing_output(self, keys: &[OutputKey]) -> Result<Option<OutputKey>, StoreError> {
         let found = self.existing_outputs(keys).await?;
         Ok(keys.iter().find(|k| found.contains(*k)).copied())
     }
 
     /// Those of `keys` that the ledger holds.
     pub async fn existing_outputs(
-        &self,
+        self,
         keys: &[OutputKey],
     ) -> Result<std::collections::HashSet<OutputKey>, StoreError> {
         let bytes: Vec<&[u8]> = keys.iter().map(|k| k.as_bytes()).collect();
         let found: Vec<Vec<u8>> = sqlx::query_scalar("SELECT key FROM outputs WHERE key = ANY($1)")
             .bind(&bytes)
-            .fetch_all(self.pool())
+            .fetch_all(self.store.pool())
             .await?;
         Ok(found.iter().filter_map(|f| OutputKey::from_slice(f)).collect())
     }
@@ -170,17 +176,17 @@ impl Store {
     /// Records that a task's message was dead-lettered: the task fails with `reason` (so
     /// `run retry-failed` can put it back) unless it finished meanwhile, through the same state
     /// machine as a worker's failure. Returns whether it changed. Idempotent.
-    pub async fn record_dead_letter(&self, task_id: Uuid, run_id: Uuid, reason: &str) -> Result<bool, StoreError> {
+    pub async fn record_dead_letter(self, task_id: Uuid, run_id: Uuid, reason: &str) -> Result<bool, StoreError> {
         let kind = crate::finish::FinishKind::Fail { error: format!("dead-lettered: {reason}") };
         let finish = crate::finish::Finish { task_id, run_id, inputs_version: 0, kind, attempts: Vec::new() };
-        let done = self.finish_tasks(&[finish]).await?;
+        let done = self.store.finishing().finish_tasks(&[finish]).await?;
         Ok(done.first().is_some_and(|c| c.newly_done))
     }
 
     /// Outputs of the tasks each of `task_ids` depends on (text is None where the upstream task
     /// failed), by dependent task.
     pub async fn dependency_outputs_of(
-        &self,
+        self,
         task_ids: &[Uuid],
     ) -> Result<HashMap<Uuid, Vec<DependencyOutput>>, StoreError> {
         let rows = sqlx::query_as::<_, (Uuid, Stage, Option<i32>, Option<i32>, Option<String>)>(
@@ -189,7 +195,7 @@ impl Store {
              WHERE d.task_id = ANY($1)",
         )
         .bind(task_ids)
-        .fetch_all(self.pool())
+        .fetch_all(self.store.pool())
         .await?;
         let mut out: HashMap<Uuid, Vec<DependencyOutput>> = HashMap::new();
         for (task_id, stage, user_id, item_id, text) in rows {
@@ -200,7 +206,7 @@ impl Store {
 
     /// Reviews of an item (rating and the stored review object), oldest first.
     pub async fn item_reviews(
-        &self,
+        self,
         dataset_id: i64,
         item_id: i32,
     ) -> Result<Vec<(f32, serde_json::Value)>, StoreError> {
@@ -210,17 +216,17 @@ impl Store {
         )
         .bind(dataset_id)
         .bind(item_id)
-        .fetch_all(self.pool())
+        .fetch_all(self.store.pool())
         .await?)
     }
 
     /// Marks a task of a cancelled run cancelled.
-    pub async fn cancel_task(&self, task_id: Uuid) -> Result<(), StoreError> {
+    pub async fn cancel(self, task_id: Uuid) -> Result<(), StoreError> {
         sqlx::query(
             "UPDATE tasks SET state = 'cancelled' WHERE id = $1 AND state IN ('waiting', 'ready', 'published', 'batched')",
         )
         .bind(task_id)
-        .execute(self.pool())
+        .execute(self.store.pool())
         .await?;
         Ok(())
     }

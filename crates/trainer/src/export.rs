@@ -101,11 +101,11 @@ pub enum Progress {
 pub async fn resolve(store: &Store, source: &Source) -> Result<Uuid, TrainerError> {
     match source {
         Source::Run(id) => Ok(*id),
-        Source::Dataset(name) => match store.latest_completed_run(name).await? {
+        Source::Dataset(name) => match store.incremental().latest_completed_run(name).await? {
             Some(run) => Ok(run.id),
             None => Err(reasonrec_store::StoreError::NotFound(format!("no completed run of dataset {name:?}")).into()),
         },
-        Source::Snapshot(name) => Ok(store.snapshot_run(name).await?),
+        Source::Snapshot(name) => Ok(store.lifecycle().snapshot_run(name).await?),
     }
 }
 
@@ -118,12 +118,12 @@ pub async fn wait_for_run(
     progress: &mut impl FnMut(Progress),
 ) -> Result<RunState, TrainerError> {
     loop {
-        let state = store.refresh_run_state(run_id).await?;
+        let state = store.runs().refresh_state(run_id).await?;
         match state {
             RunState::Completed => return Ok(state),
             RunState::Cancelled => return Err(TrainerError::RunCancelled(run_id)),
             _ => {
-                let counts = store.export_counts(run_id).await?;
+                let counts = store.exports().counts(run_id).await?;
                 progress(Progress::Waiting { state, counts });
                 tokio::time::sleep(poll).await;
             }
@@ -173,12 +173,12 @@ impl Lookups {
             self.data.clear_items();
             missing = items;
         }
-        let (user_profiles, left_out) = store.export_user_profiles(self.run_id, &users, self.policy).await?;
+        let (user_profiles, left_out) = store.exports().user_profiles(self.run_id, &users, self.policy).await?;
         self.data.user_profiles = user_profiles;
         self.profiles_left_out += left_out;
         if !missing.is_empty() {
-            self.data.items.extend(store.load_items(self.dataset_id, &missing).await?);
-            let (item_profiles, left_out) = store.export_item_profiles(self.run_id, &missing, self.policy).await?;
+            self.data.items.extend(store.tasks().load_items(self.dataset_id, &missing).await?);
+            let (item_profiles, left_out) = store.exports().item_profiles(self.run_id, &missing, self.policy).await?;
             self.data.item_profiles.extend(item_profiles);
             self.profiles_left_out += left_out;
         }
@@ -213,16 +213,16 @@ pub async fn export_run(
     opts: &ExportOptions,
     progress: &mut impl FnMut(Progress),
 ) -> Result<Manifest, TrainerError> {
-    let run = store.get_run(run_id).await?;
+    let run = store.runs().get(run_id).await?;
     if let Some(at) = run.pruned_at {
         return Err(reasonrec_store::StoreError::NotFound(format!(
             "run {run_id} was pruned at {at} (retention deleted its tasks); export a kept run or snapshot"
         ))
         .into());
     }
-    let dataset = store.dataset_by_id(run.dataset_id).await?;
+    let dataset = store.datasets().by_id(run.dataset_id).await?;
     let state = match opts.partial {
-        true => store.refresh_run_state(run_id).await?,
+        true => store.runs().refresh_state(run_id).await?,
         false => wait_for_run(store, run_id, opts.poll, progress).await?,
     };
     let family = dataset.family.as_str();
@@ -233,7 +233,7 @@ pub async fn export_run(
     let draw = fewshot::draw(&tally.train_rows, &opts.few_shot, opts.seed);
     drop(std::mem::take(&mut tally.train_rows));
     files.extend(write_few_shot(store, prompts, run_id, dataset.id, family, &draw, opts).await?);
-    let c = store.export_counts(run_id).await?;
+    let c = store.exports().counts(run_id).await?;
     let report = tally.filters.report();
     let manifest = Manifest {
         manifest_version: MANIFEST_VERSION,
@@ -276,7 +276,7 @@ pub async fn export_run(
     };
     write_manifest(&opts.out, &manifest)?;
     // Retention keeps a run an export manifest names.
-    store.record_export(run_id, &opts.out.display().to_string()).await?;
+    store.pruning().record_export(run_id, &opts.out.display().to_string()).await?;
     Ok(manifest)
 }
 
@@ -366,7 +366,7 @@ async fn write_examples(
     // The next page is read while this one is rendered (and the one before written).
     let read = |after: Uuid| {
         let store = store.clone();
-        tokio::spawn(async move { store.export_page(run_id, dataset_id, after, page_size as i64, judged).await })
+        tokio::spawn(async move { store.exports().page(run_id, dataset_id, after, page_size as i64, judged).await })
     };
     let mut next = read(Uuid::nil());
     loop {
@@ -403,7 +403,7 @@ async fn write_few_shot(
     let ids = draw.ids();
     let mut lookups = Lookups::new(run_id, dataset_id, opts.audit);
     for chunk in ids.chunks(opts.page_size.max(1)) {
-        let tasks = store.export_tasks_by_id(run_id, dataset_id, chunk).await?;
+        let tasks = store.exports().tasks_by_id(run_id, dataset_id, chunk).await?;
         if tasks.len() != chunk.len() {
             return Err(TrainerError::Invalid(format!(
                 "few-shot rows changed during the export: {} of {} found again",
@@ -455,9 +455,9 @@ pub async fn student_example(
     task_id: Uuid,
 ) -> Result<StudentExample, TrainerError> {
     let not_exported = |why: &str| TrainerError::Invalid(format!("task {task_id} is not exported: {why}"));
-    let task = store.load_tasks(&[task_id]).await?.pop().ok_or_else(|| not_exported("no such task"))?;
-    let dataset = store.dataset_by_id(task.dataset_id).await?;
-    let mut rows = store.export_tasks_by_id(task.run_id, dataset.id, &[task_id]).await?;
+    let task = store.tasks().load_tasks(&[task_id]).await?.pop().ok_or_else(|| not_exported("no such task"))?;
+    let dataset = store.datasets().by_id(task.dataset_id).await?;
+    let mut rows = store.exports().tasks_by_id(task.run_id, dataset.id, &[task_id]).await?;
     let Some(mut row) = rows.pop() else { return Err(not_exported("not a done reasoning task")) };
     let policy = AuditPolicy::default();
     if !policy.admits(row.audit) {

@@ -1,6 +1,6 @@
 //! The batch submitter: works the runs routed to a provider's Batch API (`runs.route =
 //! 'batch'`), one loop per `mode = "batch"` endpoint, one process per endpoint at a time (the
-//! endpoint's advisory lock, `Store::endpoint_lock`).
+//! endpoint's advisory lock, `Locks::endpoint_lock`).
 //!
 //! Each tick, for its endpoint:
 //! 1. Open batch rows, oldest first. `building`: left by a submitter that died before sending
@@ -11,18 +11,18 @@
 //!    polled; a cancelled run's batch is cancelled at the provider; an ended one has its
 //!    results finished; a failed one (refused as a whole) puts its tasks back.
 //! 2. New batches, while fewer than `batch.max_open` are open: ready tasks of each batch run are
-//!    claimed into a row (`Store::claim_batch`) before anything is sent, rendered as a live
+//!    claimed into a row (`Batches::claim`) before anything is sent, rendered as a live
 //!    worker renders them (an answer the ledger holds completes the task at once), recorded
 //!    `submitting`, then created at the provider. The first batch of a run is small
 //!    (`batch.first_lines`) and each next one doubles while tasks of the run still wait for
 //!    inputs, so item profiles come back early and the stages downstream follow.
 //!
 //! Results go through the same validation and finishing as live answers
-//! (`core::validate`, `Store::finish_tasks`): an accepted answer completes its task; a rejected
+//! (`core::validate`, `Finishing::finish_tasks`): an accepted answer completes its task; a rejected
 //! one is re-asked with the validator's reason (up to `stages.max_reasks`): in the task's next
 //! batch, or by the live workers when the endpoint says `reask = "live"` (the task goes back
 //! `ready` marked `live_reask`, the outbox publishes it, and the live worker carries the
-//! conversation on: `Store::live_reask_conversation`). An errored, expired or cancelled line
+//! conversation on: `Batches::live_reask_conversation`). An errored, expired or cancelled line
 //! puts its task back to `ready` (the next batch sends it again); an invalid request fails the
 //! task. Every line is an attempt row with its cost, its id derived from the batch and line so a
 //! second reading records nothing twice.
@@ -215,7 +215,7 @@ impl BatchSubmitter {
         let mut lock = None;
         loop {
             if lock.is_none() {
-                lock = match self.store.endpoint_lock(self.endpoint()).await {
+                lock = match self.store.locks().endpoint_lock(self.endpoint()).await {
                     Ok(l) => l,
                     Err(e) => {
                         tracing::warn!(endpoint = %self.endpoint(), error = %e, "cannot take the batch endpoint's lock");
@@ -256,16 +256,16 @@ impl BatchSubmitter {
     pub async fn tick(&self) -> Result<TickReport, WorkerError> {
         let mut report = TickReport::default();
         let turnaround = self.turnaround().await?;
-        let open = self.store.open_batches(self.endpoint()).await?;
+        let open = self.store.batches().open(self.endpoint()).await?;
         let mut still_open = 0u32;
         // A row whose create may have reached the provider blocks new creates until it is
         // resolved: the Anthropic search (no metadata) must have one candidate at a time.
         let mut unresolved = false;
         for b in &open {
-            self.store.take_over(self.owner, b.id).await?;
+            self.store.batches().take_over(self.owner, b.id).await?;
             match b.state {
                 BatchState::Building => {
-                    self.store.abandon_batch(self.owner, b.id).await?;
+                    self.store.batches().abandon(self.owner, b.id).await?;
                     report.abandoned += 1;
                 }
                 BatchState::Submitting => {
@@ -286,8 +286,8 @@ impl BatchSubmitter {
         if unresolved || self.hold(|h| h.holds(std::time::Instant::now())) {
             return Ok(report);
         }
-        'runs: for run in self.store.batch_runs().await? {
-            if !matches!(self.store.publish_gate(run.id).await?, Gate::Open) {
+        'runs: for run in self.store.batches().runs().await? {
+            if !matches!(self.store.lifecycle().publish_gate(run.id).await?, Gate::Open) {
                 // Paused, or its budget (with what open batches reserve) is reached.
                 continue;
             }
@@ -298,7 +298,7 @@ impl BatchSubmitter {
                 let size = self.next_size(run.id, run.waiting).await?;
                 let protocol = self.client.endpoint().protocol;
                 let Some((id, lines)) =
-                    self.store.claim_batch(self.owner, run.id, self.endpoint(), protocol, size).await?
+                    self.store.batches().claim(self.owner, run.id, self.endpoint(), protocol, size).await?
                 else {
                     break;
                 };
@@ -319,12 +319,12 @@ impl BatchSubmitter {
     async fn spill_late_runs(&self, turnaround: chrono::TimeDelta, report: &mut TickReport) -> Result<(), WorkerError> {
         let now = chrono::Utc::now();
         let per_round = lines_per_round(&self.batch, self.client.endpoint().protocol);
-        for run in self.store.batch_deadlines().await? {
+        for run in self.store.batches().deadlines().await? {
             let Some(deadline) = run.deadline else { continue };
             let ends = batch_work_ends(now, turnaround, &run.open_submitted, run.unsent.max(0) as u64, per_round);
             // Time kept for the live endpoints to do all that is left, should batches fail us.
             let margin = self.live_time(run.unsent + run.batched);
-            if ends >= deadline - margin && self.store.spill_run(run.id).await? {
+            if ends >= deadline - margin && self.store.batches().spill_run(run.id).await? {
                 tracing::warn!(endpoint = %self.endpoint(), run_id = %run.id, turnaround_secs = turnaround.num_seconds(),
                                projected_end = %ends, deadline = %deadline,
                                "the deadline cannot be met by batches; the run's remaining tasks go to live endpoints");
@@ -345,7 +345,7 @@ impl BatchSubmitter {
     /// The batch turnaround to plan with: the mean of the endpoint's last ended batches, or
     /// `batch.turnaround_secs` before any ended.
     async fn turnaround(&self) -> Result<chrono::TimeDelta, WorkerError> {
-        let secs = match self.store.observed_turnaround(self.endpoint()).await? {
+        let secs = match self.store.batches().observed_turnaround(self.endpoint()).await? {
             Some(s) if s.is_finite() && s >= 0.0 => s,
             _ => self.batch.turnaround_secs as f64,
         };
@@ -359,7 +359,7 @@ impl BatchSubmitter {
         if !waiting {
             return Ok(max);
         }
-        let sent = self.store.batches_of_run(run_id, self.endpoint()).await?;
+        let sent = self.store.batches().of_run(run_id, self.endpoint()).await?;
         let grown = i64::from(self.batch.first_lines).saturating_mul(1i64 << sent.clamp(0, 30));
         Ok(grown.min(max).max(1))
     }
@@ -375,7 +375,7 @@ impl BatchSubmitter {
     ) -> Result<bool, WorkerError> {
         let (lines, file) = self.build(id, claimed, report).await?;
         if lines.is_empty() {
-            self.store.end_batch(self.owner, id, BatchState::Ended, "empty", None, 0.0).await?;
+            self.store.batches().end(self.owner, id, BatchState::Ended, "empty", None, 0.0).await?;
             return Ok(true);
         }
         let ep = self.client.endpoint();
@@ -390,7 +390,7 @@ impl BatchSubmitter {
                 })
             })
             .sum();
-        self.store.mark_submitting(self.owner, id, &lines, reserved).await?;
+        self.store.batches().mark_submitting(self.owner, id, &lines, reserved).await?;
         self.create(id, file, report).await
     }
 
@@ -440,14 +440,14 @@ impl BatchSubmitter {
                 }
             }
             if !finishes.is_empty() {
-                let outcomes = self.store.finish_tasks(&finishes).await?;
+                let outcomes = self.store.finishing().finish_tasks(&finishes).await?;
                 // A reuse rendered from inputs that changed meanwhile renders again in a later batch.
                 back.extend(finishes.iter().zip(&outcomes).filter(|(_, c)| c.superseded).map(|(f, _)| f.task_id));
             }
         }
         if !settled.is_empty() {
             back.sort_unstable();
-            self.store.settle_lines(self.owner, id, &settled, &back, &[]).await?;
+            self.store.batches().settle_lines(self.owner, id, &settled, &back, &[]).await?;
         }
         Ok((lines, file))
     }
@@ -460,7 +460,7 @@ impl BatchSubmitter {
         chunk: &'c [ClaimedLine],
     ) -> Result<Vec<(&'c ClaimedLine, Built)>, WorkerError> {
         let ids: Vec<Uuid> = chunk.iter().map(|l| l.task_id).collect();
-        let bundles = self.store.load_bundles(&ids).await?;
+        let bundles = self.store.tasks().load_bundles(&ids).await?;
         let ep = self.client.endpoint();
         let mut built = Vec::with_capacity(chunk.len());
         for line in chunk {
@@ -501,7 +501,7 @@ impl BatchSubmitter {
                 _ => None,
             })
             .collect();
-        let existing = self.store.existing_outputs(&keys).await?;
+        let existing = self.store.tasks().existing_outputs(&keys).await?;
         for (line, b) in &mut built {
             if let Built::Line { rendered, run_id, .. } = b
                 && existing.contains(&rendered.output_key)
@@ -527,11 +527,14 @@ impl BatchSubmitter {
     /// The create call, once. Its failure leaves the row `submitting`: the next tick looks for
     /// the batch at the provider before creating it again.
     async fn create(&self, id: Uuid, file: BatchFile, report: &mut TickReport) -> Result<bool, WorkerError> {
-        self.store.mark_create_attempt(self.owner, id, true).await?;
+        self.store.batches().mark_create_attempt(self.owner, id, true).await?;
         let (lines, bytes) = (file.lines(), file.bytes());
         match self.client.create(&tag(id), file).await {
             Ok(pb) => {
-                self.store.mark_submitted(self.owner, id, &pb.id, pb.input_file_id.as_deref(), &pb.status).await?;
+                self.store
+                    .batches()
+                    .mark_submitted(self.owner, id, &pb.id, pb.input_file_id.as_deref(), &pb.status)
+                    .await?;
                 tracing::info!(endpoint = %self.endpoint(), batch = %id, provider_id = %pb.id, lines, bytes, "batch submitted");
                 report.created += 1;
                 Ok(true)
@@ -544,7 +547,7 @@ impl BatchSubmitter {
                 }
                 if e.http_status().is_some() {
                     // The provider answered: nothing of this call is still on its way.
-                    self.store.mark_create_attempt(self.owner, id, false).await?;
+                    self.store.batches().mark_create_attempt(self.owner, id, false).await?;
                 }
                 Ok(false)
             }
@@ -554,7 +557,10 @@ impl BatchSubmitter {
                 // doubling interval.
                 tracing::error!(endpoint = %self.endpoint(), batch = %id, error = %e, "batch create refused");
                 self.refused(id, &e.to_string());
-                self.store.end_batch(self.owner, id, BatchState::Failed, "refused", Some(&e.to_string()), 0.0).await?;
+                self.store
+                    .batches()
+                    .end(self.owner, id, BatchState::Failed, "refused", Some(&e.to_string()), 0.0)
+                    .await?;
                 report.failed += 1;
                 Ok(true)
             }
@@ -573,7 +579,7 @@ impl BatchSubmitter {
             return Ok(false);
         }
         let since = b.submit_started_at.unwrap_or_else(chrono::Utc::now) - CLOCK_SKEW;
-        let known = self.store.known_provider_ids().await?;
+        let known = self.store.batches().known_provider_ids().await?;
         let lines = u64::try_from(b.lines).unwrap_or(0);
         let mut found = match self.client.find(&tag(b.id), since, lines, &known).await {
             Ok(f) => f,
@@ -592,7 +598,7 @@ impl BatchSubmitter {
                 tracing::warn!(provider_id = %other.id, "another unknown batch of as many requests; left alone");
             }
             let copy_rows: Vec<Found> = copies.iter().map(|c| found_row(c)).collect();
-            let copy_ids = self.store.adopt_batch(self.owner, b.id, found_row(&first), &copy_rows).await?;
+            let copy_ids = self.store.batches().adopt(self.owner, b.id, found_row(&first), &copy_rows).await?;
             tracing::warn!(endpoint = %self.endpoint(), batch = %b.id, provider_id = %first.id,
                            "a batch whose create answer was lost was found at the provider; adopted");
             report.adopted += 1;
@@ -606,7 +612,7 @@ impl BatchSubmitter {
             }
             return Ok(true);
         }
-        let claimed = self.store.claimed_lines(b.id).await?;
+        let claimed = self.store.batches().claimed_lines(b.id).await?;
         self.build_and_create(b.id, claimed, report).await
     }
 
@@ -648,7 +654,7 @@ impl BatchSubmitter {
                 if b.copy_of.is_none() {
                     self.refused(b.id, &why);
                 }
-                self.store.end_batch(self.owner, b.id, BatchState::Failed, &pb.status, Some(&why), 0.0).await?;
+                self.store.batches().end(self.owner, b.id, BatchState::Failed, &pb.status, Some(&why), 0.0).await?;
                 report.failed += 1;
                 Ok(true)
             }
@@ -665,10 +671,10 @@ impl BatchSubmitter {
     /// that fails otherwise is asked again at the row's next poll.
     async fn cancel_at_provider(&self, id: Uuid, provider_id: &str) -> Result<(), WorkerError> {
         match self.client.cancel(provider_id).await {
-            Ok(_) => self.store.mark_cancel_requested(id).await?,
+            Ok(_) => self.store.batches().mark_cancel_requested(id).await?,
             Err(e) if e.http_status() == Some(409) => {
                 tracing::debug!(batch = %id, error = %e, "the batch ended before its cancel");
-                self.store.mark_cancel_requested(id).await?
+                self.store.batches().mark_cancel_requested(id).await?
             }
             Err(e) => tracing::warn!(batch = %id, error = %e, "cannot cancel the batch; trying again"),
         }
@@ -679,7 +685,7 @@ impl BatchSubmitter {
     /// time as they are read. A reading cut short leaves the batch open: the next poll reads
     /// again from the start, and lines settled meanwhile are only counted.
     async fn finish(&self, b: &BatchRow, pb: &ProviderBatch, report: &mut TickReport) -> Result<(), WorkerError> {
-        let rows = self.store.batch_lines(b.id).await?;
+        let rows = self.store.batches().lines(b.id).await?;
         // A second copy's requests are the adopted row's file: their custom ids name that row.
         let named = b.copy_of.unwrap_or(b.id);
         let by_id: HashMap<String, &LineRow> = rows.iter().map(|l| (custom_id(named, l.line), l)).collect();
@@ -711,7 +717,7 @@ impl BatchSubmitter {
             }
         }
         // Lines no result named go back with the batch's end.
-        let unnamed = self.store.end_batch(self.owner, b.id, BatchState::Ended, &pb.status, None, cost).await?;
+        let unnamed = self.store.batches().end(self.owner, b.id, BatchState::Ended, &pb.status, None, cost).await?;
         report.sent_back += u32::try_from(unnamed).unwrap_or(u32::MAX);
         report.ended += 1;
         tracing::info!(endpoint = %self.endpoint(), batch = %b.id, results = read, cost_usd = cost, "batch finished");
@@ -757,7 +763,7 @@ impl BatchSubmitter {
         }
         if !s.finishes.is_empty() {
             let only: Vec<Finish> = s.finishes.iter().map(|(_, f)| f.clone()).collect();
-            let outcomes = self.store.finish_tasks(&only).await?;
+            let outcomes = self.store.finishing().finish_tasks(&only).await?;
             for ((n, f), c) in s.finishes.iter().zip(outcomes) {
                 if c.newly_done && matches!(f.kind, FinishKind::Complete { .. }) {
                     report.done += 1;
@@ -772,11 +778,11 @@ impl BatchSubmitter {
             }
         }
         let loose_refs: Vec<(Uuid, Uuid, &AttemptRecord)> = s.loose.iter().map(|(t, r, a)| (*t, *r, a)).collect();
-        self.store.record_attempt_rows(&loose_refs).await?;
+        self.store.finishing().record_attempt_rows(&loose_refs).await?;
         if !s.settled.is_empty() {
             s.back.sort_unstable();
             s.back.dedup();
-            self.store.settle_lines(self.owner, b.id, &s.settled, &s.back, &s.live).await?;
+            self.store.batches().settle_lines(self.owner, b.id, &s.settled, &s.back, &s.live).await?;
         }
         Ok(cost)
     }

@@ -70,5 +70,5 @@ impl Handler for Commits {
 }
 
 async fn finish_with_retry(store: &Store, batch: &[Finish]) -> Result<Vec<FinishOutcome>, StoreError> {
-    (|| store.finish_tasks(batch)).retry(commit_backoff()).when(StoreError::is_retryable).await
+    (|| store.finishing().finish_tasks(batch)).retry(commit_backoff()).when(StoreError::is_retryable).await
 }

@@ -31,7 +31,7 @@ impl Leases {
 
     /// Renews the leases and applies the shares; on a database error the last shares stay.
     pub async fn renew(&self) {
-        match self.store.renew_leases(&self.worker, &self.endpoints, self.ttl()).await {
+        match self.store.leases().renew(&self.worker, &self.endpoints, self.ttl()).await {
             Ok(counts) => {
                 for c in self.pool.clients() {
                     let n = counts.get(&c.endpoint().name).copied().unwrap_or(1).max(1);
@@ -61,7 +61,7 @@ impl Leases {
                 _ = tokio::time::sleep(self.interval) => self.renew().await,
             }
         }
-        if let Err(e) = self.store.release_leases(&self.worker).await {
+        if let Err(e) = self.store.leases().release(&self.worker).await {
             tracing::warn!(error = %e, "cannot release endpoint leases; they expire on their own");
         }
     }

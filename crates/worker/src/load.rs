@@ -2,7 +2,7 @@
 //!
 //! Like the commit batcher, it takes whatever requests are waiting when the previous read is
 //! done (no timer): a lone task is read at once, a busy worker reads its deliveries in a few
-//! statements ([`Store::load_bundles`]: tasks, dependency outputs, items) instead of four
+//! statements ([`Tasks::load_bundles`]: tasks, dependency outputs, items) instead of four
 //! round trips per task.
 
 use crate::batcher::{Batcher, Handler, shared_error};
@@ -36,7 +36,7 @@ impl Handler for Loads {
         let mut ids = batch.clone();
         ids.sort_unstable();
         ids.dedup();
-        match self.0.load_bundles(&ids).await {
+        match self.0.tasks().load_bundles(&ids).await {
             // Cloned, not moved: a task delivered twice in one batch gets a copy each time.
             Ok(bundles) => batch.iter().map(|id| Ok(bundles.get(id).cloned())).collect(),
             Err(e) => shared_error(e, batch.len()),

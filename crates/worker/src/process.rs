@@ -153,7 +153,7 @@ impl TaskProcessor {
         let skip = |reason: &str| Ok(Some(Outcome::Skipped { reason: reason.into() }));
         match task.run_state {
             RunState::Cancelled => {
-                self.store.cancel_task(task.id).await?;
+                self.store.tasks().cancel(task.id).await?;
                 return skip("run cancelled");
             }
             open if open.is_open() => {}
@@ -225,7 +225,7 @@ impl TaskProcessor {
             .clients_for(t.stage)
             .map(|c| OutputKey::for_endpoint(t.stage, &r.prompt, c.endpoint(), t.salt.as_deref()))
             .collect();
-        let Some(key) = self.store.first_existing_output(&keys).await? else {
+        let Some(key) = self.store.tasks().first_existing_output(&keys).await? else {
             return Ok(None);
         };
         let kind = FinishKind::Complete { key, output: None, history_truncated: r.truncated };
@@ -245,7 +245,7 @@ impl TaskProcessor {
         let mut attempts = Vec::new();
         let mut reasks = 0;
         if t.live_reask
-            && let Some(carried) = self.store.live_reask_conversation(id, t.inputs_version).await?
+            && let Some(carried) = self.store.batches().live_reask_conversation(id, t.inputs_version).await?
         {
             for (answer, feedback) in carried.conversation {
                 self.options.prompt_cap.reask(&mut messages, answer, feedback);
@@ -264,7 +264,7 @@ impl TaskProcessor {
                 Err(e @ TeacherError::Deferred { .. }) => {
                     // The server asks for a wait past the task's time: its calls are recorded
                     // and the message goes back through a retry tier instead of being held.
-                    self.store.record_attempts(id, run_id, &attempts).await?;
+                    self.store.finishing().record_attempts(id, run_id, &attempts).await?;
                     return Err(WorkerError::Teacher(e));
                 }
                 Err(e) => {

@@ -218,6 +218,7 @@ pub async fn render_task(
     task: &TaskContext,
 ) -> Result<RenderedPrompt, WorkerError> {
     let bundle = store
+        .tasks()
         .load_bundles(&[task.id])
         .await?
         .remove(&task.id)
@@ -240,7 +241,7 @@ pub async fn render_capped(
     let reviews = match task.stage {
         Stage::ItemProfile => {
             let input: ItemProfileInput = Deserialize::deserialize(&task.input).map_err(|e| bad_input(task, e))?;
-            sample_reviews(input.item, &store.item_reviews(task.dataset_id, input.item).await?)
+            sample_reviews(input.item, &store.tasks().item_reviews(task.dataset_id, input.item).await?)
         }
         _ => Vec::new(),
     };
@@ -336,12 +337,13 @@ pub async fn prompt_as_sent(
     task_id: uuid::Uuid,
 ) -> Result<PromptAsSent, WorkerError> {
     let bundle = store
+        .tasks()
         .load_bundles(&[task_id])
         .await?
         .remove(&task_id)
         .ok_or_else(|| reasonrec_store::StoreError::NotFound(format!("task {task_id}")))?;
     let rendered = render_capped(store, prompts, &bundle, PromptCap::from_settings(settings)).await?;
-    let stored: Option<Vec<u8>> = store.output_key_of(task_id).await?;
+    let stored: Option<Vec<u8>> = store.browser().output_key_of(task_id).await?;
     let salt = reasonrec_core::OutputKey::salt_of(&bundle.task.input);
     let key_matches = stored.as_deref().and_then(|stored| {
         settings

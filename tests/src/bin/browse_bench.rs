@@ -3,7 +3,7 @@
 //! dataset), adds `--tasks` synthetic done reasoning tasks to it by SQL (ids in UUIDv7 order as
 //! the planner makes them, one ledger output each, 1 in 1,000 rejected by a reviewer, 1 in 100
 //! with a validator rejection among its attempts, 1 in 10 judged), then times each kind of page through
-//! `Store::browse_tasks` / `Store::task_detail`: the median of `--repeat` reads, in ms.
+//! `Browser::tasks` / `Browser::task_detail`: the median of `--repeat` reads, in ms.
 
 use clap::Parser;
 use reasonrec_coordinator::create_run;
@@ -130,7 +130,7 @@ async fn setup(env: &TestEnv, a: &Args) -> anyhow::Result<(Uuid, f64, f64)> {
     let setup = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
     if a.text_index {
-        s.set_text_index(true).await?;
+        s.browser().set_text_index(true).await?;
         sqlx::query("ANALYZE outputs").execute(s.pool()).await?;
     }
     let index_build = t1.elapsed().as_secs_f64();
@@ -188,7 +188,7 @@ async fn measure(s: &reasonrec_store::Store, run: Uuid, a: &Args) -> anyhow::Res
         let mut rows = 0;
         for _ in 0..a.repeat {
             let t = Instant::now();
-            rows = s.browse_tasks(run, &filter, after, a.page).await?.len();
+            rows = s.browser().tasks(run, &filter, after, a.page).await?.len();
             times.push(t.elapsed().as_secs_f64() * 1000.0);
         }
         let max = times.iter().copied().fold(0.0, f64::max);
@@ -197,7 +197,7 @@ async fn measure(s: &reasonrec_store::Store, run: Uuid, a: &Args) -> anyhow::Res
     let mut times = Vec::new();
     for _ in 0..a.repeat {
         let t = Instant::now();
-        s.task_detail(middle).await?;
+        s.browser().task_detail(middle).await?;
         times.push(t.elapsed().as_secs_f64() * 1000.0);
     }
     let max = times.iter().copied().fold(0.0, f64::max);

@@ -18,7 +18,7 @@ pub async fn snapshot(settings: &Settings, a: SnapshotArgs) -> anyhow::Result<Ex
     }
     let store = connect_store(settings).await?;
     store.ensure_migrated().await?;
-    match store.create_snapshot(name, a.run, a.note.as_deref()).await? {
+    match store.lifecycle().create_snapshot(name, a.run, a.note.as_deref()).await? {
         SnapshotOutcome::Created => println!(
             "snapshot {name:?} names the corpus of run {}; the run stays completed \
              (`reasonrec train export --snapshot {name}` exports it)",
@@ -37,8 +37,8 @@ pub async fn snapshot(settings: &Settings, a: SnapshotArgs) -> anyhow::Result<Ex
 pub async fn text_index(settings: &Settings, a: TextIndexArgs) -> anyhow::Result<ExitCode> {
     let store = connect_store(settings).await?;
     let started = std::time::Instant::now();
-    store.set_text_index(!a.drop).await?;
-    let state = match store.text_index().await? {
+    store.browser().set_text_index(!a.drop).await?;
+    let state = match store.browser().text_index().await? {
         Some(true) => "present",
         Some(false) => "invalid (a build was interrupted: run the command again)",
         None => "absent",
@@ -49,7 +49,7 @@ pub async fn text_index(settings: &Settings, a: TextIndexArgs) -> anyhow::Result
 
 pub async fn snapshots(settings: &Settings, a: SnapshotsArgs) -> anyhow::Result<ExitCode> {
     let store = connect_store(settings).await?;
-    let list = store.snapshots().await?;
+    let list = store.lifecycle().snapshots().await?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "snapshots": list }))?);
     } else {
@@ -83,9 +83,9 @@ fn render_snapshots(list: &[Snapshot]) -> String {
 
 pub async fn diff(settings: &Settings, a: CorpusDiffArgs) -> anyhow::Result<ExitCode> {
     let store = connect_store(settings).await?;
-    let from = store.resolve_corpus(&a.a).await?;
-    let to = store.resolve_corpus(&a.b).await?;
-    let diff = store.corpus_diff(from.run_id, to.run_id, a.examples.max(0)).await?;
+    let from = store.lifecycle().resolve_corpus(&a.a).await?;
+    let to = store.lifecycle().resolve_corpus(&a.b).await?;
+    let diff = store.lifecycle().corpus_diff(from.run_id, to.run_id, a.examples.max(0)).await?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "a": from, "b": to, "diff": diff }))?);
     } else {
@@ -127,10 +127,10 @@ fn render_diff(from: &CorpusRef, to: &CorpusRef, d: &CorpusDiff) -> String {
 pub async fn audit(settings: &Settings, a: CorpusAuditArgs) -> anyhow::Result<ExitCode> {
     let store = connect_store(settings).await?;
     store.ensure_migrated().await?;
-    let run = store.resolve_corpus(&a.run).await?.run_id;
+    let run = store.lifecycle().resolve_corpus(&a.run).await?.run_id;
     if let Some(n) = a.sample {
         anyhow::ensure!(n > 0, "--sample must be at least 1, got {n}");
-        let rows = store.audit_sample(run, n, a.seed).await?;
+        let rows = store.audits().sample(run, n, a.seed).await?;
         if a.json {
             // One object per line, verdict and reason ready to fill in and read back by --marks.
             for r in &rows {
@@ -147,7 +147,7 @@ pub async fn audit(settings: &Settings, a: CorpusAuditArgs) -> anyhow::Result<Ex
         let marked = apply_marks(&store, run, path, reviewer.trim()).await?;
         println!("{marked} outputs marked by {} in run {run}", safe(reviewer.trim()));
     }
-    let counts = store.audit_counts(run).await?;
+    let counts = store.audits().counts(run).await?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&AuditSummary::new(run, counts))?);
     } else {
@@ -187,7 +187,7 @@ async fn apply_marks(store: &Store, run: uuid::Uuid, path: &Path, reviewer: &str
         lines.push((at, task, verdict, reason));
     }
     let tasks: Vec<uuid::Uuid> = lines.iter().map(|l| l.1).collect();
-    let keys = store.done_output_keys(run, &tasks).await?;
+    let keys = store.audits().done_output_keys(run, &tasks).await?;
     let mut marks = Vec::with_capacity(lines.len());
     for (at, task, verdict, reason) in lines {
         let Some(key) = keys.get(&task) else {
@@ -195,7 +195,7 @@ async fn apply_marks(store: &Store, run: uuid::Uuid, path: &Path, reviewer: &str
         };
         marks.push(NewMark { output_key: key.clone(), verdict, reason, reviewer: reviewer.to_string() });
     }
-    Ok(store.mark_outputs(&marks).await?)
+    Ok(store.audits().mark_outputs(&marks).await?)
 }
 
 fn render_sample(rows: &[SampleRow]) -> String {

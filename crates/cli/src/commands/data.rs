@@ -49,7 +49,7 @@ pub async fn ingest(settings: &Settings, a: IngestArgs) -> anyhow::Result<ExitCo
         IngestOutcome::Created { dataset_id, version } => ("ingested", dataset_id, version),
         IngestOutcome::Unchanged { dataset_id, version } => ("unchanged", dataset_id, version),
     };
-    let row = store.find_dataset(&a.dataset, Some(version)).await?;
+    let row = store.datasets().find(&a.dataset, Some(version)).await?;
     let ds = IngestedSummary {
         name: row.name,
         users: row.n_users,
@@ -102,7 +102,7 @@ async fn ingest_files(store: &Store, a: &IngestArgs) -> anyhow::Result<(IngestOu
         Ok(source)
     });
     let bar = progress_bar(&a.path);
-    let written = store.ingest_stream(rx, &mut |n| bar.set_position(n)).await;
+    let written = store.datasets().ingest_stream(rx, &mut |n| bar.set_position(n)).await;
     bar.finish_and_clear();
     let parsed = parser.await.context("loader task")?;
     match (written, parsed) {
@@ -163,13 +163,13 @@ pub fn generate(a: GenerateArgs) -> anyhow::Result<ExitCode> {
 
 pub async fn stats(settings: &Settings, a: StatsArgs) -> anyhow::Result<ExitCode> {
     let store = connect_store(settings).await?;
-    let ds = store.find_dataset(&a.dataset, a.version).await?;
-    let histogram = store.rating_histogram(ds.id).await?;
+    let ds = store.datasets().find(&a.dataset, a.version).await?;
+    let histogram = store.datasets().rating_histogram(ds.id).await?;
     let threshold = settings.sampling.like_threshold;
     let total: i64 = histogram.iter().map(|(_, n)| n).sum();
     let likes: i64 = histogram.iter().filter(|(r, _)| *r > threshold).map(|(_, n)| n).sum();
     let pairs: Vec<(i32, i32)> =
-        store.stream_interactions(ds.id).map_ok(|r| (r.user_id, r.item_id)).try_collect().await?;
+        store.datasets().stream_interactions(ds.id).map_ok(|r| (r.user_id, r.item_id)).try_collect().await?;
     let kcores: Vec<_> = [5, 10, 20].into_iter().map(|k| reasonrec_dataset::stats::kcore(&pairs, k)).collect();
     let like_share = if total > 0 { likes as f64 / total as f64 } else { 0.0 };
     if a.json {

@@ -19,11 +19,11 @@ pub async fn apply_create_options(store: &Store, plan: &RunPlan, a: &RunCreateAr
         return Ok(());
     }
     if let Some(priority) = a.priority {
-        store.set_run_priority(plan.run_id, priority).await?;
+        store.lifecycle().set_priority(plan.run_id, priority).await?;
     }
     let budget = Budget { usd: a.budget_usd, tokens: a.budget_tokens };
     if budget.is_set() {
-        store.set_run_budget(plan.run_id, &budget).await?;
+        store.lifecycle().set_budget(plan.run_id, &budget).await?;
     }
     Ok(())
 }
@@ -31,7 +31,7 @@ pub async fn apply_create_options(store: &Store, plan: &RunPlan, a: &RunCreateAr
 /// Refuses to change a snapshotted run's state (`run cancel`, `run retry-failed`), saying why.
 /// The database refuses it anyway (migration 0010's trigger); this says it plainly first.
 pub async fn refuse_if_snapshotted(store: &Store, run: uuid::Uuid, what: &str) -> anyhow::Result<()> {
-    let names = store.snapshots_of_run(run).await?;
+    let names = store.lifecycle().snapshots_of_run(run).await?;
     if !names.is_empty() {
         anyhow::bail!("run {run} is snapshotted ({}): its corpus is frozen, so it cannot be {what}", names.join(", "));
     }
@@ -40,7 +40,7 @@ pub async fn refuse_if_snapshotted(store: &Store, run: uuid::Uuid, what: &str) -
 
 pub async fn list(settings: &Settings, a: RunListArgs) -> anyhow::Result<ExitCode> {
     let store = connect_store(settings).await?;
-    let runs = store.list_runs(a.limit.max(1)).await?;
+    let runs = store.lifecycle().list_runs(a.limit.max(1)).await?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "runs": runs }))?);
     } else {
@@ -81,7 +81,7 @@ pub fn render_list(runs: &[RunListing]) -> String {
 
 pub async fn pause(settings: &Settings, a: RunPauseArgs) -> anyhow::Result<ExitCode> {
     let store = connect_store(settings).await?;
-    match store.pause_run(a.run, &a.reason).await? {
+    match store.lifecycle().pause(a.run, &a.reason).await? {
         PauseOutcome::Paused => {
             println!("run {} paused: nothing more is published; messages already queued are still worked", a.run)
         }
@@ -95,7 +95,7 @@ pub async fn pause(settings: &Settings, a: RunPauseArgs) -> anyhow::Result<ExitC
 
 pub async fn resume(settings: &Settings, a: RunArg) -> anyhow::Result<ExitCode> {
     let store = connect_store(settings).await?;
-    match store.resume_run(a.run).await? {
+    match store.lifecycle().resume(a.run).await? {
         ResumeOutcome::Resumed => {
             println!("run {} resumed: a running coordinator publishes its tasks again", a.run)
         }
@@ -112,14 +112,14 @@ pub async fn resume(settings: &Settings, a: RunArg) -> anyhow::Result<ExitCode> 
 
 pub async fn budget(settings: &Settings, a: RunBudgetArgs) -> anyhow::Result<ExitCode> {
     let store = connect_store(settings).await?;
-    let current = store.run_lifecycle(a.run).await?;
+    let current = store.lifecycle().get(a.run).await?;
     let budget = if a.clear {
         Budget::default()
     } else {
         Budget { usd: a.usd.or(current.budget.usd), tokens: a.tokens.or(current.budget.tokens) }
     };
-    store.set_run_budget(a.run, &budget).await?;
-    let spend = store.run_spend(a.run).await?;
+    store.lifecycle().set_budget(a.run, &budget).await?;
+    let spend = store.lifecycle().spend(a.run).await?;
     println!("run {}: budget {} (spent {}, {} tokens)", a.run, budget.render(), dollars(spend.cost_usd), spend.tokens);
     if current.state == reasonrec_core::RunState::Paused {
         match budget.reached(&spend) {

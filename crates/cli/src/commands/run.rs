@@ -95,7 +95,7 @@ pub async fn status(settings: &Settings, a: RunStatusArgs) -> anyhow::Result<Exi
     let store = connect_store(settings).await?;
     let run_id = match a.run {
         Some(id) => id,
-        None => store.latest_run().await?,
+        None => store.runs().latest().await?,
     };
     if a.watch {
         return watch(&store, run_id).await;
@@ -132,7 +132,7 @@ async fn watch(store: &reasonrec_store::Store, run_id: uuid::Uuid) -> anyhow::Re
 pub async fn retry_failed(settings: &Settings, a: RetryFailedArgs) -> anyhow::Result<ExitCode> {
     let store = connect_store(settings).await?;
     super::lifecycle::refuse_if_snapshotted(&store, a.run, "reopened to retry failed tasks").await?;
-    let n = store.retry_failed(a.run).await?;
+    let n = store.runs().retry_failed(a.run).await?;
     println!("run {}: {n} failed tasks put back", a.run);
     if a.wait && n > 0 {
         let stop = crate::signals::shutdown_token();
@@ -147,7 +147,7 @@ pub async fn retry_failed(settings: &Settings, a: RetryFailedArgs) -> anyhow::Re
 pub async fn cancel(settings: &Settings, a: RunArg) -> anyhow::Result<ExitCode> {
     let store = connect_store(settings).await?;
     super::lifecycle::refuse_if_snapshotted(&store, a.run, "cancelled").await?;
-    let n = store.cancel_run(a.run).await?;
+    let n = store.runs().cancel(a.run).await?;
     println!("run {} cancelled: {n} unfinished tasks cancelled", a.run);
     Ok(ExitCode::SUCCESS)
 }

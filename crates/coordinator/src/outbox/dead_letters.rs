@@ -46,7 +46,7 @@ impl DeadLetters {
             let d = msg.delivery;
             let reason = dead_reason(&d.properties);
             let recorded = match TaskMessage::decode(&d.data) {
-                Ok(m) => match self.store.record_dead_letter(m.task_id, m.run_id, &reason).await {
+                Ok(m) => match self.store.tasks().record_dead_letter(m.task_id, m.run_id, &reason).await {
                     Ok(changed) => {
                         tracing::warn!(task_id = %m.task_id, run_id = %m.run_id, stage = %m.stage, %reason, changed, "task dead-lettered");
                         metrics().dead_letters_recorded.inc();

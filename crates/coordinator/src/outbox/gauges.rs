@@ -44,7 +44,7 @@ impl Gauges {
             m.queue_messages.get_or_create(&vec![("queue", label.to_string())]).set(i64::from(depth));
         }
         for run in runs {
-            let (by_state, cost) = self.store.run_gauges(*run).await?;
+            let (by_state, cost) = self.store.runs().gauges(*run).await?;
             for state in TaskState::ALL {
                 let n = by_state.get(state.as_str()).copied().unwrap_or(0);
                 m.run_tasks.get_or_create(&vec![("run_id", run.to_string()), ("state", state.to_string())]).set(n);

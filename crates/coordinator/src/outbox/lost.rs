@@ -41,7 +41,7 @@ impl LostMessages {
             }
             Err(e) => return Err(e.into()),
         };
-        let departures = Departures::new(store.now().await?, u64::from(queued), republish_after);
+        let departures = Departures::new(store.runs().now().await?, u64::from(queued), republish_after);
         Ok(Self {
             store,
             topology: broker.topology().clone(),
@@ -78,7 +78,7 @@ impl LostMessages {
             return Ok(0);
         }
         let depth = self.topology.ready_messages(&self.probe).await?;
-        let now = self.store.now().await?;
+        let now = self.store.runs().now().await?;
         let cut = match self.departures.lock() {
             Ok(mut d) => {
                 d.observe(now, u64::from(depth));
@@ -87,7 +87,7 @@ impl LostMessages {
             Err(_) => None,
         };
         let Some(cut) = cut else { return Ok(0) };
-        let n = self.store.requeue_departed(cut).await?;
+        let n = self.store.runs().requeue_departed(cut).await?;
         if n > 0 {
             tracing::warn!(
                 tasks = n,

@@ -49,7 +49,7 @@ impl Publish {
         if !crate::lifecycle::may_publish(&self.store, run_id).await? {
             return Ok(report);
         }
-        let outstanding = self.store.outstanding_tasks(run_id).await?.max(0) as usize;
+        let outstanding = self.store.runs().outstanding_tasks(run_id).await?.max(0) as usize;
         let mut room = self.max_outstanding.saturating_sub(outstanding);
         // Three steps per page, overlapped: while page N is published, page N-1's confirmed ids
         // are marked and page N+1 is read (it starts after page N's last id, so it cannot
@@ -58,7 +58,7 @@ impl Publish {
         let mut want = self.batch.min(room);
         let mut page = match want {
             0 => Vec::new(),
-            n => self.store.ready_tasks(run_id, Uuid::nil(), n as i64).await?,
+            n => self.store.runs().ready_tasks(run_id, Uuid::nil(), n as i64).await?,
         };
         let mut unmarked: Vec<Uuid> = Vec::new();
         while let Some(&(last, _)) = page.last() {
@@ -71,7 +71,9 @@ impl Publish {
             let read_next = async {
                 match (exhausted, next_want) {
                     (true, _) | (_, 0) => Ok(Vec::new()),
-                    (false, n) => self.store.ready_tasks(run_id, last, n as i64).await.map_err(CoordinatorError::from),
+                    (false, n) => {
+                        self.store.runs().ready_tasks(run_id, last, n as i64).await.map_err(CoordinatorError::from)
+                    }
                 }
             };
             let (r, marked, next) = tokio::try_join!(publish, mark, read_next)?;
@@ -100,7 +102,7 @@ impl Publish {
 
     /// Marks confirmed ids published and logs the mark for the departure evidence.
     async fn mark(&self, ids: &[Uuid]) -> Result<u64, CoordinatorError> {
-        let (n, at) = self.store.mark_published(ids).await?;
+        let (n, at) = self.store.runs().mark_published(ids).await?;
         if let (Some(at), Ok(mut d)) = (at, self.departures.lock()) {
             d.published(at, ids.len() as u64);
         }

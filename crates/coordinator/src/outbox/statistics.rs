@@ -19,10 +19,10 @@ impl Statistics {
     }
 
     /// A run starts with every task `ready`; as they move on, statistics taken at the start make
-    /// the outbox's reads walk past finished tasks ([`Store::analyze_tasks`]).
+    /// the outbox's reads walk past finished tasks ([`Runs::analyze_tasks`]).
     pub(crate) async fn refresh(&self) -> Result<(), CoordinatorError> {
         if self.pace.due(ANALYZE_EVERY) {
-            self.store.analyze_tasks().await?;
+            self.store.runs().analyze_tasks().await?;
         }
         Ok(())
     }

@@ -441,11 +441,7 @@ async fn mark(
     match state.store.audits().mark_outputs(&[new]).await {
         Ok(_) => StatusCode::NO_CONTENT.into_response(),
         // The key names no output of the ledger (the foreign key refused it).
-        Err(reasonrec_store::StoreError::Database(sqlx::Error::Database(db)))
-            if db.code().as_deref() == Some("23503") =>
-        {
-            (StatusCode::NOT_FOUND, "no such output\n").into_response()
-        }
+        Err(e) if e.is_missing_reference() => (StatusCode::NOT_FOUND, "no such output\n").into_response(),
         Err(e) => store_error(e),
     }
 }

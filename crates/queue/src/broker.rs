@@ -1,10 +1,11 @@
 //! One AMQP connection per process role, with channels made on demand.
 
 use crate::error::{QueueError, deadline};
+use crate::inbox::{DeadQueue, Probe, WorkConsumer};
 use crate::topology::Topology;
 use lapin::options::{BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions};
 use lapin::types::FieldTable;
-use lapin::{Channel, Connection, ConnectionProperties, Consumer};
+use lapin::{Channel, Connection, ConnectionProperties};
 use reasonrec_core::settings::BrokerSettings;
 
 /// How long [`Broker::close`] waits for the broker to confirm.
@@ -75,13 +76,13 @@ impl Broker {
     }
 
     /// A consumer on the work queue with manual acks and `prefetch` unacked deliveries at most.
-    pub async fn consume(&self, prefetch: u16, tag: &str) -> Result<(Channel, Consumer), QueueError> {
-        let ch = self.channel().await?;
-        deadline("basic.qos", 30, ch.basic_qos(prefetch, BasicQosOptions { global: false })).await?;
+    pub async fn consume(&self, prefetch: u16, tag: &str) -> Result<WorkConsumer, QueueError> {
+        let channel = self.channel().await?;
+        deadline("basic.qos", 30, channel.basic_qos(prefetch, BasicQosOptions { global: false })).await?;
         let consumer = deadline(
             "basic.consume",
             30,
-            ch.basic_consume(
+            channel.basic_consume(
                 self.topology.work_queue.as_str().into(),
                 tag.into(),
                 BasicConsumeOptions { no_ack: false, ..Default::default() },
@@ -89,7 +90,17 @@ impl Broker {
             ),
         )
         .await?;
-        Ok((ch, consumer))
+        Ok(WorkConsumer { channel, consumer })
+    }
+
+    /// The dead queue, for reading what was dead-lettered.
+    pub async fn dead_queue(&self) -> Result<DeadQueue, QueueError> {
+        Ok(DeadQueue { channel: self.channel().await?, queue: self.topology.dead_queue.clone() })
+    }
+
+    /// A probe of queue depths, on a channel of its own.
+    pub async fn probe(&self) -> Result<Probe, QueueError> {
+        Ok(Probe { channel: self.channel().await?, topology: self.topology.clone() })
     }
 
     /// Closes the channels made here that are still open, then the connection, waiting at most

@@ -31,6 +31,12 @@ impl StoreError {
         matches!(self, StoreError::Database(sqlx::Error::Database(db)) if db.code().is_some_and(|c| c == "40P01" || c == "40001"))
     }
 
+    /// A foreign key refused the write (23503): it named a row that does not exist (e.g. an
+    /// audit mark for a key that is no output of the ledger).
+    pub fn is_missing_reference(&self) -> bool {
+        matches!(self, StoreError::Database(sqlx::Error::Database(db)) if db.code().as_deref() == Some("23503"))
+    }
+
     /// True when the same statement may succeed later: lost connections, pool exhaustion,
     /// serialization failures and deadlocks, a server shutting down.
     pub fn is_retryable(&self) -> bool {

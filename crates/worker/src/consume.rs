@@ -17,14 +17,10 @@
 use crate::error::WorkerError;
 use crate::lease::Leases;
 use crate::process::{Outcome, TaskProcessor};
-use futures::StreamExt;
-use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicNackOptions, BasicRejectOptions};
 use reasonrec_core::TaskMessage;
 use reasonrec_core::settings::{BrokerSettings, WorkerSettings};
-use reasonrec_queue::redirect::{RETRIES_HEADER, header_u32};
 use reasonrec_queue::session::reconnecting;
-use reasonrec_queue::{Broker, QueueError, Redirected, Redirector};
+use reasonrec_queue::{Broker, QueueError, Received, Redirected, Redirector};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -93,17 +89,17 @@ impl Fatal {
 
 async fn handle(
     processor: TaskProcessor,
-    delivery: Delivery,
+    delivery: Received,
     counters: Arc<WorkerCounters>,
     fatal: Fatal,
     redirect: Arc<Redirector>,
     max_retries: u32,
 ) {
-    let msg = match TaskMessage::decode(&delivery.data) {
+    let msg = match TaskMessage::decode(delivery.data()) {
         Ok(m) => m,
         Err(e) => {
             counters.bad_messages.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(error = %e, bytes = delivery.data.len(), "undecodable message");
+            tracing::error!(error = %e, bytes = delivery.data().len(), "undecodable message");
             park_or_reject(&redirect, delivery, &e.to_string()).await;
             return;
         }
@@ -121,7 +117,7 @@ async fn handle(
         Ok(outcome) => {
             metrics.task(msg.stage.as_str(), counters.count(&outcome));
             tracing::debug!(task_id = %msg.task_id, run_id = %msg.run_id, stage = %msg.stage, ?outcome, "task processed");
-            if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
+            if let Err(e) = delivery.ack().await {
                 // Committed but not acked: the broker redelivers and the redelivery is a no-op.
                 tracing::warn!(task_id = %msg.task_id, error = %e, "ack failed after commit");
             }
@@ -129,7 +125,7 @@ async fn handle(
         Err(e) if e.is_fatal() => {
             counters.requeued.fetch_add(1, Ordering::Relaxed);
             tracing::error!(task_id = %msg.task_id, error = %e, "worker cannot go on; handing the task back and stopping");
-            let _ = delivery.acker.nack(BasicNackOptions { requeue: true, multiple: false }).await;
+            let _ = delivery.hand_back().await;
             fatal.raise(e.to_string());
         }
         Err(e) => {
@@ -145,9 +141,9 @@ async fn handle(
 
 /// A task that was not committed goes to a retry tier (or, retries spent, to the dead letters)
 /// and its delivery is acked; with no tier reachable the delivery is handed back.
-async fn retry_later(redirect: &Redirector, delivery: Delivery, msg: &TaskMessage, e: &WorkerError, max_retries: u32) {
-    let retries = header_u32(&delivery.properties, RETRIES_HEADER).unwrap_or(0);
-    match redirect.retry_or_dead(&delivery.data, retries, max_retries, &e.to_string()).await {
+async fn retry_later(redirect: &Redirector, delivery: Received, msg: &TaskMessage, e: &WorkerError, max_retries: u32) {
+    let retries = delivery.retries();
+    match redirect.retry_or_dead(delivery.data(), retries, max_retries, &e.to_string()).await {
         Ok(to) => {
             match to {
                 Redirected::Retry { delay_secs } => {
@@ -157,7 +153,7 @@ async fn retry_later(redirect: &Redirector, delivery: Delivery, msg: &TaskMessag
                     tracing::error!(task_id = %msg.task_id, error = %e, retries, "task not committed and retries spent; dead-lettered")
                 }
             }
-            if let Err(ae) = delivery.acker.ack(BasicAckOptions::default()).await {
+            if let Err(ae) = delivery.ack().await {
                 // The copy is safe; a redelivery of the original is absorbed.
                 tracing::warn!(task_id = %msg.task_id, error = %ae, "ack failed after redirect");
             }
@@ -165,21 +161,21 @@ async fn retry_later(redirect: &Redirector, delivery: Delivery, msg: &TaskMessag
         Err(re) => {
             tracing::warn!(task_id = %msg.task_id, error = %e, redirect_error = %re, "task not committed and no retry tier reachable; handing it back");
             tokio::time::sleep(Duration::from_secs(1)).await;
-            let _ = delivery.acker.nack(BasicNackOptions { requeue: true, multiple: false }).await;
+            let _ = delivery.hand_back().await;
         }
     }
 }
 
 /// Moves a message nobody should work to the parked queue (kept for people to read) and acks
 /// it; rejects it without requeue when the parked queue refuses it.
-async fn park_or_reject(redirect: &Redirector, delivery: Delivery, reason: &str) {
-    match redirect.park(&delivery.data, reason).await {
+async fn park_or_reject(redirect: &Redirector, delivery: Received, reason: &str) {
+    match redirect.park(delivery.data(), reason).await {
         Ok(()) => {
-            let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+            let _ = delivery.ack().await;
         }
         Err(pe) => {
             tracing::error!(%reason, park_error = %pe, "message dropped: the parked queue refused it");
-            let _ = delivery.acker.reject(BasicRejectOptions { requeue: false }).await;
+            let _ = delivery.reject().await;
         }
     }
 }
@@ -213,7 +209,7 @@ async fn session(
     let (processor, ws, name) = (&cfg.processor, &cfg.worker, cfg.name.as_str());
     let broker = Broker::connect(&cfg.broker, name).await?;
     let redirect = Arc::new(Redirector::new(&broker).await?);
-    let (channel, mut consumer) = broker.consume(ws.concurrency, name).await?;
+    let mut consumer = broker.consume(ws.concurrency, name).await?;
     tracing::info!(worker = name, queue = %broker.topology().work_queue, prefetch = ws.concurrency, "consuming");
     counters.connected.store(true, Ordering::Relaxed);
     let mut inflight = JoinSet::new();
@@ -227,14 +223,14 @@ async fn session(
                 Some(Ok(delivery)) => {
                     inflight.spawn(handle(processor.clone(), delivery, counters.clone(), fatal.clone(), redirect.clone(), cfg.broker.max_retries));
                 }
-                Some(Err(e)) => break Err(WorkerError::Queue(QueueError::Amqp(e))),
+                Some(Err(e)) => break Err(WorkerError::Queue(e)),
                 None => break Err(WorkerError::Queue(QueueError::Timeout { what: "consumer stream (closed by broker)", secs: 0 })),
             }
         }
     };
     counters.connected.store(false, Ordering::Relaxed);
     if result.is_ok() {
-        let _ = channel.basic_cancel(consumer.tag(), BasicCancelOptions::default()).await;
+        consumer.cancel().await;
         let grace = Duration::from_secs(ws.shutdown_grace_secs);
         let drained = tokio::time::timeout(grace, async { while inflight.join_next().await.is_some() {} }).await;
         if drained.is_err() {
@@ -245,12 +241,7 @@ async fn session(
             );
             inflight.abort_all();
         }
-        let _ = reasonrec_queue::error::deadline(
-            "channel.close",
-            reasonrec_queue::broker::CLOSE_WAIT.as_secs(),
-            channel.close(200, "worker stopping".into()),
-        )
-        .await;
+        consumer.close().await;
         broker.close().await;
     }
     result

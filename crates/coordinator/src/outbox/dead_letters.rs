@@ -2,21 +2,16 @@
 
 use super::pace::Pace;
 use crate::error::CoordinatorError;
-use lapin::Channel;
-use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions};
 use reasonrec_core::TaskMessage;
 use reasonrec_core::metrics::metrics;
-use reasonrec_queue::error::deadline;
-use reasonrec_queue::redirect::dead_reason;
-use reasonrec_queue::{Broker, Redirector};
+use reasonrec_queue::{Broker, DeadQueue, Redirector};
 use reasonrec_store::Store;
 use std::time::Duration;
 
 /// Reads the dead queue (basic.get, at most every second) and parks what it cannot decode.
 pub(crate) struct DeadLetters {
     store: Store,
-    channel: Channel,
-    queue: String,
+    queue: DeadQueue,
     redirect: Redirector,
     pace: Pace,
 }
@@ -25,8 +20,7 @@ impl DeadLetters {
     pub(crate) async fn open(store: Store, broker: &Broker) -> Result<Self, CoordinatorError> {
         Ok(Self {
             store,
-            channel: broker.channel().await?,
-            queue: broker.topology().dead_queue.clone(),
+            queue: broker.dead_queue().await?,
             redirect: Redirector::new(broker).await?,
             pace: Pace::now(),
         })
@@ -41,11 +35,9 @@ impl DeadLetters {
         }
         let mut failed = 0;
         for _ in 0..1000 {
-            let get = self.channel.basic_get(self.queue.as_str().into(), BasicGetOptions { no_ack: false });
-            let Some(msg) = deadline("basic.get", 30, get).await? else { break };
-            let d = msg.delivery;
-            let reason = dead_reason(&d.properties);
-            let recorded = match TaskMessage::decode(&d.data) {
+            let Some(d) = self.queue.get().await? else { break };
+            let reason = d.dead_reason();
+            let recorded = match TaskMessage::decode(d.data()) {
                 Ok(m) => match self.store.tasks().record_dead_letter(m.task_id, m.run_id, &reason).await {
                     Ok(changed) => {
                         tracing::warn!(task_id = %m.task_id, run_id = %m.run_id, stage = %m.stage, %reason, changed, "task dead-lettered");
@@ -58,14 +50,16 @@ impl DeadLetters {
                     }
                     Err(e) => Err(CoordinatorError::from(e)),
                 },
-                Err(e) => self.redirect.park(&d.data, &format!("{reason}; undecodable: {e}")).await.map_err(Into::into),
+                Err(e) => {
+                    self.redirect.park(d.data(), &format!("{reason}; undecodable: {e}")).await.map_err(Into::into)
+                }
             };
             match recorded {
                 Ok(()) => {
-                    d.acker.ack(BasicAckOptions::default()).await.map_err(reasonrec_queue::QueueError::from)?;
+                    d.ack().await?;
                 }
                 Err(e) => {
-                    let _ = d.acker.nack(BasicNackOptions { requeue: true, multiple: false }).await;
+                    let _ = d.hand_back().await;
                     return Err(e);
                 }
             }

@@ -2,10 +2,9 @@
 
 use super::pace::Pace;
 use crate::error::CoordinatorError;
-use lapin::Channel;
 use reasonrec_core::metrics::metrics;
 use reasonrec_core::stage::TaskState;
-use reasonrec_queue::{Broker, Topology};
+use reasonrec_queue::{Broker, Probe, Topology};
 use reasonrec_store::Store;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
@@ -16,14 +15,14 @@ const GAUGES_EVERY: Duration = Duration::from_secs(10);
 pub(crate) struct Gauges {
     store: Store,
     topology: Topology,
-    channel: Channel,
+    probe: Probe,
     /// Due every [`gauge_interval`] of the last update.
     pace: Pace,
 }
 
 impl Gauges {
     pub(crate) async fn open(store: Store, broker: &Broker) -> Result<Self, CoordinatorError> {
-        Ok(Self { store, topology: broker.topology().clone(), channel: broker.channel().await?, pace: Pace::now() })
+        Ok(Self { store, topology: broker.topology().clone(), probe: broker.probe().await?, pace: Pace::now() })
     }
 
     /// Updates the queue-depth and run gauges (at most every [`gauge_interval`]): messages
@@ -40,7 +39,7 @@ impl Gauges {
             t.retry_queues.iter().map(|(secs, name)| (format!("retry.{secs}s"), name.as_str())).collect();
         queues.extend(tiers.iter().map(|(label, name)| (label.as_str(), *name)));
         for (label, name) in queues {
-            let depth = t.queue_depth(&self.channel, name).await?;
+            let depth = self.probe.depth(name).await?;
             m.queue_messages.get_or_create(&vec![("queue", label.to_string())]).set(i64::from(depth));
         }
         for run in runs {

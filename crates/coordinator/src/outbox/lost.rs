@@ -4,8 +4,7 @@
 use super::pace::Pace;
 use crate::departures::Departures;
 use crate::error::CoordinatorError;
-use lapin::Channel;
-use reasonrec_queue::{Broker, Topology};
+use reasonrec_queue::{Broker, Probe};
 use reasonrec_store::Store;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -14,10 +13,9 @@ use std::time::Duration;
 /// that reads the work queue's depth into it.
 pub(crate) struct LostMessages {
     store: Store,
-    topology: Topology,
     /// Reads the work queue's depth (its own channel: a failed passive declare closes the
     /// channel it ran on).
-    probe: Channel,
+    probe: Probe,
     departures: Arc<Mutex<Departures>>,
     republish_after: Duration,
     /// Looks for lost messages at most every `republish_after / 10`.
@@ -30,13 +28,13 @@ impl LostMessages {
         broker: &Broker,
         republish_after: Duration,
     ) -> Result<Self, CoordinatorError> {
-        let mut probe = broker.channel().await?;
-        let queued = match broker.topology().ready_messages(&probe).await {
+        let mut probe = broker.probe().await?;
+        let queued = match probe.ready_messages().await {
             Ok(n) => n,
             // No work queue (deleted under us): nothing is queued; the failed declare closed
             // the channel. Publishes are returned until the queue is declared again.
             Err(e) if e.is_not_found() => {
-                probe = broker.channel().await?;
+                probe = broker.probe().await?;
                 0
             }
             Err(e) => return Err(e.into()),
@@ -44,7 +42,6 @@ impl LostMessages {
         let departures = Departures::new(store.runs().now().await?, u64::from(queued), republish_after);
         Ok(Self {
             store,
-            topology: broker.topology().clone(),
             probe,
             departures: Arc::new(Mutex::new(departures)),
             republish_after,
@@ -77,7 +74,7 @@ impl LostMessages {
         if !self.pace.due(every(self.republish_after)) {
             return Ok(0);
         }
-        let depth = self.topology.ready_messages(&self.probe).await?;
+        let depth = self.probe.ready_messages().await?;
         let now = self.store.runs().now().await?;
         let cut = match self.departures.lock() {
             Ok(mut d) => {

@@ -23,6 +23,16 @@ impl std::fmt::Debug for SessionLock {
 }
 
 impl SessionLock {
+    /// A lock already taken on `conn` (a connection detached from the pool).
+    pub(crate) fn on(conn: sqlx::PgConnection) -> Self {
+        Self { conn }
+    }
+
+    /// The connection that holds the lock, for statements that must run in its session.
+    pub(crate) fn connection(&mut self) -> &mut sqlx::PgConnection {
+        &mut self.conn
+    }
+
     /// Lets go of the lock (closing its connection ends the session that holds it).
     pub async fn release(self) {
         let _ = self.conn.close().await;
@@ -63,7 +73,7 @@ impl<'a> Locks<'a> {
 /// The lock on `conn` when `got`, else the connection closed.
 async fn held(conn: sqlx::PgConnection, got: bool) -> Result<Option<SessionLock>, StoreError> {
     if got {
-        Ok(Some(SessionLock { conn }))
+        Ok(Some(SessionLock::on(conn)))
     } else {
         let _ = conn.close().await;
         Ok(None)

@@ -5,17 +5,18 @@
 //! next scheduled tick or `run create --incremental` goes on.
 
 use crate::error::StoreError;
+use crate::locks::SessionLock;
 use crate::pool::Store;
 use reasonrec_core::settings::RunRoute;
-use sqlx::Connection;
 use uuid::Uuid;
 
 /// First key of the planning advisory locks ("rrpl"); the second is `hashtext(run id)`.
 const LOCK_CLASS: i32 = 0x7272_706c;
 
-/// Held while a run is planned. Dropping it closes its connection, which releases the lock.
+/// Held while a run is planned: a [`SessionLock`] on the run. Dropping it closes its
+/// connection, which releases the lock.
 pub struct PlanningLock {
-    conn: sqlx::PgConnection,
+    lock: SessionLock,
     run_id: Uuid,
 }
 
@@ -32,8 +33,7 @@ impl PlanningLock {
 
     /// Planning is over (the run is `running`, or failed): releases the lock.
     pub async fn release(self) {
-        // Closing the connection ends the session, which releases its advisory locks.
-        let _ = self.conn.close().await;
+        self.lock.release().await;
     }
 }
 
@@ -59,14 +59,15 @@ impl<'a> Planning<'a> {
             .bind(run_id)
             .execute(&mut conn)
             .await?;
+        let mut lock = SessionLock::on(conn);
         sqlx::query("INSERT INTO runs (id, dataset_id, state, settings, route) VALUES ($1, $2, 'planning', $3, $4)")
             .bind(run_id)
             .bind(dataset_id)
             .bind(settings)
             .bind(route.as_str())
-            .execute(&mut conn)
+            .execute(lock.connection())
             .await?;
-        Ok(PlanningLock { conn, run_id })
+        Ok(PlanningLock { lock, run_id })
     }
 
     /// Marks a run whose planning failed `failed` with `reason` (only while it is `planning`).

@@ -17,8 +17,10 @@ pub(crate) struct LostMessages {
     /// channel it ran on).
     probe: Probe,
     departures: Arc<Mutex<Departures>>,
-    republish_after: Duration,
-    /// Looks for lost messages at most every `republish_after / 10`.
+    /// How often to look for lost messages: a tenth of the log's `republish_after` (the log
+    /// holds that setting; this is only its pace).
+    check_every: Duration,
+    /// Due every `check_every`.
     pace: Pace,
 }
 
@@ -44,7 +46,7 @@ impl LostMessages {
             store,
             probe,
             departures: Arc::new(Mutex::new(departures)),
-            republish_after,
+            check_every: every(republish_after),
             pace: Pace::after(every(republish_after)),
         })
     }
@@ -57,8 +59,8 @@ impl LostMessages {
     /// A published task still unfinished this long after its message left the queue is
     /// published again (`coordinator.republish_after_secs`).
     pub(crate) fn set_republish_after(&mut self, after: Duration) {
-        self.republish_after = after;
-        self.pace = Pace::after(every(after));
+        self.check_every = every(after);
+        self.pace = Pace::after(self.check_every);
         if let Ok(mut d) = self.departures.lock() {
             d.set_republish_after(after);
         }
@@ -71,7 +73,7 @@ impl LostMessages {
     /// an error: the supervisor reconnects, which declares it again, and the new log starts
     /// from there.
     pub(crate) async fn republish(&self) -> Result<u64, CoordinatorError> {
-        if !self.pace.due(every(self.republish_after)) {
+        if !self.pace.due(self.check_every) {
             return Ok(0);
         }
         let depth = self.probe.ready_messages().await?;

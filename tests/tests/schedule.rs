@@ -27,7 +27,8 @@ async fn two_racing_schedulers_make_one_run_and_a_finished_run_lets_the_next_tic
     let leading: Vec<Arc<AtomicBool>> = (0..2).map(|_| Arc::new(AtomicBool::new(false))).collect();
     for flag in &leading {
         let (store, settings, stop, flag) = (env.store.clone(), env.settings.clone(), stop.clone(), flag.clone());
-        replicas.push(tokio::spawn(async move { serve(&store, &settings, lead, &flag, stop).await }));
+        let jobs = jobs.clone();
+        replicas.push(tokio::spawn(async move { serve(&store, &settings, &jobs, lead, &flag, stop).await }));
     }
     tokio::time::sleep(Duration::from_millis(3500)).await;
     let leaders = leading.iter().filter(|f| f.load(Ordering::Relaxed)).count();

@@ -10,7 +10,7 @@
 use crate::error::CoordinatorError;
 use crate::leader::{COORDINATOR_LOCK, acquire};
 use crate::outbox::Outbox;
-use crate::schedule::{parse_jobs, run_scheduler};
+use crate::schedule::{Job, run_scheduler};
 use reasonrec_core::Settings;
 use reasonrec_core::stage::RunState;
 use reasonrec_queue::Broker;
@@ -40,15 +40,17 @@ impl Default for Lead {
 /// leads, serves every running run through the supervised outbox and fires the scheduled jobs
 /// (`[[schedule.jobs]]`); when the lead is lost, stops both and waits to lead again. Returns
 /// when `stop` is cancelled (or with an error that reconnecting cannot mend). `leading` says
-/// whether this replica leads, for the status page.
+/// whether this replica leads, for the status page. `jobs`: the scheduled jobs, parsed from
+/// `settings` by [`crate::schedule::parse_jobs`] (by the caller, which refuses a bad cron
+/// expression before it starts anything).
 pub async fn serve(
     store: &Store,
     settings: &Settings,
+    jobs: &[Job],
     lead: Lead,
     leading: &AtomicBool,
     stop: CancellationToken,
 ) -> Result<(), CoordinatorError> {
-    let jobs = parse_jobs(settings)?;
     while !stop.is_cancelled() {
         let Some(leadership) = acquire(store, lead.lock, lead.every, &stop).await? else {
             break;
@@ -63,7 +65,7 @@ pub async fn serve(
             lost.cancel();
             served
         };
-        let (served, ()) = tokio::join!(outbox, run_scheduler(store, settings, &jobs, lost.clone()));
+        let (served, ()) = tokio::join!(outbox, run_scheduler(store, settings, jobs, lost.clone()));
         leading.store(false, Ordering::Relaxed);
         let _ = hold.await;
         served?;

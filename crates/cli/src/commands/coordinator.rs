@@ -17,13 +17,13 @@ use tokio_util::sync::CancellationToken;
 pub async fn coordinator(settings: &Settings) -> anyhow::Result<ExitCode> {
     let access = status_access(settings)?;
     // A bad cron expression is refused before anything starts.
-    reasonrec_coordinator::schedule::parse_jobs(settings)?;
+    let jobs = reasonrec_coordinator::schedule::parse_jobs(settings)?;
     let store = connect_store(settings).await?;
     store.migrate().await?;
     let stop = crate::signals::shutdown_token();
     let leading = Arc::new(AtomicBool::new(false));
     serve_http(settings, &store, access, leading.clone(), stop.clone()).await?;
-    reasonrec_coordinator::serve(&store, settings, Lead::default(), &leading, stop).await?;
+    reasonrec_coordinator::serve(&store, settings, &jobs, Lead::default(), &leading, stop).await?;
     Ok(ExitCode::SUCCESS)
 }
 

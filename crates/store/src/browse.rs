@@ -13,6 +13,7 @@
 
 use crate::error::StoreError;
 use crate::pool::Store;
+use crate::tasks::judge_of;
 use reasonrec_core::audit::Verdict;
 use reasonrec_core::stage::{Split, Stage, TaskState};
 use serde::{Deserialize, Serialize};
@@ -250,14 +251,17 @@ fn push_filter(q: &mut QueryBuilder<'_, Postgres>, run: Uuid, f: &TaskFilter) {
         }
         None => {}
     }
-    // A reasoning task's judge shares its subject: one probe of the (run, stage, subject) index.
-    const SCORE: &str = "COALESCE(o.score, (SELECT jo.score FROM tasks j JOIN outputs jo ON jo.key = j.output_key
-         WHERE t.stage = 'reasoning' AND j.run_id = t.run_id AND j.stage = 'judge' AND j.subject = t.subject))";
+    // A judge task's own score, or a reasoning task's judge's.
+    let score = format!(
+        "COALESCE(o.score, (SELECT jo.score FROM tasks j JOIN outputs jo ON jo.key = j.output_key
+         WHERE t.stage = 'reasoning' AND {}))",
+        judge_of("j", "t")
+    );
     if let Some(min) = f.min_score {
-        q.push(format!(" AND {SCORE} >= ")).push_bind(min);
+        q.push(format!(" AND {score} >= ")).push_bind(min);
     }
     if let Some(max) = f.max_score {
-        q.push(format!(" AND {SCORE} <= ")).push_bind(max);
+        q.push(format!(" AND {score} <= ")).push_bind(max);
     }
 }
 
@@ -357,10 +361,11 @@ impl<'a> Browser<'a> {
         if subjects.is_empty() {
             return Ok(());
         }
-        let scores: std::collections::HashMap<String, Option<i16>> = sqlx::query_as(
-            "SELECT j.subject, o.score FROM tasks j JOIN outputs o ON o.key = j.output_key
-             WHERE j.run_id = $1 AND j.stage = 'judge' AND j.subject = ANY($2)",
-        )
+        let scores: std::collections::HashMap<String, Option<i16>> = sqlx::query_as(&format!(
+            "SELECT t.subject, o.score FROM tasks t JOIN tasks j ON {} JOIN outputs o ON o.key = j.output_key
+             WHERE t.run_id = $1 AND t.stage = 'reasoning' AND t.subject = ANY($2)",
+            judge_of("j", "t")
+        ))
         .bind(run)
         .bind(&subjects)
         .fetch_all(self.store.pool())

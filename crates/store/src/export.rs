@@ -5,6 +5,7 @@
 
 use crate::error::StoreError;
 use crate::pool::Store;
+use crate::tasks::judge_of;
 use reasonrec_core::audit::{AuditPolicy, Verdict};
 use reasonrec_core::inputs::ReasoningInput;
 use reasonrec_core::stage::Split;
@@ -69,8 +70,9 @@ fn task_select(judged: bool) -> String {
     if judged {
         format!(
             "{TASK_COLUMNS}, jo.score AS judge_score {TASK_FROM}
-LEFT JOIN tasks j ON j.run_id = t.run_id AND j.stage = 'judge' AND j.subject = t.subject AND j.state = 'done'
-LEFT JOIN outputs jo ON jo.key = j.output_key"
+LEFT JOIN tasks j ON {} AND j.state = 'done'
+LEFT JOIN outputs jo ON jo.key = j.output_key",
+            judge_of("j", "t")
         )
     } else {
         format!("{TASK_COLUMNS}, NULL::smallint AS judge_score {TASK_FROM}")

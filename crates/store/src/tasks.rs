@@ -89,6 +89,14 @@ pub struct Completion {
     pub superseded: bool,
 }
 
+/// The one definition of "the judge of a reasoning task", as a join condition between a judge
+/// task (alias `judge`) and a reasoning task (alias `task`): the same run's judge task with the
+/// same subject (one probe of the (run, stage, subject) index). The browser's score filter and
+/// page, and the export's judge scores, all join through it.
+pub(crate) fn judge_of(judge: &str, task: &str) -> String {
+    format!("{judge}.run_id = {task}.run_id AND {judge}.stage = 'judge' AND {judge}.subject = {task}.subject")
+}
+
 /// What a worker reads about a task, dead letters, single-task cancel. Reached through [`Store::tasks`].
 #[derive(Debug, Clone, Copy)]
 pub struct Tasks<'a> {

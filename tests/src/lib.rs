@@ -22,7 +22,7 @@ use reasonrec_mock_teacher::{MockConfig, MockHandle};
 use reasonrec_queue::Broker;
 use reasonrec_store::Store;
 use reasonrec_worker::batch::{BatchSubmitter, TickReport};
-use reasonrec_worker::{TaskProcessor, WorkerConfig, WorkerCounters, run_worker};
+use reasonrec_worker::{TaskProcessor, Worker, WorkerCounters};
 use sqlx::Connection;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -202,11 +202,11 @@ impl TestEnv {
     /// Starts an in-process worker that reaches Postgres through `store` (e.g. a pool whose
     /// connections go through a [`proxy::TcpProxy`]).
     pub fn spawn_worker_on(&self, name: &str, store: Store) -> anyhow::Result<WorkerHandle> {
-        let processor = self.processor_on(store)?;
+        // The worker `reasonrec worker` runs, less the batch submitters (tests drive those).
+        let worker = Worker::build(store, &self.settings, name.to_string())?.live_only();
         let stop = CancellationToken::new();
         let counters = Arc::new(WorkerCounters::default());
-        let cfg = WorkerConfig::new(processor, &self.settings, name.to_string());
-        let join = tokio::spawn(run_worker(cfg, stop.clone(), counters.clone()));
+        let join = tokio::spawn(worker.run(stop.clone(), counters.clone()));
         Ok(WorkerHandle { stop, counters, join })
     }
 

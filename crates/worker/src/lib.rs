@@ -13,6 +13,8 @@
 //! - [`lease`]: leases in Postgres through which workers split each endpoint's limits.
 //! - [`batch`]: the batch submitter: runs routed to a provider's Batch API, from claimed tasks
 //!   to a created batch, reconciled after a crash, polled, and its results finished.
+//! - [`service`]: [`Worker`]: a worker process built from settings (templates, live teacher
+//!   pool, batch submitters), as `reasonrec worker` runs it and the tests spawn it.
 //! - [`consume`]: the consumer loop: prefetch = concurrency, manual ack after commit,
 //!   reconnect on broker loss, graceful drain on shutdown.
 
@@ -26,7 +28,9 @@ pub mod load;
 pub mod process;
 pub mod render;
 pub mod reviews;
+pub mod service;
 
 pub use consume::{WorkerConfig, WorkerCounters, run_worker};
 pub use error::WorkerError;
 pub use process::{Outcome, ProcessorOptions, TaskProcessor};
+pub use service::Worker;

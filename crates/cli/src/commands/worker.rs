@@ -3,10 +3,8 @@
 use super::connect_store;
 use crate::cli::WorkerArgs;
 use anyhow::Context;
-use reasonrec_core::{PromptLibrary, Settings};
-use reasonrec_teacher::TeacherPool;
-use reasonrec_worker::batch::BatchSubmitter;
-use reasonrec_worker::{ProcessorOptions, TaskProcessor, WorkerConfig, WorkerCounters, run_worker};
+use reasonrec_core::Settings;
+use reasonrec_worker::{Worker, WorkerCounters};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -17,43 +15,15 @@ pub async fn worker(mut settings: Settings, a: WorkerArgs) -> anyhow::Result<Exi
     // The name keys this worker's endpoint leases: it must differ between workers, also in
     // containers where every process is pid 1.
     let name = a.name.unwrap_or_else(|| format!("worker-{}-{}", hostname(), std::process::id()));
-    let prompts = PromptLibrary::load(&settings.prompts.dir)
-        .with_context(|| format!("loading prompt templates from {}", settings.prompts.dir.display()))?;
-    let teacher = TeacherPool::for_worker(&settings)?;
     let store = connect_store(&settings).await?;
     // Workers never migrate; they refuse to start on an old schema.
     store.ensure_migrated().await?;
-    let prompts = Arc::new(prompts);
+    let worker = Worker::build(store.clone(), &settings, name.clone()).context("building the worker")?;
     let stop = crate::signals::shutdown_token();
-    // Endpoints with `mode = "batch"` are worked through their Batch API by a submitter each
-    // (one process per endpoint at a time; the others stand by).
-    let submitters: Vec<_> = BatchSubmitter::from_settings(&store, prompts.clone(), &settings)?
-        .into_iter()
-        .map(|s| {
-            tracing::info!(endpoint = %s.endpoint(), "batch submitter starting");
-            tokio::spawn(s.run(stop.clone()))
-        })
-        .collect();
-    if teacher.clients().is_empty() {
-        // Batch endpoints only: nothing to consume (runs are routed to the batch API).
-        tracing::info!(worker = %name, "no live endpoint: working batches only");
-        stop.cancelled().await;
-        for s in submitters {
-            let _ = s.await;
-        }
-        return Ok(ExitCode::SUCCESS);
-    }
-    let processor = TaskProcessor::new(store.clone(), teacher, prompts, ProcessorOptions::from_settings(&settings));
     let counters = Arc::new(WorkerCounters::default());
     serve_ops(&settings.metrics.bind, store, counters.clone(), stop.clone()).await;
     tracing::info!(worker = %name, concurrency = settings.worker.concurrency, "worker starting");
-    let cfg = WorkerConfig::new(processor, &settings, name.clone());
-    let consumed = run_worker(cfg, stop.clone(), counters.clone()).await;
-    stop.cancel();
-    for s in submitters {
-        let _ = s.await;
-    }
-    consumed?;
+    worker.run(stop, counters.clone()).await?;
     tracing::info!(worker = %name, counters = %counters.snapshot(), "worker stopped");
     Ok(ExitCode::SUCCESS)
 }

@@ -48,6 +48,11 @@ impl Worker {
         &self.name
     }
 
+    /// Whether it consumes the work queue (some endpoint is live); false: batches only.
+    pub fn consumes(&self) -> bool {
+        self.consumer.is_some()
+    }
+
     /// Consumes the work queue beside the batch submitters until `stop` is cancelled (or the
     /// consumer fails for good: then the submitters are stopped too); waits for the submitters
     /// before returning.

@@ -21,18 +21,20 @@ pub async fn worker(mut settings: Settings, a: WorkerArgs) -> anyhow::Result<Exi
     let worker = Worker::build(store.clone(), &settings, name.clone()).context("building the worker")?;
     let stop = crate::signals::shutdown_token();
     let counters = Arc::new(WorkerCounters::default());
-    serve_ops(&settings.metrics.bind, store, counters.clone(), stop.clone()).await;
+    serve_ops(&settings.metrics.bind, store, worker.consumes(), counters.clone(), stop.clone()).await;
     tracing::info!(worker = %name, concurrency = settings.worker.concurrency, "worker starting");
     worker.run(stop, counters.clone()).await?;
     tracing::info!(worker = %name, counters = %counters.snapshot(), "worker stopped");
     Ok(ExitCode::SUCCESS)
 }
 
-/// Serves `/metrics`, `/healthz` and `/readyz` (ready = consuming and Postgres answers). A port
-/// already taken is not fatal: several workers may share a machine.
+/// Serves `/metrics`, `/healthz` and `/readyz` (ready = consuming, unless the worker works
+/// batches only, and Postgres answers). A port already taken is not fatal: several workers may
+/// share a machine.
 async fn serve_ops(
     bind: &str,
     store: reasonrec_store::Store,
+    consumes: bool,
     counters: Arc<WorkerCounters>,
     stop: tokio_util::sync::CancellationToken,
 ) {
@@ -42,7 +44,7 @@ async fn serve_ops(
     let ready: reasonrec_ops::ReadyCheck = Arc::new(move || {
         let (store, counters) = (store.clone(), counters.clone());
         Box::pin(async move {
-            if !counters.connected.load(std::sync::atomic::Ordering::Relaxed) {
+            if consumes && !counters.connected.load(std::sync::atomic::Ordering::Relaxed) {
                 return Err("not consuming (broker session down)".to_string());
             }
             store.ping().await.map_err(|e| format!("postgres: {e}"))

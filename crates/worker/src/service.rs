@@ -6,10 +6,9 @@
 use crate::batch::BatchSubmitter;
 use crate::consume::{WorkerConfig, WorkerCounters, run_worker};
 use crate::error::WorkerError;
-use crate::process::{ProcessorOptions, TaskProcessor};
+use crate::process::TaskProcessor;
 use reasonrec_core::{PromptLibrary, Settings};
 use reasonrec_store::Store;
-use reasonrec_teacher::TeacherPool;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
@@ -30,11 +29,9 @@ impl Worker {
     pub fn build(store: Store, settings: &Settings, name: String) -> Result<Self, WorkerError> {
         let prompts = Arc::new(PromptLibrary::load(&settings.prompts.dir)?);
         let submitters = BatchSubmitter::from_settings(&store, prompts.clone(), settings)?;
-        let teacher = TeacherPool::for_worker(settings)?;
-        let consumer = (!teacher.clients().is_empty()).then(|| {
-            let processor = TaskProcessor::new(store, teacher, prompts, ProcessorOptions::from_settings(settings));
-            WorkerConfig::new(processor, settings, name.clone())
-        });
+        let processor = TaskProcessor::from_settings(store, prompts, settings)?;
+        let consumer =
+            (!processor.teacher().clients().is_empty()).then(|| WorkerConfig::new(processor, settings, name.clone()));
         Ok(Self { name, consumer, submitters })
     }
 
@@ -42,10 +39,6 @@ impl Worker {
     pub fn live_only(mut self) -> Self {
         self.submitters.clear();
         self
-    }
-
-    pub fn name(&self) -> &str {
-        &self.name
     }
 
     /// Whether it consumes the work queue (some endpoint is live); false: batches only.

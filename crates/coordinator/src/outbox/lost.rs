@@ -42,12 +42,13 @@ impl LostMessages {
             Err(e) => return Err(e.into()),
         };
         let departures = Departures::new(store.runs().now().await?, u64::from(queued), republish_after);
+        let check_every = every(republish_after);
         Ok(Self {
             store,
             probe,
             departures: Arc::new(Mutex::new(departures)),
-            check_every: every(republish_after),
-            pace: Pace::after(every(republish_after)),
+            check_every,
+            pace: Pace::after(check_every),
         })
     }
 
